@@ -1,0 +1,108 @@
+"""The `alignlab` command line: `alignlab data`, `alignlab train`, ...
+
+User errors print one line (`alignlab: error: ...`) and exit 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from alignlab.errors import AlignlabError
+
+TRAIN_EPILOG = """\
+Any TrainConfig field or method hyper-parameter can be overridden as --key value, e.g.
+  --beta 0.2 --learning_rate 5e-6 --epochs 2 --batch_size 16 --max_length 1024
+Methods and their hyper-parameters (defaults):
+{methods}
+"""
+
+
+def _methods_help() -> str:
+    from alignlab.objectives import METHODS
+
+    lines = []
+    for method in METHODS.values():
+        params = ", ".join(f"{hp.name}={hp.default}" for hp in method.hyperparameters) or "-"
+        lines.append(f"  {method.name:<7} {method.summary}; {params}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alignlab", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="load preference data, report what was kept, write pairs JSONL")
+    data.add_argument("path", help="local file (.jsonl/.json/.csv/.parquet, optionally .gz) or HF dataset name")
+    data.add_argument("--format", default="pairs", dest="data_format",
+                      help="hh-rlhf | pku-saferlhf | pairs (default: pairs)")
+    data.add_argument("--filter", default=None, help="pku-saferlhf: double-safe-unsafe")
+    data.add_argument("--preference", default="better", help="pku-saferlhf without filter: better | safer")
+    data.add_argument("--split", default="train", help="split of a Hugging Face dataset")
+    data.add_argument("--out", default=None, help="write normalised pairs (id, prompt, chosen, rejected) here")
+
+    train = commands.add_parser(
+        "train", help="train a model with one offline objective",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=TRAIN_EPILOG.format(methods=_methods_help()))
+    train.add_argument("--method", help="sft | dpo | ln-dpo | simpo | var")
+    train.add_argument("--model", help="policy initialisation (and default reference): directory or HF name")
+    train.add_argument("--data", help="preference pairs: file or HF dataset name")
+    train.add_argument("--out", help="run directory to create")
+    train.add_argument("--config", help="YAML file of TrainConfig fields (see README)")
+    train.add_argument("--reward-model", dest="reward_model", help="sequence classifier for VAR's rewards")
+    train.add_argument("--data-format", dest="data_format", help="hh-rlhf | pku-saferlhf | pairs")
+    return parser
+
+
+def run_data(args) -> int:
+    from alignlab.data import load_pairs, write_pairs_jsonl
+
+    result = load_pairs(args.path, args.data_format, filter=args.filter, preference=args.preference,
+                        split=args.split)
+    if args.out:
+        write_pairs_jsonl(result.pairs, args.out)
+    print(result.summary() + (f"; wrote {args.out}" if args.out else ""))
+    return 0
+
+
+def run_train(args, overrides: list[str]) -> int:
+    from alignlab.config import TrainConfig, build_config, parse_overrides
+    from alignlab.train import train
+
+    given = {name: getattr(args, name) for name in ("method", "model", "data", "out", "reward_model",
+                                                    "data_format") if getattr(args, name) is not None}
+    config = build_config(TrainConfig, args.config, {**given, **parse_overrides(overrides)})
+    result = train(config)
+    print(f"{result.out}: {result.optimizer_steps} steps, {result.pairs_trained} pairs in "
+          f"{result.train_seconds:.1f}s ({result.pairs_per_second:.1f} pairs/s), final loss "
+          f"{result.final_loss:.4f}, margin {result.final_margin:.3f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "data":
+            return run_data(args)
+        return run_train(args, extra)
+    except AlignlabError as err:
+        if args.debug:
+            raise
+        print(f"alignlab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alignlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

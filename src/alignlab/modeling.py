@@ -1,0 +1,88 @@
+"""Loading models and tokenizers safely, and the per-sequence log-probs every objective consumes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from alignlab.errors import AlignlabError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _check_local_weights(path: str) -> None:
+    """Refuse local checkpoints without safetensors weights before transformers tries pickles."""
+    directory = Path(path)
+    if not directory.is_dir():
+        return
+    if not (directory / "config.json").exists():
+        raise AlignlabError(f"{directory}: not a model directory (no config.json); pass a directory "
+                            "written by save_pretrained or a Hugging Face model name")
+    if not any(directory.glob("*.safetensors")):
+        raise AlignlabError(f"{directory}: no *.safetensors weights; alignlab loads weights only as "
+                            "safetensors (re-save the model with save_pretrained(safe_serialization=True))")
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """A tokenizer with a pad token: one without gets its EOS (or UNK) token as padding."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise AlignlabError(f"{path}: cannot load a tokenizer ({err.__class__.__name__}: {err}). "
+                            "Pass a local model directory or a Hugging Face model name") from None
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+        if fallback is None:
+            raise AlignlabError(f"{path}: tokenizer has no pad, eos or unk token to pad with; "
+                                "add a pad token to the tokenizer")
+        log.info("%s: tokenizer has no pad token; padding with %r", path, fallback)
+        tokenizer.pad_token = fallback
+    return tokenizer
+
+
+def _load_pretrained(auto_cls, path: str, dtype: str, trust_remote_code: bool, **kwargs):
+    _check_local_weights(path)
+    try:
+        return auto_cls.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True,
+                                        trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise AlignlabError(f"{path}: cannot load model weights ({err.__class__.__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''}). Check that the "
+                            "directory holds an intact save_pretrained checkpoint") from None
+
+
+def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    return _load_pretrained(AutoModelForCausalLM, path, dtype, trust_remote_code)
+
+
+def load_sequence_classifier(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+    from transformers import AutoModelForSequenceClassification
+
+    model = _load_pretrained(AutoModelForSequenceClassification, path, dtype, trust_remote_code)
+    if model.config.num_labels != 1:
+        raise AlignlabError(f"{path}: a reward model must output one score (num_labels=1); this one "
+                            f"has num_labels={model.config.num_labels}")
+    return model
+
+
+def token_logps(logits: Tensor, labels: Tensor) -> Tensor:
+    """log p(label) per position, without materialising a full log-softmax copy of the logits."""
+    logits = logits.float()
+    picked = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> Tensor:
+    """Σ_t log π(y_t | x, y_<t) over the positions where `loss_mask` is 1 (the response tokens)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    per_token = token_logps(logits[:, :-1], input_ids[:, 1:])
+    return (per_token * loss_mask[:, 1:]).sum(-1)

@@ -1,0 +1,46 @@
+"""Scoring prompt/response pairs with a sequence-classification reward model.
+
+The text a reward model sees is rendered with its own tokenizer (chat template, or the plain format
+of `alignlab.tokenise`); sequences longer than `max_length` keep their last tokens, so the
+response — what is being judged — is never cut.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alignlab.modeling import load_sequence_classifier, load_tokenizer
+from alignlab.tokenise import PromptRenderer, collate_sequences
+
+
+class RewardScorer:
+    def __init__(self, path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                 max_length: int = 1024, device: str | torch.device = "cpu"):
+        self.path = path
+        self.tokenizer = load_tokenizer(path, trust_remote_code)
+        self.model = load_sequence_classifier(path, dtype, trust_remote_code).to(device).eval()
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.renderer = PromptRenderer(self.tokenizer)
+        self.max_length = max_length
+        self.device = device
+
+    def encode(self, prompt: list[dict], response: str) -> list[int]:
+        prompt_ids, prompt_text = self.renderer.prompt_ids(prompt)
+        ids = prompt_ids + self.renderer.response_ids(prompt, response, prompt_text)
+        return ids[-self.max_length:]
+
+    @torch.inference_mode()
+    def score(self, prompts: list[list[dict]], responses: list[str], batch_size: int = 16) -> torch.Tensor:
+        """One scalar reward per (prompt, response)."""
+        encoded = [self.encode(p, r) for p, r in zip(prompts, responses)]
+        scores = torch.empty(len(encoded), dtype=torch.float32)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            # No prompt part: every token is "response" for collation; the classifier pools itself.
+            batch = collate_sequences([[] for _ in index], [encoded[i] for i in index],
+                                      self.tokenizer.pad_token_id)
+            logits = self.model(input_ids=batch["input_ids"].to(self.device),
+                                attention_mask=batch["attention_mask"].to(self.device)).logits
+            scores[torch.tensor(index)] = logits[:, 0].float().cpu()
+        return scores

@@ -1,0 +1,53 @@
+"""Tiny Llama-config models with locally trained tokenizers, for tests and benchmarks.
+
+Nothing is downloaded: the byte-level BPE tokenizer is trained on the given texts with
+`tokenizers`, the model is randomly initialised from a seed, and both are written with
+`save_pretrained`, so they load exactly as a real checkpoint would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 384, chat_template: bool = False):
+    """A byte-level BPE tokenizer (any text encodes) with <s>/</s> and no pad token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    special = ["<s>", "</s>"] + (["<|user|>", "<|assistant|>", "<|system|>"] if chat_template else [])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
+    if chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_llama(directory: str | Path, texts: list[str], *, seed: int = 0, hidden_size: int = 32,
+                     layers: int = 2, heads: int = 4, chat_template: bool = False,
+                     vocab_size: int = 384, max_positions: int = 512) -> Path:
+    """Save a randomly initialised tiny Llama and its tokenizer to `directory`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    directory = Path(directory)
+    tokenizer = train_tokenizer(texts, vocab_size, chat_template)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=max(1, heads // 2), max_position_embeddings=max_positions,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory

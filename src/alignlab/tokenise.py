@@ -1,0 +1,145 @@
+"""Turning preference pairs into token ids, and batches of them into padded tensors.
+
+Prompt format: the tokenizer's chat template when it has one (the prompt rendered with
+`add_generation_prompt=True`; the response is what the template adds for the assistant turn,
+end-of-turn tokens included). Without a chat template, the documented plain format:
+
+    <bos>\n\nHuman: {user turn}\n\nAssistant: {assistant turn} ... \n\nHuman: {last user turn}\n\nAssistant:
+    response: " {response}<eos>"
+
+Truncation rule: a prompt longer than `max_prompt_length` keeps its last tokens (the most recent
+turns); then a response that does not fit in `max_length` keeps its first tokens. Both are counted
+and reported, never silent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+from alignlab.errors import AlignlabError
+
+PLAIN_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+
+
+@dataclass
+class TokenizedPair:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+
+@dataclass
+class TruncationReport:
+    prompts_truncated: int = 0
+    responses_truncated: int = 0
+    examples: int = 0
+
+    def summary(self) -> str:
+        return (f"{self.examples} pairs tokenised; {self.prompts_truncated} prompts cut to their last "
+                f"tokens, {self.responses_truncated} responses cut to fit max_length")
+
+
+@dataclass
+class PromptRenderer:
+    """Renders and encodes prompts and responses, through the chat template or the plain format."""
+
+    tokenizer: object
+    uses_chat_template: bool = field(init=False)
+
+    def __post_init__(self):
+        self.uses_chat_template = bool(getattr(self.tokenizer, "chat_template", None))
+        plain_specials = not self.uses_chat_template
+        self.bos = [self.tokenizer.bos_token_id] if plain_specials and self.tokenizer.bos_token_id is not None else []
+        self.eos = [self.tokenizer.eos_token_id] if plain_specials and self.tokenizer.eos_token_id is not None else []
+
+    def prompt_text(self, prompt: list[dict]) -> str:
+        if self.uses_chat_template:
+            return self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        turns = "".join(f"\n\n{PLAIN_ROLES.get(t['role'], t['role'].title())}: {t['content']}" for t in prompt)
+        return turns + "\n\nAssistant:"
+
+    def response_text(self, prompt: list[dict], response: str, prompt_text: str) -> str:
+        if not self.uses_chat_template:
+            return " " + response
+        full = self.tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}],
+                                                  tokenize=False)
+        if not full.startswith(prompt_text):
+            raise AlignlabError("the tokenizer's chat template renders the prompt differently with and "
+                                "without the assistant turn, so response tokens cannot be isolated; "
+                                "use a tokenizer whose template is prefix-consistent")
+        return full[len(prompt_text):]
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, prompt: list[dict]) -> tuple[list[int], str]:
+        text = self.prompt_text(prompt)
+        return self.bos + self.encode(text), text
+
+    def response_ids(self, prompt: list[dict], response: str, prompt_text: str) -> list[int]:
+        return self.encode(self.response_text(prompt, response, prompt_text)) + self.eos
+
+
+def tokenize_pairs(tokenizer, pairs, max_length: int, max_prompt_length: int
+                   ) -> tuple[list[TokenizedPair], TruncationReport]:
+    """Token ids for each pair's prompt, chosen and rejected response (see the module docstring)."""
+    renderer = PromptRenderer(tokenizer)
+    report = TruncationReport()
+    encoded = []
+    for pair in pairs:
+        prompt_ids, prompt_text = renderer.prompt_ids(pair.prompt)
+        if len(prompt_ids) > max_prompt_length:
+            prompt_ids = prompt_ids[-max_prompt_length:]
+            report.prompts_truncated += 1
+        room = max_length - len(prompt_ids)
+        responses = []
+        for response in (pair.chosen, pair.rejected):
+            ids = renderer.response_ids(pair.prompt, response, prompt_text)
+            if len(ids) > room:
+                ids = ids[:room]
+                report.responses_truncated += 1
+            responses.append(ids)
+        encoded.append(TokenizedPair(prompt_ids, *responses))
+        report.examples += 1
+    return encoded, report
+
+
+def fingerprint_tokens(examples: list[TokenizedPair]) -> str:
+    """A hash of the exact token ids: it changes with the data, the tokenizer and the format."""
+    digest = hashlib.sha256()
+    for ex in examples:
+        for ids in (ex.prompt_ids, ex.chosen_ids, ex.rejected_ids):
+            digest.update(len(ids).to_bytes(4, "little"))
+            digest.update(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def collate_sequences(prompts: list[list[int]], responses: list[list[int]], pad_id: int
+                      ) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+response rows; `loss_mask` marks response tokens only."""
+    width = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(prompts), width), dtype=torch.float32)
+    for row, (p, r) in enumerate(zip(prompts, responses)):
+        n = len(p) + len(r)
+        input_ids[row, :n] = torch.tensor(p + r, dtype=torch.long)
+        attention_mask[row, :n] = 1
+        loss_mask[row, len(p):n] = 1.0
+    lengths = torch.tensor([len(r) for r in responses], dtype=torch.float32)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask,
+            "lengths": lengths}
+
+
+def collate_pairs(examples: list[TokenizedPair], pad_id: int, include_rejected: bool = True
+                  ) -> dict[str, torch.Tensor]:
+    """One batch for a single concatenated forward: rows are [chosen_1..B, rejected_1..B]."""
+    prompts = [ex.prompt_ids for ex in examples]
+    responses = [ex.chosen_ids for ex in examples]
+    if include_rejected:
+        prompts = prompts + prompts
+        responses = responses + [ex.rejected_ids for ex in examples]
+    return collate_sequences(prompts, responses, pad_id)

@@ -1,0 +1,265 @@
+"""One trainer for every offline objective (SFT, DPO, LN-DPO, SimPO, VAR).
+
+The trainer turns a batch of pairs into per-sequence quantities (policy log-probs from one
+concatenated forward over chosen and rejected rows, cached reference log-probs, rewards) and hands
+them to the method's objective; objectives never see models or data. Multi-device runs go
+through `accelerate launch`: each process takes its share of every global batch.
+
+A run directory holds: config.yaml (resolved), metrics.jsonl (one line per logged optimizer step),
+train_summary.json, model/ (save_pretrained, safetensors, with the tokenizer). It is written to a
+hidden temp directory and renamed into place when training finishes, so a failed or killed run
+never leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from alignlab import atomic
+from alignlab.config import TrainConfig, dump_yaml
+from alignlab.data import load_pairs
+from alignlab.errors import AlignlabError
+from alignlab.modeling import load_causal_lm, load_tokenizer, sequence_logps
+from alignlab.objectives import Method, PairBatch, get_method
+from alignlab.reference import (cache_key, cached_tensors, compute_sequence_logps, default_cache_dir,
+                                model_fingerprint)
+from alignlab.tokenise import collate_pairs, fingerprint_tokens, tokenize_pairs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    optimizer_steps: int
+    pairs_trained: int
+    final_loss: float
+    final_margin: float
+    train_seconds: float
+    reference_cache_hit: bool | None  # None when the method needs no reference
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs_trained / self.train_seconds if self.train_seconds else float("nan")
+
+
+def prepare_output_dir(out: Path, overwrite: bool) -> None:
+    """Fail before any work when the run directory cannot be written."""
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise AlignlabError(f"{out}: output directory exists and is not empty; choose another --out "
+                            "or pass --overwrite true")
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = parent / f".{out.name}.write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise AlignlabError(f"{parent}: cannot write the run directory here ({err.strerror}); "
+                            "choose a writable --out") from None
+
+
+def pair_rewards(config: TrainConfig, pairs, cache_dir: Path, device) -> dict[str, torch.Tensor]:
+    """Rewards of every chosen and rejected response: from the reward model, else the data."""
+    if config.reward_model:
+        from alignlab.score import RewardScorer
+
+        texts = json.dumps([[p.prompt, p.chosen, p.rejected] for p in pairs], ensure_ascii=False)
+        key = cache_key("rewards", model_fingerprint(config.reward_model, cache_dir),
+                        hashlib.sha256(texts.encode()).hexdigest(), config.dtype)
+
+        def compute():
+            scorer = RewardScorer(config.reward_model, config.dtype, config.trust_remote_code,
+                                  config.max_length, device)
+            prompts = [p.prompt for p in pairs]
+            return {"chosen": scorer.score(prompts, [p.chosen for p in pairs], config.batch_size),
+                    "rejected": scorer.score(prompts, [p.rejected for p in pairs], config.batch_size)}
+
+        return cached_tensors(cache_dir, "rewards", key, compute)[0]
+    missing = [i for i, p in enumerate(pairs) if p.reward_chosen is None or p.reward_rejected is None]
+    if missing:
+        raise AlignlabError(f"{config.data}: method '{config.method}' needs rewards, but pair "
+                            f"'{pairs[missing[0]].id}' (and {len(missing) - 1} more) has no "
+                            "reward_chosen/reward_rejected; pass --reward-model PATH or add those fields")
+    return {"chosen": torch.tensor([p.reward_chosen for p in pairs], dtype=torch.float32),
+            "rejected": torch.tensor([p.reward_rejected for p in pairs], dtype=torch.float32)}
+
+
+def reference_logps(config: TrainConfig, examples, pad_id: int, cache_dir: Path, device
+                    ) -> tuple[dict[str, torch.Tensor], bool]:
+    reference = config.reference_model or config.model
+    key = cache_key("reference-logps", model_fingerprint(reference, cache_dir),
+                    fingerprint_tokens(examples), config.dtype)
+
+    def compute():
+        log.info("computing reference log-probs with %s", reference)
+        model = load_causal_lm(reference, config.dtype, config.trust_remote_code).to(device)
+        return compute_sequence_logps(model, examples, pad_id, config.batch_size, device)
+
+    return cached_tensors(cache_dir, "reference-logps", key, compute)
+
+
+def pair_batch(model, batch: dict, method: Method, reference, rewards) -> PairBatch:
+    """Per-sequence quantities of a collated batch: policy log-probs from one forward pass."""
+    logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+    index = batch["index"].cpu()
+    n = len(index)
+    device = logps.device
+
+    def take(table, name):
+        return table[name][index].to(device)
+
+    return PairBatch(
+        chosen_logps=logps[:n], chosen_lengths=batch["lengths"][:n],
+        rejected_logps=logps[n:] if method.uses_rejected else None,
+        rejected_lengths=batch["lengths"][n:] if method.uses_rejected else None,
+        ref_chosen_logps=take(reference, "chosen") if reference else None,
+        ref_rejected_logps=take(reference, "rejected") if reference else None,
+        reward_chosen=take(rewards, "chosen") if rewards else None,
+        reward_rejected=take(rewards, "rejected") if rewards else None)
+
+
+def logratio_margin(b: PairBatch) -> torch.Tensor:
+    """Chosen-minus-rejected margin shown while training: of log-ratios to the reference when the
+    method has one, else of per-token log-probs; NaN when rejected responses are not forwarded."""
+    if b.rejected_logps is None:
+        return torch.full((), float("nan"), device=b.chosen_logps.device)
+    if b.ref_chosen_logps is not None:
+        return ((b.chosen_logps - b.ref_chosen_logps) - (b.rejected_logps - b.ref_rejected_logps)).mean()
+    return (b.chosen_logps / b.chosen_lengths - b.rejected_logps / b.rejected_lengths).mean()
+
+
+def train(config: TrainConfig) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    config.validate()
+    method = get_method(config.method)
+    out = Path(config.out)
+    prepare_output_dir(out, config.overwrite)
+    loaded = load_pairs(config.data, config.data_format, filter=config.data_filter,
+                        preference=config.data_preference, split=config.data_split)
+    pairs = loaded.pairs
+    if not pairs:
+        raise AlignlabError(f"{config.data}: no usable pairs ({loaded.summary()})")
+    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
+    is_main = accelerator.is_main_process
+    set_seed(config.seed)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    if is_main:
+        log.info(loaded.summary())
+
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    examples, truncation = tokenize_pairs(tokenizer, pairs, config.max_length, config.max_prompt_length)
+    if is_main:
+        log.info(truncation.summary())
+
+    reference, reference_hit, rewards = None, None, None
+    with accelerator.main_process_first():  # rank 0 fills the caches; the others then read them
+        if method.uses_reference:
+            reference, reference_hit = reference_logps(config, examples, tokenizer.pad_token_id,
+                                                       cache_dir, accelerator.device)
+        if method.uses_rewards:
+            rewards = pair_rewards(config, pairs, cache_dir, accelerator.device)
+
+    model = load_causal_lm(config.model, config.dtype, config.trust_remote_code)
+    model.config.use_cache = False
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    global_batch = config.batch_size * accelerator.num_processes
+    micro_batches = math.ceil(len(examples) / global_batch)
+    steps_per_epoch = math.ceil(micro_batches / config.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * config.epochs
+    # Stepped once per optimizer step by us (not prepared), so the schedule ignores the process count.
+    scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+
+    def collate(indices):
+        batch = collate_pairs([examples[i] for i in indices], tokenizer.pad_token_id, method.uses_rejected)
+        batch["index"] = torch.tensor(indices)
+        return batch
+
+    with atomic.atomic_dir(out) if is_main else _no_dir() as run_dir:
+        metrics_file = open(run_dir / "metrics.jsonl", "w", encoding="utf-8") if is_main else None
+        progress = tqdm(total=total_steps, desc=f"{config.method}", disable=not is_main, unit="step")
+        step, pairs_trained = 0, 0
+        window_loss, window_margin, window_batches = 0.0, 0.0, 0
+        last = {"loss": float("nan"), "margin": float("nan")}
+        start = time.perf_counter()
+        model.train()
+        for epoch in range(config.epochs):
+            order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(config.seed + epoch))
+            loader = accelerator.prepare(DataLoader(order.tolist(), batch_size=config.batch_size,
+                                                    shuffle=False, collate_fn=collate))
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    quantities = pair_batch(model, batch, method, reference, rewards)
+                    loss = method.batch_loss(quantities, **config.params)
+                    accelerator.backward(loss)
+                    window_loss = window_loss + loss.detach()
+                    window_margin = window_margin + logratio_margin(quantities).detach()
+                    window_batches += 1
+                    grad_norm = None
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                pairs_trained += len(batch["index"]) * accelerator.num_processes
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                step += 1
+                progress.update(1)
+                if step % config.logging_steps == 0 or step == total_steps:
+                    reduced = accelerator.reduce(torch.stack([window_loss, window_margin])
+                                                 / window_batches, "mean")
+                    last = {"loss": reduced[0].item(), "margin": reduced[1].item()}
+                    progress.set_postfix(loss=f"{last['loss']:.4f}", margin=f"{last['margin']:.3f}")
+                    if metrics_file:
+                        record = {"step": step, "epoch": epoch, **last, "learning_rate": scheduler.get_last_lr()[0],
+                                  "grad_norm": float(grad_norm), "pairs_seen": pairs_trained,
+                                  "elapsed_s": round(time.perf_counter() - start, 3)}
+                        metrics_file.write(json.dumps(record) + "\n")
+                        metrics_file.flush()
+                window_loss, window_margin, window_batches = 0.0, 0.0, 0
+        seconds = time.perf_counter() - start
+        progress.close()
+        accelerator.wait_for_everyone()
+        result = TrainResult(out, step, pairs_trained, last["loss"], last["margin"], seconds, reference_hit)
+        if is_main:
+            metrics_file.close()
+            accelerator.unwrap_model(model).save_pretrained(run_dir / "model", safe_serialization=True)
+            tokenizer.save_pretrained(run_dir / "model")
+            atomic.write_text(run_dir / "config.yaml", dump_yaml(config))
+            atomic.write_json(run_dir / "train_summary.json", {
+                "method": config.method, "params": config.params, "optimizer_steps": step,
+                "pairs_trained": pairs_trained, "final_loss": result.final_loss,
+                "final_margin": result.final_margin, "train_seconds": round(seconds, 3),
+                "pairs_per_second": result.pairs_per_second, "processes": accelerator.num_processes,
+                "reference_cache_hit": reference_hit, "data": loaded.summary(),
+                "truncation": truncation.summary()})
+    accelerator.wait_for_everyone()
+    return result
+
+
+class _no_dir:
+    """Non-main processes write nothing."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

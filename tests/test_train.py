@@ -1,0 +1,219 @@
+"""The trainer on tiny locally built models: margins, caching, determinism, every method, CLI."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from alignlab import train as train_module
+from alignlab.cli import main
+from alignlab.config import TrainConfig
+from alignlab.data import load_pairs
+from alignlab.modeling import load_causal_lm, load_tokenizer
+from alignlab.tokenise import tokenize_pairs
+from alignlab.train import train
+
+from conftest import REPO
+
+
+def config_for(model, data, out, **overrides) -> TrainConfig:
+    settings = dict(method="dpo", model=str(model), data=str(data), out=str(out), learning_rate=5e-3,
+                    batch_size=4, epochs=1, warmup_ratio=0.0, lr_scheduler="constant", max_length=64,
+                    max_prompt_length=32)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def unbatched_logps(model, examples) -> tuple[list[float], list[float]]:
+    """Second implementation: one unpadded sequence at a time, full log-softmax, explicit loop."""
+    chosen, rejected = [], []
+    with torch.no_grad():
+        for ex in examples:
+            for response, sink in ((ex.chosen_ids, chosen), (ex.rejected_ids, rejected)):
+                ids = torch.tensor([ex.prompt_ids + response])
+                logprobs = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+                total = 0.0
+                for t in range(len(ex.prompt_ids), ids.shape[1]):
+                    total += logprobs[t - 1, ids[0, t]].item()
+                sink.append(total)
+    return chosen, rejected
+
+
+def mean_margin(policy, reference, examples) -> float:
+    pc, pr = unbatched_logps(policy, examples)
+    rc, rr = unbatched_logps(reference, examples)
+    return sum((a - b) - (c - d) for a, b, c, d in zip(pc, rc, pr, rr)) / len(examples)
+
+
+def test_dpo_steps_raise_chosen_minus_rejected_margin(tiny_model, pairs_file, tmp_path):
+    result = train(config_for(tiny_model, pairs_file, tmp_path / "run", epochs=2))
+    tokenizer = load_tokenizer(str(tiny_model))
+    examples, _ = tokenize_pairs(tokenizer, load_pairs(str(pairs_file)).pairs, 64, 32)
+    policy = load_causal_lm(str(tmp_path / "run" / "model")).eval()
+    reference = load_causal_lm(str(tiny_model)).eval()
+    # Policy == reference at the start, so the margin starts at exactly 0.
+    margin = mean_margin(policy, reference, examples)
+    assert margin > 1.0, margin
+    assert result.optimizer_steps == 8
+    assert result.final_margin > 0
+
+
+def test_reference_cache_matches_fresh_computation_and_skips_reference_model(
+        tiny_model, pairs_file, tmp_path, monkeypatch):
+    loads = []
+    real_load = train_module.load_causal_lm
+    monkeypatch.setattr(train_module, "load_causal_lm", lambda path, *a, **k: loads.append(path) or real_load(path, *a, **k))
+    cache = tmp_path / "cache"
+    first = train(config_for(tiny_model, pairs_file, tmp_path / "a", cache_dir=str(cache)))
+    assert first.reference_cache_hit is False
+    assert len(loads) == 2  # reference, then policy
+
+    [cache_file] = cache.glob("reference-logps-*.safetensors")
+    from safetensors.torch import load_file
+    cached = load_file(str(cache_file))
+    tokenizer = load_tokenizer(str(tiny_model))
+    examples, _ = tokenize_pairs(tokenizer, load_pairs(str(pairs_file)).pairs, 64, 32)
+    fresh_chosen, fresh_rejected = unbatched_logps(load_causal_lm(str(tiny_model)).eval(), examples)
+    assert torch.allclose(cached["chosen"].double(), torch.tensor(fresh_chosen), atol=1e-4)
+    assert torch.allclose(cached["rejected"].double(), torch.tensor(fresh_rejected), atol=1e-4)
+
+    loads.clear()
+    second = train(config_for(tiny_model, pairs_file, tmp_path / "b", cache_dir=str(cache)))
+    assert second.reference_cache_hit is True
+    assert loads == [str(tiny_model)]  # the policy only
+    assert second.final_loss == pytest.approx(first.final_loss, rel=1e-6)
+
+
+def test_corrupt_reference_cache_is_rebuilt_not_used(tiny_model, pairs_file, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    first = train(config_for(tiny_model, pairs_file, tmp_path / "a", cache_dir=str(cache)))
+    [cache_file] = cache.glob("reference-logps-*.safetensors")
+    blob = bytearray(cache_file.read_bytes())
+    blob[-3] ^= 0xFF  # flip bits inside the tensor data
+    cache_file.write_bytes(bytes(blob))
+    second = train(config_for(tiny_model, pairs_file, tmp_path / "b", cache_dir=str(cache)))
+    assert second.reference_cache_hit is False
+    assert "rebuilding" in caplog.text
+    assert second.final_loss == pytest.approx(first.final_loss, rel=1e-6)
+
+
+def test_training_is_deterministic_on_cpu(tiny_model, pairs_file, tmp_path):
+    a = train(config_for(tiny_model, pairs_file, tmp_path / "a", method="simpo"))
+    b = train(config_for(tiny_model, pairs_file, tmp_path / "b", method="simpo"))
+    assert a.final_loss == b.final_loss
+    wa = (tmp_path / "a" / "model" / "model.safetensors").read_bytes()
+    wb = (tmp_path / "b" / "model" / "model.safetensors").read_bytes()
+    assert wa == wb
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tiny_model, pairs_file, tmp_path):
+    whole = train(config_for(tiny_model, pairs_file, tmp_path / "a", batch_size=8))
+    accumulated = train(config_for(tiny_model, pairs_file, tmp_path / "b", batch_size=4,
+                                   gradient_accumulation_steps=2))
+    assert whole.optimizer_steps == accumulated.optimizer_steps == 2
+    assert accumulated.final_loss == pytest.approx(whole.final_loss, rel=1e-4)
+
+
+def reward_model(directory: Path, base: Path) -> Path:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig.from_pretrained(base)
+    config.num_labels = 1
+    torch.manual_seed(3)
+    LlamaForSequenceClassification(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(base).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo", "ln-dpo", "simpo", "var"])
+def test_cli_trains_every_method(method, tiny_chat_model, pairs_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--method", method, "--model", str(tiny_chat_model), "--data", str(pairs_file),
+                 "--out", str(out), "--learning_rate", "1e-3", "--batch_size", "4", "--max_length", "64",
+                 "--max_prompt_length", "32"])
+    assert code == 0
+    assert str(out) in capsys.readouterr().out
+    assert (out / "model" / "model.safetensors").exists()
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["method"] == method and resolved["learning_rate"] == 1e-3
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    reloaded = load_causal_lm(str(out / "model"))
+    assert reloaded.config.vocab_size == load_causal_lm(str(tiny_chat_model)).config.vocab_size
+
+
+def test_var_takes_rewards_from_a_reward_model(tiny_model, pairs_file, tmp_path):
+    rm = reward_model(tmp_path / "rm", tiny_model)
+    result = train(config_for(tiny_model, pairs_file, tmp_path / "run", method="var",
+                              reward_model=str(rm), params={"lam": 0.5, "z_estimator": "prompt"}))
+    assert math.isfinite(result.final_loss)
+    [cache_file] = (tmp_path / "cache").glob("rewards-*.safetensors")
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+    cached = load_file(str(cache_file))
+    # Independent scoring of the first pair: plain format text, one unpadded sequence.
+    pair = load_pairs(str(pairs_file)).pairs[0]
+    tokenizer = load_tokenizer(str(rm))
+    model = AutoModelForSequenceClassification.from_pretrained(rm).eval()
+    model.config.pad_token_id = tokenizer.pad_token_id  # HF pools at the last non-pad token
+    for response, name in ((pair.chosen, "chosen"), (pair.rejected, "rejected")):
+        text = f"\n\nHuman: {pair.prompt[0]['content']}\n\nAssistant: {response}"
+        ids = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        with torch.no_grad():
+            expected = model(input_ids=torch.tensor([ids])).logits[0, 0].item()
+        assert cached[name][0].item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_resolved_config_reruns_identically(tiny_model, pairs_file, tmp_path):
+    first = train(config_for(tiny_model, pairs_file, tmp_path / "a", method="ln-dpo", params={"beta": 3.0}))
+    code = main(["train", "--config", str(tmp_path / "a" / "config.yaml"), "--out", str(tmp_path / "b")])
+    assert code == 0
+    summary = json.loads((tmp_path / "b" / "train_summary.json").read_text())
+    assert summary["params"] == {"beta": 3.0}
+    assert summary["final_loss"] == pytest.approx(first.final_loss, rel=1e-6)
+
+
+def test_bad_hyperparameter_fails_before_anything_is_written(tiny_model, pairs_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--method", "dpo", "--model", str(tiny_model), "--data", str(pairs_file),
+                 "--out", str(out), "--bta", "0.2"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "bta" in err and "did you mean 'beta'" in err and "Traceback" not in err
+    assert not out.exists()
+    code = main(["train", "--method", "dpo", "--model", str(tiny_model), "--data", str(pairs_file),
+                 "--out", str(out), "--beta", "-1"])
+    assert code == 2 and "must be > 0" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test runs on Linux")
+def test_accelerate_two_processes_match_one_process(tiny_model, pairs_file, tmp_path):
+    """Same global batch (4 pairs): 1 process × 4 vs 2 processes × 2 reach the same final loss."""
+    common = ["-m", "alignlab", "train", "--method", "dpo", "--model", str(tiny_model), "--data",
+              str(pairs_file), "--learning_rate", "5e-3", "--warmup_ratio", "0", "--lr_scheduler",
+              "constant", "--max_length", "64", "--max_prompt_length", "32", "--cache_dir", str(tmp_path / "cache")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one"), "--batch_size", "4"],
+                            capture_output=True, text=True, env=env, cwd=REPO)
+    assert single.returncode == 0, single.stderr[-2000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", "29517"]
+    double = subprocess.run([*launch, *common, "--out", str(tmp_path / "two"), "--batch_size", "2"],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "train_summary.json").read_text())
+    two = json.loads((tmp_path / "two" / "train_summary.json").read_text())
+    assert two["processes"] == 2 and one["processes"] == 1
+    assert two["optimizer_steps"] == one["optimizer_steps"] == 4
+    assert two["pairs_trained"] == one["pairs_trained"] == 16
+    # Tolerance: float32 reductions in a different order across processes.
+    assert two["final_loss"] == pytest.approx(one["final_loss"], rel=1e-4, abs=1e-5)
