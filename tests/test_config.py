@@ -1,0 +1,59 @@
+"""Typed config: YAML < CLI precedence, method parameters, errors that point at the fix."""
+
+import pytest
+
+from alignlab.config import TrainConfig, build_config, parse_overrides
+from alignlab.errors import AlignlabError, InputError
+
+
+def test_cli_overrides_yaml_which_overrides_defaults(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method: simpo\nlearning_rate: 1.0e-5\nbatch_size: 4\nparams:\n  beta: 2.5\n")
+    config = build_config(TrainConfig, str(path), parse_overrides(["--batch-size", "16", "--gamma=0.7"]))
+    assert (config.method, config.learning_rate, config.batch_size) == ("simpo", 1e-5, 16)
+    assert config.params == {"beta": 2.5, "gamma": "0.7"}
+    assert config.epochs == TrainConfig().epochs
+    config.model, config.data, config.out = "m", "d", "o"
+    config.validate()
+    assert config.params == {"beta": 2.5, "gamma": 0.7}
+
+
+def test_unknown_key_suggests_the_closest_valid_name():
+    with pytest.raises(AlignlabError, match=r"unknown key 'learning_rat'; did you mean 'learning_rate'"):
+        build_config(TrainConfig, None, {"learning_rat": "1"})
+    with pytest.raises(AlignlabError, match=r"'gamma'"):
+        build_config(TrainConfig, None, {"method": "dpo", "gamma": "1"})  # gamma is SimPO's, not DPO's
+
+
+def test_mistyped_values_name_the_key():
+    with pytest.raises(AlignlabError, match=r"'epochs' must be a int, got '1.5'"):
+        build_config(TrainConfig, None, {"epochs": "1.5"})
+    with pytest.raises(AlignlabError, match=r"'trust_remote_code' must be a bool"):
+        build_config(TrainConfig, None, {"trust_remote_code": "maybe"})
+    assert build_config(TrainConfig, None, {"trust_remote_code": "true"}).trust_remote_code is True
+    assert build_config(TrainConfig, None, {"reward_model": "none"}).reward_model is None
+
+
+def test_yaml_with_a_tab_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("method: dpo\nparams:\n\tbeta: 0.1\n")
+    with pytest.raises(InputError) as err:
+        build_config(TrainConfig, str(path), {})
+    assert f"{path}:3:" in str(err.value) and "tabs" in str(err.value)
+
+
+def test_validation_rejects_impossible_settings():
+    base = dict(model="m", data="d", out="o")
+    with pytest.raises(AlignlabError, match="max_prompt_length"):
+        TrainConfig(**base, max_length=64, max_prompt_length=64).validate()
+    with pytest.raises(AlignlabError, match="'data' is required"):
+        TrainConfig(model="m", out="o").validate()
+    with pytest.raises(AlignlabError, match="must be > 0"):
+        TrainConfig(**base, method="var", params={"lam": -1}).validate()
+
+
+def test_overrides_need_values():
+    with pytest.raises(AlignlabError, match="--beta has no value"):
+        parse_overrides(["--beta"])
+    with pytest.raises(AlignlabError, match="unexpected argument"):
+        parse_overrides(["beta", "1"])

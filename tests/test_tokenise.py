@@ -1,0 +1,67 @@
+"""Prompt formats, response masks and the documented truncation rule."""
+
+import torch
+
+from alignlab.data import PreferencePair
+from alignlab.modeling import load_tokenizer
+from alignlab.tokenise import collate_pairs, tokenize_pairs
+
+MULTI_TURN = [{"role": "user", "content": "Hi there."}, {"role": "assistant", "content": "Hello!"},
+              {"role": "user", "content": "What color is the sky?"}]
+
+
+def pair(prompt=MULTI_TURN, chosen="The sky is blue.", rejected="No idea."):
+    return PreferencePair(id="x", prompt=prompt, chosen=chosen, rejected=rejected)
+
+
+def decode(tokenizer, ids):
+    return tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def test_plain_format_renders_turns_and_masks_only_the_response(tiny_model):
+    tokenizer = load_tokenizer(str(tiny_model))
+    assert tokenizer.pad_token == "</s>"  # no pad token: EOS pads
+    [ex], report = tokenize_pairs(tokenizer, [pair()], max_length=256, max_prompt_length=128)
+    assert decode(tokenizer, ex.prompt_ids) == (
+        "<s>\n\nHuman: Hi there.\n\nAssistant: Hello!\n\nHuman: What color is the sky?\n\nAssistant:")
+    assert decode(tokenizer, ex.chosen_ids) == " The sky is blue.</s>"
+    assert decode(tokenizer, ex.rejected_ids) == " No idea.</s>"
+    assert report.prompts_truncated == report.responses_truncated == 0
+
+
+def test_chat_template_response_is_what_the_template_adds(tiny_chat_model):
+    tokenizer = load_tokenizer(str(tiny_chat_model))
+    [ex], _ = tokenize_pairs(tokenizer, [pair()], max_length=256, max_prompt_length=128)
+    assert decode(tokenizer, ex.prompt_ids) == (
+        "<|user|>Hi there.</s><|assistant|>Hello!</s><|user|>What color is the sky?</s><|assistant|>")
+    assert decode(tokenizer, ex.chosen_ids) == "The sky is blue.</s>"
+
+
+def test_truncation_keeps_prompt_end_and_response_start_and_counts_both(tiny_model):
+    tokenizer = load_tokenizer(str(tiny_model))
+    long_response = "The sky is blue. " * 20
+    [full], _ = tokenize_pairs(tokenizer, [pair(chosen=long_response)], max_length=1000, max_prompt_length=999)
+    [cut], report = tokenize_pairs(tokenizer, [pair(chosen=long_response)], max_length=30, max_prompt_length=10)
+    assert cut.prompt_ids == full.prompt_ids[-10:]
+    assert cut.chosen_ids == full.chosen_ids[:20]
+    assert cut.rejected_ids == full.rejected_ids  # it fits
+    assert (report.prompts_truncated, report.responses_truncated, report.examples) == (1, 1, 1)
+
+
+def test_collated_batch_is_chosen_rows_then_rejected_rows_with_response_mask(tiny_model):
+    tokenizer = load_tokenizer(str(tiny_model))
+    pairs = [pair(), pair(prompt=[{"role": "user", "content": "Hi"}], chosen="Hello to you too, friend.")]
+    examples, _ = tokenize_pairs(tokenizer, pairs, 256, 128)
+    batch = collate_pairs(examples, tokenizer.pad_token_id)
+    rows = [(e.prompt_ids, e.chosen_ids) for e in examples] + [(e.prompt_ids, e.rejected_ids) for e in examples]
+    assert batch["input_ids"].shape == (4, max(len(p) + len(r) for p, r in rows))
+    for row, (prompt, response) in enumerate(rows):
+        n = len(prompt) + len(response)
+        assert batch["input_ids"][row, :n].tolist() == prompt + response
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (batch["input_ids"].shape[1] - n)
+        masked = batch["input_ids"][row][batch["loss_mask"][row].bool()].tolist()
+        assert masked == response
+        assert batch["lengths"][row].item() == len(response)
+    only_chosen = collate_pairs(examples, tokenizer.pad_token_id, include_rejected=False)
+    assert only_chosen["input_ids"].shape[0] == 2
+    assert torch.equal(only_chosen["lengths"], batch["lengths"][:2])
