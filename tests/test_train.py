@@ -80,8 +80,8 @@ def test_reference_cache_matches_fresh_computation_and_skips_reference_model(
     tokenizer = load_tokenizer(str(tiny_model))
     examples, _ = tokenize_pairs(tokenizer, load_pairs(str(pairs_file)).pairs, 64, 32)
     fresh_chosen, fresh_rejected = unbatched_logps(load_causal_lm(str(tiny_model)).eval(), examples)
-    assert torch.allclose(cached["chosen"].double(), torch.tensor(fresh_chosen), atol=1e-4)
-    assert torch.allclose(cached["rejected"].double(), torch.tensor(fresh_rejected), atol=1e-4)
+    assert torch.allclose(cached["chosen"].double(), torch.tensor(fresh_chosen, dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(cached["rejected"].double(), torch.tensor(fresh_rejected, dtype=torch.float64), atol=1e-4)
 
     loads.clear()
     second = train(config_for(tiny_model, pairs_file, tmp_path / "b", cache_dir=str(cache)))
@@ -204,7 +204,7 @@ def test_accelerate_two_processes_match_one_process(tiny_model, pairs_file, tmp_
     single = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one"), "--batch_size", "4"],
                             capture_output=True, text=True, env=env, cwd=REPO)
     assert single.returncode == 0, single.stderr[-2000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", "29517"]
     double = subprocess.run([*launch, *common, "--out", str(tmp_path / "two"), "--batch_size", "2"],

@@ -11,6 +11,7 @@ Adding a method: write its loss here, add a `Method` entry to `METHODS`, add a t
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -111,6 +112,7 @@ class PairBatch:
     ref_rejected_logps: Tensor | None = None
     reward_chosen: Tensor | None = None
     reward_rejected: Tensor | None = None
+    prompt_groups: Tensor | None = None  # equal for pairs that share a prompt
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,8 @@ class HyperParameter:
         except (TypeError, ValueError):
             raise AlignlabError(f"{method}: hyper-parameter '{self.name}' must be a {kind.__name__}, "
                                 f"got {value!r}; {self.help}") from None
+        if kind is float and not math.isfinite(value):
+            raise AlignlabError(f"{method}: hyper-parameter '{self.name}' must be a finite number, got {value}")
         if self.choices is not None and value not in self.choices:
             raise AlignlabError(f"{method}: hyper-parameter '{self.name}' must be one of "
                                 f"{', '.join(self.choices)}; got {value!r}")
@@ -177,14 +181,16 @@ def unknown_name_message(what: str, name: str, valid: list[str]) -> str:
 
 def _var_batch_loss(b: PairBatch, lam: float, z_estimator: str, length_normalize: bool) -> Tensor:
     # Chosen and rejected responses are all samples of the offline data, each with its own reward.
-    n = b.chosen_logps.shape[0]
-    pair_index = torch.arange(n, device=b.chosen_logps.device)
-    group_ids = torch.cat([pair_index, pair_index]) if z_estimator == "prompt" else None
+    # The "prompt" normaliser pools every response to the same prompt within the micro-batch.
+    group_ids, n_groups = None, 1
+    if z_estimator == "prompt":
+        groups = b.prompt_groups if b.prompt_groups is not None else torch.arange(
+            b.chosen_logps.shape[0], device=b.chosen_logps.device)
+        group_ids, n_groups = torch.cat([groups, groups]), int(torch.unique(groups).numel())
     per_sample = var_loss(torch.cat([b.chosen_logps, b.rejected_logps]),
                           torch.cat([b.ref_chosen_logps, b.ref_rejected_logps]),
                           torch.cat([b.reward_chosen, b.reward_rejected]), lam, group_ids,
                           torch.cat([b.chosen_lengths, b.rejected_lengths]), length_normalize)
-    n_groups = n if z_estimator == "prompt" else 1
     return per_sample.sum() / n_groups
 
 

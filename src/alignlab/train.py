@@ -109,7 +109,7 @@ def reference_logps(config: TrainConfig, examples, pad_id: int, cache_dir: Path,
     return cached_tensors(cache_dir, "reference-logps", key, compute)
 
 
-def pair_batch(model, batch: dict, method: Method, reference, rewards) -> PairBatch:
+def pair_batch(model, batch: dict, method: Method, reference, rewards, groups) -> PairBatch:
     """Per-sequence quantities of a collated batch: policy log-probs from one forward pass."""
     logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
     index = batch["index"].cpu()
@@ -126,7 +126,8 @@ def pair_batch(model, batch: dict, method: Method, reference, rewards) -> PairBa
         ref_chosen_logps=take(reference, "chosen") if reference else None,
         ref_rejected_logps=take(reference, "rejected") if reference else None,
         reward_chosen=take(rewards, "chosen") if rewards else None,
-        reward_rejected=take(rewards, "rejected") if rewards else None)
+        reward_rejected=take(rewards, "rejected") if rewards else None,
+        prompt_groups=groups[index].to(device))
 
 
 def logratio_margin(b: PairBatch) -> torch.Tensor:
@@ -153,7 +154,9 @@ def train(config: TrainConfig) -> TrainResult:
     pairs = loaded.pairs
     if not pairs:
         raise AlignlabError(f"{config.data}: no usable pairs ({loaded.summary()})")
-    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
+    # cpu=True without an accelerator lets `accelerate launch --multi_gpu` run gloo processes on CPU.
+    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                              cpu=not _has_accelerator())
     is_main = accelerator.is_main_process
     set_seed(config.seed)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
@@ -173,6 +176,7 @@ def train(config: TrainConfig) -> TrainResult:
         if method.uses_rewards:
             rewards = pair_rewards(config, pairs, cache_dir, accelerator.device)
 
+    groups = prompt_groups(pairs)
     model = load_causal_lm(config.model, config.dtype, config.trust_remote_code)
     model.config.use_cache = False
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
@@ -206,7 +210,7 @@ def train(config: TrainConfig) -> TrainResult:
                                                     shuffle=False, collate_fn=collate))
             for batch in loader:
                 with accelerator.accumulate(model):
-                    quantities = pair_batch(model, batch, method, reference, rewards)
+                    quantities = pair_batch(model, batch, method, reference, rewards, groups)
                     loss = method.batch_loss(quantities, **config.params)
                     accelerator.backward(loss)
                     window_loss = window_loss + loss.detach()
@@ -253,6 +257,19 @@ def train(config: TrainConfig) -> TrainResult:
                 "truncation": truncation.summary()})
     accelerator.wait_for_everyone()
     return result
+
+
+def _has_accelerator() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return (torch.cuda.is_available() or bool(mps and mps.is_available())
+            or bool(xpu and xpu.is_available()))
+
+
+def prompt_groups(pairs) -> torch.Tensor:
+    """An integer per pair; pairs with the same prompt share it (VAR's per-prompt normaliser)."""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(json.dumps(p.prompt, sort_keys=True), len(ids)) for p in pairs])
 
 
 class _no_dir:
