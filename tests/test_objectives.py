@@ -777,3 +777,28 @@ def test_batch_loss_var_gradient():
     close64(gl, [-om[i][1] / n for i in range(n)])
     for g in (gref, grew):
         assert g is None or torch.count_nonzero(g) == 0
+
+
+def test_var_prompt_normaliser_pools_pairs_that_share_a_prompt():
+    """Pairs 0 and 2 share a prompt: their four responses form one softmax group of the loss."""
+    import math as m
+    ref_c, ref_r = [-1.0, -2.0, -3.0], [-2.0, -1.5, -0.5]
+    rew_c, rew_r = [1.0, 0.0, 2.0], [0.0, 1.0, -1.0]
+    logps_c, logps_r = [-4.0, -5.0, -6.0], [-7.0, -8.0, -9.0]
+    lam = 0.5
+    batch = PairBatch(
+        chosen_logps=torch.tensor(logps_c, dtype=torch.float64), chosen_lengths=torch.ones(3, dtype=torch.float64),
+        rejected_logps=torch.tensor(logps_r, dtype=torch.float64), rejected_lengths=torch.ones(3, dtype=torch.float64),
+        ref_chosen_logps=torch.tensor(ref_c, dtype=torch.float64), ref_rejected_logps=torch.tensor(ref_r, dtype=torch.float64),
+        reward_chosen=torch.tensor(rew_c, dtype=torch.float64), reward_rejected=torch.tensor(rew_r, dtype=torch.float64),
+        prompt_groups=torch.tensor([5, 9, 5]))
+    groups = {5: [("c", 0), ("r", 0), ("c", 2), ("r", 2)], 9: [("c", 1), ("r", 1)]}
+    table = {"c": (ref_c, rew_c, logps_c), "r": (ref_r, rew_r, logps_r)}
+    expected = 0.0
+    for members in groups.values():
+        scores = [table[k][0][i] + table[k][1][i] / lam for k, i in members]
+        z = sum(m.exp(s) for s in scores)
+        expected += sum(m.exp(s) / z * -table[k][2][i] for s, (k, i) in zip(scores, members))
+    expected /= 2  # two prompt groups
+    loss = get_method("var").batch_loss(batch, lam=lam, z_estimator="prompt", length_normalize=False)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)

@@ -1,0 +1,85 @@
+"""`alignlab data` as a user runs it: the installed console script, exit codes, files left behind."""
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED
+
+HH_SAMPLE = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+ALIGNLAB = shutil.which("alignlab", path=str(Path(sys.executable).parent)) or "alignlab"
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([ALIGNLAB, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+@pytest.mark.skipif(not HH_SAMPLE.exists(), reason=f"shared HH-RLHF sample not found at {HH_SAMPLE}")
+def test_data_summarises_and_writes_hh_pairs(tmp_path):
+    out = tmp_path / "pairs.jsonl"
+    result = run("data", str(HH_SAMPLE), "--format", "hh-rlhf", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.strip().splitlines()
+    total = sum(1 for _ in gzip.open(HH_SAMPLE, "rt"))
+    rows = [json.loads(row) for row in out.read_text().splitlines()]
+    assert f"kept {len(rows)} pairs" in line
+    dropped = total - len(rows)
+    assert f"dropped {dropped}" in line
+    assert set(rows[0]) == {"id", "prompt", "chosen", "rejected"}
+    assert len({row["id"] for row in rows}) == len(rows)
+
+
+def test_data_pku_filter_counts_drops(tmp_path):
+    records = [
+        {"prompt": "p1", "response_0": "safe", "response_1": "unsafe", "better_response_id": 1,
+         "safer_response_id": 0, "is_response_0_safe": True, "is_response_1_safe": False},
+        {"prompt": "p2", "response_0": "a", "response_1": "b", "better_response_id": 0,
+         "safer_response_id": 0, "is_response_0_safe": True, "is_response_1_safe": True},
+        {"prompt": "p3", "response_0": "c", "response_1": "d", "better_response_id": 0,
+         "safer_response_id": 1, "is_response_0_safe": False, "is_response_1_safe": False},
+    ]
+    path = tmp_path / "pku.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "pairs.jsonl"
+    result = run("data", str(path), "--format", "pku-saferlhf", "--filter", "double-safe-unsafe", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "kept 1 pairs" in result.stdout and "both safe: 1" in result.stdout and "both unsafe: 1" in result.stdout
+    [row] = [json.loads(r) for r in out.read_text().splitlines()]
+    assert (row["chosen"], row["rejected"]) == ("safe", "unsafe")
+
+
+@pytest.mark.parametrize("content,needle", [
+    ('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": \n', ":2:"),
+    ('{"prompt": "p", "chosen": "a"}\n', "'rejected'"),
+    ('{"prompt": "p", "chosen": 3, "rejected": "b"}\n', "'chosen'"),
+])
+def test_bad_input_exits_nonzero_with_one_message_and_no_output(tmp_path, content, needle):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    out = tmp_path / "out.jsonl"
+    result = run("data", str(path), "--out", str(out))
+    assert result.returncode == 2
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and "bad.jsonl" in message and needle in message
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == [path]
+
+
+def test_unknown_format_lists_the_valid_ones(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    result = run("data", str(path), "--format", "alpaca")
+    assert result.returncode == 2
+    assert all(name in result.stderr for name in ("hh-rlhf", "pku-saferlhf", "pairs"))
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run("--debug", "data", str(tmp_path / "missing.jsonl"))
+    assert result.returncode != 0 and "Traceback" in result.stderr
