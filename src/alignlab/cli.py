@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from alignlab.errors import AlignlabError
 
@@ -55,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file of TrainConfig fields (see README)")
     train.add_argument("--reward-model", dest="reward_model", help="sequence classifier for VAR's rewards")
     train.add_argument("--data-format", dest="data_format", help="hh-rlhf | pku-saferlhf | pairs")
+    train_rm = commands.add_parser(
+        "train-rm", help="train a Bradley-Terry reward model (sequence classifier) on preference pairs",
+        epilog="Any RewardModelConfig field can be overridden as --key value (see README).")
+    train_rm.add_argument("--model", help="base checkpoint (causal LM or sequence classifier)")
+    train_rm.add_argument("--data", help="preference pairs: file or HF dataset name")
+    train_rm.add_argument("--out", help="run directory to create")
+    train_rm.add_argument("--config", help="YAML file of RewardModelConfig fields")
+    train_rm.add_argument("--eval-data", dest="eval_data", help="held-out pairs (default: eval_fraction of --data)")
+    train_rm.add_argument("--data-format", dest="data_format", help="hh-rlhf | pku-saferlhf | pairs")
     return parser
 
 
@@ -69,31 +77,53 @@ def run_data(args) -> int:
     return 0
 
 
+def _config_from_args(cls, args, names: tuple[str, ...], overrides: list[str]):
+    from alignlab.config import build_config, parse_overrides
+
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return build_config(cls, args.config, {**given, **parse_overrides(overrides)})
+
+
 def run_train(args, overrides: list[str]) -> int:
-    from alignlab.config import TrainConfig, build_config, parse_overrides
+    from alignlab.config import TrainConfig
     from alignlab.train import train
 
-    given = {name: getattr(args, name) for name in ("method", "model", "data", "out", "reward_model",
-                                                    "data_format") if getattr(args, name) is not None}
-    config = build_config(TrainConfig, args.config, {**given, **parse_overrides(overrides)})
+    config = _config_from_args(TrainConfig, args, ("method", "model", "data", "out", "reward_model",
+                                                   "data_format"), overrides)
     result = train(config)
     print(f"{result.out}: {result.optimizer_steps} steps, {result.pairs_trained} pairs in "
-          f"{result.train_seconds:.1f}s ({result.pairs_per_second:.1f} pairs/s), final loss "
+          f"{result.seconds:.1f}s ({result.pairs_per_second:.1f} pairs/s), final loss "
           f"{result.final_loss:.4f}, margin {result.final_margin:.3f}")
     return 0
+
+
+def run_train_rm(args, overrides: list[str]) -> int:
+    from alignlab.config import RewardModelConfig
+    from alignlab.reward_model import train_reward_model
+
+    config = _config_from_args(RewardModelConfig, args, ("model", "data", "out", "eval_data", "data_format"),
+                               overrides)
+    result = train_reward_model(config)
+    print(f"{result.out}: {result.optimizer_steps} steps in {result.seconds:.1f}s, final loss "
+          f"{result.final_loss:.4f}; held-out pairwise accuracy {result.heldout_accuracy:.3f} "
+          f"on {result.heldout_pairs} pairs")
+    return 0
+
+
+COMMANDS_WITH_OVERRIDES = {"train": run_train, "train-rm": run_train_rm}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "train":
+    if extra and args.command not in COMMANDS_WITH_OVERRIDES:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.command == "data":
             return run_data(args)
-        return run_train(args, extra)
+        return COMMANDS_WITH_OVERRIDES[args.command](args, extra)
     except AlignlabError as err:
         if args.debug:
             raise

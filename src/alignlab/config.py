@@ -19,20 +19,16 @@ from alignlab.objectives import get_method, unknown_name_message
 
 
 @dataclass
-class TrainConfig:
-    """One offline training run (`alignlab train`)."""
+class OptimConfig:
+    """What every training loop shares: optimisation, batching, tokenisation, numerics, output."""
 
-    method: str = "dpo"
-    model: str = ""  # policy initialisation: a local directory or a Hugging Face model name
+    model: str = ""  # initialisation: a local directory or a Hugging Face model name
     data: str = ""  # preference pairs: a local file or a Hugging Face dataset name
     out: str = ""  # run directory: config.yaml, metrics.jsonl, train_summary.json, model/
     data_format: str = "pairs"  # hh-rlhf | pku-saferlhf | pairs
     data_filter: str | None = None  # pku-saferlhf: double-safe-unsafe
     data_preference: str = "better"  # pku-saferlhf without a filter: better | safer
     data_split: str = "train"  # split of a Hugging Face dataset
-    reference_model: str | None = None  # frozen reference; defaults to `model` (the SFT model)
-    reward_model: str | None = None  # sequence classifier giving VAR's rewards (else data columns)
-    params: dict = field(default_factory=dict)  # the method's hyper-parameters (see objectives.py)
     learning_rate: float = 1e-6
     epochs: int = 1
     batch_size: int = 8  # pairs per device per micro-batch
@@ -54,8 +50,6 @@ class TrainConfig:
         for name in ("model", "data", "out"):
             if not getattr(self, name):
                 raise AlignlabError(f"config: '{name}' is required (pass --{name} or set it in the YAML)")
-        method = get_method(self.method)
-        self.params = method.resolve(self.params)
         for name in ("learning_rate", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise AlignlabError(f"config: '{name}' must be > 0, got {getattr(self, name)}")
@@ -73,6 +67,34 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainConfig(OptimConfig):
+    """One offline training run (`alignlab train`)."""
+
+    method: str = "dpo"
+    params: dict = field(default_factory=dict)  # the method's hyper-parameters (see objectives.py)
+    reference_model: str | None = None  # frozen reference; defaults to `model` (the SFT model)
+    reward_model: str | None = None  # sequence classifier giving VAR's rewards (else data columns)
+
+    def validate(self) -> None:
+        super().validate()
+        self.params = get_method(self.method).resolve(self.params)
+
+
+@dataclass
+class RewardModelConfig(OptimConfig):
+    """Training a Bradley–Terry reward model (`alignlab train-rm`)."""
+
+    learning_rate: float = 1e-5
+    eval_data: str | None = None  # held-out pairs; default: `eval_fraction` of `data`
+    eval_fraction: float = 0.1
+
+    def validate(self) -> None:
+        super().validate()
+        if self.eval_data is None and not 0 < self.eval_fraction < 1:
+            raise AlignlabError(f"config: 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -162,9 +184,9 @@ def _coerce(name: str, value, annotation, where: str):
     raise AlignlabError(f"{where}: '{name}' must be a {type_name}, got {value!r}")
 
 
-def build_config(cls, yaml_path: str | None, overrides: dict, method_field: str | None = "method"):
-    """Defaults < YAML < overrides. Keys that are not fields go to `params` when the method takes
-    them; anything else is an error suggesting the closest valid key."""
+def build_config(cls, yaml_path: str | None, overrides: dict):
+    """Defaults < YAML < overrides. For configs with a method, keys that are not fields go to
+    `params` when the method takes them; anything else is an error suggesting the closest key."""
     types_by_field = _field_types(cls)
     merged: dict = {}
     sources: dict[str, str] = {}
@@ -175,12 +197,14 @@ def build_config(cls, yaml_path: str | None, overrides: dict, method_field: str 
     for key, value in overrides.items():
         merged[key] = value
         sources[key] = "command line: --"
-    params = dict(merged.pop("params", None) or {})
-    if not isinstance(params, dict):
-        raise AlignlabError(f"{sources.get('params', 'config')}: 'params' must be a mapping")
+    has_method = "method" in types_by_field
+    params = merged.pop("params", None) if has_method else None
+    if params is not None and not isinstance(params, dict):
+        raise AlignlabError(f"{sources['params'].rstrip(' -:')}: 'params' must be a mapping")
+    params = dict(params or {})
     method_params: set[str] = set()
-    if method_field is not None:
-        method_name = str(merged.get(method_field, cls.__dataclass_fields__[method_field].default))
+    if has_method:
+        method_name = str(merged.get("method", cls.__dataclass_fields__["method"].default))
         method_params = {hp.name for hp in get_method(method_name).hyperparameters}
     values = {}
     for key, value in merged.items():
@@ -192,7 +216,7 @@ def build_config(cls, yaml_path: str | None, overrides: dict, method_field: str 
             valid = sorted(set(types_by_field) | method_params)
             raise AlignlabError(unknown_name_message(f"{sources[key].rstrip(' -:')}: unknown key", key, valid))
     config = cls(**values)
-    if method_field is not None:
+    if has_method:
         config.params = params
     return config
 

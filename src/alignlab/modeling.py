@@ -64,10 +64,14 @@ def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = 
     return _load_pretrained(AutoModelForCausalLM, path, dtype, trust_remote_code)
 
 
-def load_sequence_classifier(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+def load_sequence_classifier(path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                             num_labels: int | None = None):
+    """A reward model with one output. `num_labels=1` initialises a fresh score head on a base
+    checkpoint (to train one); without it the checkpoint must already be a one-output classifier."""
     from transformers import AutoModelForSequenceClassification
 
-    model = _load_pretrained(AutoModelForSequenceClassification, path, dtype, trust_remote_code)
+    extra = {} if num_labels is None else {"num_labels": num_labels}
+    model = _load_pretrained(AutoModelForSequenceClassification, path, dtype, trust_remote_code, **extra)
     if model.config.num_labels != 1:
         raise AlignlabError(f"{path}: a reward model must output one score (num_labels=1); this one "
                             f"has num_labels={model.config.num_labels}")

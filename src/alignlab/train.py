@@ -13,6 +13,7 @@ never leaves a half-written result.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from alignlab import atomic
-from alignlab.config import TrainConfig, dump_yaml
+from alignlab.config import OptimConfig, TrainConfig, dump_yaml
 from alignlab.data import load_pairs
 from alignlab.errors import AlignlabError
 from alignlab.modeling import load_causal_lm, load_tokenizer, sequence_logps
@@ -36,21 +37,6 @@ from alignlab.reference import (cache_key, cached_tensors, compute_sequence_logp
 from alignlab.tokenise import collate_pairs, fingerprint_tokens, tokenize_pairs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    out: Path
-    optimizer_steps: int
-    pairs_trained: int
-    final_loss: float
-    final_margin: float
-    train_seconds: float
-    reference_cache_hit: bool | None  # None when the method needs no reference
-
-    @property
-    def pairs_per_second(self) -> float:
-        return self.pairs_trained / self.train_seconds if self.train_seconds else float("nan")
 
 
 def prepare_output_dir(out: Path, overwrite: bool) -> None:
@@ -140,32 +126,138 @@ def logratio_margin(b: PairBatch) -> torch.Tensor:
     return (b.chosen_logps / b.chosen_lengths - b.rejected_logps / b.rejected_lengths).mean()
 
 
-def train(config: TrainConfig) -> TrainResult:
+@dataclass
+class FitResult:
+    optimizer_steps: int
+    pairs_trained: int
+    final_loss: float
+    final_margin: float
+    seconds: float
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs_trained / self.seconds if self.seconds else float("nan")
+
+
+@dataclass
+class TrainResult(FitResult):
+    out: Path
+    reference_cache_hit: bool | None  # None when the method needs no reference
+
+
+def make_accelerator(config: OptimConfig):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
+
+    # cpu=True without an accelerator lets `accelerate launch --multi_gpu` run gloo processes on CPU.
+    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                              cpu=not _has_accelerator())
+    set_seed(config.seed)
+    return accelerator
+
+
+def load_training_pairs(config: OptimConfig, source: str | None = None):
+    loaded = load_pairs(source or config.data, config.data_format, filter=config.data_filter,
+                        preference=config.data_preference, split=config.data_split)
+    if not loaded.pairs:
+        raise AlignlabError(f"{loaded.source}: no usable pairs ({loaded.summary()})")
+    return loaded
+
+
+def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_loss, run_dir: Path | None,
+        desc: str) -> tuple[object, FitResult]:
+    """The training loop every trainer shares.
+
+    `collate(indices)` builds a batch whose "index" tensor lists its examples; `step_loss(model,
+    batch)` returns (scalar loss, scalar margin). AdamW with a transformers schedule (stepped once per
+    optimizer step, so it ignores the process count), gradient accumulation and clipping through
+    accelerate, a seeded shuffle per epoch, a progress bar, and one metrics.jsonl line per logged
+    step in `run_dir` (None on processes that write nothing). Returns the prepared model.
+    """
     from transformers import get_scheduler
 
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    global_batch = config.batch_size * accelerator.num_processes
+    steps_per_epoch = math.ceil(math.ceil(n_examples / global_batch) / config.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = get_scheduler(config.lr_scheduler, optimizer,
+                              num_warmup_steps=int(config.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    metrics_file = open(run_dir / "metrics.jsonl", "w", encoding="utf-8") if run_dir else None
+    progress = tqdm(total=total_steps, desc=desc, disable=run_dir is None, unit="step")
+    step, pairs_trained = 0, 0
+    window_loss, window_margin, window_batches = 0.0, 0.0, 0
+    last = {"loss": float("nan"), "margin": float("nan")}
+    start = time.perf_counter()
+    model.train()
+    for epoch in range(config.epochs):
+        order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(config.seed + epoch))
+        loader = accelerator.prepare(DataLoader(order.tolist(), batch_size=config.batch_size,
+                                                shuffle=False, collate_fn=collate))
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss, margin = step_loss(model, batch)
+                accelerator.backward(loss)
+                window_loss = window_loss + loss.detach()
+                window_margin = window_margin + margin.detach()
+                window_batches += 1
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            pairs_trained += len(batch["index"]) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            progress.update(1)
+            if step % config.logging_steps == 0 or step == total_steps:
+                reduced = accelerator.reduce(torch.stack([window_loss, window_margin]) / window_batches, "mean")
+                last = {"loss": reduced[0].item(), "margin": reduced[1].item()}
+                progress.set_postfix(loss=f"{last['loss']:.4f}", margin=f"{last['margin']:.3f}")
+                if metrics_file:
+                    record = {"step": step, "epoch": epoch, **last, "learning_rate": scheduler.get_last_lr()[0],
+                              "grad_norm": float(grad_norm), "pairs_seen": pairs_trained,
+                              "elapsed_s": round(time.perf_counter() - start, 3)}
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+            window_loss, window_margin, window_batches = 0.0, 0.0, 0
+    seconds = time.perf_counter() - start
+    progress.close()
+    if metrics_file:
+        metrics_file.close()
+    accelerator.wait_for_everyone()
+    return model, FitResult(step, pairs_trained, last["loss"], last["margin"], seconds)
+
+
+def save_run(run_dir: Path, accelerator, model, tokenizer, config: OptimConfig, summary: dict) -> None:
+    accelerator.unwrap_model(model).save_pretrained(run_dir / "model", safe_serialization=True)
+    tokenizer.save_pretrained(run_dir / "model")
+    atomic.write_text(run_dir / "config.yaml", dump_yaml(config))
+    atomic.write_json(run_dir / "train_summary.json", summary)
+
+
+def run_directory(out: Path, is_main: bool):
+    """The hidden temp directory that becomes `out` when training ends (main process only)."""
+    return atomic.atomic_dir(out) if is_main else contextlib.nullcontext(None)
+
+
+def train(config: TrainConfig) -> TrainResult:
     config.validate()
     method = get_method(config.method)
     out = Path(config.out)
     prepare_output_dir(out, config.overwrite)
-    loaded = load_pairs(config.data, config.data_format, filter=config.data_filter,
-                        preference=config.data_preference, split=config.data_split)
+    loaded = load_training_pairs(config)
     pairs = loaded.pairs
-    if not pairs:
-        raise AlignlabError(f"{config.data}: no usable pairs ({loaded.summary()})")
-    # cpu=True without an accelerator lets `accelerate launch --multi_gpu` run gloo processes on CPU.
-    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                              cpu=not _has_accelerator())
+    accelerator = make_accelerator(config)
     is_main = accelerator.is_main_process
-    set_seed(config.seed)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    if is_main:
-        log.info(loaded.summary())
-
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     examples, truncation = tokenize_pairs(tokenizer, pairs, config.max_length, config.max_prompt_length)
     if is_main:
+        log.info(loaded.summary())
         log.info(truncation.summary())
 
     reference, reference_hit, rewards = None, None, None
@@ -175,88 +267,31 @@ def train(config: TrainConfig) -> TrainResult:
                                                        cache_dir, accelerator.device)
         if method.uses_rewards:
             rewards = pair_rewards(config, pairs, cache_dir, accelerator.device)
-
     groups = prompt_groups(pairs)
     model = load_causal_lm(config.model, config.dtype, config.trust_remote_code)
     model.config.use_cache = False
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
-
-    global_batch = config.batch_size * accelerator.num_processes
-    micro_batches = math.ceil(len(examples) / global_batch)
-    steps_per_epoch = math.ceil(micro_batches / config.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * config.epochs
-    # Stepped once per optimizer step by us (not prepared), so the schedule ignores the process count.
-    scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
 
     def collate(indices):
         batch = collate_pairs([examples[i] for i in indices], tokenizer.pad_token_id, method.uses_rejected)
         batch["index"] = torch.tensor(indices)
         return batch
 
-    with atomic.atomic_dir(out) if is_main else _no_dir() as run_dir:
-        metrics_file = open(run_dir / "metrics.jsonl", "w", encoding="utf-8") if is_main else None
-        progress = tqdm(total=total_steps, desc=f"{config.method}", disable=not is_main, unit="step")
-        step, pairs_trained = 0, 0
-        window_loss, window_margin, window_batches = 0.0, 0.0, 0
-        last = {"loss": float("nan"), "margin": float("nan")}
-        start = time.perf_counter()
-        model.train()
-        for epoch in range(config.epochs):
-            order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(config.seed + epoch))
-            loader = accelerator.prepare(DataLoader(order.tolist(), batch_size=config.batch_size,
-                                                    shuffle=False, collate_fn=collate))
-            for batch in loader:
-                with accelerator.accumulate(model):
-                    quantities = pair_batch(model, batch, method, reference, rewards, groups)
-                    loss = method.batch_loss(quantities, **config.params)
-                    accelerator.backward(loss)
-                    window_loss = window_loss + loss.detach()
-                    window_margin = window_margin + logratio_margin(quantities).detach()
-                    window_batches += 1
-                    grad_norm = None
-                    if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                pairs_trained += len(batch["index"]) * accelerator.num_processes
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                step += 1
-                progress.update(1)
-                if step % config.logging_steps == 0 or step == total_steps:
-                    reduced = accelerator.reduce(torch.stack([window_loss, window_margin])
-                                                 / window_batches, "mean")
-                    last = {"loss": reduced[0].item(), "margin": reduced[1].item()}
-                    progress.set_postfix(loss=f"{last['loss']:.4f}", margin=f"{last['margin']:.3f}")
-                    if metrics_file:
-                        record = {"step": step, "epoch": epoch, **last, "learning_rate": scheduler.get_last_lr()[0],
-                                  "grad_norm": float(grad_norm), "pairs_seen": pairs_trained,
-                                  "elapsed_s": round(time.perf_counter() - start, 3)}
-                        metrics_file.write(json.dumps(record) + "\n")
-                        metrics_file.flush()
-                window_loss, window_margin, window_batches = 0.0, 0.0, 0
-        seconds = time.perf_counter() - start
-        progress.close()
-        accelerator.wait_for_everyone()
-        result = TrainResult(out, step, pairs_trained, last["loss"], last["margin"], seconds, reference_hit)
+    def step_loss(model, batch):
+        quantities = pair_batch(model, batch, method, reference, rewards, groups)
+        return method.batch_loss(quantities, **config.params), logratio_margin(quantities)
+
+    with run_directory(out, is_main) as run_dir:
+        model, fitted = fit(config, accelerator, model, len(examples), collate, step_loss, run_dir, config.method)
         if is_main:
-            metrics_file.close()
-            accelerator.unwrap_model(model).save_pretrained(run_dir / "model", safe_serialization=True)
-            tokenizer.save_pretrained(run_dir / "model")
-            atomic.write_text(run_dir / "config.yaml", dump_yaml(config))
-            atomic.write_json(run_dir / "train_summary.json", {
-                "method": config.method, "params": config.params, "optimizer_steps": step,
-                "pairs_trained": pairs_trained, "final_loss": result.final_loss,
-                "final_margin": result.final_margin, "train_seconds": round(seconds, 3),
-                "pairs_per_second": result.pairs_per_second, "processes": accelerator.num_processes,
+            save_run(run_dir, accelerator, model, tokenizer, config, {
+                "method": config.method, "params": config.params, "optimizer_steps": fitted.optimizer_steps,
+                "pairs_trained": fitted.pairs_trained, "final_loss": fitted.final_loss,
+                "final_margin": fitted.final_margin, "train_seconds": round(fitted.seconds, 3),
+                "pairs_per_second": fitted.pairs_per_second, "processes": accelerator.num_processes,
                 "reference_cache_hit": reference_hit, "data": loaded.summary(),
                 "truncation": truncation.summary()})
     accelerator.wait_for_everyone()
-    return result
+    return TrainResult(**vars(fitted), out=out, reference_cache_hit=reference_hit)
 
 
 def _has_accelerator() -> bool:
@@ -270,13 +305,3 @@ def prompt_groups(pairs) -> torch.Tensor:
     """An integer per pair; pairs with the same prompt share it (VAR's per-prompt normaliser)."""
     ids: dict[str, int] = {}
     return torch.tensor([ids.setdefault(json.dumps(p.prompt, sort_keys=True), len(ids)) for p in pairs])
-
-
-class _no_dir:
-    """Non-main processes write nothing."""
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
