@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file of TrainConfig fields (see README)")
     train.add_argument("--reward-model", dest="reward_model", help="sequence classifier for VAR's rewards")
     train.add_argument("--data-format", dest="data_format", help="hh-rlhf | pku-saferlhf | pairs")
+    train.add_argument("--resume", action="store_true", default=None,
+                       help="continue a killed run (same --out and configuration) from its last checkpoint")
     train_rm = commands.add_parser(
         "train-rm", help="train a Bradley-Terry reward model (sequence classifier) on preference pairs",
         epilog="Any RewardModelConfig field can be overridden as --key value (see README).")
@@ -63,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_rm.add_argument("--config", help="YAML file of RewardModelConfig fields")
     train_rm.add_argument("--eval-data", dest="eval_data", help="held-out pairs (default: eval_fraction of --data)")
     train_rm.add_argument("--data-format", dest="data_format", help="hh-rlhf | pku-saferlhf | pairs")
+    train_rm.add_argument("--resume", action="store_true", default=None,
+                          help="continue a killed run from its last checkpoint")
     return parser
 
 
@@ -89,7 +93,7 @@ def run_train(args, overrides: list[str]) -> int:
     from alignlab.train import train
 
     config = _config_from_args(TrainConfig, args, ("method", "model", "data", "out", "reward_model",
-                                                   "data_format"), overrides)
+                                                   "data_format", "resume"), overrides)
     result = train(config)
     print(f"{result.out}: {result.optimizer_steps} steps, {result.pairs_trained} pairs in "
           f"{result.seconds:.1f}s ({result.pairs_per_second:.1f} pairs/s), final loss "
@@ -101,7 +105,7 @@ def run_train_rm(args, overrides: list[str]) -> int:
     from alignlab.config import RewardModelConfig
     from alignlab.reward_model import train_reward_model
 
-    config = _config_from_args(RewardModelConfig, args, ("model", "data", "out", "eval_data", "data_format"),
+    config = _config_from_args(RewardModelConfig, args, ("model", "data", "out", "eval_data", "data_format", "resume"),
                                overrides)
     result = train_reward_model(config)
     print(f"{result.out}: {result.optimizer_steps} steps in {result.seconds:.1f}s, final loss "

@@ -45,6 +45,8 @@ class OptimConfig:
     cache_dir: str | None = None  # reference log-prob / reward cache; default ~/.cache/alignlab
     trust_remote_code: bool = False  # run code shipped with a hub model only when the user says so
     overwrite: bool = False  # replace an existing, non-empty run directory
+    checkpoint_steps: int = 0  # save a resumable checkpoint every N optimizer steps (0: never)
+    resume: bool = False  # continue a killed run from its last checkpoint (same configuration)
 
     def validate(self) -> None:
         for name in ("model", "data", "out"):
@@ -53,6 +55,8 @@ class OptimConfig:
         for name in ("learning_rate", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise AlignlabError(f"config: '{name}' must be > 0, got {getattr(self, name)}")
+        if self.checkpoint_steps < 0:
+            raise AlignlabError(f"config: 'checkpoint_steps' must be >= 0, got {self.checkpoint_steps}")
         for name in ("epochs", "batch_size", "gradient_accumulation_steps", "logging_steps",
                      "max_length", "max_prompt_length"):
             if getattr(self, name) < 1:
@@ -176,11 +180,16 @@ def _coerce(name: str, value, annotation, where: str):
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
+        if typing.get_origin(annotation) is list:
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise ValueError
+            return [i.strip() for i in items if i.strip()]
     except (TypeError, ValueError):
         pass
     else:
         return value
-    type_name = getattr(annotation, "__name__", str(annotation))
+    type_name = "list of names" if typing.get_origin(annotation) is list else getattr(annotation, "__name__", str(annotation))
     raise AlignlabError(f"{where}: '{name}' must be a {type_name}, got {value!r}")
 
 

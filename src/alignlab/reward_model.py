@@ -90,7 +90,7 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
         chosen, rejected = pair_rewards(model, batch)
         return -F.logsigmoid(chosen - rejected).mean(), (chosen - rejected).mean()
 
-    with run_directory(out, is_main) as run_dir:
+    with run_directory(out, accelerator, config) as run_dir:
         model, fitted = fit(config, accelerator, model, len(examples), collate, step_loss, run_dir, "reward model")
         accuracy = pairwise_accuracy(accelerator.unwrap_model(model), heldout, tokenizer.pad_token_id,
                                      config.batch_size, accelerator.device)

@@ -14,10 +14,13 @@ never leaves a half-written result.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,8 @@ log = logging.getLogger(__name__)
 
 def prepare_output_dir(out: Path, overwrite: bool) -> None:
     """Fail before any work when the run directory cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise AlignlabError(f"{out}: exists and is not a directory; choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise AlignlabError(f"{out}: output directory exists and is not empty; choose another --out "
                             "or pass --overwrite true")
@@ -164,18 +169,60 @@ def load_training_pairs(config: OptimConfig, source: str | None = None):
     return loaded
 
 
-def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_loss, run_dir: Path | None,
+@dataclass
+class LoopState:
+    """Where the loop is: enough, with the accelerate state, to resume exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of this epoch already trained
+    pairs_trained: int = 0
+    window_loss: float = 0.0  # sums over the micro-batches since the last logged step
+    window_margin: float = 0.0
+    window_batches: int = 0
+    metrics_bytes: int = 0  # length of metrics.jsonl at this state
+
+
+CHECKPOINT = "checkpoint"
+
+
+def save_checkpoint(accelerator, run_dir: Path, state: LoopState) -> None:
+    """Model, optimizer, scheduler and RNG states (accelerate) plus the loop state, replaced whole."""
+    staging = run_dir / f"{CHECKPOINT}.tmp"
+    accelerator.save_state(str(staging), safe_serialization=True)
+    if accelerator.is_main_process:
+        atomic.write_json(staging / "loop_state.json", dataclasses.asdict(state))
+        previous = run_dir / f"{CHECKPOINT}.old"
+        if (run_dir / CHECKPOINT).exists():
+            os.replace(run_dir / CHECKPOINT, previous)
+        os.replace(staging, run_dir / CHECKPOINT)
+        shutil.rmtree(previous, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(accelerator, run_dir: Path) -> LoopState | None:
+    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):  # .old survives a kill between the two renames
+        directory = run_dir / name
+        if (directory / "loop_state.json").exists():
+            accelerator.load_state(str(directory))
+            return LoopState(**json.loads((directory / "loop_state.json").read_text()))
+    return None
+
+
+def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_loss, run_dir: Path,
         desc: str) -> tuple[object, FitResult]:
     """The training loop every trainer shares.
 
     `collate(indices)` builds a batch whose "index" tensor lists its examples; `step_loss(model,
     batch)` returns (scalar loss, scalar margin). AdamW with a transformers schedule (stepped once per
     optimizer step, so it ignores the process count), gradient accumulation and clipping through
-    accelerate, a seeded shuffle per epoch, a progress bar, and one metrics.jsonl line per logged
-    step in `run_dir` (None on processes that write nothing). Returns the prepared model.
+    accelerate, a seeded shuffle per epoch, a progress bar, one metrics.jsonl line per logged step,
+    and every `checkpoint_steps` a checkpoint in `run_dir` that `resume` continues from exactly.
+    Returns the prepared model.
     """
     from transformers import get_scheduler
 
+    is_main = accelerator.is_main_process
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     global_batch = config.batch_size * accelerator.num_processes
@@ -184,52 +231,69 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     scheduler = get_scheduler(config.lr_scheduler, optimizer,
                               num_warmup_steps=int(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    metrics_file = open(run_dir / "metrics.jsonl", "w", encoding="utf-8") if run_dir else None
-    progress = tqdm(total=total_steps, desc=desc, disable=run_dir is None, unit="step")
-    step, pairs_trained = 0, 0
-    window_loss, window_margin, window_batches = 0.0, 0.0, 0
+    accelerator.register_for_checkpointing(scheduler)
+    state = (load_checkpoint(accelerator, run_dir) if config.resume else None) or LoopState()
+    metrics_file = None
+    if is_main:
+        metrics_file = open(run_dir / "metrics.jsonl", "a+", encoding="utf-8")
+        metrics_file.truncate(state.metrics_bytes)  # drop lines logged after the checkpoint
+        if state.step:
+            log.info("resuming at optimizer step %d of %d", state.step, total_steps)
+    progress = tqdm(total=total_steps, initial=state.step, desc=desc, disable=not is_main, unit="step")
     last = {"loss": float("nan"), "margin": float("nan")}
+    seconds = 0.0
     start = time.perf_counter()
     model.train()
-    for epoch in range(config.epochs):
+    for epoch in range(state.epoch, config.epochs):
         order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(config.seed + epoch))
         loader = accelerator.prepare(DataLoader(order.tolist(), batch_size=config.batch_size,
                                                 shuffle=False, collate_fn=collate))
+        if state.batches_in_epoch:
+            loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
         for batch in loader:
             with accelerator.accumulate(model):
                 loss, margin = step_loss(model, batch)
                 accelerator.backward(loss)
-                window_loss = window_loss + loss.detach()
-                window_margin = window_margin + margin.detach()
-                window_batches += 1
                 grad_norm = None
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
-            pairs_trained += len(batch["index"]) * accelerator.num_processes
+            # Plain floats would force a host sync per micro-batch; tensors sync only when logged.
+            state.window_loss = state.window_loss + loss.detach()
+            state.window_margin = state.window_margin + margin.detach()
+            state.window_batches += 1
+            state.batches_in_epoch += 1
+            state.pairs_trained += len(batch["index"]) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
-            step += 1
+            state.step += 1
             progress.update(1)
-            if step % config.logging_steps == 0 or step == total_steps:
-                reduced = accelerator.reduce(torch.stack([window_loss, window_margin]) / window_batches, "mean")
+            if state.step % config.logging_steps == 0 or state.step == total_steps:
+                window = torch.stack([torch.as_tensor(state.window_loss), torch.as_tensor(state.window_margin)])
+                reduced = accelerator.reduce(window.to(accelerator.device) / state.window_batches, "mean")
                 last = {"loss": reduced[0].item(), "margin": reduced[1].item()}
                 progress.set_postfix(loss=f"{last['loss']:.4f}", margin=f"{last['margin']:.3f}")
                 if metrics_file:
-                    record = {"step": step, "epoch": epoch, **last, "learning_rate": scheduler.get_last_lr()[0],
-                              "grad_norm": float(grad_norm), "pairs_seen": pairs_trained,
-                              "elapsed_s": round(time.perf_counter() - start, 3)}
+                    record = {"step": state.step, "epoch": epoch, **last,
+                              "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                              "pairs_seen": state.pairs_trained,
+                              "elapsed_s": round(seconds + time.perf_counter() - start, 3)}
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
-            window_loss, window_margin, window_batches = 0.0, 0.0, 0
-    seconds = time.perf_counter() - start
+                state.window_loss, state.window_margin, state.window_batches = 0.0, 0.0, 0
+            if config.checkpoint_steps and state.step % config.checkpoint_steps == 0 and state.step < total_steps:
+                state.window_loss, state.window_margin = float(state.window_loss), float(state.window_margin)
+                state.metrics_bytes = metrics_file.tell() if metrics_file else 0
+                save_checkpoint(accelerator, run_dir, state)
+        state.epoch, state.batches_in_epoch = epoch + 1, 0
+    seconds += time.perf_counter() - start
     progress.close()
     if metrics_file:
         metrics_file.close()
     accelerator.wait_for_everyone()
-    return model, FitResult(step, pairs_trained, last["loss"], last["margin"], seconds)
+    return model, FitResult(state.step, state.pairs_trained, last["loss"], last["margin"], seconds)
 
 
 def save_run(run_dir: Path, accelerator, model, tokenizer, config: OptimConfig, summary: dict) -> None:
@@ -237,11 +301,37 @@ def save_run(run_dir: Path, accelerator, model, tokenizer, config: OptimConfig, 
     tokenizer.save_pretrained(run_dir / "model")
     atomic.write_text(run_dir / "config.yaml", dump_yaml(config))
     atomic.write_json(run_dir / "train_summary.json", summary)
+    shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)  # the finished model supersedes it
 
 
-def run_directory(out: Path, is_main: bool):
-    """The hidden temp directory that becomes `out` when training ends (main process only)."""
-    return atomic.atomic_dir(out) if is_main else contextlib.nullcontext(None)
+def partial_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+@contextlib.contextmanager
+def run_directory(out: Path, accelerator, config: OptimConfig):
+    """Training writes into a hidden `.NAME.partial` beside `out`, renamed to `out` when it ends.
+
+    A killed run leaves only the partial directory (with its last checkpoint), which `resume`
+    continues from; it must have been started with the same configuration.
+    """
+    partial = partial_dir(out)
+    resolved = dump_yaml(dataclasses.replace(config, resume=False))
+    if accelerator.is_main_process:
+        if config.resume and (partial / "config.yaml").exists():
+            if (partial / "config.yaml").read_text() != resolved:
+                raise AlignlabError(f"{partial}: cannot resume: that run was started with a different "
+                                    "configuration (compare its config.yaml); rerun without --resume to start over")
+        elif partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(partial / "config.yaml", resolved)
+    accelerator.wait_for_everyone()
+    yield partial
+    if accelerator.is_main_process:
+        if out.exists():
+            shutil.rmtree(out)  # prepare_output_dir allowed it: --overwrite
+        os.replace(partial, out)
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -280,7 +370,7 @@ def train(config: TrainConfig) -> TrainResult:
         quantities = pair_batch(model, batch, method, reference, rewards, groups)
         return method.batch_loss(quantities, **config.params), logratio_margin(quantities)
 
-    with run_directory(out, is_main) as run_dir:
+    with run_directory(out, accelerator, config) as run_dir:
         model, fitted = fit(config, accelerator, model, len(examples), collate, step_loss, run_dir, config.method)
         if is_main:
             save_run(run_dir, accelerator, model, tokenizer, config, {

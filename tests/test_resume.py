@@ -1,0 +1,100 @@
+"""Interrupted training loses nothing: a killed run resumes from its checkpoint to the same result."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from alignlab import train as train_module
+from alignlab.train import partial_dir, train
+from conftest import REPO, make_pairs
+from test_train import config_for
+
+
+def assert_same_metrics(run_dir, reference_dir):
+    def lines(directory):
+        return [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+
+    got, expected = lines(run_dir), lines(reference_dir)
+    assert [m["step"] for m in got] == [m["step"] for m in expected]
+    for a, b in zip(got, expected):
+        for key in ("epoch", "loss", "margin", "learning_rate", "grad_norm", "pairs_seen"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
+
+
+def test_resume_after_a_crash_reaches_the_uninterrupted_result(tiny_model, pairs_file, tmp_path, monkeypatch):
+    settings = dict(epochs=2, batch_size=2, gradient_accumulation_steps=2, checkpoint_steps=3, logging_steps=1)
+    whole = train(config_for(tiny_model, pairs_file, tmp_path / "whole", **settings))
+
+    real_pair_batch = train_module.pair_batch
+    calls = {"n": 0}
+
+    def crash_on_the_15th_micro_batch(*args):
+        calls["n"] += 1
+        if calls["n"] == 15:  # inside step 8 (2 micro-batches per step), after the checkpoint at step 6
+            raise KeyboardInterrupt
+        return real_pair_batch(*args)
+
+    monkeypatch.setattr(train_module, "pair_batch", crash_on_the_15th_micro_batch)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train(config_for(tiny_model, pairs_file, out, **settings))
+    assert not out.exists()
+    assert json.loads((partial_dir(out) / "checkpoint" / "loop_state.json").read_text())["step"] == 6
+    monkeypatch.setattr(train_module, "pair_batch", real_pair_batch)
+
+    resumed = train(config_for(tiny_model, pairs_file, out, resume=True, **settings))
+    assert resumed.optimizer_steps == whole.optimizer_steps == 8
+    assert resumed.final_loss == pytest.approx(whole.final_loss, rel=1e-6)
+    assert_same_metrics(out, tmp_path / "whole")
+    assert not partial_dir(out).exists() and not (out / "checkpoint").exists()
+    assert (out / "model" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model" / "model.safetensors").read_bytes()
+
+
+def test_resume_refuses_a_different_configuration(tiny_model, pairs_file, tmp_path, monkeypatch):
+    from alignlab.errors import AlignlabError
+
+    monkeypatch.setattr(train_module, "pair_batch", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        train(config_for(tiny_model, pairs_file, tmp_path / "run", checkpoint_steps=1))
+    with pytest.raises(AlignlabError, match="different configuration"):
+        train(config_for(tiny_model, pairs_file, tmp_path / "run", checkpoint_steps=1, resume=True,
+                         learning_rate=1e-4))
+
+
+def test_sigkilled_training_process_resumes_from_the_command_line(tiny_model, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in make_pairs(64)))
+    args = [sys.executable, "-m", "alignlab", "train", "--method", "dpo", "--model", str(tiny_model),
+            "--data", str(data), "--learning_rate", "5e-3", "--batch_size", "2", "--epochs", "3",
+            "--checkpoint_steps", "2", "--max_length", "64", "--max_prompt_length", "32",
+            "--cache_dir", str(tmp_path / "cache")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = subprocess.run([*args, "--out", str(tmp_path / "whole")], capture_output=True, text=True,
+                               env=env, cwd=REPO, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen([*args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=env, cwd=REPO)
+    state = partial_dir(out) / "checkpoint" / "loop_state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if state.exists() and json.loads(state.read_text())["step"] >= 20:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not out.exists(), "the run finished before it could be killed; give it more work"
+    resumed = subprocess.run([*args, "--out", str(out), "--resume"], capture_output=True, text=True,
+                             env=env, cwd=REPO, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming at optimizer step" in resumed.stderr
+    whole_summary = json.loads((tmp_path / "whole" / "train_summary.json").read_text())
+    resumed_summary = json.loads((out / "train_summary.json").read_text())
+    assert resumed_summary["final_loss"] == pytest.approx(whole_summary["final_loss"], rel=1e-6)
+    assert_same_metrics(out, tmp_path / "whole")
