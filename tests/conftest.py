@@ -2,9 +2,12 @@ import json
 import os
 from pathlib import Path
 
-import pytest
+# As the CLI does: keep library progress bars out of the output the tests read.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from alignlab.tiny import build_tiny_llama
+import pytest  # noqa: E402
+
+from alignlab.tiny import build_tiny_llama  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from alignlab.errors import AlignlabError
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command not in COMMANDS_WITH_OVERRIDES:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Library progress bars for loading and saving weights are noise next to alignlab's own bars.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         if args.command == "data":
             return run_data(args)

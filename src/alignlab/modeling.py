@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 
 from alignlab.errors import AlignlabError
@@ -52,7 +53,7 @@ def _load_pretrained(auto_cls, path: str, dtype: str, trust_remote_code: bool, *
     try:
         return auto_cls.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True,
                                         trust_remote_code=trust_remote_code, **kwargs)
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise AlignlabError(f"{path}: cannot load model weights ({err.__class__.__name__}: "
                             f"{str(err).splitlines()[0] if str(err) else ''}). Check that the "
                             "directory holds an intact save_pretrained checkpoint") from None

@@ -60,6 +60,17 @@ def prepare_output_dir(out: Path, overwrite: bool) -> None:
                             "choose a writable --out") from None
 
 
+def check_rewards_available(config: TrainConfig, pairs) -> None:
+    """VAR needs a reward per response: from the reward model, else from the data."""
+    if config.reward_model:
+        return
+    missing = [p for p in pairs if p.reward_chosen is None or p.reward_rejected is None]
+    if missing:
+        raise AlignlabError(f"{config.data}: method '{config.method}' needs rewards, but pair "
+                            f"'{missing[0].id}' (and {len(missing) - 1} more) has no "
+                            "reward_chosen/reward_rejected; pass --reward-model PATH or add those fields")
+
+
 def pair_rewards(config: TrainConfig, pairs, cache_dir: Path, device) -> dict[str, torch.Tensor]:
     """Rewards of every chosen and rejected response: from the reward model, else the data."""
     if config.reward_model:
@@ -77,11 +88,6 @@ def pair_rewards(config: TrainConfig, pairs, cache_dir: Path, device) -> dict[st
                     "rejected": scorer.score(prompts, [p.rejected for p in pairs], config.batch_size)}
 
         return cached_tensors(cache_dir, "rewards", key, compute)[0]
-    missing = [i for i, p in enumerate(pairs) if p.reward_chosen is None or p.reward_rejected is None]
-    if missing:
-        raise AlignlabError(f"{config.data}: method '{config.method}' needs rewards, but pair "
-                            f"'{pairs[missing[0]].id}' (and {len(missing) - 1} more) has no "
-                            "reward_chosen/reward_rejected; pass --reward-model PATH or add those fields")
     return {"chosen": torch.tensor([p.reward_chosen for p in pairs], dtype=torch.float32),
             "rejected": torch.tensor([p.reward_rejected for p in pairs], dtype=torch.float32)}
 
@@ -341,6 +347,8 @@ def train(config: TrainConfig) -> TrainResult:
     prepare_output_dir(out, config.overwrite)
     loaded = load_training_pairs(config)
     pairs = loaded.pairs
+    if method.uses_rewards:
+        check_rewards_available(config, pairs)
     accelerator = make_accelerator(config)
     is_main = accelerator.is_main_process
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
