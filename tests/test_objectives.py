@@ -802,3 +802,12 @@ def test_var_prompt_normaliser_pools_pairs_that_share_a_prompt():
     expected /= 2  # two prompt groups
     loss = get_method("var").batch_loss(batch, lam=lam, z_estimator="prompt", length_normalize=False)
     assert loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_var_weights_too_small_to_matter_are_zero_not_denormal():
+    """exp(-50) relative weight ≈ 2e-22 < √(float32 tiny) ≈ 1.1e-19: zeroed, so no denormal gradients."""
+    ref = torch.tensor([0.0, -50.0, -40.0], dtype=torch.float32)
+    weights = var_weights(ref, torch.zeros(3), lam=1.0)
+    assert weights[1].item() == 0.0
+    assert weights[2].item() == pytest.approx(math.exp(-40) / (1 + math.exp(-50) + math.exp(-40)), rel=1e-5)
+    assert weights.sum().item() == pytest.approx(1.0, abs=1e-7)
