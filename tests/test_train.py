@@ -72,7 +72,7 @@ def test_reference_cache_matches_fresh_computation_and_skips_reference_model(
     cache = tmp_path / "cache"
     first = train(config_for(tiny_model, pairs_file, tmp_path / "a", cache_dir=str(cache)))
     assert first.reference_cache_hit is False
-    assert len(loads) == 2  # reference, then policy
+    assert loads == [str(tiny_model)]  # the policy, which also computes the reference log-probs
 
     [cache_file] = cache.glob("reference-logps-*.safetensors")
     from safetensors.torch import load_file
@@ -84,6 +84,7 @@ def test_reference_cache_matches_fresh_computation_and_skips_reference_model(
     assert torch.allclose(cached["rejected"].double(), torch.tensor(fresh_rejected, dtype=torch.float64), atol=1e-4)
 
     loads.clear()
+    monkeypatch.setattr(train_module, "compute_sequence_logps", lambda *a, **k: pytest.fail("recomputed"))
     second = train(config_for(tiny_model, pairs_file, tmp_path / "b", cache_dir=str(cache)))
     assert second.reference_cache_hit is True
     assert loads == [str(tiny_model)]  # the policy only
@@ -240,3 +241,27 @@ def test_reward_model_learns_the_preference_and_reports_heldout_accuracy(tiny_mo
     rejected = scorer.score([p.prompt for p in pairs], [p.rejected for p in pairs])
     assert (chosen > rejected).float().mean().item() >= 0.9
     assert summary["heldout_accuracy"] >= 0.9
+
+
+def test_separate_reference_model_is_loaded_for_the_cache(tiny_model, tiny_chat_model, pairs_file, tmp_path, monkeypatch):
+    """A reference other than the policy is loaded once, on a cache miss, and its log-probs differ."""
+    import shutil
+    other = shutil.copytree(tiny_model, tmp_path / "other")
+    from transformers import LlamaForCausalLM
+    model = LlamaForCausalLM.from_pretrained(other)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(other)
+    loads = []
+    real_load = train_module.load_causal_lm
+    monkeypatch.setattr(train_module, "load_causal_lm", lambda path, *a, **k: loads.append(path) or real_load(path, *a, **k))
+    result = train(config_for(tiny_model, pairs_file, tmp_path / "run", reference_model=str(other)))
+    assert loads == [str(tiny_model), str(other)]
+    assert result.reference_cache_hit is False
+    first_step = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert abs(first_step["margin"]) > 1e-3  # reference ≠ initial policy: the margin starts away from 0
+    default = train(config_for(tiny_model, pairs_file, tmp_path / "default"))
+    assert json.loads((tmp_path / "default" / "metrics.jsonl").read_text().splitlines()[0])["margin"] == 0.0
+    assert default.reference_cache_hit is False

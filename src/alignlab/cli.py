@@ -68,7 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     train_rm.add_argument("--data-format", dest="data_format", help="hh-rlhf | pku-saferlhf | pairs")
     train_rm.add_argument("--resume", action="store_true", default=None,
                           help="continue a killed run from its last checkpoint")
+    bench = commands.add_parser("bench", help="throughput and memory against TRL and the SFT limit, as ratios")
+    bench.add_argument("--out", default=None, help="write the results as JSON here (e.g. bench.json)")
+    bench.add_argument("--quick", action="store_true", help="a reduced run of every row (under 3 minutes on CPU)")
+    bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     return parser
+
+
+def run_bench(args) -> int:
+    from alignlab.bench import format_table, run_bench as bench
+
+    results = bench(args.out, args.quick, args.device, progress=lambda line: print(line, flush=True))
+    print(format_table(results))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
 
 
 def run_data(args) -> int:
@@ -130,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "data":
             return run_data(args)
+        if args.command == "bench":
+            return run_bench(args)
         return COMMANDS_WITH_OVERRIDES[args.command](args, extra)
     except AlignlabError as err:
         if args.debug:

@@ -92,16 +92,19 @@ def pair_rewards(config: TrainConfig, pairs, cache_dir: Path, device) -> dict[st
             "rejected": torch.tensor([p.reward_rejected for p in pairs], dtype=torch.float32)}
 
 
-def reference_logps(config: TrainConfig, examples, pad_id: int, cache_dir: Path, device
+def reference_logps(config: TrainConfig, examples, pad_id: int, cache_dir: Path, device, policy
                     ) -> tuple[dict[str, torch.Tensor], bool]:
+    """Cached reference log-probs. When the reference is the policy's own starting point (the
+    default), the untrained policy computes them, so the model is loaded once, not twice."""
     reference = config.reference_model or config.model
     key = cache_key("reference-logps", model_fingerprint(reference, cache_dir),
                     fingerprint_tokens(examples), config.dtype)
 
     def compute():
         log.info("computing reference log-probs with %s", reference)
-        model = load_causal_lm(reference, config.dtype, config.trust_remote_code).to(device)
-        return compute_sequence_logps(model, examples, pad_id, config.batch_size, device)
+        model = policy if reference == config.model else load_causal_lm(
+            reference, config.dtype, config.trust_remote_code)
+        return compute_sequence_logps(model.to(device), examples, pad_id, config.batch_size, device)
 
     return cached_tensors(cache_dir, "reference-logps", key, compute)
 
@@ -358,16 +361,16 @@ def train(config: TrainConfig) -> TrainResult:
         log.info(loaded.summary())
         log.info(truncation.summary())
 
+    model = load_causal_lm(config.model, config.dtype, config.trust_remote_code)
+    model.config.use_cache = False
     reference, reference_hit, rewards = None, None, None
     with accelerator.main_process_first():  # rank 0 fills the caches; the others then read them
         if method.uses_reference:
             reference, reference_hit = reference_logps(config, examples, tokenizer.pad_token_id,
-                                                       cache_dir, accelerator.device)
+                                                       cache_dir, accelerator.device, model)
         if method.uses_rewards:
             rewards = pair_rewards(config, pairs, cache_dir, accelerator.device)
     groups = prompt_groups(pairs)
-    model = load_causal_lm(config.model, config.dtype, config.trust_remote_code)
-    model.config.use_cache = False
 
     def collate(indices):
         batch = collate_pairs([examples[i] for i in indices], tokenizer.pad_token_id, method.uses_rejected)

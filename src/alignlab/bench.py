@@ -1,0 +1,291 @@
+"""`alignlab bench`: throughput and memory against TRL and against the SFT limit, as ratios.
+
+Every figure is measured in the same command, on the same tiny Llama (built locally, word-level
+tokenizer with a chat template, so alignlab and TRL split prompt and response into exactly the same
+tokens) and the same pairs. Each measurement runs in a fresh worker process (so peak memory is that
+run's own), once as a warm-up and then `repeats` times; the median counts.
+
+Rows (higher is better, except memory):
+- dpo_vs_trl: alignlab DPO pairs/s ÷ TRL DPOTrainer pairs/s at TRL's defaults. Both sides are timed
+  from files on disk to the trained model on disk: load, tokenise, reference log-probs, train, save.
+  alignlab starts with an empty reference cache, so its one-off reference pass is included.
+- dpo_vs_trl_precomputed: the same against TRL with precompute_ref_log_probs=True.
+- dpo_vs_sft, ln_dpo_vs_sft, simpo_vs_sft, var_vs_sft: training tokens/s of each objective ÷ SFT
+  tokens/s (tokens = prompt + response tokens of every forwarded row), training loop only, with
+  reference log-probs already cached — the practical limit for a preference objective.
+- sweep_vs_independent: one N-run sweep ÷ N independent runs (needs `alignlab sweep`).
+- peak_mem_vs_trl: alignlab peak memory ÷ TRL's for the same DPO training (lower is better):
+  peak RSS of the worker process on CPU, peak allocated CUDA memory on a GPU.
+Equal work is checked, not assumed: pairs, tokens, optimizer steps and batch size of both sides are
+printed, and the run fails if they differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SIZES = {
+    "quick": dict(pairs=256, hidden_size=64, layers=2, heads=4, batch_size=8, repeats=2),
+    "full": dict(pairs=1024, hidden_size=256, layers=4, heads=8, batch_size=8, repeats=3),
+}
+TARGETS = {"dpo_vs_trl": (">=", 2.0), "dpo_vs_trl_precomputed": (">=", 1.3), "peak_mem_vs_trl": ("<=", 1.0),
+           "dpo_vs_sft": (">=", 0.95), "ln_dpo_vs_sft": (">=", 0.95), "simpo_vs_sft": (">=", 0.95),
+           "var_vs_sft": (">=", 0.95), "sweep_vs_independent": ("<=", 0.6)}
+OBJECTIVES = ["sft", "dpo", "ln-dpo", "simpo", "var"]
+SUBJECTS = ["river", "garden", "engine", "violin", "planet", "bakery", "glacier", "harbor", "library", "falcon"]
+QUALITIES = ["quiet", "bright", "ancient", "rapid", "gentle", "heavy", "curious", "golden", "narrow", "hollow"]
+LEARNING_RATE, BETA, MAX_LENGTH = 1e-4, 0.1, 128
+
+
+@dataclass
+class Measurement:
+    seconds: float
+    pairs: int
+    tokens: int
+    optimizer_steps: int
+    batch_size: int
+    peak_memory_mb: float
+
+
+def bench_pairs(n: int) -> list[dict]:
+    """Deterministic pairs of varied lengths; the chosen answer is on topic, the rejected one rambles."""
+    rows = []
+    for i in range(n):
+        subject, quality = SUBJECTS[i % len(SUBJECTS)], QUALITIES[(i * 7) % len(QUALITIES)]
+        detail = " ".join(QUALITIES[(i + k) % len(QUALITIES)] for k in range(1 + i % 9))
+        rows.append({"id": f"bench-{i}", "prompt": f"tell me about the {quality} {subject} please",
+                     "chosen": f"the {subject} is {quality} and {detail} .",
+                     "rejected": f"i am not sure . maybe the {subject} is {detail} {detail} or not at all ."})
+    return rows
+
+
+def prepare(workdir: Path, size: dict) -> dict:
+    from alignlab.tiny import build_tiny_llama
+
+    pairs = bench_pairs(size["pairs"])
+    data = workdir / "pairs.jsonl"
+    data.write_text("".join(json.dumps({**p, "reward_chosen": 1.0, "reward_rejected": -1.0}) + "\n" for p in pairs))
+    texts = [w for p in pairs for w in (p["prompt"], p["chosen"], p["rejected"])]
+    build_tiny_llama(workdir / "model", texts, hidden_size=size["hidden_size"], layers=size["layers"],
+                     heads=size["heads"], chat_template=True, word_level=True, max_positions=MAX_LENGTH)
+    return {"data": str(data), "model": str(workdir / "model"), "batch_size": size["batch_size"]}
+
+
+def _peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _train_config(setup: dict, method: str, out: Path, cache_dir: Path, device: str):
+    from alignlab.config import TrainConfig
+
+    return TrainConfig(method=method, model=setup["model"], data=setup["data"], out=str(out),
+                       batch_size=setup["batch_size"], learning_rate=LEARNING_RATE, warmup_ratio=0.0,
+                       max_length=MAX_LENGTH, max_prompt_length=MAX_LENGTH // 2, cache_dir=str(cache_dir),
+                       logging_steps=10**9, params={"beta": BETA} if method == "dpo" else {})
+
+
+def _alignlab_tokens(setup: dict) -> tuple[int, int]:
+    """(pairs, prompt+chosen+prompt+rejected tokens) as alignlab tokenises the bench data."""
+    from alignlab.data import load_pairs
+    from alignlab.modeling import load_tokenizer
+    from alignlab.tokenise import tokenize_pairs
+
+    examples, _ = tokenize_pairs(load_tokenizer(setup["model"]), load_pairs(setup["data"]).pairs,
+                                 MAX_LENGTH, MAX_LENGTH // 2)
+    return len(examples), sum(2 * len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in examples)
+
+
+def _import_libraries() -> None:
+    """Import what both sides use before their clocks start: the benchmark times work, not imports."""
+    import accelerate  # noqa: F401
+    from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: F401
+
+
+def worker_alignlab_dpo(setup: dict, device: str) -> Measurement:
+    from alignlab.train import train
+
+    _import_libraries()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = train(_train_config(setup, "dpo", Path(tmp) / "run", Path(tmp) / "cache", device))
+        seconds = time.perf_counter() - start
+    pairs, tokens = _alignlab_tokens(setup)
+    return Measurement(seconds, pairs, tokens, result.optimizer_steps, setup["batch_size"], _peak_memory_mb(device))
+
+
+def worker_trl_dpo(setup: dict, device: str, precompute: bool) -> Measurement:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    _import_libraries()
+    rows = [json.loads(line) for line in Path(setup["data"]).read_text().splitlines()]
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+                                  "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                                  "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(setup["model"])
+        tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(setup["model"])
+        args = DPOConfig(output_dir=tmp, use_cpu=device == "cpu", bf16=False, per_device_train_batch_size=setup["batch_size"],
+                         num_train_epochs=1, max_length=MAX_LENGTH, learning_rate=LEARNING_RATE, beta=BETA,
+                         precompute_ref_log_probs=precompute, report_to=[], save_strategy="no",
+                         logging_steps=10**9, disable_tqdm=True, seed=0)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        output = trainer.train()
+        trainer.save_model(str(Path(tmp) / "model"))
+        seconds = time.perf_counter() - start
+        tokens = sum(2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"])
+                     for r in trainer.train_dataset)
+    return Measurement(seconds, len(dataset), tokens, output.global_step, setup["batch_size"], _peak_memory_mb(device))
+
+
+def worker_objectives(setup: dict, device: str, repeats: int) -> dict:
+    """Training-loop tokens/s per objective, reference log-probs cached, median over repeats."""
+    from alignlab.train import train
+
+    _, pair_tokens = _alignlab_tokens(setup)
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache"
+        for method in OBJECTIVES:
+            seconds = []
+            for repeat in range(repeats + 1):  # the first is the warm-up (and fills the cache)
+                out = Path(tmp) / f"{method}-{repeat}"
+                seconds.append(train(_train_config(setup, method, out, cache, device)).seconds)
+            # SFT forwards prompt + chosen only; every other objective forwards both rows.
+            tokens = _sft_tokens(setup) if method == "sft" else pair_tokens
+            rates[method] = tokens / statistics.median(seconds[1:])
+    return rates
+
+
+def _sft_tokens(setup: dict) -> int:
+    from alignlab.data import load_pairs
+    from alignlab.modeling import load_tokenizer
+    from alignlab.tokenise import tokenize_pairs
+
+    examples, _ = tokenize_pairs(load_tokenizer(setup["model"]), load_pairs(setup["data"]).pairs,
+                                 MAX_LENGTH, MAX_LENGTH // 2)
+    return sum(len(e.prompt_ids) + len(e.chosen_ids) for e in examples)
+
+
+def _run_worker(kind: str, setup: dict, device: str, **extra) -> dict:
+    """Run one measurement in a fresh process and return its JSON result."""
+    payload = json.dumps({"kind": kind, "setup": setup, "device": device, **extra})
+    env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, "-m", "alignlab.bench", payload], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench worker {kind} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _median_measurement(kind: str, setup: dict, device: str, repeats: int, **extra) -> Measurement:
+    runs = [Measurement(**_run_worker(kind, setup, device, **extra)) for _ in range(repeats + 1)][1:]
+    middle = sorted(runs, key=lambda m: m.seconds)[len(runs) // 2]
+    return Measurement(statistics.median(m.seconds for m in runs), middle.pairs, middle.tokens,
+                       middle.optimizer_steps, middle.batch_size, max(m.peak_memory_mb for m in runs))
+
+
+def check_equal_work(a: Measurement, b: Measurement, names: tuple[str, str]) -> None:
+    for field_name in ("pairs", "tokens", "optimizer_steps", "batch_size"):
+        if getattr(a, field_name) != getattr(b, field_name):
+            raise RuntimeError(f"unequal work: {names[0]} {field_name}={getattr(a, field_name)} but "
+                               f"{names[1]} {field_name}={getattr(b, field_name)}")
+
+
+def run_bench(out: str | None, quick: bool, device: str, progress=print) -> dict:
+    size = SIZES["quick" if quick else "full"]
+    repeats = size["repeats"]
+    results: dict = {"device": device, "size": "quick" if quick else "full", **size, "ratios": {}, "absolute": {}}
+    ratios, absolute = results["ratios"], results["absolute"]
+    with tempfile.TemporaryDirectory() as tmp:
+        setup = prepare(Path(tmp), size)
+        progress(f"bench: {size['pairs']} pairs, Llama hidden {size['hidden_size']} × {size['layers']} layers, "
+                 f"batch {size['batch_size']}, device {device}, median of {repeats} after a warm-up")
+        ours = _median_measurement("alignlab-dpo", setup, device, repeats)
+        absolute["alignlab_dpo"] = asdict(ours)
+        try:
+            import trl  # noqa: F401
+            trl_available = True
+        except ImportError:
+            trl_available = False
+        if trl_available:
+            for key, precompute in (("trl_dpo", False), ("trl_dpo_precomputed", True)):
+                theirs = _median_measurement("trl-dpo", setup, device, repeats, precompute=precompute)
+                check_equal_work(ours, theirs, ("alignlab", key))
+                absolute[key] = asdict(theirs)
+            ratios["dpo_vs_trl"] = absolute["trl_dpo"]["seconds"] / ours.seconds
+            ratios["dpo_vs_trl_precomputed"] = absolute["trl_dpo_precomputed"]["seconds"] / ours.seconds
+            ratios["peak_mem_vs_trl"] = ours.peak_memory_mb / absolute["trl_dpo"]["peak_memory_mb"]
+        else:
+            results["trl"] = "not installed: pip install 'alignlab[bench]' for the TRL rows"
+        rates = _run_worker("objectives", setup, device, repeats=repeats)
+        absolute["tokens_per_second"] = rates
+        for method in OBJECTIVES[1:]:
+            ratios[f"{method.replace('-', '_')}_vs_sft"] = rates[method] / rates["sft"]
+        results["sweep_vs_independent"] = "not measured: needs `alignlab sweep`, not built yet"
+    if out:
+        from alignlab.atomic import write_json
+
+        write_json(out, results)
+    return results
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{'ratio':<24}{'value':>9}  {'target':<8} met", "-" * 48]
+    for key, (op, target) in TARGETS.items():
+        value = results["ratios"].get(key)
+        if value is None:
+            lines.append(f"{key:<24}{'n/a':>9}  {op} {target:<5}")
+            continue
+        met = value >= target if op == ">=" else value <= target
+        lines.append(f"{key:<24}{value:>9.2f}  {op} {target:<5} {'yes' if met else 'NO'}")
+    absolute = results["absolute"]
+    lines.append("")
+    lines.append(f"{'run':<22}{'seconds':>9}{'pairs':>7}{'tokens':>9}{'steps':>7}{'batch':>7}{'peak MB':>9}")
+    for key in ("alignlab_dpo", "trl_dpo", "trl_dpo_precomputed"):
+        if key in absolute:
+            m = absolute[key]
+            lines.append(f"{key:<22}{m['seconds']:>9.2f}{m['pairs']:>7}{m['tokens']:>9}{m['optimizer_steps']:>7}"
+                         f"{m['batch_size']:>7}{m['peak_memory_mb']:>9.0f}")
+    lines.append("")
+    lines.append("training tokens/s (reference cached): " + ", ".join(
+        f"{k} {v:,.0f}" for k, v in absolute.get("tokens_per_second", {}).items()))
+    for key in ("trl", "sweep_vs_independent"):
+        if isinstance(results.get(key), str):
+            lines.append(f"{key}: {results[key]}")
+    return "\n".join(lines)
+
+
+def _worker_main(payload: str) -> None:
+    request = json.loads(payload)
+    kind, setup, device = request["kind"], request["setup"], request["device"]
+    if kind == "alignlab-dpo":
+        result = asdict(worker_alignlab_dpo(setup, device))
+    elif kind == "trl-dpo":
+        result = asdict(worker_trl_dpo(setup, device, request["precompute"]))
+    else:
+        result = worker_objectives(setup, device, request["repeats"])
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.disable(logging.WARNING)
+    _worker_main(sys.argv[1])
