@@ -35,7 +35,7 @@ from pathlib import Path
 
 SIZES = {
     "quick": dict(pairs=256, hidden_size=64, layers=2, heads=4, batch_size=8, repeats=2),
-    "full": dict(pairs=1024, hidden_size=256, layers=4, heads=8, batch_size=8, repeats=3),
+    "full": dict(pairs=512, hidden_size=256, layers=4, heads=8, batch_size=8, repeats=3),
 }
 TARGETS = {"dpo_vs_trl": (">=", 2.0), "dpo_vs_trl_precomputed": (">=", 1.3), "peak_mem_vs_trl": ("<=", 1.0),
            "dpo_vs_sft": (">=", 0.95), "ln_dpo_vs_sft": (">=", 0.95), "simpo_vs_sft": (">=", 0.95),

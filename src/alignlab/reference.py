@@ -116,7 +116,8 @@ def cached_tensors(cache_dir: Path, kind: str, key: str,
 def compute_sequence_logps(model, examples, pad_id: int, batch_size: int, device) -> dict[str, torch.Tensor]:
     """Summed response log-probs of every chosen and rejected response, in example order.
 
-    Batches are formed from length-sorted examples so that little compute goes to padding.
+    Batches are formed from length-sorted examples so that little compute goes to padding; with
+    no gradients to keep, they hold 4× the training batch.
     """
     from alignlab.modeling import sequence_logps
     from alignlab.tokenise import collate_pairs
@@ -126,8 +127,9 @@ def compute_sequence_logps(model, examples, pad_id: int, batch_size: int, device
     rejected = torch.empty(len(examples), dtype=torch.float32)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids)
                    + max(len(examples[i].chosen_ids), len(examples[i].rejected_ids)))
-    for start in range(0, len(order), batch_size):
-        index = torch.tensor(order[start:start + batch_size])
+    pairs_per_batch = 4 * batch_size
+    for start in range(0, len(order), pairs_per_batch):
+        index = torch.tensor(order[start:start + pairs_per_batch])
         batch = collate_pairs([examples[i] for i in index], pad_id)
         logps = sequence_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                batch["loss_mask"].to(device)).float().cpu()
