@@ -1,0 +1,149 @@
+"""Evaluating one model on test prompts: generate → score → metrics (SPEC §5).
+
+A scorer is any callable `(prompts, responses) -> tensor of rewards`: the study world's exact gold
+reward (`StudyWorld.score`) or a sequence-classification reward model (`reward_model_scorer`).
+
+Per-sample results (`samples.parquet`), one row per test prompt: prompt_id, prompt (JSON of the
+turns), response, length (tokens), gold_score, chosen_score (the dataset's chosen response),
+sft_score (the SFT model's response to the same prompt, when given), logp_policy and logp_sft
+(summed log-probs of the response under the policy and the SFT model, for KL). `metrics.json`
+holds `metrics.summarize` of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from alignlab import atomic
+from alignlab.errors import AlignlabError
+from alignlab.generate import GenerationConfig, generate_responses
+from alignlab.metrics import summarize
+from alignlab.modeling import load_causal_lm, load_tokenizer, sequence_logps
+from alignlab.tokenise import PromptRenderer, collate_sequences
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    samples: dict  # column name -> list, one entry per test prompt
+    metrics: dict
+
+
+@torch.inference_mode()
+def response_logps(model, tokenizer, prompts: list[list[dict]], response_ids: list[list[int]],
+                   batch_size: int = 16, device="cpu") -> torch.Tensor:
+    """Σ_t log π(y_t | x, y_<t) over each response's tokens (temperature 1, a clean forward pass)."""
+    renderer = PromptRenderer(tokenizer)
+    prompt_ids = [renderer.prompt_ids(prompt)[0] for prompt in prompts]
+    totals = torch.zeros(len(prompts), dtype=torch.float64)
+    model.eval()
+    for start in range(0, len(prompts), batch_size):
+        stop = min(start + batch_size, len(prompts))
+        batch = collate_sequences(prompt_ids[start:stop], response_ids[start:stop], tokenizer.pad_token_id)
+        totals[start:stop] = sequence_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                            batch["loss_mask"].to(device)).double().cpu()
+    return totals
+
+
+def reward_model_scorer(path: str, batch_size: int = 16, max_length: int = 1024, device="cpu",
+                        trust_remote_code: bool = False):
+    """A scorer backed by a sequence-classification reward model (one output)."""
+    from alignlab.score import RewardScorer
+
+    scorer = RewardScorer(path, trust_remote_code=trust_remote_code, max_length=max_length, device=device)
+    return lambda prompts, responses: scorer.score(prompts, responses, batch_size)
+
+
+def write_parquet(path: Path, columns: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with atomic.atomic_open(path, "wb") as handle:
+        pq.write_table(pa.table(columns), handle)
+
+
+def evaluate_model(model_path: str, pairs, scorer, *, sft_model_path: str | None = None,
+                   sft_samples: dict | None = None, generation: GenerationConfig = GenerationConfig(),
+                   out_dir: str | Path | None = None, device="cpu", trust_remote_code: bool = False) -> EvalResult:
+    """Generate a response per test pair, score it, and summarise; write the results to `out_dir`."""
+    tokenizer = load_tokenizer(model_path, trust_remote_code)
+    model = load_causal_lm(model_path, trust_remote_code=trust_remote_code).to(device)
+    prompts = [pair.prompt for pair in pairs]
+    generations = generate_responses(model, tokenizer, prompts, generation, device)
+    responses = [g.text for g in generations]
+    ids = [g.token_ids for g in generations]
+    samples = {
+        "prompt_id": [pair.id for pair in pairs],
+        "prompt": [json.dumps(pair.prompt, ensure_ascii=False) for pair in pairs],
+        "response": responses,
+        "length": [len(t) for t in ids],
+        "gold_score": scorer(prompts, responses).double().tolist(),
+        "chosen_score": scorer(prompts, [pair.chosen for pair in pairs]).double().tolist(),
+        "logp_policy": response_logps(model, tokenizer, prompts, ids, generation.batch_size, device).tolist(),
+    }
+    if sft_samples is not None:
+        sft_by_id = dict(zip(sft_samples["prompt_id"], sft_samples["gold_score"]))
+        samples["sft_score"] = [sft_by_id[pair.id] for pair in pairs]
+    if sft_model_path is not None:
+        same = Path(sft_model_path).resolve() == Path(model_path).resolve()
+        sft = model if same else load_causal_lm(sft_model_path, trust_remote_code=trust_remote_code).to(device)
+        samples["logp_sft"] = (samples["logp_policy"] if same else
+                               response_logps(sft, tokenizer, prompts, ids, generation.batch_size, device).tolist())
+    result = EvalResult(samples, summarize(samples, seed=generation.seed))
+    if out_dir is not None:
+        write_parquet(Path(out_dir) / "samples.parquet", samples)
+        atomic.write_json(Path(out_dir) / "metrics.json", result.metrics)
+    return result
+
+
+def add_eval_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="model to evaluate: directory or HF name")
+    parser.add_argument("--data", required=True, help="test pairs (their chosen responses give win vs chosen)")
+    parser.add_argument("--data-format", dest="data_format", default="pairs", help="hh-rlhf | pku-saferlhf | pairs")
+    parser.add_argument("--split", default="test", help="split of a Hugging Face dataset")
+    parser.add_argument("--gold-rm", dest="gold_rm", required=True,
+                        help="sequence-classification reward model that judges (one output)")
+    parser.add_argument("--sft", default=None, help="SFT model: adds win vs SFT, KL and length-normalised KL")
+    parser.add_argument("--out", default=None, help="results directory (default: eval-<model name>)")
+    parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=GenerationConfig.max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=GenerationConfig.temperature)
+    parser.add_argument("--top-p", dest="top_p", type=float, default=GenerationConfig.top_p)
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=GenerationConfig.batch_size)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N pairs only")
+    parser.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true")
+
+
+def run_eval(args) -> int:
+    from alignlab.data import load_pairs
+    from alignlab.modeling import load_sequence_classifier
+
+    if args.max_new_tokens < 1 or args.batch_size < 1 or not 0 < args.top_p <= 1 or args.temperature <= 0:
+        raise AlignlabError("generation settings: --max-new-tokens and --batch-size must be >= 1, --top-p in "
+                            "(0, 1] and --temperature > 0")
+    pairs = load_pairs(args.data, args.data_format, split=args.split).pairs[:args.limit]
+    if not pairs:
+        raise AlignlabError(f"{args.data}: no test pairs to evaluate")
+    load_sequence_classifier(args.gold_rm, trust_remote_code=args.trust_remote_code)  # fail before work
+    out = Path(args.out or f"eval-{Path(args.model.rstrip('/')).name}")
+    generation = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p, args.greedy,
+                                  args.batch_size, args.seed)
+    scorer = reward_model_scorer(args.gold_rm, args.batch_size, trust_remote_code=args.trust_remote_code)
+    sft_samples = None
+    if args.sft:
+        sft_samples = evaluate_model(args.sft, pairs, scorer, sft_model_path=args.sft, generation=generation,
+                                     out_dir=out / "sft", trust_remote_code=args.trust_remote_code).samples
+    result = evaluate_model(args.model, pairs, scorer, sft_model_path=args.sft, sft_samples=sft_samples,
+                            generation=generation, out_dir=out, trust_remote_code=args.trust_remote_code)
+    for name, metric in result.metrics.items():
+        if metric is not None:
+            print(f"{name:<14} {metric['value']:>10.4f}  [{metric['ci_low']:.4f}, {metric['ci_high']:.4f}]")
+    print(out)
+    return 0
