@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     train_rm.add_argument("--data-format", dest="data_format", help="hh-rlhf | pku-saferlhf | pairs")
     train_rm.add_argument("--resume", action="store_true", default=None,
                           help="continue a killed run from its last checkpoint")
+    from alignlab.evaluate import add_eval_arguments
+
+    add_eval_arguments(commands.add_parser(
+        "eval", help="evaluate a model: generate, score with a gold reward model, metrics with CIs"))
+
     bench = commands.add_parser("bench", help="throughput and memory against TRL and the SFT limit, as ratios")
     bench.add_argument("--out", default=None, help="write the results as JSON here (e.g. bench.json)")
     bench.add_argument("--quick", action="store_true", help="a reduced run of every row (under 3 minutes on CPU)")
@@ -146,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_data(args)
         if args.command == "bench":
             return run_bench(args)
+        if args.command == "eval":
+            from alignlab.evaluate import run_eval
+
+            return run_eval(args)
         return COMMANDS_WITH_OVERRIDES[args.command](args, extra)
     except AlignlabError as err:
         if args.debug:
