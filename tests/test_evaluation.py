@@ -111,13 +111,25 @@ def word_count_scorer(prompts, responses):
     return torch.tensor([float(len(r.split())) for r in responses])
 
 
-def test_evaluate_model_writes_samples_and_metrics_consistent_with_them(tiny_model, tiny_chat_model, tmp_path):
+def perturbed_copy(source, directory, seed=5):
+    model = load_causal_lm(str(source))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    model.save_pretrained(directory)
+    load_tokenizer(str(source)).save_pretrained(directory)
+    return directory
+
+
+def test_evaluate_model_writes_samples_and_metrics_consistent_with_them(tiny_model, tmp_path):
+    policy = perturbed_copy(tiny_model, tmp_path / "policy-model")
     pairs = [PreferencePair(id=f"t{i}", prompt=p, chosen="a short answer", rejected="x") for i, p in enumerate(PROMPTS)]
     generation = GenerationConfig(max_new_tokens=8, temperature=1.0)
     sft = evaluate_model(str(tiny_model), pairs, word_count_scorer, sft_model_path=str(tiny_model),
                          generation=generation, out_dir=tmp_path / "sft")
     assert sft.metrics["kl"]["value"] == 0.0  # the SFT model against itself
-    result = evaluate_model(str(tiny_chat_model), pairs, word_count_scorer, sft_model_path=str(tiny_model),
+    result = evaluate_model(str(policy), pairs, word_count_scorer, sft_model_path=str(tiny_model),
                             sft_samples=sft.samples, generation=generation, out_dir=tmp_path / "policy")
     table = pq.read_table(tmp_path / "policy" / "samples.parquet").to_pydict()
     metrics = json.loads((tmp_path / "policy" / "metrics.json").read_text())
@@ -129,6 +141,16 @@ def test_evaluate_model_writes_samples_and_metrics_consistent_with_them(tiny_mod
     kl = np.array(table["logp_policy"]) - np.array(table["logp_sft"])
     assert metrics["kl"]["value"] == pytest.approx(kl.mean())
     assert metrics["win_vs_sft"]["value"] == pytest.approx(win_rate(table["gold_score"], table["sft_score"]))
+    assert metrics["kl"]["value"] != 0.0
+
+
+def test_kl_needs_one_tokenizer(tiny_model, tiny_chat_model):
+    from alignlab.errors import AlignlabError
+
+    pairs = [PreferencePair(id="t0", prompt=PROMPTS[0], chosen="a", rejected="b")]
+    with pytest.raises(AlignlabError, match="share one tokenizer"):
+        evaluate_model(str(tiny_chat_model), pairs, word_count_scorer, sft_model_path=str(tiny_model),
+                       generation=GenerationConfig(max_new_tokens=4))
 
 
 def test_eval_command_with_a_reward_model_and_sft(tiny_model, pairs_file, tmp_path, capsys):
