@@ -68,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     train_rm.add_argument("--data-format", dest="data_format", help="hh-rlhf | pku-saferlhf | pairs")
     train_rm.add_argument("--resume", action="store_true", default=None,
                           help="continue a killed run from its last checkpoint")
+    run = commands.add_parser(
+        "run", help="a whole study: world (or your models and data), SFT, proxy RM, methods, evaluation, report",
+        epilog="Any StudyConfig field can be overridden as --key value (see README).")
+    run.add_argument("--preset", help="study-world preset: tiny | default | large (default: default)")
+    run.add_argument("--seed", help="seed of the world, training and generation")
+    run.add_argument("--methods", help="comma-separated methods (default: dpo,ln-dpo,simpo,var)")
+    run.add_argument("--config", help="YAML file of StudyConfig fields (real models and data go here)")
+    run.add_argument("--out", help="study directory (default: alignlab-run-<preset>-<time>)")
+
     from alignlab.evaluate import add_eval_arguments
 
     add_eval_arguments(commands.add_parser(
@@ -134,7 +143,20 @@ def run_train_rm(args, overrides: list[str]) -> int:
     return 0
 
 
-COMMANDS_WITH_OVERRIDES = {"train": run_train, "train-rm": run_train_rm}
+def run_study_command(args, overrides: list[str]) -> int:
+    import time
+
+    from alignlab.study import StudyConfig, run_study
+
+    config = _config_from_args(StudyConfig, args, ("preset", "seed", "methods", "out"), overrides)
+    if not config.out:
+        config.out = f"alignlab-run-{config.preset if config.uses_world else 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = run_study(config)
+    print(out)
+    return 0
+
+
+COMMANDS_WITH_OVERRIDES = {"train": run_train, "train-rm": run_train_rm, "run": run_study_command}
 
 
 def main(argv: list[str] | None = None) -> int:
