@@ -1,0 +1,131 @@
+"""`alignlab run` end to end: the tiny study world, and the same command on real (locally built) models."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from alignlab.cli import main
+from conftest import SHARED
+
+METRICS = ["mean_score", "win_vs_chosen", "win_vs_sft", "kl", "ln_kl", "length"]
+HH_SAMPLE = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    out = root / "study"
+    code = main(["run", "--preset", "tiny", "--out", str(out), "--cache_dir", str(root / "cache")])
+    assert code == 0
+    return out, root / "cache"
+
+
+def test_tiny_study_writes_report_and_summary_with_every_metric_and_ci(tiny_study):
+    out, _ = tiny_study
+    for name in ("report.md", "report.html", "summary.json", "figures/mean_score.png", "study.yaml"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["models"]) == ["sft", "dpo", "ln-dpo", "simpo", "var"]
+    for name, row in summary["models"].items():
+        for metric in METRICS:
+            if name == "sft" and metric == "win_vs_sft":
+                assert row[metric] is None
+                continue
+            value = row[metric]
+            assert value["ci_low"] <= value["value"] <= value["ci_high"], (name, metric)
+    assert summary["models"]["sft"]["kl"]["value"] == 0.0
+
+
+def test_summary_numbers_come_from_the_per_sample_results(tiny_study):
+    out, _ = tiny_study
+    summary = json.loads((out / "summary.json").read_text())
+    sft = pq.read_table(out / "runs" / "sft" / "samples.parquet").to_pydict()
+    for method in ("dpo", "var"):
+        samples = pq.read_table(out / "runs" / method / "samples.parquet").to_pydict()
+        row = summary["models"][method]
+        assert row["mean_score"]["value"] == pytest.approx(np.mean(samples["gold_score"]))
+        assert row["length"]["value"] == pytest.approx(np.mean(samples["length"]))
+        assert samples["prompt_id"] == sft["prompt_id"]
+        assert samples["sft_score"] == sft["gold_score"]
+        wins = np.mean([(a > b) + 0.5 * (a == b) for a, b in zip(samples["gold_score"], sft["gold_score"])])
+        assert row["win_vs_sft"]["value"] == pytest.approx(wins)
+        diff = np.mean(samples["gold_score"]) - np.mean(sft["gold_score"])
+        assert row["vs_sft"]["mean_difference"] == pytest.approx(diff)
+        dpo_mean = summary["models"]["dpo"]["mean_score"]["value"]
+        if method != "dpo":
+            expected = 100 * (row["mean_score"]["value"] - dpo_mean) / abs(dpo_mean)
+            assert row["mean_score_change_vs_dpo_pct"] == pytest.approx(expected)
+
+
+def test_gold_scores_are_the_worlds_closed_form(tiny_study):
+    from alignlab.world import build_world, world_config
+
+    out, _ = tiny_study
+    world = build_world(world_config("tiny", seed=0))
+    samples = pq.read_table(out / "runs" / "simpo" / "samples.parquet").to_pydict()
+    for prompt, response, gold in list(zip(samples["prompt"], samples["response"], samples["gold_score"]))[:10]:
+        assert gold == pytest.approx(world.gold_reward(json.loads(prompt), response), abs=1e-6)
+
+
+def test_html_report_embeds_the_figure_and_the_table(tiny_study):
+    out, _ = tiny_study
+    page = (out / "report.html").read_text()
+    assert page.count("<table>") == 2 and "data:image/png;base64," in page
+    for name in ("sft", "dpo", "ln-dpo", "simpo", "var"):
+        assert f"<td>{name}</td>" in page
+
+
+def test_second_run_reuses_the_cached_world_models(tiny_study, tmp_path, capsys):
+    _, cache = tiny_study
+    out = tmp_path / "again"
+    assert main(["run", "--preset", "tiny", "--methods", "simpo", "--out", str(out), "--cache_dir", str(cache)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["context"]["world models cached"] is True
+    assert list(summary["models"]) == ["sft", "simpo"]
+
+
+def test_run_refuses_bad_settings_before_writing(tmp_path, capsys):
+    out = tmp_path / "bad"
+    assert main(["run", "--preset", "tiny", "--methods", "dpo,dop", "--out", str(out)]) == 2
+    assert "did you mean 'dpo'" in capsys.readouterr().err
+    assert main(["run", "--preset", "huge", "--out", str(out)]) == 2
+    assert "huge" in capsys.readouterr().err
+    config = tmp_path / "half.yaml"
+    config.write_text(f"model: {tmp_path}\n")
+    assert main(["run", "--config", str(config), "--out", str(out)]) == 2
+    assert "missing: train_data, test_data, gold_rm" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.skipif(not HH_SAMPLE.exists(), reason=f"shared HH-RLHF sample not found at {HH_SAMPLE}")
+def test_run_on_real_models_and_data(tiny_model, pairs_file, tmp_path):
+    """The same command on a Hugging Face model, pairs data, HH-RLHF test prompts and a gold RM."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig.from_pretrained(tiny_model)
+    config.num_labels = 1
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "gold")
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path / "gold")
+    study = {"model": str(tiny_model), "train_data": str(pairs_file), "test_data": str(HH_SAMPLE),
+             "test_format": "hh-rlhf", "test_limit": 6, "gold_rm": str(tmp_path / "gold"),
+             "methods": ["dpo", "var"], "training": {"learning_rate": 1e-3, "batch_size": 4, "max_length": 128,
+                                                       "max_prompt_length": 96},
+             "reward_training": {"learning_rate": 1e-3, "batch_size": 4, "max_length": 128, "max_prompt_length": 96},
+             "generation": {"max_new_tokens": 8}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    out = tmp_path / "study"
+    assert main(["run", "--config", str(path), "--out", str(out), "--cache_dir", str(tmp_path / "cache")]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["models"]) == ["sft", "dpo", "var"]
+    samples = pq.read_table(out / "runs" / "dpo" / "samples.parquet").to_pydict()
+    assert len(samples["prompt_id"]) == 6 and samples["prompt_id"][0] == "test-1"
+    assert all(math.isfinite(x) for x in samples["gold_score"])
+    assert (out / "proxy_rm" / "model" / "model.safetensors").exists()
