@@ -30,6 +30,17 @@ def _methods_help() -> str:
     return "\n".join(lines)
 
 
+def _add_run_arguments(parser, config_name: str, model_help: str) -> None:
+    """The arguments every training command shares; any other config field is --key value."""
+    parser.add_argument("--model", help=model_help)
+    parser.add_argument("--data", help="preference pairs: file or HF dataset name")
+    parser.add_argument("--out", help="run directory to create")
+    parser.add_argument("--config", help=f"YAML file of {config_name} fields (see README)")
+    parser.add_argument("--data-format", dest="data_format", help="hh-rlhf | pku-saferlhf | pairs")
+    parser.add_argument("--resume", action="store_true", default=None,
+                        help="continue a killed run (same --out and configuration) from its last checkpoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignlab", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -49,25 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=TRAIN_EPILOG.format(methods=_methods_help()))
     train.add_argument("--method", help="sft | dpo | ln-dpo | simpo | var")
-    train.add_argument("--model", help="policy initialisation (and default reference): directory or HF name")
-    train.add_argument("--data", help="preference pairs: file or HF dataset name")
-    train.add_argument("--out", help="run directory to create")
-    train.add_argument("--config", help="YAML file of TrainConfig fields (see README)")
+    _add_run_arguments(train, "TrainConfig", "policy initialisation (and default reference): directory or HF name")
     train.add_argument("--reward-model", dest="reward_model", help="sequence classifier for VAR's rewards")
-    train.add_argument("--data-format", dest="data_format", help="hh-rlhf | pku-saferlhf | pairs")
-    train.add_argument("--resume", action="store_true", default=None,
-                       help="continue a killed run (same --out and configuration) from its last checkpoint")
     train_rm = commands.add_parser(
         "train-rm", help="train a Bradley-Terry reward model (sequence classifier) on preference pairs",
         epilog="Any RewardModelConfig field can be overridden as --key value (see README).")
-    train_rm.add_argument("--model", help="base checkpoint (causal LM or sequence classifier)")
-    train_rm.add_argument("--data", help="preference pairs: file or HF dataset name")
-    train_rm.add_argument("--out", help="run directory to create")
-    train_rm.add_argument("--config", help="YAML file of RewardModelConfig fields")
+    _add_run_arguments(train_rm, "RewardModelConfig", "base checkpoint (causal LM or sequence classifier)")
     train_rm.add_argument("--eval-data", dest="eval_data", help="held-out pairs (default: eval_fraction of --data)")
-    train_rm.add_argument("--data-format", dest="data_format", help="hh-rlhf | pku-saferlhf | pairs")
-    train_rm.add_argument("--resume", action="store_true", default=None,
-                          help="continue a killed run from its last checkpoint")
     run = commands.add_parser(
         "run", help="a whole study: world (or your models and data), SFT, proxy RM, methods, evaluation, report",
         epilog="Any StudyConfig field can be overridden as --key value (see README).")
