@@ -133,6 +133,7 @@ def test_evaluate_model_writes_samples_and_metrics_consistent_with_them(tiny_mod
                             sft_samples=sft.samples, generation=generation, out_dir=tmp_path / "policy")
     table = pq.read_table(tmp_path / "policy" / "samples.parquet").to_pydict()
     metrics = json.loads((tmp_path / "policy" / "metrics.json").read_text())
+    assert metrics == result.metrics
     assert table["prompt_id"] == ["t0", "t1", "t2"]
     assert table["gold_score"] == [float(len(r.split())) for r in table["response"]]
     assert table["chosen_score"] == [3.0, 3.0, 3.0]

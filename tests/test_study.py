@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -100,7 +99,10 @@ def test_run_refuses_bad_settings_before_writing(tmp_path, capsys):
     config.write_text(f"model: {tmp_path}\n")
     assert main(["run", "--config", str(config), "--out", str(out)]) == 2
     assert "missing: train_data, test_data, gold_rm" in capsys.readouterr().err
-    assert not out.exists() or not any(out.iterdir())
+    config.write_text("generation: {max_tokens: 8}\n")
+    assert main(["run", "--config", str(config), "--preset", "tiny", "--out", str(out)]) == 2
+    assert "did you mean 'max_new_tokens'" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.skipif(not HH_SAMPLE.exists(), reason=f"shared HH-RLHF sample not found at {HH_SAMPLE}")

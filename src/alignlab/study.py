@@ -78,8 +78,11 @@ class StudyConfig:
             missing = ", ".join(k for k in real if k not in given)
             raise AlignlabError(f"config: a study on real models needs model, train_data, test_data and "
                                 f"gold_rm together; missing: {missing}")
-        for section, cls in (("training", TrainConfig), ("reward_training", RewardModelConfig)):
-            fields = {f.name for f in dataclasses.fields(cls)} - {"model", "data", "out", "method", "params"}
+        from alignlab.generate import GenerationConfig
+
+        for section, cls in (("training", TrainConfig), ("reward_training", RewardModelConfig),
+                             ("generation", GenerationConfig)):
+            fields = {f.name for f in dataclasses.fields(cls)} - {"model", "data", "out", "method", "params", "seed"}
             for key in getattr(self, section):
                 if key not in fields:
                     raise AlignlabError(unknown_name_message(f"config: {section} has unknown key", key, sorted(fields)))
@@ -100,6 +103,7 @@ WORLD_REWARD_TRAINING = {
     "default": dict(learning_rate=1e-3, epochs=2, batch_size=16),
     "large": dict(learning_rate=3e-4, epochs=2, batch_size=32),
 }
+REPORTED_TRAINING = ("learning_rate", "epochs", "batch_size", "max_length", "max_prompt_length")
 WORLD_GENERATION = {
     "tiny": dict(max_new_tokens=48, batch_size=32),
     "default": dict(max_new_tokens=64, batch_size=32),
@@ -107,11 +111,11 @@ WORLD_GENERATION = {
 }
 
 
-def prepare_study_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not overwrite:
+def check_study_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to mix a new study into an old one; the directory itself appears with the first result."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise AlignlabError(f"{out}: output directory exists and is not empty; choose another --out or "
                             "pass --overwrite true")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 @dataclass
@@ -170,7 +174,7 @@ def run_study(config: StudyConfig) -> Path:
 
     config.validate()
     out = Path(config.out)
-    prepare_study_dir(out, config.overwrite)
+    check_study_dir(out, config.overwrite)
     started = time.perf_counter()
     inputs = world_inputs(config, out) if config.uses_world else real_inputs(config)
     preset = config.preset if config.uses_world else None
@@ -220,9 +224,6 @@ def run_study(config: StudyConfig) -> Path:
     atomic.write_text(out / "study.yaml", dump_yaml(config))
     write_report(out, entries, context, title="alignlab study")
     return out
-
-
-REPORTED_TRAINING = ("learning_rate", "epochs", "batch_size", "max_length", "max_prompt_length")
 
 
 def entry(name: str, result, params: dict, run_dir: str):
