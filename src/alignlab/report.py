@@ -100,9 +100,17 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def _html_cell(text: str) -> str:
+    """A value with its CI ("v [lo, hi]") shows the CI on a second, quieter line."""
+    value, bracket, interval = text.partition(" [")
+    if not bracket:
+        return f"<td>{html.escape(text)}</td>"
+    return f"<td>{html.escape(value)}<br><span class=ci>[{html.escape(interval)}</span></td>"
+
+
 def html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -136,7 +144,8 @@ padding:0 1rem;color:#1d232a;line-height:1.45}
 h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #e3e6ea;padding-bottom:.3rem}
 table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}
 th,td{border:1px solid #d5d9de;padding:.35rem .6rem;text-align:right}th{background:#f3f5f7}
-td:first-child,th:first-child{text-align:left;font-weight:600}
+td:first-child,th:first-child{text-align:left;font-weight:600;white-space:nowrap}
+.ci{font-size:.78rem;color:#6b7580;white-space:nowrap}
 figure{margin:1rem 0}figcaption{font-size:.85rem;color:#55606b;max-width:640px}
 .context{font-size:.85rem;color:#55606b}
 """
