@@ -96,9 +96,7 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
                                      config.batch_size, accelerator.device)
         if is_main:
             save_run(run_dir, accelerator, model, tokenizer, config, {
-                "optimizer_steps": fitted.optimizer_steps, "pairs_trained": fitted.pairs_trained,
-                "final_loss": fitted.final_loss, "final_margin": fitted.final_margin,
-                "train_seconds": round(fitted.seconds, 3), "heldout_accuracy": accuracy,
-                "heldout_pairs": len(heldout), "data": loaded.summary(), "truncation": truncation.summary()})
+                **fitted.summary(accelerator, loaded, truncation), "heldout_accuracy": accuracy,
+                "heldout_pairs": len(heldout)})
     accelerator.wait_for_everyone()
     return RewardModelResult(**vars(fitted), out=out, heldout_accuracy=accuracy, heldout_pairs=len(heldout))

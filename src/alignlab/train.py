@@ -152,6 +152,14 @@ class FitResult:
     def pairs_per_second(self) -> float:
         return self.pairs_trained / self.seconds if self.seconds else float("nan")
 
+    def summary(self, accelerator, loaded, truncation) -> dict:
+        """What every trainer's train_summary.json reports."""
+        return {"optimizer_steps": self.optimizer_steps, "pairs_trained": self.pairs_trained,
+                "final_loss": self.final_loss, "final_margin": self.final_margin,
+                "train_seconds": round(self.seconds, 3), "pairs_per_second": self.pairs_per_second,
+                "processes": accelerator.num_processes, "data": loaded.summary(),
+                "truncation": truncation.summary()}
+
 
 @dataclass
 class TrainResult(FitResult):
@@ -385,12 +393,8 @@ def train(config: TrainConfig) -> TrainResult:
         model, fitted = fit(config, accelerator, model, len(examples), collate, step_loss, run_dir, config.method)
         if is_main:
             save_run(run_dir, accelerator, model, tokenizer, config, {
-                "method": config.method, "params": config.params, "optimizer_steps": fitted.optimizer_steps,
-                "pairs_trained": fitted.pairs_trained, "final_loss": fitted.final_loss,
-                "final_margin": fitted.final_margin, "train_seconds": round(fitted.seconds, 3),
-                "pairs_per_second": fitted.pairs_per_second, "processes": accelerator.num_processes,
-                "reference_cache_hit": reference_hit, "data": loaded.summary(),
-                "truncation": truncation.summary()})
+                "method": config.method, "params": config.params, **fitted.summary(accelerator, loaded, truncation),
+                "reference_cache_hit": reference_hit})
     accelerator.wait_for_everyone()
     return TrainResult(**vars(fitted), out=out, reference_cache_hit=reference_hit)
 
