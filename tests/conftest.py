@@ -59,6 +59,12 @@ def pairs_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def world_cache(tmp_path_factory) -> Path:
+    """A cache directory shared by the tests that build the tiny study world, so it is built once."""
+    return tmp_path_factory.mktemp("world-cache")
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own alignlab cache, so cache hits are never carried between tests."""

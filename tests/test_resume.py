@@ -98,3 +98,104 @@ def test_sigkilled_training_process_resumes_from_the_command_line(tiny_model, tm
     resumed_summary = json.loads((out / "train_summary.json").read_text())
     assert resumed_summary["final_loss"] == pytest.approx(whole_summary["final_loss"], rel=1e-6)
     assert_same_metrics(out, tmp_path / "whole")
+
+
+def forbid_unpickling(monkeypatch):
+    """Any torch.load or pickle load during the test is a failure."""
+    import pickle
+
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint must be read without torch.load or pickle")
+
+    for owner, name in ((torch, "load"), (pickle, "load"), (pickle, "loads"), (pickle, "Unpickler")):
+        monkeypatch.setattr(owner, name, refuse)
+
+
+def test_checkpoints_hold_no_pickles_and_resume_never_unpickles(tiny_model, pairs_file, tmp_path, monkeypatch):
+    settings = dict(epochs=1, batch_size=2, checkpoint_steps=2, logging_steps=1)
+    real_pair_batch = train_module.pair_batch
+    calls = {"n": 0}
+
+    def crash_on_the_6th_micro_batch(*args):
+        calls["n"] += 1
+        if calls["n"] == 6:  # inside step 6, after the checkpoint at step 4
+            raise KeyboardInterrupt
+        return real_pair_batch(*args)
+
+    monkeypatch.setattr(train_module, "pair_batch", crash_on_the_6th_micro_batch)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config_for(tiny_model, pairs_file, out, **settings))
+    monkeypatch.setattr(train_module, "pair_batch", real_pair_batch)
+    checkpoint = partial_dir(out) / "checkpoint"
+    files = sorted(p.name for p in checkpoint.rglob("*") if p.is_file())
+    assert {"model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json",
+            "rng_state_0.safetensors", "rng_state_0.json", "accelerator.json", "loop_state.json"} <= set(files)
+    assert all(name.endswith((".safetensors", ".json")) for name in files), files
+    for path in checkpoint.rglob("*"):
+        if path.suffix == ".json":
+            json.loads(path.read_text())  # plain JSON, no pickled payloads hidden in it
+
+    forbid_unpickling(monkeypatch)
+    resumed = train(config_for(tiny_model, pairs_file, out, resume=True, **settings))
+    assert resumed.optimizer_steps == 8
+
+
+def test_checkpoint_round_trip_restores_every_state_exactly(tiny_model, tmp_path, monkeypatch):
+    """Model, AdamW moments and step counts, scheduler, accelerate's counter and all RNGs come back
+    bit for bit after being disturbed."""
+    import random
+
+    import numpy as np
+    import torch
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    from alignlab import checkpoint
+    from alignlab.modeling import load_causal_lm
+
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
+    model = load_causal_lm(str(tiny_model))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.8, 0.9))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=1, num_training_steps=10)
+    accelerator.register_for_checkpointing(scheduler)
+    ids = torch.randint(0, 100, (2, 8))
+    for _ in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    accelerator.step = 6
+
+    def snapshot():
+        state = optimizer.state_dict()
+        return ({k: v.clone() for k, v in model.state_dict().items()},
+                {i: {k: v.clone() for k, v in s.items()} for i, s in state["state"].items()},
+                state["param_groups"], scheduler.state_dict(), accelerator.step)
+
+    saved = snapshot()
+    checkpoint.save(accelerator, tmp_path / "checkpoint", {"step": 3})
+    draws = (random.random(), np.random.rand(), torch.rand(3))
+
+    model(input_ids=ids, labels=ids).loss.backward()  # disturb everything
+    optimizer.step()
+    scheduler.step()
+    accelerator.step = 1
+    random.random(), np.random.rand(), torch.rand(3)
+
+    forbid_unpickling(monkeypatch)
+    assert checkpoint.load(accelerator, tmp_path / "checkpoint") == {"step": 3}
+    restored = snapshot()
+    for before, after in zip(saved[0].values(), restored[0].values()):
+        assert torch.equal(before, after)
+    assert saved[1].keys() == restored[1].keys()
+    for i in saved[1]:
+        assert all(torch.equal(saved[1][i][k], restored[1][i][k]) for k in saved[1][i])
+    assert restored[2] == saved[2] and isinstance(restored[2][0]["betas"], tuple)
+    assert restored[3] == saved[3] and restored[4] == 6
+    again = (random.random(), np.random.rand(), torch.rand(3))
+    assert again[:2] == draws[:2] and torch.equal(again[2], draws[2])
+    assert not (tmp_path / "checkpoint.tmp").exists() and not (tmp_path / "checkpoint.old").exists()

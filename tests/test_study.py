@@ -17,49 +17,53 @@ HH_SAMPLE = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 
 
 @pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study")
-    out = root / "study"
-    code = main(["run", "--preset", "tiny", "--out", str(out), "--cache_dir", str(root / "cache")])
+def tiny_study(tmp_path_factory, world_cache):
+    out = tmp_path_factory.mktemp("study") / "study"
+    code = main(["run", "--preset", "tiny", "--out", str(out), "--cache_dir", str(world_cache)])
     assert code == 0
-    return out, root / "cache"
+    return out, world_cache
 
 
-def test_tiny_study_writes_report_and_summary_with_every_metric_and_ci(tiny_study):
+def _samples(out, run_dir) -> dict:
+    return pq.read_table(out / run_dir / "samples.parquet").to_pydict()
+
+
+def test_tiny_study_runs_the_small_grid_and_writes_the_report(tiny_study):
     out, _ = tiny_study
-    for name in ("report.md", "report.html", "summary.json", "figures/mean_score.png", "study.yaml"):
+    for name in ("report.md", "report.html", "summary.json", "sweep.yaml", "study.json", "runs.sqlite"):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["models"]) == ["sft", "dpo", "ln-dpo", "simpo", "var"]
-    for name, row in summary["models"].items():
+    assert list(summary["best"]) == ["dpo", "ln-dpo", "simpo", "var"]
+    assert len(summary["runs"]) == 1 + 8  # SFT and two grid points per method
+    for name, row in [("sft", summary["sft"]), *summary["best"].items()]:
         for metric in METRICS:
             if name == "sft" and metric == "win_vs_sft":
-                assert row[metric] is None
                 continue
-            value = row[metric]
+            value = row["metrics"][metric]
             assert value["ci_low"] <= value["value"] <= value["ci_high"], (name, metric)
-    assert summary["models"]["sft"]["kl"]["value"] == 0.0
+    assert summary["sft"]["metrics"]["kl"]["value"] == 0.0
 
 
 def test_summary_numbers_come_from_the_per_sample_results(tiny_study):
     out, _ = tiny_study
     summary = json.loads((out / "summary.json").read_text())
-    sft = pq.read_table(out / "runs" / "sft" / "samples.parquet").to_pydict()
+    sft = _samples(out, "runs/sft")
+    dpo_best = summary["best"]["dpo"]
     for method in ("dpo", "var"):
-        samples = pq.read_table(out / "runs" / method / "samples.parquet").to_pydict()
-        row = summary["models"][method]
-        assert row["mean_score"]["value"] == pytest.approx(np.mean(samples["gold_score"]))
-        assert row["length"]["value"] == pytest.approx(np.mean(samples["length"]))
+        row = summary["best"][method]
+        samples = _samples(out, f"runs/{row['run']}")
+        assert row["metrics"]["mean_score"]["value"] == pytest.approx(np.mean(samples["gold_score"]))
+        assert row["metrics"]["length"]["value"] == pytest.approx(np.mean(samples["length"]))
         assert samples["prompt_id"] == sft["prompt_id"]
         assert samples["sft_score"] == sft["gold_score"]
         wins = np.mean([(a > b) + 0.5 * (a == b) for a, b in zip(samples["gold_score"], sft["gold_score"])])
-        assert row["win_vs_sft"]["value"] == pytest.approx(wins)
-        diff = np.mean(samples["gold_score"]) - np.mean(sft["gold_score"])
-        assert row["vs_sft"]["mean_difference"] == pytest.approx(diff)
-        dpo_mean = summary["models"]["dpo"]["mean_score"]["value"]
+        assert row["metrics"]["win_vs_sft"]["value"] == pytest.approx(wins)
         if method != "dpo":
-            expected = 100 * (row["mean_score"]["value"] - dpo_mean) / abs(dpo_mean)
+            dpo_mean = dpo_best["metrics"]["mean_score"]["value"]
+            expected = 100 * (row["metrics"]["mean_score"]["value"] - dpo_mean) / abs(dpo_mean)
             assert row["mean_score_change_vs_dpo_pct"] == pytest.approx(expected)
+    every_dpo = [r for r in summary["runs"] if r["method"] == "dpo"]
+    assert dpo_best["metrics"]["mean_score"]["value"] == max(r["metrics"]["mean_score"]["value"] for r in every_dpo)
 
 
 def test_gold_scores_are_the_worlds_closed_form(tiny_study):
@@ -67,26 +71,20 @@ def test_gold_scores_are_the_worlds_closed_form(tiny_study):
 
     out, _ = tiny_study
     world = build_world(world_config("tiny", seed=0))
-    samples = pq.read_table(out / "runs" / "simpo" / "samples.parquet").to_pydict()
+    summary = json.loads((out / "summary.json").read_text())
+    samples = _samples(out, f"runs/{summary['best']['simpo']['run']}")
     for prompt, response, gold in list(zip(samples["prompt"], samples["response"], samples["gold_score"]))[:10]:
         assert gold == pytest.approx(world.gold_reward(json.loads(prompt), response), abs=1e-6)
 
 
-def test_html_report_embeds_the_figure_and_the_table(tiny_study):
-    out, _ = tiny_study
-    page = (out / "report.html").read_text()
-    assert page.count("<table>") == 2 and "data:image/png;base64," in page
-    for name in ("sft", "dpo", "ln-dpo", "simpo", "var"):
-        assert f"<td>{name}</td>" in page
-
-
-def test_second_run_reuses_the_cached_world_models(tiny_study, tmp_path, capsys):
+def test_second_run_reuses_the_cached_world_models(tiny_study, tmp_path, caplog):
     _, cache = tiny_study
     out = tmp_path / "again"
-    assert main(["run", "--preset", "tiny", "--methods", "simpo", "--out", str(out), "--cache_dir", str(cache)]) == 0
+    with caplog.at_level("INFO", logger="alignlab.world"):
+        assert main(["run", "--preset", "tiny", "--methods", "simpo", "--out", str(out), "--cache_dir", str(cache)]) == 0
+    assert "built world models" not in caplog.text
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["context"]["world models cached"] is True
-    assert list(summary["models"]) == ["sft", "simpo"]
+    assert list(summary["best"]) == ["simpo"] and len(summary["runs"]) == 1 + 2
 
 
 def test_run_refuses_bad_settings_before_writing(tmp_path, capsys):
@@ -126,8 +124,8 @@ def test_run_on_real_models_and_data(tiny_model, pairs_file, tmp_path):
     out = tmp_path / "study"
     assert main(["run", "--config", str(path), "--out", str(out), "--cache_dir", str(tmp_path / "cache")]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["models"]) == ["sft", "dpo", "var"]
-    samples = pq.read_table(out / "runs" / "dpo" / "samples.parquet").to_pydict()
+    assert list(summary["best"]) == ["dpo", "var"]
+    samples = _samples(out, f"runs/{summary['best']['dpo']['run']}")
     assert len(samples["prompt_id"]) == 6 and samples["prompt_id"][0] == "test-1"
     assert all(math.isfinite(x) for x in samples["gold_score"])
     assert (out / "proxy_rm" / "model" / "model.safetensors").exists()

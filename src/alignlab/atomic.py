@@ -1,8 +1,14 @@
-"""Atomic writes: results appear whole or not at all (temp file in the same directory, then rename)."""
+"""Atomic writes: results appear whole or not at all (temp file in the same directory, then rename).
+
+A write that fails (disk full, no permission, a file where a directory should be) leaves neither the
+file nor its temp file behind and raises one `AlignlabError` naming the file and what to do.
+`check_output_dir` / `check_output_file` find out, before any work, whether an output can be written.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -10,23 +16,58 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
+from alignlab.errors import AlignlabError
+
+# OSErrors that say the disk or the directory cannot take the write, whatever the caller was doing.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def write_error(path: str | os.PathLike, err: OSError) -> AlignlabError:
+    """One clear message for a failed write of `path`."""
+    reason = err.strerror or str(err) or type(err).__name__
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free disk space (or choose an output on another disk) and run again"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "choose a writable output location or fix the permissions"
+    elif err.errno in (errno.ENOTDIR, errno.EEXIST):
+        fix = "a file stands where a directory is needed; choose another output location"
+    else:
+        fix = "check the output location and run again"
+    return AlignlabError(f"{path}: cannot write ({reason}); nothing was written there; {fix}")
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import, before any threads write
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_read_umask()
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temp file beside `path`; on clean exit fsync it and rename it over `path`."""
+    """Open a temp file beside `path`; on clean exit fsync it and rename it over `path`. On any
+    failure the temp file is removed; an OSError becomes an AlignlabError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise write_error(path, err) from None
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; results are for others to read too
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as err:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise write_error(path, err) from None
         raise
 
 
@@ -49,13 +90,83 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp directory beside `path`; on clean exit it replaces `path` whole."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as err:
+        raise write_error(path, err) from None
     try:
         yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
+            raise write_error(err.filename or path, err) from None
         raise
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def check_output_dir(directory: str | os.PathLike, option: str = "--out", *, output=None) -> None:
+    """Fail before any work when files cannot be created in `directory` (existing, or to be created
+    under its nearest existing ancestor): that ancestor must be a directory we can write to, checked
+    by permission bits and by creating (and removing) a probe file — root passes permission checks,
+    but not a read-only filesystem or a regular file in the path. Messages name `output` (default:
+    `directory`)."""
+    directory = Path(directory).expanduser()
+    shown = directory if output is None else output
+    base = _nearest_existing(directory.absolute())
+    if not base.is_dir():
+        raise AlignlabError(f"{shown}: cannot create it, {base} is a file, not a directory; "
+                            f"choose another {option}")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise AlignlabError(f"{shown}: cannot write there, {base} is not writable; choose a writable "
+                            f"{option} or fix the permissions")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".alignlab-write-test.", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise AlignlabError(f"{shown}: cannot write in {base} ({err.strerror or err}); choose a writable "
+                            f"{option} or fix the permissions") from None
+    if shutil.disk_usage(base).free < 1 << 20:
+        raise AlignlabError(f"{shown}: the disk holding {base} is full; free space or choose {option} on "
+                            "another disk")
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> None:
+    """`check_output_dir` for the directory that will hold the file `path` (written atomically)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise AlignlabError(f"{path}: is a directory; {option} must name a file")
+    check_output_dir(path.parent, option, output=path)
+
+
+@contextlib.contextmanager
+def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Like `atomic_dir`, but an existing `path` is kept and what was written is moved into it at
+    the end (entries of the same name replaced): a failure leaves `path` as it was."""
+    path = Path(path)
+    if not path.exists():
+        with atomic_dir(path) as tmp:
+            yield tmp
+        return
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as err:
+        raise write_error(path, err) from None
+    try:
+        yield tmp
+        for entry in sorted(tmp.iterdir()):
+            target = path / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

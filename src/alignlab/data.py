@@ -19,6 +19,9 @@ Conventions:
   counted by reason in `LoadResult.dropped`. In the generic format the data is the user's own, so a
   bad record is an error — except identical chosen/rejected, which carry no preference and are
   dropped and counted in every format.
+- A .jsonl or .csv line longer than `MAX_LINE_BYTES` (16 MiB) is an error at that line, found
+  without reading the line whole (so a 50 MB line costs 16 MiB of memory, not 50 MB plus its parse):
+  one preference pair is kilobytes; such a line is a mis-named .json list or a corrupt file.
 - Every problem with the input is an `InputError` naming file, line (or row) and field.
 """
 
@@ -45,6 +48,7 @@ PKU_PREFERENCES = ("better", "safer")
 ROLES = ("user", "assistant", "system")
 FILE_KINDS = ("jsonl", "json", "csv", "parquet")
 HUB_NAME = re.compile(r"[\w-][\w.-]*(/[\w.-]+)?")  # "name" or "org/name"
+MAX_LINE_BYTES = 16 << 20  # one record of a .jsonl or .csv file; a longer line is an error, read no further
 
 
 @dataclass
@@ -175,7 +179,8 @@ def _read_file(path: Path, display: str) -> Iterator[tuple[_Where, object]]:
     kind, gzipped, stem = kind
     if kind == "parquet":
         return _parquet_records(path, display, stem)
-    lines = _read_lines(path, gzipped, display)
+    # A .json document is one value and may be minified onto one line; records elsewhere are lines.
+    lines = _read_lines(path, gzipped, display, None if kind == "json" else MAX_LINE_BYTES)
     if kind == "jsonl":
         return _jsonl_records(lines, display, stem)
     if kind == "json":
@@ -183,13 +188,21 @@ def _read_file(path: Path, display: str) -> Iterator[tuple[_Where, object]]:
     return _csv_records(lines, display, stem)
 
 
-def _read_lines(path: Path, gzipped: bool, display: str) -> Iterator[tuple[int, str]]:
-    """Stream (line number, text); bad UTF-8 and broken gzip become InputErrors at their line."""
+def _read_lines(path: Path, gzipped: bool, display: str, max_bytes: int | None = None
+                ) -> Iterator[tuple[int, str]]:
+    """Stream (line number, text); bad UTF-8, broken gzip and (with `max_bytes`) an over-long line
+    become InputErrors at their line. An over-long line is never read whole: memory stays bounded."""
     line_no = 0
     try:
         with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as handle:
             # Decode line by line (b"\n" never occurs inside a UTF-8 character) to know where bad bytes are.
-            for line_no, raw in enumerate(handle, 1):
+            while raw := handle.readline(-1 if max_bytes is None else max_bytes + 1):
+                line_no += 1
+                if max_bytes is not None and len(raw) > max_bytes:
+                    raise InputError(f"line is longer than {max_bytes >> 20} MiB, the limit for one record",
+                                     file=display, line=line_no,
+                                     fix="Check that the file holds one record per line (a whole JSON list "
+                                         "belongs in a .json file); split or shorten oversized records")
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
@@ -503,7 +516,8 @@ def _reward(record: dict, name: str, where: _Where) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise where.error(f"expected a finite number, got {value!r}", field=name)
+        raise where.error(f"expected a finite number, got {value!r}", field=name,
+                          fix="Give a number, or leave the field out")
     return float(value)
 
 

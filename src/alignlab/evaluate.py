@@ -7,7 +7,8 @@ Per-sample results (`samples.parquet`), one row per test prompt: prompt_id, prom
 turns), response, length (tokens), gold_score, chosen_score (the dataset's chosen response),
 sft_score (the SFT model's response to the same prompt, when given), logp_policy and logp_sft
 (summed log-probs of the response under the policy and the SFT model, for KL). `metrics.json`
-holds `metrics.summarize` of them.
+holds `metrics.summarize` of them. With an LLM judge (`alignlab.judge`, optional), also
+judge_score and judge_error per sample and `judge_win_rate` in `metrics.json`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from alignlab import atomic
 from alignlab.errors import AlignlabError
 from alignlab.generate import GenerationConfig, generate_responses
+from alignlab.judge import BASELINES, JudgeConfig, judge_columns, judge_config, summary_line, win_rate_metric
 from alignlab.metrics import summarize
 from alignlab.modeling import load_causal_lm, load_tokenizer, sequence_logps
 from alignlab.tokenise import PromptRenderer, collate_sequences
@@ -70,8 +72,10 @@ def write_parquet(path: Path, columns: dict) -> None:
 
 def evaluate_model(model_path: str, pairs, scorer, *, sft_model_path: str | None = None,
                    sft_samples: dict | None = None, generation: GenerationConfig = GenerationConfig(),
-                   out_dir: str | Path | None = None, device="cpu", trust_remote_code: bool = False) -> EvalResult:
-    """Generate a response per test pair, score it, and summarise; write the results to `out_dir`."""
+                   out_dir: str | Path | None = None, device="cpu", trust_remote_code: bool = False,
+                   judge: JudgeConfig | None = None) -> EvalResult:
+    """Generate a response per test pair, score it, and summarise; write the results to `out_dir`.
+    With `judge`, an LLM judge also compares each response with the baseline it names."""
     tokenizer = load_tokenizer(model_path, trust_remote_code)
     model = load_causal_lm(model_path, trust_remote_code=trust_remote_code).to(device)
     prompts = [pair.prompt for pair in pairs]
@@ -98,7 +102,11 @@ def evaluate_model(model_path: str, pairs, scorer, *, sft_model_path: str | None
         sft = model if same else load_causal_lm(sft_model_path, trust_remote_code=trust_remote_code).to(device)
         samples["logp_sft"] = (samples["logp_policy"] if same else
                                response_logps(sft, tokenizer, prompts, ids, generation.batch_size, device).tolist())
+    if judge is not None:
+        samples.update(judge_columns(judge, pairs, responses, sft_samples))
     result = EvalResult(samples, summarize(samples, seed=generation.seed))
+    if judge is not None:
+        result.metrics["judge_win_rate"] = win_rate_metric(samples["judge_score"], judge.model, generation.seed)
     if out_dir is not None:
         write_parquet(Path(out_dir) / "samples.parquet", samples)
         atomic.write_json(Path(out_dir) / "metrics.json", result.metrics)
@@ -122,6 +130,20 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N pairs only")
     parser.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true")
+    judge = parser.add_argument_group("LLM judge (optional): pairwise win rate from an OpenAI-compatible API")
+    judge.add_argument("--judge-url", dest="judge_url", default=None,
+                       help="base URL of the API, e.g. http://127.0.0.1:8000/v1 (turns the judge on)")
+    judge.add_argument("--judge-model", dest="judge_model", default=None, help="the judge model's name at that API")
+    judge.add_argument("--judge-baseline", dest="judge_baseline", choices=BASELINES, default=None,
+                       help="answers to compare with: the SFT model's (default with --sft) or the dataset's chosen")
+    judge.add_argument("--judge-key-env", dest="judge_key_env", default=JudgeConfig.key_env,
+                       help="environment variable holding the API key; unset: no Authorization header")
+    judge.add_argument("--judge-retries", dest="judge_retries", type=int, default=JudgeConfig.retries,
+                       help="retries of a failed request (timeout, 429, 5xx, malformed reply)")
+    judge.add_argument("--judge-timeout", dest="judge_timeout", type=float, default=JudgeConfig.timeout_s,
+                       help="seconds to wait for each reply")
+    judge.add_argument("--judge-workers", dest="judge_workers", type=int, default=JudgeConfig.workers,
+                       help="requests in flight at once")
 
 
 def run_eval(args) -> int:
@@ -131,22 +153,28 @@ def run_eval(args) -> int:
     if args.max_new_tokens < 1 or args.batch_size < 1 or not 0 < args.top_p <= 1 or args.temperature <= 0:
         raise AlignlabError("generation settings: --max-new-tokens and --batch-size must be >= 1, --top-p in "
                             "(0, 1] and --temperature > 0")
+    judge = judge_config(args)
+    out = Path(args.out or f"eval-{Path(args.model.rstrip('/')).name}")
+    atomic.check_output_dir(out)  # fail before any work
     pairs = load_pairs(args.data, args.data_format, split=args.split).pairs[:args.limit]
     if not pairs:
         raise AlignlabError(f"{args.data}: no test pairs to evaluate")
     load_sequence_classifier(args.gold_rm, trust_remote_code=args.trust_remote_code)  # fail before work
-    out = Path(args.out or f"eval-{Path(args.model.rstrip('/')).name}")
     generation = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p, args.greedy,
                                   args.batch_size, args.seed)
     scorer = reward_model_scorer(args.gold_rm, args.batch_size, trust_remote_code=args.trust_remote_code)
     sft_samples = None
-    if args.sft:
-        sft_samples = evaluate_model(args.sft, pairs, scorer, sft_model_path=args.sft, generation=generation,
-                                     out_dir=out / "sft", trust_remote_code=args.trust_remote_code).samples
-    result = evaluate_model(args.model, pairs, scorer, sft_model_path=args.sft, sft_samples=sft_samples,
-                            generation=generation, out_dir=out, trust_remote_code=args.trust_remote_code)
+    with atomic.staged_dir(out) as staging:  # results appear together at the end, or not at all
+        if args.sft:
+            sft_samples = evaluate_model(args.sft, pairs, scorer, sft_model_path=args.sft, generation=generation,
+                                         out_dir=staging / "sft", trust_remote_code=args.trust_remote_code).samples
+        result = evaluate_model(args.model, pairs, scorer, sft_model_path=args.sft, sft_samples=sft_samples,
+                                generation=generation, out_dir=staging, trust_remote_code=args.trust_remote_code,
+                                judge=judge)
     for name, metric in result.metrics.items():
-        if metric is not None:
+        if metric is not None and metric["value"] is not None:  # a judge that judged nothing has no value
             print(f"{name:<14} {metric['value']:>10.4f}  [{metric['ci_low']:.4f}, {metric['ci_high']:.4f}]")
+    if judge is not None:
+        print(summary_line(result.metrics["judge_win_rate"], result.samples["judge_error"]))
     print(out)
     return 0

@@ -24,9 +24,19 @@ def _check_local_weights(path: str) -> None:
     if not (directory / "config.json").exists():
         raise AlignlabError(f"{directory}: not a model directory (no config.json); pass a directory "
                             "written by save_pretrained or a Hugging Face model name")
-    if not any(directory.glob("*.safetensors")):
+    weights = sorted(directory.glob("*.safetensors"))
+    if not weights:
         raise AlignlabError(f"{directory}: no *.safetensors weights; alignlab loads weights only as "
                             "safetensors (re-save the model with save_pretrained(safe_serialization=True))")
+    from safetensors import safe_open
+
+    for path in weights:  # reads each header only: cheap, and names the damaged file
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise AlignlabError(f"{path}: cannot load model weights ({_first_line(err)}); the file is damaged "
+                                "or incomplete: download or save the model again") from None
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
@@ -55,8 +65,12 @@ def _load_pretrained(auto_cls, path: str, dtype: str, trust_remote_code: bool, *
                                         trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise AlignlabError(f"{path}: cannot load model weights ({err.__class__.__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''}). Check that the "
-                            "directory holds an intact save_pretrained checkpoint") from None
+                            f"{_first_line(err)}). Check that the directory holds an intact "
+                            "save_pretrained checkpoint: download or save the model again") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False):
@@ -75,7 +89,8 @@ def load_sequence_classifier(path: str, dtype: str = "float32", trust_remote_cod
     model = _load_pretrained(AutoModelForSequenceClassification, path, dtype, trust_remote_code, **extra)
     if model.config.num_labels != 1:
         raise AlignlabError(f"{path}: a reward model must output one score (num_labels=1); this one "
-                            f"has num_labels={model.config.num_labels}")
+                            f"has num_labels={model.config.num_labels}. Pass a one-output sequence "
+                            "classifier, e.g. one trained with `alignlab train-rm`")
     return model
 
 

@@ -1,18 +1,11 @@
-"""`alignlab run`: one alignment study end to end — data, SFT, proxy reward model, every method,
-evaluation against the gold reward, report.
+"""What a study is made of: its configuration (`StudyConfig`) and its inputs — the SFT model, the
+training pairs, the test prompts and the gold reward. `alignlab.sweep` runs the study: every method
+over its hyper-parameter grid, evaluation, report.
 
 Two worlds, one code path. By default the built-in study world (`alignlab.world`) supplies the
 SFT model, the training pairs (SafeRLHF-like style), the OOD test prompts (HH-like style) and an
 exact gold reward. With `model`, `train_data`, `test_data` and `gold_rm` set (in a YAML config),
 the same stages run on any Hugging Face model, dataset and sequence-classification gold RM.
-
-Directory layout under `out`:
-    data/train.jsonl, data/heldout.jsonl     training and reward-model held-out pairs
-    proxy_rm/                                the proxy reward model (when VAR runs and none is given)
-    runs/<method>/                           a training run (config.yaml, metrics.jsonl, model/ ...)
-    runs/<name>/samples.parquet, metrics.json  its evaluation (runs/sft holds the SFT model's)
-    summary.json, report.md, report.html, figures/
-Every file is written atomically; the report appears last.
 """
 
 from __future__ import annotations
@@ -30,16 +23,19 @@ from alignlab.objectives import get_method, unknown_name_message
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = ["dpo", "ln-dpo", "simpo", "var"]
-
-
 @dataclass
 class StudyConfig:
     out: str = ""
     preset: str = "default"  # study-world preset: tiny | default | large
     seed: int = 0
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    method_params: dict = field(default_factory=dict)  # method -> hyper-parameters, e.g. {dpo: {beta: 0.1}}
+    methods: list[str] | None = None  # default: the grid preset's methods
+    method_params: dict = field(default_factory=dict)  # method -> fixed hyper-parameters, e.g. {dpo: {beta: 0.1}}
+    grid_preset: str | None = "small"  # named grid (see sweep.GRID_PRESETS); None: only `grid`
+    grid: dict = field(default_factory=dict)  # method (or "all") -> {hyper-parameter: [values]}
+    seeds: list[int] | None = None  # training seeds of every grid point; default: [seed]
+    workers: int = 1  # runs in parallel (local processes or Ray tasks)
+    executor: str = "local"  # local | ray
+    ray_address: str | None = None  # an existing Ray cluster; default: start a local one
     training: dict = field(default_factory=dict)  # TrainConfig fields for every method (learning_rate, ...)
     reward_training: dict = field(default_factory=dict)  # RewardModelConfig fields for the proxy RM
     generation: dict = field(default_factory=dict)  # GenerationConfig fields (max_new_tokens, temperature, ...)
@@ -61,16 +57,17 @@ class StudyConfig:
         return self.model is None
 
     def validate(self) -> None:
+        """Checks that need no files; the grid itself is checked when it is expanded (sweep.expand_grid)."""
         if not self.out:
             raise AlignlabError("config: 'out' is required")
-        if not self.methods:
+        if self.methods is not None and not self.methods:
             raise AlignlabError("config: 'methods' is empty; name at least one of sft, dpo, ln-dpo, simpo, var")
-        for name in self.methods:
+        for name in self.methods or []:
             get_method(name)
-        for name, params in self.method_params.items():
-            if name not in self.methods:
-                raise AlignlabError(unknown_name_message("config: method_params names method", name, self.methods))
-            get_method(name).resolve(params)
+        if self.executor not in ("local", "ray"):
+            raise AlignlabError(unknown_name_message("config: executor", self.executor, ["local", "ray"]))
+        if self.workers < 1:
+            raise AlignlabError(f"config: workers must be at least 1, got {self.workers}")
         real = {"model": self.model, "train_data": self.train_data, "test_data": self.test_data,
                 "gold_rm": self.gold_rm}
         given = [k for k, v in real.items() if v]
@@ -162,72 +159,3 @@ def real_inputs(config: StudyConfig) -> StudyInputs:
                    "test data": f"{config.test_data} ({len(test_pairs)} pairs)", "gold reward model": config.gold_rm}
     return StudyInputs(config.model, config.model, config.train_data, None, config.train_format,
                        config.train_filter, test_pairs, reward_model_scorer(config.gold_rm), description, {})
-
-
-def run_study(config: StudyConfig) -> Path:
-    """Run every stage of the study and write its report; returns the study directory."""
-    from alignlab.evaluate import evaluate_model
-    from alignlab.generate import GenerationConfig
-    from alignlab.report import write_report
-    from alignlab.reward_model import train_reward_model
-    from alignlab.train import train
-
-    config.validate()
-    out = Path(config.out)
-    check_study_dir(out, config.overwrite)
-    started = time.perf_counter()
-    inputs = world_inputs(config, out) if config.uses_world else real_inputs(config)
-    preset = config.preset if config.uses_world else None
-    training = {**WORLD_TRAINING.get(preset, {}), **inputs.lengths, **config.training, "seed": config.seed,
-                "cache_dir": config.cache_dir, "data_format": inputs.train_format,
-                "data_filter": inputs.train_filter}
-    generation = GenerationConfig(**{**WORLD_GENERATION.get(preset, {}), **config.generation, "seed": config.seed})
-
-    proxy_rm = config.proxy_rm
-    rm_accuracy = None
-    if "var" in config.methods and proxy_rm is None:
-        log.info("training the proxy reward model")
-        rm_settings = {**WORLD_REWARD_TRAINING.get(preset, {}), **inputs.lengths, **config.reward_training,
-                       "seed": config.seed, "cache_dir": config.cache_dir,
-                       "data_format": inputs.train_format, "data_filter": inputs.train_filter}
-        rm = train_reward_model(RewardModelConfig(model=inputs.rm_base, data=inputs.train_data,
-                                                  eval_data=inputs.heldout_data, out=str(out / "proxy_rm"),
-                                                  **rm_settings))
-        proxy_rm, rm_accuracy = str(rm.out / "model"), rm.heldout_accuracy
-
-    runs = {}
-    for method in config.methods:
-        log.info("training %s", method)
-        runs[method] = train(TrainConfig(method=method, model=inputs.sft_model, data=inputs.train_data,
-                                         out=str(out / "runs" / method), params=config.method_params.get(method, {}),
-                                         reward_model=proxy_rm if method == "var" else None, **training))
-
-    log.info("evaluating sft")
-    sft_eval = evaluate_model(inputs.sft_model, inputs.test_pairs, inputs.scorer, sft_model_path=inputs.sft_model,
-                              generation=generation, out_dir=out / "runs" / "sft")
-    entries = [entry("sft", sft_eval, {}, "runs/sft")]
-    for method, run in runs.items():
-        log.info("evaluating %s", method)
-        result = evaluate_model(str(run.out / "model"), inputs.test_pairs, inputs.scorer,
-                                sft_model_path=inputs.sft_model, sft_samples=sft_eval.samples,
-                                generation=generation, out_dir=run.out)
-        params = get_method(method).resolve(config.method_params.get(method, {}))
-        entries.append(entry(method, result, params, f"runs/{method}"))
-
-    context = {**inputs.description, "methods": ", ".join(config.methods), "seed": config.seed,
-               "training": ", ".join(f"{k}={training[k]}" for k in REPORTED_TRAINING if k in training),
-               "generation": f"temperature {generation.temperature}, top-p {generation.top_p}, "
-                             f"max {generation.max_new_tokens} new tokens" + (" (greedy)" if generation.greedy else ""),
-               "wall-clock seconds": round(time.perf_counter() - started, 1)}
-    if rm_accuracy is not None:
-        context["proxy RM held-out accuracy"] = f"{rm_accuracy:.3f}"
-    atomic.write_text(out / "study.yaml", dump_yaml(config))
-    write_report(out, entries, context, title="alignlab study")
-    return out
-
-
-def entry(name: str, result, params: dict, run_dir: str):
-    from alignlab.report import ModelEntry
-
-    gold = dict(zip(result.samples["prompt_id"], result.samples["gold_score"]))
-    return ModelEntry(name, result.metrics, gold, params, run_dir)

@@ -564,18 +564,64 @@ def world_key(config: WorldConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+WORLD_MANIFEST = "manifest.json"  # written last: the full key and a sha256 of every other file
+_WORLD_REQUIRED = ("world.json", "pretrained/model.safetensors", "sft/model/model.safetensors")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_hashes(home: Path) -> dict[str, str]:
+    return {path.relative_to(home).as_posix(): _sha256(path) for path in sorted(home.rglob("*"))
+            if path.is_file() and path.relative_to(home).as_posix() != WORLD_MANIFEST}
+
+
+def world_cache_problem(home: Path, key: str) -> str | None:
+    """Why the cached world at `home` must not be used (None: it is whole and it is this world's):
+    its manifest must carry the full `key`, list every required file, and each listed file must
+    match its sha256."""
+    try:
+        manifest = json.loads((home / WORLD_MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "it has no manifest.json"
+    except (OSError, ValueError) as err:
+        return f"its manifest.json is unreadable ({err})"
+    if not isinstance(manifest, dict) or manifest.get("key") != key:
+        return "it was built for another world config (key mismatch)"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or any(name not in files for name in _WORLD_REQUIRED):
+        return "its manifest.json does not list the world's files"
+    for name, digest in files.items():
+        path = home / name
+        if Path(name).is_absolute() or ".." in Path(name).parts or not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
 def build_world_models(world: StudyWorld, cache_dir: Path | None = None) -> WorldModels:
     """The pre-trained and SFT models of `world`, trained once per config and then read from the
     cache. `<cache_dir>/world/<key>/` (key: sha256 of the config as JSON and WORLD_VERSION) holds
     pretrained/ (model + tokenizer), sft/ (alignlab's run directory; the model in sft/model),
-    sft-pairs.jsonl (the pairs SFT trained on) and world.json (config and timings); it is written to
-    a temp directory and renamed into place whole, so a killed build leaves nothing to reuse."""
+    sft-pairs.jsonl (the pairs SFT trained on), world.json (config and timings) and, written last,
+    manifest.json (the full key and a sha256 of every other file). It is written to a temp directory
+    and renamed into place whole, so a killed build leaves nothing to reuse; on every load the key and
+    checksums are verified, and a corrupt or foreign directory is rebuilt with a warning, never used."""
     from alignlab.reference import default_cache_dir
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    home = cache_dir / "world" / world_key(world.config)[:24]
-    summary = home / "world.json"
-    if not summary.exists():
+    key = world_key(world.config)
+    home = cache_dir / "world" / key[:24]
+    problem = world_cache_problem(home, key) if home.exists() else "not built yet"
+    if problem is not None:
+        if home.exists():
+            log.warning("world cache %s is not usable: %s; rebuilding it", home, problem)
         with atomic_dir(home) as staging:
             started = time.perf_counter()
             pretrain(world, staging / "pretrained")
@@ -586,8 +632,10 @@ def build_world_models(world: StudyWorld, cache_dir: Path | None = None) -> Worl
             write_json(staging / "world.json", {
                 "world_version": WORLD_VERSION, "config": dataclasses.asdict(world.config),
                 "pretrain_seconds": round(pretrain_seconds, 3), "sft_seconds": round(sft_seconds, 3)})
+            write_json(staging / WORLD_MANIFEST, {"key": key, "world_version": WORLD_VERSION,
+                                                  "files": _file_hashes(staging)})
         log.info("built world models in %s (pre-training %.1fs, SFT %.1fs)", home, pretrain_seconds, sft_seconds)
         return WorldModels(home / "pretrained", home / "sft" / "model", pretrain_seconds, sft_seconds, False)
-    recorded = json.loads(summary.read_text())
+    recorded = json.loads((home / "world.json").read_text())
     return WorldModels(home / "pretrained", home / "sft" / "model", recorded["pretrain_seconds"],
                        recorded["sft_seconds"], True)

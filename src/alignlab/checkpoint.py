@@ -1,0 +1,240 @@
+"""Training checkpoints without pickles: tensors as safetensors, everything else as JSON.
+
+A checkpoint directory (`<run>/checkpoint/`) holds
+
+    model.safetensors                the unwrapped model's weights (model_1, ... for further prepared models)
+    optimizer.safetensors + .json    the optimizer's state tensors (AdamW: exp_avg, exp_avg_sq, step), and
+                                     its param groups and hyper-parameters with an index of those tensors
+    scheduler.json                   each registered or prepared scheduler's state_dict (plain numbers)
+    rng_state_<rank>.safetensors + .json  per process: the torch CPU generator (and each CUDA device's)
+                                     as uint8 tensors; Python `random` and NumPy states as JSON
+    accelerator.json                 accelerate's micro-batch counter (and its grad scaler, if any)
+    loop_state.json                  where the training loop is (`train.LoopState`)
+
+Loading reads these with `safetensors` and `json` only, never `torch.load` or `pickle`, so a
+checkpoint directory cannot run code. It saves what `accelerator.prepare` and
+`accelerator.register_for_checkpointing` know about, as `accelerator.save_state` would.
+
+Saving writes `checkpoint.tmp/`, then renames the previous checkpoint to `checkpoint.old/` and the
+new one into place, then drops `.old`: a kill at any point leaves one whole checkpoint (`.old`
+covers a kill between the two renames). With several processes the main process writes the
+shared state, every process its own RNG state, and all of them load.
+
+JSON cannot say everything a state_dict holds, so values are tagged: {"__tensor__": name} (a
+tensor in the companion .safetensors file), {"__tuple__": [...]} and {"__items__": [[key, value],
+...]} (a dict whose keys are not all strings, e.g. the optimizer's parameter indices).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+from alignlab import atomic
+from alignlab.errors import AlignlabError
+
+FORMAT = "alignlab-checkpoint/1"
+LOOP_STATE = "loop_state.json"
+_TAGS = ("__tensor__", "__tuple__", "__items__")
+
+
+# ---------------------------------------------------------------- state_dicts as JSON + tensors
+
+def encode_state(value, tensors: dict[str, torch.Tensor], path: str = "state"):
+    """A JSON-able copy of `value`; its tensors go to `tensors` (CPU, contiguous) under their path."""
+    if isinstance(value, torch.Tensor):
+        tensors[path] = value.detach().cpu().contiguous()
+        return {"__tensor__": path}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, tuple):
+        return {"__tuple__": [encode_state(v, tensors, f"{path}.{i}") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [encode_state(v, tensors, f"{path}.{i}") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and k not in _TAGS for k in value):
+            return {k: encode_state(v, tensors, f"{path}.{k}") for k, v in value.items()}
+        return {"__items__": [[encode_state(k, tensors, f"{path}.key{i}"), encode_state(v, tensors, f"{path}.{k}")]
+                              for i, (k, v) in enumerate(value.items())]}
+    raise TypeError(f"{path}: cannot checkpoint a {type(value).__name__} without pickle")
+
+
+def decode_state(value, tensors: dict[str, torch.Tensor]):
+    """The inverse of `encode_state`."""
+    if isinstance(value, list):
+        return [decode_state(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if set(value) == {"__tensor__"}:
+        return tensors[value["__tensor__"]]
+    if set(value) == {"__tuple__"}:
+        return tuple(decode_state(v, tensors) for v in value["__tuple__"])
+    if set(value) == {"__items__"}:
+        return {_hashable(decode_state(k, tensors)): decode_state(v, tensors) for k, v in value["__items__"]}
+    return {k: decode_state(v, tensors) for k, v in value.items()}
+
+
+def _hashable(key):
+    return tuple(key) if isinstance(key, list) else key
+
+
+def write_state(directory: Path, name: str, state) -> None:
+    """`name.json` (and `name.safetensors` when the state holds tensors)."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    encoded = encode_state(state, tensors)
+    if tensors:
+        save_file(tensors, str(directory / f"{name}.safetensors"), metadata={"format": FORMAT})
+    atomic.write_json(directory / f"{name}.json", {"format": FORMAT, "tensors": bool(tensors), "state": encoded})
+
+
+def read_state(directory: Path, name: str):
+    from safetensors.torch import load_file
+
+    document = json.loads((directory / f"{name}.json").read_text(encoding="utf-8"))
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(f"{name}.json is not an alignlab checkpoint file ({FORMAT})")
+    tensors = load_file(str(directory / f"{name}.safetensors")) if document["tensors"] else {}
+    return decode_state(document["state"], tensors)
+
+
+# ---------------------------------------------------------------- random number generators
+
+def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
+    """This process's generator states: (JSON part, tensors)."""
+    import numpy as np
+
+    version, keys, gauss = random.getstate()
+    name, np_keys, pos, has_gauss, cached = np.random.get_state()
+    plain = {"python": {"version": version, "state": list(keys), "gauss_next": gauss},
+             "numpy": {"name": name, "keys": [int(k) for k in np_keys], "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda_{i}"] = state
+    return plain, tensors
+
+
+def set_rng_state(plain: dict, tensors: dict[str, torch.Tensor]) -> None:
+    import numpy as np
+
+    python = plain["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
+    numpy = plain["numpy"]
+    np.random.set_state((numpy["name"], np.array(numpy["keys"], dtype=np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[f"cuda_{i}"] for i in range(len(tensors)) if f"cuda_{i}" in tensors]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
+
+
+# ---------------------------------------------------------------- saving and loading a checkpoint
+
+def _stateful(accelerator) -> tuple[list, list, list]:
+    """The models, optimizers and schedulers (prepared or registered) a checkpoint covers."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED,
+                                        DistributedType.MEGATRON_LM):
+        raise AlignlabError(f"checkpoints support single-device and DDP runs, not {accelerator.distributed_type}; "
+                            "set checkpoint_steps 0")
+    schedulers = list(accelerator._schedulers) + list(accelerator._custom_objects)
+    return list(accelerator._models), list(accelerator._optimizers), schedulers
+
+
+def _indexed(name: str, i: int) -> str:
+    return name if i == 0 else f"{name}_{i}"
+
+
+def save(accelerator, directory: Path, loop_state: dict) -> None:
+    """Write a checkpoint at `directory`, replacing the previous one whole (see the module docstring)."""
+    from safetensors.torch import save_model
+
+    directory = Path(directory)
+    staging = directory.with_name(f"{directory.name}.tmp")
+    previous = directory.with_name(f"{directory.name}.old")
+    is_main = accelerator.is_main_process
+    models, optimizers, schedulers = _stateful(accelerator)
+    try:
+        if is_main:
+            shutil.rmtree(staging, ignore_errors=True)  # a half-written one from a killed save
+            staging.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        plain, tensors = rng_state()
+        rank = accelerator.process_index
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(staging / f"rng_state_{rank}.safetensors"), metadata={"format": FORMAT})
+        atomic.write_json(staging / f"rng_state_{rank}.json", {"format": FORMAT, **plain})
+        if is_main:
+            for i, model in enumerate(models):
+                save_model(accelerator.unwrap_model(model), str(staging / f"{_indexed('model', i)}.safetensors"),
+                           metadata={"format": FORMAT})
+            for i, optimizer in enumerate(optimizers):
+                write_state(staging, _indexed("optimizer", i), optimizer.state_dict())
+            for i, scheduler in enumerate(schedulers):
+                write_state(staging, _indexed("scheduler", i), scheduler.state_dict())
+            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+            write_state(staging, "accelerator", {"step": accelerator.step, "processes": accelerator.num_processes,
+                                                 "scaler": scaler})
+            atomic.write_json(staging / LOOP_STATE, loop_state)  # last: the checkpoint is complete
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise AlignlabError(f"{staging}: cannot write the checkpoint ({err.strerror or err}); free disk space "
+                            f"and rerun with --resume (the last complete checkpoint is kept)") from None
+    accelerator.wait_for_everyone()
+    if is_main:
+        if directory.exists():
+            os.replace(directory, previous)
+        os.replace(staging, directory)
+        shutil.rmtree(previous, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def load(accelerator, directory: Path) -> dict | None:
+    """Restore the newest whole checkpoint at `directory` (or its `.old`) into the accelerator's
+    models, optimizers, schedulers and this process's RNGs; return its loop state, or None."""
+    directory = Path(directory)
+    for candidate in (directory, directory.with_name(f"{directory.name}.old")):
+        if (candidate / LOOP_STATE).exists():
+            try:
+                _restore(accelerator, candidate)
+                return json.loads((candidate / LOOP_STATE).read_text(encoding="utf-8"))
+            except AlignlabError:
+                raise
+            except Exception as err:  # a foreign, damaged or mismatched checkpoint: never half-used
+                raise AlignlabError(f"{candidate}: cannot resume from this checkpoint ({type(err).__name__}: "
+                                    f"{str(err).splitlines()[0] if str(err) else ''}); rerun without --resume "
+                                    "to start over") from None
+    return None
+
+
+def _restore(accelerator, directory: Path) -> None:
+    from safetensors.torch import load_file, load_model
+
+    models, optimizers, schedulers = _stateful(accelerator)
+    recorded = read_state(directory, "accelerator")
+    if recorded["processes"] != accelerator.num_processes:
+        raise AlignlabError(f"{directory}: the checkpoint was written by {recorded['processes']} processes, "
+                            f"this run has {accelerator.num_processes}; resume with the same number")
+    for i, model in enumerate(models):
+        load_model(accelerator.unwrap_model(model), str(directory / f"{_indexed('model', i)}.safetensors"),
+                   strict=True)
+    for i, optimizer in enumerate(optimizers):
+        optimizer.load_state_dict(read_state(directory, _indexed("optimizer", i)))
+    for i, scheduler in enumerate(schedulers):
+        scheduler.load_state_dict(read_state(directory, _indexed("scheduler", i)))
+    accelerator.step = recorded["step"]
+    if accelerator.scaler is not None and recorded["scaler"] is not None:
+        accelerator.scaler.load_state_dict(recorded["scaler"])
+    rank = accelerator.process_index
+    plain = json.loads((directory / f"rng_state_{rank}.json").read_text(encoding="utf-8"))
+    set_rng_state(plain, load_file(str(directory / f"rng_state_{rank}.safetensors")))

@@ -1,0 +1,518 @@
+"""`alignlab sweep` and `alignlab run`: every method over its hyper-parameter grid, evaluated against
+the gold reward, then the robustness report.
+
+Stages, in order; the shared ones run once per sweep and every run reuses them:
+    shared   data files, the SFT model (the study world's or yours), the proxy reward model (when
+             VAR runs), the SFT model's evaluation, the reference log-prob cache
+    runs     one per grid point: train (alignlab.train) then evaluate (alignlab.evaluate)
+    report   alignlab.report from the run store and the per-sample results
+
+Directory layout under `out`:
+    sweep.yaml                   the resolved configuration; a restart must match it
+    runs.sqlite                  the run store (alignlab.store)
+    data/                        train.jsonl, heldout.jsonl (world), test.jsonl
+    proxy_rm/                    the proxy reward model
+    runs/sft/                    the SFT model's evaluation (samples.parquet, metrics.json)
+    runs/<run name>/             a run: config.yaml, train_summary.json, model/, samples.parquet, metrics.json
+    summary.json, report.md, report.html, figures/
+
+Resuming: starting the same sweep again skips finished runs and redoes the rest. Each step of a
+run leaves a file that says it is complete (training renames `.NAME.partial` to `NAME` when it
+ends; evaluation writes `metrics.json` last), so a run killed after training only evaluates.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from alignlab import atomic
+from alignlab.config import RewardModelConfig, TrainConfig, dump_yaml
+from alignlab.errors import AlignlabError
+from alignlab.objectives import get_method, unknown_name_message
+from alignlab.store import RunStore
+from alignlab.study import (REPORTED_TRAINING, WORLD_GENERATION, WORLD_REWARD_TRAINING, WORLD_TRAINING,
+                            StudyConfig, StudyInputs, real_inputs, world_inputs)
+
+log = logging.getLogger(__name__)
+
+# Named grids. Learning rates are multiples of the study's base rate (the world preset's, or the
+# `training.learning_rate` you give), because sensible absolute rates differ by orders of magnitude
+# between the study world's tiny models and billion-parameter ones.
+GRID_PRESETS = {
+    # `alignlab run`: two points per method, so the default world finishes in minutes.
+    "small": {"methods": ["dpo", "ln-dpo", "simpo", "var"], "learning_rate_scales": [1.0],
+              "grid": {"dpo": {"beta": [0.1, 0.5]}, "ln-dpo": {"beta": [1.0, 2.0]},
+                       "simpo": {"beta": [2.0], "gamma": [0.5, 1.0]}, "var": {"lam": [0.5, 1.0]}}},
+    # The Hitchhiker study: β ranges of the DPO and SimPO papers, each at three learning rates.
+    "hitchhiker": {"methods": ["dpo", "ln-dpo", "simpo"], "learning_rate_scales": [0.5, 1.0, 2.0],
+                   "grid": {"dpo": {"beta": [0.01, 0.05, 0.1, 0.3, 0.5]},
+                            "ln-dpo": {"beta": [0.5, 1.0, 2.0, 3.0, 5.0]},
+                            "simpo": {"beta": [1.0, 2.0, 2.5], "gamma": [0.5, 1.0, 1.5]}}},
+    # The VAR paper's comparison: VAR's λ grid against DPO's β grid.
+    "var": {"methods": ["var", "dpo"], "learning_rate_scales": [0.5, 1.0, 2.0],
+            "grid": {"var": {"lam": [0.25, 0.5, 1.0, 2.0, 4.0]}, "dpo": {"beta": [0.01, 0.05, 0.1, 0.3, 0.5]}}},
+}
+TRAINING_GRID_KEYS = ("learning_rate", "epochs")  # grid keys that are training settings, not method parameters
+SHORT_NAMES = {"learning_rate": "lr", "epochs": "ep", "seed": "s"}
+
+
+# ---------------------------------------------------------------- the grid
+
+@dataclass
+class RunSpec:
+    """One grid point: a method, its hyper-parameters and its training settings."""
+
+    name: str
+    method: str
+    params: dict  # the method's hyper-parameters, resolved (defaults filled in)
+    training: dict  # learning_rate, epochs, seed
+
+    @property
+    def all_params(self) -> dict:
+        return {**self.params, **self.training}
+
+
+def _value_name(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def expand_grid(config: StudyConfig, base_training: dict) -> list[RunSpec]:
+    """The runs of a study: per method, the product of its grid values (preset, then `grid`, whose
+    entries win), learning rates, epochs and seeds. Names carry every value that varies."""
+    preset = {}
+    if config.grid_preset is not None:
+        if config.grid_preset not in GRID_PRESETS:
+            raise AlignlabError(unknown_name_message("config: grid_preset", config.grid_preset, list(GRID_PRESETS)))
+        preset = GRID_PRESETS[config.grid_preset]
+    methods = config.methods or preset.get("methods") or []
+    if not methods:
+        raise AlignlabError("config: no methods; set 'methods' or a 'grid_preset'")
+    for key in config.grid:
+        if key != "all" and key not in methods:
+            raise AlignlabError(unknown_name_message("config: grid names method", key, ["all", *methods]))
+    for key in config.method_params:
+        if key not in methods:
+            raise AlignlabError(unknown_name_message("config: method_params names method", key, methods))
+    base_lr = base_training["learning_rate"]
+    shared_grid = {"learning_rate": [base_lr * s for s in preset.get("learning_rate_scales", [1.0])],
+                   "epochs": [base_training["epochs"]], **config.grid.get("all", {})}
+    seeds = config.seeds or [config.seed]
+    runs = []
+    for method_name in methods:
+        method = get_method(method_name)
+        names = {hp.name for hp in method.hyperparameters}
+        grid = {**{k: [v] for k, v in config.method_params.get(method_name, {}).items()},
+                **({k: v for k, v in preset["grid"].get(method_name, {}).items()} if preset else {}),
+                **shared_grid, **config.grid.get(method_name, {})}
+        for key, values in grid.items():
+            if key not in names and key not in TRAINING_GRID_KEYS:
+                raise AlignlabError(unknown_name_message(f"config: grid.{method_name} has unknown key", key,
+                                                         sorted(names | set(TRAINING_GRID_KEYS))))
+            if not isinstance(values, list) or not values:
+                raise AlignlabError(f"config: grid.{method_name}.{key} must be a non-empty list of values, "
+                                    f"got {values!r}")
+        grid["seed"] = seeds
+        keys = sorted(grid, key=lambda k: k not in names)  # method parameters first, in names too
+        for values in itertools.product(*(grid[k] for k in keys)):
+            point = dict(zip(keys, values))
+            training = {k: point.pop(k) for k in (*TRAINING_GRID_KEYS, "seed")}
+            try:
+                params = method.resolve(point)
+            except AlignlabError as err:
+                raise AlignlabError(f"config: grid (or method_params) of {err}") from None
+            varying = [k for k in keys if len(grid[k]) > 1 or k in ("learning_rate", "seed")]
+            name = "-".join([method_name, *(f"{SHORT_NAMES.get(k, k)}{_value_name({**params, **training}[k])}"
+                                            for k in varying)])
+            runs.append(RunSpec(name, method_name, params, training))
+    duplicates = [n for n, count in _counts(r.name for r in runs).items() if count > 1]
+    if duplicates:
+        raise AlignlabError(f"config: the grid repeats runs ({', '.join(duplicates[:3])}); remove repeated values")
+    return runs
+
+
+def _counts(items) -> dict:
+    counts: dict = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+# ---------------------------------------------------------------- one run
+
+@dataclass
+class RunTask:
+    """Everything a worker needs to train and evaluate one run; plain data, so it pickles."""
+
+    run_id: str
+    name: str
+    sweep_dir: str
+    train_config: dict  # TrainConfig fields
+    generation: dict  # GenerationConfig fields
+    sft_model: str
+    scorer: dict  # {"world": preset, "seed": n} or {"gold_rm": path}
+
+
+@functools.lru_cache(maxsize=4)
+def _test_pairs(path: str):
+    from alignlab.data import load_pairs
+
+    return load_pairs(path, "pairs").pairs
+
+
+@functools.lru_cache(maxsize=4)
+def _scorer(spec_json: str):
+    spec = json.loads(spec_json)
+    if "gold_rm" in spec:
+        from alignlab.evaluate import reward_model_scorer
+
+        return reward_model_scorer(spec["gold_rm"])
+    from alignlab.world import build_world, world_config
+
+    return build_world(world_config(spec["world"], seed=spec["seed"])).score
+
+
+@functools.lru_cache(maxsize=4)
+def _sft_samples(path: str) -> dict:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=["prompt_id", "gold_score"]).to_pydict()
+
+
+def execute_run(task: RunTask) -> dict:
+    """Train and evaluate one run, skipping the steps a previous attempt completed; returns its
+    metrics and wall-clock seconds."""
+    from alignlab.evaluate import evaluate_model
+    from alignlab.generate import GenerationConfig
+    from alignlab.train import train
+
+    started = time.perf_counter()
+    sweep_dir = Path(task.sweep_dir)
+    run_dir = sweep_dir / "runs" / task.name
+    if not (run_dir / "train_summary.json").exists():
+        # resume=True continues from the checkpoint a killed attempt left in `.NAME.partial`.
+        train(TrainConfig(**{**task.train_config, "out": str(run_dir), "resume": True, "overwrite": True}))
+    if not (run_dir / "metrics.json").exists():
+        evaluate_model(str(run_dir / "model"), _test_pairs(str(sweep_dir / "data" / "test.jsonl")),
+                       _scorer(json.dumps(task.scorer, sort_keys=True)), sft_model_path=task.sft_model,
+                       sft_samples=_sft_samples(str(sweep_dir / "runs" / "sft" / "samples.parquet")),
+                       generation=GenerationConfig(**task.generation), out_dir=run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {"metrics": metrics, "seconds": time.perf_counter() - started}
+
+
+# ---------------------------------------------------------------- executors
+
+def _worker_init(threads: int) -> None:
+    """A local worker process: share the cores, keep quiet, and die with the sweep."""
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["TQDM_DISABLE"] = "1"  # one bar per run from several processes would interleave
+    try:  # Linux: a SIGKILLed sweep takes its workers along, so a restart never races an orphan.
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class InProcessExecutor:
+    """Runs each task when it is submitted, in this process (one worker: progress bars nest)."""
+
+    def submit(self, fn, task) -> futures.Future:
+        future = futures.Future()
+        try:
+            future.set_result(fn(task))
+        except Exception as err:  # a failed run is recorded, the sweep goes on
+            future.set_exception(err)
+        return future
+
+    def shutdown(self) -> None:
+        pass
+
+
+class RayExecutor:
+    """One Ray task per run, on the cluster at `address` or a local one started here."""
+
+    def __init__(self, address: str | None, cpus_per_run: int):
+        try:
+            import ray
+        except ImportError as err:
+            raise AlignlabError("executor 'ray' needs Ray: pip install 'alignlab[ray]' (or pip install ray)") from err
+        self.ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        self.remote = ray.remote(num_cpus=cpus_per_run, max_retries=0)(_ray_execute_run)
+
+    def submit(self, fn, task) -> futures.Future:
+        return self.remote.remote(task).future()
+
+    def shutdown(self) -> None:
+        pass  # a cluster the user started stays up; a local one ends with this process
+
+
+def _ray_execute_run(task: RunTask) -> dict:
+    os.environ["TQDM_DISABLE"] = "1"
+    return execute_run(task)
+
+
+def make_executor(config: StudyConfig):
+    threads = max(1, (os.cpu_count() or 1) // config.workers)
+    if config.executor == "ray":
+        return RayExecutor(config.ray_address, threads)
+    if config.workers == 1:
+        return InProcessExecutor()
+    import multiprocessing
+
+    return futures.ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_worker_init, initargs=(threads,))
+
+
+def execute_all(tasks: list[RunTask], store: RunStore, config: StudyConfig, finished: int, total: int) -> None:
+    """Run the tasks, at most `workers` at a time, recording each start and end in the store."""
+    executor = make_executor(config)
+    waiting = list(tasks)
+    in_flight: dict[futures.Future, RunTask] = {}
+    progress = tqdm(total=total, initial=finished, desc="sweep", unit="run", position=0)
+    try:
+        while waiting or in_flight:
+            while waiting and len(in_flight) < config.workers:
+                task = waiting.pop(0)
+                store.mark_running(task.run_id)
+                progress.set_postfix_str(task.name)
+                in_flight[executor.submit(execute_run, task)] = task
+            done, _ = futures.wait(in_flight, return_when=futures.FIRST_COMPLETED)
+            for future in done:
+                task = in_flight.pop(future)
+                try:
+                    result = future.result()
+                except Exception as err:
+                    log.error("run %s failed: %s: %s", task.name, type(err).__name__, err)
+                    store.mark_failed(task.run_id, f"{type(err).__name__}: {err}")
+                else:
+                    store.mark_finished(task.run_id, result["metrics"], result["seconds"])
+                progress.update(1)
+    finally:
+        progress.close()
+        executor.shutdown()
+
+
+# ---------------------------------------------------------------- the sweep
+
+RESULT_NEUTRAL_FIELDS = ("out", "workers", "executor", "ray_address", "overwrite")  # may differ on restart
+
+
+def _resolved_yaml(config: StudyConfig) -> str:
+    return dump_yaml(dataclasses.replace(config, **{k: StudyConfig.__dataclass_fields__[k].default
+                                                    for k in RESULT_NEUTRAL_FIELDS}))
+
+
+def open_sweep_dir(config: StudyConfig) -> bool:
+    """Create the sweep directory, or accept it for resuming; returns True when resuming."""
+    out = Path(config.out)
+    atomic.check_output_dir(out)  # before the world is built or anything trains
+    resolved = _resolved_yaml(config)
+    if out.exists() and not out.is_dir():
+        raise AlignlabError(f"{out}: exists and is not a directory; choose another --out")
+    if out.exists() and any(out.iterdir()):
+        previous = out / "sweep.yaml"
+        if config.overwrite:
+            shutil.rmtree(out)
+        elif not previous.exists():
+            raise AlignlabError(f"{out}: output directory exists, is not empty and holds no sweep; "
+                                "choose another --out or pass --overwrite true")
+        elif previous.read_text() != resolved:
+            raise AlignlabError(f"{previous}: this directory holds a sweep with a different configuration; "
+                                "rerun with the same settings to resume it, or choose another --out "
+                                "(or --overwrite true to start over)")
+        else:
+            return True
+    atomic.write_text(out / "sweep.yaml", resolved)
+    return False
+
+
+def _run_id(spec: RunSpec, train_config: TrainConfig, generation, inputs_fingerprint: str) -> str:
+    payload = json.dumps({"train": {k: v for k, v in dataclasses.asdict(train_config).items() if k != "out"},
+                          "generation": dataclasses.asdict(generation), "inputs": inputs_fingerprint},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Shared:
+    """What every run of a sweep reuses."""
+
+    inputs: StudyInputs
+    training: dict
+    generation: object
+    proxy_rm: str | None
+    rm_accuracy: float | None
+
+
+def prepare_shared(config: StudyConfig, out: Path, methods: list[str]) -> Shared:
+    from alignlab.data import write_pairs_jsonl
+    from alignlab.evaluate import evaluate_model
+    from alignlab.generate import GenerationConfig
+    from alignlab.reward_model import train_reward_model
+
+    inputs = world_inputs(config, out) if config.uses_world else real_inputs(config)
+    preset = config.preset if config.uses_world else None
+    training = {**WORLD_TRAINING.get(preset, {}), **inputs.lengths, **config.training, "cache_dir": config.cache_dir, "data_format": inputs.train_format,
+                "data_filter": inputs.train_filter}
+    training.setdefault("learning_rate", TrainConfig.learning_rate)
+    training.setdefault("epochs", TrainConfig.epochs)
+    generation = GenerationConfig(**{**WORLD_GENERATION.get(preset, {}), **config.generation, "seed": config.seed})
+    write_pairs_jsonl(inputs.test_pairs, out / "data" / "test.jsonl")
+
+    proxy_rm, rm_accuracy = config.proxy_rm, None
+    if "var" in methods and proxy_rm is None:
+        rm_dir = out / "proxy_rm"
+        if not (rm_dir / "train_summary.json").exists():
+            log.info("training the proxy reward model")
+            rm_settings = {**WORLD_REWARD_TRAINING.get(preset, {}), **inputs.lengths, **config.reward_training,
+                           "seed": config.seed, "cache_dir": config.cache_dir,
+                           "data_format": inputs.train_format, "data_filter": inputs.train_filter}
+            train_reward_model(RewardModelConfig(model=inputs.rm_base, data=inputs.train_data,
+                                                 eval_data=inputs.heldout_data, out=str(rm_dir), overwrite=True,
+                                                 **rm_settings))
+        proxy_rm = str(rm_dir / "model")
+        rm_accuracy = json.loads((rm_dir / "train_summary.json").read_text())["heldout_accuracy"]
+
+    # What the report says about the study; nothing here may vary between a run and its resumption.
+    description = {k: v for k, v in inputs.description.items() if k != "world models cached"}
+    atomic.write_json(out / "study.json", {
+        **description,
+        "training": ", ".join(f"{k}={training[k]}" for k in REPORTED_TRAINING if k in training),
+        "generation": f"temperature {generation.temperature}, top-p {generation.top_p}, "
+                      f"max {generation.max_new_tokens} new tokens" + (" (greedy)" if generation.greedy else ""),
+        **({"proxy RM held-out accuracy": f"{rm_accuracy:.3f}"} if rm_accuracy is not None else {})})
+
+    if not (out / "runs" / "sft" / "metrics.json").exists():
+        log.info("evaluating the SFT model")
+        evaluate_model(inputs.sft_model, inputs.test_pairs, inputs.scorer, sft_model_path=inputs.sft_model,
+                       generation=generation, out_dir=out / "runs" / "sft")
+    return Shared(inputs, training, generation, proxy_rm, rm_accuracy)
+
+
+def warm_reference_cache(train_config: TrainConfig) -> None:
+    """Compute the reference log-probs once, before parallel workers would each compute them."""
+    from alignlab.modeling import load_causal_lm, load_tokenizer
+    from alignlab.reference import default_cache_dir
+    from alignlab.tokenise import tokenize_pairs
+    from alignlab.train import load_training_pairs, reference_logps
+
+    tokenizer = load_tokenizer(train_config.model, train_config.trust_remote_code)
+    pairs = load_training_pairs(train_config).pairs
+    examples, _ = tokenize_pairs(tokenizer, pairs, train_config.max_length, train_config.max_prompt_length)
+    model = load_causal_lm(train_config.reference_model or train_config.model, train_config.dtype,
+                           train_config.trust_remote_code)
+    cache_dir = Path(train_config.cache_dir) if train_config.cache_dir else default_cache_dir()
+    reference_logps(train_config, examples, tokenizer.pad_token_id, cache_dir, "cpu", model)
+
+
+def run_sweep(config: StudyConfig) -> Path:
+    """Run (or resume) a study over its grid and write its report; returns the sweep directory."""
+    config.validate()
+    out = Path(config.out)
+    started = time.perf_counter()
+    resuming = open_sweep_dir(config)
+    if resuming:
+        log.info("resuming the sweep in %s", out)
+    # The grid is checked against the preset's base settings before any expensive stage.
+    preset = config.preset if config.uses_world else None
+    base = {"learning_rate": TrainConfig.learning_rate, "epochs": TrainConfig.epochs,
+            **WORLD_TRAINING.get(preset, {}), **config.training}
+    specs = expand_grid(config, base)
+    methods = list(dict.fromkeys(spec.method for spec in specs))
+    shared = prepare_shared(config, out, methods)
+    fingerprint = _resolved_yaml(config)  # the inputs follow from the configuration
+
+    tasks, store = [], RunStore(out / "runs.sqlite")
+    reference_configs = []
+    for spec in specs:
+        train_config = TrainConfig(method=spec.method, model=shared.inputs.sft_model, data=shared.inputs.train_data,
+                                   out=str(out / "runs" / spec.name), params=spec.params,
+                                   reward_model=shared.proxy_rm if spec.method == "var" else None,
+                                   **{**shared.training, **spec.training})
+        train_config.validate()
+        run_id = _run_id(spec, train_config, shared.generation, fingerprint)
+        store.register(run_id, spec.name, spec.method, spec.all_params, f"runs/{spec.name}")
+        scorer = ({"gold_rm": config.gold_rm} if not config.uses_world else {"world": config.preset, "seed": config.seed})
+        tasks.append(RunTask(run_id, spec.name, str(out), dataclasses.asdict(train_config),
+                             dataclasses.asdict(shared.generation), shared.inputs.sft_model, scorer))
+        if get_method(spec.method).uses_reference:
+            reference_configs.append(train_config)
+    finished = {run.run_id for run in store.runs("finished") if (out / run.run_dir / "metrics.json").exists()}
+    todo = [task for task in tasks if task.run_id not in finished]
+    if todo and reference_configs and config.workers > 1:
+        warm_reference_cache(reference_configs[0])
+    log.info("%d runs: %d finished, %d to run", len(tasks), len(tasks) - len(todo), len(todo))
+    execute_all(todo, store, config, len(tasks) - len(todo), len(tasks))
+    counts = store.counts()
+    store.close()
+    write_sweep_report(out)
+    log.info("sweep finished in %.1f s: %d runs finished, %d failed", time.perf_counter() - started,
+             counts["finished"], counts["failed"])
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics: dict):
+    """A run's evaluation as an analysis.RunRecord: metrics plus per-sample columns."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from alignlab.analysis import RunRecord
+
+    table = pq.read_table(run_dir / "samples.parquet").to_pydict()
+    samples = {"prompt_id": np.array(table["prompt_id"]), "gold_score": np.array(table["gold_score"]),
+               "length": np.array(table["length"], dtype=np.float64)}
+    if "logp_sft" in table:
+        kl = np.array(table["logp_policy"]) - np.array(table["logp_sft"])
+        samples["kl"], samples["ln_kl"] = kl, kl / np.maximum(samples["length"], 1)
+    return RunRecord(name, method, params, metrics, samples)
+
+
+def write_sweep_report(out: str | Path) -> dict:
+    """`alignlab report DIR`: the robustness report of the finished runs in a sweep directory."""
+    from alignlab.config import read_yaml
+    from alignlab.report import write_report
+
+    out = Path(out)
+    if not (out / "runs.sqlite").exists() or not (out / "sweep.yaml").exists():
+        raise AlignlabError(f"{out}: not a sweep directory (no runs.sqlite and sweep.yaml); "
+                            "give the --out of an alignlab sweep or alignlab run")
+    config = read_yaml(out / "sweep.yaml")
+    with RunStore(out / "runs.sqlite") as store:
+        stored = store.runs()
+    finished = [r for r in stored if r.status == "finished" and (out / r.run_dir / "metrics.json").exists()]
+    if not finished:
+        raise AlignlabError(f"{out}: no finished runs yet; run the sweep (it resumes where it stopped)")
+    runs = [load_run_record(out / r.run_dir, r.name, r.method, r.params, r.metrics) for r in finished]
+    sft_dir = out / "runs" / "sft"
+    sft = load_run_record(sft_dir, "sft", "sft", {}, json.loads((sft_dir / "metrics.json").read_text()))
+    seeds = sorted({r.params.get("seed") for r in runs})
+    context = {**json.loads((out / "study.json").read_text()),
+               "runs": f"{len(finished)} finished of {len(stored)}"
+                       + (f"; unfinished or failed: {', '.join(r.name for r in stored if r not in finished)}"
+                          if len(finished) < len(stored) else ""),
+               "methods": ", ".join(dict.fromkeys(r.method for r in runs)),
+               "grid": config.get("grid_preset") or "custom",
+               "training seeds": ", ".join(str(s) for s in seeds),
+               "test prompts": len(sft.samples["prompt_id"])}
+    return write_report(out, runs, sft, context, title="alignlab sweep report")

@@ -1,0 +1,206 @@
+"""`alignlab sweep`: grid expansion, the run store, a tiny sweep end to end, resuming after SIGKILL,
+parallel workers and Ray, and the report of a real sweep in a browser."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from alignlab.cli import main
+from alignlab.errors import AlignlabError
+from alignlab.store import RunStore
+from alignlab.study import StudyConfig
+from alignlab.sweep import GRID_PRESETS, expand_grid
+from test_report import CHROMIUM, check_report_in_chromium
+
+BASE = {"learning_rate": 1e-3, "epochs": 1}
+SWEEP_YAML = """\
+methods: [dpo, ln-dpo, simpo]
+grid:
+  dpo: {beta: [0.1, 0.5]}
+  ln-dpo: {beta: [1.0, 3.0]}
+  simpo: {gamma: [0.5, 1.5]}
+"""
+
+
+def test_hitchhiker_grid_has_every_combination_with_rates_scaled_from_the_base():
+    runs = expand_grid(StudyConfig(out="x", grid_preset="hitchhiker"), BASE)
+    by_method = {m: [r for r in runs if r.method == m] for m in ("dpo", "ln-dpo", "simpo")}
+    assert [len(v) for v in by_method.values()] == [5 * 3, 5 * 3, 3 * 3 * 3]
+    assert sorted({r.training["learning_rate"] for r in runs}) == [5e-4, 1e-3, 2e-3]
+    assert len({r.name for r in runs}) == len(runs)
+    simpo = by_method["simpo"][0]
+    assert simpo.name == "simpo-beta1-gamma0.5-lr0.0005-s0" and simpo.params == {"beta": 1.0, "gamma": 0.5}
+
+
+def test_grid_entries_override_the_preset_and_seeds_multiply_runs():
+    config = StudyConfig(out="x", grid_preset="var", grid={"var": {"lam": [1.0]}, "all": {"epochs": [1, 2]}},
+                         seeds=[0, 1])
+    runs = expand_grid(config, BASE)
+    var = [r for r in runs if r.method == "var"]
+    assert len(var) == 1 * 3 * 2 * 2 and {r.params["lam"] for r in var} == {1.0}
+    assert {r.params["z_estimator"] for r in var} == {"batch"}  # defaults are filled in
+    assert "var-lr0.001-ep2-s1" in {r.name for r in var}
+
+
+@pytest.mark.parametrize("grid, expected", [
+    ({"dpo": {"betta": [0.1]}}, "did you mean 'beta'"),
+    ({"simpo": {"beta": [1.0]}}, "grid names method 'simpo'"),
+    ({"dpo": {"beta": 0.1}}, "grid.dpo.beta must be a non-empty list"),
+    ({"dpo": {"beta": [-1.0]}}, "beta"),
+])
+def test_bad_grids_fail_with_the_key_at_fault(grid, expected):
+    with pytest.raises(AlignlabError, match=expected):
+        expand_grid(StudyConfig(out="x", grid_preset=None, methods=["dpo"], grid=grid), BASE)
+
+
+def test_store_registers_a_run_once_and_tracks_its_attempts(tmp_path):
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        store.register("a1", "dpo-beta0.1", "dpo", {"beta": 0.1}, "runs/dpo-beta0.1")
+        store.register("a1", "dpo-beta0.1", "dpo", {"beta": 0.1}, "runs/dpo-beta0.1")
+        store.register("b2", "dpo-beta0.5", "dpo", {"beta": 0.5}, "runs/dpo-beta0.5")
+        store.mark_running("a1")
+        store.mark_failed("a1", "ValueError: x")
+        store.mark_running("a1")
+        store.mark_finished("a1", {"mean_score": {"value": 1.0}}, 2.5)
+    with RunStore(tmp_path / "runs.sqlite") as store:  # reopened: everything was committed
+        assert store.counts() == {"pending": 1, "running": 0, "finished": 1, "failed": 0}
+        run = store.get("a1")
+        assert (run.status, run.attempts, run.metrics, run.error) == ("finished", 2, {"mean_score": {"value": 1.0}}, None)
+
+
+def _sweep_args(config_file, out, world_cache, *extra):
+    return ["sweep", str(config_file), "--world", "tiny", "--out", str(out), "--cache_dir", str(world_cache), *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory, world_cache):
+    root = tmp_path_factory.mktemp("sweep")
+    config_file = root / "sweep.yaml"
+    config_file.write_text(SWEEP_YAML)
+    out = root / "out"
+    started = time.perf_counter()
+    assert main(_sweep_args(config_file, out, world_cache)) == 0
+    return out, config_file, time.perf_counter() - started
+
+
+def test_tiny_sweep_trains_evaluates_and_reports_every_run(tiny_sweep):
+    out, _, _ = tiny_sweep
+    with RunStore(out / "runs.sqlite") as store:
+        runs = store.runs()
+    assert len(runs) == 6 and all(r.status == "finished" and r.attempts == 1 for r in runs)
+    for run in runs:
+        for name in ("config.yaml", "train_summary.json", "model/model.safetensors", "samples.parquet", "metrics.json"):
+            assert (out / run.run_dir / name).exists(), (run.name, name)
+        samples = pq.read_table(out / run.run_dir / "samples.parquet").to_pydict()
+        assert run.metrics["mean_score"]["value"] == pytest.approx(np.mean(samples["gold_score"]))
+    summary = json.loads((out / "summary.json").read_text())
+    best_dpo = max((r for r in runs if r.method == "dpo"), key=lambda r: r.metrics["mean_score"]["value"])
+    assert summary["best"]["dpo"]["run"] == best_dpo.name
+    assert {c["verdict"] for c in summary["claims"]} <= {"confirmed", "not confirmed", "reversed", "not tested"}
+    assert len(summary["claims"]) >= 10
+    for name in ("report.html", "report.md", "sweep.yaml", "study.json"):
+        assert (out / name).exists()
+
+
+def test_starting_a_finished_sweep_again_reruns_nothing(tiny_sweep, world_cache):
+    out, config_file, first_seconds = tiny_sweep
+    report = (out / "report.md").read_text()
+    started = time.perf_counter()
+    assert main(_sweep_args(config_file, out, world_cache)) == 0
+    with RunStore(out / "runs.sqlite") as store:
+        assert all(r.attempts == 1 for r in store.runs())
+    assert (out / "report.md").read_text() == report
+    assert time.perf_counter() - started < first_seconds
+
+
+def test_a_different_configuration_in_the_same_directory_is_refused(tiny_sweep, world_cache, tmp_path, capsys):
+    out, _, _ = tiny_sweep
+    other = tmp_path / "other.yaml"
+    other.write_text(SWEEP_YAML.replace("0.5]", "0.7]"))
+    assert main(_sweep_args(other, out, world_cache)) == 2
+    assert "sweep.yaml: this directory holds a sweep with a different configuration" in capsys.readouterr().err
+
+
+def test_report_command_rewrites_the_same_report(tiny_sweep, tmp_path):
+    out, _, _ = tiny_sweep
+    before = (out / "summary.json").read_text()
+    assert main(["report", str(out)]) == 0
+    assert (out / "summary.json").read_text() == before
+    assert main(["report", str(tmp_path)]) == 2
+
+
+def test_sweep_killed_at_ten_random_moments_resumes_with_no_run_lost_or_duplicated(tiny_sweep, world_cache, tmp_path):
+    reference, config_file, _ = tiny_sweep
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "alignlab", *_sweep_args(config_file, out, world_cache)]
+    rng = random.Random(0)
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    kills = 0
+    for _ in range(10):
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        try:
+            process.wait(timeout=rng.uniform(3.0, 14.0))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            kills += 1
+    assert kills >= 5  # most attempts were interrupted mid-sweep
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    with RunStore(out / "runs.sqlite") as store:
+        runs = store.runs()
+    assert len(runs) == 6 and len({r.name for r in runs}) == 6
+    assert all(r.status == "finished" for r in runs)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(["sft", *(r.name for r in runs)])
+    assert not list(out.rglob("*.tmp*")) and not list(out.rglob(".*.partial"))
+    for name in ("summary.json", "report.md"):
+        assert (out / name).read_text() == (reference / name).read_text(), name
+
+
+def _metrics_by_run(out) -> dict:
+    with RunStore(out / "runs.sqlite") as store:
+        return {r.name: r.metrics for r in store.runs()}
+
+
+def test_parallel_local_workers_give_the_same_results_as_one_process(tiny_sweep, world_cache, tmp_path):
+    reference, config_file, _ = tiny_sweep
+    out = tmp_path / "out"
+    assert main(_sweep_args(config_file, out, world_cache, "--workers", "2")) == 0
+    assert _metrics_by_run(out) == _metrics_by_run(reference)
+
+
+def test_ray_executor_runs_the_sweep_on_a_local_ray_instance(tiny_sweep, world_cache, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray not installed: pip install 'alignlab[ray]'")
+    from alignlab.config import build_config
+    from alignlab.sweep import run_sweep
+
+    reference, config_file, _ = tiny_sweep
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        config = build_config(StudyConfig, str(config_file), {
+            "out": str(tmp_path / "out"), "preset": "tiny", "cache_dir": str(world_cache), "grid_preset": None,
+            "executor": "ray", "workers": 2})
+        run_sweep(config)
+    finally:
+        ray.shutdown()
+    assert _metrics_by_run(tmp_path / "out") == _metrics_by_run(reference)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed: apt-get install chromium")
+def test_report_of_a_real_sweep_renders_every_figure_in_chromium(tiny_sweep, tmp_path):
+    out, _, _ = tiny_sweep
+    findings = check_report_in_chromium(out / "report.html", tmp_path)
+    assert len(findings["images"]) == len(list((out / "figures").glob("*.png")))
+
+
+def test_presets_name_only_registered_methods_and_parameters():
+    for name in GRID_PRESETS:
+        assert expand_grid(StudyConfig(out="x", grid_preset=name), BASE)
