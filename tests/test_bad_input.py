@@ -86,6 +86,10 @@ class Inputs:
     def run(self, *extra, out=None) -> list[str]:
         return ["run", "--preset", "tiny", "--out", str(out or self.out), *extra]
 
+    def sweep(self, grid_yaml: str | None, *extra, out=None) -> list[str]:
+        config = [str(self.file("sweep.yaml", grid_yaml))] if grid_yaml is not None else []
+        return ["sweep", *config, "--world", "tiny", "--out", str(out or self.out), *extra]
+
 
 PAIR = {"prompt": "What color is the sky?", "chosen": "Blue.", "rejected": "I will not say."}
 
@@ -238,7 +242,7 @@ def _(t):
 
 @case("train: wrong type of setting")
 def _(t):
-    return t.train("--epochs", "two"), ["command line", "'epochs' must be a", "int, got 'two'"]
+    return t.train("--epochs", "two"), ["command line", "'epochs' must be a", "an integer, got 'two'"]
 
 
 @case("train: YAML with a tab")
@@ -385,6 +389,60 @@ def _(t):
     return t.run(out=out), [str(out), "is a file, not a directory", "choose another --out"]
 
 
+# ---------------------------------------------------------------- alignlab sweep
+
+@case("sweep: neither a config file nor a preset")
+def _(t):
+    return t.sweep(None), ["needs a CONFIG.yaml with a grid or --preset"]
+
+
+@case("sweep: unknown grid preset")
+def _(t):
+    return t.sweep(None, "--preset", "hitchiker"), ["grid_preset 'hitchiker'", "did you mean 'hitchhiker'"]
+
+
+@case("sweep: mistyped hyper-parameter in the grid")
+def _(t):
+    return t.sweep("methods: [dpo]\ngrid:\n  dpo: {betta: [0.1]}\n"), [
+        "grid.dpo has unknown key 'betta'", "did you mean 'beta'"]
+
+
+@case("sweep: negative beta in the grid")
+def _(t):
+    return t.sweep("methods: [dpo]\ngrid:\n  dpo: {beta: [0.1, -0.5]}\n"), ["grid", "'beta' must be > 0, got -0.5"]
+
+
+@case("sweep: grid value that is not a list")
+def _(t):
+    return t.sweep("methods: [dpo]\ngrid:\n  dpo: {beta: 0.1}\n"), ["grid.dpo.beta must be a non-empty list"]
+
+
+@case("sweep: grid for a method that does not run")
+def _(t):
+    return t.sweep("methods: [dpo]\ngrid:\n  simpo: {gamma: [0.5]}\n"), ["grid names method 'simpo'"]
+
+
+@case("sweep: learning rate out of range in the grid")
+def _(t):
+    return t.sweep("methods: [dpo]\ngrid:\n  all: {learning_rate: [0.001, 0]}\n"), ["'learning_rate' must be > 0"]
+
+
+@case("sweep: unknown executor")
+def _(t):
+    return t.sweep(None, "--preset", "small", "--executor", "dask"), ["executor 'dask'", "local, ray"]
+
+
+@case("sweep: training value of the wrong type")
+def _(t):
+    return t.sweep("methods: [dpo]\ntraining: {epochs: two}\n"), ["config: training", "'epochs' must be an integer"]
+
+
+@case("sweep: output under a regular file")
+def _(t):
+    out = t.under_a_file()
+    return t.sweep(None, "--preset", "small", out=out), [str(out), "is a file, not a directory"]
+
+
 # ---------------------------------------------------------------- the matrix
 
 def listing(directory: Path) -> list[str]:
@@ -418,7 +476,7 @@ def test_bad_input_fails_with_one_clear_line_and_writes_nothing(name, tiny_model
 
 def test_the_matrix_covers_every_command_and_is_large_enough():
     commands = {name.split(":")[0] for name in CASES}
-    assert commands >= {"data", "train", "train-rm", "eval", "run"}  # sweep's cases: add them with @case("sweep: ...")
+    assert commands >= {"data", "train", "train-rm", "eval", "run", "sweep"}
     assert len(CASES) >= 20
 
 

@@ -26,9 +26,9 @@ def test_unknown_key_suggests_the_closest_valid_name():
 
 
 def test_mistyped_values_name_the_key():
-    with pytest.raises(AlignlabError, match=r"'epochs' must be a int, got '1.5'"):
+    with pytest.raises(AlignlabError, match=r"'epochs' must be an integer, got '1.5'"):
         build_config(TrainConfig, None, {"epochs": "1.5"})
-    with pytest.raises(AlignlabError, match=r"'trust_remote_code' must be a bool"):
+    with pytest.raises(AlignlabError, match=r"'trust_remote_code' must be true or false"):
         build_config(TrainConfig, None, {"trust_remote_code": "maybe"})
     assert build_config(TrainConfig, None, {"trust_remote_code": "true"}).trust_remote_code is True
     assert build_config(TrainConfig, None, {"reward_model": "none"}).reward_model is None

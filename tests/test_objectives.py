@@ -17,11 +17,17 @@ import torch
 from alignlab.errors import AlignlabError
 from alignlab.objectives import (
     METHODS,
+    GroupBatch,
     Method,
     PairBatch,
     dpo_loss,
     get_method,
+    grpo_advantages,
+    grpo_clipped_surrogate,
+    grpo_loss,
+    k3_kl,
     ln_dpo_loss,
+    sampled_log_z,
     simpo_loss,
     sft_loss,
     var_loss,
@@ -595,7 +601,7 @@ def test_simpo_length_convention_matches_trl_get_batch_logps():
 # 6. Registry
 # ==================================================================================================
 
-ALL_METHODS = ["sft", "dpo", "ln-dpo", "simpo", "var"]
+ALL_METHODS = ["sft", "dpo", "ln-dpo", "simpo", "var", "grpo"]
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
@@ -613,7 +619,7 @@ def test_method_flags_follow_spec():
     assert get_method("var").uses_rewards and get_method("var").uses_reference
     assert set(get_method("dpo").resolve({})) == {"beta"}
     assert set(get_method("simpo").resolve({})) == {"beta", "gamma"}
-    assert set(get_method("var").resolve({})) == {"lam", "z_estimator", "length_normalize"}
+    assert set(get_method("var").resolve({})) == {"lam", "z_estimator", "length_normalize", "z_samples"}
     assert get_method("var").resolve({})["z_estimator"] == "batch"  # SPEC: the paper's default
 
 
@@ -635,7 +641,8 @@ def test_unknown_method_lists_names_and_suggests():
 @pytest.mark.parametrize("method,typo,closest", [
     ("dpo", "bta", "beta"), ("ln-dpo", "betta", "beta"), ("simpo", "gama", "gamma"),
     ("var", "lamb", "lam"), ("var", "z_estimater", "z_estimator"),
-    ("var", "length_normalise", "length_normalize"),
+    ("var", "length_normalise", "length_normalize"), ("var", "z_sample", "z_samples"),
+    ("grpo", "group_sise", "group_size"), ("grpo", "clip_epsilon", "clip_eps"), ("grpo", "temprature", "temperature"),
 ])
 def test_unknown_hyperparameter_suggests_closest(method, typo, closest):
     with pytest.raises(AlignlabError) as e:
@@ -665,7 +672,7 @@ def test_cli_strings_coerced():
     r = get_method("simpo").resolve({"beta": "2.5", "gamma": "-0.5"})
     assert r == {"beta": 2.5, "gamma": -0.5}
     r = get_method("var").resolve({"lam": "0.5", "length_normalize": "true", "z_estimator": "prompt"})
-    assert r == {"lam": 0.5, "length_normalize": True, "z_estimator": "prompt"}
+    assert r == {"lam": 0.5, "length_normalize": True, "z_estimator": "prompt", "z_samples": 8}
     assert get_method("var").resolve({"length_normalize": "false"})["length_normalize"] is False
     assert get_method("var").resolve({"length_normalize": "True"})["length_normalize"] is True
     assert get_method("var").resolve({"length_normalize": True})["length_normalize"] is True
@@ -676,7 +683,7 @@ def test_cli_strings_coerced():
         get_method("var").resolve({"length_normalize": "maybe"})
 
 
-@pytest.mark.parametrize("value,ok", [("batch", True), ("prompt", True), ("foo", False),
+@pytest.mark.parametrize("value,ok", [("batch", True), ("prompt", True), ("sampled", True), ("foo", False),
                                       ("Batch", False), ("", False), (3, False)])
 def test_z_estimator_choices(value, ok):
     if ok:
@@ -811,3 +818,141 @@ def test_var_weights_too_small_to_matter_are_zero_not_denormal():
     assert weights[1].item() == 0.0
     assert weights[2].item() == pytest.approx(math.exp(-40) / (1 + math.exp(-50) + math.exp(-40)), rel=1e-5)
     assert weights.sum().item() == pytest.approx(1.0, abs=1e-7)
+
+
+# ==================================================================================================
+# 7. VAR's `sampled` Z estimator, by hand
+# ==================================================================================================
+
+def test_sampled_log_z_hand_values():
+    # λ = 0.5. Prompt A, samples r = (0, 1):  Ẑ = (e^0 + e^2)/2 = (1 + 7.389056099)/2 = 4.194528049
+    #          Prompt B, samples r = (−1, 1): Ẑ = (e^−2 + e^2)/2 = cosh 2 = 3.762195691
+    log_z = sampled_log_z(t([[0.0, 1.0], [-1.0, 1.0]]), 0.5)
+    close64(log_z, [math.log(4.194528049465325), math.log(3.7621956910836314)])
+    close64(log_z, [1.4337808304830273, 1.3250027473578645])
+    # one sample: Ẑ = exp(r/λ) exactly; K equal samples: the same
+    close64(sampled_log_z(t([[0.3]]), 0.5), [0.6])
+    close64(sampled_log_z(t([[0.3, 0.3, 0.3]]), 0.5), [0.6])
+
+
+def test_var_weights_with_sampled_normaliser_hand_values():
+    # ω_i = exp(ℓref_i + r_i/λ − log Ẑ(x_i)), λ = 0.5, Ẑ_A = 4.194528049, Ẑ_B = cosh 2 = 3.762195691
+    #   y0 (prompt A): ℓref −1,   r 1   -> e^{−1+2}/Ẑ_A   = 2.718281828/4.194528049 = 0.648054274
+    #   y1 (prompt A): ℓref −2,   r 0   -> e^{−2}/Ẑ_A     = 0.135335283/4.194528049 = 0.032264722
+    #   y2 (prompt B): ℓref −0.5, r 0.5 -> e^{−0.5+1}/Ẑ_B = 1.648721271/3.762195691 = 0.438233788
+    #   y3 (prompt B): ℓref −3,   r −0.5 -> e^{−3−1}/Ẑ_B  = 0.018315639/3.762195691 = 0.004868338
+    ref, r = [-1.0, -2.0, -0.5, -3.0], [1.0, 0.0, 0.5, -0.5]
+    log_z = t([1.4337808304830273, 1.4337808304830273, 1.3250027473578645, 1.3250027473578645])
+    expected = [0.6480542736638853, 0.032264722428990276, 0.4382337884782501, 0.004868337639145692]
+    weights = var_weights(t(ref), t(r), 0.5, log_z=log_z)
+    close64(weights, expected)
+    # unlike the batch and prompt estimators, these weights need not sum to one
+    assert abs(weights.sum().item() - 1.0) > 0.1
+    close32(var_weights(t(ref, torch.float32), t(r, torch.float32), 0.5, log_z=log_z.float()), expected)
+    # length-normalised ℓref: y0 has 2 tokens -> e^{−0.5+2}/Ẑ_A = 4.481689070/4.194528049 = 1.068461
+    close64(var_weights(t(ref[:1]), t(r[:1]), 0.5, lengths=t([2.0]), length_normalize=True, log_z=log_z[:1]),
+            [4.4816890703380645 / 4.194528049465325])
+    with pytest.raises(ValueError):
+        var_weights(t(ref), t(r), 0.5, group_ids=torch.tensor([0, 0, 1, 1]), log_z=log_z)
+
+
+def test_batch_loss_var_sampled_hand_value():
+    # Pair 0 (prompt A): chosen y0, rejected y1; pair 1 (prompt B): chosen y2, rejected y3 (ω as above).
+    # ℓθ: y0 −2, y1 −6, y2 −4, y3 −3. Loss = Σ ω·(−ℓθ) / 2 prompts
+    #   = (0.648054274·2 + 0.032264722·6 + 0.438233788·4 + 0.004868338·3)/2 = 1.628618524
+    batch = PairBatch(chosen_logps=t([-2.0, -4.0]), chosen_lengths=t([1.0, 1.0]), rejected_logps=t([-6.0, -3.0]),
+                      rejected_lengths=t([1.0, 1.0]), ref_chosen_logps=t([-1.0, -0.5]),
+                      ref_rejected_logps=t([-2.0, -3.0]), reward_chosen=t([1.0, 0.5]), reward_rejected=t([0.0, -0.5]),
+                      prompt_groups=torch.tensor([0, 1]), log_z=t([1.4337808304830273, 1.3250027473578645]))
+    loss = _call("var", batch, lam=0.5, z_estimator="sampled")
+    close64(loss, torch.tensor(1.628618524366075, dtype=F64))
+    batch.log_z = None
+    with pytest.raises(ValueError, match="log_z"):
+        _call("var", batch, lam=0.5, z_estimator="sampled")
+
+
+# ==================================================================================================
+# 8. GRPO pieces, by hand
+# ==================================================================================================
+
+def test_grpo_advantages_hand_values():
+    # Group (1, 2, 3, 6): mean 3, deviations (−2, −1, 0, 3), Σd² = 14, sample std √(14/3) = 2.160246899
+    #   -> A = d/2.160246899 = (−0.925820100, −0.462910050, 0, 1.388730150)   (ε = 0)
+    # Group (0, 4): mean 2, deviations (−2, 2), sample std √8 = 2.828427125 -> A = ∓0.707106781
+    # Group (5, 5): no spread -> A = 0 (no signal, no division by zero)
+    close64(grpo_advantages(t([[1.0, 2.0, 3.0, 6.0]]), eps=0.0),
+            [[-0.9258200997725514, -0.4629100498862757, 0.0, 1.3887301496588271]])
+    close64(grpo_advantages(t([[0.0, 4.0]]), eps=0.0), [[-0.7071067811865476, 0.7071067811865476]])
+    # the default ε = 1e-4 in the denominator: 2/(2.828427125 + 0.0001) = 0.707081782
+    close64(grpo_advantages(t([[0.0, 4.0], [5.0, 5.0]])), [[-0.7070817820703996, 0.7070817820703996], [0.0, 0.0]])
+    # rows are groups: the same rewards in another row give the same advantages
+    close64(grpo_advantages(t([[1.0, 2.0, 3.0, 6.0], [11.0, 12.0, 13.0, 16.0]]), eps=0.0)[1],
+            [-0.9258200997725514, -0.4629100498862757, 0.0, 1.3887301496588271])
+    close32(grpo_advantages(t([[0.0, 4.0]], torch.float32), eps=0.0), [[-0.7071067811865476, 0.7071067811865476]])
+
+
+def test_grpo_clipped_surrogate_hand_values_and_gradient():
+    # ε = 0.2, ratios ρ = (1.5, 0.5, 1.1) per token; response 0 has A = 2, response 1 has A = −1.
+    #   A = 2:  min(1.5·2, 1.2·2) = 2.4 (clipped) ; min(0.5·2, 0.8·2) = 1.0 ; min(2.2, 2.2) = 2.2
+    #   A = −1: min(−1.5, −1.2) = −1.5 (the min keeps the worse) ; min(−0.5, −0.8) = −0.8 (clipped) ; −1.1
+    old = t([[-1.0, -2.0, -0.5], [-1.0, -2.0, -0.5]])
+    logps = old + torch.log(t([[1.5, 0.5, 1.1], [1.5, 0.5, 1.1]]))
+    logps.requires_grad_(True)
+    surrogate = grpo_clipped_surrogate(logps, old, t([2.0, -1.0]), 0.2)
+    close64(surrogate.detach(), [[2.4, 1.0, 2.2], [-1.5, -0.8, -1.1]])
+    # ∂s/∂log πθ = ρA where unclipped, 0 where the clip binds
+    (grad,) = torch.autograd.grad(surrogate.sum(), logps)
+    close64(grad, [[0.0, 1.0, 2.2], [-1.5, 0.0, -1.1]])
+
+
+def test_k3_kl_hand_values():
+    # d = ℓref − ℓθ: k3 = e^d − d − 1.  d = 0 -> 0 ; d = 1 -> e − 2 = 0.718281828 ;
+    # d = −1 -> e^{−1} = 0.367879441 ; d = ln 2 -> 1 − ln 2 = 0.306852819
+    logps = t([[-1.0, -2.0, -1.0, -3.0]])
+    ref = t([[-1.0, -1.0, -2.0, -3.0 + math.log(2.0)]])
+    close64(k3_kl(logps, ref), [[0.0, 0.7182818284590451, 0.36787944117144233, 0.3068528194400546]])
+    assert (k3_kl(t([[-5.0, 0.0, -0.1]]), t([[0.0, -7.0, -0.1]])) >= 0).all()
+
+
+def test_grpo_loss_hand_value_mask_and_gradient():
+    # One response of 2 tokens (a third is padding), ρ = 1, A = 0.5, β = 0.1, d = (0, ln 2):
+    #   s = (0.5, 0.5), k3 = (0, 1 − ln 2 = 0.306852819)
+    #   L = −(1/2)[(0.5 − 0) + (0.5 − 0.1·0.306852819)] = −0.484657359
+    # The padded position holds values whose ratio overflows (e^{1000}): it must not leak a NaN.
+    logps = t([[-1.0, -2.0, -1000.0]], requires_grad=True)
+    old = t([[-1.0, -2.0, 0.0]])
+    ref = t([[-1.0, -2.0 + math.log(2.0), 0.0]])
+    mask = t([[1.0, 1.0, 0.0]])
+    loss = grpo_loss(logps, old, ref, t([0.5]), mask, clip_eps=0.2, beta=0.1)
+    close64(loss.detach(), [-0.4846573590279973])
+    # ∂L/∂ℓθ_t = −(1/2)(ρA − β(1 − e^{d_t})): token 0 (d = 0): −0.25 ; token 1 (d = ln 2): −(1/2)(0.5 + 0.1) = −0.3
+    (grad,) = torch.autograd.grad(loss.sum(), logps)
+    close64(grad, [[-0.25, -0.3, 0.0]])
+    # through the registry: the batch loss is the mean over responses; sampling settings are ignored
+    # second response: one token, ρ = 1, k3 = 0, A = −2 -> L = 2
+    batch = GroupBatch(logps=torch.cat([logps.detach()[:, :2], t([[-1.0, 0.0]])]),
+                       old_logps=torch.cat([old[:, :2], t([[-1.0, 0.0]])]),
+                       ref_logps=torch.cat([ref[:, :2], t([[-1.0, 0.0]])]),
+                       advantages=t([0.5, -2.0]),
+                       mask=t([[1.0, 1.0], [1.0, 0.0]]))
+    m = get_method("grpo")
+    close64(m.batch_loss(batch, **m.resolve({"beta": 0.1})), torch.tensor((-0.4846573590279973 + 2.0) / 2, dtype=F64))
+
+
+def test_grpo_registry_and_integer_hyperparameters():
+    m = get_method("grpo")
+    assert m.online and m.uses_reference and m.uses_rewards and not m.uses_rejected
+    defaults = m.resolve({})
+    assert defaults == {"group_size": 8, "beta": 0.04, "clip_eps": 0.2, "temperature": 1.0, "max_new_tokens": 64,
+                        "num_iterations": 1}
+    assert not any(get_method(name).online for name in ALL_METHODS if name != "grpo")
+    resolved = m.resolve({"group_size": "4", "max_new_tokens": 16.0, "beta": "0"})
+    assert resolved["group_size"] == 4 and isinstance(resolved["group_size"], int)
+    assert resolved["max_new_tokens"] == 16 and isinstance(resolved["max_new_tokens"], int)
+    assert resolved["beta"] == 0.0  # no KL penalty is allowed
+    for bad, needle in (({"group_size": 1}, ">= 2"), ({"group_size": 2.5}, "integer"), ({"group_size": True}, "integer"),
+                        ({"group_size": "nan"}, "integer"), ({"beta": -0.1}, ">= 0"), ({"clip_eps": 0}, "> 0"),
+                        ({"temperature": -1}, "> 0"), ({"num_iterations": 0}, ">= 1")):
+        with pytest.raises(AlignlabError) as e:
+            m.resolve(bad)
+        assert needle in str(e.value) and next(iter(bad)) in str(e.value)

@@ -138,31 +138,38 @@ def test_report_command_rewrites_the_same_report(tiny_sweep, tmp_path):
 
 
 def test_sweep_killed_at_ten_random_moments_resumes_with_no_run_lost_or_duplicated(tiny_sweep, world_cache, tmp_path):
+    """SIGKILL the sweep's process group at random moments (imports, shared stages, training,
+    evaluation, report) and start it again each time; a sweep that completes before the tenth kill
+    is checked and a fresh one started, so all ten kills land mid-sweep."""
     reference, config_file, _ = tiny_sweep
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "alignlab", *_sweep_args(config_file, out, world_cache)]
     rng = random.Random(0)
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    kills = 0
-    for _ in range(10):
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    sweeps, kills = [tmp_path / "out0"], 0
+    while True:
+        command = [sys.executable, "-m", "alignlab", *_sweep_args(config_file, sweeps[-1], world_cache)]
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                    start_new_session=True)
         try:
-            process.wait(timeout=rng.uniform(3.0, 14.0))
+            _, err = process.communicate(timeout=rng.uniform(2.0, 9.0) if kills < 10 else None)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            process.communicate()
             kills += 1
-    assert kills >= 5  # most attempts were interrupted mid-sweep
-    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
-    with RunStore(out / "runs.sqlite") as store:
-        runs = store.runs()
-    assert len(runs) == 6 and len({r.name for r in runs}) == 6
-    assert all(r.status == "finished" for r in runs)
-    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(["sft", *(r.name for r in runs)])
-    assert not list(out.rglob("*.tmp*")) and not list(out.rglob(".*.partial"))
-    for name in ("summary.json", "report.md"):
-        assert (out / name).read_text() == (reference / name).read_text(), name
+            continue
+        assert process.returncode == 0, err.decode()[-2000:]
+        if kills >= 10:
+            break
+        sweeps.append(tmp_path / f"out{len(sweeps)}")
+    print(f"{kills} SIGKILLs over {len(sweeps)} sweeps, each resumed to completion")
+    for out in sweeps:
+        with RunStore(out / "runs.sqlite") as store:
+            runs = store.runs()
+        assert len(runs) == 6 and len({r.name for r in runs}) == 6
+        assert all(r.status == "finished" for r in runs)
+        assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(["sft", *(r.name for r in runs)])
+        assert not list(out.rglob("*.tmp*")) and not list(out.rglob(".*.partial"))
+        for name in ("summary.json", "report.md"):
+            assert (out / name).read_text() == (reference / name).read_text(), (out, name)
 
 
 def _metrics_by_run(out) -> dict:

@@ -13,7 +13,11 @@ Rows (higher is better, except memory):
 - dpo_vs_sft, ln_dpo_vs_sft, simpo_vs_sft, var_vs_sft: training tokens/s of each objective ÷ SFT
   tokens/s (tokens = prompt + response tokens of every forwarded row), training loop only, with
   reference log-probs already cached — the practical limit for a preference objective.
-- sweep_vs_independent: one N-run sweep ÷ N independent runs (needs `alignlab sweep`).
+- sweep_vs_independent: wall-clock of one `alignlab sweep` over a 6-point DPO β grid ÷ the same six
+  runs done independently, each as `alignlab train` then `alignlab eval --sft` (lower is better).
+  Both sides train the same pairs and evaluate the same prompts with the same gold RM (a tiny
+  sequence classifier built here); each starts with an empty cache. The sweep also evaluates the
+  SFT model once; the independent evaluations each evaluate it again, as a user would.
 - peak_mem_vs_trl: alignlab peak memory ÷ TRL's for the same DPO training (lower is better):
   peak RSS of the worker process on CPU, peak allocated CUDA memory on a GPU.
 Equal work is checked, not assumed: pairs, tokens, optimizer steps and batch size of both sides are
@@ -238,7 +242,10 @@ def run_bench(out: str | None, quick: bool, device: str, progress=print) -> dict
         absolute["tokens_per_second"] = rates
         for method in OBJECTIVES[1:]:
             ratios[f"{method.replace('-', '_')}_vs_sft"] = rates[method] / rates["sft"]
-        results["sweep_vs_independent"] = "not measured: needs `alignlab sweep`, not built yet"
+        progress("bench: a 6-run DPO sweep against 6 independent train + eval runs")
+        sweep = measure_sweep_vs_independent(setup, Path(tmp))
+        absolute["sweep"] = sweep
+        ratios["sweep_vs_independent"] = sweep["sweep_seconds"] / sweep["independent_seconds"]
     if out:
         from alignlab.atomic import write_json
 
@@ -263,13 +270,83 @@ def format_table(results: dict) -> str:
             m = absolute[key]
             lines.append(f"{key:<22}{m['seconds']:>9.2f}{m['pairs']:>7}{m['tokens']:>9}{m['optimizer_steps']:>7}"
                          f"{m['batch_size']:>7}{m['peak_memory_mb']:>9.0f}")
+    if "sweep" in absolute:
+        sweep = absolute["sweep"]
+        lines.append(f"{'sweep (6 DPO runs)':<22}{sweep['sweep_seconds']:>9.2f}{sweep['pairs']:>7}"
+                     f"{'':>9}{sweep['optimizer_steps']:>7}{results['batch_size']:>7}")
+        lines.append(f"{'independent (6 runs)':<22}{sweep['independent_seconds']:>9.2f}{sweep['pairs']:>7}"
+                     f"{'':>9}{sweep['optimizer_steps']:>7}{results['batch_size']:>7}")
     lines.append("")
     lines.append("training tokens/s (reference cached): " + ", ".join(
         f"{k} {v:,.0f}" for k, v in absolute.get("tokens_per_second", {}).items()))
-    for key in ("trl", "sweep_vs_independent"):
-        if isinstance(results.get(key), str):
-            lines.append(f"{key}: {results[key]}")
+    if isinstance(results.get("trl"), str):
+        lines.append(f"trl: {results['trl']}")
     return "\n".join(lines)
+
+
+SWEEP_BETAS = [0.01, 0.05, 0.1, 0.2, 0.3, 0.5]
+SWEEP_GENERATION = {"max_new_tokens": 16, "batch_size": 32}
+SWEEP_TEST_PROMPTS = 32
+
+
+def _gold_classifier(setup: dict, directory: Path) -> str:
+    """A tiny one-output sequence classifier on the bench model's tokenizer: the gold RM both sides use."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig.from_pretrained(setup["model"])
+    config.num_labels = 1
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(setup["model"]).save_pretrained(directory)
+    return str(directory)
+
+
+def _timed_cli(args: list[str], cache: Path) -> float:
+    env = {**os.environ, "ALIGNLAB_CACHE": str(cache), "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "alignlab", *args], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench: alignlab {args[0]} failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def _trained(run_dirs) -> tuple[int, int]:
+    summaries = [json.loads((d / "train_summary.json").read_text()) for d in run_dirs]
+    return sum(s["pairs_trained"] for s in summaries), sum(s["optimizer_steps"] for s in summaries)
+
+
+def measure_sweep_vs_independent(setup: dict, workdir: Path) -> dict:
+    """Seconds of one 6-run DPO sweep and of the same six runs as independent train + eval commands."""
+    gold = _gold_classifier(setup, workdir / "gold")
+    test = workdir / "test.jsonl"
+    test.write_text("".join(Path(setup["data"]).read_text().splitlines(keepends=True)[:SWEEP_TEST_PROMPTS]))
+    training = {"batch_size": setup["batch_size"], "learning_rate": LEARNING_RATE, "warmup_ratio": 0.0,
+                "max_length": MAX_LENGTH, "max_prompt_length": MAX_LENGTH // 2}
+    independent_seconds, independent_runs = 0.0, []
+    for beta in SWEEP_BETAS:
+        run = workdir / "independent" / f"dpo-beta{beta}"
+        independent_seconds += _timed_cli(
+            ["train", "--method", "dpo", "--model", setup["model"], "--data", setup["data"], "--out", str(run),
+             "--beta", str(beta), *(f"--{k}={v}" for k, v in training.items())], workdir / "independent-cache")
+        independent_seconds += _timed_cli(
+            ["eval", "--model", str(run / "model"), "--data", str(test), "--gold-rm", gold, "--sft", setup["model"],
+             "--out", str(run / "eval"), "--max-new-tokens", str(SWEEP_GENERATION["max_new_tokens"]),
+             "--batch-size", str(SWEEP_GENERATION["batch_size"])], workdir / "independent-cache")
+        independent_runs.append(run)
+    config = workdir / "sweep.yaml"
+    config.write_text(json.dumps({"model": setup["model"], "train_data": setup["data"], "test_data": str(test),
+                                  "gold_rm": gold, "methods": ["dpo"], "grid": {"dpo": {"beta": SWEEP_BETAS}},
+                                  "training": training, "generation": SWEEP_GENERATION}))
+    sweep_seconds = _timed_cli(["sweep", str(config), "--out", str(workdir / "sweep")], workdir / "sweep-cache")
+    sweep_runs = sorted(d for d in (workdir / "sweep" / "runs").iterdir() if d.name != "sft")
+    pairs, steps = _trained(independent_runs)
+    if (pairs, steps) != _trained(sweep_runs):
+        raise RuntimeError(f"unequal work: independent runs trained {pairs} pairs in {steps} steps, the sweep "
+                           f"{_trained(sweep_runs)}")
+    return {"runs": len(SWEEP_BETAS), "pairs": pairs, "optimizer_steps": steps, "test_prompts": SWEEP_TEST_PROMPTS,
+            "sweep_seconds": sweep_seconds, "independent_seconds": independent_seconds}
 
 
 def _worker_main(payload: str) -> None:

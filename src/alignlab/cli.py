@@ -15,6 +15,8 @@ from alignlab.errors import AlignlabError
 TRAIN_EPILOG = """\
 Any TrainConfig field or method hyper-parameter can be overridden as --key value, e.g.
   --beta 0.2 --learning_rate 5e-6 --epochs 2 --batch_size 16 --max_length 1024
+grpo samples its own responses (the data gives prompts; batch_size counts prompts) and needs
+--reward-model; var --z_estimator sampled needs it too.
 Methods and their hyper-parameters (defaults):
 {methods}
 """
@@ -56,12 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--out", default=None, help="write normalised pairs (id, prompt, chosen, rejected) here")
 
     train = commands.add_parser(
-        "train", help="train a model with one offline objective",
+        "train", help="train a model with one objective (offline, or online: grpo)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=TRAIN_EPILOG.format(methods=_methods_help()))
-    train.add_argument("--method", help="sft | dpo | ln-dpo | simpo | var")
+    train.add_argument("--method", help="sft | dpo | ln-dpo | simpo | var | grpo")
     _add_run_arguments(train, "TrainConfig", "policy initialisation (and default reference): directory or HF name")
-    train.add_argument("--reward-model", dest="reward_model", help="sequence classifier for VAR's rewards")
+    train.add_argument("--reward-model", dest="reward_model",
+                       help="sequence classifier giving VAR's rewards and GRPO's proxy reward")
     train_rm = commands.add_parser(
         "train-rm", help="train a Bradley-Terry reward model (sequence classifier) on preference pairs",
         epilog="Any RewardModelConfig field can be overridden as --key value (see README).")
@@ -75,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", help="comma-separated methods (default: dpo,ln-dpo,simpo,var)")
     run.add_argument("--config", help="YAML file of StudyConfig fields (real models and data go here)")
     run.add_argument("--out", help="study directory (default: alignlab-run-<preset>-<time>)")
+    run.add_argument("--workers", help="runs in parallel (default 1)")
+    sweep = commands.add_parser(
+        "sweep", help="every method over its hyper-parameter grid, evaluated, with the robustness report; resumable",
+        epilog="Any StudyConfig field can be overridden as --key value (see README).")
+    sweep.add_argument("config", nargs="?", help="YAML file of StudyConfig fields with a `grid` (or use --preset)")
+    sweep.add_argument("--out", required=True, help="sweep directory; run the same command again to resume")
+    sweep.add_argument("--preset", dest="grid_preset", help="named grid: hitchhiker | var | small")
+    sweep.add_argument("--world", dest="preset", help="study-world size: tiny | default | large (default: default)")
+    sweep.add_argument("--workers", help="runs in parallel (default 1)")
+    sweep.add_argument("--executor", help="local (processes, default) | ray")
+    sweep.add_argument("--seed", help="seed of the world and generation (training seeds: --seeds 0,1,2)")
+    report = commands.add_parser("report", help="(re)write the robustness report of a sweep or run directory")
+    report.add_argument("dir", help="the --out of alignlab sweep or alignlab run")
 
     from alignlab.evaluate import add_eval_arguments
 
@@ -99,8 +115,11 @@ def run_bench(args) -> int:
 
 
 def run_data(args) -> int:
+    from alignlab.atomic import check_output_file
     from alignlab.data import load_pairs, write_pairs_jsonl
 
+    if args.out:
+        check_output_file(args.out)  # before reading what may be a large dataset
     result = load_pairs(args.path, args.data_format, filter=args.filter, preference=args.preference,
                         split=args.split)
     if args.out:
@@ -123,6 +142,11 @@ def run_train(args, overrides: list[str]) -> int:
     config = _config_from_args(TrainConfig, args, ("method", "model", "data", "out", "reward_model",
                                                    "data_format", "resume"), overrides)
     result = train(config)
+    if config.method == "grpo":  # online: what it trained on are prompts, and its margin is the reward
+        print(f"{result.out}: {result.optimizer_steps} steps, {result.pairs_trained} prompts × "
+              f"{config.params['group_size']} responses in {result.seconds:.1f}s, final loss "
+              f"{result.final_loss:.4f}, mean proxy reward {result.final_margin:.3f}")
+        return 0
     print(f"{result.out}: {result.optimizer_steps} steps, {result.pairs_trained} pairs in "
           f"{result.seconds:.1f}s ({result.pairs_per_second:.1f} pairs/s), final loss "
           f"{result.final_loss:.4f}, margin {result.final_margin:.3f}")
@@ -145,17 +169,41 @@ def run_train_rm(args, overrides: list[str]) -> int:
 def run_study_command(args, overrides: list[str]) -> int:
     import time
 
-    from alignlab.study import StudyConfig, run_study
+    from alignlab.study import StudyConfig
+    from alignlab.sweep import run_sweep
 
-    config = _config_from_args(StudyConfig, args, ("preset", "seed", "methods", "out"), overrides)
+    config = _config_from_args(StudyConfig, args, ("preset", "seed", "methods", "out", "workers"), overrides)
     if not config.out:
         config.out = f"alignlab-run-{config.preset if config.uses_world else 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = run_study(config)
-    print(out)
+    print(run_sweep(config))
     return 0
 
 
-COMMANDS_WITH_OVERRIDES = {"train": run_train, "train-rm": run_train_rm, "run": run_study_command}
+def run_sweep_command(args, overrides: list[str]) -> int:
+    from alignlab.config import read_yaml
+    from alignlab.study import StudyConfig
+    from alignlab.sweep import run_sweep
+
+    if args.config is None and args.grid_preset is None:
+        raise AlignlabError("alignlab sweep needs a CONFIG.yaml with a grid or --preset (hitchhiker | var | small)")
+    names = ("grid_preset", "preset", "seed", "out", "workers", "executor")
+    config = _config_from_args(StudyConfig, args, names, overrides)
+    if args.grid_preset is None and "grid_preset" not in read_yaml(args.config):
+        config.grid_preset = None  # a config file's own grid replaces the default one
+    print(run_sweep(config))
+    return 0
+
+
+def run_report(args) -> int:
+    from alignlab.sweep import write_sweep_report
+
+    write_sweep_report(args.dir)
+    print(f"{args.dir}/report.html")
+    return 0
+
+
+COMMANDS_WITH_OVERRIDES = {"train": run_train, "train-rm": run_train_rm, "run": run_study_command,
+                           "sweep": run_sweep_command}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_data(args)
         if args.command == "bench":
             return run_bench(args)
+        if args.command == "report":
+            return run_report(args)
         if args.command == "eval":
             from alignlab.evaluate import run_eval
 
@@ -185,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("alignlab: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # disk full or read-only mid-way: one line, not a traceback
+        from alignlab.atomic import DISK_ERRNOS, write_error
+
+        if args.debug or err.errno not in DISK_ERRNOS:
+            raise
+        print(f"alignlab: error: {write_error(err.filename or 'output', err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

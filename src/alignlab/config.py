@@ -182,15 +182,29 @@ def _coerce(name: str, value, annotation, where: str):
             return dict(value)
         if typing.get_origin(annotation) is list:
             items = value.split(",") if isinstance(value, str) else value
-            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            if not isinstance(items, list):
                 raise ValueError
-            return [i.strip() for i in items if i.strip()]
-    except (TypeError, ValueError):
+            item_type = typing.get_args(annotation)[0]
+            if item_type is str:
+                if not all(isinstance(i, str) for i in items):
+                    raise ValueError
+                return [i.strip() for i in items if i.strip()]
+            return [_coerce(name, i.strip() if isinstance(i, str) else i, item_type, where) for i in items]
+    except (TypeError, ValueError, AlignlabError):
         pass
     else:
         return value
-    type_name = "list of names" if typing.get_origin(annotation) is list else getattr(annotation, "__name__", str(annotation))
-    raise AlignlabError(f"{where}: '{name}' must be a {type_name}, got {value!r}")
+    raise AlignlabError(f"{where}: '{name}' must be {_type_name(annotation)}, got {value!r}")
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text", dict: "a mapping"}
+
+
+def _type_name(annotation) -> str:
+    if typing.get_origin(annotation) is list:
+        item = typing.get_args(annotation)[0]
+        return "a list of names" if item is str else f"a list of {TYPE_NAMES.get(item, item.__name__)}s".replace("an ", "")
+    return TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def build_config(cls, yaml_path: str | None, overrides: dict):

@@ -36,9 +36,16 @@ def generate_responses(model, tokenizer, prompts: list[list[dict]], config: Gene
                        device="cpu", progress: bool = True) -> list[Generation]:
     renderer = PromptRenderer(tokenizer)
     encoded = [renderer.prompt_ids(prompt)[0] for prompt in prompts]
+    return generate_from_ids(model, tokenizer, encoded, config, device, progress)
+
+
+@torch.inference_mode()
+def generate_from_ids(model, tokenizer, encoded: list[list[int]], config: GenerationConfig,
+                      device="cpu", progress: bool = True) -> list[Generation]:
+    """`generate_responses` for prompts already encoded (e.g. cut to a trainer's max_prompt_length)."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    results: list[Generation | None] = [None] * len(prompts)
+    results: list[Generation | None] = [None] * len(encoded)
     model.eval()
     batches = range(0, len(order), config.batch_size)
     for batch_index, start in enumerate(tqdm(batches, desc="generate", unit="batch", disable=not progress)):

@@ -6,6 +6,9 @@ function. Every loss returns one value per example (unreduced); the registry at 
 a method's batch loss is reduced and which hyper-parameters it takes.
 
 Adding a method: write its loss here, add a `Method` entry to `METHODS`, add a test.
+
+GRPO is the one online method: its loss takes per-token quantities of responses the policy samples
+while training (`GroupBatch`, built by `alignlab.grpo`), not pairs from the data.
 """
 
 from __future__ import annotations
@@ -50,8 +53,21 @@ def simpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, chosen_lengths: Ten
     return -F.logsigmoid(logits)
 
 
+def sampled_log_z(rewards: Tensor, lam: float) -> Tensor:
+    """VAR's `sampled` Z estimator: for K responses y_1..y_K ~ πref(·|x) of each prompt (one row),
+
+        log Ẑ(x) = log( (1/K) Σ_k exp(r(x, y_k)/λ) ) = logsumexp_k(r_k/λ) − log K,
+
+    a Monte-Carlo estimate of the partition function Z(x) = E_{y∼πref}[exp(r(x, y)/λ)] of the RLHF
+    optimum π*(y|x) = πref(y|x) exp(r(x, y)/λ) / Z(x). `rewards` (prompts, K) -> (prompts,).
+    """
+    k = rewards.shape[-1]
+    return torch.logsumexp(rewards.detach().to(torch.float64) / lam, dim=-1) - math.log(k)
+
+
 def var_weights(ref_logps: Tensor, rewards: Tensor, lam: float, group_ids: Tensor | None = None,
-                lengths: Tensor | None = None, length_normalize: bool = False) -> Tensor:
+                lengths: Tensor | None = None, length_normalize: bool = False,
+                log_z: Tensor | None = None) -> Tensor:
     """VAR importance weights, a softmax in log space within each normaliser group:
 
         ω_i = exp(ℓref(y_i) + r_i/λ) / Σ_{j ∈ G(i)} exp(ℓref(y_j) + r_j/λ)
@@ -59,6 +75,14 @@ def var_weights(ref_logps: Tensor, rewards: Tensor, lam: float, group_ids: Tenso
     G(i) is the whole batch when `group_ids` is None (the paper's in-batch Z estimator), otherwise
     the examples sharing i's group id (e.g. the responses to one prompt). With `length_normalize`,
     ℓref(y)/|y| replaces ℓref(y). The weights carry no gradient and sum to one per group.
+
+    With `log_z` (one precomputed log Ẑ(x_i) per example, see `sampled_log_z`) the normaliser is
+    that estimate instead of a sum over the batch, and `group_ids` must be None:
+
+        ω_i = exp(ℓref(y_i) + r_i/λ − log Ẑ(x_i))    (an estimate of π*(y_i|x_i))
+
+    These weights do not sum to one over the batch: each is the optimum's probability of its
+    response, so with summed ℓref they are small and scale the effective learning rate down.
 
     Weights below √(smallest normal number) of the working dtype (1.1e-19 in float32) are set to 0:
     such a sample's share of the gradient is below float32 resolution, and the denormal gradients
@@ -70,7 +94,11 @@ def var_weights(ref_logps: Tensor, rewards: Tensor, lam: float, group_ids: Tenso
             raise ValueError("var_weights: length_normalize=True needs lengths")
         ref_logps = ref_logps / lengths
     scores = (ref_logps + rewards.detach() / lam).to(torch.float64)
-    if group_ids is None:
+    if log_z is not None:
+        if group_ids is not None:
+            raise ValueError("var_weights: pass either log_z (a precomputed normaliser) or group_ids, not both")
+        weights = torch.exp(scores - log_z.detach().to(torch.float64))
+    elif group_ids is None:
         weights = torch.softmax(scores, dim=0)
     else:
         _, group_index = torch.unique(group_ids, return_inverse=True)
@@ -87,13 +115,73 @@ def var_weights(ref_logps: Tensor, rewards: Tensor, lam: float, group_ids: Tenso
 
 def var_loss(logps: Tensor, ref_logps: Tensor, rewards: Tensor, lam: float,
              group_ids: Tensor | None = None, lengths: Tensor | None = None,
-             length_normalize: bool = False) -> Tensor:
+             length_normalize: bool = False, log_z: Tensor | None = None) -> Tensor:
     """VAR (reward-weighted SFT from the closed-form RLHF optimum): ω_i · (−ℓθ(y_i)).
 
     Summed over a normaliser group this is −Σ_i ω_i ℓθ(y_i), the group's loss; ω as in `var_weights`.
     """
-    weights = var_weights(ref_logps, rewards, lam, group_ids, lengths, length_normalize)
+    weights = var_weights(ref_logps, rewards, lam, group_ids, lengths, length_normalize, log_z)
     return weights * -logps
+
+
+# --------------------------------------------------------------------------------------------
+# GRPO (online): per-token quantities of responses sampled from the policy while training.
+# Shapes: (responses, tokens) for per-token tensors, (responses,) for advantages.
+
+
+def grpo_advantages(rewards: Tensor, eps: float = 1e-4) -> Tensor:
+    """Group-relative advantages; each row holds the rewards of the G responses to one prompt:
+
+        A_i = (r_i − mean_g r) / (std_g r + ε)
+
+    std is the sample standard deviation (n − 1 in the denominator, as TRL's GRPOTrainer). A group
+    whose rewards are all equal gets A = 0: it carries no signal. (prompts, G) -> (prompts, G).
+    """
+    rewards = rewards.detach()
+    return (rewards - rewards.mean(-1, keepdim=True)) / (rewards.std(-1, keepdim=True) + eps)
+
+
+def grpo_clipped_surrogate(logps: Tensor, old_logps: Tensor, advantages: Tensor, clip_eps: float) -> Tensor:
+    """PPO's clipped surrogate per token, an objective to maximise:
+
+        ρ_t = πθ(y_t | x, y_<t) / π_old(y_t | x, y_<t) = exp(log πθ − log π_old)
+        s_t = min(ρ_t A, clip(ρ_t, 1 − ε, 1 + ε) A)
+
+    π_old is the policy that sampled the responses (no gradient); A is the response's advantage,
+    broadcast over its tokens. The min makes the objective pessimistic: once ρ has moved past
+    1 ± ε in the direction A favours, the token stops pulling.
+    """
+    ratio = torch.exp(logps - old_logps.detach())
+    advantages = advantages.detach().unsqueeze(-1)
+    return torch.minimum(ratio * advantages, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * advantages)
+
+
+def k3_kl(logps: Tensor, ref_logps: Tensor) -> Tensor:
+    """Per-token estimate of KL(πθ ‖ πref) on tokens sampled from πθ (Schulman's k3):
+
+        k3_t = exp(ℓref_t − ℓθ_t) − (ℓref_t − ℓθ_t) − 1
+
+    unbiased (E_πθ[exp(ℓref − ℓθ)] = 1) and never negative (e^d ≥ 1 + d), unlike ℓθ − ℓref.
+    """
+    delta = ref_logps.detach() - logps
+    return torch.exp(delta) - delta - 1
+
+
+def grpo_loss(logps: Tensor, old_logps: Tensor, ref_logps: Tensor, advantages: Tensor, mask: Tensor,
+              clip_eps: float, beta: float) -> Tensor:
+    """GRPO (DeepSeekMath) per response: the clipped surrogate with a KL penalty, token-averaged,
+
+        L_i = −(1/|y_i|) Σ_t [ s_t − β · k3_t ]
+
+    over the response tokens (`mask` 1); s_t as in `grpo_clipped_surrogate`, k3_t as in `k3_kl`.
+    Averaging within each response and then over responses (the paper's normalisation) gives
+    every response the same weight whatever its length.
+    """
+    # Padded positions are zeroed before exp, not after: e^{huge}·0 would be NaN, in the value or the gradient.
+    on = mask.bool()
+    logps, old_logps, ref_logps = (torch.where(on, x, torch.zeros_like(x)) for x in (logps, old_logps, ref_logps))
+    per_token = grpo_clipped_surrogate(logps, old_logps, advantages, clip_eps) - beta * k3_kl(logps, ref_logps)
+    return -(per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,6 +206,20 @@ class PairBatch:
     reward_chosen: Tensor | None = None
     reward_rejected: Tensor | None = None
     prompt_groups: Tensor | None = None  # equal for pairs that share a prompt
+    log_z: Tensor | None = None  # VAR z_estimator=sampled: log Ẑ of each pair's prompt
+
+
+@dataclass
+class GroupBatch:
+    """Per-token quantities of responses sampled online, G per prompt (GRPO), as grpo.py computes
+    them: `logps` (policy, with gradient), `old_logps` (the sampling policy), `ref_logps`, `mask`
+    (1 on response tokens) shaped (responses, tokens); `advantages` shaped (responses,)."""
+
+    logps: Tensor
+    old_logps: Tensor
+    ref_logps: Tensor
+    advantages: Tensor
+    mask: Tensor
 
 
 @dataclass(frozen=True)
@@ -127,6 +229,7 @@ class HyperParameter:
     help: str
     choices: tuple[str, ...] | None = None
     positive: bool = False
+    minimum: float | None = None
 
     def coerce(self, method: str, value):
         """Check and convert a user value; raise an error naming the parameter and the fix."""
@@ -138,6 +241,11 @@ class HyperParameter:
                         raise ValueError(value)
                     value = value.lower() in ("true", "1", "yes")
                 value = bool(value)
+            elif kind is int:
+                number = float(value)  # accepts 8, 8.0 and "8"; rejects 8.5, nan and inf below
+                if isinstance(value, bool) or not number.is_integer():
+                    raise ValueError(value)
+                value = int(number)
             elif kind is float:
                 if isinstance(value, bool):
                     raise ValueError(value)
@@ -145,7 +253,8 @@ class HyperParameter:
             else:
                 value = str(value)
         except (TypeError, ValueError):
-            raise AlignlabError(f"{method}: hyper-parameter '{self.name}' must be a {kind.__name__}, "
+            wanted = "an integer" if kind is int else f"a {kind.__name__}"
+            raise AlignlabError(f"{method}: hyper-parameter '{self.name}' must be {wanted}, "
                                 f"got {value!r}; {self.help}") from None
         if kind is float and not math.isfinite(value):
             raise AlignlabError(f"{method}: hyper-parameter '{self.name}' must be a finite number, got {value}")
@@ -154,18 +263,21 @@ class HyperParameter:
                                 f"{', '.join(self.choices)}; got {value!r}")
         if self.positive and not value > 0:
             raise AlignlabError(f"{method}: hyper-parameter '{self.name}' must be > 0, got {value}")
+        if self.minimum is not None and not value >= self.minimum:
+            raise AlignlabError(f"{method}: hyper-parameter '{self.name}' must be >= {self.minimum:g}, got {value}")
         return value
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    batch_loss: Callable[..., Tensor]  # (PairBatch, **hyper-parameters) -> scalar loss
+    batch_loss: Callable[..., Tensor]  # (PairBatch or GroupBatch, **hyper-parameters) -> scalar loss
     summary: str
     hyperparameters: tuple[HyperParameter, ...] = field(default_factory=tuple)
     uses_rejected: bool = True
     uses_reference: bool = False
     uses_rewards: bool = False
+    online: bool = False  # samples its own responses while training (grpo.py); the data gives prompts
 
     def resolve(self, given: dict) -> dict:
         """Defaults overridden by `given`; unknown names are errors suggesting the closest valid one."""
@@ -184,19 +296,33 @@ def unknown_name_message(what: str, name: str, valid: list[str]) -> str:
     return f"{what} '{name}'{hint} Valid: {listing}"
 
 
-def _var_batch_loss(b: PairBatch, lam: float, z_estimator: str, length_normalize: bool) -> Tensor:
+def _var_batch_loss(b: PairBatch, lam: float, z_estimator: str, length_normalize: bool,
+                    z_samples: int = 8) -> Tensor:
     # Chosen and rejected responses are all samples of the offline data, each with its own reward.
-    # The "prompt" normaliser pools every response to the same prompt within the micro-batch.
-    group_ids, n_groups = None, 1
-    if z_estimator == "prompt":
+    # The "prompt" normaliser pools every response to the same prompt within the micro-batch;
+    # "sampled" divides by the precomputed per-prompt Ẑ (z_samples only sets how the trainer
+    # estimates it). Both average the per-prompt losses over the prompts of the micro-batch.
+    group_ids, n_groups, log_z = None, 1, None
+    if z_estimator in ("prompt", "sampled"):
         groups = b.prompt_groups if b.prompt_groups is not None else torch.arange(
             b.chosen_logps.shape[0], device=b.chosen_logps.device)
-        group_ids, n_groups = torch.cat([groups, groups]), int(torch.unique(groups).numel())
+        n_groups = int(torch.unique(groups).numel())
+        if z_estimator == "prompt":
+            group_ids = torch.cat([groups, groups])
+        elif b.log_z is None:
+            raise ValueError("var: z_estimator 'sampled' needs PairBatch.log_z (the trainer computes it)")
+        else:
+            log_z = torch.cat([b.log_z, b.log_z])
     per_sample = var_loss(torch.cat([b.chosen_logps, b.rejected_logps]),
                           torch.cat([b.ref_chosen_logps, b.ref_rejected_logps]),
                           torch.cat([b.reward_chosen, b.reward_rejected]), lam, group_ids,
-                          torch.cat([b.chosen_lengths, b.rejected_lengths]), length_normalize)
+                          torch.cat([b.chosen_lengths, b.rejected_lengths]), length_normalize, log_z)
     return per_sample.sum() / n_groups
+
+
+def _grpo_batch_loss(b: GroupBatch, beta: float, clip_eps: float, **sampling) -> Tensor:
+    # G, temperature, max_new_tokens and num_iterations steer sampling in grpo.py, not the loss.
+    return grpo_loss(b.logps, b.old_logps, b.ref_logps, b.advantages, b.mask, clip_eps, beta).mean()
 
 
 METHODS: dict[str, Method] = {
@@ -225,10 +351,23 @@ METHODS: dict[str, Method] = {
     "var": Method(
         "var", _var_batch_loss, "reward-weighted SFT (variational alignment)",
         (HyperParameter("lam", 1.0, "temperature λ of the reward in exp(r/λ)", positive=True),
-         HyperParameter("z_estimator", "batch", "normaliser set for the weights",
-                        choices=("batch", "prompt")),
-         HyperParameter("length_normalize", False, "use ℓref/|y| instead of ℓref in the weights")),
+         HyperParameter("z_estimator", "batch", "normaliser of the weights: the micro-batch, the "
+                        "responses to one prompt, or Z(x) sampled from the reference",
+                        choices=("batch", "prompt", "sampled")),
+         HyperParameter("length_normalize", False, "use ℓref/|y| instead of ℓref in the weights"),
+         HyperParameter("z_samples", 8, "K: responses per prompt sampled from the reference to "
+                        "estimate Z(x) (z_estimator=sampled)", minimum=1)),
         uses_reference=True, uses_rewards=True),
+    "grpo": Method(
+        "grpo", _grpo_batch_loss, "online: G sampled responses per prompt, group-relative advantages",
+        (HyperParameter("group_size", 8, "G, responses sampled per prompt (4–16 is typical)", minimum=2),
+         HyperParameter("beta", 0.04, "β_KL, weight of the k3 KL penalty to the reference", minimum=0.0),
+         HyperParameter("clip_eps", 0.2, "clip ε of the ratio π/π_old", positive=True),
+         HyperParameter("temperature", 1.0, "sampling temperature", positive=True),
+         HyperParameter("max_new_tokens", 64, "longest sampled response, in tokens", minimum=1),
+         HyperParameter("num_iterations", 1, "μ, optimizer passes over each sampled batch (the clip "
+                        "acts only when > 1)", minimum=1)),
+        uses_rejected=False, uses_reference=True, uses_rewards=True, online=True),
 }
 
 

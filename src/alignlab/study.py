@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignlab import atomic
-from alignlab.config import RewardModelConfig, TrainConfig, dump_yaml
+from alignlab.config import RewardModelConfig, TrainConfig, _coerce, _field_types
 from alignlab.errors import AlignlabError
 from alignlab.objectives import get_method, unknown_name_message
 
@@ -79,10 +77,14 @@ class StudyConfig:
 
         for section, cls in (("training", TrainConfig), ("reward_training", RewardModelConfig),
                              ("generation", GenerationConfig)):
-            fields = {f.name for f in dataclasses.fields(cls)} - {"model", "data", "out", "method", "params", "seed"}
-            for key in getattr(self, section):
-                if key not in fields:
-                    raise AlignlabError(unknown_name_message(f"config: {section} has unknown key", key, sorted(fields)))
+            types = {k: v for k, v in _field_types(cls).items()
+                     if k not in ("model", "data", "out", "method", "params", "seed")}
+            values = getattr(self, section)
+            for key in values:
+                if key not in types:
+                    raise AlignlabError(unknown_name_message(f"config: {section} has unknown key", key, sorted(types)))
+                # YAML reads 1e-3 as text: give every value its field's type, or a clear error.
+                values[key] = _coerce(key, values[key], types[key], f"config: {section}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,13 +108,6 @@ WORLD_GENERATION = {
     "default": dict(max_new_tokens=64, batch_size=32),
     "large": dict(max_new_tokens=96, batch_size=64),
 }
-
-
-def check_study_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to mix a new study into an old one; the directory itself appears with the first result."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-        raise AlignlabError(f"{out}: output directory exists and is not empty; choose another --out or "
-                            "pass --overwrite true")
 
 
 @dataclass

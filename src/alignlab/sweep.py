@@ -371,15 +371,15 @@ def prepare_shared(config: StudyConfig, out: Path, methods: list[str]) -> Shared
 
     inputs = world_inputs(config, out) if config.uses_world else real_inputs(config)
     preset = config.preset if config.uses_world else None
-    training = {**WORLD_TRAINING.get(preset, {}), **inputs.lengths, **config.training, "cache_dir": config.cache_dir, "data_format": inputs.train_format,
-                "data_filter": inputs.train_filter}
+    training = {**WORLD_TRAINING.get(preset, {}), **inputs.lengths, **config.training, "cache_dir": config.cache_dir,
+                "data_format": inputs.train_format, "data_filter": inputs.train_filter}
     training.setdefault("learning_rate", TrainConfig.learning_rate)
     training.setdefault("epochs", TrainConfig.epochs)
     generation = GenerationConfig(**{**WORLD_GENERATION.get(preset, {}), **config.generation, "seed": config.seed})
     write_pairs_jsonl(inputs.test_pairs, out / "data" / "test.jsonl")
 
     proxy_rm, rm_accuracy = config.proxy_rm, None
-    if "var" in methods and proxy_rm is None:
+    if any(get_method(m).uses_rewards for m in methods) and proxy_rm is None:
         rm_dir = out / "proxy_rm"
         if not (rm_dir / "train_summary.json").exists():
             log.info("training the proxy reward model")
@@ -429,16 +429,25 @@ def run_sweep(config: StudyConfig) -> Path:
     config.validate()
     out = Path(config.out)
     started = time.perf_counter()
-    resuming = open_sweep_dir(config)
-    if resuming:
-        log.info("resuming the sweep in %s", out)
-    # The grid is checked against the preset's base settings before any expensive stage.
+    # Everything the configuration alone can get wrong is checked before anything is written.
     preset = config.preset if config.uses_world else None
     base = {"learning_rate": TrainConfig.learning_rate, "epochs": TrainConfig.epochs,
             **WORLD_TRAINING.get(preset, {}), **config.training}
     specs = expand_grid(config, base)
+    for spec in specs:
+        TrainConfig(method=spec.method, model=config.model or "the study world's SFT model",
+                    data=config.train_data or "the study world's pairs", out=str(out / "runs" / spec.name),
+                    params=spec.params, **{**base, **spec.training}).validate()
+    resuming = open_sweep_dir(config)
+    if resuming:
+        log.info("resuming the sweep in %s", out)
     methods = list(dict.fromkeys(spec.method for spec in specs))
-    shared = prepare_shared(config, out, methods)
+    try:
+        shared = prepare_shared(config, out, methods)
+    except AlignlabError:
+        if not resuming:  # bad input files found while preparing: leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     fingerprint = _resolved_yaml(config)  # the inputs follow from the configuration
 
     tasks, store = [], RunStore(out / "runs.sqlite")
@@ -446,7 +455,7 @@ def run_sweep(config: StudyConfig) -> Path:
     for spec in specs:
         train_config = TrainConfig(method=spec.method, model=shared.inputs.sft_model, data=shared.inputs.train_data,
                                    out=str(out / "runs" / spec.name), params=spec.params,
-                                   reward_model=shared.proxy_rm if spec.method == "var" else None,
+                                   reward_model=shared.proxy_rm if get_method(spec.method).uses_rewards else None,
                                    **{**shared.training, **spec.training})
         train_config.validate()
         run_id = _run_id(spec, train_config, shared.generation, fingerprint)

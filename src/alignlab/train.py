@@ -22,7 +22,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,7 +34,7 @@ from alignlab.config import OptimConfig, TrainConfig, dump_yaml
 from alignlab.data import load_pairs
 from alignlab.errors import AlignlabError
 from alignlab.modeling import load_causal_lm, load_tokenizer, sequence_logps
-from alignlab.objectives import Method, PairBatch, get_method
+from alignlab.objectives import Method, PairBatch, get_method, sampled_log_z
 from alignlab.reference import (cache_key, cached_tensors, compute_sequence_logps, default_cache_dir,
                                 model_fingerprint)
 from alignlab.tokenise import collate_pairs, fingerprint_tokens, tokenize_pairs
@@ -109,7 +109,52 @@ def reference_logps(config: TrainConfig, examples, pad_id: int, cache_dir: Path,
     return cached_tensors(cache_dir, "reference-logps", key, compute)
 
 
-def pair_batch(model, batch: dict, method: Method, reference, rewards, groups) -> PairBatch:
+def sampled_prompt_log_z(config: TrainConfig, pairs, groups: torch.Tensor, cache_dir: Path, device,
+                         policy) -> torch.Tensor:
+    """VAR's `sampled` normaliser: log Ẑ(x) per distinct prompt (indexed by `groups`), from
+    `z_samples` responses per prompt sampled from the reference and scored by the reward model.
+
+    The samples' rewards — not log Ẑ, which also depends on λ — are cached, keyed by the reference
+    and reward models, the prompts, K, the generation settings and the seed: a λ sweep samples once.
+    Sampling is exact (temperature 1, no top-p) because Ẑ estimates E_{y∼πref}[exp(r/λ)]; responses
+    may use the room the trainer leaves them, max_length − max_prompt_length tokens.
+    """
+    from alignlab.grpo import encode_prompts, sample_and_score
+
+    reference = config.reference_model or config.model
+    k = config.params["z_samples"]
+    max_new_tokens = config.max_length - config.max_prompt_length
+    first = {}
+    for pair, group in zip(pairs, groups.tolist()):
+        first.setdefault(group, pair.prompt)
+    prompts = [first[g] for g in range(len(first))]
+    key = cache_key("sampled-z", model_fingerprint(reference, cache_dir),
+                    model_fingerprint(config.reward_model, cache_dir),
+                    hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest(),
+                    f"k={k} max_new_tokens={max_new_tokens} max_prompt_length={config.max_prompt_length} "
+                    f"seed={config.seed}", config.dtype)
+
+    def compute():
+        from alignlab.generate import GenerationConfig
+        from alignlab.score import RewardScorer
+
+        log.info("sampling %d responses for each of %d prompts from %s to estimate Z(x)", k, len(prompts), reference)
+        model = policy if reference == config.model else load_causal_lm(reference, config.dtype,
+                                                                         config.trust_remote_code)
+        tokenizer = load_tokenizer(reference, config.trust_remote_code)
+        scorer = RewardScorer(config.reward_model, config.dtype, config.trust_remote_code, config.max_length, device)
+        generation = GenerationConfig(max_new_tokens, temperature=1.0, top_p=1.0, batch_size=4 * config.batch_size,
+                                      seed=config.seed)
+        prompt_ids, _ = encode_prompts(tokenizer, prompts, config.max_prompt_length)
+        samples = sample_and_score(model.to(device), tokenizer, scorer, prompts, prompt_ids, k, generation, device,
+                                   progress=True)
+        return {"rewards": samples.rewards}
+
+    rewards = cached_tensors(cache_dir, "sampled-z", key, compute)[0]["rewards"]
+    return sampled_log_z(rewards, config.params["lam"]).float()
+
+
+def pair_batch(model, batch: dict, method: Method, reference, rewards, groups, log_z=None) -> PairBatch:
     """Per-sequence quantities of a collated batch: policy log-probs from one forward pass."""
     logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
     index = batch["index"].cpu()
@@ -127,7 +172,8 @@ def pair_batch(model, batch: dict, method: Method, reference, rewards, groups) -
         ref_rejected_logps=take(reference, "rejected") if reference else None,
         reward_chosen=take(rewards, "chosen") if rewards else None,
         reward_rejected=take(rewards, "rejected") if rewards else None,
-        prompt_groups=groups[index].to(device))
+        prompt_groups=groups[index].to(device),
+        log_z=log_z[groups[index]].to(device) if log_z is not None else None)
 
 
 def logratio_margin(b: PairBatch) -> torch.Tensor:
@@ -197,6 +243,7 @@ class LoopState:
     window_loss: float = 0.0  # sums over the micro-batches since the last logged step
     window_margin: float = 0.0
     window_batches: int = 0
+    window_extras: dict = field(default_factory=dict)  # sums of a step function's extra metrics
     metrics_bytes: int = 0  # length of metrics.jsonl at this state
 
 
@@ -204,36 +251,32 @@ CHECKPOINT = "checkpoint"
 
 
 def save_checkpoint(accelerator, run_dir: Path, state: LoopState) -> None:
-    """Model, optimizer, scheduler and RNG states (accelerate) plus the loop state, replaced whole."""
-    staging = run_dir / f"{CHECKPOINT}.tmp"
-    accelerator.save_state(str(staging), safe_serialization=True)
-    if accelerator.is_main_process:
-        atomic.write_json(staging / "loop_state.json", dataclasses.asdict(state))
-        previous = run_dir / f"{CHECKPOINT}.old"
-        if (run_dir / CHECKPOINT).exists():
-            os.replace(run_dir / CHECKPOINT, previous)
-        os.replace(staging, run_dir / CHECKPOINT)
-        shutil.rmtree(previous, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    """Model, optimizer, scheduler and RNG states plus the loop state, as safetensors and JSON only
+    (no pickles), replaced whole; see checkpoint.py."""
+    from alignlab import checkpoint
+
+    checkpoint.save(accelerator, run_dir / CHECKPOINT, dataclasses.asdict(state))
 
 
 def load_checkpoint(accelerator, run_dir: Path) -> LoopState | None:
-    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):  # .old survives a kill between the two renames
-        directory = run_dir / name
-        if (directory / "loop_state.json").exists():
-            accelerator.load_state(str(directory))
-            return LoopState(**json.loads((directory / "loop_state.json").read_text()))
-    return None
+    """The last whole checkpoint (`.old` survives a kill between two renames), read without pickle."""
+    from alignlab import checkpoint
+
+    loop = checkpoint.load(accelerator, run_dir / CHECKPOINT)
+    return LoopState(**loop) if loop is not None else None
 
 
 def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_loss, run_dir: Path,
-        desc: str) -> tuple[object, FitResult]:
+        desc: str, order=None, responses_per_example: int = 1) -> tuple[object, FitResult]:
     """The training loop every trainer shares.
 
     `collate(indices)` builds a batch whose "index" tensor lists its examples; `step_loss(model,
-    batch)` returns (scalar loss, scalar margin). AdamW with a transformers schedule (stepped once per
-    optimizer step, so it ignores the process count), gradient accumulation and clipping through
-    accelerate, a seeded shuffle per epoch, a progress bar, one metrics.jsonl line per logged step,
+    batch)` returns (scalar loss, scalar margin), or (loss, margin, extras) where extras is a dict of
+    further scalar tensors, averaged over each logging window and logged like the loss. AdamW with a
+    transformers schedule (stepped once per optimizer step, so it ignores the process count),
+    gradient accumulation and clipping through accelerate, a seeded shuffle per epoch (or
+    `order(epoch)`, a list of n_examples indices), a progress bar, one metrics.jsonl line per logged
+    step (with `responses_seen` = examples trained × `responses_per_example`, and elapsed seconds),
     and every `checkpoint_steps` a checkpoint in `run_dir` that `resume` continues from exactly.
     Returns the prepared model.
     """
@@ -262,14 +305,15 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     start = time.perf_counter()
     model.train()
     for epoch in range(state.epoch, config.epochs):
-        order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(config.seed + epoch))
-        loader = accelerator.prepare(DataLoader(order.tolist(), batch_size=config.batch_size,
+        indices = order(epoch) if order else torch.randperm(
+            n_examples, generator=torch.Generator().manual_seed(config.seed + epoch)).tolist()
+        loader = accelerator.prepare(DataLoader(indices, batch_size=config.batch_size,
                                                 shuffle=False, collate_fn=collate))
         if state.batches_in_epoch:
             loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
         for batch in loader:
             with accelerator.accumulate(model):
-                loss, margin = step_loss(model, batch)
+                loss, margin, *extras = step_loss(model, batch)
                 accelerator.backward(loss)
                 grad_norm = None
                 if accelerator.sync_gradients:
@@ -279,6 +323,8 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
             # Plain floats would force a host sync per micro-batch; tensors sync only when logged.
             state.window_loss = state.window_loss + loss.detach()
             state.window_margin = state.window_margin + margin.detach()
+            for name, value in (extras[0] if extras else {}).items():
+                state.window_extras[name] = state.window_extras.get(name, 0.0) + value.detach()
             state.window_batches += 1
             state.batches_in_epoch += 1
             state.pairs_trained += len(batch["index"]) * accelerator.num_processes
@@ -288,20 +334,25 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
             state.step += 1
             progress.update(1)
             if state.step % config.logging_steps == 0 or state.step == total_steps:
-                window = torch.stack([torch.as_tensor(state.window_loss), torch.as_tensor(state.window_margin)])
+                names = ["loss", "margin", *state.window_extras]
+                window = torch.stack([torch.as_tensor(state.window_loss), torch.as_tensor(state.window_margin),
+                                      *(torch.as_tensor(v) for v in state.window_extras.values())]).float()
                 reduced = accelerator.reduce(window.to(accelerator.device) / state.window_batches, "mean")
-                last = {"loss": reduced[0].item(), "margin": reduced[1].item()}
+                last = dict(zip(names, reduced.tolist()))
                 progress.set_postfix(loss=f"{last['loss']:.4f}", margin=f"{last['margin']:.3f}")
                 if metrics_file:
                     record = {"step": state.step, "epoch": epoch, **last,
                               "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                               "pairs_seen": state.pairs_trained,
+                              "responses_seen": state.pairs_trained * responses_per_example,
                               "elapsed_s": round(seconds + time.perf_counter() - start, 3)}
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
                 state.window_loss, state.window_margin, state.window_batches = 0.0, 0.0, 0
+                state.window_extras = {}
             if config.checkpoint_steps and state.step % config.checkpoint_steps == 0 and state.step < total_steps:
                 state.window_loss, state.window_margin = float(state.window_loss), float(state.window_margin)
+                state.window_extras = {name: float(v) for name, v in state.window_extras.items()}
                 state.metrics_bytes = metrics_file.tell() if metrics_file else 0
                 save_checkpoint(accelerator, run_dir, state)
         state.epoch, state.batches_in_epoch = epoch + 1, 0
@@ -354,6 +405,14 @@ def run_directory(out: Path, accelerator, config: OptimConfig):
 def train(config: TrainConfig) -> TrainResult:
     config.validate()
     method = get_method(config.method)
+    if method.online:  # samples from the policy as it trains: its own step, the same `fit`
+        from alignlab.grpo import train_grpo
+
+        return train_grpo(config)
+    sampled_z = config.params.get("z_estimator") == "sampled"
+    if sampled_z and not config.reward_model:
+        raise AlignlabError(f"{config.method}: z_estimator 'sampled' scores responses sampled from the "
+                            "reference, so it needs a reward model; pass --reward-model PATH")
     out = Path(config.out)
     prepare_output_dir(out, config.overwrite)
     loaded = load_training_pairs(config)
@@ -371,14 +430,16 @@ def train(config: TrainConfig) -> TrainResult:
 
     model = load_causal_lm(config.model, config.dtype, config.trust_remote_code)
     model.config.use_cache = False
-    reference, reference_hit, rewards = None, None, None
+    reference, reference_hit, rewards, log_z = None, None, None, None
+    groups = prompt_groups(pairs)
     with accelerator.main_process_first():  # rank 0 fills the caches; the others then read them
         if method.uses_reference:
             reference, reference_hit = reference_logps(config, examples, tokenizer.pad_token_id,
                                                        cache_dir, accelerator.device, model)
         if method.uses_rewards:
             rewards = pair_rewards(config, pairs, cache_dir, accelerator.device)
-    groups = prompt_groups(pairs)
+        if sampled_z:
+            log_z = sampled_prompt_log_z(config, pairs, groups, cache_dir, accelerator.device, model)
 
     def collate(indices):
         batch = collate_pairs([examples[i] for i in indices], tokenizer.pad_token_id, method.uses_rejected)
@@ -386,11 +447,12 @@ def train(config: TrainConfig) -> TrainResult:
         return batch
 
     def step_loss(model, batch):
-        quantities = pair_batch(model, batch, method, reference, rewards, groups)
+        quantities = pair_batch(model, batch, method, reference, rewards, groups, log_z)
         return method.batch_loss(quantities, **config.params), logratio_margin(quantities)
 
     with run_directory(out, accelerator, config) as run_dir:
-        model, fitted = fit(config, accelerator, model, len(examples), collate, step_loss, run_dir, config.method)
+        model, fitted = fit(config, accelerator, model, len(examples), collate, step_loss, run_dir, config.method,
+                            responses_per_example=2 if method.uses_rejected else 1)
         if is_main:
             save_run(run_dir, accelerator, model, tokenizer, config, {
                 "method": config.method, "params": config.params, **fitted.summary(accelerator, loaded, truncation),
