@@ -31,7 +31,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ALIGNLAB_CACHE", Path.home() / ".cache" / "alignlab"))
 
 
-def _hash_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 24), b""):
@@ -57,7 +57,7 @@ def model_fingerprint(name_or_path: str, cache_dir: Path) -> str:
         stat = path.stat()
         memo_key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         if memo_key not in memo:
-            memo[memo_key] = _hash_file(path)
+            memo[memo_key] = sha256_file(path)
             changed = True
         parts.append(f"{path.name}:{memo[memo_key]}")
     if changed:

@@ -216,11 +216,10 @@ def execute_run(task: RunTask) -> dict:
 # ---------------------------------------------------------------- executors
 
 def _worker_init(threads: int) -> None:
-    """A local worker process: share the cores, keep quiet, and die with the sweep."""
+    """A local worker process: share the cores, and die with the sweep."""
     import torch
 
     torch.set_num_threads(threads)
-    os.environ["TQDM_DISABLE"] = "1"  # one bar per run from several processes would interleave
     try:  # Linux: a SIGKILLed sweep takes its workers along, so a restart never races an orphan.
         import ctypes
         import signal
@@ -256,7 +255,7 @@ class RayExecutor:
         self.ray = ray
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        self.remote = ray.remote(num_cpus=cpus_per_run, max_retries=0)(_ray_execute_run)
+        self.remote = ray.remote(num_cpus=cpus_per_run, max_retries=0)(execute_run)
 
     def submit(self, fn, task) -> futures.Future:
         return self.remote.remote(task).future()
@@ -265,9 +264,6 @@ class RayExecutor:
         pass  # a cluster the user started stays up; a local one ends with this process
 
 
-def _ray_execute_run(task: RunTask) -> dict:
-    os.environ["TQDM_DISABLE"] = "1"
-    return execute_run(task)
 
 
 def make_executor(config: StudyConfig):

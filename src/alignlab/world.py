@@ -63,6 +63,7 @@ from alignlab.atomic import atomic_dir, write_json
 from alignlab.data import PreferencePair, write_pairs_jsonl
 from alignlab.errors import AlignlabError
 from alignlab.objectives import unknown_name_message
+from alignlab.reference import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -568,16 +569,8 @@ WORLD_MANIFEST = "manifest.json"  # written last: the full key and a sha256 of e
 _WORLD_REQUIRED = ("world.json", "pretrained/model.safetensors", "sft/model/model.safetensors")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file_hashes(home: Path) -> dict[str, str]:
-    return {path.relative_to(home).as_posix(): _sha256(path) for path in sorted(home.rglob("*"))
+    return {path.relative_to(home).as_posix(): sha256_file(path) for path in sorted(home.rglob("*"))
             if path.is_file() and path.relative_to(home).as_posix() != WORLD_MANIFEST}
 
 
@@ -600,7 +593,7 @@ def world_cache_problem(home: Path, key: str) -> str | None:
         path = home / name
         if Path(name).is_absolute() or ".." in Path(name).parts or not path.is_file():
             return f"{name} is missing"
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             return f"{name} does not match its checksum"
     return None
 
