@@ -433,11 +433,11 @@ def train(config: TrainConfig) -> TrainResult:
     reference, reference_hit, rewards, log_z = None, None, None, None
     groups = prompt_groups(pairs)
     with accelerator.main_process_first():  # rank 0 fills the caches; the others then read them
+        if method.uses_rewards:  # first: a reward model that cannot load fails before the reference pass
+            rewards = pair_rewards(config, pairs, cache_dir, accelerator.device)
         if method.uses_reference:
             reference, reference_hit = reference_logps(config, examples, tokenizer.pad_token_id,
                                                        cache_dir, accelerator.device, model)
-        if method.uses_rewards:
-            rewards = pair_rewards(config, pairs, cache_dir, accelerator.device)
         if sampled_z:
             log_z = sampled_prompt_log_z(config, pairs, groups, cache_dir, accelerator.device, model)
 
