@@ -23,6 +23,7 @@ ends; evaluation writes `metrics.json` last), so a run killed after training onl
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as futures
 import dataclasses
 import functools
@@ -137,17 +138,10 @@ def expand_grid(config: StudyConfig, base_training: dict) -> list[RunSpec]:
             name = "-".join([method_name, *(f"{SHORT_NAMES.get(k, k)}{_value_name({**params, **training}[k])}"
                                             for k in varying)])
             runs.append(RunSpec(name, method_name, params, training))
-    duplicates = [n for n, count in _counts(r.name for r in runs).items() if count > 1]
+    duplicates = [n for n, count in collections.Counter(r.name for r in runs).items() if count > 1]
     if duplicates:
         raise AlignlabError(f"config: the grid repeats runs ({', '.join(duplicates[:3])}); remove repeated values")
     return runs
-
-
-def _counts(items) -> dict:
-    counts: dict = {}
-    for item in items:
-        counts[item] = counts.get(item, 0) + 1
-    return counts
 
 
 # ---------------------------------------------------------------- one run
@@ -341,7 +335,7 @@ def open_sweep_dir(config: StudyConfig) -> bool:
     return False
 
 
-def _run_id(spec: RunSpec, train_config: TrainConfig, generation, inputs_fingerprint: str) -> str:
+def _run_id(train_config: TrainConfig, generation, inputs_fingerprint: str) -> str:
     payload = json.dumps({"train": {k: v for k, v in dataclasses.asdict(train_config).items() if k != "out"},
                           "generation": dataclasses.asdict(generation), "inputs": inputs_fingerprint},
                          sort_keys=True, default=str)
@@ -447,24 +441,22 @@ def run_sweep(config: StudyConfig) -> Path:
     fingerprint = _resolved_yaml(config)  # the inputs follow from the configuration
 
     tasks, store = [], RunStore(out / "runs.sqlite")
-    reference_configs = []
+    scorer = {"gold_rm": config.gold_rm} if not config.uses_world else {"world": config.preset, "seed": config.seed}
     for spec in specs:
         train_config = TrainConfig(method=spec.method, model=shared.inputs.sft_model, data=shared.inputs.train_data,
                                    out=str(out / "runs" / spec.name), params=spec.params,
                                    reward_model=shared.proxy_rm if get_method(spec.method).uses_rewards else None,
                                    **{**shared.training, **spec.training})
         train_config.validate()
-        run_id = _run_id(spec, train_config, shared.generation, fingerprint)
+        run_id = _run_id(train_config, shared.generation, fingerprint)
         store.register(run_id, spec.name, spec.method, spec.all_params, f"runs/{spec.name}")
-        scorer = ({"gold_rm": config.gold_rm} if not config.uses_world else {"world": config.preset, "seed": config.seed})
         tasks.append(RunTask(run_id, spec.name, str(out), dataclasses.asdict(train_config),
                              dataclasses.asdict(shared.generation), shared.inputs.sft_model, scorer))
-        if get_method(spec.method).uses_reference:
-            reference_configs.append(train_config)
     finished = {run.run_id for run in store.runs("finished") if (out / run.run_dir / "metrics.json").exists()}
     todo = [task for task in tasks if task.run_id not in finished]
-    if todo and reference_configs and config.workers > 1:
-        warm_reference_cache(reference_configs[0])
+    needing_reference = [t for t in todo if get_method(t.train_config["method"]).uses_reference]
+    if needing_reference and config.workers > 1:
+        warm_reference_cache(TrainConfig(**needing_reference[0].train_config))
     log.info("%d runs: %d finished, %d to run", len(tasks), len(tasks) - len(todo), len(todo))
     execute_all(todo, store, config, len(tasks) - len(todo), len(tasks))
     counts = store.counts()
