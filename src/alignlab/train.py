@@ -109,9 +109,8 @@ def reference_logps(config: TrainConfig, examples, pad_id: int, cache_dir: Path,
     return cached_tensors(cache_dir, "reference-logps", key, compute)
 
 
-def sampled_prompt_log_z(config: TrainConfig, pairs, groups: torch.Tensor, cache_dir: Path, device,
-                         policy) -> torch.Tensor:
-    """VAR's `sampled` normaliser: log Ẑ(x) per distinct prompt (indexed by `groups`), from
+def sampled_prompt_log_z(config: TrainConfig, pairs, cache_dir: Path, device, policy) -> torch.Tensor:
+    """VAR's `sampled` normaliser: log Ẑ(x) per distinct prompt (indexed by `prompt_groups`), from
     `z_samples` responses per prompt sampled from the reference and scored by the reward model.
 
     The samples' rewards — not log Ẑ, which also depends on λ — are cached, keyed by the reference
@@ -119,15 +118,12 @@ def sampled_prompt_log_z(config: TrainConfig, pairs, groups: torch.Tensor, cache
     Sampling is exact (temperature 1, no top-p) because Ẑ estimates E_{y∼πref}[exp(r/λ)]; responses
     may use the room the trainer leaves them, max_length − max_prompt_length tokens.
     """
-    from alignlab.grpo import encode_prompts, sample_and_score
+    from alignlab.grpo import distinct_prompts, encode_prompts, sample_and_score
 
     reference = config.reference_model or config.model
     k = config.params["z_samples"]
     max_new_tokens = config.max_length - config.max_prompt_length
-    first = {}
-    for pair, group in zip(pairs, groups.tolist()):
-        first.setdefault(group, pair.prompt)
-    prompts = [first[g] for g in range(len(first))]
+    prompts = distinct_prompts(pairs)  # in prompt_groups' order: first appearance
     key = cache_key("sampled-z", model_fingerprint(reference, cache_dir),
                     model_fingerprint(config.reward_model, cache_dir),
                     hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest(),
@@ -439,7 +435,7 @@ def train(config: TrainConfig) -> TrainResult:
             reference, reference_hit = reference_logps(config, examples, tokenizer.pad_token_id,
                                                        cache_dir, accelerator.device, model)
         if sampled_z:
-            log_z = sampled_prompt_log_z(config, pairs, groups, cache_dir, accelerator.device, model)
+            log_z = sampled_prompt_log_z(config, pairs, cache_dir, accelerator.device, model)
 
     def collate(indices):
         batch = collate_pairs([examples[i] for i in indices], tokenizer.pad_token_id, method.uses_rejected)
