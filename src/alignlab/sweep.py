@@ -353,7 +353,7 @@ class Shared:
     rm_accuracy: float | None
 
 
-def prepare_shared(config: StudyConfig, out: Path, methods: list[str]) -> Shared:
+def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_training: dict) -> Shared:
     from alignlab.data import write_pairs_jsonl
     from alignlab.evaluate import evaluate_model
     from alignlab.generate import GenerationConfig
@@ -361,10 +361,9 @@ def prepare_shared(config: StudyConfig, out: Path, methods: list[str]) -> Shared
 
     inputs = world_inputs(config, out) if config.uses_world else real_inputs(config)
     preset = config.preset if config.uses_world else None
-    training = {**WORLD_TRAINING.get(preset, {}), **inputs.lengths, **config.training, "cache_dir": config.cache_dir,
+    # The world fixes the lengths; the study's own `training` entries (in base_training) still win.
+    training = {**inputs.lengths, **base_training, "cache_dir": config.cache_dir,
                 "data_format": inputs.train_format, "data_filter": inputs.train_filter}
-    training.setdefault("learning_rate", TrainConfig.learning_rate)
-    training.setdefault("epochs", TrainConfig.epochs)
     generation = GenerationConfig(**{**WORLD_GENERATION.get(preset, {}), **config.generation, "seed": config.seed})
     write_pairs_jsonl(inputs.test_pairs, out / "data" / "test.jsonl")
 
@@ -433,7 +432,7 @@ def run_sweep(config: StudyConfig) -> Path:
         log.info("resuming the sweep in %s", out)
     methods = list(dict.fromkeys(spec.method for spec in specs))
     try:
-        shared = prepare_shared(config, out, methods)
+        shared = prepare_shared(config, out, methods, base)
     except AlignlabError:
         if not resuming:  # bad input files found while preparing: leave nothing behind
             shutil.rmtree(out, ignore_errors=True)
