@@ -106,3 +106,27 @@ def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, loss_mask: 
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     per_token = token_logps(logits[:, :-1], input_ids[:, 1:])
     return (per_token * loss_mask[:, 1:]).sum(-1)
+
+
+def shared_prompt_logps(model, batch: dict) -> Tensor:
+    """Σ_t log π(y_t | x, y_<t) of every response of a `collate_shared_prompt` batch: chosen 1..B,
+    then rejected 1..B. The mask goes in as transformers' own masks do: boolean for sdpa, additive
+    in the model's dtype for eager attention (which adds it to the scores)."""
+    core = getattr(model, "module", model)  # under DDP/DeepSpeed, the wrapped model holds the config
+    mask = batch["attention_mask"]
+    if core.config._attn_implementation != "sdpa":
+        mask = torch.zeros(mask.shape, dtype=core.dtype, device=mask.device).masked_fill_(~mask,
+                                                                                        torch.finfo(core.dtype).min)
+    logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
+                   use_cache=False).logits.float()
+    rows = torch.arange(len(batch["response_tokens"]), device=logits.device) % len(logits)
+    positions = batch["response_positions"]
+    picked = logits[rows[:, None], positions, batch["response_tokens"]]
+    return ((picked - torch.logsumexp(logits, dim=-1)[rows[:, None], positions]) * batch["response_mask"]).sum(-1)
+
+
+def batch_logps(model, batch: dict) -> Tensor:
+    """Summed response log-probs of a `collate_pairs` or a `collate_shared_prompt` batch."""
+    if "response_positions" in batch:
+        return shared_prompt_logps(model, batch)
+    return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])

@@ -402,7 +402,7 @@ def warm_reference_cache(train_config: TrainConfig) -> None:
     from alignlab.modeling import load_causal_lm, load_tokenizer
     from alignlab.reference import default_cache_dir
     from alignlab.tokenise import tokenize_pairs
-    from alignlab.train import load_training_pairs, reference_logps
+    from alignlab.train import load_training_pairs, reference_logps, shared_prompt_works
 
     tokenizer = load_tokenizer(train_config.model, train_config.trust_remote_code)
     pairs = load_training_pairs(train_config).pairs
@@ -410,7 +410,8 @@ def warm_reference_cache(train_config: TrainConfig) -> None:
     model = load_causal_lm(train_config.reference_model or train_config.model, train_config.dtype,
                            train_config.trust_remote_code)
     cache_dir = Path(train_config.cache_dir) if train_config.cache_dir else default_cache_dir()
-    reference_logps(train_config, examples, tokenizer.pad_token_id, cache_dir, "cpu", model)
+    reference_logps(train_config, examples, tokenizer.pad_token_id, cache_dir, "cpu", model,
+                    shared_prompt_works(model, examples, tokenizer.pad_token_id, "cpu"))
 
 
 def run_sweep(config: StudyConfig) -> Path:

@@ -10,6 +10,13 @@ end-of-turn tokens included). Without a chat template, the documented plain form
 Truncation rule: a prompt longer than `max_prompt_length` keeps its last tokens (the most recent
 turns); then a response that does not fit in `max_length` keeps its first tokens. Both are counted
 and reported, never silent.
+
+Two batch layouts for a pair: padded (`collate_pairs`: a chosen row and a rejected row, each with
+its own copy of the prompt) and shared-prompt (`collate_shared_prompt`: one row per pair,
+prompt + chosen + rejected, where an attention mask keeps the rejected tokens from seeing the
+chosen ones and position ids restart the rejected response where the prompt ends). The second
+gives every response exactly the context of the first while forwarding each prompt once and
+padding one row per pair instead of two: on the bench data it forwards 1.46× fewer tokens.
 """
 
 from __future__ import annotations
@@ -143,3 +150,41 @@ def collate_pairs(examples: list[TokenizedPair], pad_id: int, include_rejected: 
         prompts = prompts + prompts
         responses = responses + [ex.rejected_ids for ex in examples]
     return collate_sequences(prompts, responses, pad_id)
+
+
+def collate_shared_prompt(examples: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """One row per pair, [prompt | chosen | rejected], right-padded (see the module docstring).
+
+    `attention_mask` is a (pairs, 1, width, width) boolean mask, True where a query may attend: a
+    causal mask in which rejected tokens skip the chosen ones, and padding sees only itself.
+    Responses are read back by gather: response j (chosen 1..B, then rejected 1..B, as in
+    `collate_pairs`) has its tokens in `response_tokens[j]` and the positions of row j mod B whose
+    logits predict them in `response_positions[j]` (the first from the prompt's last token);
+    `response_mask` marks the real tokens, `lengths` counts them.
+    """
+    n = len(examples)
+    width = max(len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in examples)
+    longest = max(max(len(e.chosen_ids), len(e.rejected_ids)) for e in examples)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    branch = torch.full((n, width), -1, dtype=torch.long)  # 0 prompt, 1 chosen, 2 rejected, -1 padding
+    response_tokens = torch.zeros((2 * n, longest), dtype=torch.long)
+    response_positions = torch.zeros((2 * n, longest), dtype=torch.long)
+    response_mask = torch.zeros((2 * n, longest), dtype=torch.float32)
+    for row, ex in enumerate(examples):
+        p, c, r = len(ex.prompt_ids), len(ex.chosen_ids), len(ex.rejected_ids)
+        input_ids[row, :p + c + r] = torch.tensor(ex.prompt_ids + ex.chosen_ids + ex.rejected_ids, dtype=torch.long)
+        position_ids[row, :p + c] = torch.arange(p + c)
+        position_ids[row, p + c:p + c + r] = torch.arange(p, p + r)
+        branch[row, :p], branch[row, p:p + c], branch[row, p + c:p + c + r] = 0, 1, 2
+        for j, ids, start in ((row, ex.chosen_ids, p), (n + row, ex.rejected_ids, p + c)):
+            response_tokens[j, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            response_positions[j, :len(ids)] = torch.tensor([p - 1] + list(range(start, start + len(ids) - 1)))
+            response_mask[j, :len(ids)] = 1.0
+    query, key = branch[:, :, None], branch[:, None, :]
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    allowed = causal & (key >= 0) & ((key == 0) | (key == query))
+    allowed |= torch.eye(width, dtype=torch.bool)  # a padding query attends to itself, never to nothing
+    return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": allowed[:, None],
+            "response_tokens": response_tokens, "response_positions": response_positions,
+            "response_mask": response_mask, "lengths": response_mask.sum(-1)}
