@@ -79,16 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML file of StudyConfig fields (real models and data go here)")
     run.add_argument("--out", help="study directory (default: alignlab-run-<preset>-<time>)")
     run.add_argument("--workers", help="runs in parallel (default 1)")
+    run.add_argument("--study", help="robustness (default: the Hitchhiker analyses) | var (adds the VAR section: "
+                                     "GRPO race, Z estimators, compute profile; grid var-small)")
     sweep = commands.add_parser(
         "sweep", help="every method over its hyper-parameter grid, evaluated, with the robustness report; resumable",
         epilog="Any StudyConfig field can be overridden as --key value (see README).")
     sweep.add_argument("config", nargs="?", help="YAML file of StudyConfig fields with a `grid` (or use --preset)")
     sweep.add_argument("--out", required=True, help="sweep directory; run the same command again to resume")
-    sweep.add_argument("--preset", dest="grid_preset", help="named grid: hitchhiker | var | small")
+    sweep.add_argument("--preset", dest="grid_preset", help="named grid: hitchhiker | var | var-small | small")
     sweep.add_argument("--world", dest="preset", help="study-world size: tiny | default | large (default: default)")
     sweep.add_argument("--workers", help="runs in parallel (default 1)")
     sweep.add_argument("--executor", help="local (processes, default) | ray")
     sweep.add_argument("--seed", help="seed of the world and generation (training seeds: --seeds 0,1,2)")
+    sweep.add_argument("--study", help="robustness (default) | var (adds the VAR section's stages and analyses)")
     report = commands.add_parser("report", help="(re)write the robustness report of a sweep or run directory")
     report.add_argument("dir", help="the --out of alignlab sweep or alignlab run")
 
@@ -172,7 +175,9 @@ def run_study_command(args, overrides: list[str]) -> int:
     from alignlab.study import StudyConfig
     from alignlab.sweep import run_sweep
 
-    config = _config_from_args(StudyConfig, args, ("preset", "seed", "methods", "out", "workers"), overrides)
+    config = _config_from_args(StudyConfig, args, ("preset", "seed", "methods", "out", "workers", "study"), overrides)
+    if config.study == "var" and config.grid_preset == "small":
+        config.grid_preset = "var-small"
     if not config.out:
         config.out = f"alignlab-run-{config.preset if config.uses_world else 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(run_sweep(config))
@@ -186,7 +191,7 @@ def run_sweep_command(args, overrides: list[str]) -> int:
 
     if args.config is None and args.grid_preset is None:
         raise AlignlabError("alignlab sweep needs a CONFIG.yaml with a grid or --preset (hitchhiker | var | small)")
-    names = ("grid_preset", "preset", "seed", "out", "workers", "executor")
+    names = ("grid_preset", "preset", "seed", "out", "workers", "executor", "study")
     config = _config_from_args(StudyConfig, args, names, overrides)
     if args.grid_preset is None and "grid_preset" not in read_yaml(args.config):
         config.grid_preset = None  # a config file's own grid replaces the default one

@@ -47,6 +47,8 @@ class OptimConfig:
     overwrite: bool = False  # replace an existing, non-empty run directory
     checkpoint_steps: int = 0  # save a resumable checkpoint every N optimizer steps (0: never)
     resume: bool = False  # continue a killed run from its last checkpoint (same configuration)
+    max_steps: int = 0  # stop after N optimizer steps, the schedule sized to them (0: run every epoch)
+    snapshot_steps: int = 0  # save the model every N optimizer steps to snapshots/ (0: never), for learning curves
 
     def validate(self) -> None:
         for name in ("model", "data", "out"):
@@ -55,8 +57,9 @@ class OptimConfig:
         for name in ("learning_rate", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise AlignlabError(f"config: '{name}' must be > 0, got {getattr(self, name)}")
-        if self.checkpoint_steps < 0:
-            raise AlignlabError(f"config: 'checkpoint_steps' must be >= 0, got {self.checkpoint_steps}")
+        for name in ("checkpoint_steps", "max_steps", "snapshot_steps"):
+            if getattr(self, name) < 0:
+                raise AlignlabError(f"config: '{name}' must be >= 0, got {getattr(self, name)}")
         for name in ("epochs", "batch_size", "gradient_accumulation_steps", "logging_steps",
                      "max_length", "max_prompt_length"):
             if getattr(self, name) < 1:

@@ -73,10 +73,13 @@ def write_parquet(path: Path, columns: dict) -> None:
 def evaluate_model(model_path: str, pairs, scorer, *, sft_model_path: str | None = None,
                    sft_samples: dict | None = None, generation: GenerationConfig = GenerationConfig(),
                    out_dir: str | Path | None = None, device="cpu", trust_remote_code: bool = False,
-                   judge: JudgeConfig | None = None) -> EvalResult:
+                   judge: JudgeConfig | None = None, proxy_scorer=None, tokenizer_path: str | None = None
+                   ) -> EvalResult:
     """Generate a response per test pair, score it, and summarise; write the results to `out_dir`.
-    With `judge`, an LLM judge also compares each response with the baseline it names."""
-    tokenizer = load_tokenizer(model_path, trust_remote_code)
+    With `judge`, an LLM judge also compares each response with the baseline it names; with
+    `proxy_scorer` (the reward model training saw) each response also gets a `proxy_score`.
+    `tokenizer_path` serves weights saved without their tokenizer (training snapshots)."""
+    tokenizer = load_tokenizer(tokenizer_path or model_path, trust_remote_code)
     model = load_causal_lm(model_path, trust_remote_code=trust_remote_code).to(device)
     prompts = [pair.prompt for pair in pairs]
     generations = generate_responses(model, tokenizer, prompts, generation, device)
@@ -91,13 +94,15 @@ def evaluate_model(model_path: str, pairs, scorer, *, sft_model_path: str | None
         "chosen_score": scorer(prompts, [pair.chosen for pair in pairs]).double().tolist(),
         "logp_policy": response_logps(model, tokenizer, prompts, ids, generation.batch_size, device).tolist(),
     }
+    if proxy_scorer is not None:
+        samples["proxy_score"] = proxy_scorer(prompts, responses).double().tolist()
     if sft_samples is not None:
         sft_by_id = dict(zip(sft_samples["prompt_id"], sft_samples["gold_score"]))
         samples["sft_score"] = [sft_by_id[pair.id] for pair in pairs]
     if sft_model_path is not None:
         same = Path(sft_model_path).resolve() == Path(model_path).resolve()
         if not same and load_tokenizer(sft_model_path, trust_remote_code).get_vocab() != tokenizer.get_vocab():
-            raise AlignlabError(f"{sft_model_path}: the SFT model's tokenizer differs from {model_path}'s; "
+            raise AlignlabError(f"{sft_model_path}: the SFT model's tokenizer differs from {tokenizer_path or model_path}'s; "
                                 "KL to SFT needs both models to share one tokenizer")
         sft = model if same else load_causal_lm(sft_model_path, trust_remote_code=trust_remote_code).to(device)
         samples["logp_sft"] = (samples["logp_policy"] if same else

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +140,7 @@ def check_grpo_config(config: TrainConfig) -> None:
 def train_grpo(config: TrainConfig) -> TrainResult:
     from alignlab.score import RewardScorer
 
+    started = time.perf_counter()
     config.validate()
     check_grpo_config(config)
     method = get_method(config.method)
@@ -227,6 +229,7 @@ def train_grpo(config: TrainConfig) -> TrainResult:
                       "response_length": mask.sum(-1).mean()}
         return loss, extras["reward"], {name: value.float() for name, value in extras.items()}
 
+    setup_seconds = time.perf_counter() - started  # loading the policy, the reference and the reward model
     with run_directory(out, accelerator, config) as run_dir:
         model, fitted = fit(config, accelerator, policy, usable * iterations, collate, step_loss, run_dir, "grpo",
                             order=order, responses_per_example=group_size)
@@ -234,6 +237,6 @@ def train_grpo(config: TrainConfig) -> TrainResult:
             save_run(run_dir, accelerator, model, tokenizer, config, {
                 "method": config.method, "params": params, **fitted.summary(accelerator, loaded, report),
                 "responses_trained": fitted.pairs_trained * group_size, "final_reward": fitted.final_margin,
-                "reference_cache_hit": None})
+                "setup_seconds": round(setup_seconds, 3), "reference_cache_hit": None})
     accelerator.wait_for_everyone()
     return TrainResult(**vars(fitted), out=out, reference_cache_hit=None)

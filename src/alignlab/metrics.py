@@ -54,6 +54,8 @@ def summarize(samples: dict, seed: int = 0) -> dict:
                "win_vs_chosen": _with_ci(wins(gold, samples["chosen_score"]), seed),
                "win_vs_sft": None, "kl": None, "ln_kl": None,
                "length": _with_ci(length, seed)}
+    if samples.get("proxy_score") is not None:
+        metrics["mean_proxy_score"] = _with_ci(np.asarray(samples["proxy_score"], dtype=np.float64), seed)
     if samples.get("sft_score") is not None:
         metrics["win_vs_sft"] = _with_ci(wins(gold, samples["sft_score"]), seed)
     if samples.get("logp_sft") is not None:

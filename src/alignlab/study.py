@@ -21,6 +21,9 @@ from alignlab.objectives import get_method, unknown_name_message
 
 log = logging.getLogger(__name__)
 
+STUDIES = ("robustness", "var")
+
+
 @dataclass
 class StudyConfig:
     out: str = ""
@@ -29,6 +32,7 @@ class StudyConfig:
     methods: list[str] | None = None  # default: the grid preset's methods
     method_params: dict = field(default_factory=dict)  # method -> fixed hyper-parameters, e.g. {dpo: {beta: 0.1}}
     grid_preset: str | None = "small"  # named grid (see sweep.GRID_PRESETS); None: only `grid`
+    study: str = "robustness"  # robustness | var: also the VAR section's race, Z estimators, compute profile
     grid: dict = field(default_factory=dict)  # method (or "all") -> {hyper-parameter: [values]}
     seeds: list[int] | None = None  # training seeds of every grid point; default: [seed]
     workers: int = 1  # runs in parallel (local processes or Ray tasks)
@@ -62,6 +66,10 @@ class StudyConfig:
             raise AlignlabError("config: 'methods' is empty; name at least one of sft, dpo, ln-dpo, simpo, var")
         for name in self.methods or []:
             get_method(name)
+        if self.study not in STUDIES:
+            raise AlignlabError(unknown_name_message("config: study", self.study, list(STUDIES)))
+        if self.study == "var" and "var" not in (self.methods or ["var"]):
+            raise AlignlabError("config: study 'var' compares VAR with DPO; add var to 'methods'")
         if self.executor not in ("local", "ray"):
             raise AlignlabError(unknown_name_message("config: executor", self.executor, ["local", "ray"]))
         if self.workers < 1:
@@ -124,6 +132,7 @@ class StudyInputs:
     scorer: object  # (prompts, responses) -> tensor of gold rewards
     description: dict
     lengths: dict  # max_length / max_prompt_length for training, when the source fixes them
+    families: dict | None = None  # test prompt id -> "helpful" | "harmful", when the source knows
 
 
 def world_inputs(config: StudyConfig, out: Path) -> StudyInputs:
@@ -141,7 +150,7 @@ def world_inputs(config: StudyConfig, out: Path) -> StudyInputs:
     lengths = {"max_length": world.config.max_length, "max_prompt_length": world.config.max_prompt_length}
     return StudyInputs(str(models.sft), str(models.sft), str(out / "data" / "train.jsonl"),
                        str(out / "data" / "heldout.jsonl"), "pairs", None, world.test_pairs, world.score,
-                       description, lengths)
+                       description, lengths, {pair.id: world.family(pair.prompt) for pair in world.test_pairs})
 
 
 def real_inputs(config: StudyConfig) -> StudyInputs:

@@ -65,6 +65,11 @@ GRID_PRESETS = {
     # The VAR paper's comparison: VAR's λ grid against DPO's β grid.
     "var": {"methods": ["var", "dpo"], "learning_rate_scales": [0.5, 1.0, 2.0],
             "grid": {"var": {"lam": [0.25, 0.5, 1.0, 2.0, 4.0]}, "dpo": {"beta": [0.01, 0.05, 0.1, 0.3, 0.5]}}},
+    # `alignlab run --study var`: two λ for each Z estimator, summed and length-normalised, against two β.
+    "var-small": {"methods": ["var", "dpo"], "learning_rate_scales": [1.0],
+                  "grid": {"var": {"lam": [0.5, 1.0], "z_estimator": ["batch", "prompt", "sampled"],
+                                   "length_normalize": [False, True], "z_samples": [4]},
+                           "dpo": {"beta": [0.1, 0.5]}}},
 }
 TRAINING_GRID_KEYS = ("learning_rate", "epochs")  # grid keys that are training settings, not method parameters
 SHORT_NAMES = {"learning_rate": "lr", "epochs": "ep", "seed": "s"}
@@ -157,6 +162,7 @@ class RunTask:
     generation: dict  # GenerationConfig fields
     sft_model: str
     scorer: dict  # {"world": preset, "seed": n} or {"gold_rm": path}
+    proxy_rm: str | None = None  # scores every response a second time: the reward training saw
 
 
 @functools.lru_cache(maxsize=4)
@@ -167,12 +173,17 @@ def _test_pairs(path: str):
 
 
 @functools.lru_cache(maxsize=4)
+def _reward_model_scorer(path: str):
+    from alignlab.evaluate import reward_model_scorer
+
+    return reward_model_scorer(path)
+
+
+@functools.lru_cache(maxsize=4)
 def _scorer(spec_json: str):
     spec = json.loads(spec_json)
     if "gold_rm" in spec:
-        from alignlab.evaluate import reward_model_scorer
-
-        return reward_model_scorer(spec["gold_rm"])
+        return _reward_model_scorer(spec["gold_rm"])
     from alignlab.world import build_world, world_config
 
     return build_world(world_config(spec["world"], seed=spec["seed"])).score
@@ -202,7 +213,8 @@ def execute_run(task: RunTask) -> dict:
         evaluate_model(str(run_dir / "model"), _test_pairs(str(sweep_dir / "data" / "test.jsonl")),
                        _scorer(json.dumps(task.scorer, sort_keys=True)), sft_model_path=task.sft_model,
                        sft_samples=_sft_samples(str(sweep_dir / "runs" / "sft" / "samples.parquet")),
-                       generation=GenerationConfig(**task.generation), out_dir=run_dir)
+                       generation=GenerationConfig(**task.generation), out_dir=run_dir,
+                       proxy_scorer=_reward_model_scorer(task.proxy_rm) if task.proxy_rm else None)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {"metrics": metrics, "seconds": time.perf_counter() - started}
 
@@ -366,6 +378,8 @@ def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_trai
                 "data_format": inputs.train_format, "data_filter": inputs.train_filter}
     generation = GenerationConfig(**{**WORLD_GENERATION.get(preset, {}), **config.generation, "seed": config.seed})
     write_pairs_jsonl(inputs.test_pairs, out / "data" / "test.jsonl")
+    if inputs.families:
+        atomic.write_json(out / "data" / "test_families.json", inputs.families)
 
     proxy_rm, rm_accuracy = config.proxy_rm, None
     if any(get_method(m).uses_rewards for m in methods) and proxy_rm is None:
@@ -393,7 +407,8 @@ def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_trai
     if not (out / "runs" / "sft" / "metrics.json").exists():
         log.info("evaluating the SFT model")
         evaluate_model(inputs.sft_model, inputs.test_pairs, inputs.scorer, sft_model_path=inputs.sft_model,
-                       generation=generation, out_dir=out / "runs" / "sft")
+                       generation=generation, out_dir=out / "runs" / "sft",
+                       proxy_scorer=_reward_model_scorer(proxy_rm) if proxy_rm else None)
     return Shared(inputs, training, generation, proxy_rm, rm_accuracy)
 
 
@@ -451,7 +466,8 @@ def run_sweep(config: StudyConfig) -> Path:
         run_id = _run_id(train_config, shared.generation, fingerprint)
         store.register(run_id, spec.name, spec.method, spec.all_params, f"runs/{spec.name}")
         tasks.append(RunTask(run_id, spec.name, str(out), dataclasses.asdict(train_config),
-                             dataclasses.asdict(shared.generation), shared.inputs.sft_model, scorer))
+                             dataclasses.asdict(shared.generation), shared.inputs.sft_model, scorer,
+                             shared.proxy_rm))
     finished = {run.run_id for run in store.runs("finished") if (out / run.run_dir / "metrics.json").exists()}
     todo = [task for task in tasks if task.run_id not in finished]
     needing_reference = [t for t in todo if get_method(t.train_config["method"]).uses_reference]
@@ -461,6 +477,10 @@ def run_sweep(config: StudyConfig) -> Path:
     execute_all(todo, store, config, len(tasks) - len(todo), len(tasks))
     counts = store.counts()
     store.close()
+    if config.study == "var":
+        from alignlab.var_study import run_var_stages
+
+        run_var_stages(out, shared)
     write_sweep_report(out)
     log.info("sweep finished in %.1f s: %d runs finished, %d failed", time.perf_counter() - started,
              counts["finished"], counts["failed"])

@@ -312,7 +312,10 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     `order(epoch)`, a list of n_examples indices), a progress bar, one metrics.jsonl line per logged
     step (with `responses_seen` = examples trained × `responses_per_example`, and elapsed seconds),
     and every `checkpoint_steps` a checkpoint in `run_dir` that `resume` continues from exactly.
-    Returns the prepared model.
+    Every `snapshot_steps` (and at the last step) the model goes to snapshots/step-NNNNNN/ with
+    snapshot.json (step, train_seconds, pairs_seen, responses_seen), the clock paused while it
+    saves: the points of a learning curve against wall-clock and samples. `max_steps` ends
+    training early. Returns the prepared model.
     """
     from transformers import get_scheduler
 
@@ -325,6 +328,8 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     global_batch = config.batch_size * accelerator.num_processes
     steps_per_epoch = math.ceil(math.ceil(n_examples / global_batch) / config.gradient_accumulation_steps)
     total_steps = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
     scheduler = get_scheduler(config.lr_scheduler, optimizer,
                               num_warmup_steps=int(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -392,6 +397,19 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
                 state.window_extras = {name: float(v) for name, v in state.window_extras.items()}
                 state.metrics_bytes = metrics_file.tell() if metrics_file else 0
                 save_checkpoint(accelerator, run_dir, state)
+            if config.snapshot_steps and (state.step % config.snapshot_steps == 0 or state.step == total_steps):
+                paused = time.perf_counter()
+                if is_main:
+                    save_snapshot(run_dir, accelerator, model, {
+                        "step": state.step, "train_seconds": round(seconds + paused - start, 3),
+                        "pairs_seen": state.pairs_trained,
+                        "responses_seen": state.pairs_trained * responses_per_example})
+                accelerator.wait_for_everyone()
+                start += time.perf_counter() - paused
+            if state.step == total_steps:
+                break
+        if state.step == total_steps:
+            break
         state.epoch, state.batches_in_epoch = epoch + 1, 0
     seconds += time.perf_counter() - start
     progress.close()
@@ -399,6 +417,17 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
         metrics_file.close()
     accelerator.wait_for_everyone()
     return model, FitResult(state.step, state.pairs_trained, last["loss"], last["margin"], seconds)
+
+
+SNAPSHOTS = "snapshots"
+
+
+def save_snapshot(run_dir: Path, accelerator, model, point: dict) -> None:
+    """The model as it is now, with where training stands, written whole or not at all."""
+    (run_dir / SNAPSHOTS).mkdir(exist_ok=True)
+    with atomic.staged_dir(run_dir / SNAPSHOTS / f"step-{point['step']:06d}") as staged:
+        accelerator.unwrap_model(model).save_pretrained(staged, safe_serialization=True)
+        atomic.write_json(staged / "snapshot.json", point)
 
 
 def save_run(run_dir: Path, accelerator, model, tokenizer, config: OptimConfig, summary: dict) -> None:
@@ -440,6 +469,7 @@ def run_directory(out: Path, accelerator, config: OptimConfig):
 
 
 def train(config: TrainConfig) -> TrainResult:
+    started = time.perf_counter()
     config.validate()
     method = get_method(config.method)
     if method.online:  # samples from the policy as it trains: its own step, the same `fit`
@@ -491,13 +521,14 @@ def train(config: TrainConfig) -> TrainResult:
         quantities = pair_batch(model, batch, method, reference, rewards, groups, log_z)
         return method.batch_loss(quantities, **config.params), logratio_margin(quantities)
 
+    setup_seconds = time.perf_counter() - started  # loading, tokenising, rewards, reference log-probs
     with run_directory(out, accelerator, config) as run_dir:
         model, fitted = fit(config, accelerator, model, len(examples), collate, step_loss, run_dir, config.method,
                             responses_per_example=2 if method.uses_rejected else 1)
         if is_main:
             save_run(run_dir, accelerator, model, tokenizer, config, {
                 "method": config.method, "params": config.params, **fitted.summary(accelerator, loaded, truncation),
-                "reference_cache_hit": reference_hit})
+                "setup_seconds": round(setup_seconds, 3), "reference_cache_hit": reference_hit})
     accelerator.wait_for_everyone()
     return TrainResult(**vars(fitted), out=out, reference_cache_hit=reference_hit)
 

@@ -1,0 +1,197 @@
+"""The VAR study's own stages (SPEC §6 items 8–10), run after the sweep by `alignlab run --study var`.
+
+Item 7 (VAR vs DPO vs SFT on helpful and harmful prompts) needs only the sweep's runs; the stages
+here add what a sweep does not measure, each written to `var/` in the sweep directory and skipped
+when its result is already there (a killed study resumes):
+
+- race:    VAR, DPO and GRPO trained from the SFT model with a model snapshot every few steps, each
+           snapshot evaluated on the test prompts: gold (and proxy) reward against wall-clock and
+           against training responses. Each race run has its own empty cache, so its one-off work
+           (reward scoring, reference log-probs, loading) counts: a curve starts at its setup time.
+- z:       the spread of VAR's in-batch normaliser and weights against micro-batch size, from the
+           training data's reference log-probs and proxy rewards (cached by the sweep's VAR runs),
+           with summed and with length-normalised reference log-probs.
+- compute: SFT, DPO, SimPO and VAR each trained for one epoch on the same pairs in a fresh process
+           (reference log-probs cached): wall-clock per epoch, tokens/s, peak memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from alignlab import atomic
+from alignlab.config import TrainConfig
+from alignlab.objectives import get_method
+
+log = logging.getLogger(__name__)
+
+RACE_METHODS = ("var", "dpo", "grpo")
+RACE_SNAPSHOTS = 5  # evaluation points per race curve, the last at the end of training
+# GRPO samples G responses per prompt at every step, so a step costs far more than an offline one:
+# the race gives it a fixed step budget rather than an epoch over every prompt.
+RACE_GRPO = {"max_steps": 40, "epochs": 1000, "batch_size": 8, "params": {"group_size": 4}}
+Z_BATCH_SIZES = (2, 4, 8, 16, 32, 64)
+COMPUTE_METHODS = ("sft", "dpo", "simpo", "var")
+
+
+def run_var_stages(out: Path, shared) -> None:
+    """The race, the Z-estimator spread and the compute profile, each skipped when already done."""
+    var_dir = out / "var"
+    var_dir.mkdir(exist_ok=True)
+    base = {**shared.training, "model": shared.inputs.sft_model, "data": shared.inputs.train_data}
+    if not (var_dir / "race.json").exists():
+        atomic.write_json(var_dir / "race.json", run_race(var_dir / "race", base, shared, shared.inputs.test_pairs))
+    if not (var_dir / "z_variance.json").exists():
+        atomic.write_json(var_dir / "z_variance.json", z_variance(base, shared.proxy_rm))
+    if not (var_dir / "compute.json").exists():
+        atomic.write_json(var_dir / "compute.json", compute_profile(base, shared.proxy_rm))
+
+
+def _train_config(base: dict, method: str, out: Path, proxy_rm: str | None, **settings) -> TrainConfig:
+    params = settings.pop("params", {})
+    return TrainConfig(**{**base, **settings}, method=method, out=str(out), params=params,
+                       reward_model=proxy_rm if get_method(method).uses_rewards else None)
+
+
+# ---------------------------------------------------------------- race
+
+def run_race(race_dir: Path, base: dict, shared, test_pairs) -> dict:
+    """Train the race's three runs with snapshots and evaluate every snapshot; the curves as JSON."""
+    from alignlab.evaluate import evaluate_model
+    from alignlab.sweep import _reward_model_scorer
+    from alignlab.train import SNAPSHOTS, train
+
+    n_pairs = sum(1 for line in Path(shared.inputs.train_data).read_text().splitlines() if line.strip())
+    offline_steps = math.ceil(n_pairs / base["batch_size"]) * base.get("epochs", 1)
+    proxy = _reward_model_scorer(shared.proxy_rm)
+    curves = {}
+    for method in RACE_METHODS:
+        run = race_dir / method
+        settings = dict(RACE_GRPO) if method == "grpo" else {}
+        steps = settings.get("max_steps", offline_steps)
+        config = _train_config(base, method, run, shared.proxy_rm, cache_dir=str(race_dir / "cache"),
+                               snapshot_steps=max(1, steps // RACE_SNAPSHOTS), resume=True, overwrite=True,
+                               **settings)
+        if not (run / "train_summary.json").exists():
+            log.info("race: training %s with a snapshot every %d steps", method, config.snapshot_steps)
+            train(config)
+        summary = json.loads((run / "train_summary.json").read_text())
+        points = []
+        for snapshot in sorted((run / SNAPSHOTS).iterdir()):
+            if not (snapshot / "eval" / "metrics.json").exists():
+                evaluate_model(str(snapshot), test_pairs, shared.inputs.scorer, generation=shared.generation,
+                               out_dir=snapshot / "eval", proxy_scorer=proxy, tokenizer_path=str(run / "model"))
+            point = json.loads((snapshot / "snapshot.json").read_text())
+            samples = _samples(snapshot / "eval" / "samples.parquet")
+            points.append({"step": point["step"], "seconds": summary["setup_seconds"] + point["train_seconds"],
+                           "samples": point["responses_seen"], **samples})
+        curves[method] = {"params": summary["params"], "setup_seconds": summary["setup_seconds"],
+                          "batch_size": config.batch_size, "max_steps": config.max_steps, "points": points}
+    return {"methods": curves, "test_prompts": len(test_pairs)}
+
+
+def _samples(path: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["prompt_id", "gold_score", "proxy_score"]).to_pydict()
+    return {"prompt_id": table["prompt_id"], "gold_score": table["gold_score"], "proxy_score": table["proxy_score"]}
+
+
+# ---------------------------------------------------------------- Z estimator
+
+def z_variance(base: dict, proxy_rm: str) -> dict:
+    """VAR's normaliser and weights over random micro-batches of the training responses (every
+    chosen and rejected response is a sample), at VAR's default λ, summed and length-normalised."""
+    import torch
+
+    from alignlab.analysis import z_estimator_variance
+    from alignlab.modeling import load_causal_lm, load_tokenizer
+    from alignlab.reference import default_cache_dir
+    from alignlab.tokenise import tokenize_pairs
+    from alignlab.train import load_training_pairs, pair_rewards, reference_logps, shared_prompt_works
+
+    config = _train_config(base, "var", Path("unused"), proxy_rm)
+    lam = get_method("var").resolve({})["lam"]
+    tokenizer = load_tokenizer(config.model)
+    pairs = load_training_pairs(config).pairs
+    examples, _ = tokenize_pairs(tokenizer, pairs, config.max_length, config.max_prompt_length)
+    model = load_causal_lm(config.model, config.dtype)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    reference, _ = reference_logps(config, examples, tokenizer.pad_token_id, cache_dir, "cpu", model,
+                                   shared_prompt_works(model, examples, tokenizer.pad_token_id, "cpu"))
+    rewards = pair_rewards(config, pairs, cache_dir, "cpu")
+    ref_logps = torch.cat([reference["chosen"], reference["rejected"]]).double().numpy()
+    lengths = torch.tensor([len(e.chosen_ids) for e in examples] + [len(e.rejected_ids) for e in examples],
+                           dtype=torch.float64).clamp(min=1).numpy()
+    reward = torch.cat([rewards["chosen"], rewards["rejected"]]).double().numpy()
+    return {"lam": lam, "responses": len(reward),
+            "summed": z_estimator_variance(ref_logps, reward, lam, Z_BATCH_SIZES),
+            "length_normalised": z_estimator_variance(ref_logps / lengths, reward, lam, Z_BATCH_SIZES)}
+
+
+# ---------------------------------------------------------------- compute profile
+
+def compute_profile(base: dict, proxy_rm: str | None) -> dict:
+    """One epoch of each method on the same pairs, each in a fresh process (its own peak memory),
+    one after another; the reference log-probs come from the cache, so the epoch is training only."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in COMPUTE_METHODS:
+            config = _train_config(base, method, Path(tmp) / method, proxy_rm if method == "var" else None)
+            payload = json.dumps(dataclasses.asdict(config))
+            done = subprocess.run([sys.executable, "-m", "alignlab.var_study", payload], capture_output=True,
+                                  text=True, env=_quiet_env())
+            if done.returncode != 0:
+                raise RuntimeError(f"compute profile: training {method} failed:\n{done.stderr[-3000:]}")
+            rows.append({"method": method, **json.loads(done.stdout.strip().splitlines()[-1])})
+    return {"rows": rows, "device": _device_name()}
+
+
+def _quiet_env() -> dict:
+    import os
+
+    return {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def measure_training(config: TrainConfig) -> dict:
+    """Train one epoch and measure it: seconds, tokens forwarded per second, peak memory."""
+    import resource
+
+    import torch
+
+    from alignlab.modeling import load_tokenizer
+    from alignlab.tokenise import tokenize_pairs
+    from alignlab.train import load_training_pairs, train
+
+    result = train(config)
+    examples, _ = tokenize_pairs(load_tokenizer(config.model), load_training_pairs(config).pairs,
+                                 config.max_length, config.max_prompt_length)
+    # The tokens of the rows each method trains on, prompts counted once per response.
+    if get_method(config.method).uses_rejected:
+        tokens = sum(2 * len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in examples)
+    else:
+        tokens = sum(len(e.prompt_ids) + len(e.chosen_ids) for e in examples)
+    if torch.cuda.is_available():
+        peak_mb, memory = torch.cuda.max_memory_allocated() / 2**20, "peak CUDA memory"
+    else:
+        peak_mb, memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS"
+    return {"epoch_seconds": result.seconds / config.epochs, "tokens_per_second": tokens * config.epochs / result.seconds,
+            "peak_memory_mb": peak_mb, "memory": memory, "pairs": result.pairs_trained, "steps": result.optimizer_steps}
+
+
+if __name__ == "__main__":
+    logging.disable(logging.WARNING)
+    print(json.dumps(measure_training(TrainConfig(**json.loads(sys.argv[1])))))
