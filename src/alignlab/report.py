@@ -8,6 +8,7 @@ Sections, in this order (SPEC §6 items 1–6):
     4 top-k       response length and length-normalised KL of each method's top-k% runs
     5 kl-score    mean length-normalised KL vs mean score, one point per run
     6 sensitivity each metric against each varying hyper-parameter, per method
+    7–10 (VAR)    with `--study var`: VAR vs DPO vs SFT, convergence race, Z estimators, compute (report_var)
     runs          every run with its hyper-parameters and metric values
 
 The statistics come from alignlab.analysis. The content is built once, as sections of blocks
@@ -625,11 +626,13 @@ def render_html(title: str, context: dict, sections: list[Section], numbers: dic
 # ------------------------------------------------------------------ the report
 
 def write_report(out_dir: str | Path, runs: list[RunRecord], sft: RunRecord | None, context: dict,
-                 title: str) -> dict:
+                 title: str, var: dict | None = None) -> dict:
     """Write summary.json, report.md, report.html and figures/*.png for a sweep; return the summary.
 
     runs: every finished run of the sweep; sft: the SFT baseline's evaluation (or None); context:
-    ordered facts printed at the top (and copied into the summary). Each file is written atomically.
+    ordered facts printed at the top (and copied into the summary); var: for a VAR study, the
+    inputs of its section (report_var.var_sections: families, race, z, compute). Each file is
+    written atomically.
     """
     out_dir = Path(out_dir)
     sweep = Sweep.of(runs, sft)
@@ -641,14 +644,20 @@ def write_report(out_dir: str | Path, runs: list[RunRecord], sft: RunRecord | No
         top_k, top_k_summary = top_k_section(sweep)
         scatter = scatter_section(sweep)
         sensitive, sensitivity_summary = sensitivity_section(sweep)
+        var_parts, var_summary = [], None
+        if var is not None:
+            from alignlab.report_var import var_sections
+
+            var_parts, var_summary = var_sections(sweep, **var)
     everything, runs_summary = runs_section(sweep)
-    sections = [claims, best, expected, matrices, top_k, scatter, sensitive, everything]
+    sections = [claims, best, expected, matrices, top_k, scatter, sensitive, *var_parts, everything]
 
     plots = [b for s in sections for b in s.blocks if isinstance(b, Plot)]
     numbers = {plot.file: i for i, plot in enumerate(plots, 1)}
     summary = {"title": title, "context": context, "claims": claims_summary, **best_summary,
                "expected_performance": expected_summary, "win_matrices": matrices_summary,
-               "top_k": top_k_summary, "sensitivity": sensitivity_summary, "runs": runs_summary,
+               "top_k": top_k_summary, "sensitivity": sensitivity_summary,
+               **({"var": var_summary} if var is not None else {}), "runs": runs_summary,
                "figures": [{"file": f"figures/{p.file}", "caption": p.caption} for p in plots]}
 
     figures = out_dir / "figures"

@@ -499,6 +499,8 @@ def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics
     table = pq.read_table(run_dir / "samples.parquet").to_pydict()
     samples = {"prompt_id": np.array(table["prompt_id"]), "gold_score": np.array(table["gold_score"]),
                "length": np.array(table["length"], dtype=np.float64)}
+    if "proxy_score" in table:
+        samples["proxy_score"] = np.array(table["proxy_score"])
     if "logp_sft" in table:
         kl = np.array(table["logp_policy"]) - np.array(table["logp_sft"])
         samples["kl"], samples["ln_kl"] = kl, kl / np.maximum(samples["length"], 1)
@@ -532,4 +534,12 @@ def write_sweep_report(out: str | Path) -> dict:
                "grid": config.get("grid_preset") or "custom",
                "training seeds": ", ".join(str(s) for s in seeds),
                "test prompts": len(sft.samples["prompt_id"])}
-    return write_report(out, runs, sft, context, title="alignlab sweep report")
+    var = None
+    if config.get("study") == "var":
+        def optional_json(path: Path):
+            return json.loads(path.read_text()) if path.exists() else None
+
+        var = {"families": optional_json(out / "data" / "test_families.json"),
+               "race": optional_json(out / "var" / "race.json"), "z": optional_json(out / "var" / "z_variance.json"),
+               "compute": optional_json(out / "var" / "compute.json")}
+    return write_report(out, runs, sft, context, title="alignlab sweep report", var=var)

@@ -1,0 +1,279 @@
+"""The report's VAR section (SPEC §6 items 7–10), added by `alignlab run --study var`.
+
+    7 var-vs-dpo   best VAR vs best DPO vs SFT: mean gold and proxy reward, all / helpful / harmful
+                   prompts, with CIs, and the VAR paper's "+7.16% over DPO" verdict
+    8 race         gold (and proxy) reward against wall-clock and training responses for VAR, DPO and
+                   GRPO; time to 90% of GRPO's final improvement; the "> 5× faster than GRPO" verdict
+    9 z-estimator  spread of the in-batch normaliser and weights against micro-batch size (summed and
+                   length-normalised ℓref), and the final reward of each Z estimator
+    10 compute     wall-clock per epoch, tokens/s and peak memory for SFT, DPO, SimPO and VAR
+
+Built from the sweep's runs and the files of `alignlab.var_study`, as report.py's blocks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from alignlab.analysis import (VAR_PAPER_SPEEDUP, RunRecord, best_runs, convergence_race, reward_by_family,
+                               var_vs_dpo_claim)
+from alignlab.report import (BASELINE, BASELINE_COLOR, Cell, Plot, Section, Sweep, Table, _figure, _fmt, _legend,
+                             _png, label, params_text)
+
+RACE_COLORS = {"var": "#9467bd", "dpo": "#1f77b4", "grpo": "#d62728"}
+RACE_LABELS = {"grpo": "GRPO"}
+Z_VARIANTS = {"summed": "summed ℓref", "length_normalised": "length-normalised ℓref/|y|"}
+
+
+def _race_label(method: str) -> str:
+    return RACE_LABELS.get(method) or label(method)
+
+
+def _verdict_cell(verdict: str) -> Cell:
+    return Cell(verdict, css="verdict " + verdict.replace(" ", "-"))
+
+
+def _mean_cell(entry: dict | None) -> Cell:
+    if entry is None:
+        return Cell("–")
+    return Cell(f"{entry['mean']:.3f}", f"[{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]")
+
+
+# ------------------------------------------------------------------ 7. VAR vs DPO vs SFT
+
+def comparison_section(sweep: Sweep, families: dict | None) -> tuple[Section, dict]:
+    section = Section("var-vs-dpo", "7. VAR vs DPO vs SFT, helpful and harmful prompts")
+    best = best_runs(sweep.runs)
+    models = [(BASELINE, sweep.sft)] if sweep.sft is not None else []
+    models += [(label(m), best[m]) for m in ("dpo", "var") if m in best]
+    if "var" not in best or "dpo" not in best:
+        section.blocks.append("Not tested: the sweep needs finished VAR and DPO runs.")
+        return section, {"claim": None}
+    by_model = {name: reward_by_family(run, families) for name, run in models}
+    groups = list(next(iter(by_model.values())))
+    rows = []
+    for name, run in models:
+        for group in groups:
+            entry = by_model[name][group]
+            rows.append([name if group == groups[0] else "", Cell(run.name if group == groups[0] else "", css="name"),
+                         group, str(entry["n"]), _mean_cell(entry["gold"]), _mean_cell(entry["proxy"])])
+    claim = var_vs_dpo_claim(best["var"], best["dpo"])
+    tested = claim["value"] is not None
+    gain = claim["gain_pct"]
+    gain_ci = claim["gain_pct_ci"]
+    claim_table = Table(["claim", "VAR − DPO (gold)", "95% CI", "gain", "gain 95% CI", "verdict", "detail"], [[
+        Cell(claim["claim"], css="text"), _fmt(claim["value"], "{:+.4f}"),
+        f"[{claim['ci_low']:+.4f}, {claim['ci_high']:+.4f}]" if tested else "–", _fmt(gain, "{:+.2f}%"),
+        f"[{gain_ci[0]:+.2f}%, {gain_ci[1]:+.2f}%]" if gain_ci[0] is not None else "–",
+        _verdict_cell(claim["verdict"]), Cell(claim["detail"], css="note")]])
+    section.blocks += [
+        "Each method's best run on mean gold reward (over its whole grid) against the SFT model it started from: "
+        "mean gold reward (what judges) and mean proxy reward (what VAR's weights and GRPO's advantages saw), on "
+        "all test prompts and separately on helpful and harmful ones, with bootstrap 95% CIs over prompts.",
+        Table(["model", "run", "prompts", "n", "mean gold reward", "mean proxy reward"], rows),
+        Plot("var_vs_dpo.png", family_figure(by_model, groups),
+             "Mean gold and proxy reward by prompt family",
+             "Mean gold (left) and proxy (right) reward of SFT and the best DPO and VAR runs, per prompt family; "
+             "bars are bootstrap 95% CIs over prompts."),
+        "The VAR paper reports VAR's average reward 7.16% above DPO's. Here the verdict comes from the paired "
+        "per-prompt gold difference (confirmed when its CI lies above 0, reversed when below); the gain in % "
+        "is relative to |DPO's mean| and is descriptive, since the world's rewards can be negative.",
+        claim_table]
+    summary = {"claim": claim, "models": {name: {"run": run.name, "rewards": by_model[name]} for name, run in models}}
+    return section, summary
+
+
+def family_figure(by_model: dict, groups: list[str]) -> bytes:
+    fig = _figure(8.4, 3.4)
+    axes = fig.subplots(1, 2)
+    colors = {BASELINE: BASELINE_COLOR, "DPO": RACE_COLORS["dpo"], "VAR": RACE_COLORS["var"]}
+    width = 0.8 / len(by_model)
+    for ax, which in zip(axes, ("gold", "proxy")):
+        for i, (name, rewards) in enumerate(by_model.items()):
+            entries = [rewards[g][which] for g in groups]
+            if any(e is None for e in entries):
+                continue
+            x = np.arange(len(groups)) + (i - (len(by_model) - 1) / 2) * width
+            means = np.array([e["mean"] for e in entries])
+            errors = np.array([[m - e["ci_low"] for m, e in zip(means, entries)],
+                               [e["ci_high"] - m for m, e in zip(means, entries)]])
+            ax.bar(x, means, width, color=colors.get(name, "#999999"), alpha=0.8, label=name)
+            ax.errorbar(x, means, yerr=errors, fmt="none", ecolor="black", lw=1, capsize=2)
+        ax.set_xticks(np.arange(len(groups)), groups)
+        ax.set_ylabel(f"mean {which} reward")
+        ax.axhline(0, color="black", lw=0.6)
+    _legend(axes[1] if axes[1].get_legend_handles_labels()[0] else axes[0])
+    return _png(fig)
+
+
+# ------------------------------------------------------------------ 8. convergence race
+
+def _race_curves(race: dict, column: str) -> dict:
+    return {method: [{"seconds": p["seconds"], "samples": p["samples"], "prompt_id": np.array(p["prompt_id"]),
+                      "gold_score": np.array(p[column], dtype=np.float64)} for p in curve["points"]]
+            for method, curve in race["methods"].items()}
+
+
+def race_section(race: dict, sft: RunRecord | None) -> tuple[Section, dict]:
+    section = Section("race", "8. Convergence race: VAR, DPO and GRPO")
+    if sft is None or "proxy_score" not in sft.samples:
+        section.blocks.append("Not tested: the race starts from the SFT model's evaluation, with proxy scores.")
+        return section, {}
+    results = {}
+    for column, start_column in (("gold_score", "gold_score"), ("proxy_score", "proxy_score")):
+        start = {"prompt_id": sft.samples["prompt_id"], "gold_score": sft.samples[start_column]}
+        results[column.split("_")[0]] = convergence_race(_race_curves(race, column), start)
+    rows = []
+    for method, curve in race["methods"].items():
+        gold, proxy = results["gold"]["methods"][method], results["proxy"]["methods"][method]
+        rows.append([_race_label(method), Cell(params_text(curve["params"]), css="note"), str(curve["batch_size"]),
+                     f"{curve['setup_seconds']:.1f}", f"{curve['points'][-1]['seconds']:.1f}",
+                     str(curve["points"][-1]["samples"]), f"{gold['final_reward']:.3f}",
+                     _fmt(gold["seconds_to_target"], "{:.1f}"), _fmt(gold["samples_to_target"], "{:.0f}"),
+                     f"{proxy['final_reward']:.3f}", _fmt(proxy["seconds_to_target"], "{:.1f}")])
+    verdict_rows = []
+    for which, result in results.items():
+        speedup, ratio = result["speedup"], result["samples_ratio"]
+        verdict_rows.append([
+            f"VAR reaches 90% of GRPO's final {which}-reward gain more than {VAR_PAPER_SPEEDUP:g}× faster",
+            f"{result['start_reward']:.3f} → {result['grpo_final']:.3f}",
+            "–" if result["verdict"] == "not testable" else _fmt(result["target"], "{:.3f}"),
+            Cell(_fmt(speedup and speedup["value"], "{:.2f}×"),
+                 f"[{speedup['ci_low']:.2f}, {speedup['ci_high']:.2f}]" if speedup else ""),
+            Cell(_fmt(ratio and ratio["value"], "{:.2f}×"),
+                 f"[{ratio['ci_low']:.2f}, {ratio['ci_high']:.2f}]" if ratio else ""),
+            _verdict_cell(result["verdict"]), Cell(result["reason"], css="note")])
+    section.blocks += [
+        "VAR, DPO and GRPO trained from the SFT model, each with a model snapshot at regular steps, every snapshot "
+        f"evaluated on the same {race['test_prompts']} test prompts. Wall-clock counts each run's one-off work "
+        "(loading, reward scoring, reference log-probs: every race run starts with an empty cache) plus training, "
+        "not evaluation; samples are training responses seen (2 per pair offline, G per prompt for GRPO). "
+        "GRPO optimises the proxy reward; the paper's claim is about the reward, tested here on gold (what "
+        "judges) and on proxy (what GRPO climbs).",
+        Plot("race.png", race_figure(race, sft, results), "Convergence race",
+             "Mean gold (top) and proxy (bottom) reward against training wall-clock (left) and training responses "
+             "(right); the SFT model at 0; dashed: 90% of GRPO's final gain over SFT."),
+        Table(["method", "hyper-parameters", "batch", "setup s", "total s", "responses", "final gold",
+               "s to gold target", "responses to gold target", "final proxy", "s to proxy target"], rows),
+        "The target is the SFT reward plus 90% of GRPO's final gain over it (a fraction of the gain, not of the "
+        "reward, since rewards can be negative); a method's time to it is interpolated linearly between "
+        "evaluation points. Speedup = GRPO's time to target ÷ VAR's; CIs bootstrap the test prompts (2000 "
+        "resamples). Verdict: confirmed when the CI lies above 5, reversed when below 1, not testable when GRPO "
+        "does not improve on SFT.",
+        Table(["claim", "SFT → GRPO final", "target", "speedup (wall-clock)", "ratio (responses)", "verdict",
+               "why"], verdict_rows)]
+    return section, results
+
+
+def race_figure(race: dict, sft: RunRecord, results: dict) -> bytes:
+    fig = _figure(8.4, 5.6)
+    axes = fig.subplots(2, 2, sharey="row")
+    for row, which in enumerate(("gold", "proxy")):
+        start = float(np.mean(sft.samples[f"{which}_score"]))
+        for col, axis in enumerate(("seconds", "samples")):
+            ax = axes[row][col]
+            for method, curve in race["methods"].items():
+                xs = [0] + [p[axis] for p in curve["points"]]
+                ys = [start] + [float(np.mean(p[f"{which}_score"])) for p in curve["points"]]
+                ax.plot(xs, ys, marker="o", ms=3, color=RACE_COLORS.get(method, "#999999"), label=_race_label(method))
+            if results[which]["verdict"] != "not testable":
+                ax.axhline(results[which]["target"], color=BASELINE_COLOR, lw=0.8, ls="--")
+            ax.set_xlabel("training wall-clock (s)" if axis == "seconds" else "training responses")
+            if col == 0:
+                ax.set_ylabel(f"mean {which} reward")
+    _legend(axes[0][1])
+    return _png(fig)
+
+
+# ------------------------------------------------------------------ 9. Z estimators
+
+def z_section(sweep: Sweep, z: dict | None) -> tuple[Section, dict]:
+    section = Section("z-estimator", "9. VAR's normaliser Z: variance against micro-batch size, and estimators")
+    summary = {}
+    if z is not None:
+        rows = []
+        for variant, name in Z_VARIANTS.items():
+            for entry in z[variant]:
+                rows.append([name, str(entry["batch_size"]), f"{entry['log_z_mean']:.3f}", f"{entry['log_z_sd']:.3f}",
+                             f"{entry['weight_sd']:.3f}", f"{entry['ess_fraction']:.3f}", f"{entry['max_weight']:.3f}"])
+        section.blocks += [
+            f"The in-batch estimate log Ẑ_B = log(1/b · Σ_B exp(ℓref + r/λ)) and the weights ω = softmax_B(ℓref + r/λ) "
+            f"over 200 random micro-batches of b of the {z['responses']} training responses (chosen and rejected "
+            f"alike), at λ = {z['lam']:g}, with the proxy reward model's r. sd b·ω is 0 for uniform weights; the "
+            "effective sample size fraction (1/Σω²)/b is 1 for uniform weights and 1/b when one response takes all.",
+            Plot("z_variance.png", z_figure(z), "Normaliser spread against micro-batch size",
+                 "Left: sd of log Ẑ_B across micro-batches; right: effective sample size fraction of the weights; "
+                 "summed and length-normalised reference log-probs."),
+            Table(["ℓref", "micro-batch b", "mean log Ẑ_B", "sd log Ẑ_B", "sd b·ω", "ESS / b", "mean max ω"], rows)]
+        summary["variance"] = z
+    var_runs = sweep.by_method.get("var", [])
+    variants: dict[tuple, RunRecord] = {}
+    for run in var_runs:  # best first within the method: the first of each variant is its best λ
+        key = (run.params.get("z_estimator", "batch"), bool(run.params.get("length_normalize", False)))
+        variants.setdefault(key, run)
+    rows = [[estimator, "length-normalised" if normalised else "summed", Cell(run.name, css="name"),
+             Cell(f"{run.score:.3f}", f"[{run.metrics['mean_score']['ci_low']:.3f}, "
+                                      f"{run.metrics['mean_score']['ci_high']:.3f}]"),
+             _fmt((run.metrics.get("mean_proxy_score") or {}).get("value"), "{:.3f}"),
+             _fmt((run.metrics.get("ln_kl") or {}).get("value"), "{:.3f}")]
+            for (estimator, normalised), run in sorted(variants.items())]
+    if rows:
+        section.blocks += [
+            "Final reward of each Z estimator (batch: the micro-batch, the paper's; prompt: the responses to one "
+            "prompt; sampled: K responses per prompt sampled from the reference), with summed and length-normalised "
+            "ℓref: the best run of each variant over the grid's λ values, mean gold reward with its 95% CI.",
+            Table(["Z estimator", "ℓref", "best run", "mean gold reward", "mean proxy reward", "length-norm. KL"],
+                  rows)]
+        summary["estimators"] = [{"z_estimator": e, "length_normalize": n, "run": r.name, "mean_score": r.score}
+                                 for (e, n), r in sorted(variants.items())]
+    if not section.blocks:
+        section.blocks.append("Not measured: the study has no VAR runs.")
+    return section, summary
+
+
+def z_figure(z: dict) -> bytes:
+    fig = _figure(8.4, 3.2)
+    axes = fig.subplots(1, 2)
+    for variant, name in Z_VARIANTS.items():
+        sizes = [e["batch_size"] for e in z[variant]]
+        axes[0].plot(sizes, [e["log_z_sd"] for e in z[variant]], marker="o", label=name)
+        axes[1].plot(sizes, [e["ess_fraction"] for e in z[variant]], marker="o", label=name)
+    for ax, ylabel in zip(axes, ("sd of log Ẑ_B", "ESS / b")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("micro-batch size b")
+        ax.set_ylabel(ylabel)
+    _legend(axes[1])
+    return _png(fig)
+
+
+# ------------------------------------------------------------------ 10. compute profile
+
+def compute_section(compute: dict) -> tuple[Section, dict]:
+    section = Section("compute", "10. Compute profile: SFT, DPO, SimPO, VAR")
+    rows = [[label(r["method"]), f"{r['epoch_seconds']:.2f}", f"{r['tokens_per_second']:,.0f}",
+             f"{r['peak_memory_mb']:,.0f}", str(r["pairs"]), str(r["steps"])] for r in compute["rows"]]
+    memory = compute["rows"][0]["memory"] if compute["rows"] else "peak memory"
+    section.blocks += [
+        f"One epoch of each method on the same training pairs, one after another, each in a fresh process on "
+        f"{compute['device']} (so its {memory} is its own), reference log-probs and rewards read from the cache: "
+        "the training loop's cost. Tokens are those of the rows each method trains on (prompt + chosen for SFT, "
+        "prompt + chosen and prompt + rejected otherwise).",
+        Table(["method", "s per epoch", "tokens/s", f"{memory} (MB)", "pairs", "optimizer steps"], rows)]
+    return section, compute
+
+
+def var_sections(sweep: Sweep, families: dict | None, race: dict | None, z: dict | None,
+                 compute: dict | None) -> tuple[list[Section], dict]:
+    """The VAR section's parts, in SPEC order, and their summary for summary.json."""
+    sections, summary = [], {}
+    section, summary["var_vs_dpo"] = comparison_section(sweep, families)
+    sections.append(section)
+    if race is not None:
+        section, summary["race"] = race_section(race, sweep.sft)
+        sections.append(section)
+    section, summary["z_estimator"] = z_section(sweep, z)
+    sections.append(section)
+    if compute is not None:
+        section, summary["compute"] = compute_section(compute)
+        sections.append(section)
+    return sections, summary
