@@ -173,3 +173,15 @@ def test_eval_command_with_a_reward_model_and_sft(tiny_model, pairs_file, tmp_pa
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["kl"]["value"] == 0.0 and metrics["win_vs_sft"]["value"] == 0.5  # same model, same seed
     assert len(pq.read_table(out / "samples.parquet")) == 5
+
+
+def test_proxy_scorer_adds_a_proxy_column_and_its_mean(tiny_model, tmp_path):
+    pairs = [PreferencePair(id=f"t{i}", prompt=p, chosen="a short answer", rejected="x") for i, p in enumerate(PROMPTS)]
+    result = evaluate_model(str(tiny_model), pairs, word_count_scorer, generation=GenerationConfig(max_new_tokens=8),
+                            out_dir=tmp_path / "eval", proxy_scorer=lambda prompts, responses: torch.tensor(
+                                [float(len(r)) for r in responses]))
+    table = pq.read_table(tmp_path / "eval" / "samples.parquet").to_pydict()
+    assert table["proxy_score"] == [float(len(r)) for r in table["response"]]  # characters, not words
+    assert result.metrics["mean_proxy_score"]["value"] == pytest.approx(np.mean(table["proxy_score"]))
+    assert "mean_proxy_score" not in evaluate_model(str(tiny_model), pairs, word_count_scorer,
+                                                    generation=GenerationConfig(max_new_tokens=8)).metrics

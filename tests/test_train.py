@@ -265,3 +265,20 @@ def test_separate_reference_model_is_loaded_for_the_cache(tiny_model, tiny_chat_
     default = train(config_for(tiny_model, pairs_file, tmp_path / "default"))
     assert json.loads((tmp_path / "default" / "metrics.jsonl").read_text().splitlines()[0])["margin"] == 0.0
     assert default.reference_cache_hit is False
+
+
+def test_max_steps_stops_early_and_snapshots_mark_the_curve(tiny_model, pairs_file, tmp_path):
+    from safetensors.torch import load_file
+
+    result = train(config_for(tiny_model, pairs_file, tmp_path / "run", max_steps=3, snapshot_steps=2, epochs=5))
+    assert result.optimizer_steps == 3 and result.pairs_trained == 12  # 3 steps of 4 pairs, not 5 epochs
+    snapshots = sorted((tmp_path / "run" / "snapshots").iterdir())
+    assert [s.name for s in snapshots] == ["step-000002", "step-000003"]  # every 2 steps, and the last
+    points = [json.loads((s / "snapshot.json").read_text()) for s in snapshots]
+    assert [(p["step"], p["pairs_seen"], p["responses_seen"]) for p in points] == [(2, 8, 16), (3, 12, 24)]
+    assert 0 < points[0]["train_seconds"] < points[1]["train_seconds"] <= result.seconds
+    last = load_file(snapshots[-1] / "model.safetensors")
+    final = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    assert last.keys() == final.keys() and all(torch.equal(last[k], final[k]) for k in final)
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["setup_seconds"] > 0 and summary["optimizer_steps"] == 3
