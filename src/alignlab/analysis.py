@@ -522,7 +522,7 @@ def _first_crossing(x: np.ndarray, curves: np.ndarray, target: np.ndarray) -> np
 
 
 def convergence_race(curves: dict[str, list[dict]], start: dict, seed: int = 0, target_fraction: float = 0.9,
-                     n_resamples: int = N_RESAMPLES) -> dict:
+                     n_resamples: int = N_RESAMPLES, reward: str = "gold") -> dict:
     """The VAR paper's "converges more than 5× faster than GRPO", as a race to a common gold reward.
 
     curves maps each method ("var", "grpo" required; "dpo", … optional) to its evaluation points in
@@ -540,7 +540,8 @@ def convergence_race(curves: dict[str, list[dict]], start: dict, seed: int = 0, 
     means; a resample where VAR never reaches the target counts as speedup 0, one where GRPO does not
     improve is dropped (there is no race to run). Verdict: "not testable" when GRPO does not improve
     on the start; "confirmed" when the speedup CI is above 5; "reversed" when it is below 1 (VAR
-    slower, or never there); else "not confirmed".
+    slower, or never there); else "not confirmed". `reward` names the reward in the explanation (the
+    "gold_score" column may carry another reward, e.g. the proxy's).
     """
     missing = [m for m in ("grpo", "var") if not curves.get(m)]
     if missing:
@@ -594,7 +595,7 @@ def convergence_race(curves: dict[str, list[dict]], start: dict, seed: int = 0, 
               "target_fraction": float(target_fraction), "methods": methods, "speedup": None,
               "samples_ratio": None}
     if not testable:
-        reason = (f"GRPO did not improve the gold reward (start {start_reward:.4g}, final {grpo_final:.4g}), "
+        reason = (f"GRPO did not improve the {reward} reward (start {start_reward:.4g}, final {grpo_final:.4g}), "
                   f"so there is no target to race to")
         return {**result, "verdict": "not testable", "reason": reason}
 

@@ -120,9 +120,10 @@ def race_section(race: dict, sft: RunRecord | None) -> tuple[Section, dict]:
         section.blocks.append("Not tested: the race starts from the SFT model's evaluation, with proxy scores.")
         return section, {}
     results = {}
-    for column, start_column in (("gold_score", "gold_score"), ("proxy_score", "proxy_score")):
-        start = {"prompt_id": sft.samples["prompt_id"], "gold_score": sft.samples[start_column]}
-        results[column.split("_")[0]] = convergence_race(_race_curves(race, column), start)
+    for column in ("gold_score", "proxy_score"):
+        start = {"prompt_id": sft.samples["prompt_id"], "gold_score": sft.samples[column]}
+        reward = column.split("_")[0]
+        results[reward] = convergence_race(_race_curves(race, column), start, reward=reward)
     rows = []
     for method, curve in race["methods"].items():
         gold, proxy = results["gold"]["methods"][method], results["proxy"]["methods"][method]
