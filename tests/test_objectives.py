@@ -673,6 +673,7 @@ def test_cli_strings_coerced():
     assert r == {"beta": 2.5, "gamma": -0.5}
     r = get_method("var").resolve({"lam": "0.5", "length_normalize": "true", "z_estimator": "prompt"})
     assert r == {"lam": 0.5, "length_normalize": True, "z_estimator": "prompt", "z_samples": 8}
+    assert get_method("var").resolve({})["length_normalize"] is True  # the documented default
     assert get_method("var").resolve({"length_normalize": "false"})["length_normalize"] is False
     assert get_method("var").resolve({"length_normalize": "True"})["length_normalize"] is True
     assert get_method("var").resolve({"length_normalize": True})["length_normalize"] is True
@@ -775,7 +776,7 @@ def test_batch_loss_var_gradient():
     b.ref_chosen_logps.requires_grad_(True)
     b.reward_chosen.requires_grad_(True)
     n = len(W)
-    loss = _call("var", b, lam=1.0, z_estimator="prompt")
+    loss = _call("var", b, lam=1.0, z_estimator="prompt", length_normalize=False)
     gw, gl, gref, grew = torch.autograd.grad(
         loss, [b.chosen_logps, b.rejected_logps, b.ref_chosen_logps, b.reward_chosen], allow_unused=True)
     scores = [(RW + RL)[i] + (RWD + RLD)[i] for i in range(2 * n)]

@@ -190,6 +190,17 @@ def test_race_confirmed_with_many_noisy_prompts():
     assert r["verdict"] == "confirmed" and "above the paper's 5×" in r["reason"]
 
 
+def test_race_counts_a_setup_spent_at_the_start_level():
+    # VAR spends 40 s before its first step (its reward stays at the start, 0), then reaches 2.0 at
+    # 60 s: the 1.8 target falls at 40 + 1.8/2.0·20 = 58 s, not at 1.8/2.0·60 = 54 s as it would if
+    # the improvement were spread from 0 s.
+    var = [point(40, 0, 0.0), point(60, 100, 2.0, 1)]
+    r = convergence_race({"var": var, "grpo": GRPO}, START, n_resamples=50)
+    assert r["methods"]["var"]["seconds_to_target"] == pytest.approx(58)
+    assert r["methods"]["var"]["samples_to_target"] == pytest.approx(90)
+    assert r["speedup"]["value"] == pytest.approx(280 / 58)
+
+
 def test_race_rejects_missing_methods_and_unordered_points():
     with pytest.raises(ValueError, match="grpo"):
         convergence_race({"var": [point(10, 10, 1.0)]}, START)

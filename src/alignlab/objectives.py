@@ -354,7 +354,9 @@ METHODS: dict[str, Method] = {
          HyperParameter("z_estimator", "batch", "normaliser of the weights: the micro-batch, the "
                         "responses to one prompt, or Z(x) sampled from the reference",
                         choices=("batch", "prompt", "sampled")),
-         HyperParameter("length_normalize", False, "use ℓref/|y| instead of ℓref in the weights"),
+         # Default True: on the study world its weights are steadier and its reward less λ-sensitive
+         # than with the paper's summed ℓref (README, Objectives, and the VAR study's section 9).
+         HyperParameter("length_normalize", True, "use ℓref/|y| instead of the summed ℓref in the weights"),
          HyperParameter("z_samples", 8, "K: responses per prompt sampled from the reference to "
                         "estimate Z(x) (z_estimator=sampled)", minimum=1)),
         uses_reference=True, uses_rewards=True),

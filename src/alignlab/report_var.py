@@ -108,10 +108,13 @@ def family_figure(by_model: dict, groups: list[str]) -> bytes:
 
 # ------------------------------------------------------------------ 8. convergence race
 
-def _race_curves(race: dict, column: str) -> dict:
-    return {method: [{"seconds": p["seconds"], "samples": p["samples"], "prompt_id": np.array(p["prompt_id"]),
-                      "gold_score": np.array(p[column], dtype=np.float64)} for p in curve["points"]]
-            for method, curve in race["methods"].items()}
+def _race_curves(race: dict, start: dict, column: str) -> dict:
+    """Each method's points, after a first one at the end of its setup still at the start's reward:
+    time spent loading, scoring and computing reference log-probs brings no improvement."""
+    return {method: [{"seconds": curve["setup_seconds"], "samples": 0, **start}] + [
+        {"seconds": p["seconds"], "samples": p["samples"], "prompt_id": np.array(p["prompt_id"]),
+         "gold_score": np.array(p[column], dtype=np.float64)} for p in curve["points"]]
+        for method, curve in race["methods"].items()}
 
 
 def race_section(race: dict, sft: RunRecord | None) -> tuple[Section, dict]:
@@ -123,7 +126,7 @@ def race_section(race: dict, sft: RunRecord | None) -> tuple[Section, dict]:
     for column in ("gold_score", "proxy_score"):
         start = {"prompt_id": sft.samples["prompt_id"], "gold_score": sft.samples[column]}
         reward = column.split("_")[0]
-        results[reward] = convergence_race(_race_curves(race, column), start, reward=reward)
+        results[reward] = convergence_race(_race_curves(race, start, column), start, reward=reward)
     rows = []
     for method, curve in race["methods"].items():
         gold, proxy = results["gold"]["methods"][method], results["proxy"]["methods"][method]
@@ -174,8 +177,9 @@ def race_figure(race: dict, sft: RunRecord, results: dict) -> bytes:
         for col, axis in enumerate(("seconds", "samples")):
             ax = axes[row][col]
             for method, curve in race["methods"].items():
-                xs = [0] + [p[axis] for p in curve["points"]]
-                ys = [start] + [float(np.mean(p[f"{which}_score"])) for p in curve["points"]]
+                setup = [0, curve["setup_seconds"]] if axis == "seconds" else [0]
+                xs = setup + [p[axis] for p in curve["points"]]
+                ys = [start] * len(setup) + [float(np.mean(p[f"{which}_score"])) for p in curve["points"]]
                 ax.plot(xs, ys, marker="o", ms=3, color=RACE_COLORS.get(method, "#999999"), label=_race_label(method))
             if results[which]["verdict"] != "not testable":
                 ax.axhline(results[which]["target"], color=BASELINE_COLOR, lw=0.8, ls="--")
@@ -252,14 +256,18 @@ def z_figure(z: dict) -> bytes:
 def compute_section(compute: dict) -> tuple[Section, dict]:
     section = Section("compute", "10. Compute profile: SFT, DPO, SimPO, VAR")
     rows = [[label(r["method"]), f"{r['epoch_seconds']:.2f}", f"{r['tokens_per_second']:,.0f}",
-             f"{r['peak_memory_mb']:,.0f}", str(r["pairs"]), str(r["steps"])] for r in compute["rows"]]
+             f"{r['peak_memory_mb']:,.0f}", _fmt(r["training_rss_peak_mb"], "{:,.0f}"),
+             _fmt(r["training_rss_added_mb"], "{:+,.0f}"), str(r["pairs"]), str(r["steps"])] for r in compute["rows"]]
     memory = compute["rows"][0]["memory"] if compute["rows"] else "peak memory"
     section.blocks += [
         f"One epoch of each method on the same training pairs, one after another, each in a fresh process on "
         f"{compute['device']} (so its {memory} is its own), reference log-probs and rewards read from the cache: "
         "the training loop's cost. Tokens are those of the rows each method trains on (prompt + chosen for SFT, "
-        "prompt + chosen and prompt + rejected otherwise).",
-        Table(["method", "s per epoch", "tokens/s", f"{memory} (MB)", "pairs", "optimizer steps"], rows)]
+        "prompt + chosen and prompt + rejected otherwise). The process's lifetime peak is often reached while "
+        "the libraries load; the resident set sampled every 5 ms during training, and its rise over the "
+        "resident set just before training, show what the method itself costs.",
+        Table(["method", "s per epoch", "tokens/s", f"{memory} (MB)", "RSS peak in training (MB)",
+               "RSS added by training (MB)", "pairs", "optimizer steps"], rows)]
     return section, compute
 
 

@@ -166,6 +166,46 @@ def _device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
+class ResidentSetSampler:
+    """The process's resident set, sampled every few milliseconds while training runs.
+
+    The process's lifetime peak (ru_maxrss) is reached while the libraries load, before any model
+    exists, so it is the same for every method; the peak while training, above the resident set just
+    before it, is what the method itself costs. Linux only (/proc); elsewhere both read as None.
+    """
+
+    def __init__(self, interval_s: float = 0.005):
+        import os
+        import threading
+
+        self.page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+        self.interval_s = interval_s
+        self.baseline_mb = self.peak_mb = self._current_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _current_mb(self) -> float | None:
+        try:
+            with open("/proc/self/statm") as statm:
+                return int(statm.read().split()[1]) * self.page_mb
+        except OSError:
+            return None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak_mb = max(self.peak_mb, self._current_mb())
+
+    def __enter__(self):
+        if self.baseline_mb is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
 def measure_training(config: TrainConfig) -> dict:
     """Train one epoch and measure it: seconds, tokens forwarded per second, peak memory."""
     import resource
@@ -176,7 +216,8 @@ def measure_training(config: TrainConfig) -> dict:
     from alignlab.tokenise import tokenize_pairs
     from alignlab.train import load_training_pairs, train
 
-    result = train(config)
+    with ResidentSetSampler() as resident:
+        result = train(config)
     examples, _ = tokenize_pairs(load_tokenizer(config.model), load_training_pairs(config).pairs,
                                  config.max_length, config.max_prompt_length)
     # The tokens of the rows each method trains on, prompts counted once per response.
@@ -188,8 +229,10 @@ def measure_training(config: TrainConfig) -> dict:
         peak_mb, memory = torch.cuda.max_memory_allocated() / 2**20, "peak CUDA memory"
     else:
         peak_mb, memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS"
+    added = None if resident.baseline_mb is None else resident.peak_mb - resident.baseline_mb
     return {"epoch_seconds": result.seconds / config.epochs, "tokens_per_second": tokens * config.epochs / result.seconds,
-            "peak_memory_mb": peak_mb, "memory": memory, "pairs": result.pairs_trained, "steps": result.optimizer_steps}
+            "peak_memory_mb": peak_mb, "memory": memory, "training_rss_peak_mb": resident.peak_mb,
+            "training_rss_added_mb": added, "pairs": result.pairs_trained, "steps": result.optimizer_steps}
 
 
 if __name__ == "__main__":
