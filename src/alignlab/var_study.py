@@ -6,8 +6,9 @@ when its result is already there (a killed study resumes):
 
 - race:    VAR, DPO and GRPO trained from the SFT model with a model snapshot every few steps, each
            snapshot evaluated on the test prompts: gold (and proxy) reward against wall-clock and
-           against training responses. Each race run has its own empty cache, so its one-off work
-           (reward scoring, reference log-probs, loading) counts: a curve starts at its setup time.
+           against training responses. Each race run has its own empty cache (none reuses what
+           another computed), so its one-off work (reward scoring, reference log-probs, loading)
+           counts: a curve starts at its setup time.
 - z:       the spread of VAR's in-batch normaliser and weights against micro-batch size, from the
            training data's reference log-probs and proxy rewards (cached by the sweep's VAR runs),
            with summed and with length-normalised reference log-probs.
@@ -76,7 +77,7 @@ def run_race(race_dir: Path, base: dict, shared, test_pairs) -> dict:
         run = race_dir / method
         settings = dict(RACE_GRPO) if method == "grpo" else {}
         steps = settings.get("max_steps", offline_steps)
-        config = _train_config(base, method, run, shared.proxy_rm, cache_dir=str(race_dir / "cache"),
+        config = _train_config(base, method, run, shared.proxy_rm, cache_dir=str(race_dir / "cache" / method),
                                snapshot_steps=max(1, steps // RACE_SNAPSHOTS), resume=True, overwrite=True,
                                **settings)
         if not (run / "train_summary.json").exists():
