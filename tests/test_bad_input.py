@@ -358,6 +358,16 @@ def _(t):
     return t.run("--methods", "dpo,dop"), ["unknown method 'dop'", "did you mean 'dpo'"]
 
 
+@case("run: unknown study")
+def _(t):
+    return t.run("--study", "vra"), ["study 'vra'", "did you mean 'var'", "robustness, var"]
+
+
+@case("run: VAR study without VAR")
+def _(t):
+    return t.run("--study", "var", "--methods", "dpo"), ["study 'var' compares VAR with DPO", "add var to 'methods'"]
+
+
 @case("run: mistyped key")
 def _(t):
     return t.run("--seeed", "1"), ["command line", "unknown key 'seeed'", "did you mean 'seed'"]
