@@ -102,8 +102,8 @@ def evaluate_model(model_path: str, pairs, scorer, *, sft_model_path: str | None
     if sft_model_path is not None:
         same = Path(sft_model_path).resolve() == Path(model_path).resolve()
         if not same and load_tokenizer(sft_model_path, trust_remote_code).get_vocab() != tokenizer.get_vocab():
-            raise AlignlabError(f"{sft_model_path}: the SFT model's tokenizer differs from {tokenizer_path or model_path}'s; "
-                                "KL to SFT needs both models to share one tokenizer")
+            raise AlignlabError(f"{sft_model_path}: the SFT model's tokenizer differs from "
+                                f"{tokenizer_path or model_path}'s; KL to SFT needs both models to share one tokenizer")
         sft = model if same else load_causal_lm(sft_model_path, trust_remote_code=trust_remote_code).to(device)
         samples["logp_sft"] = (samples["logp_policy"] if same else
                                response_logps(sft, tokenizer, prompts, ids, generation.batch_size, device).tolist())

@@ -67,17 +67,17 @@ def comparison_section(sweep: Sweep, families: dict | None) -> tuple[Section, di
         f"[{gain_ci[0]:+.2f}%, {gain_ci[1]:+.2f}%]" if gain_ci[0] is not None else "–",
         _verdict_cell(claim["verdict"]), Cell(claim["detail"], css="note")]])
     section.blocks += [
-        "Each method's best run on mean gold reward (over its whole grid) against the SFT model it started from: "
-        "mean gold reward (what judges) and mean proxy reward (what VAR's weights and GRPO's advantages saw), on "
-        "all test prompts and separately on helpful and harmful ones, with bootstrap 95% CIs over prompts.",
+        ("Each method's best run on mean gold reward (over its whole grid) against the SFT model it started from: "
+         "mean gold reward (what judges) and mean proxy reward (what VAR's weights and GRPO's advantages saw), on "
+         "all test prompts and separately on helpful and harmful ones, with bootstrap 95% CIs over prompts."),
         Table(["model", "run", "prompts", "n", "mean gold reward", "mean proxy reward"], rows),
         Plot("var_vs_dpo.png", family_figure(by_model, groups),
              "Mean gold and proxy reward by prompt family",
              "Mean gold (left) and proxy (right) reward of SFT and the best DPO and VAR runs, per prompt family; "
              "bars are bootstrap 95% CIs over prompts."),
-        "The VAR paper reports VAR's average reward 7.16% above DPO's. Here the verdict comes from the paired "
-        "per-prompt gold difference (confirmed when its CI lies above 0, reversed when below); the gain in % "
-        "is relative to |DPO's mean| and is descriptive, since the world's rewards can be negative.",
+        ("The VAR paper reports VAR's average reward 7.16% above DPO's. Here the verdict comes from the paired "
+         "per-prompt gold difference (confirmed when its CI lies above 0, reversed when below); the gain in % "
+         "is relative to |DPO's mean| and is descriptive, since the world's rewards can be negative."),
         claim_table]
     summary = {"claim": claim, "models": {name: {"run": run.name, "rewards": by_model[name]} for name, run in models}}
     return section, summary
@@ -148,22 +148,22 @@ def race_section(race: dict, sft: RunRecord | None) -> tuple[Section, dict]:
                  f"[{ratio['ci_low']:.2f}, {ratio['ci_high']:.2f}]" if ratio else ""),
             _verdict_cell(result["verdict"]), Cell(result["reason"], css="note")])
     section.blocks += [
-        "VAR, DPO and GRPO trained from the SFT model, each with a model snapshot at regular steps, every snapshot "
-        f"evaluated on the same {race['test_prompts']} test prompts. Wall-clock counts each run's one-off work "
-        "(loading, reward scoring, reference log-probs: every race run starts with an empty cache) plus training, "
-        "not evaluation; samples are training responses seen (2 per pair offline, G per prompt for GRPO). "
-        "GRPO optimises the proxy reward; the paper's claim is about the reward, tested here on gold (what "
-        "judges) and on proxy (what GRPO climbs).",
+        ("VAR, DPO and GRPO trained from the SFT model, each with a model snapshot at regular steps, every snapshot "
+         f"evaluated on the same {race['test_prompts']} test prompts. Wall-clock counts each run's one-off work "
+         "(loading, reward scoring, reference log-probs: every race run starts with an empty cache) plus training, "
+         "not evaluation; samples are training responses seen (2 per pair offline, G per prompt for GRPO). "
+         "GRPO optimises the proxy reward; the paper's claim is about the reward, tested here on gold (what "
+         "judges) and on proxy (what GRPO climbs)."),
         Plot("race.png", race_figure(race, sft, results), "Convergence race",
              "Mean gold (top) and proxy (bottom) reward against training wall-clock (left) and training responses "
              "(right); the SFT model at 0; dashed: 90% of GRPO's final gain over SFT."),
         Table(["method", "hyper-parameters", "batch", "setup s", "total s", "responses", "final gold",
                "s to gold target", "responses to gold target", "final proxy", "s to proxy target"], rows),
-        "The target is the SFT reward plus 90% of GRPO's final gain over it (a fraction of the gain, not of the "
-        "reward, since rewards can be negative); a method's time to it is interpolated linearly between "
-        "evaluation points. Speedup = GRPO's time to target ÷ VAR's; CIs bootstrap the test prompts (2000 "
-        "resamples). Verdict: confirmed when the CI lies above 5, reversed when below 1, not testable when GRPO "
-        "does not improve on SFT.",
+        ("The target is the SFT reward plus 90% of GRPO's final gain over it (a fraction of the gain, not of the "
+         "reward, since rewards can be negative); a method's time to it is interpolated linearly between "
+         "evaluation points. Speedup = GRPO's time to target ÷ VAR's; CIs bootstrap the test prompts (2000 "
+         "resamples). Verdict: confirmed when the CI lies above 5, reversed when below 1, not testable when GRPO "
+         "does not improve on SFT."),
         Table(["claim", "SFT → GRPO final", "target", "speedup (wall-clock)", "ratio (responses)", "verdict",
                "why"], verdict_rows)]
     return section, results
@@ -202,14 +202,16 @@ def z_section(sweep: Sweep, z: dict | None) -> tuple[Section, dict]:
                 rows.append([name, str(entry["batch_size"]), f"{entry['log_z_mean']:.3f}", f"{entry['log_z_sd']:.3f}",
                              f"{entry['weight_sd']:.3f}", f"{entry['ess_fraction']:.3f}", f"{entry['max_weight']:.3f}"])
         section.blocks += [
-            f"The in-batch estimate log Ẑ_B = log(1/b · Σ_B exp(ℓref + r/λ)) and the weights ω = softmax_B(ℓref + r/λ) "
-            f"over 200 random micro-batches of b of the {z['responses']} training responses (chosen and rejected "
-            f"alike), at λ = {z['lam']:g}, with the proxy reward model's r. sd b·ω is 0 for uniform weights; the "
-            "effective sample size fraction (1/Σω²)/b is 1 for uniform weights and 1/b when one response takes all.",
+            (f"The in-batch estimate log Ẑ_B = log(1/b · Σ_B exp(ℓref + r/λ)) and the weights "
+             f"ω = softmax_B(ℓref + r/λ) over 200 random micro-batches of b of the {z['responses']} training responses (chosen and rejected "
+             f"alike), at λ = {z['lam']:g}, with the proxy reward model's r. sd b·ω is 0 for uniform weights; the "
+             "effective sample size fraction (1/Σω²)/b is 1 for uniform weights and 1/b when one response takes "
+             "all."),
             Plot("z_variance.png", z_figure(z), "Normaliser spread against micro-batch size",
                  "Left: sd of log Ẑ_B across micro-batches; right: effective sample size fraction of the weights; "
                  "summed and length-normalised reference log-probs."),
-            Table(["ℓref", "micro-batch b", "mean log Ẑ_B", "sd log Ẑ_B", "sd b·ω", "ESS / b", "mean max ω"], rows)]
+            Table(["ℓref", "micro-batch b", "mean log Ẑ_B", "sd log Ẑ_B", "sd b·ω", "ESS / b", "mean max ω"],
+                  rows)]
         summary["variance"] = z
     var_runs = sweep.by_method.get("var", [])
     variants: dict[tuple, RunRecord] = {}
@@ -224,9 +226,9 @@ def z_section(sweep: Sweep, z: dict | None) -> tuple[Section, dict]:
             for (estimator, normalised), run in sorted(variants.items())]
     if rows:
         section.blocks += [
-            "Final reward of each Z estimator (batch: the micro-batch, the paper's; prompt: the responses to one "
-            "prompt; sampled: K responses per prompt sampled from the reference), with summed and length-normalised "
-            "ℓref: the best run of each variant over the grid's λ values, mean gold reward with its 95% CI.",
+            ("Final reward of each Z estimator (batch: the micro-batch, the paper's; prompt: the responses to one "
+             "prompt; sampled: K responses per prompt sampled from the reference), with summed and length-normalised "
+             "ℓref: the best run of each variant over the grid's λ values, mean gold reward with its 95% CI."),
             Table(["Z estimator", "ℓref", "best run", "mean gold reward", "mean proxy reward", "length-norm. KL"],
                   rows)]
         summary["estimators"] = [{"z_estimator": e, "length_normalize": n, "run": r.name, "mean_score": r.score}
@@ -260,12 +262,12 @@ def compute_section(compute: dict) -> tuple[Section, dict]:
              _fmt(r["training_rss_added_mb"], "{:+,.0f}"), str(r["pairs"]), str(r["steps"])] for r in compute["rows"]]
     memory = compute["rows"][0]["memory"] if compute["rows"] else "peak memory"
     section.blocks += [
-        f"One epoch of each method on the same training pairs, one after another, each in a fresh process on "
-        f"{compute['device']} (so its {memory} is its own), reference log-probs and rewards read from the cache: "
-        "the training loop's cost. Tokens are those of the rows each method trains on (prompt + chosen for SFT, "
-        "prompt + chosen and prompt + rejected otherwise). The process's lifetime peak is often reached while "
-        "the libraries load; the resident set sampled every 5 ms during training, and its rise over the "
-        "resident set just before training, show what the method itself costs.",
+        (f"One epoch of each method on the same training pairs, one after another, each in a fresh process on "
+         f"{compute['device']} (so its {memory} is its own), reference log-probs and rewards read from the cache: "
+         "the training loop's cost. Tokens are those of the rows each method trains on (prompt + chosen for SFT, "
+         "prompt + chosen and prompt + rejected otherwise). The process's lifetime peak is often reached while "
+         "the libraries load; the resident set sampled every 5 ms during training, and its rise over the "
+         "resident set just before training, show what the method itself costs."),
         Table(["method", "s per epoch", "tokens/s", f"{memory} (MB)", "RSS peak in training (MB)",
                "RSS added by training (MB)", "pairs", "optimizer steps"], rows)]
     return section, compute

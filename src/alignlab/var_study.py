@@ -148,7 +148,7 @@ def compute_profile(base: dict, proxy_rm: str | None) -> dict:
             config = _train_config(base, method, Path(tmp) / method, proxy_rm if method == "var" else None)
             payload = json.dumps(dataclasses.asdict(config))
             done = subprocess.run([sys.executable, "-m", "alignlab.var_study", payload], capture_output=True,
-                                  text=True, env=_quiet_env())
+                                  check=False, text=True, env=_quiet_env())
             if done.returncode != 0:
                 raise RuntimeError(f"compute profile: training {method} failed:\n{done.stderr[-3000:]}")
             rows.append({"method": method, **json.loads(done.stdout.strip().splitlines()[-1])})
@@ -231,7 +231,8 @@ def measure_training(config: TrainConfig) -> dict:
     else:
         peak_mb, memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS"
     added = None if resident.baseline_mb is None else resident.peak_mb - resident.baseline_mb
-    return {"epoch_seconds": result.seconds / config.epochs, "tokens_per_second": tokens * config.epochs / result.seconds,
+    return {"epoch_seconds": result.seconds / config.epochs,
+            "tokens_per_second": tokens * config.epochs / result.seconds,
             "peak_memory_mb": peak_mb, "memory": memory, "training_rss_peak_mb": resident.peak_mb,
             "training_rss_added_mb": added, "pairs": result.pairs_trained, "steps": result.optimizer_steps}
 
