@@ -368,6 +368,11 @@ def _(t):
     return t.run("--study", "var", "--methods", "dpo"), ["study 'var' compares VAR with DPO", "add var to 'methods'"]
 
 
+@case("run: VAR race without GRPO steps")
+def _(t):
+    return t.run("--study", "var", "--race_grpo_steps", "0"), ["'race_grpo_steps' must be >= 1"]
+
+
 @case("run: mistyped key")
 def _(t):
     return t.run("--seeed", "1"), ["command line", "unknown key 'seeed'", "did you mean 'seed'"]

@@ -245,8 +245,11 @@ def z_figure(z: dict) -> bytes:
         sizes = [e["batch_size"] for e in z[variant]]
         axes[0].plot(sizes, [e["log_z_sd"] for e in z[variant]], marker="o", label=name)
         axes[1].plot(sizes, [e["ess_fraction"] for e in z[variant]], marker="o", label=name)
+    sizes = [e["batch_size"] for e in z["summed"]]
     for ax, ylabel in zip(axes, ("sd of log Ẑ_B", "ESS / b")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.minorticks_off()
         ax.set_xlabel("micro-batch size b")
         ax.set_ylabel(ylabel)
     _legend(axes[1])

@@ -33,6 +33,8 @@ class StudyConfig:
     method_params: dict = field(default_factory=dict)  # method -> fixed hyper-parameters, e.g. {dpo: {beta: 0.1}}
     grid_preset: str | None = "small"  # named grid (see sweep.GRID_PRESETS); None: only `grid`
     study: str = "robustness"  # robustness | var: also the VAR section's race, Z estimators, compute profile
+    race_snapshots: int = 5  # VAR study: evaluation points per race curve, the last at the end of training
+    race_grpo_steps: int = 40  # VAR study: GRPO's optimizer steps in the race (8 prompts × G 4 responses each)
     grid: dict = field(default_factory=dict)  # method (or "all") -> {hyper-parameter: [values]}
     seeds: list[int] | None = None  # training seeds of every grid point; default: [seed]
     workers: int = 1  # runs in parallel (local processes or Ray tasks)
@@ -70,6 +72,9 @@ class StudyConfig:
             raise AlignlabError(unknown_name_message("config: study", self.study, list(STUDIES)))
         if self.study == "var" and "var" not in (self.methods or ["var"]):
             raise AlignlabError("config: study 'var' compares VAR with DPO; add var to 'methods'")
+        for name in ("race_snapshots", "race_grpo_steps"):
+            if getattr(self, name) < 1:
+                raise AlignlabError(f"config: '{name}' must be >= 1, got {getattr(self, name)}")
         if self.executor not in ("local", "ray"):
             raise AlignlabError(unknown_name_message("config: executor", self.executor, ["local", "ray"]))
         if self.workers < 1:

@@ -480,7 +480,7 @@ def run_sweep(config: StudyConfig) -> Path:
     if config.study == "var":
         from alignlab.var_study import run_var_stages
 
-        run_var_stages(out, shared)
+        run_var_stages(out, shared, config)
     write_sweep_report(out)
     log.info("sweep finished in %.1f s: %d runs finished, %d failed", time.perf_counter() - started,
              counts["finished"], counts["failed"])

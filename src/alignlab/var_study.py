@@ -34,21 +34,22 @@ from alignlab.objectives import get_method
 log = logging.getLogger(__name__)
 
 RACE_METHODS = ("var", "dpo", "grpo")
-RACE_SNAPSHOTS = 5  # evaluation points per race curve, the last at the end of training
 # GRPO samples G responses per prompt at every step, so a step costs far more than an offline one:
-# the race gives it a fixed step budget rather than an epoch over every prompt.
-RACE_GRPO = {"max_steps": 40, "epochs": 1000, "batch_size": 8, "params": {"group_size": 4}}
+# the race gives it a step budget (StudyConfig.race_grpo_steps, over as many epochs as that takes)
+# rather than an epoch over every prompt.
+RACE_GRPO = {"epochs": 1000, "batch_size": 8, "params": {"group_size": 4}}
 Z_BATCH_SIZES = (2, 4, 8, 16, 32, 64)
 COMPUTE_METHODS = ("sft", "dpo", "simpo", "var")
 
 
-def run_var_stages(out: Path, shared) -> None:
+def run_var_stages(out: Path, shared, config) -> None:
     """The race, the Z-estimator spread and the compute profile, each skipped when already done."""
     var_dir = out / "var"
     var_dir.mkdir(exist_ok=True)
     base = {**shared.training, "model": shared.inputs.sft_model, "data": shared.inputs.train_data}
     if not (var_dir / "race.json").exists():
-        atomic.write_json(var_dir / "race.json", run_race(var_dir / "race", base, shared, shared.inputs.test_pairs))
+        atomic.write_json(var_dir / "race.json", run_race(var_dir / "race", base, shared, config.race_snapshots,
+                                                                 config.race_grpo_steps))
     if not (var_dir / "z_variance.json").exists():
         atomic.write_json(var_dir / "z_variance.json", z_variance(base, shared.proxy_rm))
     if not (var_dir / "compute.json").exists():
@@ -63,7 +64,7 @@ def _train_config(base: dict, method: str, out: Path, proxy_rm: str | None, **se
 
 # ---------------------------------------------------------------- race
 
-def run_race(race_dir: Path, base: dict, shared, test_pairs) -> dict:
+def run_race(race_dir: Path, base: dict, shared, snapshots: int, grpo_steps: int) -> dict:
     """Train the race's three runs with snapshots and evaluate every snapshot; the curves as JSON."""
     from alignlab.evaluate import evaluate_model
     from alignlab.sweep import _reward_model_scorer
@@ -75,10 +76,10 @@ def run_race(race_dir: Path, base: dict, shared, test_pairs) -> dict:
     curves = {}
     for method in RACE_METHODS:
         run = race_dir / method
-        settings = dict(RACE_GRPO) if method == "grpo" else {}
+        settings = {**RACE_GRPO, "max_steps": grpo_steps} if method == "grpo" else {}
         steps = settings.get("max_steps", offline_steps)
         config = _train_config(base, method, run, shared.proxy_rm, cache_dir=str(race_dir / "cache" / method),
-                               snapshot_steps=max(1, steps // RACE_SNAPSHOTS), resume=True, overwrite=True,
+                               snapshot_steps=max(1, steps // snapshots), resume=True, overwrite=True,
                                **settings)
         if not (run / "train_summary.json").exists():
             log.info("race: training %s with a snapshot every %d steps", method, config.snapshot_steps)
@@ -87,7 +88,7 @@ def run_race(race_dir: Path, base: dict, shared, test_pairs) -> dict:
         points = []
         for snapshot in sorted((run / SNAPSHOTS).iterdir()):
             if not (snapshot / "eval" / "metrics.json").exists():
-                evaluate_model(str(snapshot), test_pairs, shared.inputs.scorer, generation=shared.generation,
+                evaluate_model(str(snapshot), shared.inputs.test_pairs, shared.inputs.scorer, generation=shared.generation,
                                out_dir=snapshot / "eval", proxy_scorer=proxy, tokenizer_path=str(run / "model"))
             point = json.loads((snapshot / "snapshot.json").read_text())
             samples = _samples(snapshot / "eval" / "samples.parquet")
@@ -95,7 +96,7 @@ def run_race(race_dir: Path, base: dict, shared, test_pairs) -> dict:
                            "samples": point["responses_seen"], **samples})
         curves[method] = {"params": summary["params"], "setup_seconds": summary["setup_seconds"],
                           "batch_size": config.batch_size, "max_steps": config.max_steps, "points": points}
-    return {"methods": curves, "test_prompts": len(test_pairs)}
+    return {"methods": curves, "test_prompts": len(shared.inputs.test_pairs)}
 
 
 def _samples(path: Path) -> dict:
