@@ -177,11 +177,14 @@ def _metrics_by_run(out) -> dict:
         return {r.name: r.metrics for r in store.runs()}
 
 
-def test_parallel_local_workers_give_the_same_results_as_one_process(tiny_sweep, world_cache, tmp_path):
+def test_parallel_local_workers_give_the_same_results_as_one_process(tiny_sweep, world_cache, tmp_path, capfd):
     reference, config_file, _ = tiny_sweep
     out = tmp_path / "out"
     assert main(_sweep_args(config_file, out, world_cache, "--workers", "2")) == 0
     assert _metrics_by_run(out) == _metrics_by_run(reference)
+    err = capfd.readouterr().err
+    assert "sweep:" in err and "dpo:" not in err  # the sweep's bar, not the workers' training bars
+    assert "TQDM_DISABLE" not in os.environ
 
 
 def test_ray_executor_runs_the_sweep_on_a_local_ray_instance(tiny_sweep, world_cache, tmp_path):

@@ -48,7 +48,9 @@ def generate_from_ids(model, tokenizer, encoded: list[list[int]], config: Genera
     results: list[Generation | None] = [None] * len(encoded)
     model.eval()
     batches = range(0, len(order), config.batch_size)
-    for batch_index, start in enumerate(tqdm(batches, desc="generate", unit="batch", disable=not progress)):
+    # `disable` only where it must be off: an explicit False would override TQDM_DISABLE.
+    bar = tqdm(batches, desc="generate", unit="batch", **({} if progress else {"disable": True}))
+    for batch_index, start in enumerate(bar):
         index = order[start:start + config.batch_size]
         width = max(len(encoded[i]) for i in index)
         input_ids = torch.full((len(index), width), pad_id, dtype=torch.long)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as futures
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -284,8 +285,32 @@ def make_executor(config: StudyConfig):
                                        initializer=_worker_init, initargs=(threads,))
 
 
+@contextlib.contextmanager
+def quiet_worker_processes(config: StudyConfig):
+    """Worker processes started meanwhile show no progress bars of their own: several runs' bars
+    would interleave under the sweep's. tqdm reads TQDM_DISABLE when it is imported, so it must be
+    in the environment the workers start with; this process's own bars are already set up."""
+    if config.executor != "local" or config.workers == 1:
+        yield
+        return
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = previous
+
+
 def execute_all(tasks: list[RunTask], store: RunStore, config: StudyConfig, finished: int, total: int) -> None:
     """Run the tasks, at most `workers` at a time, recording each start and end in the store."""
+    with quiet_worker_processes(config):
+        _execute_all(tasks, store, config, finished, total)
+
+
+def _execute_all(tasks: list[RunTask], store: RunStore, config: StudyConfig, finished: int, total: int) -> None:
     executor = make_executor(config)
     waiting = list(tasks)
     in_flight: dict[futures.Future, RunTask] = {}

@@ -341,7 +341,9 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
         metrics_file.truncate(state.metrics_bytes)  # drop lines logged after the checkpoint
         if state.step:
             log.info("resuming at optimizer step %d of %d", state.step, total_steps)
-    progress = tqdm(total=total_steps, initial=state.step, desc=desc, disable=not is_main, unit="step")
+    # `disable` only where it must be off: an explicit False would override TQDM_DISABLE.
+    progress = tqdm(total=total_steps, initial=state.step, desc=desc, unit="step",
+                    **({} if is_main else {"disable": True}))
     last = {"loss": float("nan"), "margin": float("nan")}
     seconds = 0.0
     start = time.perf_counter()
