@@ -209,8 +209,14 @@ def test_an_unreachable_judge_fails_every_sample_with_its_reason(fake_judge):
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    judgments = Judge(config(f"http://127.0.0.1:{port}/v1", retries=1)).judge(QUESTIONS, ANSWERS, BASELINES)
+    judge = Judge(config(f"http://127.0.0.1:{port}/v1", retries=1, workers=1))
+    attempts = []
+    original = judge._request
+    judge._request = lambda *args: attempts.append(1) or original(*args)
+    judgments = judge.judge(QUESTIONS, ANSWERS, BASELINES)
     assert all(j.score is None and "cannot reach" in j.error for j in judgments)
+    assert len(attempts) == 2  # one request and its retry; the other 7 requests are not sent
+    assert sum(j.error.count("not sent") for j in judgments) == 2 * len(judgments) - 1
     metric = win_rate_metric([j.score for j in judgments], "fake-judge")
     assert metric["value"] is None and (metric["n_judged"], metric["n_failed"]) == (0, 4)
 

@@ -123,6 +123,9 @@ def parse_verdict(reply: str) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
+UNREACHABLE = "cannot reach"  # how a connection failure's error starts
+
+
 class _RetryableError(Exception):
     """A failure that another attempt may not repeat (timeout, 429, 5xx, malformed reply)."""
 
@@ -229,10 +232,20 @@ class Judge:
         # Read the key once per run, here, so it lives only in this call and in request headers.
         key = os.environ.get(self.config.key_env) or None
 
+        # An endpoint that cannot be reached after a request's retries will not be reached by the
+        # next ones: the rest are not sent (each sample still says why), so a wrong URL costs one
+        # request's retries, not every sample's.
+        unreachable: list[str] = []
+
         def work(job: _Job) -> None:
+            if unreachable:
+                job.error = f"not sent: {unreachable[0]}"
+                return
             self._run(job, key)
             if job.verdict is not None:
                 cache.add(job.key, job.verdict)  # at once: an interrupted run keeps what it paid for
+            elif job.error.startswith(UNREACHABLE):
+                unreachable.append(job.error)
 
         pool = ThreadPoolExecutor(max_workers=self.config.workers)
         try:
@@ -272,7 +285,7 @@ class Judge:
                 raise _RetryableError(reason) from None
             raise _FinalError(reason) from None
         except urllib.error.URLError as err:  # connection refused, DNS failure, timeout while connecting
-            raise _RetryableError(f"cannot reach {self.endpoint}: {err.reason}") from None
+            raise _RetryableError(f"{UNREACHABLE} {self.endpoint}: {err.reason}") from None
         except (TimeoutError, socket.timeout):
             raise _RetryableError(f"timed out after {self.config.timeout_s:g} s") from None
         except (http.client.HTTPException, ConnectionError) as err:  # e.g. the server closed the connection
