@@ -84,8 +84,9 @@ def pair_rewards(config: TrainConfig, pairs, cache_dir: Path, device) -> dict[st
             scorer = RewardScorer(config.reward_model, config.dtype, config.trust_remote_code,
                                   config.max_length, device)
             prompts = [p.prompt for p in pairs]
-            return {"chosen": scorer.score(prompts, [p.chosen for p in pairs], config.batch_size),
-                    "rejected": scorer.score(prompts, [p.rejected for p in pairs], config.batch_size)}
+            batch = 4 * config.batch_size  # no gradients to keep: as for the reference pass
+            return {"chosen": scorer.score(prompts, [p.chosen for p in pairs], batch),
+                    "rejected": scorer.score(prompts, [p.rejected for p in pairs], batch)}
 
         return cached_tensors(cache_dir, "rewards", key, compute)[0]
     return {"chosen": torch.tensor([p.reward_chosen for p in pairs], dtype=torch.float32),
