@@ -121,6 +121,29 @@ def test_starting_a_finished_sweep_again_reruns_nothing(tiny_sweep, world_cache)
     assert time.perf_counter() - started < first_seconds
 
 
+def test_a_second_sweep_in_a_running_sweeps_directory_is_refused(tiny_sweep, world_cache, capsys):
+    import fcntl
+
+    out, config_file, _ = tiny_sweep
+    with open(out / ".lock", "a") as held:  # as a running sweep holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(_sweep_args(config_file, out, world_cache)) == 2
+    assert "another alignlab sweep is running in this directory" in capsys.readouterr().err
+
+
+def test_resuming_removes_the_temp_files_a_killed_writer_left(tiny_sweep, world_cache):
+    out, config_file, _ = tiny_sweep
+    left = [out / "runs" / "sft" / ".samples.parquet.x1y2z3.tmp", out / "runs" / ".dpo-beta0.5.ab12.tmp"]
+    left[0].write_bytes(b"half a parquet file")
+    left[1].mkdir()
+    (left[1] / "metrics.json").write_text("{")
+    partial = out / "runs" / ".kept.partial"  # a killed training run's checkpoint: resumable, so kept
+    partial.mkdir()
+    assert main(_sweep_args(config_file, out, world_cache)) == 0
+    assert not any(path.exists() for path in left) and partial.exists()
+    partial.rmdir()
+
+
 def test_a_different_configuration_in_the_same_directory_is_refused(tiny_sweep, world_cache, tmp_path, capsys):
     out, _, _ = tiny_sweep
     other = tmp_path / "other.yaml"

@@ -469,6 +469,35 @@ def run_sweep(config: StudyConfig) -> Path:
                     data=config.train_data or "the study world's pairs", out=str(out / "runs" / spec.name),
                     params=spec.params, **{**base, **spec.training}).validate()
     resuming = open_sweep_dir(config)
+    with exclusive(out):
+        return _run_open_sweep(config, specs, base, resuming, started)
+
+
+@contextlib.contextmanager
+def exclusive(out: Path):
+    """One sweep process per directory at a time. The OS drops the lock when its holder dies, even
+    by SIGKILL, so holding it means no writer is left: the temp files a killed one left can go."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock, and no cleanup that could race a live writer
+        yield
+        return
+    with open(out / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlignlabError(f"{out}: another alignlab sweep is running in this directory; wait for it to "
+                                "end, or choose another --out") from None
+        for stale in sorted(out.rglob(".*.tmp"), reverse=True):  # atomic writes' temp files and dirs
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+        yield
+
+
+def _run_open_sweep(config: StudyConfig, specs: list[RunSpec], base: dict, resuming: bool, started: float) -> Path:
+    out = Path(config.out)
     if resuming:
         log.info("resuming the sweep in %s", out)
     methods = list(dict.fromkeys(spec.method for spec in specs))
