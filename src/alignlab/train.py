@@ -172,10 +172,10 @@ def shared_prompt_works(model, examples, pad_id: int, device) -> bool:
     model.eval()
     try:
         with torch.inference_mode():
-            padded, shared = (batch_logps(model, {k: v.to(device) for k, v in collate(sample, pad_id).items()})
-                              for collate in (collate_pairs, collate_shared_prompt))
-            lengths = collate_pairs(sample, pad_id)["lengths"].to(device)
-            per_token = ((padded - shared).abs() / lengths).max().item()
+            padded_batch, shared_batch = ({k: v.to(device) for k, v in collate(sample, pad_id).items()}
+                                          for collate in (collate_pairs, collate_shared_prompt))
+            difference = (batch_logps(model, padded_batch) - batch_logps(model, shared_batch)).abs()
+            per_token = (difference / padded_batch["lengths"]).max().item()
     except (RuntimeError, ValueError, TypeError) as err:  # a model that rejects the mask's shape
         log.warning("shared-prompt batches failed on this model (%s): padded pair batches", err)
         return False
