@@ -23,6 +23,7 @@ import torch
 
 from alignlab.cli import main
 from alignlab.errors import AlignlabError
+from alignlab.tiny import build_tiny_classifier
 
 CASES = {}
 
@@ -57,14 +58,7 @@ class Inputs:
         return Path(shutil.copytree(self.tiny_model, self.dir / name))
 
     def classifier(self, labels: int, name: str = "rm") -> Path:
-        from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
-        config = LlamaConfig.from_pretrained(self.tiny_model)
-        config.num_labels = labels
-        torch.manual_seed(0)
-        LlamaForSequenceClassification(config).save_pretrained(self.dir / name)
-        AutoTokenizer.from_pretrained(self.tiny_model).save_pretrained(self.dir / name)
-        return self.dir / name
+        return build_tiny_classifier(self.dir / name, self.tiny_model, num_labels=labels)
 
     def under_a_file(self, name: str = "result") -> Path:
         return self.file("a-file", "x") / name

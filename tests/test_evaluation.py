@@ -13,6 +13,7 @@ from alignlab.evaluate import evaluate_model, response_logps
 from alignlab.generate import GenerationConfig, generate_responses
 from alignlab.metrics import bootstrap_ci, summarize, win_rate
 from alignlab.modeling import load_causal_lm, load_tokenizer
+from alignlab.tiny import build_tiny_classifier
 from alignlab.tokenise import PromptRenderer
 
 PROMPTS = [[{"role": "user", "content": "What color is the apple number 3?"}],
@@ -155,15 +156,9 @@ def test_kl_needs_one_tokenizer(tiny_model, tiny_chat_model):
 
 
 def test_eval_command_with_a_reward_model_and_sft(tiny_model, pairs_file, tmp_path, capsys):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
     from alignlab.cli import main
 
-    config = LlamaConfig.from_pretrained(tiny_model)
-    config.num_labels = 1
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "gold")
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path / "gold")
+    build_tiny_classifier(tmp_path / "gold", tiny_model)
     out = tmp_path / "eval"
     code = main(["eval", "--model", str(tiny_model), "--data", str(pairs_file), "--gold-rm", str(tmp_path / "gold"),
                  "--sft", str(tiny_model), "--out", str(out), "--max-new-tokens", "6", "--limit", "5"])

@@ -20,6 +20,7 @@ from alignlab.data import PreferencePair
 from alignlab.evaluate import evaluate_model
 from alignlab.generate import GenerationConfig
 from alignlab.judge import Judge, JudgeConfig, parse_verdict, question_text, win_rate_metric
+from alignlab.tiny import build_tiny_classifier
 
 SECRET = "sk-test-do-not-leak-0123456789"
 ANSWER = re.compile(r"\[The Start of Assistant ([AB])'s Answer\]\n(.*?)\n\[The End of Assistant \1's Answer\]", re.S)
@@ -300,19 +301,13 @@ def test_evaluate_model_judges_against_the_sft_responses(tiny_model, fake_judge,
 
 def test_eval_command_with_a_judge_and_no_key_in_any_written_file(tiny_model, pairs_file, fake_judge, tmp_path,
                                                                    isolated_cache, monkeypatch, capsys):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
     from alignlab.cli import main
     from alignlab.data import load_pairs
 
     fake, url = fake_judge
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     fake.status_for = {"What color is the sky number 1?": 500}  # pair-1 fails: reported, not counted
-    gold_config = LlamaConfig.from_pretrained(tiny_model)
-    gold_config.num_labels = 1
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(gold_config).save_pretrained(tmp_path / "gold")
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path / "gold")
+    build_tiny_classifier(tmp_path / "gold", tiny_model)
     out = tmp_path / "eval"
     argv = ["eval", "--model", str(tiny_model), "--data", str(pairs_file), "--gold-rm", str(tmp_path / "gold"),
             "--out", str(out), "--max-new-tokens", "6", "--limit", "4", "--judge-url", url,

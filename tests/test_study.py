@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 import yaml
 
 from alignlab.cli import main
+from alignlab.tiny import build_tiny_classifier
 from conftest import SHARED
 
 METRICS = ["mean_score", "win_vs_chosen", "win_vs_sft", "kl", "ln_kl", "length"]
@@ -106,13 +106,7 @@ def test_run_refuses_bad_settings_before_writing(tmp_path, capsys):
 @pytest.mark.skipif(not HH_SAMPLE.exists(), reason=f"shared HH-RLHF sample not found at {HH_SAMPLE}")
 def test_run_on_real_models_and_data(tiny_model, pairs_file, tmp_path):
     """The same command on a Hugging Face model, pairs data, HH-RLHF test prompts and a gold RM."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
-    config = LlamaConfig.from_pretrained(tiny_model)
-    config.num_labels = 1
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "gold")
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path / "gold")
+    build_tiny_classifier(tmp_path / "gold", tiny_model)
     study = {"model": str(tiny_model), "train_data": str(pairs_file), "test_data": str(HH_SAMPLE),
              "test_format": "hh-rlhf", "test_limit": 6, "gold_rm": str(tmp_path / "gold"),
              "methods": ["dpo", "var"], "training": {"learning_rate": 1e-3, "batch_size": 4, "max_length": 128,

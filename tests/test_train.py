@@ -16,6 +16,7 @@ from alignlab.cli import main
 from alignlab.config import TrainConfig
 from alignlab.data import load_pairs
 from alignlab.modeling import load_causal_lm, load_tokenizer
+from alignlab.tiny import build_tiny_classifier
 from alignlab.tokenise import tokenize_pairs
 from alignlab.train import train
 
@@ -122,14 +123,7 @@ def test_gradient_accumulation_matches_the_larger_batch(tiny_model, pairs_file, 
 
 
 def reward_model(directory: Path, base: Path) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
-    config = LlamaConfig.from_pretrained(base)
-    config.num_labels = 1
-    torch.manual_seed(3)
-    LlamaForSequenceClassification(config).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(base).save_pretrained(directory)
-    return directory
+    return build_tiny_classifier(directory, base, seed=3)
 
 
 @pytest.mark.parametrize("method", ["sft", "dpo", "ln-dpo", "simpo", "var"])

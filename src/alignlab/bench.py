@@ -291,15 +291,9 @@ SWEEP_TEST_PROMPTS = 32
 
 def _gold_classifier(setup: dict, directory: Path) -> str:
     """A tiny one-output sequence classifier on the bench model's tokenizer: the gold RM both sides use."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+    from alignlab.tiny import build_tiny_classifier
 
-    config = LlamaConfig.from_pretrained(setup["model"])
-    config.num_labels = 1
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(config).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(setup["model"]).save_pretrained(directory)
-    return str(directory)
+    return str(build_tiny_classifier(directory, setup["model"]))
 
 
 def _timed_cli(args: list[str], cache: Path) -> float:

@@ -61,3 +61,16 @@ def build_tiny_llama(directory: str | Path, texts: list[str], *, seed: int = 0, 
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def build_tiny_classifier(directory: str | Path, base: str | Path, *, num_labels: int = 1, seed: int = 0) -> Path:
+    """A randomly initialised sequence classifier with `base`'s Llama config and tokenizer (a reward
+    model of num_labels outputs for tests and benchmarks), written with save_pretrained."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig.from_pretrained(base)
+    config.num_labels = num_labels
+    torch.manual_seed(seed)
+    LlamaForSequenceClassification(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(base).save_pretrained(directory)
+    return Path(directory)
