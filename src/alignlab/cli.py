@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--preference", default="better", help="pku-saferlhf without filter: better | safer")
     data.add_argument("--split", default="train", help="split of a Hugging Face dataset")
     data.add_argument("--out", default=None, help="write normalised pairs (id, prompt, chosen, rejected) here")
+    data.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
 
     train = commands.add_parser(
         "train", help="train a model with one objective (offline, or online: grpo)",
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="throughput and memory against TRL and the SFT limit, as ratios")
     bench.add_argument("--out", default=None, help="write the results as JSON here (e.g. bench.json)")
+    bench.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
     bench.add_argument("--quick", action="store_true", help="a reduced run of every row (under 3 minutes on CPU)")
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     return parser
@@ -109,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_bench(args) -> int:
     from alignlab.bench import format_table, run_bench as bench
+    from alignlab.output_dirs import check_output_file
 
+    if args.out:
+        check_output_file(args.out, overwrite=args.overwrite)
     results = bench(args.out, args.quick, args.device, progress=lambda line: print(line, flush=True))
     print(format_table(results))
     if args.out:
@@ -118,11 +123,11 @@ def run_bench(args) -> int:
 
 
 def run_data(args) -> int:
-    from alignlab.atomic import check_output_file
     from alignlab.data import load_pairs, write_pairs_jsonl
+    from alignlab.output_dirs import check_output_file
 
     if args.out:
-        check_output_file(args.out)  # before reading what may be a large dataset
+        check_output_file(args.out, overwrite=args.overwrite, inputs=[args.path])  # before reading the data
     result = load_pairs(args.path, args.data_format, filter=args.filter, preference=args.preference,
                         split=args.split)
     if args.out:
@@ -133,9 +138,13 @@ def run_data(args) -> int:
 
 def _config_from_args(cls, args, names: tuple[str, ...], overrides: list[str]):
     from alignlab.config import build_config, parse_overrides
+    from alignlab.output_dirs import refuse_unsafe_output
 
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    return build_config(cls, args.config, {**given, **parse_overrides(overrides)})
+    config = build_config(cls, args.config, {**given, **parse_overrides(overrides)})
+    if config.out:  # the commands check their other inputs; the config file only the CLI knows
+        refuse_unsafe_output(config.out, [args.config])
+    return config
 
 
 def run_train(args, overrides: list[str]) -> int:
@@ -200,11 +209,25 @@ def run_sweep_command(args, overrides: list[str]) -> int:
 
 
 def run_report(args) -> int:
+    from alignlab.output_dirs import output_lock
     from alignlab.sweep import write_sweep_report
 
-    write_sweep_report(args.dir)
+    with output_lock(args.dir, option="DIR"):  # not while a sweep writes there
+        write_sweep_report(args.dir)
     print(f"{args.dir}/report.html")
     return 0
+
+
+def _return_override_value(args, argv: list[str], extra: list[str]) -> None:
+    """argparse cannot know that `--key value` overrides take a value, so in `sweep ... --overwrite
+    true` it reads `true` as the positional CONFIG: give such a value back to its override."""
+    if args.config is None:
+        return
+    position = argv.index(args.config)
+    flag = argv[position - 1]
+    if flag.startswith("--") and "=" not in flag and flag in extra:
+        extra.insert(extra.index(flag) + 1, args.config)
+        args.config = None
 
 
 COMMANDS_WITH_OVERRIDES = {"train": run_train, "train-rm": run_train_rm, "run": run_study_command,
@@ -215,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command == "sweep":
+        _return_override_value(args, argv, extra)
     if extra and args.command not in COMMANDS_WITH_OVERRIDES:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -26,6 +26,7 @@ from alignlab.generate import GenerationConfig, generate_responses
 from alignlab.judge import BASELINES, JudgeConfig, judge_columns, judge_config, summary_line, win_rate_metric
 from alignlab.metrics import summarize
 from alignlab.modeling import load_causal_lm, load_tokenizer, sequence_logps
+from alignlab.output_dirs import claim_output_dir, mark
 from alignlab.tokenise import PromptRenderer, collate_sequences
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,8 @@ def add_eval_arguments(parser) -> None:
                         help="sequence-classification reward model that judges (one output)")
     parser.add_argument("--sft", default=None, help="SFT model: adds win vs SFT, KL and length-normalised KL")
     parser.add_argument("--out", default=None, help="results directory (default: eval-<model name>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of an earlier alignlab eval in --out")
     parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=GenerationConfig.max_new_tokens)
     parser.add_argument("--temperature", type=float, default=GenerationConfig.temperature)
     parser.add_argument("--top-p", dest="top_p", type=float, default=GenerationConfig.top_p)
@@ -152,15 +155,29 @@ def add_eval_arguments(parser) -> None:
 
 
 def run_eval(args) -> int:
-    from alignlab.data import load_pairs
-    from alignlab.modeling import load_sequence_classifier
-
     if args.max_new_tokens < 1 or args.batch_size < 1 or not 0 < args.top_p <= 1 or args.temperature <= 0:
         raise AlignlabError("generation settings: --max-new-tokens and --batch-size must be >= 1, --top-p in "
                             "(0, 1] and --temperature > 0")
     judge = judge_config(args)
     out = Path(args.out or f"eval-{Path(args.model.rstrip('/')).name}")
-    atomic.check_output_dir(out)  # fail before any work
+    inputs = [args.model, args.data, args.gold_rm, args.sft]
+    with claim_output_dir(out, overwrite=args.overwrite, inputs=inputs):
+        result = _evaluate_into(out, args, judge)
+    for name, metric in result.metrics.items():
+        if metric is not None and metric["value"] is not None:  # a judge that judged nothing has no value
+            print(f"{name:<14} {metric['value']:>10.4f}  [{metric['ci_low']:.4f}, {metric['ci_high']:.4f}]")
+    if judge is not None:
+        print(summary_line(result.metrics["judge_win_rate"], result.samples["judge_error"]))
+    print(out)
+    return 0
+
+
+def _evaluate_into(out: Path, args, judge: JudgeConfig | None) -> EvalResult:
+    """`alignlab eval`'s work; the caller holds `out`."""
+    from alignlab.data import load_pairs
+    from alignlab.modeling import load_sequence_classifier
+
+    new_dir = not out.exists() or not any(out.iterdir())
     pairs = load_pairs(args.data, args.data_format, split=args.split).pairs[:args.limit]
     if not pairs:
         raise AlignlabError(f"{args.data}: no test pairs to evaluate")
@@ -170,16 +187,12 @@ def run_eval(args) -> int:
     scorer = reward_model_scorer(args.gold_rm, args.batch_size, trust_remote_code=args.trust_remote_code)
     sft_samples = None
     with atomic.staged_dir(out) as staging:  # results appear together at the end, or not at all
+        if new_dir:
+            mark(staging, "evaluation")
         if args.sft:
             sft_samples = evaluate_model(args.sft, pairs, scorer, sft_model_path=args.sft, generation=generation,
                                          out_dir=staging / "sft", trust_remote_code=args.trust_remote_code).samples
         result = evaluate_model(args.model, pairs, scorer, sft_model_path=args.sft, sft_samples=sft_samples,
                                 generation=generation, out_dir=staging, trust_remote_code=args.trust_remote_code,
                                 judge=judge)
-    for name, metric in result.metrics.items():
-        if metric is not None and metric["value"] is not None:  # a judge that judged nothing has no value
-            print(f"{name:<14} {metric['value']:>10.4f}  [{metric['ci_low']:.4f}, {metric['ci_high']:.4f}]")
-    if judge is not None:
-        print(summary_line(result.metrics["judge_win_rate"], result.samples["judge_error"]))
-    print(out)
-    return 0
+    return result

@@ -51,7 +51,6 @@ from alignlab.train import (
     fit,
     load_training_pairs,
     make_accelerator,
-    prepare_output_dir,
     run_directory,
     save_run,
 )
@@ -147,7 +146,6 @@ def train_grpo(config: TrainConfig) -> TrainResult:
     params = config.params
     group_size, iterations, temperature = params["group_size"], params["num_iterations"], params["temperature"]
     out = Path(config.out)
-    prepare_output_dir(out, config.overwrite)
     loaded = load_training_pairs(config)
     prompts = distinct_prompts(loaded.pairs)
     accelerator = make_accelerator(config)

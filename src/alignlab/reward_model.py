@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from alignlab.config import RewardModelConfig
 from alignlab.modeling import load_sequence_classifier, load_tokenizer
 from alignlab.tokenise import collate_pairs, tokenize_pairs
-from alignlab.train import (FitResult, fit, load_training_pairs, make_accelerator, prepare_output_dir,
+from alignlab.train import (FitResult, claim_run_dir, fit, load_training_pairs, make_accelerator,
                             run_directory, save_run)
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,12 @@ def split_heldout(config: RewardModelConfig, pairs):
 
 def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
     config.validate()
+    with claim_run_dir(config):
+        return _fit_reward_model(config)
+
+
+def _fit_reward_model(config: RewardModelConfig) -> RewardModelResult:
     out = Path(config.out)
-    prepare_output_dir(out, config.overwrite)
     loaded = load_training_pairs(config)
     train_pairs, heldout_pairs = split_heldout(config, loaded.pairs)
     accelerator = make_accelerator(config)

@@ -33,6 +33,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from alignlab import atomic
 from alignlab.config import RewardModelConfig, TrainConfig, dump_yaml
 from alignlab.errors import AlignlabError
 from alignlab.objectives import get_method, unknown_name_message
+from alignlab.output_dirs import claim_output_dir, mark, marked_kind
 from alignlab.store import RunStore
 from alignlab.study import (REPORTED_TRAINING, WORLD_GENERATION, WORLD_REWARD_TRAINING, WORLD_TRAINING,
                             StudyConfig, StudyInputs, real_inputs, world_inputs)
@@ -349,25 +351,25 @@ def _resolved_yaml(config: StudyConfig) -> str:
 
 
 def open_sweep_dir(config: StudyConfig) -> bool:
-    """Create the sweep directory, or accept it for resuming; returns True when resuming."""
+    """Create the sweep directory, or accept it for resuming; returns True when resuming. The
+    caller holds the directory (`claim_output_dir`): it is missing, empty, or alignlab's own."""
     out = Path(config.out)
-    atomic.check_output_dir(out)  # before the world is built or anything trains
     resolved = _resolved_yaml(config)
-    if out.exists() and not out.is_dir():
-        raise AlignlabError(f"{out}: exists and is not a directory; choose another --out")
     if out.exists() and any(out.iterdir()):
         previous = out / "sweep.yaml"
         if config.overwrite:
             shutil.rmtree(out)
         elif not previous.exists():
-            raise AlignlabError(f"{out}: output directory exists, is not empty and holds no sweep; "
-                                "choose another --out or pass --overwrite true")
+            raise AlignlabError(f"{out}: holds an alignlab {marked_kind(out)}, not a sweep; choose another --out "
+                                "or pass --overwrite true to replace it")
         elif previous.read_text() != resolved:
             raise AlignlabError(f"{previous}: this directory holds a sweep with a different configuration; "
                                 "rerun with the same settings to resume it, or choose another --out "
                                 "(or --overwrite true to start over)")
         else:
             return True
+    out.mkdir(parents=True, exist_ok=True)
+    mark(out, "sweep")
     atomic.write_text(out / "sweep.yaml", resolved)
     return False
 
@@ -468,35 +470,33 @@ def run_sweep(config: StudyConfig) -> Path:
         TrainConfig(method=spec.method, model=config.model or "the study world's SFT model",
                     data=config.train_data or "the study world's pairs", out=str(out / "runs" / spec.name),
                     params=spec.params, **{**base, **spec.training}).validate()
-    resuming = open_sweep_dir(config)
-    with exclusive(out):
-        return _run_open_sweep(config, specs, base, resuming, started)
+    inputs = [config.model, config.train_data, config.test_data, config.gold_rm, config.proxy_rm, config.cache_dir]
+    with claim_output_dir(out, overwrite=config.overwrite, inputs=inputs, writes=()):
+        users_empty_dir = out.is_dir() and not any(out.iterdir())  # on failure, left as it was: there, empty
+        resuming = open_sweep_dir(config)
+        if resuming:
+            remove_temp_files(out)
+        return _run_open_sweep(config, specs, base, resuming, started, keep_dir=users_empty_dir)
 
 
-@contextlib.contextmanager
-def exclusive(out: Path):
-    """One sweep process per directory at a time. The OS drops the lock when its holder dies, even
-    by SIGKILL, so holding it means no writer is left: the temp files a killed one left can go."""
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system: no lock, and no cleanup that could race a live writer
-        yield
-        return
-    with open(out / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AlignlabError(f"{out}: another alignlab sweep is running in this directory; wait for it to "
-                                "end, or choose another --out") from None
-        for stale in sorted(out.rglob(".*.tmp"), reverse=True):  # atomic writes' temp files and dirs
-            if stale.is_dir():
-                shutil.rmtree(stale)
-            else:
-                stale.unlink()
-        yield
+# The names atomic writes give their temp files and directories (tempfile's 8 random characters).
+TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
-def _run_open_sweep(config: StudyConfig, specs: list[RunSpec], base: dict, resuming: bool, started: float) -> Path:
+def remove_temp_files(out: Path) -> None:
+    """The temp files and dirs of atomic writes that a killed sweep left. The caller holds the
+    directory's lock, so no writer is left that could still be using one."""
+    for stale in sorted(out.rglob(".*.tmp"), reverse=True):
+        if not TEMP_NAME.fullmatch(stale.name):
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+
+
+def _run_open_sweep(config: StudyConfig, specs: list[RunSpec], base: dict, resuming: bool, started: float,
+                    keep_dir: bool) -> Path:
     out = Path(config.out)
     if resuming:
         log.info("resuming the sweep in %s", out)
@@ -505,7 +505,10 @@ def _run_open_sweep(config: StudyConfig, specs: list[RunSpec], base: dict, resum
         shared = prepare_shared(config, out, methods, base)
     except AlignlabError:
         if not resuming:  # bad input files found while preparing: leave nothing behind
-            shutil.rmtree(out, ignore_errors=True)
+            for entry in out.iterdir():  # all ours: the directory was missing or empty
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if not keep_dir:
+                out.rmdir()
         raise
     fingerprint = _resolved_yaml(config)  # the inputs follow from the configuration
 

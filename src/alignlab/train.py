@@ -35,6 +35,7 @@ from alignlab.data import load_pairs
 from alignlab.errors import AlignlabError
 from alignlab.modeling import batch_logps, load_causal_lm, load_tokenizer
 from alignlab.objectives import Method, PairBatch, get_method, sampled_log_z
+from alignlab.output_dirs import claim_output_dir, mark, marked_kind
 from alignlab.reference import (cache_key, cached_tensors, compute_sequence_logps, default_cache_dir,
                                 model_fingerprint)
 from alignlab.tokenise import collate_pairs, collate_shared_prompt, fingerprint_tokens, tokenize_pairs
@@ -42,22 +43,16 @@ from alignlab.tokenise import collate_pairs, collate_shared_prompt, fingerprint_
 log = logging.getLogger(__name__)
 
 
-def prepare_output_dir(out: Path, overwrite: bool) -> None:
-    """Fail before any work when the run directory cannot be written."""
-    if out.exists() and not out.is_dir():
-        raise AlignlabError(f"{out}: exists and is not a directory; choose another --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise AlignlabError(f"{out}: output directory exists and is not empty; choose another --out "
-                            "or pass --overwrite true")
-    parent = out.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = parent / f".{out.name}.write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise AlignlabError(f"{parent}: cannot write the run directory here ({err.strerror}); "
-                            "choose a writable --out") from None
+def run_inputs(config: OptimConfig) -> list[str | None]:
+    """The paths a training run reads: its output may be none of them, nor hold one."""
+    return [config.model, config.data, getattr(config, "reference_model", None),
+            getattr(config, "reward_model", None), getattr(config, "eval_data", None), config.cache_dir]
+
+
+def claim_run_dir(config: OptimConfig):
+    """The run directory `config.out`, checked before any work and locked until training ends
+    (see alignlab.output_dirs): a training run replaces the whole directory it writes."""
+    return claim_output_dir(config.out, overwrite=config.overwrite, inputs=run_inputs(config))
 
 
 def check_rewards_available(config: TrainConfig, pairs) -> None:
@@ -460,31 +455,41 @@ def run_directory(out: Path, accelerator, config: OptimConfig):
                 raise AlignlabError(f"{partial}: cannot resume: that run was started with a different "
                                     "configuration (compare its config.yaml); rerun without --resume to start over")
         elif partial.exists():
+            if marked_kind(partial) is None:
+                raise AlignlabError(f"{partial}: exists but was not created by alignlab; move it away, then "
+                                    "run again")
             shutil.rmtree(partial)
         partial.mkdir(parents=True, exist_ok=True)
+        mark(partial, "training run")
         atomic.write_text(partial / "config.yaml", resolved)
     accelerator.wait_for_everyone()
     yield partial
     if accelerator.is_main_process:
         if out.exists():
-            shutil.rmtree(out)  # prepare_output_dir allowed it: --overwrite
+            shutil.rmtree(out)  # claim_run_dir allowed it: empty, or alignlab's own with --overwrite
         os.replace(partial, out)
 
 
 def train(config: TrainConfig) -> TrainResult:
-    started = time.perf_counter()
+    """Train `config.method` into the run directory `config.out`: GRPO online, the rest offline."""
     config.validate()
-    method = get_method(config.method)
-    if method.online:  # samples from the policy as it trains: its own step, the same `fit`
-        from alignlab.grpo import train_grpo
+    with claim_run_dir(config):
+        if get_method(config.method).online:  # samples from the policy as it trains: its own step, the same `fit`
+            from alignlab.grpo import train_grpo
 
-        return train_grpo(config)
+            return train_grpo(config)
+        return train_offline(config)
+
+
+def train_offline(config: TrainConfig) -> TrainResult:
+    """One offline objective over the pairs; the caller holds the run directory (`claim_run_dir`)."""
+    started = time.perf_counter()
+    method = get_method(config.method)
     sampled_z = config.params.get("z_estimator") == "sampled"
     if sampled_z and not config.reward_model:
         raise AlignlabError(f"{config.method}: z_estimator 'sampled' scores responses sampled from the "
                             "reference, so it needs a reward model; pass --reward-model PATH")
     out = Path(config.out)
-    prepare_output_dir(out, config.overwrite)
     loaded = load_training_pairs(config)
     pairs = loaded.pairs
     if method.uses_rewards:
