@@ -22,9 +22,9 @@ SHOWN_CHARS = 200  # of input quoted in an error message
 
 
 def clip(text: str, limit: int = SHOWN_CHARS) -> str:
-    """`text`'s first line, cut to `limit` characters with '…': for quoting messages of other libraries."""
-    lines = text.strip().splitlines() or [""]
-    line = lines[0] + (" …" if len(lines) > 1 else "")
+    """`text`'s first line, cut to `limit` characters with '…': for quoting messages of other libraries,
+    whose further lines tell where in their own terms (`in "<unicode string>", position 8`)."""
+    line = (text.strip().splitlines() or [""])[0]
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
