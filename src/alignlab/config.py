@@ -17,7 +17,7 @@ import yaml
 
 from alignlab.errors import AlignlabError, InputError
 from alignlab.objectives import get_method, unknown_name_message
-from alignlab.untrusted import MAX_DEPTH, MAX_INT_DIGITS, clip, shown
+from alignlab.untrusted import MAX_DEPTH, MAX_INT_DIGITS, clip, is_unicode, shown
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; a larger file is no config
 MAX_OVERRIDE_CHARS = 10_000  # one --key value on the command line
@@ -170,7 +170,7 @@ class _ConfigLoader(yaml.SafeLoader):
 
     def construct_unicode_str(self, node):
         value = self.construct_yaml_str(node)
-        if not _is_unicode(value):
+        if not is_unicode(value):
             raise self.refuse("a string holds a lone surrogate (\\ud800-\\udfff), which is no Unicode text",
                               node.start_mark, fix="Write the character itself")
         return value
@@ -191,16 +191,6 @@ _ConfigLoader.add_constructor("tag:yaml.org,2002:str", _ConfigLoader.construct_u
 def _is_name(key) -> bool:
     """Whether a key can be a setting's name, and so be quoted whole in an error message."""
     return isinstance(key, str) and 0 < len(key) <= MAX_NAME_CHARS and key.isprintable()
-
-
-def _is_unicode(text: str) -> bool:
-    """False for text with lone surrogates (from an escape such as "\\ud800", or from undecodable
-    command-line bytes), which cannot be written as UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -268,7 +258,7 @@ def parse_overrides(tokens: list[str]) -> dict[str, str]:
 
 
 def _command_line_text(text: str) -> str:
-    if not _is_unicode(text):
+    if not is_unicode(text):
         raise AlignlabError(f"command line: {shown(text)} holds bytes that are not UTF-8; "
                             "give the value as UTF-8 text")
     if len(text) > MAX_OVERRIDE_CHARS:

@@ -28,6 +28,16 @@ def clip(text: str, limit: int = SHOWN_CHARS) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def is_unicode(text: str) -> bool:
+    """False for text with lone surrogates (from an escape such as "\\ud800", or Python's stand-ins
+    for undecodable bytes in file names and argv), which cannot be written as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def shown(value, limit: int = SHOWN_CHARS) -> str:
     """`repr(value)` cut to `limit` characters with '…': how an error message quotes user input."""
     return clip(repr(value), limit)
@@ -44,7 +54,9 @@ class JSONProblem(ValueError):
 
 def parse_json(text: str):
     """One JSON value, within the bounds of the module docstring; anything else is a JSONProblem."""
-    if _nesting_depth(text) > MAX_DEPTH:  # before parsing: json's C parser recurses once per level
+    # Before parsing: json's C parser recurses once per level. Few brackets cannot nest deep, and
+    # counting them is far cheaper than measuring the nesting.
+    if text.count("[") + text.count("{") > MAX_DEPTH and _nesting_depth(text) > MAX_DEPTH:
         raise JSONProblem(f"nested deeper than {MAX_DEPTH} levels", None,
                           fix="Preference records are flat objects; check the file is what you meant")
     try:
@@ -153,14 +165,14 @@ def _where_refused(text: str) -> int | None:
 # Text decoded from UTF-8 holds no surrogates, so they come from escapes; a high surrogate escape
 # pairs with a low one right after it. Every escape is matched, so that "\\\\ud800" (an escaped
 # backslash, then "ud800") is no surrogate.
-_SURROGATE_HINT = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _ESCAPE = re.compile(r"\\(?:u([dD][89abAB][0-9a-fA-F]{2})|u([dD][c-fC-F][0-9a-fA-F]{2})|.)|[\ud800-\udfff]",
                      re.DOTALL)
 
 
 def _lone_surrogate(text: str) -> int | None:
     """The position of the first lone surrogate (escaped or raw) in JSON text, or None."""
-    if not _SURROGATE_HINT.search(text):  # the common case, at the speed of one regex search
+    if (text.isascii() or is_unicode(text)) and not _SURROGATE_ESCAPE.search(text):  # the common case, fast
         return None
     high_at = high_end = None  # a high surrogate escape still waiting for its low half
     for match in _ESCAPE.finditer(text):
