@@ -384,6 +384,23 @@ def test_json_nested_100k_deep_is_a_clean_error_at_once(tmp_path, kind, opening)
     assert time.monotonic() - started < 1
 
 
+def test_nesting_is_bounded_at_64_levels(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({**GOOD, "extra": [[[[]]]]}) + "\n"  # 5 levels: a record with a list field
+                    + "{" + '"a": {' * 63 + "}" * 64 + "\n"  # 64 levels: read, then the adapter's error
+                    + "{" + '"a": {' * 64 + "}" * 65 + "\n")  # 65 levels
+    message = error_of(lambda: load_pairs(str(path)))
+    assert f"{path}:2:" in message and "'prompt'" in message
+    path.write_text("{" + '"a": {' * 64 + "}" * 65 + "\n")
+    assert f"{path}:1: nested deeper than 64 levels" in error_of(lambda: load_pairs(str(path)))
+
+
+def test_a_refusal_64_levels_deep_in_a_json_file_names_its_line(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 64 + "\n" + "9" * 200 + "]" * 64)
+    assert f"{path}:2: an integer of 200 digits" in error_of(lambda: load_pairs(str(path)))
+
+
 def test_brackets_inside_strings_are_not_nesting(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps({**GOOD, "prompt": "[[[{" * 1000 + '\\"'}) + "\n")
@@ -502,6 +519,11 @@ def test_an_override_given_twice_is_an_error_naming_it():
     message = error_of(lambda: parse_overrides(["--beta", "1", "--batch-size=2", "--beta=2"]))
     assert "--beta" in message and "twice" in message
     assert "--batch_size is given twice" in error_of(lambda: parse_overrides(["--batch-size", "1", "--batch_size", "2"]))
+
+
+def test_an_override_key_that_is_no_name_is_quoted_on_one_line():
+    message = error_of(lambda: parse_overrides(["--a\nb", "1"]))
+    assert "'--a\\nb' is not a setting name" in message
 
 
 def test_overrides_refuse_text_that_is_no_unicode_or_too_long():

@@ -241,17 +241,17 @@ def parse_overrides(tokens: list[str]) -> dict[str, str]:
         if not token.startswith("--") or len(token) == 2:
             raise AlignlabError(f"unexpected argument {shown(token)}: overrides are written --key value")
         key, eq, value = token[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(tokens):
-                raise AlignlabError(f"override --{clip(key)} has no value: write --{clip(key)} VALUE")
-            value = _command_line_text(tokens[i + 1])
-            i += 1
         name = key.replace("-", "_")
         if not _is_name(name):
-            raise AlignlabError(f"override --{clip(key)} is not a setting name (one line, up to "
+            raise AlignlabError(f"override {shown('--' + key)} is not a setting name (one line, up to "
                                 f"{MAX_NAME_CHARS} characters)")
+        if not eq:
+            if i + 1 >= len(tokens):
+                raise AlignlabError(f"override --{key} has no value: write --{key} VALUE")
+            value = _command_line_text(tokens[i + 1])
+            i += 1
         if name in overrides:
-            raise AlignlabError(f"override --{clip(key)} is given twice: give it once")
+            raise AlignlabError(f"override --{key} is given twice: give it once")
         overrides[name] = value
         i += 1
     return overrides
