@@ -117,7 +117,7 @@ def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict:
     if len(obj) < len(pairs):
         seen = set()
         repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
-        raise _Refused(f"duplicate key {shown(repeated)} in an object",
+        raise _Refused(f"duplicate key {shown(repeated)} in the object that opens here",
                        "Give each key once: JSON readers disagree on which value a repeated key keeps")
     return obj
 
