@@ -26,8 +26,8 @@ from alignlab.study import StudyConfig
 # Hypothesis examples per property test: each reader gets one test of arbitrary bytes and one of
 # arbitrary structures, each run this many times (sized so the file runs in well under a minute).
 EXAMPLES = {
-    "pairs-jsonl": 120, "pairs-json": 100, "pairs-csv": 100, "pairs-parquet": 60,
-    "hh-rlhf": 100, "pku-saferlhf": 80, "yaml-train": 100, "yaml-study": 100, "overrides": 150,
+    "pairs-jsonl": 100, "pairs-json": 80, "pairs-csv": 80, "pairs-parquet": 50,
+    "hh-rlhf": 80, "pku-saferlhf": 80, "yaml-train": 80, "yaml-study": 80, "overrides": 120,
 }
 SHOWN_LIMIT = 200  # characters of input an error message may quote (+ quotes, escapes and "…")
 # A message is its place (a pytest tmp path, up to ~120 characters), its own words, up to ~200
