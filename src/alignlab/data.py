@@ -22,7 +22,11 @@ Conventions:
 - A .jsonl or .csv line longer than `MAX_LINE_BYTES` (16 MiB) is an error at that line, found
   without reading the line whole (so a 50 MB line costs 16 MiB of memory, not 50 MB plus its parse):
   one preference pair is kilobytes; such a line is a mis-named .json list or a corrupt file.
-- Every problem with the input is an `InputError` naming file, line (or row) and field.
+- JSON is read by `alignlab.untrusted.parse_json`: a key repeated in one object, nesting deeper than
+  64 levels, integers of over 100 digits, numbers beyond float range, NaN/Infinity and lone surrogate
+  escapes are errors at their line. A CSV header naming a column twice is an error at line 1.
+- Every problem with the input is an `InputError` naming file, line (or row) and field; messages
+  quote at most ~200 characters of the input (`alignlab.untrusted.shown`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from __future__ import annotations
 import collections
 import csv
 import gzip
-import json
 import math
 import os
 import re
@@ -41,6 +44,7 @@ from typing import Iterable, Iterator
 
 from alignlab.atomic import write_jsonl
 from alignlab.errors import AlignlabError, InputError
+from alignlab.untrusted import JSONProblem, clip, parse_json, shown
 
 FORMATS = ("hh-rlhf", "pku-saferlhf", "pairs")
 PKU_FILTERS = ("double-safe-unsafe",)
@@ -86,13 +90,13 @@ def load_pairs(source: str, format: str = "pairs", *, filter: str | None = None,
                preference: str = "better", split: str = "train") -> LoadResult:
     """Read every record of `source` as a preference pair; see the module docstring for conventions."""
     if format not in FORMATS:
-        raise AlignlabError(f"unknown data format {format!r}; choose one of: {', '.join(FORMATS)}")
+        raise AlignlabError(f"unknown data format {shown(format)}; choose one of: {', '.join(FORMATS)}")
     if filter is not None and filter not in PKU_FILTERS:
-        raise AlignlabError(f"unknown filter {filter!r}; choose one of: {', '.join(PKU_FILTERS)} (or none)")
+        raise AlignlabError(f"unknown filter {shown(filter)}; choose one of: {', '.join(PKU_FILTERS)} (or none)")
     if filter is not None and format != "pku-saferlhf":
-        raise AlignlabError(f"filter {filter!r} applies only to format 'pku-saferlhf', not {format!r}")
+        raise AlignlabError(f"filter {shown(filter)} applies only to format 'pku-saferlhf', not {shown(format)}")
     if preference not in PKU_PREFERENCES:
-        raise AlignlabError(f"unknown preference {preference!r}; choose one of: {', '.join(PKU_PREFERENCES)}")
+        raise AlignlabError(f"unknown preference {shown(preference)}; choose one of: {', '.join(PKU_PREFERENCES)}")
 
     source = str(source)
     pairs, dropped, first_seen = [], collections.Counter(), {}
@@ -111,7 +115,7 @@ def load_pairs(source: str, format: str = "pairs", *, filter: str | None = None,
             dropped[pair] += 1
             continue
         if pair.id in first_seen:
-            raise where.error(f"duplicate id {pair.id!r}, first used at {first_seen[pair.id]}", field="id",
+            raise where.error(f"duplicate id {shown(pair.id)}, first used at {first_seen[pair.id]}", field="id",
                               fix="Give every record a unique id, or leave ids out to generate them")
         first_seen[pair.id] = where
         pairs.append(pair)
@@ -210,32 +214,34 @@ def _read_lines(path: Path, gzipped: bool, display: str, max_bytes: int | None =
                                      line=line_no, fix="Save the file as UTF-8") from None
                 yield line_no, text.removeprefix("\ufeff") if line_no == 1 else text
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise InputError(f"gzip data is truncated or corrupt ({e})", file=display, line=line_no + 1,
+        raise InputError(f"gzip data is truncated or corrupt ({clip(str(e))})", file=display, line=line_no + 1,
                          fix="Download or compress the file again") from None
     except OSError as e:
         raise InputError(f"cannot read the file ({e.strerror or e})", file=display) from None
+
+
+def _json_value(text: str, display: str, first_line: int, syntax_fix: str):
+    """Parse JSON text that starts at `first_line` of the file; a problem is an InputError at its line."""
+    try:
+        return parse_json(text)
+    except JSONProblem as e:
+        line = None if e.line is None else first_line + e.line - 1
+        raise InputError(e.problem, file=display, line=line, fix=e.fix or syntax_fix) from None
 
 
 def _jsonl_records(lines, display: str, stem: str) -> Iterator[tuple[_Where, object]]:
     for line_no, text in lines:
         if not text.strip():
             continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"not valid JSON ({e.msg} at column {e.colno})", file=display, line=line_no,
-                             fix="A .jsonl file must hold one JSON object per line") from None
+        # Without its line break, so that a record cut short is reported on its own line.
+        record = _json_value(text.rstrip("\r\n"), display, line_no, "A .jsonl file must hold one JSON object per line")
         yield _Where(display, "line", line_no, stem), record
 
 
 def _json_records(lines, display: str, stem: str) -> Iterator[tuple[_Where, object]]:
     text = "".join(text for _, text in lines)  # a JSON document cannot be parsed in pieces
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON ({e.msg} at column {e.colno})", file=display, line=e.lineno,
-                         fix='A .json file must hold one list of records (or {"data": [...]}); '
-                             "for one object per line name the file .jsonl") from None
+    data = _json_value(text, display, 1, 'A .json file must hold one list of records (or {"data": [...]}); '
+                                         "for one object per line name the file .jsonl")
     if isinstance(data, dict) and "data" in data:
         data = data["data"]
     if not isinstance(data, list):
@@ -269,10 +275,20 @@ def _csv_cell(column: str, cell: str):
         return cell
 
 
+def _check_unique_columns(header: list[str], display: str) -> None:
+    seen = set()
+    for column in header:
+        if column in seen:
+            raise InputError(f"column {shown(column)} appears twice in the header", file=display, line=1,
+                             fix="Give every column a unique name")
+        seen.add(column)
+
+
 def _csv_records(lines, display: str, stem: str) -> Iterator[tuple[_Where, object]]:
     reader = csv.reader(text for _, text in lines)
     try:
         header = next(reader, None)
+        _check_unique_columns(header or [], display)
         start = reader.line_num + 1  # a quoted cell may span lines: a record is named by its first
         for cells in reader:
             where, start = _Where(display, "line", start, stem), reader.line_num + 1
@@ -283,7 +299,7 @@ def _csv_records(lines, display: str, stem: str) -> Iterator[tuple[_Where, objec
                                   fix="Quote cells that contain commas or line breaks")
             yield where, {column: _csv_cell(column, cell) for column, cell in zip(header, cells)}
     except csv.Error as e:
-        raise InputError(f"malformed CSV ({e})", file=display, line=reader.line_num) from None
+        raise InputError(f"malformed CSV ({clip(str(e))})", file=display, line=reader.line_num) from None
 
 
 def _parquet_records(path: Path, display: str, stem: str) -> Iterator[tuple[_Where, object]]:
@@ -297,7 +313,7 @@ def _parquet_records(path: Path, display: str, stem: str) -> Iterator[tuple[_Whe
                 yield _Where(display, "row", index, stem), row
                 index += 1
     except (pa.ArrowException, OSError) as e:
-        raise InputError(f"not a readable Parquet file ({e})", file=display,
+        raise InputError(f"not a readable Parquet file ({clip(str(e))})", file=display,
                          fix="Write it again with pyarrow or pandas") from None
 
 
@@ -306,9 +322,8 @@ def _read_hub(name: str, split: str) -> Iterator[tuple[_Where, object]]:
         import datasets
         rows = datasets.load_dataset(name, split=split)
     except Exception as e:  # missing dataset, bad split, no network: all mean "cannot load it"
-        reason = (str(e).strip().splitlines() or [""])[0]
         raise InputError(f"no such local file, and the Hugging Face hub could not load it as a dataset "
-                         f"({type(e).__name__}: {reason})", file=name,
+                         f"({type(e).__name__}: {clip(str(e))})", file=name,
                          fix="Check the path, or the dataset name and split") from None
     stem = f"{name.rsplit('/', 1)[-1]}-{split}"
     for index, row in enumerate(rows):
@@ -359,7 +374,7 @@ def hh_transcript(prompt: list[dict], response: str) -> str:
     parts = []
     for turn in prompt:
         if turn["role"] not in _HH_MARKERS:
-            raise AlignlabError(f"HH transcripts have no {turn['role']!r} role; only user and assistant")
+            raise AlignlabError(f"HH transcripts have no {shown(turn['role'])} role; only user and assistant")
         parts.append(f"{_HH_MARKERS[turn['role']]} {turn['content']}")
     parts.append(f"{_HH_ASSISTANT} {response}")
     return "".join(parts)
@@ -409,7 +424,7 @@ PKU_FIX = ("PKU-SafeRLHF records need prompt, response_0, response_1, better_res
 def _safety_flag(record: dict, name: str, where: _Where) -> bool:
     value = _require(record, name, where, PKU_FIX)
     if not isinstance(value, bool):
-        raise where.error(f"expected true or false, got {value!r}", field=name,
+        raise where.error(f"expected true or false, got {shown(value)}", field=name,
                           fix="Safety flags must be booleans, not strings or numbers")
     return value
 
@@ -417,7 +432,8 @@ def _safety_flag(record: dict, name: str, where: _Where) -> bool:
 def _response_index(record: dict, name: str, where: _Where) -> int:
     value = _require(record, name, where, PKU_FIX)
     if type(value) is not int or value not in (0, 1):  # type(): True and 1.0 are not response ids
-        raise where.error(f"expected 0 or 1, got {value!r}", field=name, fix="0 means response_0, 1 means response_1")
+        raise where.error(f"expected 0 or 1, got {shown(value)}", field=name,
+                          fix="0 means response_0, 1 means response_1")
     return value
 
 
@@ -458,7 +474,7 @@ def _messages(value, name: str, where: _Where) -> list[dict[str, str]]:
                               fix='A message looks like {"role": "user", "content": "..."}')
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise where.error(f"message {i} has role {role!r}", field=name, fix=f"Roles are {', '.join(ROLES)}")
+            raise where.error(f"message {i} has role {shown(role)}", field=name, fix=f"Roles are {', '.join(ROLES)}")
         if not isinstance(content, str):
             raise where.error(f"message {i} content is {_a_type(content)}, expected a string", field=name)
         turns.append({"role": role, "content": content})
@@ -478,7 +494,8 @@ def _prompt_turns(record: dict, where: _Where) -> list[dict[str, str]]:
 def _final_reply(tail: list[dict[str, str]], name: str, where: _Where) -> str:
     """The response of a conversation: the one assistant message after the prompt."""
     if len(tail) != 1 or tail[0]["role"] != "assistant":
-        raise where.error(f"expected one assistant message after the prompt, got {[m['role'] for m in tail]}",
+        roles = [message["role"] for message in tail]
+        raise where.error(f"expected one assistant message after the prompt, got {shown(roles)}",
                           field=name, fix="With a separate 'prompt' they are one assistant message each; without one, "
                                   "the whole conversation ending in one assistant reply")
     return tail[0]["content"]
@@ -507,7 +524,7 @@ def _record_id(record: dict, where: _Where) -> str:
     if value is None:
         return where.default_id
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-        raise where.error(f"expected a non-empty string or an integer, got {value!r}", field="id")
+        raise where.error(f"expected a non-empty string or an integer, got {shown(value)}", field="id")
     return str(value)
 
 
@@ -516,7 +533,7 @@ def _reward(record: dict, name: str, where: _Where) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise where.error(f"expected a finite number, got {value!r}", field=name,
+        raise where.error(f"expected a finite number, got {shown(value)}", field=name,
                           fix="Give a number, or leave the field out")
     return float(value)
 
