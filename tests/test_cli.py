@@ -83,3 +83,20 @@ def test_unknown_format_lists_the_valid_ones(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     result = run("--debug", "data", str(tmp_path / "missing.jsonl"))
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_every_flag_is_spelled_with_underscores_and_the_dashed_spelling_is_accepted():
+    from alignlab.cli import build_parser, underscored
+
+    assert underscored("--max-new-tokens=4") == "--max_new_tokens=4" and underscored("-x-y") == "-x-y"
+    assert underscored("--") == "--" and underscored("--a") == "--a"
+    parser = build_parser()
+    dashed = [underscored(t) for t in ["eval", "--model", "m", "--data", "d", "--gold-rm", "g", "--max-new-tokens",
+                                       "3", "--top-p", "0.5", "--trust-remote-code", "--judge-url", "http://x"]]
+    plain = ["eval", "--model", "m", "--data", "d", "--gold_rm", "g", "--max_new_tokens", "3", "--top_p", "0.5",
+             "--trust_remote_code", "--judge_url", "http://x"]
+    assert vars(parser.parse_args(dashed)) == vars(parser.parse_args(plain))
+    for command in ("data", "train", "train-rm", "run", "sweep", "report", "eval", "bench"):
+        subparser = parser._subparsers._group_actions[0].choices[command]
+        flags = [s for action in subparser._actions for s in action.option_strings if s.startswith("--")]
+        assert all("-" not in flag[2:] for flag in flags), (command, flags)

@@ -52,8 +52,16 @@ def test_validation_rejects_impossible_settings():
         TrainConfig(**base, method="var", params={"lam": -1}).validate()
 
 
-def test_overrides_need_values():
-    with pytest.raises(AlignlabError, match="--beta has no value"):
-        parse_overrides(["--beta"])
+def test_a_bare_flag_turns_an_on_off_setting_on_and_any_other_setting_needs_a_value():
+    assert parse_overrides(["--overwrite", "--beta", "0.2", "--resume"]) == {"overwrite": True, "beta": "0.2",
+                                                                             "resume": True}
+    config = build_config(TrainConfig, None, parse_overrides(["--method", "var", "--length_normalize", "--overwrite"]))
+    assert config.overwrite is True and config.params["length_normalize"] is True
+    for argv in (["--beta"], ["--beta", "--overwrite"], ["--max_length"]):
+        name = argv[0]
+        with pytest.raises(AlignlabError, match=f"{name} needs a value .*write {name} VALUE"):
+            build_config(TrainConfig, None, parse_overrides(argv))
+    with pytest.raises(AlignlabError, match="unknown key 'frobnicate'"):
+        build_config(TrainConfig, None, parse_overrides(["--frobnicate"]))
     with pytest.raises(AlignlabError, match="unexpected argument"):
         parse_overrides(["beta", "1"])

@@ -38,7 +38,7 @@ def _add_run_arguments(parser, config_name: str, model_help: str) -> None:
     parser.add_argument("--data", help="preference pairs: file or HF dataset name")
     parser.add_argument("--out", help="run directory to create")
     parser.add_argument("--config", help=f"YAML file of {config_name} fields (see README)")
-    parser.add_argument("--data-format", dest="data_format", help="hh-rlhf | pku-saferlhf | pairs")
+    parser.add_argument("--data_format", help="hh-rlhf | pku-saferlhf | pairs")
     parser.add_argument("--resume", action="store_true", default=None,
                         help="continue a killed run (same --out and configuration) from its last checkpoint")
 
@@ -64,13 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=TRAIN_EPILOG.format(methods=_methods_help()))
     train.add_argument("--method", help="sft | dpo | ln-dpo | simpo | var | grpo")
     _add_run_arguments(train, "TrainConfig", "policy initialisation (and default reference): directory or HF name")
-    train.add_argument("--reward-model", dest="reward_model",
+    train.add_argument("--reward_model",
                        help="sequence classifier giving VAR's rewards and GRPO's proxy reward")
     train_rm = commands.add_parser(
         "train-rm", help="train a Bradley-Terry reward model (sequence classifier) on preference pairs",
         epilog="Any RewardModelConfig field can be overridden as --key value (see README).")
     _add_run_arguments(train_rm, "RewardModelConfig", "base checkpoint (causal LM or sequence classifier)")
-    train_rm.add_argument("--eval-data", dest="eval_data", help="held-out pairs (default: eval_fraction of --data)")
+    train_rm.add_argument("--eval_data", help="held-out pairs (default: eval_fraction of --data)")
     run = commands.add_parser(
         "run", help="a whole study: world (or your models and data), SFT, proxy RM, methods, evaluation, report",
         epilog="Any StudyConfig field can be overridden as --key value (see README).")
@@ -218,6 +218,15 @@ def run_report(args) -> int:
     return 0
 
 
+def underscored(token: str) -> str:
+    """Flags are spelled with underscores, as the config fields they set (`--batch_size`); the
+    dashed spelling (`--batch-size`) is accepted for every flag of every command."""
+    if not token.startswith("--") or token == "--":
+        return token
+    name, eq, value = token[2:].partition("=")
+    return "--" + name.replace("-", "_") + eq + value
+
+
 def _return_override_value(args, argv: list[str], extra: list[str]) -> None:
     """argparse cannot know that `--key value` overrides take a value, so in `sweep ... --overwrite
     true` it reads `true` as the positional CONFIG: give such a value back to its override."""
@@ -235,7 +244,7 @@ COMMANDS_WITH_OVERRIDES = {"train": run_train, "train-rm": run_train_rm, "run": 
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = [underscored(token) for token in (sys.argv[1:] if argv is None else argv)]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "sweep":

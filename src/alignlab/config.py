@@ -231,8 +231,9 @@ def read_yaml(path: str | Path) -> dict:
     return loaded
 
 
-def parse_overrides(tokens: list[str]) -> dict[str, str]:
-    """`--key value` / `--key=value` pairs (dashes in keys read as underscores); a key given twice,
+def parse_overrides(tokens: list[str]) -> dict[str, str | bool]:
+    """`--key value` / `--key=value` pairs (dashes in keys read as underscores); a bare `--key`
+    (last, or followed by another `--key`) is an on/off setting turned on: True. A key given twice,
     or text that is no Unicode or longer than MAX_OVERRIDE_CHARS, is an error."""
     overrides: dict[str, str] = {}
     i = 0
@@ -246,10 +247,11 @@ def parse_overrides(tokens: list[str]) -> dict[str, str]:
             raise AlignlabError(f"override {shown('--' + key)} is not a setting name (one line, up to "
                                 f"{MAX_NAME_CHARS} characters)")
         if not eq:
-            if i + 1 >= len(tokens):
-                raise AlignlabError(f"override --{key} has no value: write --{key} VALUE")
-            value = _command_line_text(tokens[i + 1])
-            i += 1
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
+                value = True  # build_config refuses it for a setting that is not on/off
+            else:
+                value = _command_line_text(tokens[i + 1])
+                i += 1
         if name in overrides:
             raise AlignlabError(f"override --{key} is given twice: give it once")
         overrides[name] = value
@@ -350,10 +352,15 @@ def build_config(cls, yaml_path: str | None, overrides: dict):
     if params is not None and not isinstance(params, dict):
         raise AlignlabError(f"{sources['params'].rstrip(' -:')}: 'params' must be a mapping")
     params = dict(params or {})
-    method_params: set[str] = set()
+    method_params: dict[str, object] = {}
     if has_method:
         method_name = str(merged.get("method", cls.__dataclass_fields__["method"].default))
-        method_params = {hp.name for hp in get_method(method_name).hyperparameters}
+        method_params = {hp.name: type(hp.default) for hp in get_method(method_name).hyperparameters}
+    for key, value in overrides.items():
+        kind = types_by_field.get(key, method_params.get(key))
+        if value is True and kind is not None and kind is not bool:
+            raise AlignlabError(f"command line: --{key} needs a value (only on/off settings are bare "
+                                f"flags): write --{key} VALUE")
     values = {}
     for key, value in merged.items():
         if key in types_by_field:
@@ -361,7 +368,7 @@ def build_config(cls, yaml_path: str | None, overrides: dict):
         elif key in method_params:
             params[key] = value
         else:
-            valid = sorted(set(types_by_field) | method_params)
+            valid = sorted(set(types_by_field) | set(method_params))
             raise AlignlabError(unknown_name_message(f"{sources[key].rstrip(' -:')}: unknown key", key, valid))
     config = cls(**values)
     if has_method:

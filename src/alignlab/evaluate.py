@@ -122,35 +122,35 @@ def evaluate_model(model_path: str, pairs, scorer, *, sft_model_path: str | None
 def add_eval_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="model to evaluate: directory or HF name")
     parser.add_argument("--data", required=True, help="test pairs (their chosen responses give win vs chosen)")
-    parser.add_argument("--data-format", dest="data_format", default="pairs", help="hh-rlhf | pku-saferlhf | pairs")
+    parser.add_argument("--data_format", default="pairs", help="hh-rlhf | pku-saferlhf | pairs")
     parser.add_argument("--split", default="test", help="split of a Hugging Face dataset")
-    parser.add_argument("--gold-rm", dest="gold_rm", required=True,
+    parser.add_argument("--gold_rm", required=True,
                         help="sequence-classification reward model that judges (one output)")
     parser.add_argument("--sft", default=None, help="SFT model: adds win vs SFT, KL and length-normalised KL")
     parser.add_argument("--out", default=None, help="results directory (default: eval-<model name>)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of an earlier alignlab eval in --out")
-    parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=GenerationConfig.max_new_tokens)
+    parser.add_argument("--max_new_tokens", type=int, default=GenerationConfig.max_new_tokens)
     parser.add_argument("--temperature", type=float, default=GenerationConfig.temperature)
-    parser.add_argument("--top-p", dest="top_p", type=float, default=GenerationConfig.top_p)
+    parser.add_argument("--top_p", type=float, default=GenerationConfig.top_p)
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    parser.add_argument("--batch-size", dest="batch_size", type=int, default=GenerationConfig.batch_size)
+    parser.add_argument("--batch_size", type=int, default=GenerationConfig.batch_size)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N pairs only")
-    parser.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true")
+    parser.add_argument("--trust_remote_code", action="store_true")
     judge = parser.add_argument_group("LLM judge (optional): pairwise win rate from an OpenAI-compatible API")
-    judge.add_argument("--judge-url", dest="judge_url", default=None,
+    judge.add_argument("--judge_url", default=None,
                        help="base URL of the API, e.g. http://127.0.0.1:8000/v1 (turns the judge on)")
-    judge.add_argument("--judge-model", dest="judge_model", default=None, help="the judge model's name at that API")
-    judge.add_argument("--judge-baseline", dest="judge_baseline", choices=BASELINES, default=None,
+    judge.add_argument("--judge_model", default=None, help="the judge model's name at that API")
+    judge.add_argument("--judge_baseline", choices=BASELINES, default=None,
                        help="answers to compare with: the SFT model's (default with --sft) or the dataset's chosen")
-    judge.add_argument("--judge-key-env", dest="judge_key_env", default=JudgeConfig.key_env,
+    judge.add_argument("--judge_key_env", default=JudgeConfig.key_env,
                        help="environment variable holding the API key; unset: no Authorization header")
-    judge.add_argument("--judge-retries", dest="judge_retries", type=int, default=JudgeConfig.retries,
+    judge.add_argument("--judge_retries", type=int, default=JudgeConfig.retries,
                        help="retries of a failed request (timeout, 429, 5xx, malformed reply)")
-    judge.add_argument("--judge-timeout", dest="judge_timeout", type=float, default=JudgeConfig.timeout_s,
+    judge.add_argument("--judge_timeout", type=float, default=JudgeConfig.timeout_s,
                        help="seconds to wait for each reply")
-    judge.add_argument("--judge-workers", dest="judge_workers", type=int, default=JudgeConfig.workers,
+    judge.add_argument("--judge_workers", type=int, default=JudgeConfig.workers,
                        help="requests in flight at once")
 
 
