@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from alignlab.errors import AlignlabError, InputError
-from alignlab.objectives import get_method, unknown_name_message
+from alignlab.objectives.losses import get_method, unknown_name_message
 
 
 @dataclass
