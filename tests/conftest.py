@@ -7,7 +7,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import pytest  # noqa: E402
 
-from alignlab.tiny import build_tiny_llama  # noqa: E402
+from alignlab.models.tiny import build_tiny_llama  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

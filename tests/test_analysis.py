@@ -1,11 +1,11 @@
-"""Sweep analyses (alignlab.analysis) against answers worked out by hand on small tables."""
+"""Sweep analyses (alignlab.analysis.hitchhiker) against answers worked out by hand on small tables."""
 
 import math
 
 import numpy as np
 import pytest
 
-from alignlab.analysis import (RunRecord, best_run, best_runs, expected_performance, fraction_worse,
+from alignlab.analysis.hitchhiker import (RunRecord, best_run, best_runs, expected_performance, fraction_worse,
                                hitchhiker_claims, paired_difference, percentile_run, sensitivity,
                                top_k_distributions, top_k_runs, varying_params, verdict, win_matrix)
 

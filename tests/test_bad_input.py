@@ -23,7 +23,7 @@ import torch
 
 from alignlab.cli import main
 from alignlab.errors import AlignlabError
-from alignlab.tiny import build_tiny_classifier
+from alignlab.models.tiny import build_tiny_classifier
 
 CASES = {}
 
@@ -490,7 +490,7 @@ def test_the_matrix_covers_every_command_and_is_large_enough():
 
 
 def test_a_50_mb_line_is_refused_without_reading_it_whole(tmp_path):
-    from alignlab.data import load_pairs
+    from alignlab.data.pairs import load_pairs
 
     path = tmp_path / "big.jsonl"
     with open(path, "wb") as handle:
@@ -520,9 +520,9 @@ def test_tokenizer_without_a_pad_token_is_handled(tiny_model, pairs_file, tmp_pa
 
 
 def test_prompts_longer_than_the_maximum_are_truncated_by_the_rule_and_counted(tiny_model, tmp_path, caplog):
-    from alignlab.data import load_pairs
-    from alignlab.modeling import load_tokenizer
-    from alignlab.tokenise import PromptRenderer, tokenize_pairs
+    from alignlab.data.pairs import load_pairs
+    from alignlab.models.loading import load_tokenizer
+    from alignlab.data.tokenise import PromptRenderer, tokenize_pairs
 
     long_prompt = "Tell me everything about the apple and the sky and the leaf, " * 20
     records = [pair(id=str(i), prompt=long_prompt if i < 3 else f"Short question {i}?") for i in range(8)]

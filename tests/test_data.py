@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from alignlab.data import FORMATS, PreferencePair, hh_transcript, load_pairs, write_pairs_jsonl
+from alignlab.data.pairs import FORMATS, PreferencePair, hh_transcript, load_pairs, write_pairs_jsonl
 from alignlab.errors import AlignlabError, InputError
 
 HH_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"

@@ -8,13 +8,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from alignlab.data import PreferencePair
-from alignlab.evaluate import evaluate_model, response_logps
-from alignlab.generate import GenerationConfig, generate_responses
-from alignlab.metrics import bootstrap_ci, summarize, win_rate
-from alignlab.modeling import load_causal_lm, load_tokenizer
-from alignlab.tiny import build_tiny_classifier
-from alignlab.tokenise import PromptRenderer
+from alignlab.data.pairs import PreferencePair
+from alignlab.evaluation.evaluate import evaluate_model, response_logps
+from alignlab.models.generate import GenerationConfig, generate_responses
+from alignlab.evaluation.metrics import bootstrap_ci, summarize, win_rate
+from alignlab.models.loading import load_causal_lm, load_tokenizer
+from alignlab.models.tiny import build_tiny_classifier
+from alignlab.data.tokenise import PromptRenderer
 
 PROMPTS = [[{"role": "user", "content": "What color is the apple number 3?"}],
            [{"role": "user", "content": "Hi"}],

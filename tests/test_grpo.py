@@ -11,23 +11,23 @@ import math
 import pytest
 import yaml
 
-from alignlab import grpo as grpo_module
+from alignlab.training import grpo as grpo_module
 from alignlab.cli import main
 from alignlab.config import RewardModelConfig, TrainConfig
-from alignlab.data import load_pairs, write_pairs_jsonl
+from alignlab.data.pairs import load_pairs, write_pairs_jsonl
 from alignlab.errors import AlignlabError
-from alignlab.generate import GenerationConfig
-from alignlab.modeling import load_causal_lm, load_tokenizer
-from alignlab.score import RewardScorer
-from alignlab.train import train
-from alignlab.world import build_world, build_world_models, world_config
+from alignlab.models.generate import GenerationConfig
+from alignlab.models.loading import load_causal_lm, load_tokenizer
+from alignlab.models.score import RewardScorer
+from alignlab.training.offline import train
+from alignlab.world.study_world import build_world, build_world_models, world_config
 from test_train import config_for, reward_model
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, world_cache):
     """The tiny world's SFT model, a proxy RM trained on its preference pairs, and prompt data."""
-    from alignlab.reward_model import train_reward_model
+    from alignlab.training.reward_model import train_reward_model
 
     root = tmp_path_factory.mktemp("grpo-world")
     world = build_world(world_config("tiny"))
@@ -152,7 +152,7 @@ def test_grpo_num_iterations_trains_each_sample_twice_and_clips(study, tmp_path,
 
 def test_grpo_resumes_after_a_crash_to_the_uninterrupted_result(study, tmp_path, monkeypatch):
     """Sampling is seeded per micro-batch, so a resumed run samples, and ends, exactly as an uninterrupted one."""
-    from alignlab.train import partial_dir
+    from alignlab.training.offline import partial_dir
 
     data = tmp_path / "prompts.jsonl"
     write_pairs_jsonl(study["world"].train_pairs[:12], data)  # 9 prompts: 5 steps of 2
@@ -187,7 +187,7 @@ def test_grpo_resumes_after_a_crash_to_the_uninterrupted_result(study, tmp_path,
 def test_var_sampled_estimator_samples_the_reference_once_and_caches(tiny_model, pairs_file, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from alignlab import train as train_module
+    from alignlab.training import offline as train_module
 
     rm = reward_model(tmp_path / "rm", tiny_model)
     calls, batches = [], []

@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from alignlab.data import PreferencePair
-from alignlab.evaluate import evaluate_model
-from alignlab.generate import GenerationConfig
-from alignlab.judge import Judge, JudgeConfig, parse_verdict, question_text, win_rate_metric
-from alignlab.tiny import build_tiny_classifier
+from alignlab.data.pairs import PreferencePair
+from alignlab.evaluation.evaluate import evaluate_model
+from alignlab.models.generate import GenerationConfig
+from alignlab.evaluation.judge import Judge, JudgeConfig, parse_verdict, question_text, win_rate_metric
+from alignlab.models.tiny import build_tiny_classifier
 
 SECRET = "sk-test-do-not-leak-0123456789"
 ANSWER = re.compile(r"\[The Start of Assistant ([AB])'s Answer\]\n(.*?)\n\[The End of Assistant \1's Answer\]", re.S)
@@ -242,7 +242,7 @@ def test_a_rerun_is_served_from_the_cache(fake_judge, isolated_cache, caplog):
     assert cache_file.parent == isolated_cache / "judge"
     with open(cache_file, "a") as handle:
         handle.write("not json\n{\"key\": \"abc\", \"verdict\": \"Z\"}\n{\"key\": \"trunc")
-    with caplog.at_level(logging.WARNING, logger="alignlab.judge"):
+    with caplog.at_level(logging.WARNING, logger="alignlab.evaluation.judge"):
         again = Judge(config(url)).judge(QUESTIONS, ANSWERS, BASELINES)
     assert len(fake.requests) == 18 and [j.score for j in again] == EXPECTED
     assert "skipped 3 corrupt line(s)" in caplog.text
@@ -302,7 +302,7 @@ def test_evaluate_model_judges_against_the_sft_responses(tiny_model, fake_judge,
 def test_eval_command_with_a_judge_and_no_key_in_any_written_file(tiny_model, pairs_file, fake_judge, tmp_path,
                                                                    isolated_cache, monkeypatch, capsys):
     from alignlab.cli import main
-    from alignlab.data import load_pairs
+    from alignlab.data.pairs import load_pairs
 
     fake, url = fake_judge
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
@@ -334,7 +334,7 @@ def test_eval_command_with_a_judge_and_no_key_in_any_written_file(tiny_model, pa
 
 def test_the_judge_is_off_without_judge_url(tiny_model, pairs_file):
     from alignlab.cli import build_parser
-    from alignlab.judge import judge_config
+    from alignlab.evaluation.judge import judge_config
 
     args = build_parser().parse_args(["eval", "--model", str(tiny_model), "--data", str(pairs_file),
                                       "--gold-rm", str(tiny_model)])

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from alignlab.errors import AlignlabError
-from alignlab.objectives import (
+from alignlab.objectives.losses import (
     METHODS,
     GroupBatch,
     Method,

@@ -26,7 +26,7 @@ from alignlab.cli import main
 from alignlab.errors import AlignlabError
 from alignlab.output_dirs import (MARKER, check_replaceable, claim_output_dir, lock_path, mark, marked_kind,
                                   output_lock, refuse_unsafe_output)
-from alignlab.tiny import build_tiny_classifier
+from alignlab.models.tiny import build_tiny_classifier
 
 
 def snapshot(root: Path) -> dict[str, tuple]:

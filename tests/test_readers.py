@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alignlab.config import MAX_OVERRIDE_CHARS, TrainConfig, build_config, parse_overrides
-from alignlab.data import load_pairs
+from alignlab.data.pairs import load_pairs
 from alignlab.errors import AlignlabError
-from alignlab.study import StudyConfig
+from alignlab.study.config import StudyConfig
 
 # Hypothesis examples per property test: each reader gets one test of arbitrary bytes and one of
 # arbitrary structures, each run this many times (sized so the file runs in well under a minute).

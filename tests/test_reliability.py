@@ -83,7 +83,7 @@ def test_disk_full_outside_atomic_writes_is_one_line_too(tiny_model, pairs_file,
 def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tiny_model, pairs_file, tmp_path, monkeypatch):
     import safetensors.torch
 
-    from alignlab.train import partial_dir, train
+    from alignlab.training.offline import partial_dir, train
     from test_train import config_for
 
     writes = {"n": 0}
@@ -179,8 +179,8 @@ SMALL_WORLD = dict(n_topics=2, n_train_pairs=16, n_heldout_pairs=4, n_test_promp
 
 
 def test_a_corrupt_or_foreign_world_cache_is_rebuilt_with_a_warning(tmp_path, caplog):
-    from alignlab.modeling import load_causal_lm
-    from alignlab.world import (WORLD_MANIFEST, build_world, build_world_models, world_cache_problem, world_config,
+    from alignlab.models.loading import load_causal_lm
+    from alignlab.world.study_world import (WORLD_MANIFEST, build_world, build_world_models, world_cache_problem, world_config,
                                 world_key)
 
     world = build_world(world_config("tiny", **SMALL_WORLD))
@@ -196,7 +196,7 @@ def test_a_corrupt_or_foreign_world_cache_is_rebuilt_with_a_warning(tmp_path, ca
     blob = bytearray(weights.read_bytes())
     blob[len(blob) // 2] ^= 0xFF  # one flipped byte in the tensor data: the header still parses
     weights.write_bytes(bytes(blob))
-    caplog.set_level(logging.WARNING, logger="alignlab.world")
+    caplog.set_level(logging.WARNING, logger="alignlab.world.study_world")
     rebuilt = build_world_models(world, cache)
     assert not rebuilt.cached
     assert "sft/model/model.safetensors does not match its checksum; rebuilding it" in caplog.text

@@ -1,4 +1,4 @@
-"""The sweep's robustness report (alignlab.report) on hand-made sweeps with known answers.
+"""The sweep's robustness report (alignlab.report.document) on hand-made sweeps with known answers.
 
 The sweep: 8 test prompts whose gold scores are BASE + a per-run offset, so every score, best run,
 % change and most claim verdicts can be worked out by hand. SFT scores 2.2; DPO runs 2.0, 2.5, 2.25;
@@ -16,9 +16,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from alignlab.analysis import RunRecord
-from alignlab.metrics import summarize
-from alignlab.report import write_report
+from alignlab.analysis.hitchhiker import RunRecord
+from alignlab.evaluation.metrics import summarize
+from alignlab.report.document import write_report
 
 PROMPTS = [f"p{i}" for i in range(8)]
 BASE = np.array([1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0])  # mean 2.5

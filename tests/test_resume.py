@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from alignlab import train as train_module
-from alignlab.train import partial_dir, train
+from alignlab.training import offline as train_module
+from alignlab.training.offline import partial_dir, train
 from conftest import REPO, make_pairs
 from test_train import config_for
 
@@ -153,8 +153,8 @@ def test_checkpoint_round_trip_restores_every_state_exactly(tiny_model, tmp_path
     from accelerate import Accelerator
     from transformers import get_scheduler
 
-    from alignlab import checkpoint
-    from alignlab.modeling import load_causal_lm
+    from alignlab.training import checkpoint
+    from alignlab.models.loading import load_causal_lm
 
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
     model = load_causal_lm(str(tiny_model))

@@ -15,9 +15,9 @@ import pytest
 
 from alignlab.cli import main
 from alignlab.errors import AlignlabError
-from alignlab.store import RunStore
-from alignlab.study import StudyConfig
-from alignlab.sweep import GRID_PRESETS, expand_grid
+from alignlab.study.store import RunStore
+from alignlab.study.config import StudyConfig
+from alignlab.study.sweep import GRID_PRESETS, expand_grid
 from test_report import CHROMIUM, check_report_in_chromium
 
 BASE = {"learning_rate": 1e-3, "epochs": 1}
@@ -213,7 +213,7 @@ def test_parallel_local_workers_give_the_same_results_as_one_process(tiny_sweep,
 def test_ray_executor_runs_the_sweep_on_a_local_ray_instance(tiny_sweep, world_cache, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray not installed: pip install 'alignlab[ray]'")
     from alignlab.config import build_config
-    from alignlab.sweep import run_sweep
+    from alignlab.study.sweep import run_sweep
 
     reference, config_file, _ = tiny_sweep
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -2,9 +2,9 @@
 
 import torch
 
-from alignlab.data import PreferencePair
-from alignlab.modeling import load_tokenizer
-from alignlab.tokenise import collate_pairs, tokenize_pairs
+from alignlab.data.pairs import PreferencePair
+from alignlab.models.loading import load_tokenizer
+from alignlab.data.tokenise import collate_pairs, tokenize_pairs
 
 MULTI_TURN = [{"role": "user", "content": "Hi there."}, {"role": "assistant", "content": "Hello!"},
               {"role": "user", "content": "What color is the sky?"}]

@@ -11,14 +11,14 @@ import pytest
 import torch
 import yaml
 
-from alignlab import train as train_module
+from alignlab.training import offline as train_module
 from alignlab.cli import main
 from alignlab.config import TrainConfig
-from alignlab.data import load_pairs
-from alignlab.modeling import load_causal_lm, load_tokenizer
-from alignlab.tiny import build_tiny_classifier
-from alignlab.tokenise import tokenize_pairs
-from alignlab.train import train
+from alignlab.data.pairs import load_pairs
+from alignlab.models.loading import load_causal_lm, load_tokenizer
+from alignlab.models.tiny import build_tiny_classifier
+from alignlab.data.tokenise import tokenize_pairs
+from alignlab.training.offline import train
 
 from conftest import REPO
 
@@ -216,7 +216,7 @@ def test_accelerate_two_processes_match_one_process(tiny_model, pairs_file, tmp_
 
 def test_reward_model_learns_the_preference_and_reports_heldout_accuracy(tiny_model, tmp_path, capsys):
     from conftest import make_pairs
-    from alignlab.score import RewardScorer
+    from alignlab.models.score import RewardScorer
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in make_pairs(40)))

@@ -1,4 +1,4 @@
-"""The VAR study's analyses (alignlab.analysis, SPEC §6 items 7–9) against answers worked out by hand."""
+"""The VAR study's analyses (alignlab.analysis.hitchhiker, SPEC §6 items 7–9) against answers worked out by hand."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from alignlab.analysis import (VAR_PAPER_GAIN_PCT, RunRecord, convergence_race, reward_by_family,
+from alignlab.analysis.hitchhiker import (VAR_PAPER_GAIN_PCT, RunRecord, convergence_race, reward_by_family,
                                var_vs_dpo_claim, z_estimator_variance)
 
 

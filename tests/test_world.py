@@ -6,12 +6,12 @@ import statistics
 import pytest
 import torch
 
-from alignlab import world as world_module
-from alignlab.data import PreferencePair
+from alignlab.world import study_world as world_module
+from alignlab.data.pairs import PreferencePair
 from alignlab.errors import AlignlabError
-from alignlab.modeling import load_causal_lm, load_tokenizer
-from alignlab.tokenise import tokenize_pairs
-from alignlab.world import (PROMPT_TEMPLATES, TEST_STYLE, TRAIN_STYLE, build_tokenizer, build_world,
+from alignlab.models.loading import load_causal_lm, load_tokenizer
+from alignlab.data.tokenise import tokenize_pairs
+from alignlab.world.study_world import (PROMPT_TEMPLATES, TEST_STYLE, TRAIN_STYLE, build_tokenizer, build_world,
                             build_world_models, world_config)
 
 

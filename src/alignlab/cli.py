@@ -23,7 +23,7 @@ Methods and their hyper-parameters (defaults):
 
 
 def _methods_help() -> str:
-    from alignlab.objectives import METHODS
+    from alignlab.objectives.losses import METHODS
 
     lines = []
     for method in METHODS.values():
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="(re)write the robustness report of a sweep or run directory")
     report.add_argument("dir", help="the --out of alignlab sweep or alignlab run")
 
-    from alignlab.evaluate import add_eval_arguments
+    from alignlab.evaluation.evaluate import add_eval_arguments
 
     add_eval_arguments(commands.add_parser(
         "eval", help="evaluate a model: generate, score with a gold reward model, metrics with CIs"))
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_bench(args) -> int:
-    from alignlab.bench import format_table, run_bench as bench
+    from alignlab.bench.runner import format_table, run_bench as bench
     from alignlab.output_dirs import check_output_file
 
     if args.out:
@@ -123,7 +123,7 @@ def run_bench(args) -> int:
 
 
 def run_data(args) -> int:
-    from alignlab.data import load_pairs, write_pairs_jsonl
+    from alignlab.data.pairs import load_pairs, write_pairs_jsonl
     from alignlab.output_dirs import check_output_file
 
     if args.out:
@@ -149,7 +149,7 @@ def _config_from_args(cls, args, names: tuple[str, ...], overrides: list[str]):
 
 def run_train(args, overrides: list[str]) -> int:
     from alignlab.config import TrainConfig
-    from alignlab.train import train
+    from alignlab.training.offline import train
 
     config = _config_from_args(TrainConfig, args, ("method", "model", "data", "out", "reward_model",
                                                    "data_format", "resume"), overrides)
@@ -167,7 +167,7 @@ def run_train(args, overrides: list[str]) -> int:
 
 def run_train_rm(args, overrides: list[str]) -> int:
     from alignlab.config import RewardModelConfig
-    from alignlab.reward_model import train_reward_model
+    from alignlab.training.reward_model import train_reward_model
 
     config = _config_from_args(RewardModelConfig, args, ("model", "data", "out", "eval_data", "data_format", "resume"),
                                overrides)
@@ -181,8 +181,8 @@ def run_train_rm(args, overrides: list[str]) -> int:
 def run_study_command(args, overrides: list[str]) -> int:
     import time
 
-    from alignlab.study import StudyConfig
-    from alignlab.sweep import run_sweep
+    from alignlab.study.config import StudyConfig
+    from alignlab.study.sweep import run_sweep
 
     config = _config_from_args(StudyConfig, args, ("preset", "seed", "methods", "out", "workers", "study"), overrides)
     if config.study == "var" and config.grid_preset == "small":
@@ -195,8 +195,8 @@ def run_study_command(args, overrides: list[str]) -> int:
 
 def run_sweep_command(args, overrides: list[str]) -> int:
     from alignlab.config import read_yaml
-    from alignlab.study import StudyConfig
-    from alignlab.sweep import run_sweep
+    from alignlab.study.config import StudyConfig
+    from alignlab.study.sweep import run_sweep
 
     if args.config is None and args.grid_preset is None:
         raise AlignlabError("alignlab sweep needs a CONFIG.yaml with a grid or --preset (hitchhiker | var | small)")
@@ -210,7 +210,7 @@ def run_sweep_command(args, overrides: list[str]) -> int:
 
 def run_report(args) -> int:
     from alignlab.output_dirs import output_lock
-    from alignlab.sweep import write_sweep_report
+    from alignlab.study.sweep import write_sweep_report
 
     with output_lock(args.dir, option="DIR"):  # not while a sweep writes there
         write_sweep_report(args.dir)
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return run_report(args)
         if args.command == "eval":
-            from alignlab.evaluate import run_eval
+            from alignlab.evaluation.evaluate import run_eval
 
             return run_eval(args)
         return COMMANDS_WITH_OVERRIDES[args.command](args, extra)

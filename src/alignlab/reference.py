@@ -121,8 +121,8 @@ def compute_sequence_logps(model, examples, pad_id: int, batch_size: int, device
     no gradients to keep, they hold 4× the training batch. `shared_prompt` picks that batch layout
     (see tokenise.py) over the padded one.
     """
-    from alignlab.modeling import batch_logps
-    from alignlab.tokenise import collate_pairs, collate_shared_prompt
+    from alignlab.models.loading import batch_logps
+    from alignlab.data.tokenise import collate_pairs, collate_shared_prompt
 
     model.eval()
     chosen = torch.empty(len(examples), dtype=torch.float32)

@@ -4,12 +4,12 @@ the gold reward, then the robustness report.
 Stages, in order; the shared ones run once per sweep and every run reuses them:
     shared   data files, the SFT model (the study world's or yours), the proxy reward model (when
              VAR runs), the SFT model's evaluation, the reference log-prob cache
-    runs     one per grid point: train (alignlab.train) then evaluate (alignlab.evaluate)
-    report   alignlab.report from the run store and the per-sample results
+    runs     one per grid point: train (alignlab.training.offline) then evaluate (alignlab.evaluation.evaluate)
+    report   alignlab.report.document from the run store and the per-sample results
 
 Directory layout under `out`:
     sweep.yaml                   the resolved configuration; a restart must match it
-    runs.sqlite                  the run store (alignlab.store)
+    runs.sqlite                  the run store (alignlab.study.store)
     data/                        train.jsonl, heldout.jsonl (world), test.jsonl
     proxy_rm/                    the proxy reward model
     runs/sft/                    the SFT model's evaluation (samples.parquet, metrics.json)
@@ -44,10 +44,10 @@ from tqdm.auto import tqdm
 from alignlab import atomic
 from alignlab.config import RewardModelConfig, TrainConfig, dump_yaml
 from alignlab.errors import AlignlabError
-from alignlab.objectives import get_method, unknown_name_message
+from alignlab.objectives.losses import get_method, unknown_name_message
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
-from alignlab.store import RunStore
-from alignlab.study import (REPORTED_TRAINING, WORLD_GENERATION, WORLD_REWARD_TRAINING, WORLD_TRAINING,
+from alignlab.study.store import RunStore
+from alignlab.study.config import (REPORTED_TRAINING, WORLD_GENERATION, WORLD_REWARD_TRAINING, WORLD_TRAINING,
                             StudyConfig, StudyInputs, real_inputs, world_inputs)
 
 log = logging.getLogger(__name__)
@@ -170,14 +170,14 @@ class RunTask:
 
 @functools.lru_cache(maxsize=4)
 def _test_pairs(path: str):
-    from alignlab.data import load_pairs
+    from alignlab.data.pairs import load_pairs
 
     return load_pairs(path, "pairs").pairs
 
 
 @functools.lru_cache(maxsize=4)
 def _reward_model_scorer(path: str):
-    from alignlab.evaluate import reward_model_scorer
+    from alignlab.evaluation.evaluate import reward_model_scorer
 
     return reward_model_scorer(path)
 
@@ -187,7 +187,7 @@ def _scorer(spec_json: str):
     spec = json.loads(spec_json)
     if "gold_rm" in spec:
         return _reward_model_scorer(spec["gold_rm"])
-    from alignlab.world import build_world, world_config
+    from alignlab.world.study_world import build_world, world_config
 
     return build_world(world_config(spec["world"], seed=spec["seed"])).score
 
@@ -202,9 +202,9 @@ def _sft_samples(path: str) -> dict:
 def execute_run(task: RunTask) -> dict:
     """Train and evaluate one run, skipping the steps a previous attempt completed; returns its
     metrics and wall-clock seconds."""
-    from alignlab.evaluate import evaluate_model
-    from alignlab.generate import GenerationConfig
-    from alignlab.train import train
+    from alignlab.evaluation.evaluate import evaluate_model
+    from alignlab.models.generate import GenerationConfig
+    from alignlab.training.offline import train
 
     started = time.perf_counter()
     sweep_dir = Path(task.sweep_dir)
@@ -393,10 +393,10 @@ class Shared:
 
 
 def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_training: dict) -> Shared:
-    from alignlab.data import write_pairs_jsonl
-    from alignlab.evaluate import evaluate_model
-    from alignlab.generate import GenerationConfig
-    from alignlab.reward_model import train_reward_model
+    from alignlab.data.pairs import write_pairs_jsonl
+    from alignlab.evaluation.evaluate import evaluate_model
+    from alignlab.models.generate import GenerationConfig
+    from alignlab.training.reward_model import train_reward_model
 
     inputs = world_inputs(config, out) if config.uses_world else real_inputs(config)
     preset = config.preset if config.uses_world else None
@@ -441,10 +441,10 @@ def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_trai
 
 def warm_reference_cache(train_config: TrainConfig) -> None:
     """Compute the reference log-probs once, before parallel workers would each compute them."""
-    from alignlab.modeling import load_causal_lm, load_tokenizer
+    from alignlab.models.loading import load_causal_lm, load_tokenizer
     from alignlab.reference import default_cache_dir
-    from alignlab.tokenise import tokenize_pairs
-    from alignlab.train import load_training_pairs, reference_logps, shared_prompt_works
+    from alignlab.data.tokenise import tokenize_pairs
+    from alignlab.training.offline import load_training_pairs, reference_logps, shared_prompt_works
 
     tokenizer = load_tokenizer(train_config.model, train_config.trust_remote_code)
     pairs = load_training_pairs(train_config).pairs
@@ -535,7 +535,7 @@ def _run_open_sweep(config: StudyConfig, specs: list[RunSpec], base: dict, resum
     counts = store.counts()
     store.close()
     if config.study == "var":
-        from alignlab.var_study import run_var_stages
+        from alignlab.study.var_stages import run_var_stages
 
         run_var_stages(out, shared, config)
     write_sweep_report(out)
@@ -551,7 +551,7 @@ def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics
     import numpy as np
     import pyarrow.parquet as pq
 
-    from alignlab.analysis import RunRecord
+    from alignlab.analysis.hitchhiker import RunRecord
 
     table = pq.read_table(run_dir / "samples.parquet").to_pydict()
     samples = {"prompt_id": np.array(table["prompt_id"]), "gold_score": np.array(table["gold_score"]),
@@ -567,7 +567,7 @@ def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics
 def write_sweep_report(out: str | Path) -> dict:
     """`alignlab report DIR`: the robustness report of the finished runs in a sweep directory."""
     from alignlab.config import read_yaml
-    from alignlab.report import write_report
+    from alignlab.report.document import write_report
 
     out = Path(out)
     if not (out / "runs.sqlite").exists() or not (out / "sweep.yaml").exists():

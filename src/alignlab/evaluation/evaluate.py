@@ -7,7 +7,7 @@ Per-sample results (`samples.parquet`), one row per test prompt: prompt_id, prom
 turns), response, length (tokens), gold_score, chosen_score (the dataset's chosen response),
 sft_score (the SFT model's response to the same prompt, when given), logp_policy and logp_sft
 (summed log-probs of the response under the policy and the SFT model, for KL). `metrics.json`
-holds `metrics.summarize` of them. With an LLM judge (`alignlab.judge`, optional), also
+holds `metrics.summarize` of them. With an LLM judge (`alignlab.evaluation.judge`, optional), also
 judge_score and judge_error per sample and `judge_win_rate` in `metrics.json`.
 """
 
@@ -22,12 +22,12 @@ import torch
 
 from alignlab import atomic
 from alignlab.errors import AlignlabError
-from alignlab.generate import GenerationConfig, generate_responses
-from alignlab.judge import BASELINES, JudgeConfig, judge_columns, judge_config, summary_line, win_rate_metric
-from alignlab.metrics import summarize
-from alignlab.modeling import load_causal_lm, load_tokenizer, sequence_logps
+from alignlab.models.generate import GenerationConfig, generate_responses
+from alignlab.evaluation.judge import BASELINES, JudgeConfig, judge_columns, judge_config, summary_line, win_rate_metric
+from alignlab.evaluation.metrics import summarize
+from alignlab.models.loading import load_causal_lm, load_tokenizer, sequence_logps
 from alignlab.output_dirs import claim_output_dir, mark
-from alignlab.tokenise import PromptRenderer, collate_sequences
+from alignlab.data.tokenise import PromptRenderer, collate_sequences
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def response_logps(model, tokenizer, prompts: list[list[dict]], response_ids: li
 def reward_model_scorer(path: str, batch_size: int = 16, max_length: int = 1024, device="cpu",
                         trust_remote_code: bool = False):
     """A scorer backed by a sequence-classification reward model (one output)."""
-    from alignlab.score import RewardScorer
+    from alignlab.models.score import RewardScorer
 
     scorer = RewardScorer(path, trust_remote_code=trust_remote_code, max_length=max_length, device=device)
     return lambda prompts, responses: scorer.score(prompts, responses, batch_size)
@@ -174,8 +174,8 @@ def run_eval(args) -> int:
 
 def _evaluate_into(out: Path, args, judge: JudgeConfig | None) -> EvalResult:
     """`alignlab eval`'s work; the caller holds `out`."""
-    from alignlab.data import load_pairs
-    from alignlab.modeling import load_sequence_classifier
+    from alignlab.data.pairs import load_pairs
+    from alignlab.models.loading import load_sequence_classifier
 
     new_dir = not out.exists() or not any(out.iterdir())
     pairs = load_pairs(args.data, args.data_format, split=args.split).pairs[:args.limit]

@@ -8,7 +8,7 @@ a method's batch loss is reduced and which hyper-parameters it takes.
 Adding a method: write its loss here, add a `Method` entry to `METHODS`, add a test.
 
 GRPO is the one online method: its loss takes per-token quantities of responses the policy samples
-while training (`GroupBatch`, built by `alignlab.grpo`), not pairs from the data.
+while training (`GroupBatch`, built by `alignlab.training.grpo`), not pairs from the data.
 """
 
 from __future__ import annotations

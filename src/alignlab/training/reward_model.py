@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.config import RewardModelConfig
-from alignlab.modeling import load_sequence_classifier, load_tokenizer
-from alignlab.tokenise import collate_pairs, tokenize_pairs
-from alignlab.train import (FitResult, claim_run_dir, fit, load_training_pairs, make_accelerator,
+from alignlab.models.loading import load_sequence_classifier, load_tokenizer
+from alignlab.data.tokenise import collate_pairs, tokenize_pairs
+from alignlab.training.offline import (FitResult, claim_run_dir, fit, load_training_pairs, make_accelerator,
                             run_directory, save_run)
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from alignlab import atomic
 from alignlab.config import TrainConfig
-from alignlab.objectives import get_method
+from alignlab.objectives.losses import get_method
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ def _train_config(base: dict, method: str, out: Path, proxy_rm: str | None, **se
 
 def run_race(race_dir: Path, base: dict, shared, snapshots: int, grpo_steps: int) -> dict:
     """Train the race's three runs with snapshots and evaluate every snapshot; the curves as JSON."""
-    from alignlab.evaluate import evaluate_model
-    from alignlab.sweep import _reward_model_scorer
-    from alignlab.train import SNAPSHOTS, train
+    from alignlab.evaluation.evaluate import evaluate_model
+    from alignlab.study.sweep import _reward_model_scorer
+    from alignlab.training.offline import SNAPSHOTS, train
 
     n_pairs = sum(1 for line in Path(shared.inputs.train_data).read_text().splitlines() if line.strip())
     offline_steps = math.ceil(n_pairs / base["batch_size"]) * base.get("epochs", 1)
@@ -113,11 +113,11 @@ def z_variance(base: dict, proxy_rm: str) -> dict:
     chosen and rejected response is a sample), at VAR's default λ, summed and length-normalised."""
     import torch
 
-    from alignlab.analysis import z_estimator_variance
-    from alignlab.modeling import load_causal_lm, load_tokenizer
+    from alignlab.analysis.hitchhiker import z_estimator_variance
+    from alignlab.models.loading import load_causal_lm, load_tokenizer
     from alignlab.reference import default_cache_dir
-    from alignlab.tokenise import tokenize_pairs
-    from alignlab.train import load_training_pairs, pair_rewards, reference_logps, shared_prompt_works
+    from alignlab.data.tokenise import tokenize_pairs
+    from alignlab.training.offline import load_training_pairs, pair_rewards, reference_logps, shared_prompt_works
 
     config = _train_config(base, "var", Path("unused"), proxy_rm)
     lam = get_method("var").resolve({})["lam"]
@@ -148,7 +148,7 @@ def compute_profile(base: dict, proxy_rm: str | None) -> dict:
         for method in COMPUTE_METHODS:
             config = _train_config(base, method, Path(tmp) / method, proxy_rm if method == "var" else None)
             payload = json.dumps(dataclasses.asdict(config))
-            done = subprocess.run([sys.executable, "-m", "alignlab.var_study", payload], capture_output=True,
+            done = subprocess.run([sys.executable, "-m", "alignlab.study.var_stages", payload], capture_output=True,
                                   check=False, text=True, env=_quiet_env())
             if done.returncode != 0:
                 raise RuntimeError(f"compute profile: training {method} failed:\n{done.stderr[-3000:]}")
@@ -214,9 +214,9 @@ def measure_training(config: TrainConfig) -> dict:
 
     import torch
 
-    from alignlab.modeling import load_tokenizer
-    from alignlab.tokenise import tokenize_pairs
-    from alignlab.train import load_training_pairs, train
+    from alignlab.models.loading import load_tokenizer
+    from alignlab.data.tokenise import tokenize_pairs
+    from alignlab.training.offline import load_training_pairs, train
 
     with ResidentSetSampler() as resident:
         result = train(config)

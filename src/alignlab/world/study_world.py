@@ -60,9 +60,9 @@ from pathlib import Path
 import torch
 
 from alignlab.atomic import atomic_dir, write_json
-from alignlab.data import PreferencePair, write_pairs_jsonl
+from alignlab.data.pairs import PreferencePair, write_pairs_jsonl
 from alignlab.errors import AlignlabError
-from alignlab.objectives import unknown_name_message
+from alignlab.objectives.losses import unknown_name_message
 from alignlab.reference import sha256_file
 
 log = logging.getLogger(__name__)
@@ -539,7 +539,7 @@ def supervised_finetune(world: StudyWorld, pretrained: Path, directory: Path, ca
     """SFT on the chosen responses of the training pairs with alignlab's trainer: a run directory
     at `directory`, its model in `directory/model`."""
     from alignlab.config import TrainConfig
-    from alignlab.train import train
+    from alignlab.training.offline import train
 
     config = world.config
     data = directory.parent / "sft-pairs.jsonl"

@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from alignlab import atomic
-from alignlab.analysis import (LABELS, RunRecord, best_run, best_runs, expected_performance, fraction_worse,
+from alignlab.analysis.hitchhiker import (LABELS, RunRecord, best_run, best_runs, expected_performance, fraction_worse,
                                hitchhiker_claims, metric_value, percentile_run, sensitivity,
                                top_k_distributions, varying_params, win_matrix)
 
@@ -646,7 +646,7 @@ def write_report(out_dir: str | Path, runs: list[RunRecord], sft: RunRecord | No
         sensitive, sensitivity_summary = sensitivity_section(sweep)
         var_parts, var_summary = [], None
         if var is not None:
-            from alignlab.report_var import var_sections
+            from alignlab.report.var import var_sections
 
             var_parts, var_summary = var_sections(sweep, **var)
     everything, runs_summary = runs_section(sweep)

@@ -42,11 +42,11 @@ import torch
 
 from alignlab.config import TrainConfig
 from alignlab.errors import AlignlabError
-from alignlab.generate import Generation, GenerationConfig, generate_from_ids
-from alignlab.modeling import load_causal_lm, load_tokenizer, token_logps
-from alignlab.objectives import GroupBatch, get_method, grpo_advantages, k3_kl
-from alignlab.tokenise import PromptRenderer, collate_sequences
-from alignlab.train import (
+from alignlab.models.generate import Generation, GenerationConfig, generate_from_ids
+from alignlab.models.loading import load_causal_lm, load_tokenizer, token_logps
+from alignlab.objectives.losses import GroupBatch, get_method, grpo_advantages, k3_kl
+from alignlab.data.tokenise import PromptRenderer, collate_sequences
+from alignlab.training.offline import (
     TrainResult,
     fit,
     load_training_pairs,
@@ -137,7 +137,7 @@ def check_grpo_config(config: TrainConfig) -> None:
 
 
 def train_grpo(config: TrainConfig) -> TrainResult:
-    from alignlab.score import RewardScorer
+    from alignlab.models.score import RewardScorer
 
     started = time.perf_counter()
     config.validate()

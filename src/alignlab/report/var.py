@@ -8,16 +8,16 @@
                    length-normalised ℓref), and the final reward of each Z estimator
     10 compute     wall-clock per epoch, tokens/s and peak memory for SFT, DPO, SimPO and VAR
 
-Built from the sweep's runs and the files of `alignlab.var_study`, as report.py's blocks.
+Built from the sweep's runs and the files of `alignlab.study.var_stages`, as report.py's blocks.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from alignlab.analysis import (VAR_PAPER_SPEEDUP, RunRecord, best_runs, convergence_race, reward_by_family,
+from alignlab.analysis.hitchhiker import (VAR_PAPER_SPEEDUP, RunRecord, best_runs, convergence_race, reward_by_family,
                                var_vs_dpo_claim)
-from alignlab.report import (BASELINE, BASELINE_COLOR, Cell, Plot, Section, Sweep, Table, _figure, _fmt, _legend,
+from alignlab.report.document import (BASELINE, BASELINE_COLOR, Cell, Plot, Section, Sweep, Table, _figure, _fmt, _legend,
                              _png, label, params_text)
 
 RACE_COLORS = {"var": "#9467bd", "dpo": "#1f77b4", "grpo": "#d62728"}

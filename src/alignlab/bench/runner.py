@@ -73,7 +73,7 @@ def bench_pairs(n: int) -> list[dict]:
 
 
 def prepare(workdir: Path, size: dict) -> dict:
-    from alignlab.tiny import build_tiny_llama
+    from alignlab.models.tiny import build_tiny_llama
 
     pairs = bench_pairs(size["pairs"])
     data = workdir / "pairs.jsonl"
@@ -103,9 +103,9 @@ def _train_config(setup: dict, method: str, out: Path, cache_dir: Path, device: 
 
 def _alignlab_tokens(setup: dict) -> tuple[int, int]:
     """(pairs, prompt+chosen+prompt+rejected tokens) as alignlab tokenises the bench data."""
-    from alignlab.data import load_pairs
-    from alignlab.modeling import load_tokenizer
-    from alignlab.tokenise import tokenize_pairs
+    from alignlab.data.pairs import load_pairs
+    from alignlab.models.loading import load_tokenizer
+    from alignlab.data.tokenise import tokenize_pairs
 
     examples, _ = tokenize_pairs(load_tokenizer(setup["model"]), load_pairs(setup["data"]).pairs,
                                  MAX_LENGTH, MAX_LENGTH // 2)
@@ -119,7 +119,7 @@ def _import_libraries() -> None:
 
 
 def worker_alignlab_dpo(setup: dict, device: str) -> Measurement:
-    from alignlab.train import train
+    from alignlab.training.offline import train
 
     _import_libraries()
 
@@ -161,7 +161,7 @@ def worker_trl_dpo(setup: dict, device: str, precompute: bool) -> Measurement:
 
 def worker_objectives(setup: dict, device: str, repeats: int) -> dict:
     """Training-loop tokens/s per objective, reference log-probs cached, median over repeats."""
-    from alignlab.train import train
+    from alignlab.training.offline import train
 
     _, pair_tokens = _alignlab_tokens(setup)
     rates = {}
@@ -179,9 +179,9 @@ def worker_objectives(setup: dict, device: str, repeats: int) -> dict:
 
 
 def _sft_tokens(setup: dict) -> int:
-    from alignlab.data import load_pairs
-    from alignlab.modeling import load_tokenizer
-    from alignlab.tokenise import tokenize_pairs
+    from alignlab.data.pairs import load_pairs
+    from alignlab.models.loading import load_tokenizer
+    from alignlab.data.tokenise import tokenize_pairs
 
     examples, _ = tokenize_pairs(load_tokenizer(setup["model"]), load_pairs(setup["data"]).pairs,
                                  MAX_LENGTH, MAX_LENGTH // 2)
@@ -192,7 +192,7 @@ def _run_worker(kind: str, setup: dict, device: str, **extra) -> dict:
     """Run one measurement in a fresh process and return its JSON result."""
     payload = json.dumps({"kind": kind, "setup": setup, "device": device, **extra})
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, "-m", "alignlab.bench", payload], capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-m", "alignlab.bench.runner", payload], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"bench worker {kind} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -291,7 +291,7 @@ SWEEP_TEST_PROMPTS = 32
 
 def _gold_classifier(setup: dict, directory: Path) -> str:
     """A tiny one-output sequence classifier on the bench model's tokenizer: the gold RM both sides use."""
-    from alignlab.tiny import build_tiny_classifier
+    from alignlab.models.tiny import build_tiny_classifier
 
     return str(build_tiny_classifier(directory, setup["model"]))
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from alignlab.tokenise import PromptRenderer
+from alignlab.data.tokenise import PromptRenderer
 
 
 @dataclass

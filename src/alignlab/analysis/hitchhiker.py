@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from alignlab.metrics import bootstrap_ci, wins
+from alignlab.evaluation.metrics import bootstrap_ci, wins
 
 N_RESAMPLES = 2000
 WILSON_Z = 1.959964  # two-sided 95% normal quantile

@@ -1,7 +1,7 @@
 """Scoring prompt/response pairs with a sequence-classification reward model.
 
 The text a reward model sees is rendered with its own tokenizer (chat template, or the plain format
-of `alignlab.tokenise`); sequences longer than `max_length` keep their last tokens, so the
+of `alignlab.data.tokenise`); sequences longer than `max_length` keep their last tokens, so the
 response — what is being judged — is never cut.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from alignlab.modeling import load_sequence_classifier, load_tokenizer
-from alignlab.tokenise import PromptRenderer, collate_sequences
+from alignlab.models.loading import load_sequence_classifier, load_tokenizer
+from alignlab.data.tokenise import PromptRenderer, collate_sequences
 
 
 class RewardScorer:

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from alignlab.errors import AlignlabError
-from alignlab.metrics import bootstrap_ci
+from alignlab.evaluation.metrics import bootstrap_ci
 from alignlab.reference import default_cache_dir
 
 log = logging.getLogger(__name__)

@@ -31,14 +31,14 @@ from tqdm.auto import tqdm
 
 from alignlab import atomic
 from alignlab.config import OptimConfig, TrainConfig, dump_yaml
-from alignlab.data import load_pairs
+from alignlab.data.pairs import load_pairs
 from alignlab.errors import AlignlabError
-from alignlab.modeling import batch_logps, load_causal_lm, load_tokenizer
-from alignlab.objectives import Method, PairBatch, get_method, sampled_log_z
+from alignlab.models.loading import batch_logps, load_causal_lm, load_tokenizer
+from alignlab.objectives.losses import Method, PairBatch, get_method, sampled_log_z
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
 from alignlab.reference import (cache_key, cached_tensors, compute_sequence_logps, default_cache_dir,
                                 model_fingerprint)
-from alignlab.tokenise import collate_pairs, collate_shared_prompt, fingerprint_tokens, tokenize_pairs
+from alignlab.data.tokenise import collate_pairs, collate_shared_prompt, fingerprint_tokens, tokenize_pairs
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def check_rewards_available(config: TrainConfig, pairs) -> None:
 def pair_rewards(config: TrainConfig, pairs, cache_dir: Path, device) -> dict[str, torch.Tensor]:
     """Rewards of every chosen and rejected response: from the reward model, else the data."""
     if config.reward_model:
-        from alignlab.score import RewardScorer
+        from alignlab.models.score import RewardScorer
 
         texts = json.dumps([[p.prompt, p.chosen, p.rejected] for p in pairs], ensure_ascii=False)
         key = cache_key("rewards", model_fingerprint(config.reward_model, cache_dir),
@@ -114,7 +114,7 @@ def sampled_prompt_log_z(config: TrainConfig, pairs, cache_dir: Path, device, po
     Sampling is exact (temperature 1, no top-p) because Ẑ estimates E_{y∼πref}[exp(r/λ)]; responses
     may use the room the trainer leaves them, max_length − max_prompt_length tokens.
     """
-    from alignlab.grpo import distinct_prompts, encode_prompts, sample_and_score
+    from alignlab.training.grpo import distinct_prompts, encode_prompts, sample_and_score
 
     reference = config.reference_model or config.model
     k = config.params["z_samples"]
@@ -127,8 +127,8 @@ def sampled_prompt_log_z(config: TrainConfig, pairs, cache_dir: Path, device, po
                     f"seed={config.seed}", config.dtype)
 
     def compute():
-        from alignlab.generate import GenerationConfig
-        from alignlab.score import RewardScorer
+        from alignlab.models.generate import GenerationConfig
+        from alignlab.models.score import RewardScorer
 
         log.info("sampling %d responses for each of %d prompts from %s to estimate Z(x)", k, len(prompts), reference)
         model = policy if reference == config.model else load_causal_lm(reference, config.dtype,
@@ -283,14 +283,14 @@ CHECKPOINT = "checkpoint"
 def save_checkpoint(accelerator, run_dir: Path, state: LoopState) -> None:
     """Model, optimizer, scheduler and RNG states plus the loop state, as safetensors and JSON only
     (no pickles), replaced whole; see checkpoint.py."""
-    from alignlab import checkpoint
+    from alignlab.training import checkpoint
 
     checkpoint.save(accelerator, run_dir / CHECKPOINT, dataclasses.asdict(state))
 
 
 def load_checkpoint(accelerator, run_dir: Path) -> LoopState | None:
     """The last whole checkpoint (`.old` survives a kill between two renames), read without pickle."""
-    from alignlab import checkpoint
+    from alignlab.training import checkpoint
 
     loop = checkpoint.load(accelerator, run_dir / CHECKPOINT)
     return LoopState(**loop) if loop is not None else None
@@ -475,7 +475,7 @@ def train(config: TrainConfig) -> TrainResult:
     config.validate()
     with claim_run_dir(config):
         if get_method(config.method).online:  # samples from the policy as it trains: its own step, the same `fit`
-            from alignlab.grpo import train_grpo
+            from alignlab.training.grpo import train_grpo
 
             return train_grpo(config)
         return train_offline(config)

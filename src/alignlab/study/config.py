@@ -1,8 +1,8 @@
 """What a study is made of: its configuration (`StudyConfig`) and its inputs — the SFT model, the
-training pairs, the test prompts and the gold reward. `alignlab.sweep` runs the study: every method
+training pairs, the test prompts and the gold reward. `alignlab.study.sweep` runs the study: every method
 over its hyper-parameter grid, evaluation, report.
 
-Two worlds, one code path. By default the built-in study world (`alignlab.world`) supplies the
+Two worlds, one code path. By default the built-in study world (`alignlab.world.study_world`) supplies the
 SFT model, the training pairs (SafeRLHF-like style), the OOD test prompts (HH-like style) and an
 exact gold reward. With `model`, `train_data`, `test_data` and `gold_rm` set (in a YAML config),
 the same stages run on any Hugging Face model, dataset and sequence-classification gold RM.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from alignlab.config import RewardModelConfig, TrainConfig, _coerce, _field_types
 from alignlab.errors import AlignlabError
-from alignlab.objectives import get_method, unknown_name_message
+from alignlab.objectives.losses import get_method, unknown_name_message
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class StudyConfig:
             missing = ", ".join(k for k in real if k not in given)
             raise AlignlabError(f"config: a study on real models needs model, train_data, test_data and "
                                 f"gold_rm together; missing: {missing}")
-        from alignlab.generate import GenerationConfig
+        from alignlab.models.generate import GenerationConfig
 
         for section, cls in (("training", TrainConfig), ("reward_training", RewardModelConfig),
                              ("generation", GenerationConfig)):
@@ -141,8 +141,8 @@ class StudyInputs:
 
 
 def world_inputs(config: StudyConfig, out: Path) -> StudyInputs:
-    from alignlab.data import write_pairs_jsonl
-    from alignlab.world import build_world, build_world_models, world_config
+    from alignlab.data.pairs import write_pairs_jsonl
+    from alignlab.world.study_world import build_world, build_world_models, world_config
 
     world = build_world(world_config(config.preset, seed=config.seed))
     models = build_world_models(world, Path(config.cache_dir) if config.cache_dir else None)
@@ -159,8 +159,8 @@ def world_inputs(config: StudyConfig, out: Path) -> StudyInputs:
 
 
 def real_inputs(config: StudyConfig) -> StudyInputs:
-    from alignlab.data import load_pairs
-    from alignlab.evaluate import reward_model_scorer
+    from alignlab.data.pairs import load_pairs
+    from alignlab.evaluation.evaluate import reward_model_scorer
 
     test = load_pairs(config.test_data, config.test_format, split="test")
     test_pairs = test.pairs[:config.test_limit] if config.test_limit else test.pairs

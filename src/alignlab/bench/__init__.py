@@ -1,0 +1,5 @@
+"""`alignlab bench`: throughput and memory against TRL and the SFT limit, as ratios."""
+
+from alignlab.bench.runner import format_table, run_bench
+
+__all__ = ["format_table", "run_bench"]
