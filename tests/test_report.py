@@ -16,7 +16,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from alignlab.analysis.hitchhiker import RunRecord
+from alignlab.analysis import RunRecord
 from alignlab.evaluation.metrics import summarize
 from alignlab.report.document import write_report
 

@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from alignlab import atomic
-from alignlab.analysis.hitchhiker import (LABELS, RunRecord, best_run, best_runs, expected_performance, fraction_worse,
+from alignlab.analysis import (LABELS, RunRecord, best_run, best_runs, expected_performance, fraction_worse,
                                hitchhiker_claims, metric_value, percentile_run, sensitivity,
                                top_k_distributions, varying_params, win_matrix)
 

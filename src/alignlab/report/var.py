@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from alignlab.analysis.hitchhiker import (VAR_PAPER_SPEEDUP, RunRecord, best_runs, convergence_race, reward_by_family,
+from alignlab.analysis import (VAR_PAPER_SPEEDUP, RunRecord, best_runs, convergence_race, reward_by_family,
                                var_vs_dpo_claim)
 from alignlab.report.document import (BASELINE, BASELINE_COLOR, Cell, Plot, Section, Sweep, Table, _figure, _fmt, _legend,
                              _png, label, params_text)

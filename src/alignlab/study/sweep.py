@@ -551,7 +551,7 @@ def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics
     import numpy as np
     import pyarrow.parquet as pq
 
-    from alignlab.analysis.hitchhiker import RunRecord
+    from alignlab.analysis import RunRecord
 
     table = pq.read_table(run_dir / "samples.parquet").to_pydict()
     samples = {"prompt_id": np.array(table["prompt_id"]), "gold_score": np.array(table["gold_score"]),

@@ -113,7 +113,7 @@ def z_variance(base: dict, proxy_rm: str) -> dict:
     chosen and rejected response is a sample), at VAR's default λ, summed and length-normalised."""
     import torch
 
-    from alignlab.analysis.hitchhiker import z_estimator_variance
+    from alignlab.analysis import z_estimator_variance
     from alignlab.models.loading import load_causal_lm, load_tokenizer
     from alignlab.reference import default_cache_dir
     from alignlab.data.tokenise import tokenize_pairs

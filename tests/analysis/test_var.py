@@ -1,4 +1,4 @@
-"""The VAR study's analyses (alignlab.analysis.hitchhiker, SPEC §6 items 7–9) against answers worked out by hand."""
+"""The VAR study's analyses (alignlab.analysis.var, SPEC §6 items 7–9) against answers worked out by hand."""
 
 import json
 import math
@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from alignlab.analysis.hitchhiker import (VAR_PAPER_GAIN_PCT, RunRecord, convergence_race, reward_by_family,
-                               var_vs_dpo_claim, z_estimator_variance)
+from alignlab.analysis.runs import RunRecord
+from alignlab.analysis.var import (VAR_PAPER_GAIN_PCT, convergence_race, reward_by_family, var_vs_dpo_claim,
+                                   z_estimator_variance)
 
 
 def run(name, method="var", params=None, **samples):

@@ -1,0 +1,182 @@
+"""The runs of a sweep, and how the analyses select and compare them.
+
+Everything here is a pure function of plain Python / numpy data: no plotting, no file IO, no torch.
+A sweep is a list of RunRecord, one per trained model, holding its hyper-parameters, its summary
+metrics (as metrics.summarize returns them) and its per-sample evaluation columns.
+
+Definitions
+    score            a run's mean gold reward over the test prompts (metrics["mean_score"]["value"]).
+    ranking          runs are ranked by (score, name) ascending; the name only breaks exact ties so
+                     that every selection below is deterministic.
+    best run         the last run of the ranking (highest score).
+    top-25% model    percentile_run(q=75): the run at the 75th percentile of the ranking, at index
+                     floor((n − 1)·q/100 + 0.5), i.e. nearest-rank on the 0..n−1 positions with
+                     halves rounded up. 4 runs → index 2 (second best), 5 → 3, 9 → 6, 1 → 0.
+                     It answers "how good is a model you get without a lucky grid search?".
+    top-k% runs      the best ceil(k/100 · n) runs (at least one), best first.
+    win rate         over the prompts two models share (joined by prompt_id), the mean of per-prompt
+                     wins 1[a > b] + ½·1[a = b] of their gold scores, so rate(i, j) + rate(j, i) = 1.
+    paired diff.     the mean over shared prompts of a[column] − b[column], bootstrap CI over prompts.
+
+All CIs are percentile bootstraps at 95%, seeded, with N_RESAMPLES resamples (alignlab.analysis.stats).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from alignlab.analysis.stats import N_RESAMPLES
+from alignlab.evaluation.metrics import bootstrap_ci, wins
+
+LABELS = {"sft": "SFT", "dpo": "DPO", "ln-dpo": "LN-DPO", "simpo": "SimPO", "var": "VAR"}
+
+
+@dataclass
+class RunRecord:
+    name: str                                    # unique run name, e.g. "dpo-beta0.1-lr5e-4-ep1-s0"
+    method: str                                  # "sft", "dpo", "ln-dpo", "simpo", "var"
+    params: dict = field(default_factory=dict)   # hyper-parameters: learning_rate, epochs, seed, beta, ...
+    metrics: dict = field(default_factory=dict)  # metric -> {"value", "ci_low", "ci_high"} or None
+    samples: dict = field(default_factory=dict)  # per-sample columns aligned by position, incl. "prompt_id"
+
+    @property
+    def score(self) -> float:
+        return self.metrics["mean_score"]["value"]
+
+
+def method_label(method: str) -> str:
+    """The method's name as the report prints it ("ln-dpo" → "LN-DPO"); unknown methods as given."""
+    return LABELS.get(method, method)
+
+
+def metric_value(run: RunRecord, metric: str) -> float | None:
+    """run.metrics[metric]["value"], or None where the metric was not measured."""
+    entry = run.metrics.get(metric)
+    return None if entry is None else entry["value"]
+
+
+# ------------------------------------------------------------------ selecting runs
+
+def _ranked(runs) -> list[RunRecord]:
+    """Runs sorted ascending by (score, name)."""
+    if not runs:
+        raise ValueError("no runs to rank")
+    return sorted(runs, key=lambda r: (r.score, r.name))
+
+
+def best_run(runs) -> RunRecord:
+    """The highest-scoring run (exact ties go to the later name, consistently with _ranked)."""
+    return _ranked(runs)[-1]
+
+
+def best_runs(runs) -> dict[str, RunRecord]:
+    """The best run of each method, methods in order of first appearance."""
+    by_method: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        by_method.setdefault(run.method, []).append(run)
+    return {method: best_run(group) for method, group in by_method.items()}
+
+
+def percentile_run(runs, q: float = 75) -> RunRecord:
+    """The run at the q-th percentile of the ranking: index floor((n − 1)·q/100 + 0.5).
+
+    q=75 is the Hitchhiker "top-25% model"; q=100 is the best run, q=0 the worst.
+    """
+    ranked = _ranked(runs)
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be in [0, 100], got {q}")
+    # (n-1)·q + 50 over 100 rather than (n-1)·q/100 + 0.5: exact for integer q, no float drift.
+    return ranked[math.floor(((len(ranked) - 1) * q + 50) / 100)]
+
+
+def top_k_runs(runs, k_pct: float) -> list[RunRecord]:
+    """The best ceil(k_pct/100 · n) runs (at least one), best first."""
+    if not 0 < k_pct <= 100:
+        raise ValueError(f"k must be in (0, 100], got {k_pct}")
+    ranked = _ranked(runs)[::-1]
+    # k·n/100 rather than k/100·n: 7/100·100 is 7.000000000000001 and would round up to 8.
+    count = min(len(ranked), max(1, math.ceil(k_pct * len(ranked) / 100)))
+    return ranked[:count]
+
+
+# ------------------------------------------------------------------ shared by the analyses
+
+def param_sort_key(value):
+    # Numbers sort numerically; anything else (strings, None) after them by its text.
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (0, value, "") if is_number else (1, 0, repr(value))
+
+
+def seeds_text(runs) -> str:
+    """The runs' training seeds for a claim's detail: "seeds 0,1", or "seeds unrecorded"."""
+    seeds = sorted({r.params["seed"] for r in runs if "seed" in r.params}, key=param_sort_key)
+    return "seeds " + ",".join(map(str, seeds)) if seeds else "seeds unrecorded"
+
+
+def lacking_column(runs, column: str) -> str | None:
+    """The 'not tested' detail when some runs have no per-sample `column`, else None."""
+    names = [r.name for r in runs if r.samples.get(column) is None]
+    return f"column {column!r} absent in {', '.join(names)}" if names else None
+
+
+# ------------------------------------------------------------------ per-prompt comparisons
+
+def _column(run: RunRecord, column: str) -> dict:
+    """{prompt_id: value} of one per-sample column."""
+    values = run.samples.get(column)
+    if values is None:
+        raise ValueError(f"run {run.name} has no per-sample column {column!r}")
+    ids = [str(p) for p in run.samples["prompt_id"]]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"run {run.name} has several samples for one prompt_id")
+    return dict(zip(ids, np.asarray(values, dtype=np.float64)))
+
+
+def joined_on_prompts(runs, column: str) -> np.ndarray:
+    """[len(runs), n_shared] matrix of column on the prompts every run has (first run's order).
+
+    Joined by prompt_id, not by position: runs evaluated on different subsets still line up.
+    """
+    tables = [_column(r, column) for r in runs]
+    shared = [p for p in tables[0] if all(p in t for t in tables[1:])]
+    if not shared:
+        raise ValueError("no prompts shared by " + ", ".join(r.name for r in runs))
+    return np.array([[t[p] for p in shared] for t in tables])
+
+
+def paired_difference(a: RunRecord, b: RunRecord, column: str = "gold_score", seed: int = 0) -> dict:
+    """Mean over shared prompts of a[column] − b[column], with a bootstrap 95% CI over prompts."""
+    table = joined_on_prompts([a, b], column)
+    diff = table[0] - table[1]
+    low, high = bootstrap_ci(diff, n_resamples=N_RESAMPLES, seed=seed)
+    return {"value": float(diff.mean()), "ci_low": low, "ci_high": high, "n": int(diff.size)}
+
+
+def win_matrix(models: dict[str, RunRecord], seed: int = 0) -> dict:
+    """Head-to-head per-prompt gold win rates between models (e.g. each method's best run).
+
+    rate[i][j] is model i's win rate over model j on their shared prompts, ties counting ½;
+    the CI bootstraps the mean of the per-prompt wins. The lower triangle is filled as the
+    complement of the upper one (rate[j][i] = 1 − rate[i][j], CI mirrored) so that the matrix
+    is exactly consistent; the diagonal is 0.5 with CI [0.5, 0.5].
+    """
+    names = list(models)
+    n = len(names)
+    rate = [[0.5] * n for _ in range(n)]
+    ci_low = [[0.5] * n for _ in range(n)]
+    ci_high = [[0.5] * n for _ in range(n)]
+    prompts = [[len(models[name].samples["prompt_id"]) if i == j else 0 for j in range(n)]
+               for i, name in enumerate(names)]
+    for i in range(n):
+        for j in range(i + 1, n):
+            table = joined_on_prompts([models[names[i]], models[names[j]]], "gold_score")
+            w = wins(table[0], table[1])
+            low, high = bootstrap_ci(w, n_resamples=N_RESAMPLES, seed=seed)
+            rate[i][j], rate[j][i] = float(w.mean()), 1.0 - float(w.mean())
+            ci_low[i][j], ci_high[i][j] = low, high
+            ci_low[j][i], ci_high[j][i] = 1.0 - high, 1.0 - low
+            prompts[i][j] = prompts[j][i] = int(w.size)
+    return {"names": names, "rate": rate, "ci_low": ci_low, "ci_high": ci_high, "prompts": prompts}

@@ -1,0 +1,233 @@
+"""The VAR study's analyses (SPEC §6 items 7–9): VAR against DPO, the convergence race against GRPO,
+reward per prompt family and the noise of VAR's in-batch normaliser.
+
+Everything here is a pure function of plain Python / numpy data: no plotting, no file IO, no torch.
+Runs and their per-prompt joins are defined in alignlab.analysis.runs; verdicts, bootstrap resamples
+and claim records in alignlab.analysis.stats.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from alignlab.analysis.runs import RunRecord, joined_on_prompts, lacking_column, paired_difference, seeds_text
+from alignlab.analysis.stats import N_RESAMPLES, claim_record, logsumexp, mean_with_ci, resample_counts
+
+VAR_PAPER_GAIN_PCT = 7.16  # VAR paper: average reward 7.16% above DPO's
+VAR_PAPER_SPEEDUP = 5.0    # VAR paper: converges more than 5× faster than GRPO
+
+
+def reward_by_family(run: RunRecord, families: dict[str, str] | None, seed: int = 0) -> dict:
+    """Mean gold (and proxy, where scored) reward of one run, over all prompts and per prompt family.
+
+    families maps prompt_id → family ("helpful", "harmful", …); prompts it does not name count only
+    towards "all". Returns {family: {"n", "gold": {"mean", "ci_low", "ci_high"}, "proxy": … or None}},
+    "all" first, then the families present in sorted order; each CI is a bootstrap over the prompts.
+    The gold/proxy gap per family is where reward over-optimisation shows (SPEC §4).
+    """
+    ids = [str(p) for p in run.samples["prompt_id"]]
+    gold = np.asarray(run.samples["gold_score"], dtype=np.float64)
+    proxy = run.samples.get("proxy_score")
+    proxy = None if proxy is None else np.asarray(proxy, dtype=np.float64)
+    # Keys compared as text, as runs.joined_on_prompts does: ids read back from JSON may be str where they were int.
+    family_of = {str(p): f for p, f in (families or {}).items()}
+    groups = {"all": np.ones(len(ids), dtype=bool)}
+    for family in sorted({family_of[p] for p in ids if p in family_of}):
+        groups[family] = np.array([family_of.get(p) == family for p in ids])
+    return {family: {"n": int(mask.sum()), "gold": mean_with_ci(gold[mask], seed),
+                     "proxy": None if proxy is None else mean_with_ci(proxy[mask], seed)}
+            for family, mask in groups.items()}
+
+
+def var_vs_dpo_claim(var: RunRecord, dpo: RunRecord, seed: int = 0) -> dict:
+    """The VAR paper's "average reward +7.16% over DPO", tested on our prompts with the gold reward.
+
+    The verdict tests the direction: the paired per-prompt difference gold(VAR) − gold(DPO) on the
+    shared prompts, bootstrap CI over prompts. The size is reported next to it as the relative gain
+        gain_pct = 100 · (mean_VAR − mean_DPO) / |mean_DPO|
+    (|·| so that a gain stays positive when rewards are negative), with a paired bootstrap CI: each
+    resample draws one set of prompts and recomputes both means from it. gain_pct is None when
+    |mean_DPO| < 1e-9, where a percentage means nothing. Returns stats.claim_record's dict plus
+    "gain_pct" and "gain_pct_ci" (a (low, high) tuple).
+    """
+    claim = f"VAR's average reward is {VAR_PAPER_GAIN_PCT:+.2f}% above DPO's"
+    statistic = ("mean over shared prompts of gold(VAR) − gold(DPO), bootstrap 95% CI over prompts; "
+                 "size: gain_pct = 100·(mean VAR − mean DPO)/|mean DPO|, paired bootstrap 95% CI")
+    lacking = lacking_column((var, dpo), "gold_score")
+    if lacking:
+        return {**claim_record(claim, statistic, 2, lacking), "gain_pct": None, "gain_pct_ci": (None, None)}
+    table = joined_on_prompts([var, dpo], "gold_score")
+    d = paired_difference(var, dpo, "gold_score", seed=seed)
+    mean_var, mean_dpo = table.mean(axis=1)
+    gain_pct, gain_ci = None, (None, None)
+    if abs(mean_dpo) >= 1e-9:
+        gain_pct = float(100 * (mean_var - mean_dpo) / abs(mean_dpo))
+        resampled_var, resampled_dpo = (resample_counts(table.shape[1], N_RESAMPLES, seed) @ table.T
+                                        / table.shape[1]).T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gains = 100 * (resampled_var - resampled_dpo) / np.abs(resampled_dpo)
+        # A resample whose DPO mean is exactly 0 has no percentage; it is left out rather than infinite.
+        gains = gains[np.isfinite(gains)]
+        gain_ci = (float(np.percentile(gains, 2.5)), float(np.percentile(gains, 97.5)))
+    detail = (f"VAR run {var.name} (mean gold {mean_var:.4g}) vs DPO run {dpo.name} (mean gold "
+              f"{mean_dpo:.4g}); {d['n']} shared prompts; training {seeds_text([var, dpo])}; "
+              f"{N_RESAMPLES} resamples, seed {seed}")
+    return {**claim_record(claim, statistic, 2, detail, d["value"], (d["ci_low"], d["ci_high"])),
+            "gain_pct": gain_pct, "gain_pct_ci": gain_ci}
+
+
+def _gold_by_prompt(point: dict) -> dict:
+    """{prompt_id (as text): gold score} of one evaluation point."""
+    ids = [str(p) for p in point["prompt_id"]]
+    if len(set(ids)) != len(ids):
+        raise ValueError("an evaluation point has several samples for one prompt_id")
+    return dict(zip(ids, np.asarray(point["gold_score"], dtype=np.float64)))
+
+
+def _first_crossing(x: np.ndarray, curves: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Where each row of curves first reaches its target, linearly interpolated along x; NaN if never.
+
+    curves is [rows, points] with x[0] = 0 the start; the first point k with curve[k] ≥ target gives
+        x[k−1] + (target − curve[k−1]) / (curve[k] − curve[k−1]) · (x[k] − x[k−1]),
+    or x[0] when the start already reaches it (curve[k−1] < target ≤ curve[k] keeps the division safe).
+    """
+    reached = curves >= target[:, None]
+    k = reached.argmax(axis=1)
+    rows = np.arange(len(curves))
+    before = np.maximum(k - 1, 0)
+    rise = curves[rows, k] - curves[rows, before]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = np.where(k > 0, (target - curves[rows, before]) / rise, 0.0)  # k = 0 divides 0 by 0, unused
+    crossing = x[before] + step * (x[k] - x[before])
+    return np.where(reached.any(axis=1), crossing, np.nan)
+
+
+def convergence_race(curves: dict[str, list[dict]], start: dict, seed: int = 0, target_fraction: float = 0.9,
+                     n_resamples: int = N_RESAMPLES, reward: str = "gold") -> dict:
+    """The VAR paper's "converges more than 5× faster than GRPO", as a race to a common gold reward.
+
+    curves maps each method ("var", "grpo" required; "dpo", … optional) to its evaluation points in
+    training order, each {"seconds", "samples" (training responses seen so far), "prompt_id",
+    "gold_score"}; start is the model they all start from (SFT), at 0 seconds and 0 samples. A point
+    may repeat the start's scores at a later time (a run's setup: no training yet, time spent). Points
+    are aligned by prompt_id on the prompts every point and the start share.
+
+        target = start + target_fraction · (grpo_final − start)
+
+    i.e. 90% of GRPO's final *improvement*: rewards can be negative, so a fraction of the raw reward
+    would not lie between the start and GRPO's final level. Each method's time to target is the first
+    crossing of its curve (start prepended), linearly interpolated, on both axes; speedup =
+    seconds_to_target(GRPO) / seconds_to_target(VAR), samples_ratio likewise with samples. CIs resample
+    the prompts, one draw shared by every point and the start, and recompute everything from the
+    means; a resample where VAR never reaches the target counts as speedup 0, one where GRPO does not
+    improve is dropped (there is no race to run). Verdict: "not testable" when GRPO does not improve
+    on the start; "confirmed" when the speedup CI is above 5; "reversed" when it is below 1 (VAR
+    slower, or never there); else "not confirmed". `reward` names the reward in the explanation (the
+    "gold_score" column may carry another reward, e.g. the proxy's).
+    """
+    missing = [m for m in ("grpo", "var") if not curves.get(m)]
+    if missing:
+        raise ValueError(f"convergence race needs evaluation points for {' and '.join(missing)}")
+    if not 0 < target_fraction <= 1:
+        # Above 1 GRPO itself might never get there; at 0 every method is there at time 0.
+        raise ValueError(f"target_fraction must be in (0, 1], got {target_fraction}")
+    start_table = _gold_by_prompt(start)
+    point_tables = {m: [_gold_by_prompt(p) for p in points] for m, points in curves.items()}
+    every_table = [start_table] + [t for tables in point_tables.values() for t in tables]
+    shared = [p for p in start_table if all(p in t for t in every_table)]
+    if not shared:
+        raise ValueError("no prompt shared by the start and every evaluation point")
+    # Row 0 of each method's table is the start, so crossings before the first evaluation interpolate from it.
+    gold = {m: np.array([[t[p] for p in shared] for t in [start_table] + tables]) for m, tables in point_tables.items()}
+    axes = {}
+    for m, points in curves.items():
+        for axis in ("seconds", "samples"):
+            x = np.array([0.0] + [float(p[axis]) for p in points])
+            if np.any(np.diff(x) < 0):
+                raise ValueError(f"{m}: {axis} must not decrease along the curve")
+            axes[m, axis] = x
+
+    def race(weights: np.ndarray) -> dict:
+        """Everything the race computes, for each row of prompt weights (rows sum to 1)."""
+        means = {m: weights @ table.T for m, table in gold.items()}  # [rows, 1 + points]
+        start_mean, grpo_final = means["grpo"][:, 0], means["grpo"][:, -1]
+        target = start_mean + target_fraction * (grpo_final - start_mean)
+        to_target = {axis: {m: _first_crossing(axes[m, axis], means[m], target) for m in gold}
+                     for axis in ("seconds", "samples")}
+        # Rows where GRPO does not improve have VAR there at 0 (0/0): they are dropped, hence the errstate.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # VAR never there → 0: slower than any finite speedup, and the resample stays in the CI.
+            ratio = {axis: np.nan_to_num(to_target[axis]["grpo"] / to_target[axis]["var"], nan=0.0)
+                     for axis in to_target}
+        return {"start": start_mean, "grpo_final": grpo_final, "target": target,
+                "final": {m: means[m][:, -1] for m in gold}, "to_target": to_target, "ratio": ratio}
+
+    n = len(shared)
+    point = race(np.full((1, n), 1.0 / n))
+    start_reward, grpo_final, target = (float(point[k][0]) for k in ("start", "grpo_final", "target"))
+    testable = grpo_final > start_reward
+
+    def reached(m: str, axis: str) -> float | None:
+        crossing = point["to_target"][axis][m][0]
+        return None if not testable or np.isnan(crossing) else float(crossing)
+
+    methods = {m: {"seconds_to_target": reached(m, "seconds"), "samples_to_target": reached(m, "samples"),
+                   "final_reward": float(point["final"][m][0])} for m in gold}
+    result = {"start_reward": start_reward, "grpo_final": grpo_final, "target": target,
+              "target_fraction": float(target_fraction), "methods": methods, "speedup": None,
+              "samples_ratio": None}
+    if not testable:
+        reason = (f"GRPO did not improve the {reward} reward (start {start_reward:.4g}, final {grpo_final:.4g}), "
+                  f"so there is no target to race to")
+        return {**result, "verdict": "not testable", "reason": reason}
+
+    resampled = race(resample_counts(n, n_resamples, seed) / n)
+    kept = resampled["grpo_final"] > resampled["start"]
+    for key, axis in (("speedup", "seconds"), ("samples_ratio", "samples")):
+        ratios = resampled["ratio"][axis][kept]
+        result[key] = {"value": float(point["ratio"][axis][0]), "ci_low": float(np.percentile(ratios, 2.5)),
+                       "ci_high": float(np.percentile(ratios, 97.5))}
+    low, high = result["speedup"]["ci_low"], result["speedup"]["ci_high"]
+    evidence = (f"speedup {result['speedup']['value']:.3g}× (95% CI {low:.3g}–{high:.3g}; {int(kept.sum())} of "
+                f"{n_resamples} resamples over {n} prompts, seed {seed})")
+    if low > VAR_PAPER_SPEEDUP:
+        outcome, reason = "confirmed", f"{evidence} lies above the paper's {VAR_PAPER_SPEEDUP:g}×"
+    elif high < 1:
+        outcome, reason = "reversed", f"{evidence} lies below 1×: VAR reaches the target later than GRPO, or never"
+    else:
+        outcome, reason = "not confirmed", f"{evidence} does not lie above {VAR_PAPER_SPEEDUP:g}×"
+    return {**result, "verdict": outcome, "reason": reason}
+
+
+def z_estimator_variance(ref_logps, rewards, lam: float, batch_sizes=(2, 4, 8, 16, 32, 64), draws: int = 200,
+                         seed: int = 0) -> list[dict]:
+    """How noisy VAR's in-batch normaliser is, against the micro-batch size b (SPEC §3, §6 item 9).
+
+    With a_i = ℓref(y_i) + r_i/λ, VAR weights the responses of a micro-batch B by
+        ω_i = exp(a_i) / Σ_{j∈B} exp(a_j)          (a softmax of a over B)
+    and so estimates log Z by log((1/b) Σ_{j∈B} exp(a_j)). For each b, `draws` micro-batches of b
+    responses are drawn uniformly without replacement, and each row reports
+        log_z_mean, log_z_sd   mean and (population) sd of the log Z estimate across draws;
+        weight_sd              sd of b·ω_i pooled over draws and members: 0 when the weights are uniform;
+        ess_fraction           mean of (1/Σ ω_i²)/b, the effective sample size as a share of the batch:
+                               1 when uniform, 1/b when one response takes all the weight;
+        max_weight             mean of max_i ω_i.
+    Batch sizes above the number of responses are skipped.
+    """
+    a = np.asarray(ref_logps, dtype=np.float64) + np.asarray(rewards, dtype=np.float64) / lam
+    rng = np.random.default_rng(seed)
+    rows = []
+    for b in batch_sizes:
+        if b > a.size:
+            continue
+        # Each row is an independent random permutation: its first b entries are a uniform b-subset.
+        members = rng.permuted(np.tile(np.arange(a.size), (draws, 1)), axis=1)[:, :b]
+        batch = a[members]                                   # [draws, b]
+        log_sum = logsumexp(batch)
+        log_z = log_sum - np.log(b)
+        weights = np.exp(batch - log_sum[:, None])           # softmax: each row sums to 1
+        rows.append({"batch_size": int(b), "log_z_mean": float(log_z.mean()), "log_z_sd": float(log_z.std()),
+                     "weight_sd": float(np.std(b * weights)),
+                     "ess_fraction": float(np.mean(1 / (weights ** 2).sum(axis=1) / b)),
+                     "max_weight": float(np.mean(weights.max(axis=1)))})
+    return rows
