@@ -89,7 +89,8 @@ BASELINE_COLOR = "#333333"
 DPI = 110
 PLOT_STYLE = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
               "grid.color": "#e6e9ec", "grid.linewidth": 0.6, "axes.axisbelow": True,
-              "axes.edgecolor": "#8a949e", "legend.frameon": False}
+              "axes.edgecolor": "#8a949e", "legend.frameon": False,
+              "text.parse_math": False}  # names from the data are text: a method named "$\\x$" is no formula
 
 
 def label(method: str) -> str:

@@ -72,10 +72,14 @@ class DamagedRow:
         return f"row {self.rowid}" + (f" ({echo(self.name)})" if self.name is not None else "") + f": {self.problem}"
 
 
-def echo(value) -> str:
-    """A value as a message quotes it: its repr, cut to ECHO characters."""
-    text = repr(value)
+def shorten(text: str) -> str:
+    """Text as a message quotes it: at most ECHO characters."""
     return text if len(text) <= ECHO else text[:ECHO] + "…"
+
+
+def echo(value) -> str:
+    """A value as a message quotes it: its repr, at most ECHO characters."""
+    return shorten(repr(value))
 
 
 def parse_json(text: str):
