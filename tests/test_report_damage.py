@@ -10,12 +10,14 @@ report never writes runs.sqlite.
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import alignlab.report
@@ -191,6 +193,19 @@ def test_a_foreign_sqlite_file_is_refused_and_left_unchanged(study, schema, mess
     db.close()
 
 
+def test_a_store_a_killed_sweep_left_mid_change_asks_to_resume_the_sweep(study, no_rendering):
+    # A writer killed inside a transaction leaves a hot journal that only a writer may roll back.
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, sqlite3\n"
+        "db = sqlite3.connect('runs.sqlite', isolation_level=None)\n"
+        "db.execute('PRAGMA cache_size=1'); db.execute('BEGIN IMMEDIATE')\n"
+        "for i in range(500): db.execute('UPDATE runs SET error=?', ('x' * 4000,))\n"
+        "os._exit(9)")], cwd=study)
+    assert killed.returncode == 9 and (study / "runs.sqlite-journal").exists()
+    with pytest.raises(AlignlabError, match="a sweep was stopped in the middle of changing it .* resume the sweep"):
+        report_leaves_store_alone(study)
+
+
 # ------------------------------------------------------------------ one damaged row among good ones
 
 @pytest.mark.parametrize("column, value, problem", [
@@ -356,7 +371,10 @@ def test_any_rows_give_a_report_or_an_alignlab_error_and_the_store_is_never_writ
         try:
             summary = report_leaves_store_alone(study)
         except AlignlabError as err:
+            event("an AlignlabError")
             assert len(str(err)) < 2000  # inputs echoed in part only
         else:
             assert {"dpo-a", "dpo-b"} <= {run.name for run in summary["runs"]}
+            event(f"{len(summary['runs'])} runs reported")
+            event("a damaged run named" if "skipped as damaged" in summary["context"]["runs"] else "none damaged")
     shutil.rmtree(study.parent)

@@ -191,8 +191,11 @@ class RunStore:
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         try:
             return self.db.execute(sql, args).fetchall()
-        except sqlite3.DatabaseError as err:  # not SQLite, truncated, malformed
-            raise self._damaged(f"cannot be read ({err})") from None
+        except sqlite3.DatabaseError as err:
+            if err.sqlite_errorcode & 0xFF == sqlite3.SQLITE_READONLY:  # a hot journal, which only a writer rolls back
+                raise AlignlabError(f"{self.path}: a sweep was stopped in the middle of changing it (its journal is "
+                                    "left beside it); resume the sweep to complete the change, then report") from None
+            raise self._damaged(f"cannot be read ({err})") from None  # not SQLite, truncated, malformed
 
     def _check_columns(self) -> None:
         found = {row[1].decode("utf-8", "replace") for row in self._query("PRAGMA table_info(runs)")}
