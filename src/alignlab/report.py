@@ -133,10 +133,13 @@ def check_metrics(metrics) -> dict:
         raise ValueError(f"metrics: {echo(metrics)} is not a JSON object")
     checked = {}
     for key, entry in metrics.items():
-        if entry is not None and not isinstance(entry, dict):
+        if entry is None:
+            checked[key] = None
+        elif isinstance(entry, dict):
+            checked[key] = {**entry, **{part: _number(entry.get(part), f"{echo(key)}.{part}")
+                                        for part in ("value", "ci_low", "ci_high")}}
+        else:
             raise ValueError(f"metrics: {echo(key)} is {echo(entry)}, not an object or null")
-        checked[key] = entry if entry is None else {
-            **entry, **{part: _number(entry.get(part), f"{echo(key)}.{part}") for part in ("value", "ci_low", "ci_high")}}
     score = checked.get("mean_score")
     if score is None or None in (score["value"], score["ci_low"], score["ci_high"]):
         raise ValueError("metrics: mean_score is not measured (a value and its CI)")

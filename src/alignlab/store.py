@@ -12,7 +12,8 @@ Reading (`RunStore(path, readonly=True)`, what `alignlab report` uses) opens the
 journal, whatever the file holds. A file that is not SQLite, or SQLite without the `runs` table and
 its columns, is refused with an AlignlabError naming the file. A row whose values do not fit the
 schema below (not UTF-8 text, params/metrics not JSON objects, an unknown status, a run_dir outside the
-sweep directory, ...) becomes a DamagedRow saying why, so a reader can skip it and say so.
+sweep directory, ...) becomes a DamagedRow saying why, so a reader can skip it and say so. A
+journal a killed sweep left is rolled back only by a writer: the reader asks to resume the sweep.
 """
 
 from __future__ import annotations
