@@ -118,8 +118,9 @@ def test_the_tiny_study_reports_both_runs_and_leaves_the_store_alone(study):
 
 def test_nan_metrics_give_strict_json_with_the_reason_beside(study):
     nan_metrics = metrics(GOLD["dpo-b"])
-    nan_metrics["mean_score"]["ci_high"] = float("nan")
-    nan_metrics["length"]["value"] = float("inf")
+    nan_metrics["mean_score"]["value"] = float("nan")  # ranks, claims and figures all take it in
+    nan_metrics["kl"]["ci_high"] = float("nan")
+    nan_metrics["length"]["value"] = float("-inf")
     with sqlite3.connect(study / "runs.sqlite") as db:
         db.execute("UPDATE runs SET metrics=? WHERE name='dpo-b'", (json.dumps(nan_metrics),))
     db.close()
@@ -129,11 +130,13 @@ def test_nan_metrics_give_strict_json_with_the_reason_beside(study):
         raise AssertionError(f"summary.json holds {constant}")
 
     summary = json.loads((study / "summary.json").read_text(), parse_constant=refuse)
-    # dpo-b is the second run (after SFT and the better dpo-a).
-    assert summary["runs"][2]["run"] == "dpo-b"
-    assert summary["runs"][2]["metrics"]["mean_score"]["ci_high"] is None
-    assert summary["nulls"]["/runs/2/metrics/mean_score/ci_high"] == "not finite (nan)"
-    assert summary["nulls"]["/runs/2/metrics/length/value"] == "not finite (inf)"
+    at = [r["run"] for r in summary["runs"]].index("dpo-b")
+    assert summary["runs"][at]["metrics"]["mean_score"]["value"] is None
+    assert summary["runs"][at]["metrics"]["kl"]["ci_high"] is None
+    assert summary["nulls"][f"/runs/{at}/metrics/mean_score/value"] == "not finite (nan)"
+    assert summary["nulls"][f"/runs/{at}/metrics/kl/ci_high"] == "not finite (nan)"
+    assert summary["nulls"][f"/runs/{at}/metrics/length/value"] == "not finite (-inf)"
+    assert all(reason.startswith("not finite (") for reason in summary["nulls"].values())
 
 
 def test_text_from_configs_and_data_is_escaped_in_markdown_and_html(study):
