@@ -602,8 +602,9 @@ def runs_section(sweep: Sweep) -> tuple[Section, list[dict]]:
 # ------------------------------------------------------------------ rendering
 
 def _md_escape(text: str) -> str:
-    """Text as report.md shows it: HTML-escaped, table pipes escaped, on one line."""
-    return html.escape(text, quote=False).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    """Text as report.md shows it: HTML-escaped, backslashes and table pipes escaped, on one line."""
+    escaped = html.escape(text, quote=False).replace("\\", "\\\\").replace("|", "\\|")
+    return escaped.replace("\r", " ").replace("\n", " ")
 
 
 def _md_cell(cell: Cell | str) -> str:
