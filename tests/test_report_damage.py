@@ -335,6 +335,12 @@ def json_objects():
     return st.dictionaries(st.text(max_size=10), nested, max_size=4).map(json.dumps)
 
 
+def flat_params():
+    """What a sweep writes: an object of text, numbers and true/false."""
+    values = st.one_of(st.booleans(), st.integers(), st.floats(), text_values())
+    return st.dictionaries(st.text(max_size=10), values, max_size=4).map(json.dumps)
+
+
 def metrics_objects():
     entries = st.fixed_dictionaries({}, optional={part: st.one_of(st.none(), st.floats(), st.integers(), st.text())
                                                   for part in ("value", "ci_low", "ci_high")})
@@ -350,14 +356,17 @@ ANY = st.one_of(st.none(), st.integers(min_value=-2 ** 63, max_value=2 ** 63 - 1
                 st.just('"\\udc80"'), st.just('{"a": "\\ud800"}'))
 PLAUSIBLE = {
     "run_id": text_values(), "name": text_values(), "method": st.sampled_from(["dpo", "simpo", "", "$\\x$", "<i>"]),
-    "params": json_objects(), "status": st.sampled_from(STATUSES),
+    "params": flat_params() | json_objects(), "status": st.just("finished") | st.sampled_from(STATUSES),
     "attempts": st.integers(min_value=-2 ** 63, max_value=2 ** 63 - 1),
     "metrics": metrics_objects() | st.just(json.dumps(metrics(GOLD["dpo-a"]))),
-    "run_dir": st.sampled_from(["runs/dpo-a", "runs/sft", "runs", ".", "", "../../etc", "/etc", "runs/../..",
-                                "runs/dpo-a/../../..", "runs/missing", "runs/dpo-a\x00"]),
+    "run_dir": st.sampled_from(["runs/dpo-a", "runs/sft"])
+               | st.sampled_from(["runs", ".", "", "../../etc", "/etc", "runs/../..", "runs/dpo-a/../../..",
+                                  "runs/missing", "runs/dpo-a\x00"]),
     "seconds": st.floats(), "error": text_values(),
 }
-ROWS = st.lists(st.fixed_dictionaries({column: ANY | PLAUSIBLE[column] for column in COLUMNS}), max_size=3)
+# Rows of plausible values only (often a run the report takes in), or with anything in any column.
+ROWS = st.lists(st.fixed_dictionaries(PLAUSIBLE)
+                | st.fixed_dictionaries({column: ANY | PLAUSIBLE[column] for column in COLUMNS}), max_size=3)
 
 
 @settings(max_examples=HYPOTHESIS_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

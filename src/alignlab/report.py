@@ -19,8 +19,9 @@ byte-identical files.
 
 Text copied from configs and data (run, method and parameter names and values, study.json) reaches
 both renderings through the same escaping as the authored text: HTML-escaped in report.html, and in
-report.md HTML-escaped too (`<`, `>`, `&`), with table pipes backslash-escaped and line breaks made
-spaces, so a run named `<img src=x onerror=alert(1)>` or `a|b` shows as written and runs nothing.
+report.md HTML-escaped too (`<`, `>`, `&`), with backslashes and table pipes backslash-escaped and
+line breaks made spaces, so a run named `<img src=x onerror=alert(1)>` or `a|b` shows as written and
+runs nothing. Figures draw such names as plain text (no `$...$` mathtext).
 
 summary.json is strict JSON (what `json.dumps(allow_nan=False)` writes): a NaN or ±Infinity anywhere
 (a metric of a run whose gold scores hold NaN, a statistic computed from one) is written as null,
@@ -30,11 +31,13 @@ and the top-level `"nulls"` maps the JSON Pointer (RFC 6901) of each such null t
 A damaged sweep directory (`alignlab report DIR`, alignlab.sweep.write_sweep_report):
     runs.sqlite not SQLite, truncated, or without the `runs` table and its columns
                             error: nothing in the store can be trusted
+    runs.sqlite with the journal of a sweep killed mid-change
+                            error: only a writer can roll the change back; resume the sweep
     study.json, sweep.yaml, runs/sft/ (metrics.json, samples.parquet) missing or malformed
                             error: every section depends on them (the context, the SFT baseline)
-    one run's row malformed (not UTF-8, params/metrics not JSON objects or not as below, unknown
-    status, run_dir outside the sweep directory: refused, never read), or its samples.parquet
-    missing, unreadable, lacking a column or of other prompts than runs/sft/
+    one run's row malformed (not UTF-8, params/metrics not JSON objects or not what check_params and
+    check_metrics need, unknown status, run_dir outside the sweep directory: refused, never read),
+    or its samples.parquet missing, unreadable, lacking a column or of other prompts than runs/sft/
                             skipped, named with the reason in the report's "runs" line: the other
                             runs' results stand on their own, and the line says what is left out;
                             an error when no run is left to report
