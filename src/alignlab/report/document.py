@@ -16,6 +16,34 @@ The statistics come from alignlab.analysis. The content is built once, as sectio
 cannot drift apart. The output is a pure function of the runs: methods and runs are put in a
 canonical order, jitter is seeded and the PNGs carry no version metadata, so the same runs give
 byte-identical files.
+
+Text copied from configs and data (run, method and parameter names and values, study.json) reaches
+both renderings through the same escaping as the authored text: HTML-escaped in report.html, and in
+report.md HTML-escaped too (`<`, `>`, `&`), with backslashes and table pipes backslash-escaped and
+line breaks made spaces, so a run named `<img src=x onerror=alert(1)>` or `a|b` shows as written and
+runs nothing. Figures draw such names as plain text (no `$...$` mathtext).
+
+summary.json is strict JSON (what `json.dumps(allow_nan=False)` writes): a NaN or ±Infinity anywhere
+(a metric of a run whose gold scores hold NaN, a statistic computed from one) is written as null,
+and the top-level `"nulls"` maps the JSON Pointer (RFC 6901) of each such null to its reason, e.g.
+`{"/runs/2/metrics/mean_score/value": "not finite (nan)"}`; it is `{}` when every number is finite.
+
+A damaged sweep directory (`alignlab report DIR`, alignlab.sweep.write_sweep_report):
+    runs.sqlite not SQLite, truncated, or without the `runs` table and its columns
+                            error: nothing in the store can be trusted
+    runs.sqlite with the journal of a sweep killed mid-change
+                            error: only a writer can roll the change back; resume the sweep
+    study.json, sweep.yaml, runs/sft/ (metrics.json, samples.parquet) missing or malformed
+                            error: every section depends on them (the context, the SFT baseline)
+    one run's row malformed (not UTF-8, params/metrics not JSON objects or not what check_params and
+    check_metrics need, unknown status, run_dir outside the sweep directory: refused, never read),
+    or its samples.parquet missing, unreadable, lacking a column or of other prompts than runs/sft/
+                            skipped, named with the reason in the report's "runs" line: the other
+                            runs' results stand on their own, and the line says what is left out;
+                            an error when no run is left to report
+The store is opened read-only (alignlab.store): the report never writes runs.sqlite. A finished
+run's metrics.json only marks its evaluation complete (the store holds the same metrics), so its
+content is not read.
 """
 
 from __future__ import annotations
@@ -23,6 +51,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,6 +68,7 @@ from alignlab import atomic
 from alignlab.analysis import (LABELS, RunRecord, best_run, best_runs, expected_performance, fraction_worse,
                                hitchhiker_claims, metric_value, percentile_run, sensitivity,
                                top_k_distributions, varying_params, win_matrix)
+from alignlab.study.store import echo
 
 METRICS = [  # key, title, format
     ("mean_score", "mean gold score", "{:.3f}"),
@@ -61,7 +92,8 @@ BASELINE_COLOR = "#333333"
 DPI = 110
 PLOT_STYLE = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
               "grid.color": "#e6e9ec", "grid.linewidth": 0.6, "axes.axisbelow": True,
-              "axes.edgecolor": "#8a949e", "legend.frameon": False}
+              "axes.edgecolor": "#8a949e", "legend.frameon": False,
+              "text.parse_math": False}  # names from the data are text: a method named "$\\x$" is no formula
 
 
 def label(method: str) -> str:
@@ -72,6 +104,49 @@ def pct_change(value: float, baseline: float) -> float | None:
     if baseline == 0:
         return None
     return 100.0 * (value - baseline) / abs(baseline)
+
+
+# ------------------------------------------------------------------ what the report needs of a run
+
+def check_params(params: dict) -> dict:
+    """Hyper-parameters are grouped, sorted and printed: each value text, a number or true/false.
+    ValueError says which is not."""
+    for key, value in params.items():
+        if value is None or isinstance(value, (dict, list)):
+            raise ValueError(f"params: {echo(key)} is {echo(value)}, not text, a number or true/false")
+    return params
+
+
+def _number(value, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"metrics: {where} is {echo(value)}, not a number")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"metrics: {where} is {echo(value)}, too large for a number") from None
+
+
+def check_metrics(metrics) -> dict:
+    """Metrics as metrics.summarize writes them: {name: null or {"value", "ci_low", "ci_high": a number
+    or null, ...}}, mean_score measured. Returns them with those numbers as floats (a NaN stays, and
+    becomes null in summary.json); ValueError says what does not fit."""
+    if not isinstance(metrics, dict):
+        raise ValueError(f"metrics: {echo(metrics)} is not a JSON object")
+    checked = {}
+    for key, entry in metrics.items():
+        if entry is None:
+            checked[key] = None
+        elif isinstance(entry, dict):
+            checked[key] = {**entry, **{part: _number(entry.get(part), f"{echo(key)}.{part}")
+                                        for part in ("value", "ci_low", "ci_high")}}
+        else:
+            raise ValueError(f"metrics: {echo(key)} is {echo(entry)}, not an object or null")
+    score = checked.get("mean_score")
+    if score is None or None in (score["value"], score["ci_low"], score["ci_high"]):
+        raise ValueError("metrics: mean_score is not measured (a value and its CI)")
+    return checked
 
 
 # ------------------------------------------------------------------ the document model
@@ -530,7 +605,9 @@ def runs_section(sweep: Sweep) -> tuple[Section, list[dict]]:
 # ------------------------------------------------------------------ rendering
 
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Text as report.md shows it: HTML-escaped, backslashes and table pipes escaped, on one line."""
+    escaped = html.escape(text, quote=False).replace("\\", "\\\\").replace("|", "\\|")
+    return escaped.replace("\r", " ").replace("\n", " ")
 
 
 def _md_cell(cell: Cell | str) -> str:
@@ -562,18 +639,19 @@ def _html_text(text: str) -> str:
 
 
 def render_markdown(title: str, context: dict, sections: list[Section], numbers: dict[str, int]) -> str:
-    out = [f"# {title}", "\n".join(f"- **{k}**: {context_text(v)}" for k, v in context.items()),
-           "Contents: " + " · ".join(f"[{s.title}](#{s.anchor})" for s in sections)]
+    out = [f"# {_md_escape(title)}",
+           "\n".join(f"- **{_md_escape(str(k))}**: {_md_escape(context_text(v))}" for k, v in context.items()),
+           "Contents: " + " · ".join(f"[{_md_escape(s.title)}](#{s.anchor})" for s in sections)]
     for section in sections:
-        out.append(f'<a id="{section.anchor}"></a>\n\n## {section.title}')
+        out.append(f'<a id="{section.anchor}"></a>\n\n## {_md_escape(section.title)}')
         for block in section.blocks:
             if isinstance(block, Table):
                 out.append(markdown_table(block))
             elif isinstance(block, Plot):
-                out.append(f"![{block.alt}](figures/{block.file})\n\n"
+                out.append(f"![{_md_escape(block.alt)}](figures/{block.file})\n\n"
                            f"*Figure {numbers[block.file]}. {_md_escape(block.caption)}*")
             else:
-                out.append(block)
+                out.append(_md_escape(block))
     return "\n\n".join(p for p in out if p) + "\n"
 
 
@@ -625,6 +703,25 @@ def render_html(title: str, context: dict, sections: list[Section], numbers: dic
 
 # ------------------------------------------------------------------ the report
 
+def finite_summary(summary: dict) -> dict:
+    """The summary with each NaN and ±Infinity made null, and "nulls" mapping the JSON Pointer of
+    each to its reason (the module docstring)."""
+    nulls = {}
+
+    def clean(value, pointer: str):
+        if isinstance(value, float) and not math.isfinite(value):
+            nulls[pointer] = f"not finite ({value})"
+            return None
+        if isinstance(value, dict):
+            return {key: clean(item, f"{pointer}/{str(key).replace('~', '~0').replace('/', '~1')}")
+                    for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item, f"{pointer}/{i}") for i, item in enumerate(value)]
+        return value
+
+    return {**clean(summary, ""), "nulls": nulls}
+
+
 def write_report(out_dir: str | Path, runs: list[RunRecord], sft: RunRecord | None, context: dict,
                  title: str, var: dict | None = None) -> dict:
     """Write summary.json, report.md, report.html and figures/*.png for a sweep; return the summary.
@@ -668,7 +765,8 @@ def write_report(out_dir: str | Path, runs: list[RunRecord], sft: RunRecord | No
     # sit beside the report unexplained: figures/ holds exactly the figures the report shows.
     for stale in set(figures.glob("*.png")) - {figures / p.file for p in plots}:
         stale.unlink()
-    atomic.write_json(out_dir / "summary.json", summary)
+    summary = finite_summary(summary)
+    atomic.write_text(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     atomic.write_text(out_dir / "report.md", render_markdown(title, context, sections, numbers))
     atomic.write_text(out_dir / "report.html", render_html(title, context, sections, numbers))
     return summary

@@ -547,46 +547,123 @@ def _run_open_sweep(config: StudyConfig, specs: list[RunSpec], base: dict, resum
 # ---------------------------------------------------------------- report
 
 def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics: dict):
-    """A run's evaluation as an analysis.RunRecord: metrics plus per-sample columns."""
+    """A run's evaluation as an analysis.RunRecord: metrics plus per-sample columns from its
+    samples.parquet. An AlignlabError names the file when it is missing or unreadable, has no rows,
+    lacks a column or holds one of another type."""
     import numpy as np
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from alignlab.analysis import RunRecord
+    from alignlab.store import shorten
 
-    table = pq.read_table(run_dir / "samples.parquet").to_pydict()
-    samples = {"prompt_id": np.array(table["prompt_id"]), "gold_score": np.array(table["gold_score"]),
-               "length": np.array(table["length"], dtype=np.float64)}
+    path = run_dir / "samples.parquet"
+    redo = f"delete {run_dir / 'metrics.json'} and rerun the sweep to evaluate the run again"
+    try:
+        table = pq.read_table(path).to_pydict()
+    except (OSError, pa.ArrowException) as err:
+        raise AlignlabError(f"{path}: cannot be read ({shorten(str(err))}); {redo}") from None
+    missing = [c for c in ("prompt_id", "gold_score", "length") if c not in table]
+    if missing:
+        raise AlignlabError(f"{path}: lacks the column(s) {', '.join(missing)}; {redo}")
+    if not table["prompt_id"] or not all(isinstance(p, (str, int)) for p in table["prompt_id"]):
+        raise AlignlabError(f"{path}: column prompt_id is empty or holds other than text or integers; {redo}")
+
+    def numbers(column: str):
+        try:
+            return np.array(table[column], dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise AlignlabError(f"{path}: column {column} holds other than numbers; {redo}") from None
+
+    samples = {"prompt_id": np.array(table["prompt_id"]), "gold_score": numbers("gold_score"),
+               "length": numbers("length")}
     if "proxy_score" in table:
-        samples["proxy_score"] = np.array(table["proxy_score"])
+        samples["proxy_score"] = numbers("proxy_score")
     if "logp_sft" in table:
-        kl = np.array(table["logp_policy"]) - np.array(table["logp_sft"])
+        kl = numbers("logp_policy") - numbers("logp_sft")
         samples["kl"], samples["ln_kl"] = kl, kl / np.maximum(samples["length"], 1)
     return RunRecord(name, method, params, metrics, samples)
 
 
 def write_sweep_report(out: str | Path) -> dict:
-    """`alignlab report DIR`: the robustness report of the finished runs in a sweep directory."""
+    """`alignlab report DIR`: the robustness report of the finished runs in a sweep directory.
+
+    The run store is opened read-only: the report never writes runs.sqlite, whatever it holds.
+    Damage to what every run shares (runs.sqlite, sweep.yaml, study.json, runs/sft/) is an
+    AlignlabError naming the file; a damaged run is skipped and named in the report's "runs" line
+    (alignlab.report's docstring says why)."""
     from alignlab.config import read_yaml
-    from alignlab.report.document import write_report
+    from alignlab.report.document import check_metrics, check_params, write_report
+    from alignlab.study.store import DamagedRow, StoredRun, echo, parse_json, shorten
 
     out = Path(out)
     if not (out / "runs.sqlite").exists() or not (out / "sweep.yaml").exists():
         raise AlignlabError(f"{out}: not a sweep directory (no runs.sqlite and sweep.yaml); "
                             "give the --out of an alignlab sweep or alignlab run")
-    config = read_yaml(out / "sweep.yaml")
-    with RunStore(out / "runs.sqlite") as store:
-        stored = store.runs()
-    finished = [r for r in stored if r.status == "finished" and (out / r.run_dir / "metrics.json").exists()]
-    if not finished:
-        raise AlignlabError(f"{out}: no finished runs yet; run the sweep (it resumes where it stopped)")
-    runs = [load_run_record(out / r.run_dir, r.name, r.method, r.params, r.metrics) for r in finished]
+    rerun = "rerun the sweep (it resumes) to write it again"
+
+    def read_json(path: Path, check=lambda value: value):
+        """A JSON file of the sweep directory, through check; an AlignlabError naming it otherwise."""
+        try:
+            return check(parse_json(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise AlignlabError(f"{path}: missing; {rerun}") from None
+        except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON, not as check needs
+            raise AlignlabError(f"{path}: {shorten(str(err))}; {rerun}") from None
+
+    def json_object(value) -> dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{echo(value)} is not a JSON object")
+        return value
+
+    try:
+        config = read_yaml(out / "sweep.yaml")
+    except OSError as err:
+        raise AlignlabError(f"{out / 'sweep.yaml'}: cannot be read ({err.strerror})") from None
+    study = read_json(out / "study.json", json_object)
     sft_dir = out / "runs" / "sft"
-    sft = load_run_record(sft_dir, "sft", "sft", {}, json.loads((sft_dir / "metrics.json").read_text()))
-    seeds = sorted({r.params.get("seed") for r in runs})
-    context = {**json.loads((out / "study.json").read_text()),
-               "runs": f"{len(finished)} finished of {len(stored)}"
-                       + (f"; unfinished or failed: {', '.join(r.name for r in stored if r not in finished)}"
-                          if len(finished) < len(stored) else ""),
+    if not sft_dir.is_dir():
+        raise AlignlabError(f"{sft_dir}: missing (the SFT model's evaluation); {rerun}")
+    sft = load_run_record(sft_dir, "sft", "sft", {}, read_json(sft_dir / "metrics.json", check_metrics))
+    sft_prompts = set(sft.samples["prompt_id"].tolist())
+
+    with RunStore(out / "runs.sqlite", readonly=True) as store:
+        rows = store.rows()
+    skipped = [f"runs.sqlite {row}" for row in rows if isinstance(row, DamagedRow)]
+    unfinished, runs = [], []
+    for row in (row for row in rows if isinstance(row, StoredRun)):
+        try:
+            finished = row.status == "finished" and (out / row.run_dir / "metrics.json").exists()
+        except OSError:  # a path the system refuses (too long): no evaluation can be there
+            finished = False
+        if not finished:
+            unfinished.append(row.name)
+            continue
+        try:
+            params, metrics = check_params(row.params), check_metrics(row.metrics)
+        except ValueError as err:
+            skipped.append(f"{echo(row.name)}: runs.sqlite {err}")
+            continue
+        try:
+            run = load_run_record(out / row.run_dir, row.name, row.method, params, metrics)
+        except AlignlabError as err:
+            skipped.append(f"{echo(row.name)}: {err}")
+            continue
+        if set(run.samples["prompt_id"].tolist()) != sft_prompts:
+            skipped.append(f"{echo(row.name)}: evaluated on other test prompts than {sft_dir}")
+        else:
+            runs.append(run)
+    for problem in skipped:
+        log.warning("report: skipped a damaged run: %s", problem)
+    if not runs:
+        raise AlignlabError(f"{out}: no finished run to report"
+                            + (f"; skipped as damaged: {skipped[0]}" if skipped else "")
+                            + "; run the sweep (it resumes where it stopped)")
+    seeds = sorted({r.params["seed"] for r in runs if "seed" in r.params}, key=lambda s: (isinstance(s, str), s))
+    context = {**study,
+               "runs": f"{len(runs)} finished of {len(rows)}"
+                       + (f"; unfinished or failed: {', '.join(unfinished)}" if unfinished else "")
+                       + (f"; skipped as damaged: {'; '.join(skipped)}" if skipped else ""),
                "methods": ", ".join(dict.fromkeys(r.method for r in runs)),
                "grid": config.get("grid_preset") or "custom",
                "training seeds": ", ".join(str(s) for s in seeds),
@@ -594,7 +671,7 @@ def write_sweep_report(out: str | Path) -> dict:
     var = None
     if config.get("study") == "var":
         def optional_json(path: Path):
-            return json.loads(path.read_text()) if path.exists() else None
+            return read_json(path) if path.exists() else None
 
         var = {"families": optional_json(out / "data" / "test_families.json"),
                "race": optional_json(out / "var" / "race.json"), "z": optional_json(out / "var" / "z_variance.json"),
