@@ -28,7 +28,7 @@ summary.json is strict JSON (what `json.dumps(allow_nan=False)` writes): a NaN o
 and the top-level `"nulls"` maps the JSON Pointer (RFC 6901) of each such null to its reason, e.g.
 `{"/runs/2/metrics/mean_score/value": "not finite (nan)"}`; it is `{}` when every number is finite.
 
-A damaged sweep directory (`alignlab report DIR`, alignlab.sweep.write_sweep_report):
+A damaged sweep directory (`alignlab report DIR`, alignlab.study.sweep.write_sweep_report):
     runs.sqlite not SQLite, truncated, or without the `runs` table and its columns
                             error: nothing in the store can be trusted
     runs.sqlite with the journal of a sweep killed mid-change
@@ -41,7 +41,7 @@ A damaged sweep directory (`alignlab report DIR`, alignlab.sweep.write_sweep_rep
                             skipped, named with the reason in the report's "runs" line: the other
                             runs' results stand on their own, and the line says what is left out;
                             an error when no run is left to report
-The store is opened read-only (alignlab.store): the report never writes runs.sqlite. A finished
+The store is opened read-only (alignlab.study.store): the report never writes runs.sqlite. A finished
 run's metrics.json only marks its evaluation complete (the store holds the same metrics), so its
 content is not read.
 """

@@ -555,7 +555,7 @@ def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics
     import pyarrow.parquet as pq
 
     from alignlab.analysis import RunRecord
-    from alignlab.store import shorten
+    from alignlab.study.store import shorten
 
     path = run_dir / "samples.parquet"
     redo = f"delete {run_dir / 'metrics.json'} and rerun the sweep to evaluate the run again"
