@@ -68,7 +68,7 @@ from alignlab import atomic
 from alignlab.analysis import (LABELS, RunRecord, best_run, best_runs, expected_performance, fraction_worse,
                                hitchhiker_claims, metric_value, percentile_run, sensitivity,
                                top_k_distributions, varying_params, win_matrix)
-from alignlab.study.store import echo
+from alignlab.untrusted import shown
 
 METRICS = [  # key, title, format
     ("mean_score", "mean gold score", "{:.3f}"),
@@ -113,7 +113,7 @@ def check_params(params: dict) -> dict:
     ValueError says which is not."""
     for key, value in params.items():
         if value is None or isinstance(value, (dict, list)):
-            raise ValueError(f"params: {echo(key)} is {echo(value)}, not text, a number or true/false")
+            raise ValueError(f"params: {shown(key)} is {shown(value)}, not text, a number or true/false")
     return params
 
 
@@ -121,11 +121,11 @@ def _number(value, where: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"metrics: {where} is {echo(value)}, not a number")
+        raise ValueError(f"metrics: {where} is {shown(value)}, not a number")
     try:
         return float(value)
     except OverflowError:
-        raise ValueError(f"metrics: {where} is {echo(value)}, too large for a number") from None
+        raise ValueError(f"metrics: {where} is {shown(value)}, too large for a number") from None
 
 
 def check_metrics(metrics) -> dict:
@@ -133,16 +133,16 @@ def check_metrics(metrics) -> dict:
     or null, ...}}, mean_score measured. Returns them with those numbers as floats (a NaN stays, and
     becomes null in summary.json); ValueError says what does not fit."""
     if not isinstance(metrics, dict):
-        raise ValueError(f"metrics: {echo(metrics)} is not a JSON object")
+        raise ValueError(f"metrics: {shown(metrics)} is not a JSON object")
     checked = {}
     for key, entry in metrics.items():
         if entry is None:
             checked[key] = None
         elif isinstance(entry, dict):
-            checked[key] = {**entry, **{part: _number(entry.get(part), f"{echo(key)}.{part}")
+            checked[key] = {**entry, **{part: _number(entry.get(part), f"{shown(key)}.{part}")
                                         for part in ("value", "ci_low", "ci_high")}}
         else:
-            raise ValueError(f"metrics: {echo(key)} is {echo(entry)}, not an object or null")
+            raise ValueError(f"metrics: {shown(key)} is {shown(entry)}, not an object or null")
     score = checked.get("mean_score")
     if score is None or None in (score["value"], score["ci_low"], score["ci_high"]):
         raise ValueError("metrics: mean_score is not measured (a value and its CI)")

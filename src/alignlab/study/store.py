@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from alignlab.errors import AlignlabError
+from alignlab.untrusted import clip, shown
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -44,7 +45,6 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 STATUSES = ("pending", "running", "finished", "failed")
 COLUMNS = ("run_id", "name", "method", "params", "status", "attempts", "metrics", "run_dir", "seconds", "error")
-ECHO = 200  # at most this many characters of a damaged value are quoted in a message
 
 
 @dataclass
@@ -70,17 +70,7 @@ class DamagedRow:
     problem: str
 
     def __str__(self) -> str:
-        return f"row {self.rowid}" + (f" ({echo(self.name)})" if self.name is not None else "") + f": {self.problem}"
-
-
-def shorten(text: str) -> str:
-    """Text as a message quotes it: at most ECHO characters."""
-    return text if len(text) <= ECHO else text[:ECHO] + "…"
-
-
-def echo(value) -> str:
-    """A value as a message quotes it: its repr, at most ECHO characters."""
-    return shorten(repr(value))
+        return f"row {self.rowid}" + (f" ({shown(self.name)})" if self.name is not None else "") + f": {self.problem}"
 
 
 def parse_json(text: str):
@@ -104,8 +94,8 @@ def _text(value) -> str:
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError:
-            raise ValueError(f"{echo(value)} is not UTF-8 text") from None
-    raise ValueError("NULL, not text" if value is None else f"{echo(value)} is not text")
+            raise ValueError(f"{shown(value)} is not UTF-8 text") from None
+    raise ValueError("NULL, not text" if value is None else f"{shown(value)} is not text")
 
 
 def _or_null(check):
@@ -115,20 +105,20 @@ def _or_null(check):
 def _object(value) -> dict:
     found = parse_json(_text(value))
     if not isinstance(found, dict):
-        raise ValueError(f"not a JSON object: {echo(found)}")
+        raise ValueError(f"not a JSON object: {shown(found)}")
     return found
 
 
 def _status(value) -> str:
     status = _text(value)
     if status not in STATUSES:
-        raise ValueError(f"{echo(status)} is not one of {', '.join(STATUSES)}")
+        raise ValueError(f"{shown(status)} is not one of {', '.join(STATUSES)}")
     return status
 
 
 def _attempts(value) -> int:
     if not isinstance(value, int):
-        raise ValueError(f"{echo(value)} is not a whole number")
+        raise ValueError(f"{shown(value)} is not a whole number")
     return value
 
 
@@ -138,13 +128,13 @@ def _run_dir(value) -> str:
     run_dir = _text(value)
     path = PurePosixPath(run_dir)
     if "\0" in run_dir or not path.parts or path.is_absolute() or ".." in path.parts:
-        raise ValueError(f"{echo(run_dir)} is not a directory inside the sweep directory; refused")
+        raise ValueError(f"{shown(run_dir)} is not a directory inside the sweep directory; refused")
     return run_dir
 
 
 def _seconds(value) -> float:
     if not isinstance(value, (int, float)):
-        raise ValueError(f"{echo(value)} is not a number")
+        raise ValueError(f"{shown(value)} is not a number")
     return float(value)
 
 

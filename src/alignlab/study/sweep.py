@@ -555,14 +555,14 @@ def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics
     import pyarrow.parquet as pq
 
     from alignlab.analysis import RunRecord
-    from alignlab.study.store import shorten
+    from alignlab.untrusted import clip
 
     path = run_dir / "samples.parquet"
     redo = f"delete {run_dir / 'metrics.json'} and rerun the sweep to evaluate the run again"
     try:
         table = pq.read_table(path).to_pydict()
     except (OSError, pa.ArrowException) as err:
-        raise AlignlabError(f"{path}: cannot be read ({shorten(str(err))}); {redo}") from None
+        raise AlignlabError(f"{path}: cannot be read ({clip(str(err))}); {redo}") from None
     missing = [c for c in ("prompt_id", "gold_score", "length") if c not in table]
     if missing:
         raise AlignlabError(f"{path}: lacks the column(s) {', '.join(missing)}; {redo}")
@@ -594,7 +594,8 @@ def write_sweep_report(out: str | Path) -> dict:
     (alignlab.report's docstring says why)."""
     from alignlab.config import read_yaml
     from alignlab.report.document import check_metrics, check_params, write_report
-    from alignlab.study.store import DamagedRow, StoredRun, echo, parse_json, shorten
+    from alignlab.study.store import DamagedRow, StoredRun, parse_json
+    from alignlab.untrusted import clip, shown
 
     out = Path(out)
     if not (out / "runs.sqlite").exists() or not (out / "sweep.yaml").exists():
@@ -609,11 +610,11 @@ def write_sweep_report(out: str | Path) -> dict:
         except FileNotFoundError:
             raise AlignlabError(f"{path}: missing; {rerun}") from None
         except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON, not as check needs
-            raise AlignlabError(f"{path}: {shorten(str(err))}; {rerun}") from None
+            raise AlignlabError(f"{path}: {clip(str(err))}; {rerun}") from None
 
     def json_object(value) -> dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{echo(value)} is not a JSON object")
+            raise ValueError(f"{shown(value)} is not a JSON object")
         return value
 
     try:
@@ -642,15 +643,15 @@ def write_sweep_report(out: str | Path) -> dict:
         try:
             params, metrics = check_params(row.params), check_metrics(row.metrics)
         except ValueError as err:
-            skipped.append(f"{echo(row.name)}: runs.sqlite {err}")
+            skipped.append(f"{shown(row.name)}: runs.sqlite {err}")
             continue
         try:
             run = load_run_record(out / row.run_dir, row.name, row.method, params, metrics)
         except AlignlabError as err:
-            skipped.append(f"{echo(row.name)}: {err}")
+            skipped.append(f"{shown(row.name)}: {err}")
             continue
         if set(run.samples["prompt_id"].tolist()) != sft_prompts:
-            skipped.append(f"{echo(row.name)}: evaluated on other test prompts than {sft_dir}")
+            skipped.append(f"{shown(row.name)}: evaluated on other test prompts than {sft_dir}")
         else:
             runs.append(run)
     for problem in skipped:
