@@ -20,7 +20,7 @@ from alignlab.models.generate import GenerationConfig
 from alignlab.models.loading import load_causal_lm, load_tokenizer
 from alignlab.models.score import RewardScorer
 from alignlab.training.offline import train
-from alignlab.world.study_world import build_world, build_world_models, world_config
+from alignlab.world import build_world, build_world_models, world_config
 from test_train import config_for, reward_model
 
 

@@ -180,7 +180,7 @@ SMALL_WORLD = dict(n_topics=2, n_train_pairs=16, n_heldout_pairs=4, n_test_promp
 
 def test_a_corrupt_or_foreign_world_cache_is_rebuilt_with_a_warning(tmp_path, caplog):
     from alignlab.models.loading import load_causal_lm
-    from alignlab.world.study_world import (WORLD_MANIFEST, build_world, build_world_models, world_cache_problem, world_config,
+    from alignlab.world import (WORLD_MANIFEST, build_world, build_world_models, world_cache_problem, world_config,
                                 world_key)
 
     world = build_world(world_config("tiny", **SMALL_WORLD))
@@ -196,7 +196,7 @@ def test_a_corrupt_or_foreign_world_cache_is_rebuilt_with_a_warning(tmp_path, ca
     blob = bytearray(weights.read_bytes())
     blob[len(blob) // 2] ^= 0xFF  # one flipped byte in the tensor data: the header still parses
     weights.write_bytes(bytes(blob))
-    caplog.set_level(logging.WARNING, logger="alignlab.world.study_world")
+    caplog.set_level(logging.WARNING, logger="alignlab.world.models")
     rebuilt = build_world_models(world, cache)
     assert not rebuilt.cached
     assert "sft/model/model.safetensors does not match its checksum; rebuilding it" in caplog.text

@@ -67,7 +67,7 @@ def test_summary_numbers_come_from_the_per_sample_results(tiny_study):
 
 
 def test_gold_scores_are_the_worlds_closed_form(tiny_study):
-    from alignlab.world.study_world import build_world, world_config
+    from alignlab.world import build_world, world_config
 
     out, _ = tiny_study
     world = build_world(world_config("tiny", seed=0))
@@ -80,7 +80,7 @@ def test_gold_scores_are_the_worlds_closed_form(tiny_study):
 def test_second_run_reuses_the_cached_world_models(tiny_study, tmp_path, caplog):
     _, cache = tiny_study
     out = tmp_path / "again"
-    with caplog.at_level("INFO", logger="alignlab.world.study_world"):
+    with caplog.at_level("INFO", logger="alignlab.world.models"):
         assert main(["run", "--preset", "tiny", "--methods", "simpo", "--out", str(out), "--cache_dir", str(cache)]) == 0
     assert "built world models" not in caplog.text
     summary = json.loads((out / "summary.json").read_text())

@@ -43,9 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
+from alignlab.cache import default_cache_dir
 from alignlab.errors import AlignlabError
 from alignlab.evaluation.metrics import bootstrap_ci
-from alignlab.reference import default_cache_dir
 
 log = logging.getLogger(__name__)
 

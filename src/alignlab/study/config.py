@@ -2,7 +2,7 @@
 training pairs, the test prompts and the gold reward. `alignlab.study.sweep` runs the study: every method
 over its hyper-parameter grid, evaluation, report.
 
-Two worlds, one code path. By default the built-in study world (`alignlab.world.study_world`) supplies the
+Two worlds, one code path. By default the built-in study world (`alignlab.world`) supplies the
 SFT model, the training pairs (SafeRLHF-like style), the OOD test prompts (HH-like style) and an
 exact gold reward. With `model`, `train_data`, `test_data` and `gold_rm` set (in a YAML config),
 the same stages run on any Hugging Face model, dataset and sequence-classification gold RM.
@@ -142,7 +142,7 @@ class StudyInputs:
 
 def world_inputs(config: StudyConfig, out: Path) -> StudyInputs:
     from alignlab.data.pairs import write_pairs_jsonl
-    from alignlab.world.study_world import build_world, build_world_models, world_config
+    from alignlab.world import build_world, build_world_models, world_config
 
     world = build_world(world_config(config.preset, seed=config.seed))
     models = build_world_models(world, Path(config.cache_dir) if config.cache_dir else None)

@@ -187,7 +187,7 @@ def _scorer(spec_json: str):
     spec = json.loads(spec_json)
     if "gold_rm" in spec:
         return _reward_model_scorer(spec["gold_rm"])
-    from alignlab.world.study_world import build_world, world_config
+    from alignlab.world import build_world, world_config
 
     return build_world(world_config(spec["world"], seed=spec["seed"])).score
 
@@ -442,7 +442,7 @@ def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_trai
 def warm_reference_cache(train_config: TrainConfig) -> None:
     """Compute the reference log-probs once, before parallel workers would each compute them."""
     from alignlab.models.loading import load_causal_lm, load_tokenizer
-    from alignlab.reference import default_cache_dir
+    from alignlab.cache import default_cache_dir
     from alignlab.data.tokenise import tokenize_pairs
     from alignlab.training.offline import load_training_pairs, reference_logps, shared_prompt_works
 

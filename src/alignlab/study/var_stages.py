@@ -115,7 +115,7 @@ def z_variance(base: dict, proxy_rm: str) -> dict:
 
     from alignlab.analysis import z_estimator_variance
     from alignlab.models.loading import load_causal_lm, load_tokenizer
-    from alignlab.reference import default_cache_dir
+    from alignlab.cache import default_cache_dir
     from alignlab.data.tokenise import tokenize_pairs
     from alignlab.training.offline import load_training_pairs, pair_rewards, reference_logps, shared_prompt_works
 

@@ -30,14 +30,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from alignlab import atomic
+from alignlab.cache import cache_key, cached_tensors, default_cache_dir, model_fingerprint
 from alignlab.config import OptimConfig, TrainConfig, dump_yaml
 from alignlab.data.pairs import load_pairs
 from alignlab.errors import AlignlabError
 from alignlab.models.loading import batch_logps, load_causal_lm, load_tokenizer
 from alignlab.objectives.losses import Method, PairBatch, get_method, sampled_log_z
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
-from alignlab.reference import (cache_key, cached_tensors, compute_sequence_logps, default_cache_dir,
-                                model_fingerprint)
+from alignlab.training.reference import compute_sequence_logps
 from alignlab.data.tokenise import collate_pairs, collate_shared_prompt, fingerprint_tokens, tokenize_pairs
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Reference log-probs (and other per-pair tensors) computed once and cached on disk.
+"""A content-keyed tensor cache: per-pair tensors (reference log-probs, rewards, ...) computed once
+and cached on disk, used by training, the judge and the world.
 
 The cache key hashes what determines the numbers: the reference model's identity (a local
 directory's config and weight bytes; a hub name and revision otherwise), the exact token ids of
@@ -110,34 +111,3 @@ def cached_tensors(cache_dir: Path, kind: str, key: str,
     with atomic_open(path, "wb") as handle:
         handle.write(blob)
     return tensors, False
-
-
-@torch.inference_mode()
-def compute_sequence_logps(model, examples, pad_id: int, batch_size: int, device, shared_prompt: bool = False
-                           ) -> dict[str, torch.Tensor]:
-    """Summed response log-probs of every chosen and rejected response, in example order.
-
-    Batches are formed from length-sorted examples so that little compute goes to padding; with
-    no gradients to keep, they hold 4× the training batch. `shared_prompt` picks that batch layout
-    (see tokenise.py) over the padded one.
-    """
-    from alignlab.models.loading import batch_logps
-    from alignlab.data.tokenise import collate_pairs, collate_shared_prompt
-
-    model.eval()
-    chosen = torch.empty(len(examples), dtype=torch.float32)
-    rejected = torch.empty(len(examples), dtype=torch.float32)
-    def row_width(ex):
-        responses = (len(ex.chosen_ids) + len(ex.rejected_ids) if shared_prompt
-                     else max(len(ex.chosen_ids), len(ex.rejected_ids)))
-        return len(ex.prompt_ids) + responses
-
-    order = sorted(range(len(examples)), key=lambda i: row_width(examples[i]))
-    pairs_per_batch = 4 * batch_size
-    for start in range(0, len(order), pairs_per_batch):
-        index = torch.tensor(order[start:start + pairs_per_batch])
-        batch = (collate_shared_prompt if shared_prompt else collate_pairs)([examples[i] for i in index], pad_id)
-        logps = batch_logps(model, {k: v.to(device) for k, v in batch.items()}).float().cpu()
-        chosen[index] = logps[:len(index)]
-        rejected[index] = logps[len(index):]
-    return {"chosen": chosen, "rejected": rejected}

@@ -6,13 +6,13 @@ import statistics
 import pytest
 import torch
 
-from alignlab.world import study_world as world_module
+from alignlab.world import models as world_module
 from alignlab.data.pairs import PreferencePair
 from alignlab.errors import AlignlabError
 from alignlab.models.loading import load_causal_lm, load_tokenizer
 from alignlab.data.tokenise import tokenize_pairs
-from alignlab.world.study_world import (PROMPT_TEMPLATES, TEST_STYLE, TRAIN_STYLE, build_tokenizer, build_world,
-                            build_world_models, world_config)
+from alignlab.world import (PROMPT_TEMPLATES, TEST_STYLE, TRAIN_STYLE, build_tokenizer, build_world, build_world_models,
+                            world_config)
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,7 @@ def test_models_are_saved_and_a_second_build_is_a_cache_hit(world, models, monke
         raise AssertionError("a cached world must not train")
 
     monkeypatch.setattr(world_module, "pretrain", no_training)
-    monkeypatch.setattr("alignlab.train.train", no_training)
+    monkeypatch.setattr("alignlab.training.offline.train", no_training)
     second = build_world_models(build_world(world_config("tiny")), cache)
     assert second.cached
     assert (second.pretrained, second.sft) == (first.pretrained, first.sft)
