@@ -14,8 +14,30 @@ from pathlib import Path
 
 import yaml
 
+from alignlab.checks import (COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, STEPS_OR_NEVER, Range, check_number,
+                             check_numbers)
 from alignlab.errors import AlignlabError, InputError
 from alignlab.objectives import get_method, unknown_name_message
+
+
+# The numeric fields of every training config, and where they may lie.
+OPTIM_RANGES = {
+    # AdamW moves each weight by about the learning rate per step: above 1 nothing survives one step.
+    "learning_rate": Range(0, 1, exclusive_min=True),
+    "epochs": COUNT,
+    "batch_size": COUNT,
+    "gradient_accumulation_steps": COUNT,
+    "max_grad_norm": POSITIVE,
+    "weight_decay": NON_NEGATIVE,
+    "warmup_ratio": Range(0, 1, exclusive_max=True),
+    "max_length": COUNT,
+    "max_prompt_length": COUNT,
+    "seed": SEED,
+    "logging_steps": COUNT,
+    "checkpoint_steps": STEPS_OR_NEVER,
+    "max_steps": STEPS_OR_NEVER,
+    "snapshot_steps": STEPS_OR_NEVER,
+}
 
 
 @dataclass
@@ -54,21 +76,10 @@ class OptimConfig:
         for name in ("model", "data", "out"):
             if not getattr(self, name):
                 raise AlignlabError(f"config: '{name}' is required (pass --{name} or set it in the YAML)")
-        for name in ("learning_rate", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                raise AlignlabError(f"config: '{name}' must be > 0, got {getattr(self, name)}")
-        for name in ("checkpoint_steps", "max_steps", "snapshot_steps"):
-            if getattr(self, name) < 0:
-                raise AlignlabError(f"config: '{name}' must be >= 0, got {getattr(self, name)}")
-        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "logging_steps",
-                     "max_length", "max_prompt_length"):
-            if getattr(self, name) < 1:
-                raise AlignlabError(f"config: '{name}' must be >= 1, got {getattr(self, name)}")
+        check_numbers("config", vars(self), OPTIM_RANGES)
         if self.max_prompt_length >= self.max_length:
             raise AlignlabError(f"config: 'max_prompt_length' ({self.max_prompt_length}) must be smaller "
                                 f"than 'max_length' ({self.max_length}) to leave room for the response")
-        if not 0 <= self.warmup_ratio < 1:
-            raise AlignlabError(f"config: 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise AlignlabError(f"config: 'dtype' must be float32, bfloat16 or float16, got {self.dtype!r}")
 
@@ -100,8 +111,8 @@ class RewardModelConfig(OptimConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.eval_data is None and not 0 < self.eval_fraction < 1:
-            raise AlignlabError(f"config: 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
+        if self.eval_data is None:
+            check_number("config", "'eval_fraction'", self.eval_fraction, FRACTION)
 
 
 def read_yaml(path: str | Path) -> dict:

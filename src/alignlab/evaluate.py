@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from alignlab import atomic
+from alignlab.checks import COUNT, check_numbers
 from alignlab.errors import AlignlabError
-from alignlab.generate import GenerationConfig, generate_responses
+from alignlab.generate import GENERATION_RANGES, GenerationConfig, generate_responses
 from alignlab.judge import BASELINES, JudgeConfig, judge_columns, judge_config, summary_line, win_rate_metric
 from alignlab.metrics import summarize
 from alignlab.modeling import load_causal_lm, load_tokenizer, sequence_logps
@@ -155,9 +156,8 @@ def run_eval(args) -> int:
     from alignlab.data import load_pairs
     from alignlab.modeling import load_sequence_classifier
 
-    if args.max_new_tokens < 1 or args.batch_size < 1 or not 0 < args.top_p <= 1 or args.temperature <= 0:
-        raise AlignlabError("generation settings: --max-new-tokens and --batch-size must be >= 1, --top-p in "
-                            "(0, 1] and --temperature > 0")
+    check_numbers("eval", vars(args), {**GENERATION_RANGES, "limit": COUNT},
+                  label=lambda name: "--" + name.replace("_", "-"))
     judge = judge_config(args)
     out = Path(args.out or f"eval-{Path(args.model.rstrip('/')).name}")
     atomic.check_output_dir(out)  # fail before any work

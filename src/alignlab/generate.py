@@ -12,7 +12,12 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from alignlab.checks import COUNT, POSITIVE, SEED, Range
 from alignlab.tokenise import PromptRenderer
+
+# Where each number of a GenerationConfig may lie (checked by `alignlab eval` and by a study's config).
+GENERATION_RANGES = {"max_new_tokens": COUNT, "temperature": POSITIVE, "top_p": Range(0, 1, exclusive_min=True),
+                     "batch_size": COUNT, "seed": SEED}
 
 
 @dataclass

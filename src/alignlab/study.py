@@ -15,13 +15,17 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignlab.config import RewardModelConfig, TrainConfig, _coerce, _field_types
+from alignlab.checks import COUNT, FRACTION, SEED, check_number, check_numbers
+from alignlab.config import OPTIM_RANGES, RewardModelConfig, TrainConfig, _coerce, _field_types
 from alignlab.errors import AlignlabError
 from alignlab.objectives import get_method, unknown_name_message
 
 log = logging.getLogger(__name__)
 
 STUDIES = ("robustness", "var")
+
+STUDY_RANGES = {"seed": SEED, "race_snapshots": COUNT, "race_grpo_steps": COUNT, "workers": COUNT,
+                "test_limit": COUNT}  # test_limit unset (None): every test pair
 
 
 @dataclass
@@ -72,13 +76,15 @@ class StudyConfig:
             raise AlignlabError(unknown_name_message("config: study", self.study, list(STUDIES)))
         if self.study == "var" and "var" not in (self.methods or ["var"]):
             raise AlignlabError("config: study 'var' compares VAR with DPO; add var to 'methods'")
-        for name in ("race_snapshots", "race_grpo_steps"):
-            if getattr(self, name) < 1:
-                raise AlignlabError(f"config: '{name}' must be >= 1, got {getattr(self, name)}")
+        check_numbers("config", vars(self), STUDY_RANGES)
+        if self.seeds is not None:
+            if not self.seeds:
+                raise AlignlabError("config: 'seeds' is empty; list the training seeds, or leave it out to train "
+                                    "with 'seed' alone")
+            for seed in self.seeds:
+                check_number("config", "each of 'seeds'", seed, SEED)
         if self.executor not in ("local", "ray"):
             raise AlignlabError(unknown_name_message("config: executor", self.executor, ["local", "ray"]))
-        if self.workers < 1:
-            raise AlignlabError(f"config: workers must be at least 1, got {self.workers}")
         real = {"model": self.model, "train_data": self.train_data, "test_data": self.test_data,
                 "gold_rm": self.gold_rm}
         given = [k for k, v in real.items() if v]
@@ -86,10 +92,11 @@ class StudyConfig:
             missing = ", ".join(k for k in real if k not in given)
             raise AlignlabError(f"config: a study on real models needs model, train_data, test_data and "
                                 f"gold_rm together; missing: {missing}")
-        from alignlab.generate import GenerationConfig
+        from alignlab.generate import GENERATION_RANGES, GenerationConfig
 
-        for section, cls in (("training", TrainConfig), ("reward_training", RewardModelConfig),
-                             ("generation", GenerationConfig)):
+        for section, cls, ranges in (("training", TrainConfig, OPTIM_RANGES),
+                                     ("reward_training", RewardModelConfig, {**OPTIM_RANGES, "eval_fraction": FRACTION}),
+                                     ("generation", GenerationConfig, GENERATION_RANGES)):
             types = {k: v for k, v in _field_types(cls).items()
                      if k not in ("model", "data", "out", "method", "params", "seed")}
             values = getattr(self, section)
@@ -98,6 +105,7 @@ class StudyConfig:
                     raise AlignlabError(unknown_name_message(f"config: {section} has unknown key", key, sorted(types)))
                 # YAML reads 1e-3 as text: give every value its field's type, or a clear error.
                 values[key] = _coerce(key, values[key], types[key], f"config: {section}")
+            check_numbers(f"config: {section}", values, ranges)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

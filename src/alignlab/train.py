@@ -267,6 +267,27 @@ def load_training_pairs(config: OptimConfig, source: str | None = None):
     return loaded
 
 
+def check_enough_for_a_step(config: OptimConfig, accelerator, n: int, what: str = "usable pairs") -> None:
+    """One optimizer step takes batch_size × gradient_accumulation_steps × processes examples;
+    data with fewer would train on a fraction of a step, or on nothing."""
+    needed = config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+    if n < needed:
+        raise AlignlabError(f"{config.data}: {n} {what}, fewer than one optimizer step takes: batch_size "
+                            f"{config.batch_size} × gradient_accumulation_steps {config.gradient_accumulation_steps} "
+                            f"× {accelerator.num_processes} processes = {needed}; add data, or lower batch_size or "
+                            "gradient_accumulation_steps")
+
+
+def check_pairs_differ(config: OptimConfig, examples) -> None:
+    """A pair whose chosen and rejected tokens are equal has nothing to prefer; when every pair is
+    such (e.g. max_length cuts all responses to a shared opening), training would learn nothing."""
+    if all(ex.chosen_ids == ex.rejected_ids for ex in examples):
+        raise AlignlabError(f"{config.data}: in all {len(examples)} pairs the chosen response has the same tokens as "
+                            f"the rejected one after truncation to max_length {config.max_length} (prompts to "
+                            f"max_prompt_length {config.max_prompt_length}): there is nothing to prefer; raise "
+                            "max_length, or lower max_prompt_length to leave the responses more room")
+
+
 @dataclass
 class LoopState:
     """Where the loop is: enough, with the accelerate state, to resume exactly."""
@@ -360,13 +381,14 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
             with accelerator.accumulate(model):
                 loss, margin, *extras = step_loss(model, batch)
                 accelerator.backward(loss)
+                # Plain floats would force a host sync per micro-batch; tensors sync only when logged.
+                state.window_loss = state.window_loss + loss.detach()
                 grad_norm = None
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    check_finite(accelerator, state.step + 1, state.window_loss, grad_norm, config, run_dir)
                 optimizer.step()
                 optimizer.zero_grad()
-            # Plain floats would force a host sync per micro-batch; tensors sync only when logged.
-            state.window_loss = state.window_loss + loss.detach()
             state.window_margin = state.window_margin + margin.detach()
             for name, value in (extras[0] if extras else {}).items():
                 state.window_extras[name] = state.window_extras.get(name, 0.0) + value.detach()
@@ -420,6 +442,26 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
         metrics_file.close()
     accelerator.wait_for_everyone()
     return model, FitResult(state.step, state.pairs_trained, last["loss"], last["margin"], seconds)
+
+
+def check_finite(accelerator, step: int, window_loss, grad_norm, config: OptimConfig, run_dir: Path) -> None:
+    """Stop at the first optimizer step whose loss or gradient norm is not finite, before the
+    optimizer applies it: one host sync per optimizer step. `window_loss`, the sum of the losses
+    since the last logged step, is finite exactly when each of them is (a non-finite step would have
+    stopped training earlier). The values are summed over processes, so every process stops together."""
+    values = torch.stack([torch.as_tensor(window_loss, device=accelerator.device).float(),
+                          torch.as_tensor(grad_norm, device=accelerator.device).float()])
+    if accelerator.num_processes > 1:
+        values = accelerator.reduce(values, "sum")
+    loss, norm = values.tolist()
+    if math.isfinite(loss) and math.isfinite(norm):
+        return
+    what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}"
+    checkpoint = run_dir / CHECKPOINT
+    kept = (f"the last good checkpoint is kept in {checkpoint}, for --resume" if checkpoint.exists()
+            else "no checkpoint had been saved (checkpoint_steps)")
+    raise AlignlabError(f"step {step}: {what} (learning_rate {config.learning_rate:g} may be too high); training "
+                        f"stopped and nothing from this run was saved; {kept}")
 
 
 SNAPSHOTS = "snapshots"
@@ -490,10 +532,13 @@ def train(config: TrainConfig) -> TrainResult:
     if method.uses_rewards:
         check_rewards_available(config, pairs)
     accelerator = make_accelerator(config)
+    check_enough_for_a_step(config, accelerator, len(pairs))
     is_main = accelerator.is_main_process
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     examples, truncation = tokenize_pairs(tokenizer, pairs, config.max_length, config.max_prompt_length)
+    if method.uses_rejected:
+        check_pairs_differ(config, examples)
     if is_main:
         log.info(loaded.summary())
         log.info(truncation.summary())
