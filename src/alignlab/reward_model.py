@@ -71,7 +71,8 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
     loaded = load_training_pairs(config)
     train_pairs, heldout_pairs = split_heldout(config, loaded.pairs)
     accelerator = make_accelerator(config)
-    check_enough_for_a_step(config, accelerator, len(train_pairs), "pairs to train on (once the held-out pairs are set aside)")
+    check_enough_for_a_step(config, accelerator, len(train_pairs),
+                            "pairs to train on (once the held-out pairs are set aside)")
     is_main = accelerator.is_main_process
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     examples, truncation = tokenize_pairs(tokenizer, train_pairs, config.max_length, config.max_prompt_length)

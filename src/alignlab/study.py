@@ -94,8 +94,9 @@ class StudyConfig:
                                 f"gold_rm together; missing: {missing}")
         from alignlab.generate import GENERATION_RANGES, GenerationConfig
 
+        reward_ranges = {**OPTIM_RANGES, "eval_fraction": FRACTION}
         for section, cls, ranges in (("training", TrainConfig, OPTIM_RANGES),
-                                     ("reward_training", RewardModelConfig, {**OPTIM_RANGES, "eval_fraction": FRACTION}),
+                                     ("reward_training", RewardModelConfig, reward_ranges),
                                      ("generation", GenerationConfig, GENERATION_RANGES)):
             types = {k: v for k, v in _field_types(cls).items()
                      if k not in ("model", "data", "out", "method", "params", "seed")}

@@ -370,76 +370,75 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     seconds = 0.0
     start = time.perf_counter()
     model.train()
-    for epoch in range(state.epoch, config.epochs):
-        indices = order(epoch) if order else torch.randperm(
-            n_examples, generator=torch.Generator().manual_seed(config.seed + epoch)).tolist()
-        loader = accelerator.prepare(DataLoader(indices, batch_size=config.batch_size,
-                                                shuffle=False, collate_fn=collate))
-        if state.batches_in_epoch:
-            loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss, margin, *extras = step_loss(model, batch)
-                accelerator.backward(loss)
-                # Plain floats would force a host sync per micro-batch; tensors sync only when logged.
-                state.window_loss = state.window_loss + loss.detach()
-                grad_norm = None
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    check_finite(accelerator, state.step + 1, state.window_loss, grad_norm, config, run_dir)
-                optimizer.step()
-                optimizer.zero_grad()
-            state.window_margin = state.window_margin + margin.detach()
-            for name, value in (extras[0] if extras else {}).items():
-                state.window_extras[name] = state.window_extras.get(name, 0.0) + value.detach()
-            state.window_batches += 1
-            state.batches_in_epoch += 1
-            state.pairs_trained += len(batch["index"]) * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            state.step += 1
-            progress.update(1)
-            if state.step % config.logging_steps == 0 or state.step == total_steps:
-                names = ["loss", "margin", *state.window_extras]
-                window = torch.stack([torch.as_tensor(state.window_loss), torch.as_tensor(state.window_margin),
-                                      *(torch.as_tensor(v) for v in state.window_extras.values())]).float()
-                reduced = accelerator.reduce(window.to(accelerator.device) / state.window_batches, "mean")
-                last = dict(zip(names, reduced.tolist()))
-                progress.set_postfix(loss=f"{last['loss']:.4f}", margin=f"{last['margin']:.3f}")
-                if metrics_file:
-                    record = {"step": state.step, "epoch": epoch, **last,
-                              "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                              "pairs_seen": state.pairs_trained,
-                              "responses_seen": state.pairs_trained * responses_per_example,
-                              "elapsed_s": round(seconds + time.perf_counter() - start, 3)}
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-                state.window_loss, state.window_margin, state.window_batches = 0.0, 0.0, 0
-                state.window_extras = {}
-            if config.checkpoint_steps and state.step % config.checkpoint_steps == 0 and state.step < total_steps:
-                state.window_loss, state.window_margin = float(state.window_loss), float(state.window_margin)
-                state.window_extras = {name: float(v) for name, v in state.window_extras.items()}
-                state.metrics_bytes = metrics_file.tell() if metrics_file else 0
-                save_checkpoint(accelerator, run_dir, state)
-            if config.snapshot_steps and (state.step % config.snapshot_steps == 0 or state.step == total_steps):
-                paused = time.perf_counter()
-                if is_main:
-                    save_snapshot(run_dir, accelerator, model, {
-                        "step": state.step, "train_seconds": round(seconds + paused - start, 3),
-                        "pairs_seen": state.pairs_trained,
-                        "responses_seen": state.pairs_trained * responses_per_example})
-                accelerator.wait_for_everyone()
-                start += time.perf_counter() - paused
+    # Closed however the loop ends, so that an error is printed below the progress bar, not after it.
+    with progress, (metrics_file or contextlib.nullcontext()):
+        for epoch in range(state.epoch, config.epochs):
+            indices = order(epoch) if order else torch.randperm(
+                n_examples, generator=torch.Generator().manual_seed(config.seed + epoch)).tolist()
+            loader = accelerator.prepare(DataLoader(indices, batch_size=config.batch_size,
+                                                    shuffle=False, collate_fn=collate))
+            if state.batches_in_epoch:
+                loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    loss, margin, *extras = step_loss(model, batch)
+                    accelerator.backward(loss)
+                    # Plain floats would force a host sync per micro-batch; tensors sync only when logged.
+                    state.window_loss = state.window_loss + loss.detach()
+                    grad_norm = None
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                        check_finite(accelerator, state.step + 1, state.window_loss, grad_norm, config, run_dir)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                state.window_margin = state.window_margin + margin.detach()
+                for name, value in (extras[0] if extras else {}).items():
+                    state.window_extras[name] = state.window_extras.get(name, 0.0) + value.detach()
+                state.window_batches += 1
+                state.batches_in_epoch += 1
+                state.pairs_trained += len(batch["index"]) * accelerator.num_processes
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                state.step += 1
+                progress.update(1)
+                if state.step % config.logging_steps == 0 or state.step == total_steps:
+                    names = ["loss", "margin", *state.window_extras]
+                    window = torch.stack([torch.as_tensor(state.window_loss), torch.as_tensor(state.window_margin),
+                                          *(torch.as_tensor(v) for v in state.window_extras.values())]).float()
+                    reduced = accelerator.reduce(window.to(accelerator.device) / state.window_batches, "mean")
+                    last = dict(zip(names, reduced.tolist()))
+                    progress.set_postfix(loss=f"{last['loss']:.4f}", margin=f"{last['margin']:.3f}")
+                    if metrics_file:
+                        record = {"step": state.step, "epoch": epoch, **last,
+                                  "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                                  "pairs_seen": state.pairs_trained,
+                                  "responses_seen": state.pairs_trained * responses_per_example,
+                                  "elapsed_s": round(seconds + time.perf_counter() - start, 3)}
+                        metrics_file.write(json.dumps(record) + "\n")
+                        metrics_file.flush()
+                    state.window_loss, state.window_margin, state.window_batches = 0.0, 0.0, 0
+                    state.window_extras = {}
+                if config.checkpoint_steps and state.step % config.checkpoint_steps == 0 and state.step < total_steps:
+                    state.window_loss, state.window_margin = float(state.window_loss), float(state.window_margin)
+                    state.window_extras = {name: float(v) for name, v in state.window_extras.items()}
+                    state.metrics_bytes = metrics_file.tell() if metrics_file else 0
+                    save_checkpoint(accelerator, run_dir, state)
+                if config.snapshot_steps and (state.step % config.snapshot_steps == 0 or state.step == total_steps):
+                    paused = time.perf_counter()
+                    if is_main:
+                        save_snapshot(run_dir, accelerator, model, {
+                            "step": state.step, "train_seconds": round(seconds + paused - start, 3),
+                            "pairs_seen": state.pairs_trained,
+                            "responses_seen": state.pairs_trained * responses_per_example})
+                    accelerator.wait_for_everyone()
+                    start += time.perf_counter() - paused
+                if state.step == total_steps:
+                    break
             if state.step == total_steps:
                 break
-        if state.step == total_steps:
-            break
-        state.epoch, state.batches_in_epoch = epoch + 1, 0
+            state.epoch, state.batches_in_epoch = epoch + 1, 0
     seconds += time.perf_counter() - start
-    progress.close()
-    if metrics_file:
-        metrics_file.close()
     accelerator.wait_for_everyone()
     return model, FitResult(state.step, state.pairs_trained, last["loss"], last["margin"], seconds)
 
