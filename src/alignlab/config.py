@@ -14,8 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from alignlab.checks import (COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, STEPS_OR_NEVER, Range, check_number,
-                             check_numbers)
+from alignlab.checks import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, STEPS_OR_NEVER, Range, check_numbers
 from alignlab.errors import AlignlabError, InputError
 from alignlab.objectives import get_method, unknown_name_message
 
@@ -71,12 +70,13 @@ class OptimConfig:
     resume: bool = False  # continue a killed run from its last checkpoint (same configuration)
     max_steps: int = 0  # stop after N optimizer steps, the schedule sized to them (0: run every epoch)
     snapshot_steps: int = 0  # save the model every N optimizer steps to snapshots/ (0: never), for learning curves
+    ranges: typing.ClassVar[dict[str, Range]] = OPTIM_RANGES  # where each numeric field may lie
 
     def validate(self) -> None:
         for name in ("model", "data", "out"):
             if not getattr(self, name):
                 raise AlignlabError(f"config: '{name}' is required (pass --{name} or set it in the YAML)")
-        check_numbers("config", vars(self), OPTIM_RANGES)
+        check_numbers("config", vars(self), self.ranges)
         if self.max_prompt_length >= self.max_length:
             raise AlignlabError(f"config: 'max_prompt_length' ({self.max_prompt_length}) must be smaller "
                                 f"than 'max_length' ({self.max_length}) to leave room for the response")
@@ -108,11 +108,7 @@ class RewardModelConfig(OptimConfig):
     learning_rate: float = 1e-5
     eval_data: str | None = None  # held-out pairs; default: `eval_fraction` of `data`
     eval_fraction: float = 0.1
-
-    def validate(self) -> None:
-        super().validate()
-        if self.eval_data is None:
-            check_number("config", "'eval_fraction'", self.eval_fraction, FRACTION)
+    ranges: typing.ClassVar[dict[str, Range]] = {**OPTIM_RANGES, "eval_fraction": FRACTION}
 
 
 def read_yaml(path: str | Path) -> dict:

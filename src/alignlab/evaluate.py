@@ -23,7 +23,7 @@ import torch
 from alignlab import atomic
 from alignlab.checks import COUNT, check_numbers
 from alignlab.errors import AlignlabError
-from alignlab.generate import GENERATION_RANGES, GenerationConfig, generate_responses
+from alignlab.generate import GenerationConfig, generate_responses
 from alignlab.judge import BASELINES, JudgeConfig, judge_columns, judge_config, summary_line, win_rate_metric
 from alignlab.metrics import summarize
 from alignlab.modeling import load_causal_lm, load_tokenizer, sequence_logps
@@ -156,7 +156,7 @@ def run_eval(args) -> int:
     from alignlab.data import load_pairs
     from alignlab.modeling import load_sequence_classifier
 
-    check_numbers("eval", vars(args), {**GENERATION_RANGES, "limit": COUNT},
+    check_numbers("eval", vars(args), {**GenerationConfig.ranges, "limit": COUNT},
                   label=lambda name: "--" + name.replace("_", "-"))
     judge = judge_config(args)
     out = Path(args.out or f"eval-{Path(args.model.rstrip('/')).name}")

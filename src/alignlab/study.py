@@ -15,8 +15,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignlab.checks import COUNT, FRACTION, SEED, check_number, check_numbers
-from alignlab.config import OPTIM_RANGES, RewardModelConfig, TrainConfig, _coerce, _field_types
+from alignlab.checks import COUNT, SEED, check_number, check_numbers
+from alignlab.config import RewardModelConfig, TrainConfig, _coerce, _field_types
 from alignlab.errors import AlignlabError
 from alignlab.objectives import get_method, unknown_name_message
 
@@ -92,12 +92,10 @@ class StudyConfig:
             missing = ", ".join(k for k in real if k not in given)
             raise AlignlabError(f"config: a study on real models needs model, train_data, test_data and "
                                 f"gold_rm together; missing: {missing}")
-        from alignlab.generate import GENERATION_RANGES, GenerationConfig
+        from alignlab.generate import GenerationConfig
 
-        reward_ranges = {**OPTIM_RANGES, "eval_fraction": FRACTION}
-        for section, cls, ranges in (("training", TrainConfig, OPTIM_RANGES),
-                                     ("reward_training", RewardModelConfig, reward_ranges),
-                                     ("generation", GenerationConfig, GENERATION_RANGES)):
+        for section, cls in (("training", TrainConfig), ("reward_training", RewardModelConfig),
+                             ("generation", GenerationConfig)):
             types = {k: v for k, v in _field_types(cls).items()
                      if k not in ("model", "data", "out", "method", "params", "seed")}
             values = getattr(self, section)
@@ -106,7 +104,7 @@ class StudyConfig:
                     raise AlignlabError(unknown_name_message(f"config: {section} has unknown key", key, sorted(types)))
                 # YAML reads 1e-3 as text: give every value its field's type, or a clear error.
                 values[key] = _coerce(key, values[key], types[key], f"config: {section}")
-            check_numbers(f"config: {section}", values, ranges)
+            check_numbers(f"config: {section}", values, cls.ranges)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
