@@ -337,7 +337,8 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     Every `snapshot_steps` (and at the last step) the model goes to snapshots/step-NNNNNN/ with
     snapshot.json (step, train_seconds, pairs_seen, responses_seen), the clock paused while it
     saves: the points of a learning curve against wall-clock and samples. `max_steps` ends
-    training early. Returns the prepared model.
+    training early. A loss or gradient norm that is not finite ends it with an error naming the
+    step, before the optimizer applies it (`check_finite`). Returns the prepared model.
     """
     from transformers import get_scheduler
 
