@@ -85,3 +85,14 @@ def test_tied_embeddings_are_not_missing(tiny_model, tmp_path):
     assert "lm_head.weight" not in load_file(tmp_path / "tied" / "model.safetensors")
     model = load_causal_lm(str(tmp_path / "tied"))
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+def test_eval_refuses_a_causal_lm_as_its_gold_reward_model(tiny_model, pairs_file, tmp_path, capsys):
+    from alignlab.cli import main
+
+    out = tmp_path / "eval"
+    code = main(["eval", "--model", str(tiny_model), "--data", str(pairs_file), "--gold-rm", str(tiny_model),
+                 "--out", str(out), "--limit", "2", "--max-new-tokens", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a reward model" in err and "`score.weight`" in err, err
+    assert not out.exists()
