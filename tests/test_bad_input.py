@@ -336,7 +336,7 @@ def _(t):
 
 @case("eval: generation setting out of range")
 def _(t):
-    return t.eval("--top-p", "1.5"), ["--top-p in (0, 1]"]
+    return t.eval("--top-p", "1.5"), ["--top-p must be in (0, 1], got 1.5"]
 
 
 @case("eval: output under a regular file")
@@ -433,7 +433,7 @@ def _(t):
 
 @case("sweep: learning rate out of range in the grid")
 def _(t):
-    return t.sweep("methods: [dpo]\ngrid:\n  all: {learning_rate: [0.001, 0]}\n"), ["'learning_rate' must be > 0"]
+    return t.sweep("methods: [dpo]\ngrid:\n  all: {learning_rate: [0.001, 0]}\n"), ["'learning_rate' must be in (0, 1], got 0"]
 
 
 @case("sweep: unknown executor")

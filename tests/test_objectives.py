@@ -952,7 +952,8 @@ def test_grpo_registry_and_integer_hyperparameters():
     assert resolved["max_new_tokens"] == 16 and isinstance(resolved["max_new_tokens"], int)
     assert resolved["beta"] == 0.0  # no KL penalty is allowed
     for bad, needle in (({"group_size": 1}, ">= 2"), ({"group_size": 2.5}, "integer"), ({"group_size": True}, "integer"),
-                        ({"group_size": "nan"}, "integer"), ({"beta": -0.1}, ">= 0"), ({"clip_eps": 0}, "> 0"),
+                        ({"group_size": "nan"}, "integer"), ({"beta": -0.1}, ">= 0"), ({"clip_eps": 0}, "in (0, 1)"),
+                        ({"clip_eps": 1.5}, "in (0, 1)"), ({"beta": "inf"}, "finite"),
                         ({"temperature": -1}, "> 0"), ({"num_iterations": 0}, ">= 1")):
         with pytest.raises(AlignlabError) as e:
             m.resolve(bad)

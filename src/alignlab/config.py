@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from alignlab.checks import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, STEPS_OR_NEVER, Range, check_numbers
 from alignlab.errors import AlignlabError, InputError
 from alignlab.objectives.losses import get_method, unknown_name_message
 from alignlab.untrusted import MAX_DEPTH, MAX_INT_DIGITS, clip, is_unicode, shown
@@ -22,6 +23,26 @@ from alignlab.untrusted import MAX_DEPTH, MAX_INT_DIGITS, clip, is_unicode, show
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; a larger file is no config
 MAX_OVERRIDE_CHARS = 10_000  # one --key value on the command line
 MAX_NAME_CHARS = 100  # a key: the name of a setting, method or hyper-parameter
+
+
+# The numeric fields of every training config, and where they may lie.
+OPTIM_RANGES = {
+    # AdamW moves each weight by about the learning rate per step: above 1 nothing survives one step.
+    "learning_rate": Range(0, 1, exclusive_min=True),
+    "epochs": COUNT,
+    "batch_size": COUNT,
+    "gradient_accumulation_steps": COUNT,
+    "max_grad_norm": POSITIVE,
+    "weight_decay": NON_NEGATIVE,
+    "warmup_ratio": Range(0, 1, exclusive_max=True),
+    "max_length": COUNT,
+    "max_prompt_length": COUNT,
+    "seed": SEED,
+    "logging_steps": COUNT,
+    "checkpoint_steps": STEPS_OR_NEVER,
+    "max_steps": STEPS_OR_NEVER,
+    "snapshot_steps": STEPS_OR_NEVER,
+}
 
 
 @dataclass
@@ -55,26 +76,16 @@ class OptimConfig:
     resume: bool = False  # continue a killed run from its last checkpoint (same configuration)
     max_steps: int = 0  # stop after N optimizer steps, the schedule sized to them (0: run every epoch)
     snapshot_steps: int = 0  # save the model every N optimizer steps to snapshots/ (0: never), for learning curves
+    ranges: typing.ClassVar[dict[str, Range]] = OPTIM_RANGES  # where each numeric field may lie
 
     def validate(self) -> None:
         for name in ("model", "data", "out"):
             if not getattr(self, name):
                 raise AlignlabError(f"config: '{name}' is required (pass --{name} or set it in the YAML)")
-        for name in ("learning_rate", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                raise AlignlabError(f"config: '{name}' must be > 0, got {getattr(self, name)}")
-        for name in ("checkpoint_steps", "max_steps", "snapshot_steps"):
-            if getattr(self, name) < 0:
-                raise AlignlabError(f"config: '{name}' must be >= 0, got {getattr(self, name)}")
-        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "logging_steps",
-                     "max_length", "max_prompt_length"):
-            if getattr(self, name) < 1:
-                raise AlignlabError(f"config: '{name}' must be >= 1, got {getattr(self, name)}")
+        check_numbers("config", vars(self), self.ranges)
         if self.max_prompt_length >= self.max_length:
             raise AlignlabError(f"config: 'max_prompt_length' ({self.max_prompt_length}) must be smaller "
                                 f"than 'max_length' ({self.max_length}) to leave room for the response")
-        if not 0 <= self.warmup_ratio < 1:
-            raise AlignlabError(f"config: 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise AlignlabError(f"config: 'dtype' must be float32, bfloat16 or float16, got {self.dtype!r}")
 
@@ -103,11 +114,7 @@ class RewardModelConfig(OptimConfig):
     learning_rate: float = 1e-5
     eval_data: str | None = None  # held-out pairs; default: `eval_fraction` of `data`
     eval_fraction: float = 0.1
-
-    def validate(self) -> None:
-        super().validate()
-        if self.eval_data is None and not 0 < self.eval_fraction < 1:
-            raise AlignlabError(f"config: 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
+    ranges: typing.ClassVar[dict[str, Range]] = {**OPTIM_RANGES, "eval_fraction": FRACTION}
 
 
 class _ConfigLoader(yaml.SafeLoader):

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from alignlab import atomic
+from alignlab.checks import COUNT, check_numbers
 from alignlab.errors import AlignlabError
 from alignlab.models.generate import GenerationConfig, generate_responses
 from alignlab.evaluation.judge import BASELINES, JudgeConfig, judge_columns, judge_config, summary_line, win_rate_metric
@@ -155,9 +156,7 @@ def add_eval_arguments(parser) -> None:
 
 
 def run_eval(args) -> int:
-    if args.max_new_tokens < 1 or args.batch_size < 1 or not 0 < args.top_p <= 1 or args.temperature <= 0:
-        raise AlignlabError("generation settings: --max-new-tokens and --batch-size must be >= 1, --top-p in "
-                            "(0, 1] and --temperature > 0")
+    check_numbers("eval", vars(args), {**GenerationConfig.ranges, "limit": COUNT}, label=lambda name: "--" + name)
     judge = judge_config(args)
     out = Path(args.out or f"eval-{Path(args.model.rstrip('/')).name}")
     inputs = [args.model, args.data, args.gold_rm, args.sft]

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from alignlab.cache import default_cache_dir
+from alignlab.checks import COUNT, NON_NEGATIVE, POSITIVE, Range, check_numbers
 from alignlab.errors import AlignlabError
 from alignlab.evaluation.metrics import bootstrap_ci
 
@@ -80,6 +81,9 @@ ORDERS = {"model-first": {"A": 1.0, "B": 0.0, "C": 0.5},
 
 BASELINES = ("sft", "chosen")
 
+JUDGE_RANGES = {"retries": Range(0, integer=True), "timeout_s": POSITIVE, "backoff_s": NON_NEGATIVE, "workers": COUNT}
+JUDGE_OPTIONS = {"retries": "--judge-retries", "timeout_s": "--judge-timeout", "workers": "--judge-workers"}
+
 
 @dataclass(frozen=True)
 class JudgeConfig:
@@ -99,9 +103,7 @@ class JudgeConfig:
                                 "URL, e.g. http://127.0.0.1:8000/v1")
         if self.baseline not in BASELINES:
             raise AlignlabError(f"--judge-baseline {self.baseline}: choose one of {', '.join(BASELINES)}")
-        if self.retries < 0 or self.workers < 1 or self.timeout_s <= 0 or self.backoff_s < 0:
-            raise AlignlabError("judge settings: --judge-retries must be >= 0, --judge-workers >= 1 and "
-                                "--judge-timeout > 0")
+        check_numbers("judge settings", vars(self), JUDGE_RANGES, label=lambda name: JUDGE_OPTIONS.get(name, name))
 
 
 @dataclass

@@ -8,10 +8,12 @@ is seeded once per batch from (seed, batch index), so a run is reproducible for 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from tqdm.auto import tqdm
 
+from alignlab.checks import COUNT, POSITIVE, SEED, Range
 from alignlab.data.tokenise import PromptRenderer
 
 
@@ -23,6 +25,9 @@ class GenerationConfig:
     greedy: bool = False
     batch_size: int = 16
     seed: int = 0
+    # Where each number may lie (checked by `alignlab eval` and by a study's config).
+    ranges: ClassVar[dict[str, Range]] = {"max_new_tokens": COUNT, "temperature": POSITIVE,
+                                          "top_p": Range(0, 1, exclusive_min=True), "batch_size": COUNT, "seed": SEED}
 
 
 @dataclass

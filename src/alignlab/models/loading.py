@@ -59,10 +59,14 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def _load_pretrained(auto_cls, path: str, dtype: str, trust_remote_code: bool, **kwargs):
+    """The model and transformers' loading info (missing, unexpected and mismatched tensors)."""
     _check_local_weights(path)
     try:
+        # Mismatched shapes are reported in the loading info (and refused by `_check_tensors`),
+        # so the error can name every one of them.
         return auto_cls.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True,
-                                        trust_remote_code=trust_remote_code, **kwargs)
+                                        trust_remote_code=trust_remote_code, output_loading_info=True,
+                                        ignore_mismatched_sizes=True, **kwargs)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise AlignlabError(f"{path}: cannot load model weights ({err.__class__.__name__}: "
                             f"{_first_line(err)}). Check that the directory holds an intact "
@@ -73,20 +77,71 @@ def _first_line(err: BaseException) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
+def _listing(items, shown: int = 5) -> str:
+    """The first `shown` items, sorted, then "and N more"."""
+    items = sorted(items)
+    listed = ", ".join(items[:shown])
+    return listed + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
+def _names(keys) -> str:
+    return _listing(f"`{key}`" for key in keys)
+
+
+def _outside_base(model, keys) -> set[str]:
+    """The keys that belong to a task head (score, lm_head, ...), not to the shared base model."""
+    return {k for k in keys if not k.startswith(f"{model.base_model_prefix}.")}
+
+
+def _check_tensors(path: str, model, info: dict, new_head: bool = False) -> None:
+    """Every tensor of the model comes from the checkpoint, with its shape, and the checkpoint holds
+    nothing else; otherwise the model would silently train from random weights. Tied weights (an
+    LM head sharing the embeddings) are not missing. With `new_head` a task head is being
+    initialised on a base checkpoint: the new head may be missing and the checkpoint's own head
+    (e.g. a causal LM's lm_head) is left unused; nothing of the base model may be."""
+    missing, unexpected = set(info["missing_keys"]), set(info["unexpected_keys"])
+    if new_head:
+        missing -= _outside_base(model, missing)
+        unexpected -= _outside_base(model, unexpected)
+    problems = []
+    if missing:
+        problems.append(f"missing from the checkpoint (they would be random): {_names(missing)}")
+    if unexpected:
+        problems.append(f"in the checkpoint but not in the model: {_names(unexpected)}")
+    if info["mismatched_keys"]:
+        shapes = (f"`{name}` (checkpoint {tuple(saved)}, model {tuple(expected)})"
+                  for name, saved, expected in info["mismatched_keys"])
+        problems.append(f"of the wrong shape: {_listing(shapes)}")
+    problems += info["error_msgs"]
+    if problems:
+        raise AlignlabError(f"{path}: the weights do not match a {type(model).__name__} of its config.json: "
+                            + "; ".join(problems) + ". Pass the checkpoint this model was saved with "
+                            "(save_pretrained), or fix its config.json")
+
+
 def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
-    return _load_pretrained(AutoModelForCausalLM, path, dtype, trust_remote_code)
+    model, info = _load_pretrained(AutoModelForCausalLM, path, dtype, trust_remote_code)
+    _check_tensors(path, model, info)
+    return model
 
 
 def load_sequence_classifier(path: str, dtype: str = "float32", trust_remote_code: bool = False,
                              num_labels: int | None = None):
     """A reward model with one output. `num_labels=1` initialises a fresh score head on a base
-    checkpoint (to train one); without it the checkpoint must already be a one-output classifier."""
+    checkpoint (to train one); without it the checkpoint must already be a one-output classifier
+    whose head was saved with it."""
     from transformers import AutoModelForSequenceClassification
 
     extra = {} if num_labels is None else {"num_labels": num_labels}
-    model = _load_pretrained(AutoModelForSequenceClassification, path, dtype, trust_remote_code, **extra)
+    model, info = _load_pretrained(AutoModelForSequenceClassification, path, dtype, trust_remote_code, **extra)
+    head = _outside_base(model, info["missing_keys"])
+    if num_labels is None and head:
+        raise AlignlabError(f"{path}: not a reward model: its score head {_names(head)} is not in the checkpoint "
+                            "(is it a causal LM?), so its scores would be random; pass a sequence classifier, "
+                            "or train one from this model with `alignlab train-rm`")
+    _check_tensors(path, model, info, new_head=num_labels is not None)
     if model.config.num_labels != 1:
         raise AlignlabError(f"{path}: a reward model must output one score (num_labels=1); this one "
                             f"has num_labels={model.config.num_labels}. Pass a one-output sequence "

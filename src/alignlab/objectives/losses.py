@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignlab.checks import COUNT, NON_NEGATIVE, POSITIVE, Range, check_number
 from alignlab.errors import AlignlabError
 
 
@@ -228,8 +229,7 @@ class HyperParameter:
     default: float | str | bool
     help: str
     choices: tuple[str, ...] | None = None
-    positive: bool = False
-    minimum: float | None = None
+    allowed: Range | None = None  # where a number may lie (every number must at least be finite)
 
     def coerce(self, method: str, value):
         """Check and convert a user value; raise an error naming the parameter and the fix."""
@@ -256,15 +256,12 @@ class HyperParameter:
             wanted = "an integer" if kind is int else f"a {kind.__name__}"
             raise AlignlabError(f"{method}: hyper-parameter '{self.name}' must be {wanted}, "
                                 f"got {value!r}; {self.help}") from None
-        if kind is float and not math.isfinite(value):
-            raise AlignlabError(f"{method}: hyper-parameter '{self.name}' must be a finite number, got {value}")
         if self.choices is not None and value not in self.choices:
             raise AlignlabError(f"{method}: hyper-parameter '{self.name}' must be one of "
                                 f"{', '.join(self.choices)}; got {value!r}")
-        if self.positive and not value > 0:
-            raise AlignlabError(f"{method}: hyper-parameter '{self.name}' must be > 0, got {value}")
-        if self.minimum is not None and not value >= self.minimum:
-            raise AlignlabError(f"{method}: hyper-parameter '{self.name}' must be >= {self.minimum:g}, got {value}")
+        if kind in (int, float):
+            check_number(method, f"hyper-parameter '{self.name}'", value,
+                         self.allowed or Range(integer=kind is int), self.help)
         return value
 
 
@@ -333,24 +330,24 @@ METHODS: dict[str, Method] = {
         "dpo", lambda b, beta: dpo_loss(b.chosen_logps, b.rejected_logps, b.ref_chosen_logps,
                                         b.ref_rejected_logps, beta).mean(),
         "Direct Preference Optimisation",
-        (HyperParameter("beta", 0.1, "KL strength β (0.01–0.5 is typical)", positive=True),),
+        (HyperParameter("beta", 0.1, "KL strength β (0.01–0.5 is typical)", allowed=POSITIVE),),
         uses_reference=True),
     "ln-dpo": Method(
         "ln-dpo", lambda b, beta: ln_dpo_loss(b.chosen_logps, b.rejected_logps, b.ref_chosen_logps,
                                               b.ref_rejected_logps, b.chosen_lengths,
                                               b.rejected_lengths, beta).mean(),
         "length-normalised DPO",
-        (HyperParameter("beta", 2.0, "β on per-token log-ratios (1–10 is typical)", positive=True),),
+        (HyperParameter("beta", 2.0, "β on per-token log-ratios (1–10 is typical)", allowed=POSITIVE),),
         uses_reference=True),
     "simpo": Method(
         "simpo", lambda b, beta, gamma: simpo_loss(b.chosen_logps, b.rejected_logps, b.chosen_lengths,
                                                    b.rejected_lengths, beta, gamma).mean(),
         "reference-free, length-normalised margin loss",
-        (HyperParameter("beta", 2.0, "β on per-token log-probs (2–10 is typical)", positive=True),
+        (HyperParameter("beta", 2.0, "β on per-token log-probs (2–10 is typical)", allowed=POSITIVE),
          HyperParameter("gamma", 1.0, "target margin γ (γ/β of 0.3–0.8 is typical)"))),
     "var": Method(
         "var", _var_batch_loss, "reward-weighted SFT (variational alignment)",
-        (HyperParameter("lam", 1.0, "temperature λ of the reward in exp(r/λ)", positive=True),
+        (HyperParameter("lam", 1.0, "temperature λ of the reward in exp(r/λ)", allowed=POSITIVE),
          HyperParameter("z_estimator", "batch", "normaliser of the weights: the micro-batch, the "
                         "responses to one prompt, or Z(x) sampled from the reference",
                         choices=("batch", "prompt", "sampled")),
@@ -358,17 +355,19 @@ METHODS: dict[str, Method] = {
          # than with the paper's summed ℓref (README, Objectives, and the VAR study's section 9).
          HyperParameter("length_normalize", True, "use ℓref/|y| instead of the summed ℓref in the weights"),
          HyperParameter("z_samples", 8, "K: responses per prompt sampled from the reference to "
-                        "estimate Z(x) (z_estimator=sampled)", minimum=1)),
+                        "estimate Z(x) (z_estimator=sampled)", allowed=COUNT)),
         uses_reference=True, uses_rewards=True),
     "grpo": Method(
         "grpo", _grpo_batch_loss, "online: G sampled responses per prompt, group-relative advantages",
-        (HyperParameter("group_size", 8, "G, responses sampled per prompt (4–16 is typical)", minimum=2),
-         HyperParameter("beta", 0.04, "β_KL, weight of the k3 KL penalty to the reference", minimum=0.0),
-         HyperParameter("clip_eps", 0.2, "clip ε of the ratio π/π_old", positive=True),
-         HyperParameter("temperature", 1.0, "sampling temperature", positive=True),
-         HyperParameter("max_new_tokens", 64, "longest sampled response, in tokens", minimum=1),
+        (HyperParameter("group_size", 8, "G, responses sampled per prompt (4–16 is typical); the advantages "
+                        "compare the responses to one prompt, so at least 2", allowed=Range(2, integer=True)),
+         HyperParameter("beta", 0.04, "β_KL, weight of the k3 KL penalty to the reference", allowed=NON_NEGATIVE),
+         HyperParameter("clip_eps", 0.2, "clip ε of the ratio π/π_old; the ratio is kept in [1 − ε, 1 + ε], "
+                        "so ε < 1", allowed=Range(0, 1, exclusive_min=True, exclusive_max=True)),
+         HyperParameter("temperature", 1.0, "sampling temperature", allowed=POSITIVE),
+         HyperParameter("max_new_tokens", 64, "longest sampled response, in tokens", allowed=COUNT),
          HyperParameter("num_iterations", 1, "μ, optimizer passes over each sampled batch (the clip "
-                        "acts only when > 1)", minimum=1)),
+                        "acts only when > 1)", allowed=COUNT)),
         uses_rejected=False, uses_reference=True, uses_rewards=True, online=True),
 }
 

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alignlab.checks import COUNT, SEED, check_number, check_numbers
 from alignlab.config import RewardModelConfig, TrainConfig, _coerce, _field_types
 from alignlab.errors import AlignlabError
 from alignlab.objectives.losses import get_method, unknown_name_message
@@ -22,6 +23,9 @@ from alignlab.objectives.losses import get_method, unknown_name_message
 log = logging.getLogger(__name__)
 
 STUDIES = ("robustness", "var")
+
+STUDY_RANGES = {"seed": SEED, "race_snapshots": COUNT, "race_grpo_steps": COUNT, "workers": COUNT,
+                "test_limit": COUNT}  # test_limit unset (None): every test pair
 
 
 @dataclass
@@ -72,13 +76,15 @@ class StudyConfig:
             raise AlignlabError(unknown_name_message("config: study", self.study, list(STUDIES)))
         if self.study == "var" and "var" not in (self.methods or ["var"]):
             raise AlignlabError("config: study 'var' compares VAR with DPO; add var to 'methods'")
-        for name in ("race_snapshots", "race_grpo_steps"):
-            if getattr(self, name) < 1:
-                raise AlignlabError(f"config: '{name}' must be >= 1, got {getattr(self, name)}")
+        check_numbers("config", vars(self), STUDY_RANGES)
+        if self.seeds is not None:
+            if not self.seeds:
+                raise AlignlabError("config: 'seeds' is empty; list the training seeds, or leave it out to train "
+                                    "with 'seed' alone")
+            for seed in self.seeds:
+                check_number("config", "each of 'seeds'", seed, SEED)
         if self.executor not in ("local", "ray"):
             raise AlignlabError(unknown_name_message("config: executor", self.executor, ["local", "ray"]))
-        if self.workers < 1:
-            raise AlignlabError(f"config: workers must be at least 1, got {self.workers}")
         real = {"model": self.model, "train_data": self.train_data, "test_data": self.test_data,
                 "gold_rm": self.gold_rm}
         given = [k for k, v in real.items() if v]
@@ -98,6 +104,7 @@ class StudyConfig:
                     raise AlignlabError(unknown_name_message(f"config: {section} has unknown key", key, sorted(types)))
                 # YAML reads 1e-3 as text: give every value its field's type, or a clear error.
                 values[key] = _coerce(key, values[key], types[key], f"config: {section}")
+            check_numbers(f"config: {section}", values, cls.ranges)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

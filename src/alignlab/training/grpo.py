@@ -48,6 +48,7 @@ from alignlab.objectives.losses import GroupBatch, get_method, grpo_advantages, 
 from alignlab.data.tokenise import PromptRenderer, collate_sequences
 from alignlab.training.offline import (
     TrainResult,
+    check_enough_for_a_step,
     fit,
     load_training_pairs,
     make_accelerator,
@@ -149,6 +150,7 @@ def train_grpo(config: TrainConfig) -> TrainResult:
     loaded = load_training_pairs(config)
     prompts = distinct_prompts(loaded.pairs)
     accelerator = make_accelerator(config)
+    check_enough_for_a_step(config, accelerator, len(prompts), "distinct prompts")
     device = accelerator.device
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     prompt_ids, cut = encode_prompts(tokenizer, prompts, config.max_prompt_length)
@@ -169,9 +171,6 @@ def train_grpo(config: TrainConfig) -> TrainResult:
     n_prompts = len(prompts)
     block = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
     usable = n_prompts if iterations == 1 else n_prompts // block * block
-    if usable == 0:
-        raise AlignlabError(f"grpo: num_iterations > 1 needs at least one optimizer step of prompts "
-                            f"({block}); the data has {n_prompts} distinct prompts")
 
     def order(epoch: int) -> list[int]:
         shuffled = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(config.seed + epoch))[:usable]

@@ -262,6 +262,27 @@ def load_training_pairs(config: OptimConfig, source: str | None = None):
     return loaded
 
 
+def check_enough_for_a_step(config: OptimConfig, accelerator, n: int, what: str = "usable pairs") -> None:
+    """One optimizer step takes batch_size × gradient_accumulation_steps × processes examples;
+    data with fewer would train on a fraction of a step, or on nothing."""
+    needed = config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+    if n < needed:
+        raise AlignlabError(f"{config.data}: {n} {what}, fewer than one optimizer step takes: batch_size "
+                            f"{config.batch_size} × gradient_accumulation_steps {config.gradient_accumulation_steps} "
+                            f"× {accelerator.num_processes} processes = {needed}; add data, or lower batch_size or "
+                            "gradient_accumulation_steps")
+
+
+def check_pairs_differ(config: OptimConfig, examples) -> None:
+    """A pair whose chosen and rejected tokens are equal has nothing to prefer; when every pair is
+    such (e.g. max_length cuts all responses to a shared opening), training would learn nothing."""
+    if all(ex.chosen_ids == ex.rejected_ids for ex in examples):
+        raise AlignlabError(f"{config.data}: in all {len(examples)} pairs the chosen response has the same tokens as "
+                            f"the rejected one after truncation to max_length {config.max_length} (prompts to "
+                            f"max_prompt_length {config.max_prompt_length}): there is nothing to prefer; raise "
+                            "max_length, or lower max_prompt_length to leave the responses more room")
+
+
 @dataclass
 class LoopState:
     """Where the loop is: enough, with the accelerate state, to resume exactly."""
@@ -311,7 +332,8 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     Every `snapshot_steps` (and at the last step) the model goes to snapshots/step-NNNNNN/ with
     snapshot.json (step, train_seconds, pairs_seen, responses_seen), the clock paused while it
     saves: the points of a learning curve against wall-clock and samples. `max_steps` ends
-    training early. Returns the prepared model.
+    training early. A loss or gradient norm that is not finite ends it with an error naming the
+    step, before the optimizer applies it (`check_finite`). Returns the prepared model.
     """
     from transformers import get_scheduler
 
@@ -344,77 +366,97 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     seconds = 0.0
     start = time.perf_counter()
     model.train()
-    for epoch in range(state.epoch, config.epochs):
-        indices = order(epoch) if order else torch.randperm(
-            n_examples, generator=torch.Generator().manual_seed(config.seed + epoch)).tolist()
-        loader = accelerator.prepare(DataLoader(indices, batch_size=config.batch_size,
-                                                shuffle=False, collate_fn=collate))
-        if state.batches_in_epoch:
-            loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss, margin, *extras = step_loss(model, batch)
-                accelerator.backward(loss)
-                grad_norm = None
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            # Plain floats would force a host sync per micro-batch; tensors sync only when logged.
-            state.window_loss = state.window_loss + loss.detach()
-            state.window_margin = state.window_margin + margin.detach()
-            for name, value in (extras[0] if extras else {}).items():
-                state.window_extras[name] = state.window_extras.get(name, 0.0) + value.detach()
-            state.window_batches += 1
-            state.batches_in_epoch += 1
-            state.pairs_trained += len(batch["index"]) * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            state.step += 1
-            progress.update(1)
-            if state.step % config.logging_steps == 0 or state.step == total_steps:
-                names = ["loss", "margin", *state.window_extras]
-                window = torch.stack([torch.as_tensor(state.window_loss), torch.as_tensor(state.window_margin),
-                                      *(torch.as_tensor(v) for v in state.window_extras.values())]).float()
-                reduced = accelerator.reduce(window.to(accelerator.device) / state.window_batches, "mean")
-                last = dict(zip(names, reduced.tolist()))
-                progress.set_postfix(loss=f"{last['loss']:.4f}", margin=f"{last['margin']:.3f}")
-                if metrics_file:
-                    record = {"step": state.step, "epoch": epoch, **last,
-                              "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                              "pairs_seen": state.pairs_trained,
-                              "responses_seen": state.pairs_trained * responses_per_example,
-                              "elapsed_s": round(seconds + time.perf_counter() - start, 3)}
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-                state.window_loss, state.window_margin, state.window_batches = 0.0, 0.0, 0
-                state.window_extras = {}
-            if config.checkpoint_steps and state.step % config.checkpoint_steps == 0 and state.step < total_steps:
-                state.window_loss, state.window_margin = float(state.window_loss), float(state.window_margin)
-                state.window_extras = {name: float(v) for name, v in state.window_extras.items()}
-                state.metrics_bytes = metrics_file.tell() if metrics_file else 0
-                save_checkpoint(accelerator, run_dir, state)
-            if config.snapshot_steps and (state.step % config.snapshot_steps == 0 or state.step == total_steps):
-                paused = time.perf_counter()
-                if is_main:
-                    save_snapshot(run_dir, accelerator, model, {
-                        "step": state.step, "train_seconds": round(seconds + paused - start, 3),
-                        "pairs_seen": state.pairs_trained,
-                        "responses_seen": state.pairs_trained * responses_per_example})
-                accelerator.wait_for_everyone()
-                start += time.perf_counter() - paused
+    # Closed however the loop ends, so that an error is printed below the progress bar, not after it.
+    with progress, (metrics_file or contextlib.nullcontext()):
+        for epoch in range(state.epoch, config.epochs):
+            indices = order(epoch) if order else torch.randperm(
+                n_examples, generator=torch.Generator().manual_seed(config.seed + epoch)).tolist()
+            loader = accelerator.prepare(DataLoader(indices, batch_size=config.batch_size,
+                                                    shuffle=False, collate_fn=collate))
+            if state.batches_in_epoch:
+                loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    loss, margin, *extras = step_loss(model, batch)
+                    accelerator.backward(loss)
+                    # Plain floats would force a host sync per micro-batch; tensors sync only when logged.
+                    state.window_loss = state.window_loss + loss.detach()
+                    grad_norm = None
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                        check_finite(accelerator, state.step + 1, state.window_loss, grad_norm, config, run_dir)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                state.window_margin = state.window_margin + margin.detach()
+                for name, value in (extras[0] if extras else {}).items():
+                    state.window_extras[name] = state.window_extras.get(name, 0.0) + value.detach()
+                state.window_batches += 1
+                state.batches_in_epoch += 1
+                state.pairs_trained += len(batch["index"]) * accelerator.num_processes
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                state.step += 1
+                progress.update(1)
+                if state.step % config.logging_steps == 0 or state.step == total_steps:
+                    names = ["loss", "margin", *state.window_extras]
+                    window = torch.stack([torch.as_tensor(state.window_loss), torch.as_tensor(state.window_margin),
+                                          *(torch.as_tensor(v) for v in state.window_extras.values())]).float()
+                    reduced = accelerator.reduce(window.to(accelerator.device) / state.window_batches, "mean")
+                    last = dict(zip(names, reduced.tolist()))
+                    progress.set_postfix(loss=f"{last['loss']:.4f}", margin=f"{last['margin']:.3f}")
+                    if metrics_file:
+                        record = {"step": state.step, "epoch": epoch, **last,
+                                  "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                                  "pairs_seen": state.pairs_trained,
+                                  "responses_seen": state.pairs_trained * responses_per_example,
+                                  "elapsed_s": round(seconds + time.perf_counter() - start, 3)}
+                        metrics_file.write(json.dumps(record) + "\n")
+                        metrics_file.flush()
+                    state.window_loss, state.window_margin, state.window_batches = 0.0, 0.0, 0
+                    state.window_extras = {}
+                if config.checkpoint_steps and state.step % config.checkpoint_steps == 0 and state.step < total_steps:
+                    state.window_loss, state.window_margin = float(state.window_loss), float(state.window_margin)
+                    state.window_extras = {name: float(v) for name, v in state.window_extras.items()}
+                    state.metrics_bytes = metrics_file.tell() if metrics_file else 0
+                    save_checkpoint(accelerator, run_dir, state)
+                if config.snapshot_steps and (state.step % config.snapshot_steps == 0 or state.step == total_steps):
+                    paused = time.perf_counter()
+                    if is_main:
+                        save_snapshot(run_dir, accelerator, model, {
+                            "step": state.step, "train_seconds": round(seconds + paused - start, 3),
+                            "pairs_seen": state.pairs_trained,
+                            "responses_seen": state.pairs_trained * responses_per_example})
+                    accelerator.wait_for_everyone()
+                    start += time.perf_counter() - paused
+                if state.step == total_steps:
+                    break
             if state.step == total_steps:
                 break
-        if state.step == total_steps:
-            break
-        state.epoch, state.batches_in_epoch = epoch + 1, 0
+            state.epoch, state.batches_in_epoch = epoch + 1, 0
     seconds += time.perf_counter() - start
-    progress.close()
-    if metrics_file:
-        metrics_file.close()
     accelerator.wait_for_everyone()
     return model, FitResult(state.step, state.pairs_trained, last["loss"], last["margin"], seconds)
+
+
+def check_finite(accelerator, step: int, window_loss, grad_norm, config: OptimConfig, run_dir: Path) -> None:
+    """Stop at the first optimizer step whose loss or gradient norm is not finite, before the
+    optimizer applies it: one host sync per optimizer step. `window_loss`, the sum of the losses
+    since the last logged step, is finite exactly when each of them is (a non-finite step would have
+    stopped training earlier). The values are summed over processes, so every process stops together."""
+    values = torch.stack([torch.as_tensor(window_loss, device=accelerator.device).float(),
+                          torch.as_tensor(grad_norm, device=accelerator.device).float()])
+    if accelerator.num_processes > 1:
+        values = accelerator.reduce(values, "sum")
+    loss, norm = values.tolist()
+    if math.isfinite(loss) and math.isfinite(norm):
+        return
+    what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}"
+    checkpoint = run_dir / CHECKPOINT
+    kept = (f"the last good checkpoint is kept in {checkpoint}, for --resume" if checkpoint.exists()
+            else "no checkpoint had been saved (checkpoint_steps)")
+    raise AlignlabError(f"step {step}: {what} (learning_rate {config.learning_rate:g} may be too high); training "
+                        f"stopped and nothing from this run was saved; {kept}")
 
 
 SNAPSHOTS = "snapshots"
@@ -495,10 +537,13 @@ def train_offline(config: TrainConfig) -> TrainResult:
     if method.uses_rewards:
         check_rewards_available(config, pairs)
     accelerator = make_accelerator(config)
+    check_enough_for_a_step(config, accelerator, len(pairs))
     is_main = accelerator.is_main_process
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     examples, truncation = tokenize_pairs(tokenizer, pairs, config.max_length, config.max_prompt_length)
+    if method.uses_rejected:
+        check_pairs_differ(config, examples)
     if is_main:
         log.info(loaded.summary())
         log.info(truncation.summary())

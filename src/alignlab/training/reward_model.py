@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.config import RewardModelConfig
-from alignlab.models.loading import load_sequence_classifier, load_tokenizer
 from alignlab.data.tokenise import collate_pairs, tokenize_pairs
-from alignlab.training.offline import (FitResult, claim_run_dir, fit, load_training_pairs, make_accelerator,
-                            run_directory, save_run)
+from alignlab.models.loading import load_sequence_classifier, load_tokenizer
+from alignlab.training.offline import (FitResult, check_enough_for_a_step, check_pairs_differ, claim_run_dir, fit,
+                                       load_training_pairs, make_accelerator, run_directory, save_run)
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,12 @@ def _fit_reward_model(config: RewardModelConfig) -> RewardModelResult:
     loaded = load_training_pairs(config)
     train_pairs, heldout_pairs = split_heldout(config, loaded.pairs)
     accelerator = make_accelerator(config)
+    check_enough_for_a_step(config, accelerator, len(train_pairs),
+                            "pairs to train on (once the held-out pairs are set aside)")
     is_main = accelerator.is_main_process
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     examples, truncation = tokenize_pairs(tokenizer, train_pairs, config.max_length, config.max_prompt_length)
+    check_pairs_differ(config, examples)
     heldout, _ = tokenize_pairs(tokenizer, heldout_pairs, config.max_length, config.max_prompt_length)
     if is_main:
         log.info("%s; %d pairs train the reward model, %d are held out", loaded.summary(),
