@@ -74,8 +74,8 @@ class Inputs:
 
     def eval(self, *extra, data=None, model=None, gold=None, out=None) -> list[str]:
         return ["eval", "--model", str(model or self.tiny_model), "--data", str(data or self.pairs),
-                "--gold-rm", str(gold or self.classifier(1, "gold")), "--out", str(out or self.out),
-                "--max-new-tokens", "4", "--limit", "2", *extra]
+                "--gold_rm", str(gold or self.classifier(1, "gold")), "--out", str(out or self.out),
+                "--max_new_tokens", "4", "--limit", "2", *extra]
 
     def run(self, *extra, out=None) -> list[str]:
         return ["run", "--preset", "tiny", "--out", str(out or self.out), *extra]
@@ -264,14 +264,14 @@ def _(t):
 @case("train: reward model with two labels")
 def _(t):
     rm = t.classifier(2)
-    return t.train("--reward-model", str(rm), method="var"), [str(rm), "num_labels=2", "one score",
+    return t.train("--reward_model", str(rm), method="var"), [str(rm), "num_labels=2", "one score",
                                                              "alignlab train-rm"]
 
 
 @case("train: VAR without rewards")
 def _(t):
     data = t.jsonl("pairs.jsonl", pair())
-    return t.train(data=data, method="var"), [str(data), "pair 'pairs-1'", "reward_chosen", "--reward-model"]
+    return t.train(data=data, method="var"), [str(data), "pair 'pairs-1'", "reward_chosen", "--reward_model"]
 
 
 @case("train: malformed data file")
@@ -336,7 +336,7 @@ def _(t):
 
 @case("eval: generation setting out of range")
 def _(t):
-    return t.eval("--top-p", "1.5"), ["--top-p must be in (0, 1], got 1.5"]
+    return t.eval("--top_p", "1.5"), ["--top_p must be in (0, 1], got 1.5"]
 
 
 @case("eval: output under a regular file")

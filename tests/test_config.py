@@ -9,7 +9,7 @@ from alignlab.errors import AlignlabError, InputError
 def test_cli_overrides_yaml_which_overrides_defaults(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("method: simpo\nlearning_rate: 1.0e-5\nbatch_size: 4\nparams:\n  beta: 2.5\n")
-    config = build_config(TrainConfig, str(path), parse_overrides(["--batch-size", "16", "--gamma=0.7"]))
+    config = build_config(TrainConfig, str(path), parse_overrides(["--batch_size", "16", "--gamma=0.7"]))
     assert (config.method, config.learning_rate, config.batch_size) == ("simpo", 1e-5, 16)
     assert config.params == {"beta": 2.5, "gamma": "0.7"}
     assert config.epochs == TrainConfig().epochs

@@ -160,8 +160,8 @@ def test_eval_command_with_a_reward_model_and_sft(tiny_model, pairs_file, tmp_pa
 
     build_tiny_classifier(tmp_path / "gold", tiny_model)
     out = tmp_path / "eval"
-    code = main(["eval", "--model", str(tiny_model), "--data", str(pairs_file), "--gold-rm", str(tmp_path / "gold"),
-                 "--sft", str(tiny_model), "--out", str(out), "--max-new-tokens", "6", "--limit", "5"])
+    code = main(["eval", "--model", str(tiny_model), "--data", str(pairs_file), "--gold_rm", str(tmp_path / "gold"),
+                 "--sft", str(tiny_model), "--out", str(out), "--max_new_tokens", "6", "--limit", "5"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "mean_score" in printed and str(out) in printed

@@ -98,7 +98,7 @@ def test_grpo_from_the_command_line(study, tmp_path, capsys):
     out = tmp_path / "run"
     common = ["train", "--method", "grpo", "--model", str(study["sft"]), "--data", str(data),
               "--learning_rate", "1e-3", "--batch_size", "4", "--max_length", "96", "--max_prompt_length", "32"]
-    code = main([*common, "--out", str(out), "--reward-model", str(study["rm"]), "--group_size", "4",
+    code = main([*common, "--out", str(out), "--reward_model", str(study["rm"]), "--group_size", "4",
                  "--max_new_tokens", "16", "--temperature", "0.8"])
     assert code == 0
     assert "2 steps, 6 prompts × 4 responses" in capsys.readouterr().out
@@ -112,13 +112,13 @@ def test_grpo_from_the_command_line(study, tmp_path, capsys):
 
     # Wrong settings fail before anything is written, naming the fix.
     bad = tmp_path / "bad"
-    assert main([*common, "--out", str(bad), "--reward-model", str(study["rm"]), "--group_sise", "4"]) == 2
+    assert main([*common, "--out", str(bad), "--reward_model", str(study["rm"]), "--group_sise", "4"]) == 2
     assert "did you mean 'group_size'" in capsys.readouterr().err
-    assert main([*common, "--out", str(bad), "--reward-model", str(study["rm"]), "--group_size", "1"]) == 2
+    assert main([*common, "--out", str(bad), "--reward_model", str(study["rm"]), "--group_size", "1"]) == 2
     assert "'group_size' must be >= 2" in capsys.readouterr().err
     assert main([*common, "--out", str(bad)]) == 2
-    assert "--reward-model" in capsys.readouterr().err
-    assert main([*common, "--out", str(bad), "--reward-model", str(study["rm"]), "--max_new_tokens", "80"]) == 2
+    assert "--reward_model" in capsys.readouterr().err
+    assert main([*common, "--out", str(bad), "--reward_model", str(study["rm"]), "--max_new_tokens", "80"]) == 2
     assert "max_length" in capsys.readouterr().err
     assert not bad.exists()
 

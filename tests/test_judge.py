@@ -309,9 +309,9 @@ def test_eval_command_with_a_judge_and_no_key_in_any_written_file(tiny_model, pa
     fake.status_for = {"What color is the sky number 1?": 500}  # pair-1 fails: reported, not counted
     build_tiny_classifier(tmp_path / "gold", tiny_model)
     out = tmp_path / "eval"
-    argv = ["eval", "--model", str(tiny_model), "--data", str(pairs_file), "--gold-rm", str(tmp_path / "gold"),
-            "--out", str(out), "--max-new-tokens", "6", "--limit", "4", "--judge-url", url,
-            "--judge-model", "fake-judge", "--judge-baseline", "chosen", "--judge-retries", "0"]
+    argv = ["eval", "--model", str(tiny_model), "--data", str(pairs_file), "--gold_rm", str(tmp_path / "gold"),
+            "--out", str(out), "--max_new_tokens", "6", "--limit", "4", "--judge_url", url,
+            "--judge_model", "fake-judge", "--judge_baseline", "chosen", "--judge_retries", "0"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     table = pq.read_table(out / "samples.parquet").to_pydict()
@@ -325,7 +325,7 @@ def test_eval_command_with_a_judge_and_no_key_in_any_written_file(tiny_model, pa
     assert (judge_metric["n_judged"], judge_metric["n_failed"], judge_metric["judge_model"]) == (3, 1, "fake-judge")
     assert "judge_win_rate" in printed and "judge fake-judge: 3 judged, 1 failed" in printed
     assert all(headers["Authorization"] == f"Bearer {SECRET}" for _, headers, _ in fake.requests)
-    assert len(fake.requests) == 4 * 2  # --judge-retries 0: one attempt per order
+    assert len(fake.requests) == 4 * 2  # --judge_retries 0: one attempt per order
     # The key is nowhere on disk: not in the results, not in the judge cache, not in any other file.
     written = [p for p in list(tmp_path.rglob("*")) + list(isolated_cache.rglob("*")) if p.is_file()]
     assert any(p.suffix == ".jsonl" for p in written) and out / "samples.parquet" in written
@@ -337,22 +337,22 @@ def test_the_judge_is_off_without_judge_url(tiny_model, pairs_file):
     from alignlab.evaluation.judge import judge_config
 
     args = build_parser().parse_args(["eval", "--model", str(tiny_model), "--data", str(pairs_file),
-                                      "--gold-rm", str(tiny_model)])
+                                      "--gold_rm", str(tiny_model)])
     assert judge_config(args) is None  # evaluate_model then adds no judge column and no judge metric
 
 
 def test_eval_judge_flags_are_checked_before_any_work(tiny_model, pairs_file, tmp_path, capsys):
     from alignlab.cli import main
 
-    base = ["eval", "--model", str(tiny_model), "--data", str(pairs_file), "--gold-rm", str(tiny_model),
+    base = ["eval", "--model", str(tiny_model), "--data", str(pairs_file), "--gold_rm", str(tiny_model),
             "--out", str(tmp_path / "eval")]
-    for extra, message in [(["--judge-url", "http://127.0.0.1:1/v1"], "needs --judge-model"),
-                           (["--judge-model", "m"], "need --judge-url"),
-                           (["--judge-url", "127.0.0.1:8000", "--judge-model", "m"], "not an http"),
-                           (["--judge-url", "http://x/v1", "--judge-model", "m", "--judge-baseline", "sft"],
+    for extra, message in [(["--judge_url", "http://127.0.0.1:1/v1"], "needs --judge_model"),
+                           (["--judge_model", "m"], "need --judge_url"),
+                           (["--judge_url", "127.0.0.1:8000", "--judge_model", "m"], "not an http"),
+                           (["--judge_url", "http://x/v1", "--judge_model", "m", "--judge_baseline", "sft"],
                             "needs --sft"),
-                           (["--judge-url", "http://x/v1", "--judge-model", "m", "--judge-retries", "-1"],
-                            "--judge-retries")]:
+                           (["--judge_url", "http://x/v1", "--judge_model", "m", "--judge_retries", "-1"],
+                            "--judge_retries")]:
         assert main(base + extra) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "eval").exists()

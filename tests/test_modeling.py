@@ -91,8 +91,8 @@ def test_eval_refuses_a_causal_lm_as_its_gold_reward_model(tiny_model, pairs_fil
     from alignlab.cli import main
 
     out = tmp_path / "eval"
-    code = main(["eval", "--model", str(tiny_model), "--data", str(pairs_file), "--gold-rm", str(tiny_model),
-                 "--out", str(out), "--limit", "2", "--max-new-tokens", "4"])
+    code = main(["eval", "--model", str(tiny_model), "--data", str(pairs_file), "--gold_rm", str(tiny_model),
+                 "--out", str(out), "--limit", "2", "--max_new_tokens", "4"])
     err = capsys.readouterr().err
     assert code == 2 and "not a reward model" in err and "`score.weight`" in err, err
     assert not out.exists()

@@ -72,8 +72,8 @@ def train_rm_args(t):
 
 
 def eval_args(t):
-    return ["eval", "--model", t["model"], "--data", t["data"], "--gold-rm", t["gold"], "--out", t["out"],
-            "--max-new-tokens", "4", "--limit", "2"]
+    return ["eval", "--model", t["model"], "--data", t["data"], "--gold_rm", t["gold"], "--out", t["out"],
+            "--max_new_tokens", "4", "--limit", "2"]
 
 
 def run_args(t):
@@ -120,31 +120,33 @@ BAD_NUMBERS = {
     "eval: negative limit": (eval_args, ["--limit", "-3"], "--limit must be >= 1, got -3"),
     "eval: temperature nan": (eval_args, ["--temperature", "nan"], "--temperature must be a finite number > 0"),
     "eval: temperature zero": (eval_args, ["--temperature", "0"], "--temperature must be > 0"),
-    "eval: top-p nan": (eval_args, ["--top-p", "nan"], "--top-p must be a finite number in (0, 1]"),
-    "eval: top-p zero": (eval_args, ["--top-p", "0"], "--top-p must be in (0, 1]"),
-    "eval: zero new tokens": (eval_args, ["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
-    "eval: zero batch size": (eval_args, ["--batch-size", "0"], "--batch-size must be >= 1"),
+    "eval: top-p nan": (eval_args, ["--top_p", "nan"], "--top_p must be a finite number in (0, 1]"),
+    "eval: top-p zero": (eval_args, ["--top_p", "0"], "--top_p must be in (0, 1]"),
+    "eval: zero new tokens": (eval_args, ["--max_new_tokens", "0"], "--max_new_tokens must be >= 1"),
+    "eval: zero batch size": (eval_args, ["--batch_size", "0"], "--batch_size must be >= 1"),
     "eval: negative seed": (eval_args, ["--seed", "-1"], "--seed must be in [0, 4294967295]"),
-    "eval: judge timeout inf": (eval_args, ["--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m",
-                                            "--judge-timeout", "inf"], "--judge-timeout must be a finite number > 0"),
-    "eval: judge workers zero": (eval_args, ["--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m",
-                                             "--judge-workers", "0"], "--judge-workers must be >= 1"),
+    "eval: judge timeout inf": (eval_args, ["--judge_url", "http://127.0.0.1:9/v1", "--judge_model", "m",
+                                            "--judge_timeout", "inf"], "--judge_timeout must be a finite number > 0"),
+    "eval: judge workers zero": (eval_args, ["--judge_url", "http://127.0.0.1:9/v1", "--judge_model", "m",
+                                             "--judge_workers", "0"], "--judge_workers must be >= 1"),
     "run: zero workers": (run_args, ["--workers", "0"], "'workers' must be >= 1"),
     "run: negative seed": (run_args, ["--seed", "-5"], "'seed' must be in [0, 4294967295]"),
     "run: zero race snapshots": (run_args, ["--study", "var", "--race_snapshots", "0"], "'race_snapshots' must be >= 1"),
     "run: zero test limit": (run_args, ["--test_limit", "0"], "'test_limit' must be >= 1"),
     "run: negative training seed": (run_args, ["--seeds", "0,-1"], "each of 'seeds' must be in [0, 4294967295]"),
     "sweep: empty seeds": (sweep_args("methods: [dpo]\nseeds: []\n"), [], "'seeds' is empty"),
-    "sweep: training learning rate nan": (sweep_args("methods: [dpo]\ntraining: {learning_rate: .nan}\n"), [],
-                                          "config: training: 'learning_rate' must be a finite number"),
+    "sweep: training learning rate above 1": (sweep_args("methods: [dpo]\ntraining: {learning_rate: 5.0}\n"), [],
+                                              "config: training: 'learning_rate' must be in (0, 1], got 5.0"),
+    "sweep: a YAML .nan, refused where it is read": (sweep_args("methods: [dpo]\ntraining: {learning_rate: .nan}\n"),
+                                                     [], "sweep.yaml:2: '.nan' is not a finite number"),
     "sweep: reward training fraction one": (sweep_args("methods: [var]\nreward_training: {eval_fraction: 1}\n"), [],
                                             "config: reward_training: 'eval_fraction' must be in (0, 1)"),
-    "sweep: generation temperature inf": (sweep_args("methods: [dpo]\ngeneration: {temperature: .inf}\n"), [],
-                                          "config: generation: 'temperature' must be a finite number > 0"),
+    "sweep: generation temperature negative": (sweep_args("methods: [dpo]\ngeneration: {temperature: -1}\n"), [],
+                                          "config: generation: 'temperature' must be > 0, got -1.0"),
     "sweep: generation top_p zero": (sweep_args("methods: [dpo]\ngeneration: {top_p: 0}\n"), [],
                                      "config: generation: 'top_p' must be in (0, 1]"),
-    "sweep: grid beta nan": (sweep_args("methods: [dpo]\ngrid:\n  dpo: {beta: [0.1, .nan]}\n"), [],
-                             "'beta' must be a finite number > 0"),
+    "sweep: grid beta negative": (sweep_args("methods: [dpo]\ngrid:\n  dpo: {beta: [0.1, -0.5]}\n"), [],
+                                  "hyper-parameter 'beta' must be > 0, got -0.5"),
 }
 
 

@@ -518,9 +518,9 @@ def test_a_blank_optional_value_means_none(tmp_path):
 
 
 def test_an_override_given_twice_is_an_error_naming_it():
-    message = error_of(lambda: parse_overrides(["--beta", "1", "--batch-size=2", "--beta=2"]))
+    message = error_of(lambda: parse_overrides(["--beta", "1", "--batch_size=2", "--beta=2"]))
     assert "--beta" in message and "twice" in message
-    message = error_of(lambda: parse_overrides(["--batch-size", "1", "--batch_size", "2"]))
+    message = error_of(lambda: parse_overrides(["--batch_size", "1", "--batch_size", "2"]))
     assert "--batch_size is given twice" in message
 
 

@@ -16,7 +16,7 @@ TRAIN_EPILOG = """\
 Any TrainConfig field or method hyper-parameter can be overridden as --key value, e.g.
   --beta 0.2 --learning_rate 5e-6 --epochs 2 --batch_size 16 --max_length 1024
 grpo samples its own responses (the data gives prompts; batch_size counts prompts) and needs
---reward-model; var --z_estimator sampled needs it too.
+--reward_model; var --z_estimator sampled needs it too.
 Methods and their hyper-parameters (defaults):
 {methods}
 """

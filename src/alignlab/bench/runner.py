@@ -325,9 +325,9 @@ def measure_sweep_vs_independent(setup: dict, workdir: Path) -> dict:
             ["train", "--method", "dpo", "--model", setup["model"], "--data", setup["data"], "--out", str(run),
              "--beta", str(beta), *(f"--{k}={v}" for k, v in training.items())], workdir / "independent-cache")
         independent_seconds += _timed_cli(
-            ["eval", "--model", str(run / "model"), "--data", str(test), "--gold-rm", gold, "--sft", setup["model"],
-             "--out", str(run / "eval"), "--max-new-tokens", str(SWEEP_GENERATION["max_new_tokens"]),
-             "--batch-size", str(SWEEP_GENERATION["batch_size"])], workdir / "independent-cache")
+            ["eval", "--model", str(run / "model"), "--data", str(test), "--gold_rm", gold, "--sft", setup["model"],
+             "--out", str(run / "eval"), "--max_new_tokens", str(SWEEP_GENERATION["max_new_tokens"]),
+             "--batch_size", str(SWEEP_GENERATION["batch_size"])], workdir / "independent-cache")
         independent_runs.append(run)
     config = workdir / "sweep.yaml"
     config.write_text(json.dumps({"model": setup["model"], "train_data": setup["data"], "test_data": str(test),

@@ -82,7 +82,7 @@ ORDERS = {"model-first": {"A": 1.0, "B": 0.0, "C": 0.5},
 BASELINES = ("sft", "chosen")
 
 JUDGE_RANGES = {"retries": Range(0, integer=True), "timeout_s": POSITIVE, "backoff_s": NON_NEGATIVE, "workers": COUNT}
-JUDGE_OPTIONS = {"retries": "--judge-retries", "timeout_s": "--judge-timeout", "workers": "--judge-workers"}
+JUDGE_OPTIONS = {"retries": "--judge_retries", "timeout_s": "--judge_timeout", "workers": "--judge_workers"}
 
 
 @dataclass(frozen=True)
@@ -99,10 +99,10 @@ class JudgeConfig:
 
     def __post_init__(self):
         if not self.url.startswith(("http://", "https://")):
-            raise AlignlabError(f"--judge-url {self.url}: not an http:// or https:// URL; give the API's base "
+            raise AlignlabError(f"--judge_url {self.url}: not an http:// or https:// URL; give the API's base "
                                 "URL, e.g. http://127.0.0.1:8000/v1")
         if self.baseline not in BASELINES:
-            raise AlignlabError(f"--judge-baseline {self.baseline}: choose one of {', '.join(BASELINES)}")
+            raise AlignlabError(f"--judge_baseline {self.baseline}: choose one of {', '.join(BASELINES)}")
         check_numbers("judge settings", vars(self), JUDGE_RANGES, label=lambda name: JUDGE_OPTIONS.get(name, name))
 
 
@@ -329,16 +329,16 @@ def _error_message(err: urllib.error.HTTPError) -> str:
 
 def judge_config(args) -> JudgeConfig | None:
     """The judge's settings from `alignlab eval`'s arguments, checked before any work; None without
-    --judge-url (the judge is off by default)."""
+    --judge_url (the judge is off by default)."""
     if args.judge_url is None:
         if args.judge_model is not None or args.judge_baseline is not None:
-            raise AlignlabError("--judge-model and --judge-baseline need --judge-url (the judge API)")
+            raise AlignlabError("--judge_model and --judge_baseline need --judge_url (the judge API)")
         return None
     if not args.judge_model:
-        raise AlignlabError("--judge-url needs --judge-model (the judge model's name at that API)")
+        raise AlignlabError("--judge_url needs --judge_model (the judge model's name at that API)")
     baseline = args.judge_baseline or ("sft" if args.sft else "chosen")
     if baseline == "sft" and not args.sft:
-        raise AlignlabError("--judge-baseline sft needs --sft (the SFT model whose responses are the baseline)")
+        raise AlignlabError("--judge_baseline sft needs --sft (the SFT model whose responses are the baseline)")
     return JudgeConfig(args.judge_url, args.judge_model, baseline, args.judge_key_env, args.judge_retries,
                        args.judge_timeout, workers=args.judge_workers)
 
@@ -349,7 +349,7 @@ def judge_columns(config: JudgeConfig, pairs, responses: list[str], sft_samples:
     or the dataset's chosen responses."""
     if config.baseline == "sft":
         if sft_samples is None or "response" not in sft_samples:
-            raise AlignlabError("--judge-baseline sft needs the SFT model's responses: give --sft")
+            raise AlignlabError("--judge_baseline sft needs the SFT model's responses: give --sft")
         sft_by_id = dict(zip(sft_samples["prompt_id"], sft_samples["response"]))
         baselines = [sft_by_id[pair.id] for pair in pairs]
     else:

@@ -129,7 +129,7 @@ class SampledBatch:
 def check_grpo_config(config: TrainConfig) -> None:
     params = config.params
     if not config.reward_model:
-        raise AlignlabError("grpo: sampled responses are scored by a proxy reward model; pass --reward-model "
+        raise AlignlabError("grpo: sampled responses are scored by a proxy reward model; pass --reward_model "
                             "PATH (a one-output sequence classifier, e.g. from alignlab train-rm)")
     if config.max_prompt_length + params["max_new_tokens"] > config.max_length:
         raise AlignlabError(f"grpo: max_prompt_length ({config.max_prompt_length}) + max_new_tokens "

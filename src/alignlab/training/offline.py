@@ -63,7 +63,7 @@ def check_rewards_available(config: TrainConfig, pairs) -> None:
     if missing:
         raise AlignlabError(f"{config.data}: method '{config.method}' needs rewards, but pair "
                             f"'{missing[0].id}' (and {len(missing) - 1} more) has no "
-                            "reward_chosen/reward_rejected; pass --reward-model PATH or add those fields")
+                            "reward_chosen/reward_rejected; pass --reward_model PATH or add those fields")
 
 
 def pair_rewards(config: TrainConfig, pairs, cache_dir: Path, device) -> dict[str, torch.Tensor]:
@@ -530,7 +530,7 @@ def train_offline(config: TrainConfig) -> TrainResult:
     sampled_z = config.params.get("z_estimator") == "sampled"
     if sampled_z and not config.reward_model:
         raise AlignlabError(f"{config.method}: z_estimator 'sampled' scores responses sampled from the "
-                            "reference, so it needs a reward model; pass --reward-model PATH")
+                            "reference, so it needs a reward model; pass --reward_model PATH")
     out = Path(config.out)
     loaded = load_training_pairs(config)
     pairs = loaded.pairs
