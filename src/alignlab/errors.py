@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+
+from alignlab.untrusted import shown
+
 
 class AlignlabError(Exception):
     """An error caused by the user's input or environment; the CLI prints it without a traceback."""
@@ -21,3 +25,11 @@ class InputError(AlignlabError):
         if fix:
             message += f". {fix}"
         super().__init__(message)
+
+
+def unknown_name_message(what: str, name: str, valid: list[str]) -> str:
+    """`what 'name'`, the closest valid name when one is close, and every valid name."""
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    listing = ", ".join(valid) if valid else "(none)"
+    return f"{what} {shown(name)}{hint} Valid: {listing}"

@@ -13,7 +13,6 @@ while training (`GroupBatch`, built by `alignlab.training.grpo`), not pairs from
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignlab.checks import COUNT, NON_NEGATIVE, POSITIVE, Range, check_number
-from alignlab.errors import AlignlabError
+from alignlab.errors import AlignlabError, unknown_name_message
 
 
 def sft_loss(chosen_logps: Tensor, chosen_lengths: Tensor) -> Tensor:
@@ -284,13 +283,6 @@ class Method:
                 raise AlignlabError(unknown_name_message(f"{self.name}: unknown hyper-parameter", name,
                                                          list(valid)))
         return {name: hp.coerce(self.name, given.get(name, hp.default)) for name, hp in valid.items()}
-
-
-def unknown_name_message(what: str, name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    listing = ", ".join(valid) if valid else "(none)"
-    return f"{what} '{name}'{hint} Valid: {listing}"
 
 
 def _var_batch_loss(b: PairBatch, lam: float, z_estimator: str, length_normalize: bool,

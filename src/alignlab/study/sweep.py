@@ -43,8 +43,8 @@ from tqdm.auto import tqdm
 
 from alignlab import atomic
 from alignlab.config import RewardModelConfig, TrainConfig, dump_yaml
-from alignlab.errors import AlignlabError
-from alignlab.objectives.losses import get_method, unknown_name_message
+from alignlab.errors import AlignlabError, unknown_name_message
+from alignlab.objectives.losses import get_method
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
 from alignlab.study.store import RunStore
 from alignlab.study.config import (REPORTED_TRAINING, WORLD_GENERATION, WORLD_REWARD_TRAINING, WORLD_TRAINING,

@@ -42,8 +42,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignlab.data.pairs import PreferencePair
-from alignlab.errors import AlignlabError
-from alignlab.objectives.losses import unknown_name_message
+from alignlab.errors import AlignlabError, unknown_name_message
 
 WORLD_VERSION = "1"  # bump when the world's text, reward or training changes: it invalidates caches
 
