@@ -1,7 +1,8 @@
 """Evaluating one model on test prompts: generate → score → metrics (SPEC §5).
 
 A scorer is any callable `(prompts, responses) -> tensor of rewards`: the study world's exact gold
-reward (`StudyWorld.score`) or a sequence-classification reward model (`reward_model_scorer`).
+reward (`StudyWorld.score`) or a sequence-classification reward model (`RewardScorer`): any
+`alignlab.models.score.Scorer`.
 
 Per-sample results (`samples.parquet`), one row per test prompt: prompt_id, prompt (JSON of the
 turns), response, length (tokens), gold_score, chosen_score (the dataset's chosen response),
@@ -27,6 +28,7 @@ from alignlab.models.generate import GenerationConfig, generate_responses
 from alignlab.evaluation.judge import BASELINES, JudgeConfig, judge_columns, judge_config, summary_line, win_rate_metric
 from alignlab.evaluation.metrics import summarize
 from alignlab.models.loading import load_causal_lm, load_tokenizer, sequence_logps
+from alignlab.models.score import RewardScorer
 from alignlab.output_dirs import claim_output_dir, mark
 from alignlab.data.tokenise import PromptRenderer, collate_sequences
 
@@ -53,15 +55,6 @@ def response_logps(model, tokenizer, prompts: list[list[dict]], response_ids: li
         totals[start:stop] = sequence_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                             batch["loss_mask"].to(device)).double().cpu()
     return totals
-
-
-def reward_model_scorer(path: str, batch_size: int = 16, max_length: int = 1024, device="cpu",
-                        trust_remote_code: bool = False):
-    """A scorer backed by a sequence-classification reward model (one output)."""
-    from alignlab.models.score import RewardScorer
-
-    scorer = RewardScorer(path, trust_remote_code=trust_remote_code, max_length=max_length, device=device)
-    return lambda prompts, responses: scorer.score(prompts, responses, batch_size)
 
 
 def write_parquet(path: Path, columns: dict) -> None:
@@ -183,7 +176,7 @@ def _evaluate_into(out: Path, args, judge: JudgeConfig | None) -> EvalResult:
     load_sequence_classifier(args.gold_rm, trust_remote_code=args.trust_remote_code)  # fail before work
     generation = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p, args.greedy,
                                   args.batch_size, args.seed)
-    scorer = reward_model_scorer(args.gold_rm, args.batch_size, trust_remote_code=args.trust_remote_code)
+    scorer = RewardScorer(args.gold_rm, trust_remote_code=args.trust_remote_code, batch_size=args.batch_size)
     sft_samples = None
     with atomic.staged_dir(out) as staging:  # results appear together at the end, or not at all
         if new_dir:

@@ -167,11 +167,11 @@ def world_inputs(config: StudyConfig, out: Path) -> StudyInputs:
 
 def real_inputs(config: StudyConfig) -> StudyInputs:
     from alignlab.data.pairs import load_pairs
-    from alignlab.evaluation.evaluate import reward_model_scorer
+    from alignlab.models.score import RewardScorer
 
     test = load_pairs(config.test_data, config.test_format, split="test")
     test_pairs = test.pairs[:config.test_limit] if config.test_limit else test.pairs
     description = {"model": config.model, "training data": config.train_data,
                    "test data": f"{config.test_data} ({len(test_pairs)} pairs)", "gold reward model": config.gold_rm}
     return StudyInputs(config.model, config.model, config.train_data, None, config.train_format,
-                       config.train_filter, test_pairs, reward_model_scorer(config.gold_rm), description, {})
+                       config.train_filter, test_pairs, RewardScorer(config.gold_rm), description, {})

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from alignlab import atomic
 from alignlab.config import RewardModelConfig, TrainConfig, dump_yaml
 from alignlab.errors import AlignlabError, unknown_name_message
+from alignlab.models.score import cached_reward_scorer
 from alignlab.objectives.losses import get_method
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
 from alignlab.study.store import RunStore
@@ -176,17 +177,10 @@ def _test_pairs(path: str):
 
 
 @functools.lru_cache(maxsize=4)
-def _reward_model_scorer(path: str):
-    from alignlab.evaluation.evaluate import reward_model_scorer
-
-    return reward_model_scorer(path)
-
-
-@functools.lru_cache(maxsize=4)
 def _scorer(spec_json: str):
     spec = json.loads(spec_json)
     if "gold_rm" in spec:
-        return _reward_model_scorer(spec["gold_rm"])
+        return cached_reward_scorer(spec["gold_rm"])
     from alignlab.world import build_world, world_config
 
     return build_world(world_config(spec["world"], seed=spec["seed"])).score
@@ -217,7 +211,7 @@ def execute_run(task: RunTask) -> dict:
                        _scorer(json.dumps(task.scorer, sort_keys=True)), sft_model_path=task.sft_model,
                        sft_samples=_sft_samples(str(sweep_dir / "runs" / "sft" / "samples.parquet")),
                        generation=GenerationConfig(**task.generation), out_dir=run_dir,
-                       proxy_scorer=_reward_model_scorer(task.proxy_rm) if task.proxy_rm else None)
+                       proxy_scorer=cached_reward_scorer(task.proxy_rm) if task.proxy_rm else None)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {"metrics": metrics, "seconds": time.perf_counter() - started}
 
@@ -435,7 +429,7 @@ def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_trai
         log.info("evaluating the SFT model")
         evaluate_model(inputs.sft_model, inputs.test_pairs, inputs.scorer, sft_model_path=inputs.sft_model,
                        generation=generation, out_dir=out / "runs" / "sft",
-                       proxy_scorer=_reward_model_scorer(proxy_rm) if proxy_rm else None)
+                       proxy_scorer=cached_reward_scorer(proxy_rm) if proxy_rm else None)
     return Shared(inputs, training, generation, proxy_rm, rm_accuracy)
 
 

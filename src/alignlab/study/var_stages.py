@@ -67,12 +67,12 @@ def _train_config(base: dict, method: str, out: Path, proxy_rm: str | None, **se
 def run_race(race_dir: Path, base: dict, shared, snapshots: int, grpo_steps: int) -> dict:
     """Train the race's three runs with snapshots and evaluate every snapshot; the curves as JSON."""
     from alignlab.evaluation.evaluate import evaluate_model
-    from alignlab.study.sweep import _reward_model_scorer
+    from alignlab.models.score import cached_reward_scorer
     from alignlab.training.offline import SNAPSHOTS, train
 
     n_pairs = sum(1 for line in Path(shared.inputs.train_data).read_text().splitlines() if line.strip())
     offline_steps = math.ceil(n_pairs / base["batch_size"]) * base.get("epochs", 1)
-    proxy = _reward_model_scorer(shared.proxy_rm)
+    proxy = cached_reward_scorer(shared.proxy_rm)
     curves = {}
     for method in RACE_METHODS:
         run = race_dir / method
