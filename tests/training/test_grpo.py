@@ -220,6 +220,6 @@ def test_var_sampled_estimator_samples_the_reference_once_and_caches(tiny_model,
                               cache_dir=str(cache), params={**params, "lam": 2.0}))
     assert calls == [3] and second.final_loss != first.final_loss
     # Without a reward model the samples cannot be scored: an error before anything is written.
-    with pytest.raises(AlignlabError, match="reward-model"):
+    with pytest.raises(AlignlabError, match="--reward_model"):
         train(config_for(tiny_model, pairs_file, tmp_path / "c", method="var", params=params))
     assert not (tmp_path / "c").exists()
