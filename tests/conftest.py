@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import pytest  # noqa: E402
 
+from alignlab.config import TrainConfig  # noqa: E402
 from alignlab.models.tiny import build_tiny_llama  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +31,14 @@ def make_pairs(n: int = 16) -> list[dict]:
             "reward_rejected": -1.0,
         })
     return pairs
+
+
+def config_for(model, data, out, **overrides) -> TrainConfig:
+    settings = dict(method="dpo", model=str(model), data=str(data), out=str(out), learning_rate=5e-3,
+                    batch_size=4, epochs=1, warmup_ratio=0.0, lr_scheduler="constant", max_length=64,
+                    max_prompt_length=32)
+    settings.update(overrides)
+    return TrainConfig(**settings)
 
 
 def corpus() -> list[str]:

@@ -22,7 +22,8 @@ from alignlab.cli import main
 from alignlab.config import TrainConfig
 from alignlab.errors import AlignlabError
 from alignlab.models.tiny import build_tiny_classifier
-from alignlab.training.offline import partial_dir, train
+from alignlab.training import train
+from alignlab.training.loop import partial_dir
 
 from conftest import make_pairs
 

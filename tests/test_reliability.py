@@ -83,8 +83,9 @@ def test_disk_full_outside_atomic_writes_is_one_line_too(tiny_model, pairs_file,
 def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tiny_model, pairs_file, tmp_path, monkeypatch):
     import safetensors.torch
 
-    from alignlab.training.offline import partial_dir, train
-    from test_train import config_for
+    from alignlab.training import train
+    from alignlab.training.loop import partial_dir
+    from conftest import config_for
 
     writes = {"n": 0}
     real_save_model = safetensors.torch.save_model

@@ -149,7 +149,7 @@ def _config_from_args(cls, args, names: tuple[str, ...], overrides: list[str]):
 
 def run_train(args, overrides: list[str]) -> int:
     from alignlab.config import TrainConfig
-    from alignlab.training.offline import train
+    from alignlab.training import train
 
     config = _config_from_args(TrainConfig, args, ("method", "model", "data", "out", "reward_model",
                                                    "data_format", "resume"), overrides)

@@ -197,7 +197,7 @@ def test_models_are_saved_and_a_second_build_is_a_cache_hit(world, models, monke
         raise AssertionError("a cached world must not train")
 
     monkeypatch.setattr(world_module, "pretrain", no_training)
-    monkeypatch.setattr("alignlab.training.offline.train", no_training)
+    monkeypatch.setattr("alignlab.training.train", no_training)
     second = build_world_models(build_world(world_config("tiny")), cache)
     assert second.cached
     assert (second.pretrained, second.sft) == (first.pretrained, first.sft)

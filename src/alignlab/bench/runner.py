@@ -119,7 +119,7 @@ def _import_libraries() -> None:
 
 
 def worker_alignlab_dpo(setup: dict, device: str) -> Measurement:
-    from alignlab.training.offline import train
+    from alignlab.training import train
 
     _import_libraries()
 
@@ -161,7 +161,7 @@ def worker_trl_dpo(setup: dict, device: str, precompute: bool) -> Measurement:
 
 def worker_objectives(setup: dict, device: str, repeats: int) -> dict:
     """Training-loop tokens/s per objective, reference log-probs cached, median over repeats."""
-    from alignlab.training.offline import train
+    from alignlab.training import train
 
     _, pair_tokens = _alignlab_tokens(setup)
     rates = {}

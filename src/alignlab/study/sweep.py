@@ -4,7 +4,7 @@ the gold reward, then the robustness report.
 Stages, in order; the shared ones run once per sweep and every run reuses them:
     shared   data files, the SFT model (the study world's or yours), the proxy reward model (when
              VAR runs), the SFT model's evaluation, the reference log-prob cache
-    runs     one per grid point: train (alignlab.training.offline) then evaluate (alignlab.evaluation.evaluate)
+    runs     one per grid point: train (alignlab.training) then evaluate (alignlab.evaluation.evaluate)
     report   alignlab.report.document from the run store and the per-sample results
 
 Directory layout under `out`:
@@ -198,7 +198,7 @@ def execute_run(task: RunTask) -> dict:
     metrics and wall-clock seconds."""
     from alignlab.evaluation.evaluate import evaluate_model
     from alignlab.models.generate import GenerationConfig
-    from alignlab.training.offline import train
+    from alignlab.training import train
 
     started = time.perf_counter()
     sweep_dir = Path(task.sweep_dir)
@@ -438,7 +438,8 @@ def warm_reference_cache(train_config: TrainConfig) -> None:
     from alignlab.models.loading import load_causal_lm, load_tokenizer
     from alignlab.cache import default_cache_dir
     from alignlab.data.tokenise import tokenize_pairs
-    from alignlab.training.offline import load_training_pairs, reference_logps, shared_prompt_works
+    from alignlab.training.inputs import reference_logps, shared_prompt_works
+    from alignlab.training.loop import load_training_pairs
 
     tokenizer = load_tokenizer(train_config.model, train_config.trust_remote_code)
     pairs = load_training_pairs(train_config).pairs

@@ -68,7 +68,8 @@ def run_race(race_dir: Path, base: dict, shared, snapshots: int, grpo_steps: int
     """Train the race's three runs with snapshots and evaluate every snapshot; the curves as JSON."""
     from alignlab.evaluation.evaluate import evaluate_model
     from alignlab.models.score import cached_reward_scorer
-    from alignlab.training.offline import SNAPSHOTS, train
+    from alignlab.training import train
+    from alignlab.training.loop import SNAPSHOTS
 
     n_pairs = sum(1 for line in Path(shared.inputs.train_data).read_text().splitlines() if line.strip())
     offline_steps = math.ceil(n_pairs / base["batch_size"]) * base.get("epochs", 1)
@@ -117,7 +118,8 @@ def z_variance(base: dict, proxy_rm: str) -> dict:
     from alignlab.models.loading import load_causal_lm, load_tokenizer
     from alignlab.cache import default_cache_dir
     from alignlab.data.tokenise import tokenize_pairs
-    from alignlab.training.offline import load_training_pairs, pair_rewards, reference_logps, shared_prompt_works
+    from alignlab.training.inputs import pair_rewards, reference_logps, shared_prompt_works
+    from alignlab.training.loop import load_training_pairs
 
     config = _train_config(base, "var", Path("unused"), proxy_rm)
     lam = get_method("var").resolve({})["lam"]
@@ -216,7 +218,8 @@ def measure_training(config: TrainConfig) -> dict:
 
     from alignlab.models.loading import load_tokenizer
     from alignlab.data.tokenise import tokenize_pairs
-    from alignlab.training.offline import load_training_pairs, train
+    from alignlab.training import train
+    from alignlab.training.loop import load_training_pairs
 
     with ResidentSetSampler() as resident:
         result = train(config)

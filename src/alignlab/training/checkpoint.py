@@ -9,7 +9,7 @@ A checkpoint directory (`<run>/checkpoint/`) holds
     rng_state_<rank>.safetensors + .json  per process: the torch CPU generator (and each CUDA device's)
                                      as uint8 tensors; Python `random` and NumPy states as JSON
     accelerator.json                 accelerate's micro-batch counter (and its grad scaler, if any)
-    loop_state.json                  where the training loop is (`train.LoopState`)
+    loop_state.json                  where the training loop is (`loop.LoopState`)
 
 Loading reads these with `safetensors` and `json` only, never `torch.load` or `pickle`, so a
 checkpoint directory cannot run code. It saves what `accelerator.prepare` and

@@ -10,7 +10,7 @@ moment it is trained on:
        frozen reference, all of softmax(logits / T) — the distribution that was sampled
     5. the loss: token-averaged clipped surrogate minus β_KL · k3 KL (objectives.grpo_loss)
 
-Everything else is the offline trainer's: `fit` (AdamW, schedule, accumulation, clipping, logging,
+Everything else is the shared loop's (loop.py): `fit` (AdamW, schedule, accumulation, clipping, logging,
 checkpoints, resume), `run_directory` and `save_run`. The prompts of an optimizer step are
 `batch_size × processes × gradient_accumulation_steps`. With `num_iterations` μ > 1, each step's
 sampled responses are trained on μ times (μ optimizer steps, `fit` sees the same prompt block
@@ -46,7 +46,7 @@ from alignlab.models.generate import Generation, GenerationConfig, generate_from
 from alignlab.models.loading import load_causal_lm, load_tokenizer, token_logps
 from alignlab.objectives.losses import GroupBatch, get_method, grpo_advantages, k3_kl
 from alignlab.data.tokenise import PromptRenderer, collate_sequences
-from alignlab.training.offline import (
+from alignlab.training.loop import (
     TrainResult,
     check_enough_for_a_step,
     fit,

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from alignlab.config import RewardModelConfig
 from alignlab.data.tokenise import collate_pairs, tokenize_pairs
 from alignlab.models.loading import load_sequence_classifier, load_tokenizer
-from alignlab.training.offline import (FitResult, check_enough_for_a_step, check_pairs_differ, claim_run_dir, fit,
-                                       load_training_pairs, make_accelerator, run_directory, save_run)
+from alignlab.training.inputs import check_pairs_differ
+from alignlab.training.loop import (FitResult, check_enough_for_a_step, claim_run_dir, fit, load_training_pairs,
+                                    make_accelerator, run_directory, save_run)
 
 log = logging.getLogger(__name__)
 

@@ -133,7 +133,7 @@ def supervised_finetune(world: StudyWorld, pretrained: Path, directory: Path, ca
     """SFT on the chosen responses of the training pairs with alignlab's trainer: a run directory
     at `directory`, its model in `directory/model`."""
     from alignlab.config import TrainConfig
-    from alignlab.training.offline import train
+    from alignlab.training import train
 
     config = world.config
     data = directory.parent / "sft-pairs.jsonl"

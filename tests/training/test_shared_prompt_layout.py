@@ -9,7 +9,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 from alignlab.data.pairs import PreferencePair
 from alignlab.models.loading import load_causal_lm, load_tokenizer, shared_prompt_logps
 from alignlab.data.tokenise import collate_shared_prompt, tokenize_pairs
-from alignlab.training.offline import shared_prompt_works
+from alignlab.training.inputs import shared_prompt_works
 
 PAIRS = [PreferencePair(id="a", prompt=[{"role": "user", "content": "What color is the sky?"}],
                         chosen="The sky is blue.", rejected="No idea, sorry, I really could not say."),

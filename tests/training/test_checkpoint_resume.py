@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from alignlab.training import offline as train_module
-from alignlab.training.offline import partial_dir, train
-from conftest import REPO, make_pairs
-from test_train import config_for
+from alignlab.training import offline as offline_module
+from alignlab.training import train
+from alignlab.training.loop import partial_dir
+from conftest import REPO, config_for, make_pairs
 
 
 def assert_same_metrics(run_dir, reference_dir):
@@ -30,7 +30,7 @@ def test_resume_after_a_crash_reaches_the_uninterrupted_result(tiny_model, pairs
     settings = dict(epochs=2, batch_size=2, gradient_accumulation_steps=2, checkpoint_steps=3, logging_steps=1)
     whole = train(config_for(tiny_model, pairs_file, tmp_path / "whole", **settings))
 
-    real_pair_batch = train_module.pair_batch
+    real_pair_batch = offline_module.pair_batch
     calls = {"n": 0}
 
     def crash_on_the_15th_micro_batch(*args):
@@ -39,13 +39,13 @@ def test_resume_after_a_crash_reaches_the_uninterrupted_result(tiny_model, pairs
             raise KeyboardInterrupt
         return real_pair_batch(*args)
 
-    monkeypatch.setattr(train_module, "pair_batch", crash_on_the_15th_micro_batch)
+    monkeypatch.setattr(offline_module, "pair_batch", crash_on_the_15th_micro_batch)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         train(config_for(tiny_model, pairs_file, out, **settings))
     assert not out.exists()
     assert json.loads((partial_dir(out) / "checkpoint" / "loop_state.json").read_text())["step"] == 6
-    monkeypatch.setattr(train_module, "pair_batch", real_pair_batch)
+    monkeypatch.setattr(offline_module, "pair_batch", real_pair_batch)
 
     resumed = train(config_for(tiny_model, pairs_file, out, resume=True, **settings))
     assert resumed.optimizer_steps == whole.optimizer_steps == 8
@@ -58,7 +58,7 @@ def test_resume_after_a_crash_reaches_the_uninterrupted_result(tiny_model, pairs
 def test_resume_refuses_a_different_configuration(tiny_model, pairs_file, tmp_path, monkeypatch):
     from alignlab.errors import AlignlabError
 
-    monkeypatch.setattr(train_module, "pair_batch", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(offline_module, "pair_batch", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         train(config_for(tiny_model, pairs_file, tmp_path / "run", checkpoint_steps=1))
     with pytest.raises(AlignlabError, match="different configuration"):
@@ -66,6 +66,7 @@ def test_resume_refuses_a_different_configuration(tiny_model, pairs_file, tmp_pa
                          learning_rate=1e-4))
 
 
+@pytest.mark.slow
 def test_sigkilled_training_process_resumes_from_the_command_line(tiny_model, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in make_pairs(64)))
@@ -115,7 +116,7 @@ def forbid_unpickling(monkeypatch):
 
 def test_checkpoints_hold_no_pickles_and_resume_never_unpickles(tiny_model, pairs_file, tmp_path, monkeypatch):
     settings = dict(epochs=1, batch_size=2, checkpoint_steps=2, logging_steps=1)
-    real_pair_batch = train_module.pair_batch
+    real_pair_batch = offline_module.pair_batch
     calls = {"n": 0}
 
     def crash_on_the_6th_micro_batch(*args):
@@ -124,11 +125,11 @@ def test_checkpoints_hold_no_pickles_and_resume_never_unpickles(tiny_model, pair
             raise KeyboardInterrupt
         return real_pair_batch(*args)
 
-    monkeypatch.setattr(train_module, "pair_batch", crash_on_the_6th_micro_batch)
+    monkeypatch.setattr(offline_module, "pair_batch", crash_on_the_6th_micro_batch)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train(config_for(tiny_model, pairs_file, out, **settings))
-    monkeypatch.setattr(train_module, "pair_batch", real_pair_batch)
+    monkeypatch.setattr(offline_module, "pair_batch", real_pair_batch)
     checkpoint = partial_dir(out) / "checkpoint"
     files = sorted(p.name for p in checkpoint.rglob("*") if p.is_file())
     assert {"model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json",

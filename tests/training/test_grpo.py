@@ -19,9 +19,10 @@ from alignlab.errors import AlignlabError
 from alignlab.models.generate import GenerationConfig
 from alignlab.models.loading import load_causal_lm, load_tokenizer
 from alignlab.models.score import RewardScorer
-from alignlab.training.offline import train
+from alignlab.training import train
 from alignlab.world import build_world, build_world_models, world_config
-from test_train import config_for, reward_model
+from conftest import config_for
+from test_offline import reward_model
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,7 @@ def grpo_config(model, data, out, rm, **overrides) -> TrainConfig:
     return TrainConfig(**settings)
 
 
+@pytest.mark.slow
 def test_grpo_raises_the_proxy_reward_of_sampled_responses(study, tmp_path):
     # 9 steps of 8 prompts × G=8 responses (70 distinct prompts); then the mean proxy reward of 96
     # seeded samples (24 held-out prompts × 4) from the SFT model and from the GRPO model. Over
@@ -92,6 +94,7 @@ def test_grpo_raises_the_proxy_reward_of_sampled_responses(study, tmp_path):
     assert summary["params"]["group_size"] == 8
 
 
+@pytest.mark.slow
 def test_grpo_from_the_command_line(study, tmp_path, capsys):
     data = tmp_path / "prompts.jsonl"
     write_pairs_jsonl(study["world"].train_pairs[:8], data)  # 8 pairs, 6 distinct prompts
@@ -131,6 +134,7 @@ def test_help_lists_grpo(capsys):
     assert "z_estimator=batch" in text and "z_samples=8" in text
 
 
+@pytest.mark.slow
 def test_grpo_num_iterations_trains_each_sample_twice_and_clips(study, tmp_path, monkeypatch):
     """μ = 2: each sampled batch serves two optimizer steps, and on the second π ≠ π_old, so the
     ratio leaves [1 − ε, 1 + ε] for some tokens."""
@@ -150,9 +154,10 @@ def test_grpo_num_iterations_trains_each_sample_twice_and_clips(study, tmp_path,
     assert [m["reward"] for m in metrics[:2]] == [metrics[0]["reward"]] * 2  # the same samples
 
 
+@pytest.mark.slow
 def test_grpo_resumes_after_a_crash_to_the_uninterrupted_result(study, tmp_path, monkeypatch):
     """Sampling is seeded per micro-batch, so a resumed run samples, and ends, exactly as an uninterrupted one."""
-    from alignlab.training.offline import partial_dir
+    from alignlab.training.loop import partial_dir
 
     data = tmp_path / "prompts.jsonl"
     write_pairs_jsonl(study["world"].train_pairs[:12], data)  # 9 prompts: 5 steps of 2
@@ -187,13 +192,13 @@ def test_grpo_resumes_after_a_crash_to_the_uninterrupted_result(study, tmp_path,
 def test_var_sampled_estimator_samples_the_reference_once_and_caches(tiny_model, pairs_file, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from alignlab.training import offline as train_module
+    from alignlab.training import offline as offline_module
 
     rm = reward_model(tmp_path / "rm", tiny_model)
     calls, batches = [], []
-    real_sample, real_pair_batch = grpo_module.sample_and_score, train_module.pair_batch
+    real_sample, real_pair_batch = grpo_module.sample_and_score, offline_module.pair_batch
     monkeypatch.setattr(grpo_module, "sample_and_score", lambda *a, **k: calls.append(a[5]) or real_sample(*a, **k))
-    monkeypatch.setattr(train_module, "pair_batch", lambda *a: batches.append(real_pair_batch(*a)) or batches[-1])
+    monkeypatch.setattr(offline_module, "pair_batch", lambda *a: batches.append(real_pair_batch(*a)) or batches[-1])
     cache = tmp_path / "cache"
     params = {"z_estimator": "sampled", "z_samples": 3, "lam": 0.5}
     first = train(config_for(tiny_model, pairs_file, tmp_path / "a", method="var", reward_model=str(rm),
@@ -215,6 +220,6 @@ def test_var_sampled_estimator_samples_the_reference_once_and_caches(tiny_model,
                               cache_dir=str(cache), params={**params, "lam": 2.0}))
     assert calls == [3] and second.final_loss != first.final_loss
     # Without a reward model the samples cannot be scored: an error before anything is written.
-    with pytest.raises(AlignlabError, match="reward-model"):
+    with pytest.raises(AlignlabError, match="--reward_model"):
         train(config_for(tiny_model, pairs_file, tmp_path / "c", method="var", params=params))
     assert not (tmp_path / "c").exists()

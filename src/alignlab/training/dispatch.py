@@ -1,0 +1,19 @@
+"""`alignlab train`'s entry point: one method, online (GRPO) or offline (the rest)."""
+
+from __future__ import annotations
+
+from alignlab.config import TrainConfig
+from alignlab.objectives.losses import get_method
+from alignlab.training.grpo import train_grpo
+from alignlab.training.loop import TrainResult, claim_run_dir
+from alignlab.training.offline import train_offline
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train `config.method` into the run directory `config.out`: GRPO online, the rest offline."""
+    config.validate()
+    with claim_run_dir(config):
+        if get_method(config.method).online:  # samples from the policy as it trains: its own step, the same `fit`
+            return train_grpo(config)
+        return train_offline(config)
+

@@ -1,0 +1,206 @@
+"""The per-batch inputs of the offline objectives.
+
+The trainer turns a batch of pairs into per-sequence quantities (policy log-probs from one
+concatenated forward over chosen and rejected rows, cached reference log-probs, rewards) and hands
+them to the method's objective; objectives never see models or data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from alignlab.cache import cache_key, cached_tensors, model_fingerprint
+from alignlab.config import OptimConfig, TrainConfig
+from alignlab.data.tokenise import collate_pairs, collate_shared_prompt, fingerprint_tokens
+from alignlab.errors import AlignlabError
+from alignlab.models.loading import batch_logps, load_causal_lm, load_tokenizer
+from alignlab.objectives.losses import Method, PairBatch, sampled_log_z
+from alignlab.training.reference import compute_sequence_logps
+
+log = logging.getLogger(__name__)
+
+
+def check_rewards_available(config: TrainConfig, pairs) -> None:
+    """VAR needs a reward per response: from the reward model, else from the data."""
+    if config.reward_model:
+        return
+    missing = [p for p in pairs if p.reward_chosen is None or p.reward_rejected is None]
+    if missing:
+        raise AlignlabError(f"{config.data}: method '{config.method}' needs rewards, but pair "
+                            f"'{missing[0].id}' (and {len(missing) - 1} more) has no "
+                            "reward_chosen/reward_rejected; pass --reward_model PATH or add those fields")
+
+
+def pair_rewards(config: TrainConfig, pairs, cache_dir: Path, device) -> dict[str, torch.Tensor]:
+    """Rewards of every chosen and rejected response: from the reward model, else the data."""
+    if config.reward_model:
+        from alignlab.models.score import RewardScorer
+
+        texts = json.dumps([[p.prompt, p.chosen, p.rejected] for p in pairs], ensure_ascii=False)
+        key = cache_key("rewards", model_fingerprint(config.reward_model, cache_dir),
+                        hashlib.sha256(texts.encode()).hexdigest(), config.dtype)
+
+        def compute():
+            scorer = RewardScorer(config.reward_model, config.dtype, config.trust_remote_code,
+                                  config.max_length, device)
+            prompts = [p.prompt for p in pairs]
+            batch = 4 * config.batch_size  # no gradients to keep: as for the reference pass
+            return {"chosen": scorer.score(prompts, [p.chosen for p in pairs], batch),
+                    "rejected": scorer.score(prompts, [p.rejected for p in pairs], batch)}
+
+        return cached_tensors(cache_dir, "rewards", key, compute)[0]
+    return {"chosen": torch.tensor([p.reward_chosen for p in pairs], dtype=torch.float32),
+            "rejected": torch.tensor([p.reward_rejected for p in pairs], dtype=torch.float32)}
+
+
+def reference_logps(config: TrainConfig, examples, pad_id: int, cache_dir: Path, device, policy,
+                    shared_prompt: bool) -> tuple[dict[str, torch.Tensor], bool]:
+    """Cached reference log-probs. When the reference is the policy's own starting point (the
+    default), the untrained policy computes them, so the model is loaded once, not twice."""
+    reference = config.reference_model or config.model
+    key = cache_key("reference-logps", model_fingerprint(reference, cache_dir),
+                    fingerprint_tokens(examples), config.dtype)
+
+    def compute():
+        log.info("computing reference log-probs with %s", reference)
+        model = policy if reference == config.model else load_causal_lm(
+            reference, config.dtype, config.trust_remote_code)
+        return compute_sequence_logps(model.to(device), examples, pad_id, config.batch_size, device, shared_prompt)
+
+    return cached_tensors(cache_dir, "reference-logps", key, compute)
+
+
+def sampled_prompt_log_z(config: TrainConfig, pairs, cache_dir: Path, device, policy) -> torch.Tensor:
+    """VAR's `sampled` normaliser: log Ẑ(x) per distinct prompt (indexed by `prompt_groups`), from
+    `z_samples` responses per prompt sampled from the reference and scored by the reward model.
+
+    The samples' rewards — not log Ẑ, which also depends on λ — are cached, keyed by the reference
+    and reward models, the prompts, K, the generation settings and the seed: a λ sweep samples once.
+    Sampling is exact (temperature 1, no top-p) because Ẑ estimates E_{y∼πref}[exp(r/λ)]; responses
+    may use the room the trainer leaves them, max_length − max_prompt_length tokens.
+    """
+    from alignlab.training.grpo import distinct_prompts, encode_prompts, sample_and_score
+
+    reference = config.reference_model or config.model
+    k = config.params["z_samples"]
+    max_new_tokens = config.max_length - config.max_prompt_length
+    prompts = distinct_prompts(pairs)  # in prompt_groups' order: first appearance
+    key = cache_key("sampled-z", model_fingerprint(reference, cache_dir),
+                    model_fingerprint(config.reward_model, cache_dir),
+                    hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest(),
+                    f"k={k} max_new_tokens={max_new_tokens} max_prompt_length={config.max_prompt_length} "
+                    f"seed={config.seed}", config.dtype)
+
+    def compute():
+        from alignlab.models.generate import GenerationConfig
+        from alignlab.models.score import RewardScorer
+
+        log.info("sampling %d responses for each of %d prompts from %s to estimate Z(x)", k, len(prompts), reference)
+        model = policy if reference == config.model else load_causal_lm(reference, config.dtype,
+                                                                         config.trust_remote_code)
+        tokenizer = load_tokenizer(reference, config.trust_remote_code)
+        scorer = RewardScorer(config.reward_model, config.dtype, config.trust_remote_code, config.max_length, device)
+        generation = GenerationConfig(max_new_tokens, temperature=1.0, top_p=1.0, batch_size=4 * config.batch_size,
+                                      seed=config.seed)
+        prompt_ids, _ = encode_prompts(tokenizer, prompts, config.max_prompt_length)
+        samples = sample_and_score(model.to(device), tokenizer, scorer, prompts, prompt_ids, k, generation, device,
+                                   progress=True)
+        return {"rewards": samples.rewards}
+
+    rewards = cached_tensors(cache_dir, "sampled-z", key, compute)[0]["rewards"]
+    return sampled_log_z(rewards, config.params["lam"]).float()
+
+
+
+# Per generated token, how far the shared-prompt layout's log-probs may stray from the padded
+# layout's before a model counts as not honouring custom masks: rounding is ~1e-6 in float32 and
+# ~1e-2 in half precision; a model ignoring the mask or the position ids is off by ~0.1 or more.
+SHARED_PROMPT_TOLERANCE, SHARED_PROMPT_HALF_TOLERANCE = 1e-3, 5e-2
+
+
+def shared_prompt_works(model, examples, pad_id: int, device) -> bool:
+    """Whether the shared-prompt layout gives this model the padded layout's log-probs.
+
+    It relies on the model taking a custom 4-D attention mask and position ids, which transformers'
+    sdpa and eager attention do and flash-attention does not; the check runs both layouts on a few
+    pairs, in eval mode, so a model that ignores either falls back to the padded layout."""
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if implementation not in ("sdpa", "eager"):
+        log.info("attention implementation %r takes no custom mask: padded pair batches", implementation)
+        return False
+    sample = examples[:4]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            padded_batch, shared_batch = ({k: v.to(device) for k, v in collate(sample, pad_id).items()}
+                                          for collate in (collate_pairs, collate_shared_prompt))
+            difference = (batch_logps(model, padded_batch) - batch_logps(model, shared_batch)).abs()
+            per_token = (difference / padded_batch["lengths"]).max().item()
+    except (RuntimeError, ValueError, TypeError) as err:  # a model that rejects the mask's shape
+        log.warning("shared-prompt batches failed on this model (%s): padded pair batches", err)
+        return False
+    finally:
+        model.train(was_training)
+    full_precision = model.dtype == torch.float32
+    if per_token > (SHARED_PROMPT_TOLERANCE if full_precision else SHARED_PROMPT_HALF_TOLERANCE):
+        log.warning("this model does not honour custom attention masks or position ids (log-probs differ "
+                    "by %.3g per token between layouts): padded pair batches", per_token)
+        return False
+    return True
+
+
+
+def prompt_groups(pairs) -> torch.Tensor:
+    """An integer per pair; pairs with the same prompt share it (VAR's per-prompt normaliser)."""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(json.dumps(p.prompt, sort_keys=True), len(ids)) for p in pairs])
+
+
+def pair_batch(model, batch: dict, method: Method, reference, rewards, groups, log_z=None) -> PairBatch:
+    """Per-sequence quantities of a collated batch: policy log-probs from one forward pass."""
+    logps = batch_logps(model, batch)
+    index = batch["index"].cpu()
+    n = len(index)
+    device = logps.device
+
+    def take(table, name):
+        return table[name][index].to(device)
+
+    return PairBatch(
+        chosen_logps=logps[:n], chosen_lengths=batch["lengths"][:n],
+        rejected_logps=logps[n:] if method.uses_rejected else None,
+        rejected_lengths=batch["lengths"][n:] if method.uses_rejected else None,
+        ref_chosen_logps=take(reference, "chosen") if reference else None,
+        ref_rejected_logps=take(reference, "rejected") if reference else None,
+        reward_chosen=take(rewards, "chosen") if rewards else None,
+        reward_rejected=take(rewards, "rejected") if rewards else None,
+        prompt_groups=groups[index].to(device),
+        log_z=log_z[groups[index]].to(device) if log_z is not None else None)
+
+
+def logratio_margin(b: PairBatch) -> torch.Tensor:
+    """Chosen-minus-rejected margin shown while training: of log-ratios to the reference when the
+    method has one, else of per-token log-probs; NaN when rejected responses are not forwarded."""
+    if b.rejected_logps is None:
+        return torch.full((), float("nan"), device=b.chosen_logps.device)
+    if b.ref_chosen_logps is not None:
+        return ((b.chosen_logps - b.ref_chosen_logps) - (b.rejected_logps - b.ref_rejected_logps)).mean()
+    return (b.chosen_logps / b.chosen_lengths - b.rejected_logps / b.rejected_lengths).mean()
+
+
+
+def check_pairs_differ(config: OptimConfig, examples) -> None:
+    """A pair whose chosen and rejected tokens are equal has nothing to prefer; when every pair is
+    such (e.g. max_length cuts all responses to a shared opening), training would learn nothing."""
+    if all(ex.chosen_ids == ex.rejected_ids for ex in examples):
+        raise AlignlabError(f"{config.data}: in all {len(examples)} pairs the chosen response has the same tokens as "
+                            f"the rejected one after truncation to max_length {config.max_length} (prompts to "
+                            f"max_prompt_length {config.max_prompt_length}): there is nothing to prefer; raise "
+                            "max_length, or lower max_prompt_length to leave the responses more room")
+
