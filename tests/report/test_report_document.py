@@ -322,6 +322,7 @@ def check_report_in_chromium(report_html, work_dir) -> dict:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed: apt-get install chromium")
 def test_report_renders_every_figure_in_chromium(report, tmp_path):
     out, summary = report
