@@ -80,9 +80,10 @@ def isolated_cache(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ a report in a real browser
 
 CHROMIUM = shutil.which("chromium")
-CHROMIUM_FLAGS = ["--headless", "--no_sandbox", "--disable_gpu", "--disable_quic", "--no_first_run",
-                  "--disable_background_networking", "--disable_component_update", "--disable_sync",
-                  "--hide_scrollbars", "--force_device_scale_factor=1", "--virtual_time_budget=5000"]
+# Chromium's own switches keep their hyphens: to Chromium, --no_sandbox is not --no-sandbox.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--force-device-scale-factor=1", "--virtual-time-budget=5000"]
 # Appended to a copy of the page: once loaded, write each image's decoded size and place on the page.
 IMAGE_PROBE = """<script>window.addEventListener('load', () => {
   const pre = document.createElement('pre'); pre.id = 'imgcheck';
@@ -94,7 +95,7 @@ IMAGE_PROBE = """<script>window.addEventListener('load', () => {
 
 def chromium(*args, profile):
     """Run headless Chromium with a throw-away profile; return its stdout."""
-    done = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user_data_dir={profile}", *args],
+    done = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -110,13 +111,13 @@ def check_report_in_chromium(report_html, work_dir) -> dict:
     width = 1200
     probe_page = work_dir / "probe.html"
     probe_page.write_text(report_html.read_text().replace("</body>", IMAGE_PROBE + "</body>"))
-    dom = chromium("--dump_dom", f"--window_size={width},2000", probe_page.as_uri(), profile=work_dir / "profile")
+    dom = chromium("--dump-dom", f"--window-size={width},2000", probe_page.as_uri(), profile=work_dir / "profile")
     found = json.loads(html.unescape(re.search(r"<pre id=\"imgcheck\">(.*?)</pre>", dom, re.S).group(1)))
     images = found["images"]
     assert images and all(i["complete"] and i["width"] > 0 and i["height"] > 0 for i in images), images
     # Screenshot the whole page at once (window as tall as the page) and look at each figure's pixels.
     shot = work_dir / "report.png"
-    chromium(f"--screenshot={shot}", f"--window_size={width},{found['height']}", report_html.as_uri(),
+    chromium(f"--screenshot={shot}", f"--window-size={width},{found['height']}", report_html.as_uri(),
              profile=work_dir / "profile")
     picture = Image.open(shot).convert("RGB")
     assert picture.size == (width, found["height"])
