@@ -1,5 +1,9 @@
+import html
 import json
 import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 # As the CLI does: keep library progress bars out of the output the tests read.
@@ -80,3 +84,57 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     return tmp_path / "cache"
+
+
+# ------------------------------------------------------------------ a report in a real browser
+
+CHROMIUM = shutil.which("chromium")
+# Chromium's own switches keep their hyphens: to Chromium, --no_sandbox is not --no-sandbox.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--force-device-scale-factor=1", "--virtual-time-budget=5000"]
+# Appended to a copy of the page: once loaded, write each image's decoded size and place on the page.
+IMAGE_PROBE = """<script>window.addEventListener('load', () => {
+  const pre = document.createElement('pre'); pre.id = 'imgcheck';
+  pre.textContent = JSON.stringify({height: document.documentElement.scrollHeight, images: [...document.images].map(
+    i => {const r = i.getBoundingClientRect(); return {complete: i.complete, width: i.naturalWidth,
+      height: i.naturalHeight, left: r.left + scrollX, top: r.top + scrollY, shown: [r.width, r.height]};})});
+  document.body.appendChild(pre);});</script>"""
+
+
+def chromium(*args, profile):
+    """Run headless Chromium with a throw-away profile; return its stdout."""
+    done = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def check_report_in_chromium(report_html, work_dir) -> dict:
+    """Load report.html in headless Chromium; assert every figure decoded and shows on a screenshot.
+
+    Returns the probe's findings: {"height", "images": [{"width", "height", "left", "top", ...}]}.
+    """
+    from PIL import Image
+
+    width = 1200
+    probe_page = work_dir / "probe.html"
+    probe_page.write_text(report_html.read_text().replace("</body>", IMAGE_PROBE + "</body>"))
+    dom = chromium("--dump-dom", f"--window-size={width},2000", probe_page.as_uri(), profile=work_dir / "profile")
+    found = json.loads(html.unescape(re.search(r"<pre id=\"imgcheck\">(.*?)</pre>", dom, re.S).group(1)))
+    images = found["images"]
+    assert images and all(i["complete"] and i["width"] > 0 and i["height"] > 0 for i in images), images
+    # Screenshot the whole page at once (window as tall as the page) and look at each figure's pixels.
+    shot = work_dir / "report.png"
+    chromium(f"--screenshot={shot}", f"--window-size={width},{found['height']}", report_html.as_uri(),
+             profile=work_dir / "profile")
+    picture = Image.open(shot).convert("RGB")
+    assert picture.size == (width, found["height"])
+    assert len(picture.getcolors(maxcolors=1 << 20)) > 200  # text, tables and plots, not a blank page
+    for image in images:
+        left, top = round(image["left"]), round(image["top"])
+        box = picture.crop((left, top, left + round(image["shown"][0]), top + round(image["shown"][1])))
+        # A drawn plot has axes, text, coloured marks and anti-aliasing: hundreds of colours. A missing
+        # image is blank or a broken-image icon.
+        assert len(box.getcolors(maxcolors=1 << 20)) > 100, image
+    return found

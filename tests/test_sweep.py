@@ -18,7 +18,7 @@ from alignlab.errors import AlignlabError
 from alignlab.study.store import RunStore
 from alignlab.study.config import StudyConfig
 from alignlab.study.sweep import GRID_PRESETS, expand_grid
-from test_report import CHROMIUM, check_report_in_chromium
+from conftest import CHROMIUM, check_report_in_chromium
 
 BASE = {"learning_rate": 1e-3, "epochs": 1}
 SWEEP_YAML = """\

@@ -13,7 +13,7 @@ from alignlab.cli import main
 from alignlab.data.pairs import load_pairs
 from alignlab.models.loading import load_tokenizer
 from alignlab.data.tokenise import tokenize_pairs
-from test_report import CHROMIUM, check_report_in_chromium
+from conftest import CHROMIUM, check_report_in_chromium
 
 SECTIONS = ["## 7. VAR vs DPO vs SFT", "## 8. Convergence race", "## 9. VAR's normaliser Z", "## 10. Compute profile"]
 

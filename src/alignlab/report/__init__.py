@@ -1,5 +1,15 @@
-"""The report of a sweep: `summary.json`, `report.md`, `report.html` and `figures/`."""
+"""The report of a sweep: `summary.json`, `report.md`, `report.html` and `figures/`.
 
-from alignlab.report.document import write_report
+    blocks      the document model (sections of paragraphs, tables, figures), the sweep in canonical
+                order, the formatting of metrics and hyper-parameters
+    figures     the matplotlib figures, as PNG bytes
+    hitchhiker  the robustness sections (SPEC §6 items 1–6) and the table of all runs
+    var         the VAR study's sections (SPEC §6 items 7–10)
+    render      report.md and report.html from the same sections, with the escaping of untrusted text
+    document    what the report needs of a run (check_params, check_metrics) and write_report; its
+                docstring says what the report does with a damaged sweep directory
+"""
 
-__all__ = ["write_report"]
+from alignlab.report.document import check_metrics, check_params, write_report
+
+__all__ = ["check_metrics", "check_params", "write_report"]

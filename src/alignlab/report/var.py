@@ -8,7 +8,8 @@
                    length-normalised ℓref), and the final reward of each Z estimator
     10 compute     wall-clock per epoch, tokens/s and peak memory for SFT, DPO, SimPO and VAR
 
-Built from the sweep's runs and the files of `alignlab.study.var_stages`, as report.py's blocks.
+Built from the sweep's runs and the files of `alignlab.study.var_stages`, as sections of
+alignlab.report.blocks.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import numpy as np
 
 from alignlab.analysis import (VAR_PAPER_SPEEDUP, RunRecord, best_runs, convergence_race, reward_by_family,
                                var_vs_dpo_claim)
-from alignlab.report.document import (BASELINE, BASELINE_COLOR, Cell, Plot, Section, Sweep, Table, _figure, _fmt, _legend,
-                             _png, label, params_text)
+from alignlab.analysis.runs import method_label
+from alignlab.report.blocks import (BASELINE, BASELINE_COLOR, Cell, Plot, Section, Sweep, Table, format_or_dash,
+                                    params_text)
+from alignlab.report.figures import legend_beside, new_figure, png_bytes
 
 RACE_COLORS = {"var": "#9467bd", "dpo": "#1f77b4", "grpo": "#d62728"}
 RACE_LABELS = {"grpo": "GRPO"}
@@ -26,7 +29,7 @@ Z_VARIANTS = {"summed": "summed ℓref", "length_normalised": "length-normalised
 
 
 def _race_label(method: str) -> str:
-    return RACE_LABELS.get(method) or label(method)
+    return RACE_LABELS.get(method) or method_label(method)
 
 
 def _verdict_cell(verdict: str) -> Cell:
@@ -45,7 +48,7 @@ def comparison_section(sweep: Sweep, families: dict | None) -> tuple[Section, di
     section = Section("var-vs-dpo", "7. VAR vs DPO vs SFT, helpful and harmful prompts")
     best = best_runs(sweep.runs)
     models = [(BASELINE, sweep.sft)] if sweep.sft is not None else []
-    models += [(label(m), best[m]) for m in ("dpo", "var") if m in best]
+    models += [(method_label(m), best[m]) for m in ("dpo", "var") if m in best]
     if "var" not in best or "dpo" not in best:
         section.blocks.append("Not tested: the sweep needs finished VAR and DPO runs.")
         return section, {"claim": None}
@@ -62,8 +65,8 @@ def comparison_section(sweep: Sweep, families: dict | None) -> tuple[Section, di
     gain = claim["gain_pct"]
     gain_ci = claim["gain_pct_ci"]
     claim_table = Table(["claim", "VAR − DPO (gold)", "95% CI", "gain", "gain 95% CI", "verdict", "detail"], [[
-        Cell(claim["claim"], css="text"), _fmt(claim["value"], "{:+.4f}"),
-        f"[{claim['ci_low']:+.4f}, {claim['ci_high']:+.4f}]" if tested else "–", _fmt(gain, "{:+.2f}%"),
+        Cell(claim["claim"], css="text"), format_or_dash(claim["value"], "{:+.4f}"),
+        f"[{claim['ci_low']:+.4f}, {claim['ci_high']:+.4f}]" if tested else "–", format_or_dash(gain, "{:+.2f}%"),
         f"[{gain_ci[0]:+.2f}%, {gain_ci[1]:+.2f}%]" if gain_ci[0] is not None else "–",
         _verdict_cell(claim["verdict"]), Cell(claim["detail"], css="note")]])
     section.blocks += [
@@ -84,7 +87,7 @@ def comparison_section(sweep: Sweep, families: dict | None) -> tuple[Section, di
 
 
 def family_figure(by_model: dict, groups: list[str]) -> bytes:
-    fig = _figure(8.4, 3.4)
+    fig = new_figure(8.4, 3.4)
     axes = fig.subplots(1, 2)
     colors = {BASELINE: BASELINE_COLOR, "DPO": RACE_COLORS["dpo"], "VAR": RACE_COLORS["var"]}
     width = 0.8 / len(by_model)
@@ -102,8 +105,8 @@ def family_figure(by_model: dict, groups: list[str]) -> bytes:
         ax.set_xticks(np.arange(len(groups)), groups)
         ax.set_ylabel(f"mean {which} reward")
         ax.axhline(0, color="black", lw=0.6)
-    _legend(axes[1] if axes[1].get_legend_handles_labels()[0] else axes[0])
-    return _png(fig)
+    legend_beside(axes[1] if axes[1].get_legend_handles_labels()[0] else axes[0])
+    return png_bytes(fig)
 
 
 # ------------------------------------------------------------------ 8. convergence race
@@ -133,18 +136,19 @@ def race_section(race: dict, sft: RunRecord | None) -> tuple[Section, dict]:
         rows.append([_race_label(method), Cell(params_text(curve["params"]), css="note"), str(curve["batch_size"]),
                      f"{curve['setup_seconds']:.1f}", f"{curve['points'][-1]['seconds']:.1f}",
                      str(curve["points"][-1]["samples"]), f"{gold['final_reward']:.3f}",
-                     _fmt(gold["seconds_to_target"], "{:.1f}"), _fmt(gold["samples_to_target"], "{:.0f}"),
-                     f"{proxy['final_reward']:.3f}", _fmt(proxy["seconds_to_target"], "{:.1f}")])
+                     format_or_dash(gold["seconds_to_target"], "{:.1f}"),
+                     format_or_dash(gold["samples_to_target"], "{:.0f}"),
+                     f"{proxy['final_reward']:.3f}", format_or_dash(proxy["seconds_to_target"], "{:.1f}")])
     verdict_rows = []
     for which, result in results.items():
         speedup, ratio = result["speedup"], result["samples_ratio"]
         verdict_rows.append([
             f"VAR reaches 90% of GRPO's final {which}-reward gain more than {VAR_PAPER_SPEEDUP:g}× faster",
             f"{result['start_reward']:.3f} → {result['grpo_final']:.3f}",
-            "–" if result["verdict"] == "not testable" else _fmt(result["target"], "{:.3f}"),
-            Cell(_fmt(speedup and speedup["value"], "{:.2f}×"),
+            "–" if result["verdict"] == "not testable" else format_or_dash(result["target"], "{:.3f}"),
+            Cell(format_or_dash(speedup and speedup["value"], "{:.2f}×"),
                  f"[{speedup['ci_low']:.2f}, {speedup['ci_high']:.2f}]" if speedup else ""),
-            Cell(_fmt(ratio and ratio["value"], "{:.2f}×"),
+            Cell(format_or_dash(ratio and ratio["value"], "{:.2f}×"),
                  f"[{ratio['ci_low']:.2f}, {ratio['ci_high']:.2f}]" if ratio else ""),
             _verdict_cell(result["verdict"]), Cell(result["reason"], css="note")])
     section.blocks += [
@@ -170,7 +174,7 @@ def race_section(race: dict, sft: RunRecord | None) -> tuple[Section, dict]:
 
 
 def race_figure(race: dict, sft: RunRecord, results: dict) -> bytes:
-    fig = _figure(8.4, 5.6)
+    fig = new_figure(8.4, 5.6)
     axes = fig.subplots(2, 2, sharey="row")
     for row, which in enumerate(("gold", "proxy")):
         start = float(np.mean(sft.samples[f"{which}_score"]))
@@ -186,8 +190,8 @@ def race_figure(race: dict, sft: RunRecord, results: dict) -> bytes:
             ax.set_xlabel("training wall-clock (s)" if axis == "seconds" else "training responses")
             if col == 0:
                 ax.set_ylabel(f"mean {which} reward")
-    _legend(axes[0][1])
-    return _png(fig)
+    legend_beside(axes[0][1])
+    return png_bytes(fig)
 
 
 # ------------------------------------------------------------------ 9. Z estimators
@@ -221,8 +225,8 @@ def z_section(sweep: Sweep, z: dict | None) -> tuple[Section, dict]:
     rows = [[estimator, "length-normalised" if normalised else "summed", Cell(run.name, css="name"),
              Cell(f"{run.score:.3f}", f"[{run.metrics['mean_score']['ci_low']:.3f}, "
                                       f"{run.metrics['mean_score']['ci_high']:.3f}]"),
-             _fmt((run.metrics.get("mean_proxy_score") or {}).get("value"), "{:.3f}"),
-             _fmt((run.metrics.get("ln_kl") or {}).get("value"), "{:.3f}")]
+             format_or_dash((run.metrics.get("mean_proxy_score") or {}).get("value"), "{:.3f}"),
+             format_or_dash((run.metrics.get("ln_kl") or {}).get("value"), "{:.3f}")]
             for (estimator, normalised), run in sorted(variants.items())]
     if rows:
         section.blocks += [
@@ -239,7 +243,7 @@ def z_section(sweep: Sweep, z: dict | None) -> tuple[Section, dict]:
 
 
 def z_figure(z: dict) -> bytes:
-    fig = _figure(8.4, 3.2)
+    fig = new_figure(8.4, 3.2)
     axes = fig.subplots(1, 2)
     for variant, name in Z_VARIANTS.items():
         sizes = [e["batch_size"] for e in z[variant]]
@@ -252,17 +256,18 @@ def z_figure(z: dict) -> bytes:
         ax.minorticks_off()
         ax.set_xlabel("micro-batch size b")
         ax.set_ylabel(ylabel)
-    _legend(axes[1])
-    return _png(fig)
+    legend_beside(axes[1])
+    return png_bytes(fig)
 
 
 # ------------------------------------------------------------------ 10. compute profile
 
 def compute_section(compute: dict) -> tuple[Section, dict]:
     section = Section("compute", "10. Compute profile: SFT, DPO, SimPO, VAR")
-    rows = [[label(r["method"]), f"{r['epoch_seconds']:.2f}", f"{r['tokens_per_second']:,.0f}",
-             f"{r['peak_memory_mb']:,.0f}", _fmt(r["training_rss_peak_mb"], "{:,.0f}"),
-             _fmt(r["training_rss_added_mb"], "{:+,.0f}"), str(r["pairs"]), str(r["steps"])] for r in compute["rows"]]
+    rows = [[method_label(r["method"]), f"{r['epoch_seconds']:.2f}", f"{r['tokens_per_second']:,.0f}",
+             f"{r['peak_memory_mb']:,.0f}", format_or_dash(r["training_rss_peak_mb"], "{:,.0f}"),
+             format_or_dash(r["training_rss_added_mb"], "{:+,.0f}"), str(r["pairs"]), str(r["steps"])]
+            for r in compute["rows"]]
     memory = compute["rows"][0]["memory"] if compute["rows"] else "peak memory"
     section.blocks += [
         (f"One epoch of each method on the same training pairs, one after another, each in a fresh process on "

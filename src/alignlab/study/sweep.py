@@ -588,7 +588,7 @@ def write_sweep_report(out: str | Path) -> dict:
     AlignlabError naming the file; a damaged run is skipped and named in the report's "runs" line
     (alignlab.report's docstring says why)."""
     from alignlab.config import read_yaml
-    from alignlab.report.document import check_metrics, check_params, write_report
+    from alignlab.report import check_metrics, check_params, write_report
     from alignlab.study.store import DamagedRow, StoredRun, parse_json
     from alignlab.untrusted import clip, shown
 

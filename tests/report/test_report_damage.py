@@ -2,7 +2,7 @@
 
 A tiny study is written by hand once per module (no sweep runs): sweep.yaml, study.json, the SFT
 evaluation in runs/sft/, two finished DPO runs (dpo-a, dpo-b) and runs.sqlite. Each test damages a
-copy. Expected, per alignlab.report's docstring: damage to what every run shares is one
+copy. Expected, per alignlab.report.document's docstring: damage to what every run shares is one
 AlignlabError naming the file; a damaged run is skipped and named in the report's "runs" line; the
 report never writes runs.sqlite.
 """
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import alignlab.report.document as report_document
+import alignlab.report as alignlab_report
 from alignlab.cli import main
 from alignlab.errors import AlignlabError
 from alignlab.evaluation.metrics import summarize
@@ -82,7 +82,7 @@ def study(template, tmp_path):
 @pytest.fixture
 def no_rendering(monkeypatch):
     """The reader alone: write_report replaced by one returning what it was given (figures are slow)."""
-    monkeypatch.setattr(report_document, "write_report",
+    monkeypatch.setattr(alignlab_report, "write_report",
                         lambda out, runs, sft, context, title, var=None: {"runs": runs, "context": context})
 
 
@@ -196,6 +196,7 @@ def test_a_foreign_sqlite_file_is_refused_and_left_unchanged(study, schema, mess
     db.close()
 
 
+@pytest.mark.slow
 def test_a_store_a_killed_sweep_left_mid_change_asks_to_resume_the_sweep(study, no_rendering):
     # A writer killed inside a transaction leaves a hot journal that only a writer may roll back.
     killed = subprocess.run([sys.executable, "-c", (
@@ -382,7 +383,7 @@ def test_any_rows_give_a_report_or_an_alignlab_error_and_the_store_is_never_writ
                        f"({', '.join('?' * len(row))}, 0)", tuple(row.values()))
     db.close()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(report_document, "write_report",
+        patch.setattr(alignlab_report, "write_report",
                       lambda out, runs, sft, context, title, var=None: {"runs": runs, "context": context})
         try:
             summary = report_leaves_store_alone(study)

@@ -7,11 +7,8 @@ shorter, with a smaller length-normalised KL).
 """
 
 import base64
-import html
 import json
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -19,6 +16,7 @@ import pytest
 from alignlab.analysis import RunRecord
 from alignlab.evaluation.metrics import summarize
 from alignlab.report.document import write_report
+from conftest import CHROMIUM, check_report_in_chromium
 
 PROMPTS = [f"p{i}" for i in range(8)]
 BASE = np.array([1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0])  # mean 2.5
@@ -271,57 +269,7 @@ def test_degenerate_sweeps_still_give_a_report(case, tmp_path):
 
 # ------------------------------------------------------------------ in a real browser
 
-CHROMIUM = shutil.which("chromium")
-CHROMIUM_FLAGS = ["--headless", "--no_sandbox", "--disable_gpu", "--disable_quic", "--no_first_run",
-                  "--disable_background_networking", "--disable_component_update", "--disable_sync",
-                  "--hide_scrollbars", "--force_device_scale_factor=1", "--virtual_time_budget=5000"]
-# Appended to a copy of the page: once loaded, write each image's decoded size and place on the page.
-IMAGE_PROBE = """<script>window.addEventListener('load', () => {
-  const pre = document.createElement('pre'); pre.id = 'imgcheck';
-  pre.textContent = JSON.stringify({height: document.documentElement.scrollHeight, images: [...document.images].map(
-    i => {const r = i.getBoundingClientRect(); return {complete: i.complete, width: i.naturalWidth,
-      height: i.naturalHeight, left: r.left + scrollX, top: r.top + scrollY, shown: [r.width, r.height]};})});
-  document.body.appendChild(pre);});</script>"""
-
-
-def chromium(*args, profile):
-    """Run headless Chromium with a throw-away profile; return its stdout."""
-    done = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user_data_dir={profile}", *args],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
-def check_report_in_chromium(report_html, work_dir) -> dict:
-    """Load report.html in headless Chromium; assert every figure decoded and shows on a screenshot.
-
-    Returns the probe's findings: {"height", "images": [{"width", "height", "left", "top", ...}]}.
-    """
-    from PIL import Image
-
-    width = 1200
-    probe_page = work_dir / "probe.html"
-    probe_page.write_text(report_html.read_text().replace("</body>", IMAGE_PROBE + "</body>"))
-    dom = chromium("--dump_dom", f"--window_size={width},2000", probe_page.as_uri(), profile=work_dir / "profile")
-    found = json.loads(html.unescape(re.search(r"<pre id=\"imgcheck\">(.*?)</pre>", dom, re.S).group(1)))
-    images = found["images"]
-    assert images and all(i["complete"] and i["width"] > 0 and i["height"] > 0 for i in images), images
-    # Screenshot the whole page at once (window as tall as the page) and look at each figure's pixels.
-    shot = work_dir / "report.png"
-    chromium(f"--screenshot={shot}", f"--window_size={width},{found['height']}", report_html.as_uri(),
-             profile=work_dir / "profile")
-    picture = Image.open(shot).convert("RGB")
-    assert picture.size == (width, found["height"])
-    assert len(picture.getcolors(maxcolors=1 << 20)) > 200  # text, tables and plots, not a blank page
-    for image in images:
-        left, top = round(image["left"]), round(image["top"])
-        box = picture.crop((left, top, left + round(image["shown"][0]), top + round(image["shown"][1])))
-        # A drawn plot has axes, text, coloured marks and anti-aliasing: hundreds of colours. A missing
-        # image is blank or a broken-image icon.
-        assert len(box.getcolors(maxcolors=1 << 20)) > 100, image
-    return found
-
-
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed: apt-get install chromium")
 def test_report_renders_every_figure_in_chromium(report, tmp_path):
     out, summary = report

@@ -1,0 +1,165 @@
+"""The report's figures: matplotlib drawings returned as PNG bytes, one colour per method.
+
+Jitter is seeded and the PNGs carry no version metadata, so the same runs give byte-identical
+files. Figures draw names from configs and data as plain text (no `$...$` mathtext).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from matplotlib.colors import to_rgba
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from alignlab.analysis import RunRecord, metric_value, sensitivity
+from alignlab.analysis.runs import method_label
+from alignlab.report.blocks import BASELINE, BASELINE_COLOR, TITLES, TOP_K, Sweep, param_text
+
+DPI = 110
+PLOT_STYLE = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
+              "grid.color": "#e6e9ec", "grid.linewidth": 0.6, "axes.axisbelow": True,
+              "axes.edgecolor": "#8a949e", "legend.frameon": False,
+              "text.parse_math": False}  # names from the data are text: a method named "$\\x$" is no formula
+
+
+def new_figure(width: float, height: float) -> Figure:
+    # A bare Figure (no pyplot): no global backend or figure registry is touched.
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def png_bytes(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    # No "Software" entry (the matplotlib version): for a given matplotlib and FreeType, the bytes
+    # depend on the figure alone, so rewriting an unchanged report changes no file.
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _boxes(ax, groups: list[list[float]], positions, colors, width: float, rng) -> None:
+    """A box (quartiles, median, whiskers at 1.5 IQR) per group, with its values as jittered dots."""
+    for values, x, color in zip(groups, positions, colors):
+        if not values:
+            continue
+        ax.boxplot([values], positions=[x], widths=width, patch_artist=True, showfliers=False,
+                   boxprops={"facecolor": to_rgba(color, 0.25), "edgecolor": color},
+                   whiskerprops={"color": color}, capprops={"color": color}, medianprops={"color": "black"})
+        jitter = rng.uniform(-width / 3, width / 3, len(values))
+        ax.scatter(x + jitter, values, s=14, color=color, edgecolor="white", linewidth=0.5, zorder=3)
+
+
+def _sft_line(ax, sft: RunRecord | None) -> None:
+    if sft is not None:
+        ax.axhline(sft.score, color=BASELINE_COLOR, lw=1, ls="--", label=f"{BASELINE}: {sft.score:.3f}")
+
+
+def legend_beside(ax, handles=None) -> None:
+    """The legend beside the plot, where it cannot hide data (constrained layout makes room)."""
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def _method_legend(ax, methods, colors) -> None:
+    legend_beside(ax, [Patch(facecolor=to_rgba(colors[m], 0.5), edgecolor=colors[m], label=method_label(m))
+                       for m in methods])
+
+
+def expected_figure(sweep: Sweep) -> bytes:
+    methods = list(sweep.by_method)
+    fig = new_figure(1.8 + 1.1 * len(methods), 3.6)
+    ax = fig.subplots()
+    _boxes(ax, [[r.score for r in sweep.by_method[m]] for m in methods], range(len(methods)),
+           [sweep.colors[m] for m in methods], 0.55, np.random.default_rng(0))
+    ax.set_xticks(range(len(methods)), [method_label(m) for m in methods])
+    ax.set_ylabel(TITLES["mean_score"])
+    _sft_line(ax, sweep.sft)
+    if sweep.sft is not None:
+        ax.legend(fontsize=8, loc="best")
+    return png_bytes(fig)
+
+
+def grouped_boxes_figure(dist: dict[str, dict[int, list[float]]], colors: dict, ylabel: str) -> bytes:
+    """Per k a group of boxes, one per method: the metric over each method's top-k% runs."""
+    methods = list(dist)
+    slot = 0.8 / len(methods)
+    fig = new_figure(8.0, 3.6)
+    ax = fig.subplots()
+    rng = np.random.default_rng(0)
+    for i, method in enumerate(methods):
+        offset = (i - (len(methods) - 1) / 2) * slot
+        _boxes(ax, [dist[method][k] for k in TOP_K], [g + offset for g in range(len(TOP_K))],
+               [colors[method]] * len(TOP_K), 0.85 * slot, rng)
+    ax.set_xticks(range(len(TOP_K)), [f"top {k}%" for k in TOP_K])
+    ax.set_xlim(-0.5, len(TOP_K) - 0.5)
+    ax.set_ylabel(ylabel)
+    _method_legend(ax, methods, colors)
+    return png_bytes(fig)
+
+
+def heatmap_figure(matrix: dict, title: str) -> bytes:
+    """Annotated win-rate matrix: cell (i, j) is the win rate of row model i over column model j."""
+    names, rate = matrix["names"], np.array(matrix["rate"])
+    n = len(names)
+    fig = new_figure(2.6 + 1.05 * n, 1.6 + 0.75 * n)
+    ax = fig.subplots()
+    image = ax.imshow(rate, cmap="RdBu", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            text = "–" if i == j else (f"{rate[i, j]:.0%}\n[{matrix['ci_low'][i][j]:.0%}, "
+                                       f"{matrix['ci_high'][i][j]:.0%}]")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7.5,
+                    color="white" if abs(rate[i, j] - 0.5) > 0.3 else "black")
+    ax.set_xticks(range(n), names, rotation=30, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("column model")
+    ax.set_ylabel("row model")
+    ax.set_title(title)
+    ax.grid(False)
+    ax.spines[:].set_visible(False)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="win rate of row over column")
+    return png_bytes(fig)
+
+
+def scatter_figure(sweep: Sweep, points: list[RunRecord]) -> bytes:
+    fig = new_figure(7.2, 4.0)
+    ax = fig.subplots()
+    for method in sweep.by_method:
+        mine = [r for r in points if r.method == method]
+        if mine:
+            ax.scatter([metric_value(r, "ln_kl") for r in mine], [r.score for r in mine], s=22,
+                       color=sweep.colors[method], edgecolor="white", linewidth=0.5, label=method_label(method))
+    sft_kl = metric_value(sweep.sft, "ln_kl") if sweep.sft is not None else None
+    if sft_kl is not None:
+        ax.scatter([sft_kl], [sweep.sft.score], marker="*", s=140, color=BASELINE_COLOR, label=BASELINE)
+    else:
+        _sft_line(ax, sweep.sft)
+    ax.set_xlabel(f"mean {TITLES['ln_kl']} to SFT")
+    ax.set_ylabel(TITLES["mean_score"])
+    legend_beside(ax)
+    return png_bytes(fig)
+
+
+def sensitivity_figure(runs: list[RunRecord], params: list[str], metrics: list[str], color: str,
+                       title: str) -> bytes:
+    """Small multiples: a row per hyper-parameter, a column per metric; mean line, min–max band, runs."""
+    fig = new_figure(0.4 + 3.0 * len(metrics), 0.6 + 2.4 * len(params))
+    fig.suptitle(title)
+    axes = fig.subplots(len(params), len(metrics), squeeze=False)
+    for row, param in enumerate(params):
+        for col, metric in enumerate(metrics):
+            ax = axes[row][col]
+            stats = sensitivity(runs, param, metric)
+            # Values sit at evenly spaced positions: grids are often log-spaced, and values may be text.
+            position = {repr(s["value"]): x for x, s in enumerate(stats)}
+            xs = range(len(stats))
+            ax.fill_between(xs, [s["min"] for s in stats], [s["max"] for s in stats], color=color, alpha=0.15, lw=0)
+            ax.plot(xs, [s["mean"] for s in stats], color=color, marker="o", ms=3.5, lw=1.4)
+            dots = [(position[repr(r.params[param])], metric_value(r, metric)) for r in runs
+                    if param in r.params and metric_value(r, metric) is not None]
+            ax.scatter([x for x, _ in dots], [y for _, y in dots], s=9, color=color, alpha=0.6, lw=0, zorder=3)
+            ax.set_xticks(xs, [param_text(s["value"]) for s in stats], fontsize=7.5)
+            ax.set_xlim(-0.4, len(stats) - 0.6)
+            ax.set_xlabel(param)
+            ax.set_ylabel(TITLES[metric])
+    return png_bytes(fig)
+
