@@ -23,7 +23,7 @@ Methods and their hyper-parameters (defaults):
 
 
 def _methods_help() -> str:
-    from alignlab.objectives.losses import METHODS
+    from alignlab.objectives.registry import METHODS
 
     lines = []
     for method in METHODS.values():

@@ -35,7 +35,8 @@ from alignlab.config import OptimConfig, TrainConfig, dump_yaml
 from alignlab.data.pairs import load_pairs
 from alignlab.errors import AlignlabError
 from alignlab.models.loading import batch_logps, load_causal_lm, load_tokenizer
-from alignlab.objectives.losses import Method, PairBatch, get_method, sampled_log_z
+from alignlab.objectives.losses import sampled_log_z
+from alignlab.objectives.registry import Method, PairBatch, get_method
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
 from alignlab.training.reference import compute_sequence_logps
 from alignlab.data.tokenise import collate_pairs, collate_shared_prompt, fingerprint_tokens, tokenize_pairs

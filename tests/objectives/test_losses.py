@@ -16,12 +16,7 @@ import torch
 
 from alignlab.errors import AlignlabError
 from alignlab.objectives.losses import (
-    METHODS,
-    GroupBatch,
-    Method,
-    PairBatch,
     dpo_loss,
-    get_method,
     grpo_advantages,
     grpo_clipped_surrogate,
     grpo_loss,
@@ -33,6 +28,7 @@ from alignlab.objectives.losses import (
     var_loss,
     var_weights,
 )
+from alignlab.objectives.registry import METHODS, GroupBatch, Method, PairBatch, get_method
 
 F64 = torch.float64
 RTOL64, ATOL64 = 1e-10, 1e-12
