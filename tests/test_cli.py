@@ -22,6 +22,7 @@ def run(*args, cwd=None):
 
 
 @pytest.mark.skipif(not HH_SAMPLE.exists(), reason=f"shared HH-RLHF sample not found at {HH_SAMPLE}")
+@pytest.mark.slow
 def test_data_summarises_and_writes_hh_pairs(tmp_path):
     out = tmp_path / "pairs.jsonl"
     result = run("data", str(HH_SAMPLE), "--format", "hh-rlhf", "--out", str(out))
@@ -36,6 +37,7 @@ def test_data_summarises_and_writes_hh_pairs(tmp_path):
     assert len({row["id"] for row in rows}) == len(rows)
 
 
+@pytest.mark.slow
 def test_data_pku_filter_counts_drops(tmp_path):
     records = [
         {"prompt": "p1", "response_0": "safe", "response_1": "unsafe", "better_response_id": 1,
@@ -55,6 +57,7 @@ def test_data_pku_filter_counts_drops(tmp_path):
     assert (row["chosen"], row["rejected"]) == ("safe", "unsafe")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content,needle", [
     ('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": \n', ":2:"),
     ('{"prompt": "p", "chosen": "a"}\n', "'rejected'"),
@@ -72,6 +75,7 @@ def test_bad_input_exits_nonzero_with_one_message_and_no_output(tmp_path, conten
     assert not out.exists() and list(tmp_path.iterdir()) == [path]
 
 
+@pytest.mark.slow
 def test_unknown_format_lists_the_valid_ones(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
@@ -80,6 +84,7 @@ def test_unknown_format_lists_the_valid_ones(tmp_path):
     assert all(name in result.stderr for name in ("hh-rlhf", "pku-saferlhf", "pairs"))
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(tmp_path):
     result = run("--debug", "data", str(tmp_path / "missing.jsonl"))
     assert result.returncode != 0 and "Traceback" in result.stderr

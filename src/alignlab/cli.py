@@ -23,7 +23,7 @@ Methods and their hyper-parameters (defaults):
 
 
 def _methods_help() -> str:
-    from alignlab.objectives.losses import METHODS
+    from alignlab.objectives.registry import METHODS
 
     lines = []
     for method in METHODS.values():
@@ -41,6 +41,46 @@ def _add_run_arguments(parser, config_name: str, model_help: str) -> None:
     parser.add_argument("--data_format", help="hh-rlhf | pku-saferlhf | pairs")
     parser.add_argument("--resume", action="store_true", default=None,
                         help="continue a killed run (same --out and configuration) from its last checkpoint")
+
+
+def _add_eval_arguments(parser) -> None:
+    """`alignlab eval`'s settings: the fields of EvalConfig. Every default is None so that a --config
+    file's value stands unless the command line gives one; the defaults are EvalConfig's."""
+    from alignlab.evaluation.config import EvalConfig
+    from alignlab.evaluation.judge import BASELINES
+
+    def on_off(group, name: str, help: str | None = None) -> None:  # a bare --name means true
+        group.add_argument(f"--{name}", nargs="?", const=True, default=None, metavar="true|false", help=help)
+
+    parser.add_argument("--config", help="YAML file of EvalConfig fields (an evaluation's config.yaml repeats it)")
+    parser.add_argument("--model", help="model to evaluate: directory or HF name")
+    parser.add_argument("--data", help="test pairs (their chosen responses give win vs chosen)")
+    parser.add_argument("--data_format", help="hh-rlhf | pku-saferlhf | pairs (default: pairs)")
+    parser.add_argument("--split", help="split of a Hugging Face dataset (default: test)")
+    parser.add_argument("--gold_rm", help="sequence-classification reward model that judges (one output)")
+    parser.add_argument("--sft", help="SFT model: adds win vs SFT, KL and length-normalised KL")
+    parser.add_argument("--out", help="results directory (default: eval-<model name>)")
+    on_off(parser, "overwrite", "replace the results of an earlier alignlab eval in --out")
+    parser.add_argument("--max_new_tokens", help=f"default: {EvalConfig.max_new_tokens}")
+    parser.add_argument("--temperature", help=f"default: {EvalConfig.temperature}")
+    parser.add_argument("--top_p", help=f"default: {EvalConfig.top_p}")
+    on_off(parser, "greedy", "greedy decoding instead of sampling")
+    parser.add_argument("--batch_size", help=f"default: {EvalConfig.batch_size}")
+    parser.add_argument("--seed", help=f"default: {EvalConfig.seed}")
+    parser.add_argument("--limit", help="evaluate the first N pairs only")
+    on_off(parser, "trust_remote_code")
+    judge = parser.add_argument_group("LLM judge (optional): pairwise win rate from an OpenAI-compatible API")
+    judge.add_argument("--judge_url", help="base URL of the API, e.g. http://127.0.0.1:8000/v1 (turns the judge on)")
+    judge.add_argument("--judge_model", help="the judge model's name at that API")
+    judge.add_argument("--judge_baseline", choices=BASELINES,
+                       help="answers to compare with: the SFT model's (default with --sft) or the dataset's chosen")
+    judge.add_argument("--judge_key_env",
+                       help=f"environment variable holding the API key (default: {EvalConfig.judge_key_env}); "
+                            "unset: no Authorization header")
+    judge.add_argument("--judge_retries", help="retries of a failed request (timeout, 429, 5xx, malformed reply); "
+                                               f"default: {EvalConfig.judge_retries}")
+    judge.add_argument("--judge_timeout", help=f"seconds to wait for each reply (default: {EvalConfig.judge_timeout})")
+    judge.add_argument("--judge_workers", help=f"requests in flight at once (default: {EvalConfig.judge_workers})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,10 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="(re)write the robustness report of a sweep or run directory")
     report.add_argument("dir", help="the --out of alignlab sweep or alignlab run")
 
-    from alignlab.evaluation.evaluate import add_eval_arguments
-
-    add_eval_arguments(commands.add_parser(
-        "eval", help="evaluate a model: generate, score with a gold reward model, metrics with CIs"))
+    _add_eval_arguments(commands.add_parser(
+        "eval", help="evaluate a model: generate, score with a gold reward model, metrics with CIs",
+        epilog="Any EvalConfig field can be overridden as --key value; on/off settings also as a bare --key."))
 
     bench = commands.add_parser("bench", help="throughput and memory against TRL and the SFT limit, as ratios")
     bench.add_argument("--out", default=None, help="write the results as JSON here (e.g. bench.json)")
@@ -178,6 +217,16 @@ def run_train_rm(args, overrides: list[str]) -> int:
     return 0
 
 
+def run_eval_command(args, overrides: list[str]) -> int:
+    import dataclasses
+
+    from alignlab.evaluation.config import EvalConfig
+    from alignlab.evaluation.evaluate import run_eval
+
+    names = tuple(f.name for f in dataclasses.fields(EvalConfig))
+    return run_eval(_config_from_args(EvalConfig, args, names, overrides))
+
+
 def run_study_command(args, overrides: list[str]) -> int:
     import time
 
@@ -239,8 +288,8 @@ def _return_override_value(args, argv: list[str], extra: list[str]) -> None:
         args.config = None
 
 
-COMMANDS_WITH_OVERRIDES = {"train": run_train, "train-rm": run_train_rm, "run": run_study_command,
-                           "sweep": run_sweep_command}
+COMMANDS_WITH_OVERRIDES = {"train": run_train, "train-rm": run_train_rm, "eval": run_eval_command,
+                           "run": run_study_command, "sweep": run_sweep_command}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,10 +310,6 @@ def main(argv: list[str] | None = None) -> int:
             return run_bench(args)
         if args.command == "report":
             return run_report(args)
-        if args.command == "eval":
-            from alignlab.evaluation.evaluate import run_eval
-
-            return run_eval(args)
         return COMMANDS_WITH_OVERRIDES[args.command](args, extra)
     except AlignlabError as err:
         if args.debug:

@@ -17,7 +17,7 @@ import yaml
 
 from alignlab.checks import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, STEPS_OR_NEVER, Range, check_numbers
 from alignlab.errors import AlignlabError, InputError, unknown_name_message
-from alignlab.objectives.losses import get_method
+from alignlab.objectives.registry import get_method
 from alignlab.untrusted import MAX_DEPTH, MAX_INT_DIGITS, clip, is_unicode, shown
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; a larger file is no config

@@ -8,12 +8,13 @@ Per-sample results (`samples.parquet`), one row per test prompt: prompt_id, prom
 turns), response, length (tokens), gold_score, chosen_score (the dataset's chosen response),
 sft_score (the SFT model's response to the same prompt, when given), logp_policy and logp_sft
 (summed log-probs of the response under the policy and the SFT model, for KL). `metrics.json`
-holds `metrics.summarize` of them. With an LLM judge (`alignlab.evaluation.judge`, optional), also
+holds `metrics.summarize` of them; `config.yaml` the resolved `EvalConfig` (`alignlab eval`). With an LLM judge (`alignlab.evaluation.judge`, optional), also
 judge_score and judge_error per sample and `judge_win_rate` in `metrics.json`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -22,10 +23,11 @@ from pathlib import Path
 import torch
 
 from alignlab import atomic
-from alignlab.checks import COUNT, check_numbers
+from alignlab.config import dump_yaml
 from alignlab.errors import AlignlabError
+from alignlab.evaluation.config import EvalConfig
 from alignlab.models.generate import GenerationConfig, generate_responses
-from alignlab.evaluation.judge import BASELINES, JudgeConfig, judge_columns, judge_config, summary_line, win_rate_metric
+from alignlab.evaluation.judge import JudgeConfig, judge_columns, judge_config, summary_line, win_rate_metric
 from alignlab.evaluation.metrics import summarize
 from alignlab.models.loading import load_causal_lm, load_tokenizer, sequence_logps
 from alignlab.models.score import RewardScorer
@@ -113,48 +115,16 @@ def evaluate_model(model_path: str, pairs, scorer, *, sft_model_path: str | None
     return result
 
 
-def add_eval_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="model to evaluate: directory or HF name")
-    parser.add_argument("--data", required=True, help="test pairs (their chosen responses give win vs chosen)")
-    parser.add_argument("--data_format", default="pairs", help="hh-rlhf | pku-saferlhf | pairs")
-    parser.add_argument("--split", default="test", help="split of a Hugging Face dataset")
-    parser.add_argument("--gold_rm", required=True,
-                        help="sequence-classification reward model that judges (one output)")
-    parser.add_argument("--sft", default=None, help="SFT model: adds win vs SFT, KL and length-normalised KL")
-    parser.add_argument("--out", default=None, help="results directory (default: eval-<model name>)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the results of an earlier alignlab eval in --out")
-    parser.add_argument("--max_new_tokens", type=int, default=GenerationConfig.max_new_tokens)
-    parser.add_argument("--temperature", type=float, default=GenerationConfig.temperature)
-    parser.add_argument("--top_p", type=float, default=GenerationConfig.top_p)
-    parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    parser.add_argument("--batch_size", type=int, default=GenerationConfig.batch_size)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N pairs only")
-    parser.add_argument("--trust_remote_code", action="store_true")
-    judge = parser.add_argument_group("LLM judge (optional): pairwise win rate from an OpenAI-compatible API")
-    judge.add_argument("--judge_url", default=None,
-                       help="base URL of the API, e.g. http://127.0.0.1:8000/v1 (turns the judge on)")
-    judge.add_argument("--judge_model", default=None, help="the judge model's name at that API")
-    judge.add_argument("--judge_baseline", choices=BASELINES, default=None,
-                       help="answers to compare with: the SFT model's (default with --sft) or the dataset's chosen")
-    judge.add_argument("--judge_key_env", default=JudgeConfig.key_env,
-                       help="environment variable holding the API key; unset: no Authorization header")
-    judge.add_argument("--judge_retries", type=int, default=JudgeConfig.retries,
-                       help="retries of a failed request (timeout, 429, 5xx, malformed reply)")
-    judge.add_argument("--judge_timeout", type=float, default=JudgeConfig.timeout_s,
-                       help="seconds to wait for each reply")
-    judge.add_argument("--judge_workers", type=int, default=JudgeConfig.workers,
-                       help="requests in flight at once")
-
-
-def run_eval(args) -> int:
-    check_numbers("eval", vars(args), {**GenerationConfig.ranges, "limit": COUNT}, label=lambda name: "--" + name)
-    judge = judge_config(args)
-    out = Path(args.out or f"eval-{Path(args.model.rstrip('/')).name}")
-    inputs = [args.model, args.data, args.gold_rm, args.sft]
-    with claim_output_dir(out, overwrite=args.overwrite, inputs=inputs):
-        result = _evaluate_into(out, args, judge)
+def run_eval(config: EvalConfig) -> int:
+    """`alignlab eval`: check the settings, evaluate into `config.out` (default: eval-<model name>),
+    print the metrics and the results directory."""
+    config.validate()
+    judge = judge_config(config)
+    config = dataclasses.replace(config, out=config.out or f"eval-{Path(config.model.rstrip('/')).name}")
+    out = Path(config.out)
+    inputs = [config.model, config.data, config.gold_rm, config.sft]
+    with claim_output_dir(out, overwrite=config.overwrite, inputs=inputs):
+        result = _evaluate_into(out, config, judge)
     for name, metric in result.metrics.items():
         if metric is not None and metric["value"] is not None:  # a judge that judged nothing has no value
             print(f"{name:<14} {metric['value']:>10.4f}  [{metric['ci_low']:.4f}, {metric['ci_high']:.4f}]")
@@ -164,27 +134,28 @@ def run_eval(args) -> int:
     return 0
 
 
-def _evaluate_into(out: Path, args, judge: JudgeConfig | None) -> EvalResult:
+def _evaluate_into(out: Path, config: EvalConfig, judge: JudgeConfig | None) -> EvalResult:
     """`alignlab eval`'s work; the caller holds `out`."""
     from alignlab.data.pairs import load_pairs
     from alignlab.models.loading import load_sequence_classifier
 
     new_dir = not out.exists() or not any(out.iterdir())
-    pairs = load_pairs(args.data, args.data_format, split=args.split).pairs[:args.limit]
+    pairs = load_pairs(config.data, config.data_format, split=config.split).pairs[:config.limit]
     if not pairs:
-        raise AlignlabError(f"{args.data}: no test pairs to evaluate")
-    load_sequence_classifier(args.gold_rm, trust_remote_code=args.trust_remote_code)  # fail before work
-    generation = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p, args.greedy,
-                                  args.batch_size, args.seed)
-    scorer = RewardScorer(args.gold_rm, trust_remote_code=args.trust_remote_code, batch_size=args.batch_size)
+        raise AlignlabError(f"{config.data}: no test pairs to evaluate")
+    load_sequence_classifier(config.gold_rm, trust_remote_code=config.trust_remote_code)  # fail before work
+    generation = GenerationConfig(config.max_new_tokens, config.temperature, config.top_p, config.greedy,
+                                  config.batch_size, config.seed)
+    scorer = RewardScorer(config.gold_rm, trust_remote_code=config.trust_remote_code, batch_size=config.batch_size)
     sft_samples = None
     with atomic.staged_dir(out) as staging:  # results appear together at the end, or not at all
         if new_dir:
             mark(staging, "evaluation")
-        if args.sft:
-            sft_samples = evaluate_model(args.sft, pairs, scorer, sft_model_path=args.sft, generation=generation,
-                                         out_dir=staging / "sft", trust_remote_code=args.trust_remote_code).samples
-        result = evaluate_model(args.model, pairs, scorer, sft_model_path=args.sft, sft_samples=sft_samples,
-                                generation=generation, out_dir=staging, trust_remote_code=args.trust_remote_code,
+        atomic.write_text(staging / "config.yaml", dump_yaml(config))
+        if config.sft:
+            sft_samples = evaluate_model(config.sft, pairs, scorer, sft_model_path=config.sft, generation=generation,
+                                         out_dir=staging / "sft", trust_remote_code=config.trust_remote_code).samples
+        result = evaluate_model(config.model, pairs, scorer, sft_model_path=config.sft, sft_samples=sft_samples,
+                                generation=generation, out_dir=staging, trust_remote_code=config.trust_remote_code,
                                 judge=judge)
     return result

@@ -18,7 +18,7 @@ from pathlib import Path
 from alignlab.checks import COUNT, SEED, check_number, check_numbers
 from alignlab.config import RewardModelConfig, TrainConfig, _coerce, _field_types
 from alignlab.errors import AlignlabError, unknown_name_message
-from alignlab.objectives.losses import get_method
+from alignlab.objectives.registry import get_method
 
 log = logging.getLogger(__name__)
 

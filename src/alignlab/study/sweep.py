@@ -45,7 +45,7 @@ from alignlab import atomic
 from alignlab.config import RewardModelConfig, TrainConfig, dump_yaml
 from alignlab.errors import AlignlabError, unknown_name_message
 from alignlab.models.score import cached_reward_scorer
-from alignlab.objectives.losses import get_method
+from alignlab.objectives.registry import get_method
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
 from alignlab.study.store import RunStore
 from alignlab.study.config import (REPORTED_TRAINING, WORLD_GENERATION, WORLD_REWARD_TRAINING, WORLD_TRAINING,

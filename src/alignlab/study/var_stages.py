@@ -29,7 +29,7 @@ from pathlib import Path
 
 from alignlab import atomic
 from alignlab.config import TrainConfig
-from alignlab.objectives.losses import get_method
+from alignlab.objectives.registry import get_method
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alignlab.config import TrainConfig
-from alignlab.objectives.losses import get_method
+from alignlab.objectives.registry import get_method
 from alignlab.training.grpo import train_grpo
 from alignlab.training.loop import TrainResult, claim_run_dir
 from alignlab.training.offline import train_offline

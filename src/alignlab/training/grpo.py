@@ -44,7 +44,8 @@ from alignlab.config import TrainConfig
 from alignlab.errors import AlignlabError
 from alignlab.models.generate import Generation, GenerationConfig, generate_from_ids
 from alignlab.models.loading import load_causal_lm, load_tokenizer, token_logps
-from alignlab.objectives.losses import GroupBatch, get_method, grpo_advantages, k3_kl
+from alignlab.objectives.losses import grpo_advantages, k3_kl
+from alignlab.objectives.registry import GroupBatch, get_method
 from alignlab.data.tokenise import PromptRenderer, collate_sequences
 from alignlab.training.loop import (
     TrainResult,

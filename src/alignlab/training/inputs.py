@@ -19,7 +19,8 @@ from alignlab.config import OptimConfig, TrainConfig
 from alignlab.data.tokenise import collate_pairs, collate_shared_prompt, fingerprint_tokens
 from alignlab.errors import AlignlabError
 from alignlab.models.loading import batch_logps, load_causal_lm, load_tokenizer
-from alignlab.objectives.losses import Method, PairBatch, sampled_log_z
+from alignlab.objectives.losses import sampled_log_z
+from alignlab.objectives.registry import Method, PairBatch
 from alignlab.training.reference import compute_sequence_logps
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from alignlab.config import TrainConfig
 from alignlab.data.tokenise import collate_pairs, collate_shared_prompt, tokenize_pairs
 from alignlab.errors import AlignlabError
 from alignlab.models.loading import load_causal_lm, load_tokenizer
-from alignlab.objectives.losses import get_method
+from alignlab.objectives.registry import get_method
 from alignlab.training.inputs import (
     check_pairs_differ,
     check_rewards_available,
