@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from alignlab.objectives import losses as objectives
+from alignlab.objectives import registry
 from alignlab.checks import COUNT, FRACTION, POSITIVE, SEED, Range, check_number
 from alignlab.cli import main
 from alignlab.config import TrainConfig
@@ -189,7 +189,7 @@ def config_for(model, data, out, **overrides) -> TrainConfig:
 
 def poison_dpo(monkeypatch, at_call: int, poison):
     """DPO whose `at_call`-th micro-batch loss goes through `poison(loss, batch)`; the others are DPO's."""
-    method = objectives.METHODS["dpo"]
+    method = registry.METHODS["dpo"]
     calls = {"n": 0}
 
     def batch_loss(b, **params):
@@ -197,7 +197,7 @@ def poison_dpo(monkeypatch, at_call: int, poison):
         loss = method.batch_loss(b, **params)
         return poison(loss, b) if calls["n"] == at_call else loss
 
-    monkeypatch.setitem(objectives.METHODS, "dpo", dataclasses.replace(method, batch_loss=batch_loss))
+    monkeypatch.setitem(registry.METHODS, "dpo", dataclasses.replace(method, batch_loss=batch_loss))
 
 
 def test_a_nan_loss_stops_the_run_naming_its_step_and_keeps_the_last_checkpoint(tiny_model, pairs_file, tmp_path,
