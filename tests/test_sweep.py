@@ -17,7 +17,7 @@ from alignlab.cli import main
 from alignlab.errors import AlignlabError
 from alignlab.study.store import RunStore
 from alignlab.study.config import StudyConfig
-from alignlab.study.sweep import GRID_PRESETS, expand_grid
+from alignlab.study.grid import GRID_PRESETS, expand_grid
 from test_report import CHROMIUM, check_report_in_chromium
 
 BASE = {"learning_rate": 1e-3, "epochs": 1}
