@@ -2,6 +2,7 @@
 parallel workers and Ray, and the report of a real sweep in a browser."""
 
 import json
+import math
 import os
 import random
 import signal
@@ -91,6 +92,7 @@ def tiny_sweep(tmp_path_factory, world_cache):
     return out, config_file, time.perf_counter() - started
 
 
+@pytest.mark.slow
 def test_tiny_sweep_trains_evaluates_and_reports_every_run(tiny_sweep):
     out, _, _ = tiny_sweep
     with RunStore(out / "runs.sqlite") as store:
@@ -110,6 +112,7 @@ def test_tiny_sweep_trains_evaluates_and_reports_every_run(tiny_sweep):
         assert (out / name).exists()
 
 
+@pytest.mark.slow
 def test_starting_a_finished_sweep_again_reruns_nothing(tiny_sweep, world_cache):
     out, config_file, first_seconds = tiny_sweep
     report = (out / "report.md").read_text()
@@ -121,6 +124,7 @@ def test_starting_a_finished_sweep_again_reruns_nothing(tiny_sweep, world_cache)
     assert time.perf_counter() - started < first_seconds
 
 
+@pytest.mark.slow
 def test_a_second_sweep_in_a_running_sweeps_directory_is_refused(tiny_sweep, world_cache, capsys):
     import fcntl
 
@@ -131,6 +135,7 @@ def test_a_second_sweep_in_a_running_sweeps_directory_is_refused(tiny_sweep, wor
     assert "another alignlab sweep is running in this directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resuming_removes_the_temp_files_a_killed_writer_left(tiny_sweep, world_cache):
     out, config_file, _ = tiny_sweep
     left = [out / "runs" / "sft" / ".samples.parquet.x1y2z3.tmp", out / "runs" / ".dpo-beta0.5.ab12.tmp"]
@@ -144,6 +149,7 @@ def test_resuming_removes_the_temp_files_a_killed_writer_left(tiny_sweep, world_
     partial.rmdir()
 
 
+@pytest.mark.slow
 def test_a_different_configuration_in_the_same_directory_is_refused(tiny_sweep, world_cache, tmp_path, capsys):
     out, _, _ = tiny_sweep
     other = tmp_path / "other.yaml"
@@ -152,6 +158,7 @@ def test_a_different_configuration_in_the_same_directory_is_refused(tiny_sweep, 
     assert "sweep.yaml: this directory holds a sweep with a different configuration" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_command_rewrites_the_same_report(tiny_sweep, tmp_path):
     out, _, _ = tiny_sweep
     before = (out / "summary.json").read_text()
@@ -160,6 +167,7 @@ def test_report_command_rewrites_the_same_report(tiny_sweep, tmp_path):
     assert main(["report", str(tmp_path)]) == 2
 
 
+@pytest.mark.slow
 def test_sweep_killed_at_ten_random_moments_resumes_with_no_run_lost_or_duplicated(tiny_sweep, world_cache, tmp_path):
     """SIGKILL the sweep's process group at random moments (imports, shared stages, training,
     evaluation, report) and start it again each time; a sweep that completes before the tenth kill
@@ -200,6 +208,7 @@ def _metrics_by_run(out) -> dict:
         return {r.name: r.metrics for r in store.runs()}
 
 
+@pytest.mark.slow
 def test_parallel_local_workers_give_the_same_results_as_one_process(tiny_sweep, world_cache, tmp_path, capfd):
     reference, config_file, _ = tiny_sweep
     out = tmp_path / "out"
@@ -210,6 +219,7 @@ def test_parallel_local_workers_give_the_same_results_as_one_process(tiny_sweep,
     assert "TQDM_DISABLE" not in os.environ
 
 
+@pytest.mark.slow
 def test_ray_executor_runs_the_sweep_on_a_local_ray_instance(tiny_sweep, world_cache, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray not installed: pip install 'alignlab[ray]'")
     from alignlab.config import build_config
@@ -227,6 +237,7 @@ def test_ray_executor_runs_the_sweep_on_a_local_ray_instance(tiny_sweep, world_c
     assert _metrics_by_run(tmp_path / "out") == _metrics_by_run(reference)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed: apt-get install chromium")
 def test_report_of_a_real_sweep_renders_every_figure_in_chromium(tiny_sweep, tmp_path):
     out, _, _ = tiny_sweep
@@ -235,5 +246,12 @@ def test_report_of_a_real_sweep_renders_every_figure_in_chromium(tiny_sweep, tmp
 
 
 def test_presets_name_only_registered_methods_and_parameters():
-    for name in GRID_PRESETS:
-        assert expand_grid(StudyConfig(out="x", grid_preset=name), BASE)
+    """Each preset expands (its methods and parameters are registered) into one run per combination
+    of its values and learning-rate scales, for the one seed."""
+    for name, preset in GRID_PRESETS.items():
+        runs = expand_grid(StudyConfig(out="x", grid_preset=name), BASE)
+        assert [*dict.fromkeys(r.method for r in runs)] == preset["methods"], name
+        for method in preset["methods"]:
+            combinations = math.prod(len(values) for values in preset["grid"].get(method, {}).values())
+            expected = combinations * len(preset["learning_rate_scales"])
+            assert sum(r.method == method for r in runs) == expected, (name, method)
