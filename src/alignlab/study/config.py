@@ -1,6 +1,7 @@
 """What a study is made of: its configuration (`StudyConfig`) and its inputs — the SFT model, the
-training pairs, the test prompts and the gold reward. `alignlab.study.sweep` runs the study: every method
-over its hyper-parameter grid, evaluation, report.
+training pairs, the test prompts and the gold reward (`StudyInputs`), and what a sweep's runs share
+(`Shared`, for the sweep and the VAR study's stages). `alignlab.study.sweep` runs the study: every
+method over its hyper-parameter grid, evaluation, report.
 
 Two worlds, one code path. By default the built-in study world (`alignlab.world`) supplies the
 SFT model, the training pairs (SafeRLHF-like style), the OOD test prompts (HH-like style) and an
@@ -145,6 +146,17 @@ class StudyInputs:
     description: dict
     lengths: dict  # max_length / max_prompt_length for training, when the source fixes them
     families: dict | None = None  # test prompt id -> "helpful" | "harmful", when the source knows
+
+
+@dataclass
+class Shared:
+    """What every run of a sweep reuses."""
+
+    inputs: StudyInputs
+    training: dict
+    generation: object
+    proxy_rm: str | None
+    rm_accuracy: float | None
 
 
 def world_inputs(config: StudyConfig, out: Path) -> StudyInputs:

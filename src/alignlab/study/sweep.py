@@ -33,7 +33,6 @@ import logging
 import re
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from alignlab import atomic
@@ -43,7 +42,7 @@ from alignlab.models.score import cached_reward_scorer
 from alignlab.objectives.losses import get_method
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
 from alignlab.study.config import (REPORTED_TRAINING, WORLD_GENERATION, WORLD_REWARD_TRAINING, WORLD_TRAINING,
-                                   StudyConfig, StudyInputs, real_inputs, world_inputs)
+                                   Shared, StudyConfig, real_inputs, world_inputs)
 from alignlab.study.executors import RunTask, execute_all
 from alignlab.study.grid import RunSpec, expand_grid
 from alignlab.study.results import write_sweep_report
@@ -88,17 +87,6 @@ def _run_id(train_config: TrainConfig, generation, inputs_fingerprint: str) -> s
                           "generation": dataclasses.asdict(generation), "inputs": inputs_fingerprint},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-@dataclass
-class Shared:
-    """What every run of a sweep reuses."""
-
-    inputs: StudyInputs
-    training: dict
-    generation: object
-    proxy_rm: str | None
-    rm_accuracy: float | None
 
 
 def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_training: dict) -> Shared:
