@@ -37,8 +37,6 @@ TRAINING_GRID_KEYS = ("learning_rate", "epochs")  # grid keys that are training 
 SHORT_NAMES = {"learning_rate": "lr", "epochs": "ep", "seed": "s"}
 
 
-# ---------------------------------------------------------------- the grid
-
 @dataclass
 class RunSpec:
     """One grid point: a method, its hyper-parameters and its training settings."""
