@@ -259,7 +259,7 @@ def run_sweep_command(args, overrides: list[str]) -> int:
 
 def run_report(args) -> int:
     from alignlab.output_dirs import output_lock
-    from alignlab.study.sweep import write_sweep_report
+    from alignlab.study.results import write_sweep_report
 
     with output_lock(args.dir, option="DIR"):  # not while a sweep writes there
         write_sweep_report(args.dir)

@@ -276,12 +276,12 @@ def _command_line_text(text: str) -> str:
     return text
 
 
-def _field_types(cls) -> dict[str, type]:
+def field_types(cls) -> dict[str, type]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _coerce(name: str, value, annotation, where: str):
+def coerce_value(name: str, value, annotation, where: str):
     """Convert a YAML or CLI value to the field's declared type. Only Optional fields take None."""
     args = typing.get_args(annotation)
     optional = (typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args)
@@ -323,7 +323,7 @@ def _coerce(name: str, value, annotation, where: str):
                 if not all(isinstance(i, str) for i in items):
                     raise ValueError
                 return [i.strip() for i in items if i.strip()]
-            return [_coerce(name, i.strip() if isinstance(i, str) else i, item_type, where) for i in items]
+            return [coerce_value(name, i.strip() if isinstance(i, str) else i, item_type, where) for i in items]
     except (TypeError, ValueError, OverflowError, AlignlabError):  # OverflowError: float() of a huge int
         pass
     else:
@@ -344,7 +344,7 @@ def _type_name(annotation) -> str:
 def build_config(cls, yaml_path: str | None, overrides: dict):
     """Defaults < YAML < overrides. For configs with a method, keys that are not fields go to
     `params` when the method takes them; anything else is an error suggesting the closest key."""
-    types_by_field = _field_types(cls)
+    types_by_field = field_types(cls)
     merged: dict = {}
     sources: dict[str, str] = {}
     if yaml_path:
@@ -371,7 +371,7 @@ def build_config(cls, yaml_path: str | None, overrides: dict):
     values = {}
     for key, value in merged.items():
         if key in types_by_field:
-            values[key] = _coerce(key, value, types_by_field[key], sources[key].rstrip(" -:"))
+            values[key] = coerce_value(key, value, types_by_field[key], sources[key].rstrip(" -:"))
         elif key in method_params:
             params[key] = value
         else:

@@ -25,7 +25,7 @@ from alignlab.cli import main
 from alignlab.errors import AlignlabError
 from alignlab.evaluation.metrics import summarize
 from alignlab.study.store import COLUMNS, STATUSES, RunStore
-from alignlab.study.sweep import write_sweep_report
+from alignlab.study.results import write_sweep_report
 
 PROMPTS = ["p0", "p1", "p2", "p3"]
 GOLD = {"sft": [0.0, 0.5, 1.0, 1.5], "dpo-a": [1.0, 1.5, 2.0, 2.5], "dpo-b": [0.5, 1.0, 1.5, 2.0]}

@@ -1,10 +1,11 @@
-"""Stage 1, data: preference pairs read from files or the Hub (`pairs`), then tokenised and
-collated into batches (`tokenise`)."""
+"""Stage 1, data: records read from files or the Hub (`readers`) as preference pairs (`pairs`), then
+tokenised and collated into batches (`tokenise`)."""
 
-from alignlab.data.pairs import LoadResult, PreferencePair, hh_transcript, load_pairs, write_pairs_jsonl
+from alignlab.data.pairs import FORMATS, LoadResult, PreferencePair, hh_transcript, load_pairs, write_pairs_jsonl
+from alignlab.data.readers import MAX_LINE_BYTES, Where, read_records
 from alignlab.data.tokenise import (PromptRenderer, TokenizedPair, TruncationReport, collate_pairs, collate_sequences,
                                     collate_shared_prompt, fingerprint_tokens, tokenize_pairs)
 
-__all__ = ["LoadResult", "PreferencePair", "hh_transcript", "load_pairs", "write_pairs_jsonl", "PromptRenderer",
-           "TokenizedPair", "TruncationReport", "collate_pairs", "collate_sequences", "collate_shared_prompt",
-           "fingerprint_tokens", "tokenize_pairs"]
+__all__ = ["FORMATS", "LoadResult", "PreferencePair", "hh_transcript", "load_pairs", "write_pairs_jsonl",
+           "MAX_LINE_BYTES", "Where", "read_records", "PromptRenderer", "TokenizedPair", "TruncationReport",
+           "collate_pairs", "collate_sequences", "collate_shared_prompt", "fingerprint_tokens", "tokenize_pairs"]

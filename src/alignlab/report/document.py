@@ -23,7 +23,7 @@ summary.json is strict JSON (what `json.dumps(allow_nan=False)` writes): a NaN o
 and the top-level `"nulls"` maps the JSON Pointer (RFC 6901) of each such null to its reason, e.g.
 `{"/runs/2/metrics/mean_score/value": "not finite (nan)"}`; it is `{}` when every number is finite.
 
-A damaged sweep directory (`alignlab report DIR`, alignlab.study.sweep.write_sweep_report):
+A damaged sweep directory (`alignlab report DIR`, alignlab.study.results.write_sweep_report):
     runs.sqlite not SQLite, truncated, or without the `runs` table and its columns
                             error: nothing in the store can be trusted
     runs.sqlite with the journal of a sweep killed mid-change

@@ -1,6 +1,7 @@
 """What a study is made of: its configuration (`StudyConfig`) and its inputs — the SFT model, the
-training pairs, the test prompts and the gold reward. `alignlab.study.sweep` runs the study: every method
-over its hyper-parameter grid, evaluation, report.
+training pairs, the test prompts and the gold reward (`StudyInputs`), and what a sweep's runs share
+(`Shared`, for the sweep and the VAR study's stages). `alignlab.study.sweep` runs the study: every
+method over its hyper-parameter grid, evaluation, report.
 
 Two worlds, one code path. By default the built-in study world (`alignlab.world`) supplies the
 SFT model, the training pairs (SafeRLHF-like style), the OOD test prompts (HH-like style) and an
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignlab.checks import COUNT, SEED, check_number, check_numbers
-from alignlab.config import RewardModelConfig, TrainConfig, _coerce, _field_types
+from alignlab.config import RewardModelConfig, TrainConfig, coerce_value, field_types
 from alignlab.errors import AlignlabError, unknown_name_message
 from alignlab.objectives.registry import get_method
 
@@ -35,7 +36,7 @@ class StudyConfig:
     seed: int = 0
     methods: list[str] | None = None  # default: the grid preset's methods
     method_params: dict = field(default_factory=dict)  # method -> fixed hyper-parameters, e.g. {dpo: {beta: 0.1}}
-    grid_preset: str | None = "small"  # named grid (see sweep.GRID_PRESETS); None: only `grid`
+    grid_preset: str | None = "small"  # named grid (see grid.GRID_PRESETS); None: only `grid`
     study: str = "robustness"  # robustness | var: also the VAR section's race, Z estimators, compute profile
     race_snapshots: int = 5  # VAR study: evaluation points per race curve, the last at the end of training
     race_grpo_steps: int = 40  # VAR study: GRPO's optimizer steps in the race (8 prompts × G 4 responses each)
@@ -65,7 +66,7 @@ class StudyConfig:
         return self.model is None
 
     def validate(self) -> None:
-        """Checks that need no files; the grid itself is checked when it is expanded (sweep.expand_grid)."""
+        """Checks that need no files; the grid itself is checked when it is expanded (grid.expand_grid)."""
         if not self.out:
             raise AlignlabError("config: 'out' is required")
         if self.methods is not None and not self.methods:
@@ -96,14 +97,14 @@ class StudyConfig:
 
         for section, cls in (("training", TrainConfig), ("reward_training", RewardModelConfig),
                              ("generation", GenerationConfig)):
-            types = {k: v for k, v in _field_types(cls).items()
+            types = {k: v for k, v in field_types(cls).items()
                      if k not in ("model", "data", "out", "method", "params", "seed")}
             values = getattr(self, section)
             for key in values:
                 if key not in types:
                     raise AlignlabError(unknown_name_message(f"config: {section} has unknown key", key, sorted(types)))
                 # YAML reads 1e-3 as text: give every value its field's type, or a clear error.
-                values[key] = _coerce(key, values[key], types[key], f"config: {section}")
+                values[key] = coerce_value(key, values[key], types[key], f"config: {section}")
             check_numbers(f"config: {section}", values, cls.ranges)
 
     def to_dict(self) -> dict:
@@ -145,6 +146,17 @@ class StudyInputs:
     description: dict
     lengths: dict  # max_length / max_prompt_length for training, when the source fixes them
     families: dict | None = None  # test prompt id -> "helpful" | "harmful", when the source knows
+
+
+@dataclass
+class Shared:
+    """What every run of a sweep reuses."""
+
+    inputs: StudyInputs
+    training: dict
+    generation: object
+    proxy_rm: str | None
+    rm_accuracy: float | None
 
 
 def world_inputs(config: StudyConfig, out: Path) -> StudyInputs:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from alignlab.errors import AlignlabError
-from alignlab.untrusted import clip, shown
+from alignlab.untrusted import shown
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

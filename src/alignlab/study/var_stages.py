@@ -30,6 +30,7 @@ from pathlib import Path
 from alignlab import atomic
 from alignlab.config import TrainConfig
 from alignlab.objectives.registry import get_method
+from alignlab.study.config import Shared, StudyConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ Z_BATCH_SIZES = (2, 4, 8, 16, 32, 64)
 COMPUTE_METHODS = ("sft", "dpo", "simpo", "var")
 
 
-def run_var_stages(out: Path, shared, config) -> None:
+def run_var_stages(out: Path, shared: Shared, config: StudyConfig) -> None:
     """The race, the Z-estimator spread and the compute profile, each skipped when already done."""
     var_dir = out / "var"
     var_dir.mkdir(exist_ok=True)
@@ -64,7 +65,7 @@ def _train_config(base: dict, method: str, out: Path, proxy_rm: str | None, **se
 
 # ---------------------------------------------------------------- race
 
-def run_race(race_dir: Path, base: dict, shared, snapshots: int, grpo_steps: int) -> dict:
+def run_race(race_dir: Path, base: dict, shared: Shared, snapshots: int, grpo_steps: int) -> dict:
     """Train the race's three runs with snapshots and evaluate every snapshot; the curves as JSON."""
     from alignlab.evaluation.evaluate import evaluate_model
     from alignlab.models.score import cached_reward_scorer

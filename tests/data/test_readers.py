@@ -546,6 +546,3 @@ def test_an_unknown_method_name_is_quoted_short():
     message = error_of(lambda: build_config(TrainConfig, None, {"method": "x\n" * 1000}))
     assert "x\n" * 200 not in message and "\n" not in message
 
-
-def test_every_reader_has_an_example_count():
-    assert set(EXAMPLES) == set(FILE_READERS) | set(CONFIGS) | {"pairs-parquet", "overrides"}

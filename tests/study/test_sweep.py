@@ -1,5 +1,5 @@
-"""`alignlab sweep`: grid expansion, the run store, a tiny sweep end to end, resuming after SIGKILL,
-parallel workers and Ray, and the report of a real sweep in a browser."""
+"""`alignlab sweep`: a tiny sweep end to end, resuming after SIGKILL, parallel workers and Ray, and
+the report of a real sweep in a browser."""
 
 import json
 import os
@@ -14,13 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from alignlab.cli import main
-from alignlab.errors import AlignlabError
 from alignlab.study.store import RunStore
 from alignlab.study.config import StudyConfig
-from alignlab.study.sweep import GRID_PRESETS, expand_grid
 from conftest import CHROMIUM, check_report_in_chromium
 
-BASE = {"learning_rate": 1e-3, "epochs": 1}
 SWEEP_YAML = """\
 methods: [dpo, ln-dpo, simpo]
 grid:
@@ -28,52 +25,6 @@ grid:
   ln-dpo: {beta: [1.0, 3.0]}
   simpo: {gamma: [0.5, 1.5]}
 """
-
-
-def test_hitchhiker_grid_has_every_combination_with_rates_scaled_from_the_base():
-    runs = expand_grid(StudyConfig(out="x", grid_preset="hitchhiker"), BASE)
-    by_method = {m: [r for r in runs if r.method == m] for m in ("dpo", "ln-dpo", "simpo")}
-    assert [len(v) for v in by_method.values()] == [5 * 3, 5 * 3, 3 * 3 * 3]
-    assert sorted({r.training["learning_rate"] for r in runs}) == [5e-4, 1e-3, 2e-3]
-    assert len({r.name for r in runs}) == len(runs)
-    simpo = by_method["simpo"][0]
-    assert simpo.name == "simpo-beta1-gamma0.5-lr0.0005-s0" and simpo.params == {"beta": 1.0, "gamma": 0.5}
-
-
-def test_grid_entries_override_the_preset_and_seeds_multiply_runs():
-    config = StudyConfig(out="x", grid_preset="var", grid={"var": {"lam": [1.0]}, "all": {"epochs": [1, 2]}},
-                         seeds=[0, 1])
-    runs = expand_grid(config, BASE)
-    var = [r for r in runs if r.method == "var"]
-    assert len(var) == 1 * 3 * 2 * 2 and {r.params["lam"] for r in var} == {1.0}
-    assert {r.params["z_estimator"] for r in var} == {"batch"}  # defaults are filled in
-    assert "var-lr0.001-ep2-s1" in {r.name for r in var}
-
-
-@pytest.mark.parametrize("grid, expected", [
-    ({"dpo": {"betta": [0.1]}}, "did you mean 'beta'"),
-    ({"simpo": {"beta": [1.0]}}, "grid names method 'simpo'"),
-    ({"dpo": {"beta": 0.1}}, "grid.dpo.beta must be a non-empty list"),
-    ({"dpo": {"beta": [-1.0]}}, "beta"),
-])
-def test_bad_grids_fail_with_the_key_at_fault(grid, expected):
-    with pytest.raises(AlignlabError, match=expected):
-        expand_grid(StudyConfig(out="x", grid_preset=None, methods=["dpo"], grid=grid), BASE)
-
-
-def test_store_registers_a_run_once_and_tracks_its_attempts(tmp_path):
-    with RunStore(tmp_path / "runs.sqlite") as store:
-        store.register("a1", "dpo-beta0.1", "dpo", {"beta": 0.1}, "runs/dpo-beta0.1")
-        store.register("a1", "dpo-beta0.1", "dpo", {"beta": 0.1}, "runs/dpo-beta0.1")
-        store.register("b2", "dpo-beta0.5", "dpo", {"beta": 0.5}, "runs/dpo-beta0.5")
-        store.mark_running("a1")
-        store.mark_failed("a1", "ValueError: x")
-        store.mark_running("a1")
-        store.mark_finished("a1", {"mean_score": {"value": 1.0}}, 2.5)
-    with RunStore(tmp_path / "runs.sqlite") as store:  # reopened: everything was committed
-        assert store.counts() == {"pending": 1, "running": 0, "finished": 1, "failed": 0}
-        run = store.get("a1")
-        assert (run.status, run.attempts, run.metrics, run.error) == ("finished", 2, {"mean_score": {"value": 1.0}}, None)
 
 
 def _sweep_args(config_file, out, world_cache, *extra):
@@ -91,6 +42,7 @@ def tiny_sweep(tmp_path_factory, world_cache):
     return out, config_file, time.perf_counter() - started
 
 
+@pytest.mark.slow
 def test_tiny_sweep_trains_evaluates_and_reports_every_run(tiny_sweep):
     out, _, _ = tiny_sweep
     with RunStore(out / "runs.sqlite") as store:
@@ -110,6 +62,7 @@ def test_tiny_sweep_trains_evaluates_and_reports_every_run(tiny_sweep):
         assert (out / name).exists()
 
 
+@pytest.mark.slow
 def test_starting_a_finished_sweep_again_reruns_nothing(tiny_sweep, world_cache):
     out, config_file, first_seconds = tiny_sweep
     report = (out / "report.md").read_text()
@@ -121,6 +74,7 @@ def test_starting_a_finished_sweep_again_reruns_nothing(tiny_sweep, world_cache)
     assert time.perf_counter() - started < first_seconds
 
 
+@pytest.mark.slow
 def test_a_second_sweep_in_a_running_sweeps_directory_is_refused(tiny_sweep, world_cache, capsys):
     import fcntl
 
@@ -131,6 +85,7 @@ def test_a_second_sweep_in_a_running_sweeps_directory_is_refused(tiny_sweep, wor
     assert "another alignlab sweep is running in this directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resuming_removes_the_temp_files_a_killed_writer_left(tiny_sweep, world_cache):
     out, config_file, _ = tiny_sweep
     left = [out / "runs" / "sft" / ".samples.parquet.x1y2z3.tmp", out / "runs" / ".dpo-beta0.5.ab12.tmp"]
@@ -144,6 +99,7 @@ def test_resuming_removes_the_temp_files_a_killed_writer_left(tiny_sweep, world_
     partial.rmdir()
 
 
+@pytest.mark.slow
 def test_a_different_configuration_in_the_same_directory_is_refused(tiny_sweep, world_cache, tmp_path, capsys):
     out, _, _ = tiny_sweep
     other = tmp_path / "other.yaml"
@@ -152,6 +108,7 @@ def test_a_different_configuration_in_the_same_directory_is_refused(tiny_sweep, 
     assert "sweep.yaml: this directory holds a sweep with a different configuration" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_command_rewrites_the_same_report(tiny_sweep, tmp_path):
     out, _, _ = tiny_sweep
     before = (out / "summary.json").read_text()
@@ -160,6 +117,7 @@ def test_report_command_rewrites_the_same_report(tiny_sweep, tmp_path):
     assert main(["report", str(tmp_path)]) == 2
 
 
+@pytest.mark.slow
 def test_sweep_killed_at_ten_random_moments_resumes_with_no_run_lost_or_duplicated(tiny_sweep, world_cache, tmp_path):
     """SIGKILL the sweep's process group at random moments (imports, shared stages, training,
     evaluation, report) and start it again each time; a sweep that completes before the tenth kill
@@ -200,6 +158,7 @@ def _metrics_by_run(out) -> dict:
         return {r.name: r.metrics for r in store.runs()}
 
 
+@pytest.mark.slow
 def test_parallel_local_workers_give_the_same_results_as_one_process(tiny_sweep, world_cache, tmp_path, capfd):
     reference, config_file, _ = tiny_sweep
     out = tmp_path / "out"
@@ -210,6 +169,7 @@ def test_parallel_local_workers_give_the_same_results_as_one_process(tiny_sweep,
     assert "TQDM_DISABLE" not in os.environ
 
 
+@pytest.mark.slow
 def test_ray_executor_runs_the_sweep_on_a_local_ray_instance(tiny_sweep, world_cache, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray not installed: pip install 'alignlab[ray]'")
     from alignlab.config import build_config
@@ -227,13 +187,9 @@ def test_ray_executor_runs_the_sweep_on_a_local_ray_instance(tiny_sweep, world_c
     assert _metrics_by_run(tmp_path / "out") == _metrics_by_run(reference)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed: apt-get install chromium")
 def test_report_of_a_real_sweep_renders_every_figure_in_chromium(tiny_sweep, tmp_path):
     out, _, _ = tiny_sweep
     findings = check_report_in_chromium(out / "report.html", tmp_path)
     assert len(findings["images"]) == len(list((out / "figures").glob("*.png")))
-
-
-def test_presets_name_only_registered_methods_and_parameters():
-    for name in GRID_PRESETS:
-        assert expand_grid(StudyConfig(out="x", grid_preset=name), BASE)

@@ -16,8 +16,9 @@ import pytest
 
 from alignlab.data.pairs import FORMATS, PreferencePair, hh_transcript, load_pairs, write_pairs_jsonl
 from alignlab.errors import AlignlabError, InputError
+from conftest import SHARED
 
-HH_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+HH_SAMPLE = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 
 
 def write_jsonl(path: Path, records, opener=open) -> Path:

@@ -28,6 +28,7 @@ def _samples(out, run_dir) -> dict:
     return pq.read_table(out / run_dir / "samples.parquet").to_pydict()
 
 
+@pytest.mark.slow
 def test_tiny_study_runs_the_small_grid_and_writes_the_report(tiny_study):
     out, _ = tiny_study
     for name in ("report.md", "report.html", "summary.json", "sweep.yaml", "study.json", "runs.sqlite"):
@@ -44,6 +45,7 @@ def test_tiny_study_runs_the_small_grid_and_writes_the_report(tiny_study):
     assert summary["sft"]["metrics"]["kl"]["value"] == 0.0
 
 
+@pytest.mark.slow
 def test_summary_numbers_come_from_the_per_sample_results(tiny_study):
     out, _ = tiny_study
     summary = json.loads((out / "summary.json").read_text())
@@ -66,6 +68,7 @@ def test_summary_numbers_come_from_the_per_sample_results(tiny_study):
     assert dpo_best["metrics"]["mean_score"]["value"] == max(r["metrics"]["mean_score"]["value"] for r in every_dpo)
 
 
+@pytest.mark.slow
 def test_gold_scores_are_the_worlds_closed_form(tiny_study):
     from alignlab.world import build_world, world_config
 
@@ -77,6 +80,7 @@ def test_gold_scores_are_the_worlds_closed_form(tiny_study):
         assert gold == pytest.approx(world.gold_reward(json.loads(prompt), response), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_second_run_reuses_the_cached_world_models(tiny_study, tmp_path, caplog):
     _, cache = tiny_study
     out = tmp_path / "again"
@@ -103,6 +107,7 @@ def test_run_refuses_bad_settings_before_writing(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HH_SAMPLE.exists(), reason=f"shared HH-RLHF sample not found at {HH_SAMPLE}")
 def test_run_on_real_models_and_data(tiny_model, pairs_file, tmp_path):
     """The same command on a Hugging Face model, pairs data, HH-RLHF test prompts and a gold RM."""

@@ -25,6 +25,7 @@ def var_study(tmp_path_factory, world_cache):
     return out, json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_var_study_runs_the_var_grid_and_reports_items_7_to_10(var_study):
     out, summary = var_study
     report = (out / "report.md").read_text()
@@ -38,6 +39,7 @@ def test_var_study_runs_the_var_grid_and_reports_items_7_to_10(var_study):
     assert summary["var"]["var_vs_dpo"]["claim"]["verdict"] in ("confirmed", "not confirmed", "reversed")
 
 
+@pytest.mark.slow
 def test_family_split_agrees_with_the_per_sample_results(var_study):
     out, summary = var_study
     families = json.loads((out / "data" / "test_families.json").read_text())
@@ -54,6 +56,7 @@ def test_family_split_agrees_with_the_per_sample_results(var_study):
         assert rewards["all"]["proxy"]["mean"] == pytest.approx(np.mean(samples["proxy_score"]))
 
 
+@pytest.mark.slow
 def test_race_curves_are_snapshots_of_the_runs_they_end_in(var_study):
     out, summary = var_study
     race = json.loads((out / "var" / "race.json").read_text())
@@ -75,6 +78,7 @@ def test_race_curves_are_snapshots_of_the_runs_they_end_in(var_study):
     assert summary["var"]["race"]["gold"]["verdict"] in ("confirmed", "not confirmed", "reversed", "not testable")
 
 
+@pytest.mark.slow
 def test_z_variance_and_compute_profile_cover_every_row(var_study):
     out, summary = var_study
     z = json.loads((out / "var" / "z_variance.json").read_text())
@@ -98,6 +102,7 @@ def test_z_variance_and_compute_profile_cover_every_row(var_study):
     assert summary["var"]["compute"] == compute
 
 
+@pytest.mark.slow
 def test_rerunning_the_var_study_trains_nothing_and_rewrites_the_same_report(var_study, world_cache):
     out, _ = var_study
     before = {p: p.stat().st_mtime_ns for p in (out / "var").rglob("*.safetensors")}
@@ -107,6 +112,7 @@ def test_rerunning_the_var_study_trains_nothing_and_rewrites_the_same_report(var
     assert (out / "report.md").read_bytes() == report
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed: apt-get install chromium")
 def test_var_report_renders_every_figure_in_chromium(var_study, tmp_path):
     out, summary = var_study

@@ -1,0 +1,109 @@
+"""The grid of a sweep: named grids (`GRID_PRESETS`) and their expansion into runs (`expand_grid`),
+one `RunSpec` per grid point, named by the values that vary."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from dataclasses import dataclass
+
+from alignlab.errors import AlignlabError, unknown_name_message
+from alignlab.objectives.registry import get_method
+from alignlab.study.config import StudyConfig
+
+# Named grids. Learning rates are multiples of the study's base rate (the world preset's, or the
+# `training.learning_rate` you give), because sensible absolute rates differ by orders of magnitude
+# between the study world's tiny models and billion-parameter ones.
+GRID_PRESETS = {
+    # `alignlab run`: two points per method, so the default world finishes in minutes.
+    "small": {"methods": ["dpo", "ln-dpo", "simpo", "var"], "learning_rate_scales": [1.0],
+              "grid": {"dpo": {"beta": [0.1, 0.5]}, "ln-dpo": {"beta": [1.0, 2.0]},
+                       "simpo": {"beta": [2.0], "gamma": [0.5, 1.0]}, "var": {"lam": [0.5, 1.0]}}},
+    # The Hitchhiker study: β ranges of the DPO and SimPO papers, each at three learning rates.
+    "hitchhiker": {"methods": ["dpo", "ln-dpo", "simpo"], "learning_rate_scales": [0.5, 1.0, 2.0],
+                   "grid": {"dpo": {"beta": [0.01, 0.05, 0.1, 0.3, 0.5]},
+                            "ln-dpo": {"beta": [0.5, 1.0, 2.0, 3.0, 5.0]},
+                            "simpo": {"beta": [1.0, 2.0, 2.5], "gamma": [0.5, 1.0, 1.5]}}},
+    # The VAR paper's comparison: VAR's λ grid against DPO's β grid.
+    "var": {"methods": ["var", "dpo"], "learning_rate_scales": [0.5, 1.0, 2.0],
+            "grid": {"var": {"lam": [0.25, 0.5, 1.0, 2.0, 4.0]}, "dpo": {"beta": [0.01, 0.05, 0.1, 0.3, 0.5]}}},
+    # `alignlab run --study var`: two λ for each Z estimator, summed and length-normalised, against two β.
+    "var-small": {"methods": ["var", "dpo"], "learning_rate_scales": [1.0],
+                  "grid": {"var": {"lam": [0.5, 1.0], "z_estimator": ["batch", "prompt", "sampled"],
+                                   "length_normalize": [False, True], "z_samples": [4]},
+                           "dpo": {"beta": [0.1, 0.5]}}},
+}
+TRAINING_GRID_KEYS = ("learning_rate", "epochs")  # grid keys that are training settings, not method parameters
+SHORT_NAMES = {"learning_rate": "lr", "epochs": "ep", "seed": "s"}
+
+
+@dataclass
+class RunSpec:
+    """One grid point: a method, its hyper-parameters and its training settings."""
+
+    name: str
+    method: str
+    params: dict  # the method's hyper-parameters, resolved (defaults filled in)
+    training: dict  # learning_rate, epochs, seed
+
+    @property
+    def all_params(self) -> dict:
+        return {**self.params, **self.training}
+
+
+def _value_name(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def expand_grid(config: StudyConfig, base_training: dict) -> list[RunSpec]:
+    """The runs of a study: per method, the product of its grid values (preset, then `grid`, whose
+    entries win), learning rates, epochs and seeds. Names carry every value that varies."""
+    preset = {}
+    if config.grid_preset is not None:
+        if config.grid_preset not in GRID_PRESETS:
+            raise AlignlabError(unknown_name_message("config: grid_preset", config.grid_preset, list(GRID_PRESETS)))
+        preset = GRID_PRESETS[config.grid_preset]
+    methods = config.methods or preset.get("methods") or []
+    if not methods:
+        raise AlignlabError("config: no methods; set 'methods' or a 'grid_preset'")
+    for key in config.grid:
+        if key != "all" and key not in methods:
+            raise AlignlabError(unknown_name_message("config: grid names method", key, ["all", *methods]))
+    for key in config.method_params:
+        if key not in methods:
+            raise AlignlabError(unknown_name_message("config: method_params names method", key, methods))
+    base_lr = base_training["learning_rate"]
+    shared_grid = {"learning_rate": [base_lr * s for s in preset.get("learning_rate_scales", [1.0])],
+                   "epochs": [base_training["epochs"]], **config.grid.get("all", {})}
+    seeds = config.seeds or [config.seed]
+    runs = []
+    for method_name in methods:
+        method = get_method(method_name)
+        names = {hp.name for hp in method.hyperparameters}
+        grid = {**{k: [v] for k, v in config.method_params.get(method_name, {}).items()},
+                **({k: v for k, v in preset["grid"].get(method_name, {}).items()} if preset else {}),
+                **shared_grid, **config.grid.get(method_name, {})}
+        for key, values in grid.items():
+            if key not in names and key not in TRAINING_GRID_KEYS:
+                raise AlignlabError(unknown_name_message(f"config: grid.{method_name} has unknown key", key,
+                                                         sorted(names | set(TRAINING_GRID_KEYS))))
+            if not isinstance(values, list) or not values:
+                raise AlignlabError(f"config: grid.{method_name}.{key} must be a non-empty list of values, "
+                                    f"got {values!r}")
+        grid["seed"] = seeds
+        keys = sorted(grid, key=lambda k: k not in names)  # method parameters first, in names too
+        for values in itertools.product(*(grid[k] for k in keys)):
+            point = dict(zip(keys, values))
+            training = {k: point.pop(k) for k in (*TRAINING_GRID_KEYS, "seed")}
+            try:
+                params = method.resolve(point)
+            except AlignlabError as err:
+                raise AlignlabError(f"config: grid (or method_params) of {err}") from None
+            varying = [k for k in keys if len(grid[k]) > 1 or k in ("learning_rate", "seed")]
+            name = "-".join([method_name, *(f"{SHORT_NAMES.get(k, k)}{_value_name({**params, **training}[k])}"
+                                            for k in varying)])
+            runs.append(RunSpec(name, method_name, params, training))
+    duplicates = [n for n, count in collections.Counter(r.name for r in runs).items() if count > 1]
+    if duplicates:
+        raise AlignlabError(f"config: the grid repeats runs ({', '.join(duplicates[:3])}); remove repeated values")
+    return runs

@@ -1,0 +1,147 @@
+"""Reading a finished sweep for the report (`alignlab report DIR`): each run's evaluation as an
+analysis.RunRecord (`load_run_record`), and the robustness report of the finished runs
+(`write_sweep_report`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alignlab.errors import AlignlabError
+from alignlab.study.store import RunStore
+
+log = logging.getLogger(__name__)
+
+
+def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics: dict):
+    """A run's evaluation as an analysis.RunRecord: metrics plus per-sample columns from its
+    samples.parquet. An AlignlabError names the file when it is missing or unreadable, has no rows,
+    lacks a column or holds one of another type."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from alignlab.analysis import RunRecord
+    from alignlab.untrusted import clip
+
+    path = run_dir / "samples.parquet"
+    redo = f"delete {run_dir / 'metrics.json'} and rerun the sweep to evaluate the run again"
+    try:
+        table = pq.read_table(path).to_pydict()
+    except (OSError, pa.ArrowException) as err:
+        raise AlignlabError(f"{path}: cannot be read ({clip(str(err))}); {redo}") from None
+    missing = [c for c in ("prompt_id", "gold_score", "length") if c not in table]
+    if missing:
+        raise AlignlabError(f"{path}: lacks the column(s) {', '.join(missing)}; {redo}")
+    if not table["prompt_id"] or not all(isinstance(p, (str, int)) for p in table["prompt_id"]):
+        raise AlignlabError(f"{path}: column prompt_id is empty or holds other than text or integers; {redo}")
+
+    def numbers(column: str):
+        try:
+            return np.array(table[column], dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise AlignlabError(f"{path}: column {column} holds other than numbers; {redo}") from None
+
+    samples = {"prompt_id": np.array(table["prompt_id"]), "gold_score": numbers("gold_score"),
+               "length": numbers("length")}
+    if "proxy_score" in table:
+        samples["proxy_score"] = numbers("proxy_score")
+    if "logp_sft" in table:
+        kl = numbers("logp_policy") - numbers("logp_sft")
+        samples["kl"], samples["ln_kl"] = kl, kl / np.maximum(samples["length"], 1)
+    return RunRecord(name, method, params, metrics, samples)
+
+
+def write_sweep_report(out: str | Path) -> dict:
+    """`alignlab report DIR`: the robustness report of the finished runs in a sweep directory.
+
+    The run store is opened read-only: the report never writes runs.sqlite, whatever it holds.
+    Damage to what every run shares (runs.sqlite, sweep.yaml, study.json, runs/sft/) is an
+    AlignlabError naming the file; a damaged run is skipped and named in the report's "runs" line
+    (alignlab.report's docstring says why)."""
+    from alignlab.config import read_yaml
+    from alignlab.report import check_metrics, check_params, write_report
+    from alignlab.study.store import DamagedRow, StoredRun, parse_json
+    from alignlab.untrusted import clip, shown
+
+    out = Path(out)
+    if not (out / "runs.sqlite").exists() or not (out / "sweep.yaml").exists():
+        raise AlignlabError(f"{out}: not a sweep directory (no runs.sqlite and sweep.yaml); "
+                            "give the --out of an alignlab sweep or alignlab run")
+    rerun = "rerun the sweep (it resumes) to write it again"
+
+    def read_json(path: Path, check=lambda value: value):
+        """A JSON file of the sweep directory, through check; an AlignlabError naming it otherwise."""
+        try:
+            return check(parse_json(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise AlignlabError(f"{path}: missing; {rerun}") from None
+        except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON, not as check needs
+            raise AlignlabError(f"{path}: {clip(str(err))}; {rerun}") from None
+
+    def json_object(value) -> dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{shown(value)} is not a JSON object")
+        return value
+
+    try:
+        config = read_yaml(out / "sweep.yaml")
+    except OSError as err:
+        raise AlignlabError(f"{out / 'sweep.yaml'}: cannot be read ({err.strerror})") from None
+    study = read_json(out / "study.json", json_object)
+    sft_dir = out / "runs" / "sft"
+    if not sft_dir.is_dir():
+        raise AlignlabError(f"{sft_dir}: missing (the SFT model's evaluation); {rerun}")
+    sft = load_run_record(sft_dir, "sft", "sft", {}, read_json(sft_dir / "metrics.json", check_metrics))
+    sft_prompts = set(sft.samples["prompt_id"].tolist())
+
+    with RunStore(out / "runs.sqlite", readonly=True) as store:
+        rows = store.rows()
+    skipped = [f"runs.sqlite {row}" for row in rows if isinstance(row, DamagedRow)]
+    unfinished, runs = [], []
+    for row in (row for row in rows if isinstance(row, StoredRun)):
+        try:
+            finished = row.status == "finished" and (out / row.run_dir / "metrics.json").exists()
+        except OSError:  # a path the system refuses (too long): no evaluation can be there
+            finished = False
+        if not finished:
+            unfinished.append(row.name)
+            continue
+        try:
+            params, metrics = check_params(row.params), check_metrics(row.metrics)
+        except ValueError as err:
+            skipped.append(f"{shown(row.name)}: runs.sqlite {err}")
+            continue
+        try:
+            run = load_run_record(out / row.run_dir, row.name, row.method, params, metrics)
+        except AlignlabError as err:
+            skipped.append(f"{shown(row.name)}: {err}")
+            continue
+        if set(run.samples["prompt_id"].tolist()) != sft_prompts:
+            skipped.append(f"{shown(row.name)}: evaluated on other test prompts than {sft_dir}")
+        else:
+            runs.append(run)
+    for problem in skipped:
+        log.warning("report: skipped a damaged run: %s", problem)
+    if not runs:
+        raise AlignlabError(f"{out}: no finished run to report"
+                            + (f"; skipped as damaged: {skipped[0]}" if skipped else "")
+                            + "; run the sweep (it resumes where it stopped)")
+    seeds = sorted({r.params["seed"] for r in runs if "seed" in r.params}, key=lambda s: (isinstance(s, str), s))
+    context = {**study,
+               "runs": f"{len(runs)} finished of {len(rows)}"
+                       + (f"; unfinished or failed: {', '.join(unfinished)}" if unfinished else "")
+                       + (f"; skipped as damaged: {'; '.join(skipped)}" if skipped else ""),
+               "methods": ", ".join(dict.fromkeys(r.method for r in runs)),
+               "grid": config.get("grid_preset") or "custom",
+               "training seeds": ", ".join(str(s) for s in seeds),
+               "test prompts": len(sft.samples["prompt_id"])}
+    var = None
+    if config.get("study") == "var":
+        def optional_json(path: Path):
+            return read_json(path) if path.exists() else None
+
+        var = {"families": optional_json(out / "data" / "test_families.json"),
+               "race": optional_json(out / "var" / "race.json"), "z": optional_json(out / "var" / "z_variance.json"),
+               "compute": optional_json(out / "var" / "compute.json")}
+    return write_report(out, runs, sft, context, title="alignlab sweep report", var=var)

@@ -1,0 +1,54 @@
+"""The grid of a sweep: preset expansion, grid entries over presets, seeds, and bad grids."""
+
+import math
+
+import pytest
+
+from alignlab.errors import AlignlabError
+from alignlab.study.config import StudyConfig
+from alignlab.study.grid import GRID_PRESETS, expand_grid
+
+BASE = {"learning_rate": 1e-3, "epochs": 1}
+
+
+def test_hitchhiker_grid_has_every_combination_with_rates_scaled_from_the_base():
+    runs = expand_grid(StudyConfig(out="x", grid_preset="hitchhiker"), BASE)
+    by_method = {m: [r for r in runs if r.method == m] for m in ("dpo", "ln-dpo", "simpo")}
+    assert [len(v) for v in by_method.values()] == [5 * 3, 5 * 3, 3 * 3 * 3]
+    assert sorted({r.training["learning_rate"] for r in runs}) == [5e-4, 1e-3, 2e-3]
+    assert len({r.name for r in runs}) == len(runs)
+    simpo = by_method["simpo"][0]
+    assert simpo.name == "simpo-beta1-gamma0.5-lr0.0005-s0" and simpo.params == {"beta": 1.0, "gamma": 0.5}
+
+
+def test_grid_entries_override_the_preset_and_seeds_multiply_runs():
+    config = StudyConfig(out="x", grid_preset="var", grid={"var": {"lam": [1.0]}, "all": {"epochs": [1, 2]}},
+                         seeds=[0, 1])
+    runs = expand_grid(config, BASE)
+    var = [r for r in runs if r.method == "var"]
+    assert len(var) == 1 * 3 * 2 * 2 and {r.params["lam"] for r in var} == {1.0}
+    assert {r.params["z_estimator"] for r in var} == {"batch"}  # defaults are filled in
+    assert "var-lr0.001-ep2-s1" in {r.name for r in var}
+
+
+@pytest.mark.parametrize("grid, expected", [
+    ({"dpo": {"betta": [0.1]}}, "did you mean 'beta'"),
+    ({"simpo": {"beta": [1.0]}}, "grid names method 'simpo'"),
+    ({"dpo": {"beta": 0.1}}, "grid.dpo.beta must be a non-empty list"),
+    ({"dpo": {"beta": [-1.0]}}, "beta"),
+])
+def test_bad_grids_fail_with_the_key_at_fault(grid, expected):
+    with pytest.raises(AlignlabError, match=expected):
+        expand_grid(StudyConfig(out="x", grid_preset=None, methods=["dpo"], grid=grid), BASE)
+
+
+def test_presets_name_only_registered_methods_and_parameters():
+    """Each preset expands (its methods and parameters are registered) into one run per combination
+    of its values and learning-rate scales, for the one seed."""
+    for name, preset in GRID_PRESETS.items():
+        runs = expand_grid(StudyConfig(out="x", grid_preset=name), BASE)
+        assert [*dict.fromkeys(r.method for r in runs)] == preset["methods"], name
+        for method in preset["methods"]:
+            combinations = math.prod(len(values) for values in preset["grid"].get(method, {}).values())
+            expected = combinations * len(preset["learning_rate_scales"])
+            assert sum(r.method == method for r in runs) == expected, (name, method)
