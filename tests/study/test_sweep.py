@@ -78,25 +78,31 @@ def test_starting_a_finished_sweep_again_reruns_nothing(tiny_sweep, world_cache)
 def test_a_second_sweep_in_a_running_sweeps_directory_is_refused(tiny_sweep, world_cache, capsys):
     import fcntl
 
+    from alignlab.output_dirs import lock_path
+
     out, config_file, _ = tiny_sweep
-    with open(out / ".lock", "a") as held:  # as a running sweep holds it
+    with open(lock_path(out), "a") as held:  # as a running sweep holds it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert main(_sweep_args(config_file, out, world_cache)) == 2
-    assert "another alignlab sweep is running in this directory" in capsys.readouterr().err
+    assert "another alignlab process is writing there" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_resuming_removes_the_temp_files_a_killed_writer_left(tiny_sweep, world_cache):
     out, config_file, _ = tiny_sweep
-    left = [out / "runs" / "sft" / ".samples.parquet.x1y2z3.tmp", out / "runs" / ".dpo-beta0.5.ab12.tmp"]
+    # Named as atomic writes name them: `.NAME.` + tempfile's 8 random characters + `.tmp`.
+    left = [out / "runs" / "sft" / ".samples.parquet.x1y2z3ab.tmp", out / "runs" / ".dpo-beta0.5.ab12cd_9.tmp"]
     left[0].write_bytes(b"half a parquet file")
     left[1].mkdir()
     (left[1] / "metrics.json").write_text("{")
     partial = out / "runs" / ".kept.partial"  # a killed training run's checkpoint: resumable, so kept
     partial.mkdir()
+    users = out / "runs" / ".notes.tmp"  # not a name alignlab gives: not alignlab's to delete
+    users.write_text("mine")
     assert main(_sweep_args(config_file, out, world_cache)) == 0
-    assert not any(path.exists() for path in left) and partial.exists()
+    assert not any(path.exists() for path in left) and partial.exists() and users.read_text() == "mine"
     partial.rmdir()
+    users.unlink()
 
 
 @pytest.mark.slow
