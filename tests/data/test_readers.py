@@ -191,6 +191,7 @@ def test_file_readers_take_any_bytes(name, tmp_path):
     check()
 
 
+@pytest.mark.slow  # seconds each: the full suite runs it, the quick loop does not
 @pytest.mark.parametrize("name", list(FILE_READERS))
 def test_file_readers_take_any_structure(name, tmp_path):
     format, kind, fields, likely = FILE_READERS[name]
@@ -301,6 +302,7 @@ def test_yaml_configs_take_any_bytes(name, tmp_path):
     check()
 
 
+@pytest.mark.slow  # seconds each: the full suite runs it, the quick loop does not
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_yaml_configs_take_any_structure(name, tmp_path):
     cls, fields = CONFIGS[name]

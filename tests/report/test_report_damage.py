@@ -370,6 +370,7 @@ ROWS = st.lists(st.fixed_dictionaries(PLAUSIBLE)
                 | st.fixed_dictionaries({column: ANY | PLAUSIBLE[column] for column in COLUMNS}), max_size=3)
 
 
+@pytest.mark.slow  # seconds each: the full suite runs it, the quick loop does not
 @settings(max_examples=HYPOTHESIS_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(rows=ROWS, loose=st.booleans())
 def test_any_rows_give_a_report_or_an_alignlab_error_and_the_store_is_never_written(template, tmp_path_factory,

@@ -209,6 +209,7 @@ def test_every_figure_is_embedded_and_captioned_with_its_run_count(report):
     assert [base64.b64decode(e) for e in embedded] == [(out / f["file"]).read_bytes() for f in summary["figures"]]
 
 
+@pytest.mark.slow  # seconds each: the full suite runs it, the quick loop does not
 def test_same_runs_give_byte_identical_files_and_no_stale_figures(report, tmp_path):
     out, _ = report
     again = tmp_path / "again"
@@ -230,6 +231,7 @@ def single_runs():
 
 
 # Independent gaps are combined in one case to keep the test fast.
+@pytest.mark.slow  # seconds each: the full suite runs it, the quick loop does not
 @pytest.mark.parametrize("case", ["one run per method", "no DPO, no KL", "no SFT, no samples", "no runs",
                                   "nothing at all"])
 def test_degenerate_sweeps_still_give_a_report(case, tmp_path):

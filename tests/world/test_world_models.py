@@ -171,6 +171,7 @@ def sample(model_dir, prompts, seed=0, max_new_tokens=64, temperature=0.7):
     return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+@pytest.mark.slow  # seconds each: the full suite runs it, the quick loop does not
 def test_the_world_is_learnable(world, models):
     _, built = models
     prompts = [p.prompt for p in world.test_pairs] * 2  # two samples per test prompt
@@ -186,6 +187,7 @@ def test_the_world_is_learnable(world, models):
     assert statistics.mean(world.gold_reward(p.prompt, p.chosen) for p in world.test_pairs) > random_words
 
 
+@pytest.mark.slow  # pre-trains the world's model (the `models` fixture)
 def test_models_are_saved_and_a_second_build_is_a_cache_hit(world, models, monkeypatch):
     cache, first = models
     assert not first.cached and first.pretrain_seconds > 0 and first.sft_seconds > 0
