@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", help="comma-separated methods (default: dpo,ln-dpo,simpo,var)")
     run.add_argument("--config", help="YAML file of StudyConfig fields (real models and data go here)")
     run.add_argument("--out", help="study directory (default: alignlab-run-<preset>-<time>)")
+    run.add_argument("--seeds", help="replicate training seeds per configuration (default 3)")
     run.add_argument("--workers", help="runs in parallel (default 1)")
     run.add_argument("--study", help="robustness (default: the Hitchhiker analyses) | var (adds the VAR section: "
                                      "GRPO race, Z estimators, compute profile; grid var-small)")
@@ -131,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--world", dest="preset", help="study-world size: tiny | default | large (default: default)")
     sweep.add_argument("--workers", help="runs in parallel (default 1)")
     sweep.add_argument("--executor", help="local (processes, default) | ray")
-    sweep.add_argument("--seed", help="seed of the world and generation (training seeds: --seeds 0,1,2)")
+    sweep.add_argument("--seed", help="seed of the world and generation, and the first training seed")
+    sweep.add_argument("--seeds", help="replicate training seeds per configuration: seed … seed + N − 1 (default 3)")
     sweep.add_argument("--study", help="robustness (default) | var (adds the VAR section's stages and analyses)")
     report = commands.add_parser("report", help="(re)write the robustness report of a sweep or run directory")
     report.add_argument("dir", help="the --out of alignlab sweep or alignlab run")

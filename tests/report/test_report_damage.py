@@ -83,7 +83,7 @@ def study(template, tmp_path):
 def no_rendering(monkeypatch):
     """The reader alone: write_report replaced by one returning what it was given (figures are slow)."""
     monkeypatch.setattr(alignlab_report, "write_report",
-                        lambda out, runs, sft, context, title, var=None: {"runs": runs, "context": context})
+                        lambda out, runs, sft, context, title, var=None, families=None: {"runs": runs, "context": context})
 
 
 def files_of(directory) -> dict:

@@ -23,7 +23,7 @@ def test_hitchhiker_grid_has_every_combination_with_rates_scaled_from_the_base()
 
 def test_grid_entries_override_the_preset_and_seeds_multiply_runs():
     config = StudyConfig(out="x", grid_preset="var", grid={"var": {"lam": [1.0]}, "all": {"epochs": [1, 2]}},
-                         seeds=[0, 1])
+                         seeds=2)
     runs = expand_grid(config, BASE)
     var = [r for r in runs if r.method == "var"]
     assert len(var) == 1 * 3 * 2 * 2 and {r.params["lam"] for r in var} == {1.0}

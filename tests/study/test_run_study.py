@@ -12,14 +12,13 @@ from alignlab.cli import main
 from alignlab.models.tiny import build_tiny_classifier
 from conftest import SHARED
 
-METRICS = ["mean_score", "win_vs_chosen", "win_vs_sft", "kl", "ln_kl", "length"]
 HH_SAMPLE = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory, world_cache):
     out = tmp_path_factory.mktemp("study") / "study"
-    code = main(["run", "--preset", "tiny", "--out", str(out), "--cache_dir", str(world_cache)])
+    code = main(["run", "--preset", "tiny", "--seeds", "2", "--out", str(out), "--cache_dir", str(world_cache)])
     assert code == 0
     return out, world_cache
 
@@ -35,37 +34,61 @@ def test_tiny_study_runs_the_small_grid_and_writes_the_report(tiny_study):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["best"]) == ["dpo", "ln-dpo", "simpo", "var"]
-    assert len(summary["runs"]) == 1 + 8  # SFT and two grid points per method
-    for name, row in [("sft", summary["sft"]), *summary["best"].items()]:
-        for metric in METRICS:
-            if name == "sft" and metric == "win_vs_sft":
-                continue
-            value = row["metrics"][metric]
-            assert value["ci_low"] <= value["value"] <= value["ci_high"], (name, metric)
-    assert summary["sft"]["metrics"]["kl"]["value"] == 0.0
+    assert len(summary["runs"]) == 1 + 8 * 2  # SFT and two grid points per method, two seeds each
+    for method, row in summary["best"].items():
+        assert row["seeds"] == [0, 1]
+        for title, entry in row["reported"].items():
+            if entry is not None:
+                assert entry["ci"][0] <= entry["value"] <= entry["ci"][1], (method, title)
+    assert summary["correction"] == "holm" and summary["selection"]["reporting_prompts"] == 32
+    assert set(summary["noise_floor"]) == {"dpo", "ln-dpo", "simpo", "var"}
+    assert all(value is not None and value >= 0 for value in summary["noise_floor"].values())
+    assert [p["k"] for p in summary["expected_max"]["dpo"]] == [1, 2]
+    verdicts = {c["verdict"] for c in summary["claims"]}
+    assert verdicts <= {"confirmed", "reversed", "inconclusive", "not tested"}
+    # The study world knows its prompt families: VAR's gain is claimed per family and on average.
+    assert sum(c["claim"].startswith("VAR's gold reward") for c in summary["claims"]) == 3
+    assert summary["sft"]["reported"]["KL to SFT"]["value"] == 0.0
+
+
+def reporting_mean(out, run_names, column, reporting) -> float:
+    """A configuration's reported mean, from its runs' samples.parquet: seeds, then reporting prompts."""
+    per_seed = []
+    for name in run_names:
+        samples = _samples(out, f"runs/{name}")
+        by_prompt = dict(zip(samples["prompt_id"], samples[column]))
+        per_seed.append(np.mean([by_prompt[p] for p in reporting]))
+    return float(np.mean(per_seed))
 
 
 @pytest.mark.slow
 def test_summary_numbers_come_from_the_per_sample_results(tiny_study):
+    from alignlab.evidence import split_prompts
+
     out, _ = tiny_study
     summary = json.loads((out / "summary.json").read_text())
     sft = _samples(out, "runs/sft")
+    split = split_prompts(sft["prompt_id"])
+    runs_of = {}
+    for row in summary["runs"][1:]:
+        runs_of.setdefault(row["run"].rsplit("-s", 1)[0], []).append(row["run"])
     dpo_best = summary["best"]["dpo"]
+    dpo_mean = reporting_mean(out, runs_of[dpo_best["configuration"]], "gold_score", split.reporting)
     for method in ("dpo", "var"):
         row = summary["best"][method]
-        samples = _samples(out, f"runs/{row['run']}")
-        assert row["metrics"]["mean_score"]["value"] == pytest.approx(np.mean(samples["gold_score"]))
-        assert row["metrics"]["length"]["value"] == pytest.approx(np.mean(samples["length"]))
-        assert samples["prompt_id"] == sft["prompt_id"]
-        assert samples["sft_score"] == sft["gold_score"]
-        wins = np.mean([(a > b) + 0.5 * (a == b) for a, b in zip(samples["gold_score"], sft["gold_score"])])
-        assert row["metrics"]["win_vs_sft"]["value"] == pytest.approx(wins)
+        names = runs_of[row["configuration"]]
+        mean = reporting_mean(out, names, "gold_score", split.reporting)
+        assert row["reported"]["mean gold score"]["value"] == pytest.approx(mean)
+        assert row["reported"]["length (tokens)"]["value"] == pytest.approx(
+            reporting_mean(out, names, "length", split.reporting))
+        samples = _samples(out, f"runs/{names[0]}")
+        assert samples["prompt_id"] == sft["prompt_id"] and samples["sft_score"] == sft["gold_score"]
         if method != "dpo":
-            dpo_mean = dpo_best["metrics"]["mean_score"]["value"]
-            expected = 100 * (row["metrics"]["mean_score"]["value"] - dpo_mean) / abs(dpo_mean)
-            assert row["mean_score_change_vs_dpo_pct"] == pytest.approx(expected)
-    every_dpo = [r for r in summary["runs"] if r["method"] == "dpo"]
-    assert dpo_best["metrics"]["mean_score"]["value"] == max(r["metrics"]["mean_score"]["value"] for r in every_dpo)
+            assert row["mean_score_change_vs_dpo_pct"] == pytest.approx(100 * (mean - dpo_mean) / abs(dpo_mean))
+    # The best DPO configuration is the one with the highest mean gold on the selection half.
+    selection = {config: reporting_mean(out, names, "gold_score", split.selection)
+                 for config, names in runs_of.items() if config.startswith("dpo-")}
+    assert dpo_best["configuration"] == max(selection, key=selection.get)
 
 
 @pytest.mark.slow
@@ -75,7 +98,7 @@ def test_gold_scores_are_the_worlds_closed_form(tiny_study):
     out, _ = tiny_study
     world = build_world(world_config("tiny", seed=0))
     summary = json.loads((out / "summary.json").read_text())
-    samples = _samples(out, f"runs/{summary['best']['simpo']['run']}")
+    samples = _samples(out, f"runs/{summary['best']['simpo']['configuration']}-s0")
     for prompt, response, gold in list(zip(samples["prompt"], samples["response"], samples["gold_score"]))[:10]:
         assert gold == pytest.approx(world.gold_reward(json.loads(prompt), response), abs=1e-6)
 
@@ -85,7 +108,8 @@ def test_second_run_reuses_the_cached_world_models(tiny_study, tmp_path, caplog)
     _, cache = tiny_study
     out = tmp_path / "again"
     with caplog.at_level("INFO", logger="alignlab.world.models"):
-        assert main(["run", "--preset", "tiny", "--methods", "simpo", "--out", str(out), "--cache_dir", str(cache)]) == 0
+        assert main(["run", "--preset", "tiny", "--methods", "simpo", "--seeds", "1", "--out", str(out),
+                     "--cache_dir", str(cache)]) == 0
     assert "built world models" not in caplog.text
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["best"]) == ["simpo"] and len(summary["runs"]) == 1 + 2
@@ -117,14 +141,14 @@ def test_run_on_real_models_and_data(tiny_model, pairs_file, tmp_path):
              "methods": ["dpo", "var"], "training": {"learning_rate": 1e-3, "batch_size": 4, "max_length": 128,
                                                        "max_prompt_length": 96},
              "reward_training": {"learning_rate": 1e-3, "batch_size": 4, "max_length": 128, "max_prompt_length": 96},
-             "generation": {"max_new_tokens": 8}}
+             "generation": {"max_new_tokens": 8}, "seeds": 1}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     out = tmp_path / "study"
     assert main(["run", "--config", str(path), "--out", str(out), "--cache_dir", str(tmp_path / "cache")]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["best"]) == ["dpo", "var"]
-    samples = _samples(out, f"runs/{summary['best']['dpo']['run']}")
+    samples = _samples(out, f"runs/{summary['best']['dpo']['configuration']}-s0")
     assert len(samples["prompt_id"]) == 6 and samples["prompt_id"][0] == "test-1"
     assert all(math.isfinite(x) for x in samples["gold_score"])
     assert (out / "proxy_rm" / "model" / "model.safetensors").exists()

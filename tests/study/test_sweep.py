@@ -20,6 +20,7 @@ from conftest import CHROMIUM, check_report_in_chromium
 
 SWEEP_YAML = """\
 methods: [dpo, ln-dpo, simpo]
+seeds: 1
 grid:
   dpo: {beta: [0.1, 0.5]}
   ln-dpo: {beta: [1.0, 3.0]}
@@ -54,9 +55,9 @@ def test_tiny_sweep_trains_evaluates_and_reports_every_run(tiny_sweep):
         samples = pq.read_table(out / run.run_dir / "samples.parquet").to_pydict()
         assert run.metrics["mean_score"]["value"] == pytest.approx(np.mean(samples["gold_score"]))
     summary = json.loads((out / "summary.json").read_text())
-    best_dpo = max((r for r in runs if r.method == "dpo"), key=lambda r: r.metrics["mean_score"]["value"])
-    assert summary["best"]["dpo"]["run"] == best_dpo.name
-    assert {c["verdict"] for c in summary["claims"]} <= {"confirmed", "not confirmed", "reversed", "not tested"}
+    assert summary["best"]["dpo"]["configuration"] in {r.name.rsplit("-s", 1)[0] for r in runs if r.method == "dpo"}
+    # One seed per configuration (seeds: 1): estimates, and no verdict without measured training noise.
+    assert {c["verdict"] for c in summary["claims"]} <= {"inconclusive", "not tested"}
     assert len(summary["claims"]) >= 10
     for name in ("report.html", "report.md", "sweep.yaml", "study.json"):
         assert (out / name).exists()

@@ -21,7 +21,8 @@ SECTIONS = ["## 7. VAR vs DPO vs SFT", "## 8. Convergence race", "## 9. VAR's no
 @pytest.fixture(scope="module")
 def var_study(tmp_path_factory, world_cache):
     out = tmp_path_factory.mktemp("var-study") / "study"
-    assert main(["run", "--preset", "tiny", "--study", "var", "--out", str(out), "--cache_dir", str(world_cache)]) == 0
+    assert main(["run", "--preset", "tiny", "--study", "var", "--seeds", "1", "--out", str(out),
+                 "--cache_dir", str(world_cache)]) == 0
     return out, json.loads((out / "summary.json").read_text())
 
 
@@ -36,24 +37,32 @@ def test_var_study_runs_the_var_grid_and_reports_items_7_to_10(var_study):
     assert sum(n.startswith("var-") for n in names) == 12 and sum(n.startswith("dpo-") for n in names) == 2
     estimators = {(e["z_estimator"], e["length_normalize"]) for e in summary["var"]["z_estimator"]["estimators"]}
     assert estimators == {(z, n) for z in ("batch", "prompt", "sampled") for n in (False, True)}
-    assert summary["var"]["var_vs_dpo"]["claim"]["verdict"] in ("confirmed", "not confirmed", "reversed")
+    claims = summary["var"]["var_vs_dpo"]["claims"]
+    assert [c["claim"].split(" on ")[-1] for c in claims[:2]] == ["harmful prompts", "helpful prompts"]
+    # One seed per configuration: the gains are estimated, but training noise is unmeasured.
+    assert all(c["verdict"] == "inconclusive" and c["value"] is not None for c in claims)
 
 
 @pytest.mark.slow
 def test_family_split_agrees_with_the_per_sample_results(var_study):
     out, summary = var_study
+    from alignlab.evidence import split_prompts
+
     families = json.loads((out / "data" / "test_families.json").read_text())
     assert set(families.values()) == {"helpful", "harmful"}
     for model in summary["var"]["var_vs_dpo"]["models"].values():
-        samples = pq.read_table(out / "runs" / model["run"] / "samples.parquet").to_pydict()
+        run_dir = out / "runs" / (f"{model['configuration']}-s0" if model["configuration"] else "sft")
+        samples = pq.read_table(run_dir / "samples.parquet").to_pydict()
         rewards = model["rewards"]
-        gold = dict(zip(samples["prompt_id"], samples["gold_score"]))
+        reporting = set(split_prompts(samples["prompt_id"]).reporting)
+        gold = {p: g for p, g in zip(samples["prompt_id"], samples["gold_score"]) if p in reporting}
+        proxy = [x for p, x in zip(samples["prompt_id"], samples["proxy_score"]) if p in reporting]
         for family in ("helpful", "harmful"):
-            mine = [gold[p] for p, f in families.items() if f == family]
+            mine = [gold[p] for p, f in families.items() if f == family and p in reporting]
             assert rewards[family]["n"] == len(mine)
             assert rewards[family]["gold"]["mean"] == pytest.approx(np.mean(mine))
-        assert rewards["all"]["gold"]["mean"] == pytest.approx(np.mean(samples["gold_score"]))
-        assert rewards["all"]["proxy"]["mean"] == pytest.approx(np.mean(samples["proxy_score"]))
+        assert rewards["all"]["gold"]["mean"] == pytest.approx(np.mean(list(gold.values())))
+        assert rewards["all"]["proxy"]["mean"] == pytest.approx(np.mean(proxy))
 
 
 @pytest.mark.slow
@@ -75,7 +84,7 @@ def test_race_curves_are_snapshots_of_the_runs_they_end_in(var_study):
         else:  # 2 responses per pair, 16 pairs a step
             assert all(p["samples"] == p["step"] * 2 * 16 for p in points[:-1])
     assert race["methods"]["grpo"]["points"][-1]["step"] == 40  # its step budget, over several epochs
-    assert summary["var"]["race"]["gold"]["verdict"] in ("confirmed", "not confirmed", "reversed", "not testable")
+    assert summary["var"]["race"]["gold"]["verdict"] in ("confirmed", "inconclusive", "reversed", "not tested")
 
 
 @pytest.mark.slow
@@ -107,7 +116,8 @@ def test_rerunning_the_var_study_trains_nothing_and_rewrites_the_same_report(var
     out, _ = var_study
     before = {p: p.stat().st_mtime_ns for p in (out / "var").rglob("*.safetensors")}
     report = (out / "report.md").read_bytes()
-    assert main(["run", "--preset", "tiny", "--study", "var", "--out", str(out), "--cache_dir", str(world_cache)]) == 0
+    assert main(["run", "--preset", "tiny", "--study", "var", "--seeds", "1", "--out", str(out),
+                 "--cache_dir", str(world_cache)]) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "var").rglob("*.safetensors")} == before
     assert (out / "report.md").read_bytes() == report
 

@@ -1,63 +1,57 @@
-"""Robustness analyses of a hyper-parameter sweep (SPEC §6 items 1–6, the "Hitchhiker" analyses).
+"""The Hitchhiker analyses (SPEC §6 items 1–6) on configurations with replicate seeds: the claims,
+expected best-of-k curves, pooled top-k% distributions and sensitivity.
 
 Everything here is a pure function of plain Python / numpy data: no plotting, no file IO, no torch.
-A sweep is a list of RunRecord, one per trained model, holding its hyper-parameters, its summary
-metrics (as metrics.summarize returns them) and its per-sample evaluation columns.
+Picks are made on the selection half and every number is computed on the reporting half
+(alignlab.analysis.replicates); each claim's estimate comes from the report's two-level bootstrap and
+its verdict from alignlab.analysis.claims.decide (Holm across the report).
 
-Definitions
-    expected perf.   the mean over the grid of per-run scores, with a bootstrap CI over runs.
-    fraction worse   the share of runs whose score is below a baseline (SFT), with a Wilson interval.
-
-Scores, rankings and run selections are defined in alignlab.analysis.runs; verdicts in
-alignlab.analysis.stats. All CIs are percentile bootstraps at 95%, seeded, with N_RESAMPLES resamples.
+Claims (each oriented so that a positive value supports it)
+    best score: A ≥ B           reported mean gold of A's best configuration − B's best
+    expected score: A ≥ B       expected best-of-k of A − of B at the equal budget k = ⌊min(n_A, n_B)/2⌋
+                                (at least 1): a search that cannot be sure to find the best of either
+    DPO most often worse        share of DPO configurations whose reported mean is below SFT's − that
+                                share pooled over the other methods' configurations
+    X shorter than DPO          length of DPO's best − X's best (and likewise length-normalised KL)
+    DPO drops more than X       (best − top-25%) of DPO − (best − top-25%) of X, on gold
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from alignlab.analysis.runs import (RunRecord, best_run, joined_on_prompts, lacking_column, method_label, metric_value,
-                                    paired_difference, param_sort_key, percentile_run, seeds_text, top_k_runs)
-from alignlab.analysis.stats import N_RESAMPLES, claim_record, stratified_bootstrap_ci, wilson_interval
-from alignlab.evaluation.metrics import bootstrap_ci
+from alignlab.analysis.claims import tested, untested
+from alignlab.analysis.replicates import Configuration, SweepEvidence
+from alignlab.analysis.runs import best_run, method_label, metric_value, param_sort_key, percentile_run, top_k_runs
+from alignlab.evidence import estimate, expected_max_weights
+from alignlab.evidence.bootstrap import combine
 
 
 # ------------------------------------------------------------------ grid-level statistics
 
-def expected_performance(runs, seed: int = 0) -> dict:
-    """Distribution of per-run scores over the grid: mean (bootstrap CI over runs) and quantiles."""
-    scores = np.array([r.score for r in runs], dtype=np.float64)
-    if scores.size == 0:
-        raise ValueError("no runs")
-    low, high = bootstrap_ci(scores, n_resamples=N_RESAMPLES, seed=seed)
-    return {"mean": float(scores.mean()), "ci_low": low, "ci_high": high,
-            "median": float(np.median(scores)), "q25": float(np.percentile(scores, 25)),
-            "q75": float(np.percentile(scores, 75)), "min": float(scores.min()),
-            "max": float(scores.max()), "n_runs": int(scores.size)}
+def expected_max_curve(ev: SweepEvidence, configs: list[Configuration]) -> list[dict]:
+    """Expected best-of-k reported mean gold for k = 1 … n, each {k, mean, ci} (alignlab.evidence.budget)."""
+    ranked = sorted(configs, key=lambda c: (c.score, c.name))  # ascending: rank 1 is the worst
+    means = [ev.mean(c) for c in ranked]
+    curve = []
+    for k in range(1, len(ranked) + 1):
+        e = estimate(_expected_max(means, k))
+        curve.append({"k": k, "mean": e.value, "ci": list(e.ci)})
+    return curve
 
 
-def fraction_worse(runs, baseline_score: float) -> dict:
-    """Share of runs whose score is strictly below baseline_score, with a Wilson 95% interval."""
-    n = len(runs)
-    count = sum(r.score < baseline_score for r in runs)
-    low, high = wilson_interval(count, n)
-    return {"fraction": count / n, "count": int(count), "n": n, "ci_low": low, "ci_high": high}
+def _expected_max(ranked_means, k: int):
+    weights = expected_max_weights(len(ranked_means), k)
+    return combine(lambda *m: sum(w * x for w, x in zip(weights, m)), *ranked_means)
 
 
-def top_k_distributions(runs_by_method: dict[str, list[RunRecord]], ks=(5, 10, 25, 50, 100),
-                        metric: str = "length") -> dict[str, dict[int, list[float]]]:
-    """Per method and k, the metric values of its top-k% runs (best first).
-
-    Runs where the metric was not measured (None) are left out of the list.
-    """
+def top_k_pooled(ev: SweepEvidence, configs: list[Configuration], ks, column: str) -> dict[int, list[float]]:
+    """Per k, the per-sample values of `column` pooled over the top-k% configurations (picked on the
+    selection half), every seed, on the reporting half; empty where the column was not measured."""
     out = {}
-    for method, runs in runs_by_method.items():
-        if not runs:
-            continue
-        out[method] = {}
-        for k in ks:
-            values = (metric_value(r, metric) for r in top_k_runs(runs, k))
-            out[method][k] = [float(v) for v in values if v is not None]
+    for k in ks:
+        picked = [c for c in top_k_runs(configs, k) if c.has(column)]
+        out[k] = [float(v) for c in picked for v in ev.reported(c, column).ravel()]
     return out
 
 
@@ -89,118 +83,118 @@ def sensitivity(runs, param: str, metric: str) -> list[dict]:
 
 # ------------------------------------------------------------------ the Hitchhiker claims
 
-def _grid(by: dict, methods) -> str:
-    return "; ".join(f"{method_label(m)}: {len(by[m])} runs ({seeds_text(by[m])})" for m in methods)
+def behind(ev: SweepEvidence, methods) -> tuple[int, list]:
+    """Runs and distinct training seeds of the compared methods' grids."""
+    configs = [c for m in methods for c in ev.by_method.get(m, [])]
+    seeds = sorted({s for c in configs for s in c.seeds if s is not None}, key=param_sort_key)
+    return sum(len(c.runs) for c in configs), seeds
 
 
-def _absent(by: dict, methods) -> str | None:
-    """The 'not tested' detail when some of the methods have no runs, else None."""
-    missing = [method_label(m) for m in methods if not by.get(m)]
+def _grid(ev: SweepEvidence, methods) -> str:
+    return "; ".join(f"{method_label(m)}: {len(ev.by_method[m])} configurations × "
+                     f"{'/'.join(sorted({str(len(c.runs)) for c in ev.by_method[m]}))} seeds" for m in methods)
+
+
+def absent_methods(ev: SweepEvidence, methods) -> str | None:
+    """The "not tested" reason when some of the methods have no runs, else None."""
+    missing = [method_label(m) for m in methods if not ev.by_method.get(m)]
     return f"no {', '.join(missing)} runs in the sweep" if missing else None
 
 
-def _best_paired_claim(by, a, b, column, claim, what, seed) -> dict:
-    """Claim 'a − b > 0' on per-prompt `column` between the two methods' best runs."""
-    statistic = (f"mean over shared prompts of {what}(best {method_label(a)}) − {what}(best {method_label(b)}), "
-                 f"bootstrap 95% CI over prompts")
-    n_runs = sum(len(by.get(m) or ()) for m in (a, b))
-    missing = _absent(by, (a, b))
+def _lacking(configs, column: str) -> str | None:
+    names = [c.name for c in configs if not c.has(column)]
+    return f"column {column!r} absent in {', '.join(names)}" if names else None
+
+
+def _best_claim(ev, a, b, column, claim, statistic) -> dict:
+    """'a − b > 0' on the reported mean of `column` between the two methods' best configurations."""
+    runs, seeds = behind(ev, (a, b))
+    missing = absent_methods(ev, (a, b))
     if missing:
-        return claim_record(claim, statistic, n_runs, missing)
-    best_a, best_b = best_run(by[a]), best_run(by[b])
-    lacking = lacking_column((best_a, best_b), column)
+        return untested(claim, statistic, missing, runs)
+    best_a, best_b = best_run(ev.by_method[a]), best_run(ev.by_method[b])
+    lacking = _lacking((best_a, best_b), column)
     if lacking:
-        return claim_record(claim, statistic, n_runs, lacking)
-    d = paired_difference(best_a, best_b, column, seed=seed)
-    detail = (f"best runs {best_a.name} vs {best_b.name}; {d['n']} shared prompts; {_grid(by, (a, b))}; "
-              f"{N_RESAMPLES} resamples, seed {seed}")
-    return claim_record(claim, statistic, n_runs, detail, d["value"], (d["ci_low"], d["ci_high"]))
+        return untested(claim, statistic, lacking, runs)
+    detail = f"best configurations {best_a.name} vs {best_b.name}; {_grid(ev, (a, b))}"
+    return tested(claim, statistic, ev.difference(ev.mean(best_a, column), ev.mean(best_b, column)), detail,
+                  runs, seeds)
 
 
-def _expected_score_claim(by, a, b, seed) -> dict:
-    """Claim 'grid mean of a ≥ grid mean of b' over per-run scores."""
+def _expected_claim(ev, a, b) -> dict:
     claim = f"expected score: {method_label(a)} ≥ {method_label(b)}"
-    statistic = (f"grid mean score of {method_label(a)} − grid mean score of {method_label(b)}, "
-                 f"bootstrap 95% CI resampling runs within each method")
-    n_runs = sum(len(by.get(m) or ()) for m in (a, b))
-    missing = _absent(by, (a, b))
+    statistic = (f"expected best-of-k mean gold of {method_label(a)} − of {method_label(b)} at equal budget "
+                 f"k = ⌊smaller grid / 2⌋ (at least 1)")
+    runs, seeds = behind(ev, (a, b))
+    missing = absent_methods(ev, (a, b))
     if missing:
-        return claim_record(claim, statistic, n_runs, missing)
-    scores = [[r.score for r in by[m]] for m in (a, b)]
-    ci = stratified_bootstrap_ci(scores, lambda x, y: x.mean() - y.mean(), seed=seed)
-    detail = f"{_grid(by, (a, b))}; {N_RESAMPLES} resamples, seed {seed}"
-    return claim_record(claim, statistic, n_runs, detail, np.mean(scores[0]) - np.mean(scores[1]), ci)
+        return untested(claim, statistic, missing, runs)
+    k = 1
+    curves = [_expected_max([ev.mean(c) for c in sorted(ev.by_method[m], key=lambda c: (c.score, c.name))], k)
+              for m in (a, b)]
+    return tested(claim, statistic.replace("k = ⌊smaller grid / 2⌋ (at least 1)", f"k = {k}"),
+                  ev.difference(*curves), f"budget k = {k}; {_grid(ev, (a, b))}", runs, seeds)
 
 
-def _worse_than_sft_claim(by, sft: RunRecord | None, seed) -> dict:
-    """Claim 'DPO's grid has the largest share of runs worse than SFT'."""
+def _worse_than_sft_claim(ev) -> dict:
     claim = "DPO is most often worse than SFT"
-    statistic = ("fraction of DPO runs with score < SFT minus the largest such fraction among the "
-                 "other methods, bootstrap 95% CI resampling runs within each method")
-    others = [m for m in by if m not in ("sft", "dpo") and by[m]]
-    n_runs = sum(len(by[m]) for m in others) + len(by.get("dpo") or ()) + (sft is not None)
-    if sft is None:
-        return claim_record(claim, statistic, n_runs, "no SFT run to compare against")
-    missing = _absent(by, ("dpo",)) or (None if others else "no method other than DPO in the sweep")
+    statistic = ("share of DPO configurations with reported mean gold below SFT's − that share pooled over "
+                 "the other methods' configurations")
+    others = [m for m in ev.by_method if m not in ("sft", "dpo")]
+    runs, seeds = behind(ev, ["dpo", *others])
+    if ev.sft is None:
+        return untested(claim, statistic, "no SFT run to compare against", runs)
+    missing = absent_methods(ev, ("dpo",)) or (None if others else "no method other than DPO in the sweep")
     if missing:
-        return claim_record(claim, statistic, n_runs, missing)
-    # Resample the 0/1 indicators "run worse than SFT": their means are the fractions.
-    worse = [[float(r.score < sft.score) for r in by[m]] for m in ["dpo"] + others]
-    stat = lambda dpo, *rest: dpo.mean() - max(x.mean() for x in rest)  # noqa: E731
-    ci = stratified_bootstrap_ci(worse, stat, seed=seed)
-    fractions = ", ".join(f"{method_label(m)} {np.mean(w):.3f}" for m, w in zip(["dpo"] + others, worse))
-    detail = (f"SFT run {sft.name} (score {sft.score:.4g}); fractions worse: {fractions}; "
-              f"{_grid(by, ['dpo'] + others)}; {N_RESAMPLES} resamples, seed {seed}")
-    return claim_record(claim, statistic, n_runs, detail, stat(*map(np.asarray, worse)), ci)
+        return untested(claim, statistic, missing, runs)
+    dpo = [ev.mean(c) for c in ev.by_method["dpo"]]
+    rest = [ev.mean(c) for m in others for c in ev.by_method[m]]
+    n_dpo = len(dpo)
+
+    def share_difference(sft, *means):
+        worse = [(m < sft).astype(np.float64) if isinstance(m, np.ndarray) else float(m < sft) for m in means]
+        return sum(worse[:n_dpo]) / n_dpo - sum(worse[n_dpo:]) / len(rest)
+
+    quantity = combine(share_difference, ev.baseline_mean(), *dpo, *rest)
+    detail = f"{_grid(ev, ['dpo', *others])}"
+    return tested(claim, statistic, quantity, detail, runs, seeds)
 
 
-def _drop_claim(by, other, seed) -> dict:
-    """Claim 'DPO drops more than `other` from its best run to its top-25% run'."""
-    claim = f"DPO drops more than {method_label(other)} from best to top-25% run"
-    statistic = (f"drop(DPO) − drop({method_label(other)}), drop = mean gold of best run − mean gold of "
-                 f"75th-percentile run on the prompts all four runs share, bootstrap 95% CI over prompts")
-    n_runs = sum(len(by.get(m) or ()) for m in ("dpo", other))
-    missing = _absent(by, ("dpo", other))
+def _drop_claim(ev, other) -> dict:
+    claim = f"DPO drops more than {method_label(other)} from best to top-25% configuration"
+    statistic = (f"drop(DPO) − drop({method_label(other)}), drop = reported mean gold of the best configuration "
+                 f"− of the 75th-percentile one (both picked on the selection half)")
+    runs, seeds = behind(ev, ("dpo", other))
+    missing = absent_methods(ev, ("dpo", other))
     if missing:
-        return claim_record(claim, statistic, n_runs, missing)
-    picked = [best_run(by["dpo"]), percentile_run(by["dpo"]), best_run(by[other]), percentile_run(by[other])]
-    lacking = lacking_column(picked, "gold_score")
-    if lacking:
-        return claim_record(claim, statistic, n_runs, lacking)
-    g = joined_on_prompts(picked, "gold_score")
-    # The drop difference is a mean over prompts of g0 − g1 − g2 + g3, so resampling prompts jointly
-    # for both drops is exactly a bootstrap of that per-prompt combination.
-    per_prompt = g[0] - g[1] - g[2] + g[3]
-    ci = bootstrap_ci(per_prompt, n_resamples=N_RESAMPLES, seed=seed)
+        return untested(claim, statistic, missing, runs)
+    picked = [best_run(ev.by_method["dpo"]), percentile_run(ev.by_method["dpo"]),
+              best_run(ev.by_method[other]), percentile_run(ev.by_method[other])]
     detail = (f"DPO {picked[0].name} → {picked[1].name}, {method_label(other)} {picked[2].name} → "
-              f"{picked[3].name}; {per_prompt.size} shared prompts; {_grid(by, ('dpo', other))}; "
-              f"{N_RESAMPLES} resamples, seed {seed}")
-    return claim_record(claim, statistic, n_runs, detail, per_prompt.mean(), ci)
+              f"{picked[3].name}; {_grid(ev, ('dpo', other))}")
+    if picked[0] is picked[1] and picked[2] is picked[3]:
+        return untested(claim, statistic, f"one configuration per method: best and top-25% coincide; {detail}", runs)
+    quantity = combine(lambda a, b, c, d: (a - b) - (c - d), *(ev.mean(c) for c in picked))
+    return tested(claim, statistic, quantity, detail, runs, seeds)
 
 
-def hitchhiker_claims(runs_by_method: dict[str, list[RunRecord]], sft: RunRecord | None,
-                      seed: int = 0) -> list[dict]:
-    """The Hitchhiker study's claims tested on this sweep, one dict per comparison.
-
-    Each: {"claim", "statistic", "value", "ci_low", "ci_high", "verdict", "n_runs", "detail"}; a
-    claim whose methods are absent gets verdict "not tested" and value None. n_runs counts the runs
-    of the compared methods' grids (plus the SFT run for the worse-than-SFT claim).
-    """
-    by = {m: list(runs) for m, runs in runs_by_method.items()}
+def hitchhiker_claims(ev: SweepEvidence) -> list[dict]:
+    """The Hitchhiker study's claims on this sweep (undecided: alignlab.analysis.claims.decide sets
+    the verdicts across the whole report)."""
     claims = []
     for a, b in (("simpo", "ln-dpo"), ("ln-dpo", "dpo")):
-        claims.append(_best_paired_claim(by, a, b, "gold_score", f"best score: {method_label(a)} ≥ {method_label(b)}",
-                                         "gold", seed))
+        claims.append(_best_claim(ev, a, b, "gold_score", f"best score: {method_label(a)} ≥ {method_label(b)}",
+                                  f"reported mean gold of the best {method_label(a)} − the best {method_label(b)} "
+                                  f"configuration"))
     for a, b in (("simpo", "ln-dpo"), ("ln-dpo", "dpo")):
-        claims.append(_expected_score_claim(by, a, b, seed))
-    claims.append(_worse_than_sft_claim(by, sft, seed))
+        claims.append(_expected_claim(ev, a, b))
+    claims.append(_worse_than_sft_claim(ev))
+    for column, what in (("length", "responses shorter than DPO's"),
+                         ("ln_kl", "closer to SFT in length-normalised KL than DPO")):
+        for other in ("ln-dpo", "simpo"):
+            claims.append(_best_claim(ev, "dpo", other, column, f"{method_label(other)} {what}",
+                                      f"reported mean {column} of the best DPO − the best {method_label(other)} "
+                                      f"configuration"))
     for other in ("ln-dpo", "simpo"):
-        claims.append(_best_paired_claim(by, "dpo", other, "length", f"{method_label(other)} responses shorter "
-                                         f"than DPO's", "length", seed))
-    for other in ("ln-dpo", "simpo"):
-        claims.append(_best_paired_claim(by, "dpo", other, "ln_kl", f"{method_label(other)} closer to SFT in "
-                                         f"length-normalised KL than DPO", "ln_kl", seed))
-    for other in ("ln-dpo", "simpo"):
-        claims.append(_drop_claim(by, other, seed))
+        claims.append(_drop_claim(ev, other))
     return claims
-

@@ -14,11 +14,9 @@ Definitions
                      halves rounded up. 4 runs → index 2 (second best), 5 → 3, 9 → 6, 1 → 0.
                      It answers "how good is a model you get without a lucky grid search?".
     top-k% runs      the best ceil(k/100 · n) runs (at least one), best first.
-    win rate         over the prompts two models share (joined by prompt_id), the mean of per-prompt
-                     wins 1[a > b] + ½·1[a = b] of their gold scores, so rate(i, j) + rate(j, i) = 1.
-    paired diff.     the mean over shared prompts of a[column] − b[column], bootstrap CI over prompts.
 
-All CIs are percentile bootstraps at 95%, seeded, with N_RESAMPLES resamples (alignlab.analysis.stats).
+The selections apply to anything with a `name` and a `score`: runs, and the configurations of
+alignlab.analysis.replicates (whose score is the selection half's).
 """
 
 from __future__ import annotations
@@ -28,8 +26,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from alignlab.analysis.stats import N_RESAMPLES
-from alignlab.evaluation.metrics import bootstrap_ci, wins
 
 LABELS = {"sft": "SFT", "dpo": "DPO", "ln-dpo": "LN-DPO", "simpo": "SimPO", "var": "VAR"}
 
@@ -41,6 +37,7 @@ class RunRecord:
     params: dict = field(default_factory=dict)   # hyper-parameters: learning_rate, epochs, seed, beta, ...
     metrics: dict = field(default_factory=dict)  # metric -> {"value", "ci_low", "ci_high"} or None
     samples: dict = field(default_factory=dict)  # per-sample columns aligned by position, incl. "prompt_id"
+    indist: dict = field(default_factory=dict)  # per-sample columns of the in-distribution evaluation, if any
 
     @property
     def score(self) -> float:
@@ -108,75 +105,3 @@ def param_sort_key(value):
     # Numbers sort numerically; anything else (strings, None) after them by its text.
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     return (0, value, "") if is_number else (1, 0, repr(value))
-
-
-def seeds_text(runs) -> str:
-    """The runs' training seeds for a claim's detail: "seeds 0,1", or "seeds unrecorded"."""
-    seeds = sorted({r.params["seed"] for r in runs if "seed" in r.params}, key=param_sort_key)
-    return "seeds " + ",".join(map(str, seeds)) if seeds else "seeds unrecorded"
-
-
-def lacking_column(runs, column: str) -> str | None:
-    """The 'not tested' detail when some runs have no per-sample `column`, else None."""
-    names = [r.name for r in runs if r.samples.get(column) is None]
-    return f"column {column!r} absent in {', '.join(names)}" if names else None
-
-
-# ------------------------------------------------------------------ per-prompt comparisons
-
-def _column(run: RunRecord, column: str) -> dict:
-    """{prompt_id: value} of one per-sample column."""
-    values = run.samples.get(column)
-    if values is None:
-        raise ValueError(f"run {run.name} has no per-sample column {column!r}")
-    ids = [str(p) for p in run.samples["prompt_id"]]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"run {run.name} has several samples for one prompt_id")
-    return dict(zip(ids, np.asarray(values, dtype=np.float64)))
-
-
-def joined_on_prompts(runs, column: str) -> np.ndarray:
-    """[len(runs), n_shared] matrix of column on the prompts every run has (first run's order).
-
-    Joined by prompt_id, not by position: runs evaluated on different subsets still line up.
-    """
-    tables = [_column(r, column) for r in runs]
-    shared = [p for p in tables[0] if all(p in t for t in tables[1:])]
-    if not shared:
-        raise ValueError("no prompts shared by " + ", ".join(r.name for r in runs))
-    return np.array([[t[p] for p in shared] for t in tables])
-
-
-def paired_difference(a: RunRecord, b: RunRecord, column: str = "gold_score", seed: int = 0) -> dict:
-    """Mean over shared prompts of a[column] − b[column], with a bootstrap 95% CI over prompts."""
-    table = joined_on_prompts([a, b], column)
-    diff = table[0] - table[1]
-    low, high = bootstrap_ci(diff, n_resamples=N_RESAMPLES, seed=seed)
-    return {"value": float(diff.mean()), "ci_low": low, "ci_high": high, "n": int(diff.size)}
-
-
-def win_matrix(models: dict[str, RunRecord], seed: int = 0) -> dict:
-    """Head-to-head per-prompt gold win rates between models (e.g. each method's best run).
-
-    rate[i][j] is model i's win rate over model j on their shared prompts, ties counting ½;
-    the CI bootstraps the mean of the per-prompt wins. The lower triangle is filled as the
-    complement of the upper one (rate[j][i] = 1 − rate[i][j], CI mirrored) so that the matrix
-    is exactly consistent; the diagonal is 0.5 with CI [0.5, 0.5].
-    """
-    names = list(models)
-    n = len(names)
-    rate = [[0.5] * n for _ in range(n)]
-    ci_low = [[0.5] * n for _ in range(n)]
-    ci_high = [[0.5] * n for _ in range(n)]
-    prompts = [[len(models[name].samples["prompt_id"]) if i == j else 0 for j in range(n)]
-               for i, name in enumerate(names)]
-    for i in range(n):
-        for j in range(i + 1, n):
-            table = joined_on_prompts([models[names[i]], models[names[j]]], "gold_score")
-            w = wins(table[0], table[1])
-            low, high = bootstrap_ci(w, n_resamples=N_RESAMPLES, seed=seed)
-            rate[i][j], rate[j][i] = float(w.mean()), 1.0 - float(w.mean())
-            ci_low[i][j], ci_high[i][j] = low, high
-            ci_low[j][i], ci_high[j][i] = 1.0 - high, 1.0 - low
-            prompts[i][j] = prompts[j][i] = int(w.size)
-    return {"names": names, "rate": rate, "ci_low": ci_low, "ci_high": ci_high, "prompts": prompts}

@@ -10,70 +10,78 @@ from __future__ import annotations
 
 import numpy as np
 
-from alignlab.analysis.runs import RunRecord, joined_on_prompts, lacking_column, paired_difference, seeds_text
-from alignlab.analysis.stats import N_RESAMPLES, claim_record, logsumexp, mean_with_ci, resample_counts
+from alignlab.analysis.claims import tested, untested
+from alignlab.analysis.hitchhiker import absent_methods, behind
+from alignlab.analysis.replicates import SweepEvidence
+from alignlab.analysis.runs import best_run, method_label
+from alignlab.analysis.stats import logsumexp
+from alignlab.evidence import N_RESAMPLES, estimate
+from alignlab.evidence.bootstrap import combine, resample_counts
 
 VAR_PAPER_GAIN_PCT = 7.16  # VAR paper: average reward 7.16% above DPO's
 VAR_PAPER_SPEEDUP = 5.0    # VAR paper: converges more than 5× faster than GRPO
 
 
-def reward_by_family(run: RunRecord, families: dict[str, str] | None, seed: int = 0) -> dict:
-    """Mean gold (and proxy, where scored) reward of one run, over all prompts and per prompt family.
+def reward_by_family(ev: SweepEvidence, config, families: dict[str, str] | None) -> dict:
+    """Reported mean gold (and proxy, where scored) reward of one configuration (all seeds) or of the
+    SFT baseline (config None), over the reporting half and per prompt family.
 
     families maps prompt_id → family ("helpful", "harmful", …); prompts it does not name count only
     towards "all". Returns {family: {"n", "gold": {"mean", "ci_low", "ci_high"}, "proxy": … or None}},
-    "all" first, then the families present in sorted order; each CI is a bootstrap over the prompts.
-    The gold/proxy gap per family is where reward over-optimisation shows (SPEC §4).
+    "all" first, then the families present in sorted order; each CI from the report's two-level
+    bootstrap. The gold/proxy gap per family is where reward over-optimisation shows (SPEC §4).
     """
-    ids = [str(p) for p in run.samples["prompt_id"]]
-    gold = np.asarray(run.samples["gold_score"], dtype=np.float64)
-    proxy = run.samples.get("proxy_score")
-    proxy = None if proxy is None else np.asarray(proxy, dtype=np.float64)
-    # Keys compared as text, as runs.joined_on_prompts does: ids read back from JSON may be str where they were int.
-    family_of = {str(p): f for p, f in (families or {}).items()}
-    groups = {"all": np.ones(len(ids), dtype=bool)}
-    for family in sorted({family_of[p] for p in ids if p in family_of}):
-        groups[family] = np.array([family_of.get(p) == family for p in ids])
-    return {family: {"n": int(mask.sum()), "gold": mean_with_ci(gold[mask], seed),
-                     "proxy": None if proxy is None else mean_with_ci(proxy[mask], seed)}
+    groups = {"all": None, **{f: ev.family_mask(families, f) for f in family_names(ev, families)}}
+
+    def entry(column, mask):
+        if config is None:
+            if ev.sft.samples.get(column) is None:
+                return None
+            q = ev.baseline_mean(column, mask)
+        else:
+            if not config.has(column):
+                return None
+            q = ev.mean(config, column, mask)
+        e = estimate(q)
+        return {"mean": e.value, "ci_low": e.ci[0], "ci_high": e.ci[1]}
+
+    return {family: {"n": len(ev.reporting) if mask is None else int(mask.sum()),
+                     "gold": entry("gold_score", mask), "proxy": entry("proxy_score", mask)}
             for family, mask in groups.items()}
 
 
-def var_vs_dpo_claim(var: RunRecord, dpo: RunRecord, seed: int = 0) -> dict:
-    """The VAR paper's "average reward +7.16% over DPO", tested on our prompts with the gold reward.
+def family_names(ev: SweepEvidence, families: dict | None) -> list[str]:
+    named = {str(p): f for p, f in (families or {}).items()}
+    return sorted({named[p] for p in ev.reporting if p in named})
 
-    The verdict tests the direction: the paired per-prompt difference gold(VAR) − gold(DPO) on the
-    shared prompts, bootstrap CI over prompts. The size is reported next to it as the relative gain
-        gain_pct = 100 · (mean_VAR − mean_DPO) / |mean_DPO|
-    (|·| so that a gain stays positive when rewards are negative), with a paired bootstrap CI: each
-    resample draws one set of prompts and recomputes both means from it. gain_pct is None when
-    |mean_DPO| < 1e-9, where a percentage means nothing. Returns stats.claim_record's dict plus
-    "gain_pct" and "gain_pct_ci" (a (low, high) tuple).
+
+def var_gain_claims(ev: SweepEvidence, families: dict | None) -> list[dict]:
+    """The VAR paper's "average reward +7.16% over DPO", as the paper states it: the relative gain
+        gain_f = 100 · (mean_VAR,f − mean_DPO,f) / |mean_DPO,f|
+    of VAR's best configuration over DPO's best (both picked on the selection half) per prompt family
+    (helpful, harmful), and their average; one claim each, against the null region [0, 7.16%]:
+    confirmed when the gain is significantly above 7.16%, reversed when significantly below 0,
+    inconclusive otherwise (alignlab.analysis.claims). Without families, one claim over all prompts.
     """
-    claim = f"VAR's average reward is {VAR_PAPER_GAIN_PCT:+.2f}% above DPO's"
-    statistic = ("mean over shared prompts of gold(VAR) − gold(DPO), bootstrap 95% CI over prompts; "
-                 "size: gain_pct = 100·(mean VAR − mean DPO)/|mean DPO|, paired bootstrap 95% CI")
-    lacking = lacking_column((var, dpo), "gold_score")
-    if lacking:
-        return {**claim_record(claim, statistic, 2, lacking), "gain_pct": None, "gain_pct_ci": (None, None)}
-    table = joined_on_prompts([var, dpo], "gold_score")
-    d = paired_difference(var, dpo, "gold_score", seed=seed)
-    mean_var, mean_dpo = table.mean(axis=1)
-    gain_pct, gain_ci = None, (None, None)
-    if abs(mean_dpo) >= 1e-9:
-        gain_pct = float(100 * (mean_var - mean_dpo) / abs(mean_dpo))
-        resampled_var, resampled_dpo = (resample_counts(table.shape[1], N_RESAMPLES, seed) @ table.T
-                                        / table.shape[1]).T
-        with np.errstate(divide="ignore", invalid="ignore"):
-            gains = 100 * (resampled_var - resampled_dpo) / np.abs(resampled_dpo)
-        # A resample whose DPO mean is exactly 0 has no percentage; it is left out rather than infinite.
-        gains = gains[np.isfinite(gains)]
-        gain_ci = (float(np.percentile(gains, 2.5)), float(np.percentile(gains, 97.5)))
-    detail = (f"VAR run {var.name} (mean gold {mean_var:.4g}) vs DPO run {dpo.name} (mean gold "
-              f"{mean_dpo:.4g}); {d['n']} shared prompts; training {seeds_text([var, dpo])}; "
-              f"{N_RESAMPLES} resamples, seed {seed}")
-    return {**claim_record(claim, statistic, 2, detail, d["value"], (d["ci_low"], d["ci_high"])),
-            "gain_pct": gain_pct, "gain_pct_ci": gain_ci}
+    names = family_names(ev, families)
+    titles = [f"VAR's gold reward ≥ {VAR_PAPER_GAIN_PCT:+.2f}% over DPO's on {f} prompts" for f in names]
+    average = f"VAR's gold reward ≥ {VAR_PAPER_GAIN_PCT:+.2f}% over DPO's, " + (
+        f"averaged over the {' and '.join(names)} families" if names else "over all prompts")
+    statistic = ("100·(mean VAR − mean DPO)/|mean DPO| of the best configurations' reported mean gold"
+                 + (", per family; the average of the families' gains" if names else ""))
+    runs, seeds = behind(ev, ("var", "dpo"))
+    missing = absent_methods(ev, ("var", "dpo"))
+    if missing:
+        return [untested(t, statistic, missing, runs) for t in [*titles, average]]
+    best_var, best_dpo = best_run(ev.by_method["var"]), best_run(ev.by_method["dpo"])
+    detail = f"best configurations {best_var.name} vs {best_dpo.name}"
+    masks = [ev.family_mask(families, f) for f in names] or [None]
+    gains = [combine(lambda v, d: 100 * (v - d) / np.abs(d), ev.mean(best_var, mask=m), ev.mean(best_dpo, mask=m))
+             for m in masks]
+    null = (0.0, VAR_PAPER_GAIN_PCT)
+    claims = [tested(t, statistic, g, detail, runs, seeds, null) for t, g in zip(titles, gains)] if names else []
+    overall = combine(lambda *g: sum(g) / len(g), *gains) if names else gains[0]
+    return claims + [tested(average, statistic, overall, detail, runs, seeds, null)]
 
 
 def _gold_by_prompt(point: dict) -> dict:
@@ -120,9 +128,9 @@ def convergence_race(curves: dict[str, list[dict]], start: dict, seed: int = 0, 
     seconds_to_target(GRPO) / seconds_to_target(VAR), samples_ratio likewise with samples. CIs resample
     the prompts, one draw shared by every point and the start, and recompute everything from the
     means; a resample where VAR never reaches the target counts as speedup 0, one where GRPO does not
-    improve is dropped (there is no race to run). Verdict: "not testable" when GRPO does not improve
+    improve is dropped (there is no race to run). Verdict: "not tested" when GRPO does not improve
     on the start; "confirmed" when the speedup CI is above 5; "reversed" when it is below 1 (VAR
-    slower, or never there); else "not confirmed". `reward` names the reward in the explanation (the
+    slower, or never there); else "inconclusive". `reward` names the reward in the explanation (the
     "gold_score" column may carry another reward, e.g. the proxy's).
     """
     missing = [m for m in ("grpo", "var") if not curves.get(m)]
@@ -179,7 +187,7 @@ def convergence_race(curves: dict[str, list[dict]], start: dict, seed: int = 0, 
     if not testable:
         reason = (f"GRPO did not improve the {reward} reward (start {start_reward:.4g}, final {grpo_final:.4g}), "
                   f"so there is no target to race to")
-        return {**result, "verdict": "not testable", "reason": reason}
+        return {**result, "verdict": "not tested", "reason": reason}
 
     resampled = race(resample_counts(n, n_resamples, seed) / n)
     kept = resampled["grpo_final"] > resampled["start"]
@@ -195,7 +203,7 @@ def convergence_race(curves: dict[str, list[dict]], start: dict, seed: int = 0, 
     elif high < 1:
         outcome, reason = "reversed", f"{evidence} lies below 1×: VAR reaches the target later than GRPO, or never"
     else:
-        outcome, reason = "not confirmed", f"{evidence} does not lie above {VAR_PAPER_SPEEDUP:g}×"
+        outcome, reason = "inconclusive", f"{evidence} does not lie above {VAR_PAPER_SPEEDUP:g}×"
     return {**result, "verdict": outcome, "reason": reason}
 
 

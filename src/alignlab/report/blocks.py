@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from alignlab.analysis import LABELS, RunRecord
+from alignlab.analysis import LABELS, RunRecord, SweepEvidence
 from alignlab.analysis.runs import method_label
 
 METRICS = [  # key, title, format
@@ -23,7 +23,19 @@ METRICS = [  # key, title, format
 ]
 TITLES = {key: title for key, title, _ in METRICS}
 FORMATS = {key: fmt for key, _, fmt in METRICS}
-TOP_K = (5, 10, 25, 50, 100)
+TOP_K = (1, 5, 10, 25, 50, 100)
+# What the report computes per configuration on the reporting half (per-sample columns; the win and tie
+# shares are derived from the gold scores: alignlab.analysis.replicates.OUTCOMES).
+REPORTED = [  # column, title, format
+    ("gold_score", "mean gold score", "{:.3f}"),
+    ("win_vs_chosen", "win vs chosen", "{:.1%}"),
+    ("tie_vs_chosen", "tie vs chosen", "{:.1%}"),
+    ("win_vs_sft", "win vs SFT", "{:.1%}"),
+    ("tie_vs_sft", "tie vs SFT", "{:.1%}"),
+    ("kl", "KL to SFT", "{:.2f}"),
+    ("ln_kl", "length-norm. KL", "{:.3f}"),
+    ("length", "length (tokens)", "{:.1f}"),
+]
 BASELINE = "SFT (baseline)"  # the SFT model every method starts from; "SFT" is the sft-objective grid
 
 # One colour per method in every figure; methods outside LABELS take the spare colours in turn.
@@ -81,9 +93,12 @@ class Sweep:
     by_method: dict[str, list[RunRecord]]
     sft: RunRecord | None
     colors: dict[str, str]
+    evidence: SweepEvidence  # configurations, the selection/reporting split, the shared resampling
+    families: dict | None = None  # test prompt id -> family ("helpful", "harmful"), when known
+    claims: list = field(default_factory=list)  # every claim of the report, decided together
 
     @classmethod
-    def of(cls, runs: list[RunRecord], sft: RunRecord | None) -> "Sweep":
+    def of(cls, runs: list[RunRecord], sft: RunRecord | None, families: dict | None = None) -> "Sweep":
         # Best first as analysis ranks runs, (score, name) descending, then grouped by method (stable
         # sort): the report does not depend on the order the sweep finished its runs in.
         ordered = sorted(sorted(runs, key=lambda r: (r.score, r.name), reverse=True),
@@ -93,7 +108,7 @@ class Sweep:
             by_method.setdefault(run.method, []).append(run)
         spare = [m for m in by_method if m not in METHOD_COLORS]
         colors = {m: METHOD_COLORS.get(m) or SPARE_COLORS[spare.index(m) % len(SPARE_COLORS)] for m in by_method}
-        return cls(ordered, by_method, sft, colors)
+        return cls(ordered, by_method, sft, colors, SweepEvidence(ordered, sft), families)
 
 
 def behind(runs: list[RunRecord]) -> str:

@@ -1,11 +1,15 @@
 """The robustness report of a sweep: `summary.json`, `report.md`, `report.html` and `figures/*.png`.
 
 Sections, in this order (SPEC §6 items 1–6; alignlab.report.hitchhiker):
-    claims        the Hitchhiker study's claims tested on this sweep, each with its statistic, CI, verdict
-    1 best        best run per method on mean score, every metric with its 95% CI, % change vs DPO's best
-    2 expected    mean score over the whole grid per method, and the fraction of runs worse than SFT
-    3 head-to-head per-prompt gold win matrices of each method's best and top-25% models
-    4 top-k       response length and length-normalised KL of each method's top-k% runs
+    claims        every claim of the report (Hitchhiker's; VAR's gain when VAR ran), each with its value,
+                  CI, p-value, Holm-adjusted p-value, verdict and the seeds/runs/prompts behind it; the
+                  noise floor per method (alignlab.report.evidence)
+    1 best        best configuration per method (picked on the selection half), every metric on the
+                  reporting half with its 95% CI, per prompt family, % change vs DPO's best
+    2 expected    expected best-of-k curves per method at equal search budget, configurations worse than SFT
+    3 head-to-head strict-win gold matrices (tie shares apart) of each method's best and top-25% configuration
+    4 top-k       per-sample length, summed KL and length-normalised KL pooled over each method's top-k%
+    ood           in-distribution (training-style held-out prompts) vs OOD mean gold, and the gap
     5 kl-score    mean length-normalised KL vs mean score, one point per run
     6 sensitivity each metric against each varying hyper-parameter, per method
     7–10 (VAR)    with `--study var`: VAR vs DPO vs SFT, convergence race, Z estimators, compute
@@ -53,8 +57,10 @@ from alignlab import atomic
 from alignlab.analysis import RunRecord
 from alignlab.report.blocks import Plot, Sweep
 from alignlab.report.figures import PLOT_STYLE
-from alignlab.report.hitchhiker import (best_section, claims_section, expected_section, head_to_head_section,
-                                        runs_section, scatter_section, sensitivity_section, top_k_section)
+from alignlab.analysis import decide, hitchhiker_claims, var_gain_claims
+from alignlab.report.evidence import claims_section, expected_section, indist_section
+from alignlab.report.hitchhiker import (best_section, head_to_head_section, runs_section, scatter_section,
+                                        sensitivity_section, top_k_section)
 from alignlab.report.render import render_html, render_markdown
 from alignlab.report.var import var_sections
 from alignlab.untrusted import shown
@@ -126,35 +132,40 @@ def finite_summary(summary: dict) -> dict:
 
 
 def write_report(out_dir: str | Path, runs: list[RunRecord], sft: RunRecord | None, context: dict,
-                 title: str, var: dict | None = None) -> dict:
+                 title: str, var: dict | None = None, families: dict | None = None) -> dict:
     """Write summary.json, report.md, report.html and figures/*.png for a sweep; return the summary.
 
     runs: every finished run of the sweep; sft: the SFT baseline's evaluation (or None); context:
     ordered facts printed at the top (and copied into the summary); var: for a VAR study, the
-    inputs of its section (alignlab.report.var.var_sections: families, race, z, compute). Each file is
-    written atomically.
+    inputs of its section (alignlab.report.var.var_sections: race, z, compute); families: test prompt
+    id -> family, for the per-family numbers and the VAR claims. Each file is written atomically.
     """
     out_dir = Path(out_dir)
-    sweep = Sweep.of(runs, sft)
+    sweep = Sweep.of(runs, sft, families)
+    # Every verdict of the report is decided together: Holm's correction spans all of them.
+    sweep.claims = decide(hitchhiker_claims(sweep.evidence)
+                          + (var_gain_claims(sweep.evidence, families) if "var" in sweep.by_method else []))
     with matplotlib.rc_context(PLOT_STYLE):
         claims, claims_summary = claims_section(sweep)
         best, best_summary = best_section(sweep)
         expected, expected_summary = expected_section(sweep)
         matrices, matrices_summary = head_to_head_section(sweep)
         top_k, top_k_summary = top_k_section(sweep)
+        shift, shift_summary = indist_section(sweep)
         scatter = scatter_section(sweep)
         sensitive, sensitivity_summary = sensitivity_section(sweep)
         var_parts, var_summary = [], None
         if var is not None:
             var_parts, var_summary = var_sections(sweep, **var)
     everything, runs_summary = runs_section(sweep)
-    sections = [claims, best, expected, matrices, top_k, scatter, sensitive, *var_parts, everything]
+    sections = [claims, best, expected, matrices, top_k, shift, scatter, sensitive, *var_parts, everything]
 
     plots = [b for s in sections for b in s.blocks if isinstance(b, Plot)]
     numbers = {plot.file: i for i, plot in enumerate(plots, 1)}
-    summary = {"title": title, "context": context, "claims": claims_summary, **best_summary,
-               "expected_performance": expected_summary, "win_matrices": matrices_summary,
-               "top_k": top_k_summary, "sensitivity": sensitivity_summary,
+    summary = {"title": title, "context": context, **claims_summary, **best_summary,
+               "expected_max": expected_summary["expected_max"], "grid": expected_summary["grid"],
+               "win_matrices": matrices_summary, "top_k": top_k_summary, "in_distribution_vs_ood": shift_summary,
+               "sensitivity": sensitivity_summary,
                **({"var": var_summary} if var is not None else {}), "runs": runs_summary,
                "figures": [{"file": f"figures/{p.file}", "caption": p.caption} for p in plots]}
 

@@ -64,20 +64,6 @@ def _method_legend(ax, methods, colors) -> None:
                        for m in methods])
 
 
-def expected_figure(sweep: Sweep) -> bytes:
-    methods = list(sweep.by_method)
-    fig = new_figure(1.8 + 1.1 * len(methods), 3.6)
-    ax = fig.subplots()
-    _boxes(ax, [[r.score for r in sweep.by_method[m]] for m in methods], range(len(methods)),
-           [sweep.colors[m] for m in methods], 0.55, np.random.default_rng(0))
-    ax.set_xticks(range(len(methods)), [method_label(m) for m in methods])
-    ax.set_ylabel(TITLES["mean_score"])
-    _sft_line(ax, sweep.sft)
-    if sweep.sft is not None:
-        ax.legend(fontsize=8, loc="best")
-    return png_bytes(fig)
-
-
 def grouped_boxes_figure(dist: dict[str, dict[int, list[float]]], colors: dict, ylabel: str) -> bytes:
     """Per k a group of boxes, one per method: the metric over each method's top-k% runs."""
     methods = list(dist)
@@ -98,7 +84,8 @@ def grouped_boxes_figure(dist: dict[str, dict[int, list[float]]], colors: dict, 
 
 def heatmap_figure(matrix: dict, title: str) -> bytes:
     """Annotated win-rate matrix: cell (i, j) is the win rate of row model i over column model j."""
-    names, rate = matrix["names"], np.array(matrix["rate"])
+    names = matrix["names"]
+    rate = np.array([[np.nan if v is None else v for v in row] for row in matrix["rate"]])
     n = len(names)
     fig = new_figure(2.6 + 1.05 * n, 1.6 + 0.75 * n)
     ax = fig.subplots()
@@ -108,7 +95,7 @@ def heatmap_figure(matrix: dict, title: str) -> bytes:
             text = "–" if i == j else (f"{rate[i, j]:.0%}\n[{matrix['ci_low'][i][j]:.0%}, "
                                        f"{matrix['ci_high'][i][j]:.0%}]")
             ax.text(j, i, text, ha="center", va="center", fontsize=7.5,
-                    color="white" if abs(rate[i, j] - 0.5) > 0.3 else "black")
+                    color="white" if i != j and abs(rate[i, j] - 0.5) > 0.3 else "black")
     ax.set_xticks(range(n), names, rotation=30, ha="right")
     ax.set_yticks(range(n), names)
     ax.set_xlabel("column model")

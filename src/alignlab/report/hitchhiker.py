@@ -1,6 +1,7 @@
-"""The robustness sections of the report (SPEC §6 items 1–6: claims, best, expected, head-to-head,
-top-k, kl-score, sensitivity) and the table of all runs, as alignlab.report.document lists them: each
-a Section of blocks and its part of summary.json. The statistics come from alignlab.analysis.
+"""The robustness sections of the report (SPEC §6 items 1, 3–6: best, head-to-head, top-k, kl-score,
+sensitivity) and the table of all runs, as alignlab.report.document lists them: each a Section of
+blocks and its part of summary.json. Claims and expected performance are alignlab.report.evidence;
+the statistics come from alignlab.analysis.
 """
 
 from __future__ import annotations
@@ -9,38 +10,19 @@ import re
 
 import numpy as np
 
-from alignlab.analysis import (RunRecord, best_run, best_runs, expected_performance, fraction_worse,
-                               hitchhiker_claims, metric_value, percentile_run, sensitivity,
-                               top_k_distributions, varying_params, win_matrix)
+from alignlab.analysis import (RunRecord, best_run, metric_value, percentile_run, sensitivity, top_k_pooled,
+                               varying_params)
+from alignlab.analysis.replicates import has_column
 from alignlab.analysis.runs import method_label
-from alignlab.report.blocks import (BASELINE, FORMATS, METRICS, TITLES, TOP_K, Cell, Plot, Section, Sweep, Table,
-                                    behind, format_or_dash, metric_cell, param_text, params_text, pct_change)
-from alignlab.report.figures import (expected_figure, grouped_boxes_figure, heatmap_figure, scatter_figure,
-                                     sensitivity_figure)
+from alignlab.analysis.var import family_names
+from alignlab.evidence import estimate
+from alignlab.report.blocks import (BASELINE, FORMATS, METRICS, REPORTED, TITLES, TOP_K, Cell, Plot, Section, Sweep,
+                                    Table, behind, format_or_dash, param_text, params_text, pct_change)
+from alignlab.report.evidence import selection_text
+from alignlab.report.figures import grouped_boxes_figure, heatmap_figure, scatter_figure, sensitivity_figure
 
-TOP_K_METRICS = ("length", "ln_kl")
+TOP_K_METRICS = ("length", "kl", "ln_kl")
 SENSITIVITY_METRICS = ("mean_score", "length", "ln_kl")
-
-
-def _span(low: float, high: float, fmt: str) -> str:
-    return f"{fmt.format(low)} – {fmt.format(high)}"
-
-
-def claims_section(sweep: Sweep) -> tuple[Section, list[dict]]:
-    claims = hitchhiker_claims(sweep.by_method, sweep.sft)
-    rows = []
-    for c in claims:
-        tested = c["value"] is not None
-        rows.append([Cell(c["claim"], css="text"), Cell(c["statistic"], css="note"),
-                     f"{c['value']:+.4g}" if tested else "–",
-                     f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}]" if tested else "–",
-                     Cell(c["verdict"], css="verdict " + c["verdict"].replace(" ", "-")),
-                     str(c["n_runs"]), Cell(c["detail"], css="note")])
-    intro = ("Each claim's statistic is oriented so that a positive value supports it. The verdict is "
-             "*confirmed* when its 95% CI lies above 0, *reversed* when it lies below 0, *not confirmed* "
-             "when it contains 0, and *not tested* when the sweep lacks the runs or columns it needs.")
-    table = Table(["claim", "statistic", "value", "95% CI", "verdict", "runs", "detail"], rows)
-    return Section("claims", "Claims of the Hitchhiker study", [intro, table]), claims
 
 
 def run_summary(run: RunRecord) -> dict:
@@ -48,137 +30,128 @@ def run_summary(run: RunRecord) -> dict:
             "metrics": {key: run.metrics.get(key) for key, *_ in METRICS}}
 
 
+def _reported_cell(ev, config, column: str, fmt: str, mask=None) -> tuple[Cell, dict | None]:
+    """A configuration's (or the baseline's, config None) reported mean with its 95% CI."""
+    runs = [ev.sft] if config is None else config.runs
+    if not all(has_column(r, column) for r in runs):
+        return Cell("–"), None
+    e = estimate(ev.baseline_mean(column, mask) if config is None else ev.mean(config, column, mask))
+    return Cell(fmt.format(e.value), f"[{fmt.format(e.ci[0])}, {fmt.format(e.ci[1])}]"), {
+        "value": e.value, "ci": list(e.ci)}
+
+
 def best_section(sweep: Sweep) -> tuple[Section, dict]:
-    section = Section("best", "1. Best run per method")
-    best = best_runs(sweep.runs)
-    dpo = best.get("dpo")
-    models = (([(BASELINE, sweep.sft)] if sweep.sft is not None else [])
-              + [(method_label(m), r) for m, r in best.items()])
+    ev = sweep.evidence
+    section = Section("best", "1. Best configuration per method")
+    best = {m: best_run(configs) for m, configs in ev.by_method.items()}
+    models = ([(BASELINE, None)] if ev.sft is not None else []) + [(method_label(m), c) for m, c in best.items()]
+    if not models:
+        section.blocks.append("No finished runs.")
+        return section, {"sft": None, "best": {}}
+    families = family_names(ev, sweep.families)
+    columns = [(c, t, f, None) for c, t, f in REPORTED] + [
+        ("gold_score", f"mean gold: {f}", "{:.3f}", ev.family_mask(sweep.families, f)) for f in families]
+    dpo_value = ev.reported_value(best["dpo"]) if "dpo" in best else None
     rows, summary = [], {"sft": None, "best": {}}
-    for name, run in models:
-        row = run_summary(run)
-        cells = [name, Cell(run.name, css="name"), *[metric_cell(run, key) for key, *_ in METRICS]]
-        if dpo is not None and run is dpo:
-            cells.append("–")
-        elif dpo is not None:
-            row["mean_score_change_vs_dpo_pct"] = pct_change(run.score, dpo.score)
-            cells.append(format_or_dash(row["mean_score_change_vs_dpo_pct"], "{:+.1f}%"))
-        cells.append(Cell(params_text(run.params), css="note"))
+    for name, config in models:
+        cells, entry = [name, Cell("–" if config is None else config.name, css="name")], {}
+        for column, title, fmt, mask in columns:
+            cell, entry[title] = _reported_cell(ev, config, column, fmt, mask)
+            cells.append(cell)
+        value = ev.reported_value_of_baseline() if config is None else ev.reported_value(config)
+        change = None if dpo_value is None or config is best.get("dpo") else pct_change(value, dpo_value)
+        if dpo_value is not None:
+            cells.append(format_or_dash(change, "{:+.1f}%"))
+        cells.append(Cell("–" if config is None else params_text(config.params), css="note"))
         rows.append(cells)
-        if run is sweep.sft:
-            summary["sft"] = row
+        record = {"configuration": None if config is None else config.name,
+                  "params": {} if config is None else config.params,
+                  "seeds": [] if config is None else config.seeds, "selection_score": None if config is None
+                  else config.score, "reported": entry, "mean_score_change_vs_dpo_pct": change}
+        if config is None:
+            summary["sft"] = record
         else:
-            summary["best"][run.method] = row
-    if not rows:
-        section.blocks.append("No finished runs.")
-        return section, summary
-    change_header = ["Δ mean score vs best DPO"] if dpo is not None else []
+            summary["best"][config.method] = record
     section.blocks += [
-        "The run with the highest mean gold score of each method's grid, every metric with its bootstrap "
-        "95% CI over test prompts" + (f", and the % change of its mean score relative to DPO's best run "
-                                      f"({dpo.name})." if dpo is not None else "; the sweep has no DPO run."),
-        Table(["model", "run", *TITLES.values(), *change_header, "hyper-parameters"], rows)]
-    return section, summary
-
-
-def expected_section(sweep: Sweep) -> tuple[Section, dict]:
-    section = Section("expected", "2. Expected performance over the grid")
-    if not sweep.runs:
-        section.blocks.append("No finished runs.")
-        return section, {}
-    summary, rows = {}, []
-    for method, runs in sweep.by_method.items():
-        perf = expected_performance(runs)
-        worse = fraction_worse(runs, sweep.sft.score) if sweep.sft is not None else None
-        summary[method] = {**perf, "worse_than_sft": worse}
-        cells = [method_label(method), str(perf["n_runs"]), Cell(f"{perf['mean']:.3f}", f"[{perf['ci_low']:.3f}, "
-                 f"{perf['ci_high']:.3f}]"), f"{perf['median']:.3f}", _span(perf["q25"], perf["q75"], "{:.3f}"),
-                 _span(perf["min"], perf["max"], "{:.3f}")]
-        if worse is not None:
-            cells.append(Cell(f"{worse['count']}/{worse['n']} = {worse['fraction']:.0%}",
-                              f"[{worse['ci_low']:.0%}, {worse['ci_high']:.0%}]"))
-        rows.append(cells)
-    worse_header = ["runs worse than SFT [Wilson 95% CI]"] if sweep.sft is not None else []
-    sft_text = (f"The dashed line is the SFT model ({sweep.sft.name}, {sweep.sft.score:.3f})."
-                if sweep.sft is not None else "No SFT baseline was evaluated.")
-    caption = (f"Mean gold score of every run of the grid, per method: boxes span the quartiles around the "
-               f"median, whiskers reach 1.5 IQR, dots are single runs (jittered sideways). {sft_text} "
-               f"{behind(sweep.runs)}.")
-    section.blocks += [
-        "What a method gives over its whole grid — without a lucky grid search: the mean of its runs' "
-        "mean gold scores with a bootstrap 95% CI over runs, the spread of the grid"
-        + (f", and the share of runs whose mean score is below SFT's ({sweep.sft.score:.3f})."
-           if sweep.sft is not None else "."),
-        Table(["method", "runs", "mean score [95% CI]", "median", "quartiles", "range", *worse_header], rows),
-        Plot("expected_performance.png", expected_figure(sweep), "mean score per method over the grid", caption)]
+        f"{selection_text(sweep)} The best configuration of each method's grid (highest mean gold score over its "
+        "seeds on the selection half), every metric on the reporting half as the mean over its seeds with a "
+        "two-level bootstrap 95% CI; win rates count strict wins, ties shown apart"
+        + (f"; the % change of mean gold relative to DPO's best configuration ({best['dpo'].name})."
+           if "dpo" in best else "; the sweep has no DPO run."),
+        Table(["model", "configuration", *(t for _, t, _, _ in columns),
+               *(["Δ mean gold vs best DPO"] if dpo_value is not None else []), "hyper-parameters"], rows)]
     return section, summary
 
 
 def _win_block(sweep: Sweep, which: str, pick, chosen: str) -> tuple[list, dict | None]:
-    """Blocks and summary of one win matrix between the SFT baseline and each method's picked run."""
-    models = {BASELINE: sweep.sft} if sweep.sft is not None else {}
-    models.update({method_label(m): pick(runs) for m, runs in sweep.by_method.items()})
+    """Blocks and summary of one win matrix between the SFT baseline and each method's picked configuration."""
+    ev = sweep.evidence
+    models = {BASELINE: None} if ev.sft is not None else {}
+    models.update({method_label(m): pick(configs) for m, configs in ev.by_method.items()})
     if len(models) < 2:
         return [f"The {chosen} matrix needs at least two models; this sweep has {len(models)}."], None
-    lacking = [r.name for r in models.values() if not {"prompt_id", "gold_score"} <= set(r.samples)]
-    if lacking:
-        return [f"The {chosen} matrix needs per-sample gold scores, absent in {', '.join(lacking)}."], None
-    matrix = win_matrix(models)
-    n = len(matrix["names"])
-    shared = [matrix["prompts"][i][j] for i in range(n) for j in range(n) if i != j]
-    prompts = str(min(shared)) if min(shared) == max(shared) else f"{min(shared)}–{max(shared)}"
-    picked = "; ".join(f"{name} = {run.name}" for name, run in models.items())
-    caption = (f"Head-to-head win rate of the row model over the column model on per-prompt gold scores "
-               f"(ties count half), with bootstrap 95% CIs over {prompts} shared test prompts. Models: each "
-               f"method's {chosen}" + (", and the SFT baseline" if sweep.sft is not None else "")
-               + f" ({picked}); chosen among {behind(sweep.runs)}.")
-    rows = [[name, *[Cell("–") if i == j else Cell(f"{matrix['rate'][i][j]:.1%}", f"[{matrix['ci_low'][i][j]:.1%}, "
-                                                  f"{matrix['ci_high'][i][j]:.1%}]") for j in range(n)]]
-            for i, name in enumerate(matrix["names"])]
+    matrix = ev.win_matrix(models)
+    names = matrix["names"]
+    picked = "; ".join(f"{name} = {c.name}" for name, c in models.items() if c is not None)
+    caption = (f"Head-to-head strict win rate of the row model over the column model on per-prompt gold scores "
+               f"(ties apart: win(i, j) + tie + win(j, i) = 100%), pooled over seed pairs, with two-level "
+               f"bootstrap 95% CIs over {matrix['prompts']} reporting prompts. Models: each method's {chosen}"
+               + (", and the SFT baseline" if ev.sft is not None else "") + f" ({picked}).")
+
+    def cell(i, j):
+        if i == j:
+            return Cell("–")
+        return Cell(f"{matrix['rate'][i][j]:.1%}", f"[{matrix['ci_low'][i][j]:.1%}, {matrix['ci_high'][i][j]:.1%}]; "
+                                                   f"tie {matrix['tie'][i][j]:.0%}")
+    rows = [[name, *[cell(i, j) for j in range(len(names))]] for i, name in enumerate(names)]
     blocks = [Plot(f"win_matrix_{which}.png", heatmap_figure(matrix, f"{chosen} of each method"),
                    f"win matrix of the {chosen}s", caption),
-              Table([f"{chosen}: row beats column", *matrix["names"]], rows)]
-    return blocks, {"models": {name: run.name for name, run in models.items()}, **matrix}
+              Table([f"{chosen}: row beats column", *names], rows)]
+    return blocks, {"models": {name: (None if c is None else c.name) for name, c in models.items()}, **matrix}
 
 
 def head_to_head_section(sweep: Sweep) -> tuple[Section, dict]:
     section = Section("head-to-head", "3. Head-to-head win rates")
     section.blocks.append(
-        "Each cell is the fraction of shared test prompts on which the row model's response has the higher "
-        "gold score (ties count half), so cell (i, j) + cell (j, i) = 100%. The top-25% model of a method is "
-        "the run at the 75th percentile of its grid: what a grid search gets without luck.")
+        "Each cell is the share of reporting prompts (and seed pairs) on which the row model's response has the "
+        "strictly higher gold score, as the Hitchhiker paper counts wins; the tie share is beside it. The "
+        "top-25% configuration of a method is the one at the 75th percentile of its grid on the selection "
+        "half: what a grid search gets without luck.")
     summary = {}
-    for which, pick, chosen in (("best", best_run, "best run"),
-                                ("top25", lambda runs: percentile_run(runs, 75), "top-25% run")):
+    for which, pick, chosen in (("best", best_run, "best configuration"),
+                                ("top25", lambda configs: percentile_run(configs, 75), "top-25% configuration")):
         blocks, summary[which] = _win_block(sweep, which, pick, chosen)
         section.blocks += blocks
     return section, summary
 
 
 def top_k_section(sweep: Sweep) -> tuple[Section, dict]:
-    section = Section("top-k", "4. Top-k% runs: length and length-normalised KL")
+    ev = sweep.evidence
+    section = Section("top-k", "4. Top-k% configurations: length, KL and length-normalised KL")
     section.blocks.append(
-        f"For each method, its top-k% runs by mean score (k = {', '.join(map(str, TOP_K))}; the top k% of n runs "
-        f"are the best ⌈k·n/100⌉, at least one) and the distribution of their mean response length and "
-        f"length-normalised KL to SFT. Table cells: median over those runs, with their count.")
+        f"For each method, its top-k% configurations by mean gold score on the selection half (k = "
+        f"{', '.join(map(str, TOP_K))}; the top k% of n are the best ⌈k·n/100⌉, at least one) and the "
+        f"per-sample distribution of response length, summed KL to SFT and length-normalised KL, pooled over "
+        f"those configurations' seeds and the reporting prompts (tails visible). Table cells: median, with "
+        f"the number of samples.")
     summary = {}
     for metric in TOP_K_METRICS:
         title = TITLES[metric]
-        dist = {m: d for m, d in top_k_distributions(sweep.by_method, TOP_K, metric).items()
+        dist = {m: d for m, d in ((m, top_k_pooled(ev, configs, TOP_K, metric)) for m, configs in ev.by_method.items())
                 if any(d.values())}
         if not dist:
             section.blocks.append(f"No run has a {title} measurement.")
             continue
-        measured = [r for r in sweep.runs if metric_value(r, metric) is not None]
-        summary[metric] = {m: {k: {"median": float(np.median(v)) if v else None, "n_runs": len(v), "values": v}
+        summary[metric] = {m: {k: {"median": float(np.median(v)) if v else None, "n_samples": len(v)}
                                for k, v in d.items()} for m, d in dist.items()}
         rows = [[method_label(m), *[Cell(format_or_dash(np.median(v) if v else None, FORMATS[metric]),
-                                         f"({len(v)} runs)") for v in (d[k] for k in TOP_K)]]
+                                         f"({len(v)} samples)") for v in (d[k] for k in TOP_K)]]
                 for m, d in dist.items()]
-        caption = (f"{title[0].upper() + title[1:]} of each method's top-k% runs by mean gold score: boxes "
-                   f"span the quartiles around the median, dots are single runs. Drawn from {behind(measured)}.")
+        caption = (f"{title[0].upper() + title[1:]} of the responses of each method's top-k% configurations "
+                   f"(picked on the selection half), pooled over seeds and reporting prompts: boxes span the "
+                   f"quartiles around the median, whiskers 1.5 IQR, dots are samples.")
         section.blocks += [Plot(f"top_k_{metric}.png", grouped_boxes_figure(dist, sweep.colors, title),
-                                f"{title} of the top-k% runs", caption),
+                                f"{title} of the top-k% configurations", caption),
                            Table([f"median {title}", *[f"top {k}%" for k in TOP_K]], rows)]
     return section, summary
 

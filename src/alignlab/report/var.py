@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from alignlab.analysis import (VAR_PAPER_SPEEDUP, RunRecord, best_runs, convergence_race, reward_by_family,
-                               var_vs_dpo_claim)
+from alignlab.analysis import (VAR_PAPER_GAIN_PCT, VAR_PAPER_SPEEDUP, RunRecord, best_run, convergence_race,
+                               reward_by_family)
 from alignlab.analysis.runs import method_label
 from alignlab.report.blocks import (BASELINE, BASELINE_COLOR, Cell, Plot, Section, Sweep, Table, format_or_dash,
                                     params_text)
@@ -44,45 +44,45 @@ def _mean_cell(entry: dict | None) -> Cell:
 
 # ------------------------------------------------------------------ 7. VAR vs DPO vs SFT
 
-def comparison_section(sweep: Sweep, families: dict | None) -> tuple[Section, dict]:
+def comparison_section(sweep: Sweep) -> tuple[Section, dict]:
     section = Section("var-vs-dpo", "7. VAR vs DPO vs SFT, helpful and harmful prompts")
-    best = best_runs(sweep.runs)
-    models = [(BASELINE, sweep.sft)] if sweep.sft is not None else []
-    models += [(method_label(m), best[m]) for m in ("dpo", "var") if m in best]
-    if "var" not in best or "dpo" not in best:
+    ev = sweep.evidence
+    if not ev.by_method.get("var") or not ev.by_method.get("dpo"):
         section.blocks.append("Not tested: the sweep needs finished VAR and DPO runs.")
-        return section, {"claim": None}
-    by_model = {name: reward_by_family(run, families) for name, run in models}
+        return section, {"claims": []}
+    best = {m: best_run(ev.by_method[m]) for m in ("dpo", "var")}
+    models = ([(BASELINE, None)] if ev.sft is not None else []) + [(method_label(m), best[m]) for m in best]
+    by_model = {name: reward_by_family(ev, config, sweep.families) for name, config in models}
     groups = list(next(iter(by_model.values())))
     rows = []
-    for name, run in models:
+    for name, config in models:
         for group in groups:
             entry = by_model[name][group]
-            rows.append([name if group == groups[0] else "", Cell(run.name if group == groups[0] else "", css="name"),
+            label = "–" if config is None else config.name
+            rows.append([name if group == groups[0] else "", Cell(label if group == groups[0] else "", css="name"),
                          group, str(entry["n"]), _mean_cell(entry["gold"]), _mean_cell(entry["proxy"])])
-    claim = var_vs_dpo_claim(best["var"], best["dpo"])
-    tested = claim["value"] is not None
-    gain = claim["gain_pct"]
-    gain_ci = claim["gain_pct_ci"]
-    claim_table = Table(["claim", "VAR − DPO (gold)", "95% CI", "gain", "gain 95% CI", "verdict", "detail"], [[
-        Cell(claim["claim"], css="text"), format_or_dash(claim["value"], "{:+.4f}"),
-        f"[{claim['ci_low']:+.4f}, {claim['ci_high']:+.4f}]" if tested else "–", format_or_dash(gain, "{:+.2f}%"),
-        f"[{gain_ci[0]:+.2f}%, {gain_ci[1]:+.2f}%]" if gain_ci[0] is not None else "–",
-        _verdict_cell(claim["verdict"]), Cell(claim["detail"], css="note")]])
+    claims = [c for c in sweep.claims if c["claim"].startswith("VAR's gold reward")]
+    claim_rows = [[Cell(c["claim"], css="text"), format_or_dash(c["value"], "{:+.2f}%"),
+                   f"[{c['ci'][0]:+.2f}%, {c['ci'][1]:+.2f}%]" if c["ci"] else "–",
+                   format_or_dash(c["p_adjusted"], "{:.3f}"), _verdict_cell(c["verdict"]),
+                   Cell(c["detail"], css="note")] for c in claims]
     section.blocks += [
-        ("Each method's best run on mean gold reward (over its whole grid) against the SFT model it started from: "
-         "mean gold reward (what judges) and mean proxy reward (what VAR's weights and GRPO's advantages saw), on "
-         "all test prompts and separately on helpful and harmful ones, with bootstrap 95% CIs over prompts."),
-        Table(["model", "run", "prompts", "n", "mean gold reward", "mean proxy reward"], rows),
+        ("Each method's best configuration (picked on the selection half) against the SFT model it started from: "
+         "mean gold reward (what judges) and mean proxy reward (what VAR's weights and GRPO's advantages saw) on "
+         "the reporting half, over all prompts and per family, each the mean over the configuration's seeds with "
+         "a two-level bootstrap 95% CI."),
+        Table(["model", "configuration", "prompts", "n", "mean gold reward", "mean proxy reward"], rows),
         Plot("var_vs_dpo.png", family_figure(by_model, groups),
              "Mean gold and proxy reward by prompt family",
-             "Mean gold (left) and proxy (right) reward of SFT and the best DPO and VAR runs, per prompt family; "
-             "bars are bootstrap 95% CIs over prompts."),
-        ("The VAR paper reports VAR's average reward 7.16% above DPO's. Here the verdict comes from the paired "
-         "per-prompt gold difference (confirmed when its CI lies above 0, reversed when below); the gain in % "
-         "is relative to |DPO's mean| and is descriptive, since the world's rewards can be negative."),
-        claim_table]
-    summary = {"claim": claim, "models": {name: {"run": run.name, "rewards": by_model[name]} for name, run in models}}
+             "Mean gold (left) and proxy (right) reward of SFT and the best DPO and VAR configurations, per prompt "
+             "family; bars are two-level bootstrap 95% CIs."),
+        (f"The VAR paper reports VAR's average reward {VAR_PAPER_GAIN_PCT:.2f}% above DPO's, the average of its "
+         "families' gains. Each gain is 100·(VAR − DPO)/|DPO| of mean gold; the verdict is *confirmed* when it "
+         f"is significantly above {VAR_PAPER_GAIN_PCT:.2f}%, *reversed* when significantly below 0, "
+         "*inconclusive* otherwise (p-values Holm-adjusted with every claim of the report)."),
+        Table(["claim", "gain", "95% CI", "p (Holm)", "verdict", "detail"], claim_rows)]
+    summary = {"claims": claims, "models": {name: {"configuration": None if c is None else c.name,
+                                                   "rewards": by_model[name]} for name, c in models}}
     return section, summary
 
 
@@ -281,11 +281,11 @@ def compute_section(compute: dict) -> tuple[Section, dict]:
     return section, compute
 
 
-def var_sections(sweep: Sweep, families: dict | None, race: dict | None, z: dict | None,
+def var_sections(sweep: Sweep, race: dict | None, z: dict | None,
                  compute: dict | None) -> tuple[list[Section], dict]:
     """The VAR section's parts, in SPEC order, and their summary for summary.json."""
     sections, summary = [], {}
-    section, summary["var_vs_dpo"] = comparison_section(sweep, families)
+    section, summary["var_vs_dpo"] = comparison_section(sweep)
     sections.append(section)
     if race is not None:
         section, summary["race"] = race_section(race, sweep.sft)

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 STUDIES = ("robustness", "var")
 
-STUDY_RANGES = {"seed": SEED, "race_snapshots": COUNT, "race_grpo_steps": COUNT, "workers": COUNT,
-                "test_limit": COUNT}  # test_limit unset (None): every test pair
+STUDY_RANGES = {"seed": SEED, "seeds": COUNT, "race_snapshots": COUNT, "race_grpo_steps": COUNT,
+                "workers": COUNT, "test_limit": COUNT}  # test_limit unset (None): every test pair
 
 
 @dataclass
@@ -41,7 +41,7 @@ class StudyConfig:
     race_snapshots: int = 5  # VAR study: evaluation points per race curve, the last at the end of training
     race_grpo_steps: int = 40  # VAR study: GRPO's optimizer steps in the race (8 prompts × G 4 responses each)
     grid: dict = field(default_factory=dict)  # method (or "all") -> {hyper-parameter: [values]}
-    seeds: list[int] | None = None  # training seeds of every grid point; default: [seed]
+    seeds: int = 3  # replicate training seeds of every configuration: seed, seed + 1, …, seed + seeds − 1
     workers: int = 1  # runs in parallel (local processes or Ray tasks)
     executor: str = "local"  # local | ray
     ray_address: str | None = None  # an existing Ray cluster; default: start a local one
@@ -78,12 +78,8 @@ class StudyConfig:
         if self.study == "var" and "var" not in (self.methods or ["var"]):
             raise AlignlabError("config: study 'var' compares VAR with DPO; add var to 'methods'")
         check_numbers("config", vars(self), STUDY_RANGES)
-        if self.seeds is not None:
-            if not self.seeds:
-                raise AlignlabError("config: 'seeds' is empty; list the training seeds, or leave it out to train "
-                                    "with 'seed' alone")
-            for seed in self.seeds:
-                check_number("config", "each of 'seeds'", seed, SEED)
+        if isinstance(self.seeds, int) and not isinstance(self.seeds, bool) and self.seeds >= 1:
+            check_number("config", "'seed' + 'seeds' − 1 (the last training seed)", self.seed + self.seeds - 1, SEED)
         if self.executor not in ("local", "ray"):
             raise AlignlabError(unknown_name_message("config: executor", self.executor, ["local", "ray"]))
         real = {"model": self.model, "train_data": self.train_data, "test_data": self.test_data,

@@ -44,8 +44,9 @@ def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics
 
     samples = {"prompt_id": np.array(table["prompt_id"]), "gold_score": numbers("gold_score"),
                "length": numbers("length")}
-    if "proxy_score" in table:
-        samples["proxy_score"] = numbers("proxy_score")
+    for column in ("proxy_score", "chosen_score", "sft_score"):
+        if column in table:
+            samples[column] = numbers(column)
     if "logp_sft" in table:
         kl = numbers("logp_policy") - numbers("logp_sft")
         samples["kl"], samples["ln_kl"] = kl, kl / np.maximum(samples["length"], 1)
@@ -136,12 +137,12 @@ def write_sweep_report(out: str | Path) -> dict:
                "grid": config.get("grid_preset") or "custom",
                "training seeds": ", ".join(str(s) for s in seeds),
                "test prompts": len(sft.samples["prompt_id"])}
+    def optional_json(path: Path):
+        return read_json(path) if path.exists() else None
+
     var = None
     if config.get("study") == "var":
-        def optional_json(path: Path):
-            return read_json(path) if path.exists() else None
-
-        var = {"families": optional_json(out / "data" / "test_families.json"),
-               "race": optional_json(out / "var" / "race.json"), "z": optional_json(out / "var" / "z_variance.json"),
+        var = {"race": optional_json(out / "var" / "race.json"), "z": optional_json(out / "var" / "z_variance.json"),
                "compute": optional_json(out / "var" / "compute.json")}
-    return write_report(out, runs, sft, context, title="alignlab sweep report", var=var)
+    families = optional_json(out / "data" / "test_families.json")
+    return write_report(out, runs, sft, context, title="alignlab sweep report", var=var, families=families)

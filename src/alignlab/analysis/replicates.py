@@ -1,0 +1,199 @@
+"""A sweep as configurations with replicate seeds, its prompts split into selection and reporting
+halves, and the resampling every claim of one report shares (`SweepEvidence`).
+
+Definitions
+    configuration    one grid point (method and hyper-parameters): the runs that differ only in
+                     their training seed. Its name is the run name without the trailing "-s<seed>".
+    score            a configuration's mean gold reward over its seeds on the SELECTION half: the
+                     score that ranks configurations, so every pick (best, top-25%, top-k%) is made
+                     on prompts that never judge it (alignlab.evidence.split).
+    reported mean    the same mean on the REPORTING half, with the two-level bootstrap
+                     (alignlab.evidence.bootstrap): what every number and verdict is computed from.
+    noise floor      per method, the seed-to-seed standard deviation of a model's mean gold score on
+                     the reporting half, pooled over its configurations: √(mean of the per-configuration
+                     sample variances); None with one seed per configuration.
+Rankings and picks (best_run, percentile_run, top_k_runs of alignlab.analysis.runs) apply to
+configurations as they do to runs: both have a name and a score.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from alignlab.analysis.runs import RunRecord, param_sort_key
+from alignlab.evidence import N_RESAMPLES, Resampled, Resampler, split_prompts
+from alignlab.evidence.bootstrap import combine
+
+
+@dataclass
+class Configuration:
+    name: str
+    method: str
+    params: dict                                     # hyper-parameters without the seed
+    runs: list[RunRecord] = field(default_factory=list)  # one per seed, in seed order
+    score: float = float("nan")                      # selection-half mean gold (set by SweepEvidence)
+
+    @property
+    def seeds(self) -> list:
+        return [r.params.get("seed") for r in self.runs]
+
+    def has(self, column: str) -> bool:
+        return all(has_column(r, column) for r in self.runs)
+
+    def matrix(self, column: str, prompts) -> np.ndarray:
+        """[seeds, prompts] of a per-sample column on the given prompt ids (as text)."""
+        return np.array([_by_prompt(r, column, prompts) for r in self.runs])
+
+
+# Per-sample outcomes against a baseline response, from the gold scores: strict wins as the
+# Hitchhiker paper counts them, and ties apart (the study world's discrete gold reward ties often).
+OUTCOMES = {"win_vs_chosen": ("chosen_score", np.greater), "tie_vs_chosen": ("chosen_score", np.equal),
+            "win_vs_sft": ("sft_score", np.greater), "tie_vs_sft": ("sft_score", np.equal)}
+
+
+def has_column(run: RunRecord, column: str) -> bool:
+    base = OUTCOMES[column][0] if column in OUTCOMES else column
+    return run.samples.get(base) is not None
+
+
+def _column(run: RunRecord, column: str) -> np.ndarray:
+    if column in OUTCOMES:
+        base, compare = OUTCOMES[column]
+        return compare(_column(run, "gold_score"), _column(run, base)).astype(np.float64)
+    return np.asarray(run.samples[column], dtype=np.float64)
+
+
+def _by_prompt(run: RunRecord, column: str, prompts) -> np.ndarray:
+    position = {str(p): i for i, p in enumerate(run.samples["prompt_id"])}
+    missing = [p for p in prompts if p not in position]
+    if missing:
+        raise ValueError(f"run {run.name} has no {column} for prompt {missing[0]}")
+    return _column(run, column)[[position[p] for p in prompts]]
+
+
+def _has_samples(run: RunRecord) -> bool:
+    return run.samples.get("prompt_id") is not None and run.samples.get("gold_score") is not None
+
+
+def configuration_name(run: RunRecord) -> str:
+    seed = run.params.get("seed")
+    return re.sub(rf"-s{re.escape(str(seed))}$", "", run.name) if seed is not None else run.name
+
+
+def group_configurations(runs) -> dict[str, list[Configuration]]:
+    """Runs grouped into configurations (same method and hyper-parameters but the seed), per method."""
+    groups: dict = {}
+    for run in runs:
+        params = {k: v for k, v in run.params.items() if k != "seed"}
+        key = (run.method, tuple(sorted((k, repr(v)) for k, v in params.items())))
+        if key not in groups:
+            groups[key] = Configuration(configuration_name(run), run.method, params)
+        groups[key].runs.append(run)
+    by_method: dict[str, list[Configuration]] = {}
+    for config in groups.values():
+        config.runs.sort(key=lambda r: (param_sort_key(r.params.get("seed")), r.name))
+        by_method.setdefault(config.method, []).append(config)
+    return by_method
+
+
+class SweepEvidence:
+    """The configurations of a sweep, scored on the selection half, and the reporting half's resampler."""
+
+    def __init__(self, runs, sft: RunRecord | None, n_resamples: int = N_RESAMPLES, seed: int = 0):
+        usable = [r for r in runs if _has_samples(r)]
+        self.unusable = [r.name for r in runs if not _has_samples(r)]  # no per-sample gold scores to judge
+        self.sft = sft if sft is not None and _has_samples(sft) else None
+        reference = self.sft or (usable[0] if usable else None)
+        prompts = [] if reference is None else list(dict.fromkeys(str(p) for p in reference.samples["prompt_id"]))
+        self.by_method: dict[str, list[Configuration]] = {}
+        self.split, self.resampler = None, None
+        self.n_resamples, self.seed = n_resamples, seed
+        self._reported: dict = {}
+        if len(prompts) < 2:  # nothing to split: every claim is untested, every section says why
+            return
+        self.split = split_prompts(prompts)
+        self.by_method = group_configurations(usable)
+        for configs in self.by_method.values():
+            for config in configs:
+                config.score = float(config.matrix("gold_score", self.split.selection).mean())
+        self.resampler = Resampler(len(self.split.reporting), n_resamples, seed)
+
+    def reported(self, config: Configuration, column: str = "gold_score") -> np.ndarray:
+        """[seeds, reporting prompts] of a configuration's column (computed once per report)."""
+        if (config.name, column) not in self._reported:
+            self._reported[config.name, column] = config.matrix(column, self.reporting)
+        return self._reported[config.name, column]
+
+    @property
+    def reporting(self) -> tuple[str, ...]:
+        return () if self.split is None else self.split.reporting
+
+    def family_mask(self, families: dict | None, family: str) -> np.ndarray:
+        named = {str(p): f for p, f in (families or {}).items()}
+        return np.array([named.get(p) == family for p in self.reporting])
+
+    def mean(self, config: Configuration, column: str = "gold_score", mask=None) -> Resampled:
+        """The reported mean of a configuration's column (reporting half, resampled)."""
+        return self.resampler.mean(self.reported(config, column), config.name, mask)
+
+    def baseline_mean(self, column: str = "gold_score", mask=None) -> Resampled:
+        """The SFT baseline's reported mean: a fixed model, resampled over prompts only."""
+        return self.resampler.mean(self.sft_matrix(column), None, mask)
+
+    def reported_value(self, config: Configuration, column: str = "gold_score") -> float:
+        return float(self.reported(config, column).mean())
+
+    def reported_value_of_baseline(self, column: str = "gold_score") -> float:
+        return float(self.sft_matrix(column).mean())
+
+    def noise_floor(self, method: str) -> float | None:
+        variances = [np.var(self.reported(c).mean(axis=1), ddof=1)
+                     for c in self.by_method.get(method, []) if len(c.runs) > 1]
+        return float(np.sqrt(np.mean(variances))) if variances else None
+
+    def difference(self, a: Resampled, b: Resampled) -> Resampled:
+        return combine(lambda x, y: x - y, a, b)
+
+    def win_matrix(self, models: dict) -> dict:
+        """Head-to-head gold win, tie and loss shares between models on the reporting half.
+
+        models maps a display name to a Configuration or to None (the SFT baseline). Cell (i, j): over
+        the reporting prompts, the share of (seed of i, seed of j) pairs in which i's response has the
+        strictly higher gold score (the paper's strict wins; ties are shown apart, so win(i, j) +
+        tie(i, j) + win(j, i) = 1). The 95% CI is the percentile interval of the two-level bootstrap.
+        """
+        names = list(models)
+        scores = {name: (self.sft_matrix("gold_score") if c is None else self.reported(c))
+                  for name, c in models.items()}
+        weights = {name: (np.ones((1, 1)) if c is None or len(c.runs) == 1
+                          else self.resampler.seed_weights(c.name, len(c.runs))) for name, c in models.items()}
+        n = len(names)
+        cells = {key: [[None] * n for _ in range(n)] for key in ("rate", "tie", "ci_low", "ci_high")}
+        for i, a in enumerate(names):
+            for j, b in enumerate(names):
+                if i == j:
+                    continue
+                x, y = scores[a], scores[b]
+                wins = (x[:, None, :] > y[None, :, :]).astype(np.float64)   # [S_a, S_b, P]
+                ties = (x[:, None, :] == y[None, :, :]).astype(np.float64)
+                per_prompt = _pair_weighted(wins, weights[a], weights[b])       # [R or 1, P]
+                resampled = (per_prompt * self.resampler.prompt_weights).sum(axis=1)
+                cells["rate"][i][j] = float(wins.mean())
+                cells["tie"][i][j] = float(ties.mean())
+                cells["ci_low"][i][j] = float(np.percentile(resampled, 2.5))
+                cells["ci_high"][i][j] = float(np.percentile(resampled, 97.5))
+        return {"names": names, **cells, "prompts": len(self.reporting)}
+
+    def sft_matrix(self, column: str) -> np.ndarray:
+        return _by_prompt(self.sft, column, self.reporting)[None, :]
+
+
+def _pair_weighted(values: np.ndarray, wa: np.ndarray, wb: np.ndarray) -> np.ndarray:
+    """[R, P]: values [S_a, S_b, P] averaged over seed pairs under each resample's seed weights
+    (wa [R or 1, S_a], wb [R or 1, S_b]; a one-row weight is the same in every resample)."""
+    rows = max(len(wa), len(wb))
+    return np.einsum("rs,rt,stp->rp", np.broadcast_to(wa, (rows, wa.shape[1])),
+                     np.broadcast_to(wb, (rows, wb.shape[1])), values)

@@ -1,0 +1,190 @@
+"""The two-level bootstrap of configuration means, and the estimate every claim is judged by.
+
+A configuration (one grid point) is trained with S seeds and each model is evaluated on the same P
+reporting prompts: a matrix x[s, p]. Its score is the mean over seeds of the mean over prompts. Two
+sources of noise stand behind a difference between configurations: which seeds training drew (a
+lucky seed is a better model on every prompt) and which prompts the test set holds.
+
+Resampling (one `Resampler` per report, so every claim sees the same draws)
+    prompts   one draw of P prompts with replacement per resample, shared by every configuration and
+              metric: comparisons stay paired on prompts, as the per-prompt difference is what varies.
+    seeds     per configuration, S seeds with replacement per resample (a draw fixed by the
+              configuration's key, so its gold and length are resampled alike). The bootstrap of a
+              mean of S values has variance (S − 1)/S · s²/S; the seed deviations are scaled by
+              √(S/(S − 1)) first, so that the resampled means vary as s²/S, the unbiased estimate.
+Each quantity is resampled three ways: both levels (for bands, e.g. expected best-of-k curves), seeds
+only and prompts only. Seeds and prompts are crossed (every model sees every prompt), so both one-level
+variances count the seed × prompt interaction: a seed-level mean carries it as σ²_w/P, a prompt-level
+mean as σ²_w/S. The interaction is estimated from the double-centred residuals of each configuration's
+matrix (σ²_w = Σ e² / ((S − 1)(P − 1))) and its σ²_w/(S·P) is counted once, carried through every
+derived quantity by its gradient (`combine`).
+
+Estimate (`estimate`)
+    se        √(v_s + v_p − v_w): v_s and v_p the seeds-only and prompts-only resample variances, v_w the
+              interaction both count (never below the larger of v_s and v_p)
+    df        Welch–Satterthwaite: se⁴ / (v_s²/df_s + v_p²/(P − 1)), df_s = Σ (S − 1) over the
+              configurations the quantity uses
+    CI        value ± t(0.975, df) · se
+    p-value   two-sided against a null region [low, high] (a point 0 for most claims):
+              2 · P(T_df > distance from the region / se); 1 inside the region
+With three seeds the seed level has few degrees of freedom, and a normal or percentile interval
+would be far too narrow (a percentile bootstrap of 3 values covers about 74%, not 95%); Student's t
+with these df keeps the error rates, as the simulation tests check (tests/evidence).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from scipy import stats
+
+N_RESAMPLES = 2000
+SCHEMES = ("full", "seeds", "prompts")
+
+
+@dataclass(frozen=True)
+class Resampled:
+    """A quantity's value and its resamples under each scheme; `configs` maps each trained
+    configuration it depends on to its number of seeds (fixed baselines are not listed)."""
+
+    value: float
+    full: np.ndarray
+    seeds: np.ndarray
+    prompts: np.ndarray
+    n_prompts: int
+    configs: dict = field(default_factory=dict)
+    gradient: dict = field(default_factory=dict)     # leaf mean -> ∂ quantity / ∂ leaf mean
+    interaction: dict = field(default_factory=dict)  # leaf mean -> its σ²_w/(S·P), counted by both levels
+
+    @property
+    def interaction_variance(self) -> float:
+        return float(sum(self.gradient[leaf] ** 2 * v for leaf, v in self.interaction.items()))
+
+    @property
+    def seed_df(self) -> int:
+        return sum(n - 1 for n in self.configs.values())
+
+    @property
+    def fewest_seeds(self) -> int | None:
+        return min(self.configs.values()) if self.configs else None
+
+
+def combine(fn: Callable, *quantities: Resampled) -> Resampled:
+    """fn applied to the values and to each scheme's resamples of `quantities` (numpy broadcasting)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        parts = {scheme: np.asarray(fn(*(getattr(q, scheme) for q in quantities)), dtype=np.float64)
+                 for scheme in SCHEMES}
+        value = float(fn(*(q.value for q in quantities)))
+    configs, interaction, gradient = {}, {}, {}
+    values = [q.value for q in quantities]
+    for i, q in enumerate(quantities):
+        configs.update(q.configs)
+        interaction.update(q.interaction)
+        step = 1e-6 * max(1.0, abs(q.value))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            moved = float(fn(*(v + step if j == i else v for j, v in enumerate(values))))
+        slope = (moved - value) / step if np.isfinite(moved) and np.isfinite(value) else 0.0
+        for leaf, inner in q.gradient.items():
+            gradient[leaf] = gradient.get(leaf, 0.0) + slope * inner
+    return Resampled(value, parts["full"], parts["seeds"], parts["prompts"],
+                     max(q.n_prompts for q in quantities), configs, gradient, interaction)
+
+
+def resample_counts(n: int, n_resamples: int, seed) -> np.ndarray:
+    """[n_resamples, n]: how often each of n items is drawn in each resample of n with replacement
+    (seed: anything numpy's default_rng takes). A resampled mean of every column of a [columns, n]
+    table is then one product, counts @ table.T / n."""
+    picks = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    flat = (picks + n * np.arange(n_resamples)[:, None]).ravel()
+    return np.bincount(flat, minlength=n_resamples * n).reshape(n_resamples, n).astype(np.float64)
+
+
+class Resampler:
+    """The draws of one report: prompt weights shared by everything, seed weights per configuration."""
+
+    def __init__(self, n_prompts: int, n_resamples: int = N_RESAMPLES, seed: int = 0):
+        if n_prompts < 2:
+            raise ValueError(f"a bootstrap over prompts needs at least 2 prompts, got {n_prompts}")
+        self.n_prompts, self.n_resamples, self.seed = n_prompts, n_resamples, seed
+        self.prompt_weights = resample_counts(n_prompts, n_resamples, [seed, 0]) / n_prompts
+        self._seed_weights: dict = {}
+
+    def seed_weights(self, key: str, n_seeds: int) -> np.ndarray:
+        if (key, n_seeds) not in self._seed_weights:
+            stream = [self.seed, 1, zlib.crc32(key.encode("utf-8"))]
+            self._seed_weights[key, n_seeds] = resample_counts(n_seeds, self.n_resamples, stream) / n_seeds
+        return self._seed_weights[key, n_seeds]
+
+    def mean(self, values, key: str | None, mask=None) -> Resampled:
+        """The mean over seeds (rows) and prompts (columns) of one configuration's matrix.
+
+        key names the configuration (None: a fixed baseline, one row, no seed level); mask (bool [P])
+        restricts the mean to some prompts (a family), resampled within the shared prompt draw."""
+        x = np.atleast_2d(np.asarray(values, dtype=np.float64))
+        n_seeds, n_prompts = x.shape
+        if n_prompts != self.n_prompts:
+            raise ValueError(f"{key or 'baseline'}: {n_prompts} prompts, the resampler has {self.n_prompts}")
+        mask = np.ones(n_prompts, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        interaction = 0.0
+        kept = int(mask.sum())
+        if n_seeds > 1 and kept > 1:
+            inside = x[:, mask]
+            residual = (inside - inside.mean(axis=0) - inside.mean(axis=1, keepdims=True) + inside.mean())
+            interaction = float((residual ** 2).sum() / ((n_seeds - 1) * (kept - 1))) / (n_seeds * kept)
+        if n_seeds > 1:
+            centre = x.mean(axis=0)
+            x = centre + np.sqrt(n_seeds / (n_seeds - 1)) * (x - centre)
+        prompt_full = self.prompt_weights * mask
+        prompt_fixed = np.where(mask, 1.0, 0.0)[None, :]
+        # Per-seed means under the prompt weights: [R or 1, S].
+        per_seed_drawn = (prompt_full @ x.T) / prompt_full.sum(axis=1, keepdims=True)
+        per_seed_fixed = (prompt_fixed @ x.T) / prompt_fixed.sum()
+        seed_full = (self.seed_weights(key, n_seeds) if key is not None and n_seeds > 1
+                     else np.full((1, n_seeds), 1.0 / n_seeds))
+        seed_fixed = np.full((1, n_seeds), 1.0 / n_seeds)
+        leaf = (key, mask.tobytes())
+        return Resampled(float(x[:, mask].mean()),
+                         (per_seed_drawn * seed_full).sum(axis=1),
+                         np.broadcast_to((per_seed_fixed * seed_full).sum(axis=1), (self.n_resamples,)),
+                         (per_seed_drawn * seed_fixed).sum(axis=1),
+                         kept, {key: n_seeds} if key is not None else {}, {leaf: 1.0}, {leaf: interaction})
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    se: float
+    df: float
+    ci: tuple[float, float]
+    p_value: float
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "ci": list(self.ci), "p_value": self.p_value, "se": self.se, "df": self.df}
+
+
+def _variance(x: np.ndarray) -> float:
+    finite = x[np.isfinite(x)]
+    return float(finite.var(ddof=1)) if finite.size > 1 else 0.0
+
+
+def estimate(q: Resampled, null: tuple[float, float] = (0.0, 0.0), level: float = 0.95) -> Estimate:
+    """Value, SE, df, CI and two-sided p-value against the null region (see the module docstring)."""
+    v_seeds, v_prompts = _variance(q.seeds), _variance(q.prompts)
+    variance = max(v_seeds + v_prompts - q.interaction_variance, v_seeds, v_prompts)
+    se = float(np.sqrt(variance))
+    terms = v_prompts ** 2 / max(q.n_prompts - 1, 1) + (v_seeds ** 2 / q.seed_df if q.seed_df else 0.0)
+    df = float(variance ** 2 / terms) if terms > 0 else float(max(q.n_prompts - 1, 1))
+    df = max(df, 1.0)
+    low, high = null
+    distance = q.value - high if q.value > high else low - q.value if q.value < low else 0.0
+    if not np.isfinite(q.value):
+        return Estimate(q.value, se, df, (float("nan"), float("nan")), float("nan"))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    if se > 0:
+        p = 1.0 if distance == 0 else min(1.0, 2 * float(stats.t.sf(distance / se, df)))
+    else:  # every resample agrees: as strong as this many resamples can show
+        p = 1.0 if distance == 0 else min(1.0, 2 / (q.full.size + 1))
+    return Estimate(q.value, se, df, (q.value - half, q.value + half), p)

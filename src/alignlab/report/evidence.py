@@ -1,0 +1,156 @@
+"""The report's evidence sections: the claims (decided together, Holm across the report), expected
+best-of-k curves at equal search budget, and in-distribution vs OOD. Each is a Section of blocks and
+its part of summary.json; the statistics come from alignlab.analysis and alignlab.evidence.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from alignlab.analysis import best_run, expected_max_curve, wilson_interval
+from alignlab.analysis.claims import correction_text
+from alignlab.analysis.runs import method_label
+from alignlab.evidence import CORRECTION
+from alignlab.report.blocks import BASELINE, Cell, Plot, Section, Sweep, Table
+from alignlab.report.figures import legend_beside, new_figure, png_bytes
+
+
+def _number(value, fmt: str = "{:+.4g}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def _p_text(p) -> str:
+    return "–" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def selection_text(sweep: Sweep) -> str:
+    split = sweep.evidence.split
+    if split is None:
+        return "No run has per-sample results, so nothing can be picked or judged."
+    return (f"Runs are picked (best, top-25%, top-k%) on a selection half of the test prompts "
+            f"({len(split.selection)} prompts) and every number and verdict is computed on the other, reporting "
+            f"half ({len(split.reporting)} prompts); the split is fixed by the prompt ids alone.")
+
+
+def claims_section(sweep: Sweep) -> tuple[Section, dict]:
+    ev = sweep.evidence
+    rows = []
+    for c in sweep.claims:
+        seeds = "–" if not c["seeds"] else ",".join(map(str, c["seeds"]))
+        rows.append([Cell(c["claim"], css="text"), Cell(c["statistic"], css="note"), _number(c["value"]),
+                     "–" if c["ci"] is None else f"[{c['ci'][0]:+.4g}, {c['ci'][1]:+.4g}]",
+                     _p_text(c["p_value"]), _p_text(c["p_adjusted"]),
+                     Cell(c["verdict"], css="verdict " + c["verdict"].replace(" ", "-")),
+                     Cell(f"{c['runs']} runs", f"seeds {seeds}; {c['prompts'] or '–'} prompts"),
+                     Cell(c["detail"], css="note")])
+    floors = {m: ev.noise_floor(m) for m in ev.by_method}
+    floor_rows = [[method_label(m), str(len(ev.by_method[m])),
+                   "/".join(sorted({str(len(c.runs)) for c in ev.by_method[m]})),
+                   _number(f, "{:.4f}") if f is not None else "– (one seed)"] for m, f in floors.items()]
+    intro = (
+        f"{selection_text(sweep)} Each configuration is trained with several seeds; its score is the mean over "
+        "its seeds. CIs and p-values come from one two-level bootstrap (seeds within each configuration, then "
+        "prompts, shared by every model so comparisons stay paired), read with Student's t at the "
+        "Welch–Satterthwaite degrees of freedom: three seeds leave few. Each statistic is oriented so that a "
+        "value above the null region (0, or [0, 7.16%] for the VAR gain) supports the claim. The p-values are "
+        f"adjusted with Holm's step-down method across every decidable claim of this report ({correction_text(sweep.claims)}). "
+        "Verdicts: *confirmed* (adjusted p < 5%, value above the null region), *reversed* (adjusted p < 5%, "
+        "below it), *inconclusive* (otherwise, or fewer than 2 seeds per configuration: training noise "
+        "unmeasured), *not tested* (runs or columns missing).")
+    section = Section("claims", "Claims, with the evidence behind them", [
+        intro,
+        Table(["claim", "statistic", "value", "95% CI", "p", "p (Holm)", "verdict", "behind it", "detail"], rows),
+        ("The noise floor: how much one model's mean gold score moves between training seeds of the same "
+         "configuration (reporting half, pooled over each method's configurations). A difference smaller than "
+         "it is not one a single run could show."),
+        Table(["method", "configurations", "seeds each", "noise floor (seed sd of mean gold)"], floor_rows)])
+    selection = None if ev.split is None else {**ev.split.describe(), "picked_on": "selection",
+                                                "reported_on": "reporting"}
+    summary = {"claims": sweep.claims, "correction": CORRECTION, "noise_floor": floors, "selection": selection}
+    return section, summary
+
+
+def expected_section(sweep: Sweep) -> tuple[Section, dict]:
+    ev = sweep.evidence
+    section = Section("expected", "2. Expected performance at equal search budget")
+    if not ev.by_method:
+        section.blocks.append("No finished runs with per-sample results.")
+        return section, {"expected_max": {}, "grid": {}}
+    curves = {m: expected_max_curve(ev, configs) for m, configs in ev.by_method.items()}
+    sft_mean = ev.reported_value_of_baseline() if ev.sft is not None else None
+    rows, grid = [], {}
+    for method, configs in ev.by_method.items():
+        values = [ev.reported_value(c) for c in configs]
+        worse = None
+        if sft_mean is not None:
+            count = sum(v < sft_mean for v in values)
+            low, high = wilson_interval(count, len(values))
+            worse = {"count": int(count), "n": len(values), "fraction": count / len(values), "ci_low": low,
+                     "ci_high": high}
+        grid[method] = {"configurations": len(configs), "reported_means": values, "worse_than_sft": worse}
+        first, last = curves[method][0], curves[method][-1]
+        rows.append([method_label(method), str(len(configs)),
+                     Cell(f"{first['mean']:.3f}", f"[{first['ci'][0]:.3f}, {first['ci'][1]:.3f}]"),
+                     Cell(f"{last['mean']:.3f}", f"[{last['ci'][0]:.3f}, {last['ci'][1]:.3f}]"),
+                     f"{min(values):.3f} – {max(values):.3f}",
+                     "–" if worse is None else Cell(f"{worse['count']}/{worse['n']}",
+                                                    f"[{worse['ci_low']:.0%}, {worse['ci_high']:.0%}]")])
+    caption = ("Expected best-of-k: the reported mean gold score (reporting half) of the configuration a search "
+               "of k configurations drawn at random from the grid would pick on the selection half, computed "
+               "exactly over all k-subsets (Dodge et al. 2019); bands are 95% CIs of the two-level bootstrap."
+               + (f" The dashed line is the SFT model ({sft_mean:.3f})." if sft_mean is not None else ""))
+    section.blocks += [
+        ("Which method does better for a fixed hyper-parameter search budget? k = 1 is a configuration "
+         "drawn at random (the grid's mean: what a method gives without a search); the last point of each "
+         "curve is its best configuration. Methods are compared at equal k."),
+        Plot("expected_max.png", expected_max_figure(curves, sweep.colors, sft_mean), "expected best-of-k curves",
+             caption),
+        Table(["method", "configurations", "best-of-1 (grid mean) [95% CI]", "best-of-all [95% CI]",
+               "range of configurations", "configurations worse than SFT [Wilson 95%]"], rows)]
+    return section, {"expected_max": curves, "grid": grid}
+
+
+def expected_max_figure(curves: dict, colors: dict, sft_mean: float | None) -> bytes:
+    fig = new_figure(7.2, 3.8)
+    ax = fig.subplots()
+    for method, curve in curves.items():
+        k = [p["k"] for p in curve]
+        ax.plot(k, [p["mean"] for p in curve], marker="o", color=colors[method], label=method_label(method))
+        ax.fill_between(k, [p["ci"][0] for p in curve], [p["ci"][1] for p in curve], color=colors[method],
+                        alpha=0.15, lw=0)
+    if sft_mean is not None:
+        ax.axhline(sft_mean, color="#333333", lw=1, ls="--", label=BASELINE)
+    ax.set_xlabel("search budget k (configurations tried)")
+    ax.set_ylabel("expected mean gold score")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    legend_beside(ax)
+    return png_bytes(fig)
+
+
+def indist_section(sweep: Sweep) -> tuple[Section, dict]:
+    """Each method's best configuration on held-out training-style prompts and on the test prompts."""
+    section = Section("ood", "In distribution vs out of distribution")
+    ev = sweep.evidence
+    models = ([(BASELINE, None)] if ev.sft is not None else []) + [
+        (method_label(m), best_run(configs)) for m, configs in ev.by_method.items()]
+    rows, summary = [], {}
+    for name, config in models:
+        runs = [ev.sft] if config is None else config.runs
+        if not all(r.indist.get("gold_score") is not None for r in runs):
+            continue
+        indist = float(np.mean([np.mean(r.indist["gold_score"]) for r in runs]))
+        ood = ev.reported_value_of_baseline() if config is None else ev.reported_value(config)
+        summary[name] = {"in_distribution": indist, "ood": ood, "gap": indist - ood,
+                         "prompts": len(runs[0].indist["gold_score"])}
+        rows.append([name, f"{indist:.3f}", f"{ood:.3f}", f"{indist - ood:+.3f}", str(summary[name]["prompts"])])
+    if not rows:
+        section.blocks.append("No in-distribution evaluation in this sweep (real data without held-out "
+                              "training-style prompts, or a sweep from an earlier version).")
+        return section, summary
+    section.blocks += [
+        ("Training and test prompts differ in style (the study's OOD setting). Each model's mean gold score on "
+         "held-out prompts in the training style, next to the test prompts' reporting half, and the gap: "
+         "how much of the gain survives the shift. Means over the configuration's seeds."),
+        Table(["model", "in-distribution mean gold", "OOD mean gold", "gap (in − out)", "in-distribution prompts"],
+              rows)]
+    return section, summary
