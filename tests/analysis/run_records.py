@@ -18,3 +18,16 @@ def run(name, score=0.0, method="dpo", params=None, metrics=None, **samples):
 def grid(scores, prefix="r"):
     """Runs r0, r1, ... with the given scores, in the given (unsorted) order."""
     return [run(f"{prefix}{i}", s) for i, s in enumerate(scores)]
+
+
+def replicate(method, config, seed, prompt_id, gold_score, **columns):
+    """One seed of configuration `config` of `method`: run "<method>-c<config>-s<seed>", params
+    {"beta": config, "seed": seed}, its score the mean of gold_score over every prompt."""
+    gold = np.asarray(gold_score, dtype=np.float64)
+    return run(f"{method}-c{config}-s{seed}", float(gold.mean()), method, {"beta": config, "seed": seed},
+               prompt_id=list(prompt_id), gold_score=gold, **columns)
+
+
+def by_id(ids, values):
+    """{prompt id: value} of two aligned lists."""
+    return dict(zip(ids, values))

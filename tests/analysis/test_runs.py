@@ -1,10 +1,11 @@
-"""Selecting and comparing runs (alignlab.analysis.runs) against answers worked out by hand on small tables."""
+"""Selecting runs and configurations (alignlab.analysis.runs) against answers worked out by hand on small tables."""
 
-import numpy as np
+from types import SimpleNamespace
+
 import pytest
 from run_records import grid, run
 
-from alignlab.analysis.runs import best_run, best_runs, paired_difference, percentile_run, top_k_runs, win_matrix
+from alignlab.analysis.runs import best_run, best_runs, percentile_run, top_k_runs
 
 
 # ------------------------------------------------------------------ selecting runs
@@ -51,33 +52,19 @@ def test_top_k_runs_has_no_float_drift():
     assert len(top_k_runs(grid(range(100)), 7)) == 7
 
 
-# ------------------------------------------------------------------ per-prompt comparisons
-
-# Three models; B lists its prompts in another order and C lacks p4 but has p9, so only a join by
-# prompt_id gives the right pairs.
-A = run("A", prompt_id=["p1", "p2", "p3", "p4"], gold_score=[1.0, 2.0, 3.0, 4.0])
-B = run("B", prompt_id=["p4", "p3", "p2", "p1"], gold_score=[0.0, 2.0, 3.0, 1.0])
-C = run("C", prompt_id=["p1", "p2", "p3", "p9"], gold_score=[2.0, 2.0, 5.0, 7.0])
-
-
-def test_win_matrix_by_hand():
-    m = win_matrix({"A": A, "B": B, "C": C})
-    # A vs B by prompt: p1 1=1 ½, p2 2<3 0, p3 3>2 1, p4 4>0 1 → 2.5/4.
-    # A vs C on p1..p3:  1<2 0, 2=2 ½, 3<5 0 → 0.5/3.   B vs C: 1<2 0, 3>2 1, 2<5 0 → 1/3.
-    expected = [[0.5, 0.625, 1 / 6], [0.375, 0.5, 1 / 3], [5 / 6, 2 / 3, 0.5]]
-    assert m["names"] == ["A", "B", "C"]
-    assert np.allclose(m["rate"], expected)
-    assert m["prompts"] == [[4, 4, 3], [4, 4, 3], [3, 3, 4]]
-    rate, low, high = (np.array(m[k]) for k in ("rate", "ci_low", "ci_high"))
-    assert np.allclose(rate + rate.T, 1.0)
-    assert np.all(low <= rate + 1e-12) and np.all(rate <= high + 1e-12)
-    assert np.allclose(np.diag(low), 0.5) and np.allclose(np.diag(high), 0.5)
-    assert np.allclose(low, 1 - high.T)  # the CI of j over i mirrors that of i over j
+def test_selections_apply_to_anything_with_a_name_and_a_score():
+    # Configurations (alignlab.analysis.replicates) are ranked by their selection-half score alone.
+    configs = [SimpleNamespace(name=f"c{i}", score=s) for i, s in enumerate([0.3, 0.8, 0.1, 0.6, 0.2])]
+    assert best_run(configs).name == "c1"
+    assert percentile_run(configs).name == "c3"               # n = 5 → index 3 of 0.1 0.2 0.3 0.6 0.8
+    assert [c.name for c in top_k_runs(configs, 40)] == ["c1", "c3"]
 
 
-def test_paired_difference_joins_by_prompt():
-    d = paired_difference(A, B)
-    # per prompt A − B: p1 0, p2 −1, p3 1, p4 4 → mean 1.
-    assert d["value"] == pytest.approx(1.0) and d["n"] == 4
-    assert d["ci_low"] <= 1.0 <= d["ci_high"]
-    assert paired_difference(A, C)["value"] == pytest.approx((-1 + 0 - 2) / 3)
+def test_selection_rejects_empty_grids_and_bad_percentages():
+    with pytest.raises(ValueError):
+        best_run([])
+    with pytest.raises(ValueError):
+        percentile_run(grid([1.0]), q=101)
+    for k in (0, 101):
+        with pytest.raises(ValueError):
+            top_k_runs(grid([1.0]), k)

@@ -54,7 +54,7 @@ class Resampled:
     full: np.ndarray
     seeds: np.ndarray
     prompts: np.ndarray
-    n_prompts: int
+    prompt_mask: np.ndarray  # bool [P]: the reporting prompts the quantity is computed on
     configs: dict = field(default_factory=dict)
     gradient: dict = field(default_factory=dict)     # leaf mean -> ∂ quantity / ∂ leaf mean
     interaction: dict = field(default_factory=dict)  # leaf mean -> its σ²_w/(S·P), counted by both levels
@@ -62,6 +62,10 @@ class Resampled:
     @property
     def interaction_variance(self) -> float:
         return float(sum(self.gradient[leaf] ** 2 * v for leaf, v in self.interaction.items()))
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.prompt_mask.sum())
 
     @property
     def seed_df(self) -> int:
@@ -90,7 +94,7 @@ def combine(fn: Callable, *quantities: Resampled) -> Resampled:
         for leaf, inner in q.gradient.items():
             gradient[leaf] = gradient.get(leaf, 0.0) + slope * inner
     return Resampled(value, parts["full"], parts["seeds"], parts["prompts"],
-                     max(q.n_prompts for q in quantities), configs, gradient, interaction)
+                     np.logical_or.reduce([q.prompt_mask for q in quantities]), configs, gradient, interaction)
 
 
 def resample_counts(n: int, n_resamples: int, seed) -> np.ndarray:
@@ -150,7 +154,7 @@ class Resampler:
                          (per_seed_drawn * seed_full).sum(axis=1),
                          np.broadcast_to((per_seed_fixed * seed_full).sum(axis=1), (self.n_resamples,)),
                          (per_seed_drawn * seed_fixed).sum(axis=1),
-                         kept, {key: n_seeds} if key is not None else {}, {leaf: 1.0}, {leaf: interaction})
+                         mask, {key: n_seeds} if key is not None else {}, {leaf: 1.0}, {leaf: interaction})
 
 
 @dataclass(frozen=True)
