@@ -19,6 +19,7 @@ import numpy as np
 from alignlab.analysis import (VAR_PAPER_GAIN_PCT, VAR_PAPER_SPEEDUP, RunRecord, best_run, convergence_race,
                                reward_by_family)
 from alignlab.analysis.runs import method_label
+from alignlab.evidence import estimate
 from alignlab.report.blocks import (BASELINE, BASELINE_COLOR, Cell, Plot, Section, Sweep, Table, format_or_dash,
                                     params_text)
 from alignlab.report.figures import legend_beside, new_figure, png_bytes
@@ -217,26 +218,35 @@ def z_section(sweep: Sweep, z: dict | None) -> tuple[Section, dict]:
             Table(["ℓref", "micro-batch b", "mean log Ẑ_B", "sd log Ẑ_B", "sd b·ω", "ESS / b", "mean max ω"],
                   rows)]
         summary["variance"] = z
-    var_runs = sweep.by_method.get("var", [])
-    variants: dict[tuple, RunRecord] = {}
-    for run in var_runs:  # best first within the method: the first of each variant is its best λ
-        key = (run.params.get("z_estimator", "batch"), bool(run.params.get("length_normalize", False)))
-        variants.setdefault(key, run)
-    rows = [[estimator, "length-normalised" if normalised else "summed", Cell(run.name, css="name"),
-             Cell(f"{run.score:.3f}", f"[{run.metrics['mean_score']['ci_low']:.3f}, "
-                                      f"{run.metrics['mean_score']['ci_high']:.3f}]"),
-             format_or_dash((run.metrics.get("mean_proxy_score") or {}).get("value"), "{:.3f}"),
-             format_or_dash((run.metrics.get("ln_kl") or {}).get("value"), "{:.3f}")]
-            for (estimator, normalised), run in sorted(variants.items())]
+    ev = sweep.evidence
+    groups: dict[tuple, list] = {}
+    for config in ev.by_method.get("var", []):
+        key = (config.params.get("z_estimator", "batch"), bool(config.params.get("length_normalize", False)))
+        groups.setdefault(key, []).append(config)
+    variants = {key: best_run(configs) for key, configs in groups.items()}  # each variant's best λ
+
+    def reported(config, column):
+        if not config.has(column):
+            return None
+        return estimate(ev.mean(config, column))
+
+    rows, estimators = [], []
+    for (estimator, normalised), config in sorted(variants.items()):
+        gold, proxy, ln_kl = (reported(config, c) for c in ("gold_score", "proxy_score", "ln_kl"))
+        rows.append([estimator, "length-normalised" if normalised else "summed", Cell(config.name, css="name"),
+                     Cell(f"{gold.value:.3f}", f"[{gold.ci[0]:.3f}, {gold.ci[1]:.3f}]"),
+                     format_or_dash(proxy and proxy.value, "{:.3f}"), format_or_dash(ln_kl and ln_kl.value, "{:.3f}")])
+        estimators.append({"z_estimator": estimator, "length_normalize": normalised, "configuration": config.name,
+                           "mean_score": gold.value, "ci": list(gold.ci)})
     if rows:
         section.blocks += [
             ("Final reward of each Z estimator (batch: the micro-batch, the paper's; prompt: the responses to one "
              "prompt; sampled: K responses per prompt sampled from the reference), with summed and length-normalised "
-             "ℓref: the best run of each variant over the grid's λ values, mean gold reward with its 95% CI."),
-            Table(["Z estimator", "ℓref", "best run", "mean gold reward", "mean proxy reward", "length-norm. KL"],
-                  rows)]
-        summary["estimators"] = [{"z_estimator": e, "length_normalize": n, "run": r.name, "mean_score": r.score}
-                                 for (e, n), r in sorted(variants.items())]
+             "ℓref: the best configuration of each variant over the grid's λ values (picked on the selection half), "
+             "mean gold reward on the reporting half over its seeds with a two-level bootstrap 95% CI."),
+            Table(["Z estimator", "ℓref", "best configuration", "mean gold reward", "mean proxy reward",
+                   "length-norm. KL"], rows)]
+        summary["estimators"] = estimators
     if not section.blocks:
         section.blocks.append("Not measured: the study has no VAR runs.")
     return section, summary
