@@ -1,47 +1,24 @@
-"""Sweep analyses (alignlab.analysis.hitchhiker) against answers worked out by hand on small tables."""
-
-import math
+"""The Hitchhiker analyses (alignlab.analysis.hitchhiker) on hand-built sweeps: claim values worked out
+from the tables below on the reporting half, verdicts after the report-wide decision, expected best-of-k
+and pooled top-k% values."""
 
 import numpy as np
 import pytest
-from run_records import grid, run
+from run_records import replicate, run
 
-from alignlab.analysis.hitchhiker import (expected_performance, fraction_worse, hitchhiker_claims, sensitivity,
-                                          top_k_distributions, varying_params)
+from alignlab.analysis import (SweepEvidence, decide, expected_max_curve, hitchhiker_claims, sensitivity,
+                               top_k_pooled, varying_params)
+from alignlab.evidence import split_prompts
 
-
-# ------------------------------------------------------------------ grid statistics
-
-def test_top_k_distributions_lists_the_metric_of_the_top_runs_best_first():
-    runs = [run("a", 1.0, metrics={"length": 40}), run("b", 4.0, metrics={"length": 10}),
-            run("c", 3.0, metrics={"length": 20}), run("d", 2.0, metrics={"length": 30})]
-    out = top_k_distributions({"dpo": runs}, ks=(25, 50, 100), metric="length")
-    assert out == {"dpo": {25: [10.0], 50: [10.0, 20.0], 100: [10.0, 20.0, 30.0, 40.0]}}
-
-
-def test_expected_performance_by_hand():
-    out = expected_performance(grid([3.0, 1.0, 10.0, 2.0, 4.0]))
-    # sorted 1 2 3 4 10: mean 4, median 3, numpy-linear quartiles at positions 1 and 3 → 2 and 4.
-    assert out["mean"] == pytest.approx(4.0)
-    assert (out["median"], out["q25"], out["q75"], out["min"], out["max"]) == (3.0, 2.0, 4.0, 1.0, 10.0)
-    assert out["n_runs"] == 5
-    assert 1.0 <= out["ci_low"] < 4.0 < out["ci_high"] <= 10.0
+N = 40
+IDS = [f"p{i}" for i in range(N)]
+SPLIT = split_prompts(IDS)                            # tests/evidence/test_split.py checks the rule
+SEL = np.isin(IDS, SPLIT.selection)
+REP = np.isin(IDS, SPLIT.reporting)
+BASE = (np.arange(N) % 5) * 0.2                        # prompt difficulty, shared by every model
 
 
-def test_fraction_worse_with_wilson_interval():
-    out = fraction_worse(grid([1.0, 2.0, 3.0, 4.0, 5.0]), baseline_score=3.0)
-    assert (out["count"], out["n"], out["fraction"]) == (2, 5, 0.4)  # 3.0 is not worse than 3.0
-    # Wilson closed form for 2/5, z = 1.959964: published value [0.1176, 0.7693].
-    z, n, p = 1.959964, 5, 0.4
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    assert out["ci_low"] == pytest.approx(centre - half) and out["ci_low"] == pytest.approx(0.1176, abs=1e-4)
-    assert out["ci_high"] == pytest.approx(centre + half) and out["ci_high"] == pytest.approx(0.7693, abs=1e-4)
-    # 0 of 10: the interval is [0, z²/(n + z²)] = [0, 3.841459/13.841459].
-    none = fraction_worse(grid([5.0] * 10), baseline_score=1.0)
-    assert none["fraction"] == 0 and none["ci_low"] == 0
-    assert none["ci_high"] == pytest.approx(3.841459 / 13.841459, abs=1e-6)
-
+# ------------------------------------------------------------------ sensitivity (unchanged)
 
 def test_sensitivity_groups_runs_by_parameter_value():
     runs = [run("a", 1.0, params={"learning_rate": 5e-4, "beta": 0.1, "seed": 0}),
@@ -60,88 +37,207 @@ def test_sensitivity_groups_runs_by_parameter_value():
     assert varying_params(runs) == ["learning_rate", "seed"]  # beta is constant
 
 
-# ------------------------------------------------------------------ Hitchhiker claims
-
-N = 40
-PROMPTS = [f"p{i}" for i in range(N)]
-BASE = np.arange(N) % 4              # 0 1 2 3 ...: mean 1.5
-WIGGLE = np.where(np.arange(N) % 2, 0.5, -0.5)  # mean 0, so it shifts no run's score
-LENGTH = 100.0 + np.arange(N)
-
-
-def method_grid(method, offsets, gold_shift=0.0, length_shift=0.0, reverse=False):
-    """Runs whose gold is BASE + offset + gold_shift per prompt, so score = 1.5 + offset."""
-    order = slice(None, None, -1) if reverse else slice(None)
-    return [run(f"{method}-{k}", 1.5 + off, method, params={"seed": 0, "learning_rate": k},
-                prompt_id=PROMPTS[order], gold_score=(BASE + off + gold_shift)[order],
-                length=(LENGTH + length_shift)[order])
-            for k, off in enumerate(offsets)]
+def test_sensitivity_leaves_out_runs_without_the_param_or_metric_and_missing_params_vary():
+    runs = [run("a", 1.0, params={"beta": 0.1}, metrics={"length": 10}),
+            run("b", 2.0, params={"beta": 0.1}, metrics={"length": None}),
+            run("c", 3.0, params={}, metrics={"length": 30})]
+    assert sensitivity(runs, "beta", "length") == [{"value": 0.1, "mean": 10.0, "min": 10.0, "max": 10.0, "n": 1}]
+    assert varying_params(runs) == ["beta"]                  # missing in c counts as a value of its own
 
 
-def sweep():
-    return {
-        "dpo": method_grid("dpo", [0.0, 0.1, 0.2, 0.3]),
-        # LN-DPO: DPO's gold ± 0.5 per prompt (no better or worse on average), 10 tokens longer.
-        "ln-dpo": method_grid("ln-dpo", [0.0, 0.05, 0.1, 0.3], gold_shift=WIGGLE, length_shift=10),
-        # SimPO: gold uniformly +1 above DPO, 20 tokens shorter; prompts stored in reverse order.
-        "simpo": method_grid("simpo", [1.0, 1.28, 1.29, 1.3], gold_shift=0.0, length_shift=-20, reverse=True),
-    }
+# ------------------------------------------------------------------ hand-built sweeps
+
+def build(offsets: dict, seeds=3, noise=0.05, lengths=None, sft_level=0.5, rng_seed=0):
+    """Runs of each method with configurations at the given gold offsets; returns (runs, sft, tables),
+    tables[method][c] the [seeds, N] gold matrix and tables["length"][method][c] the lengths."""
+    rng = np.random.default_rng(rng_seed)
+    runs, tables = [], {"length": {}}
+    for method, levels in offsets.items():
+        tables[method], tables["length"][method] = [], []
+        for c, level in enumerate(levels):
+            gold = BASE + level + rng.normal(0, 0.02, (seeds, 1)) + rng.normal(0, noise, (seeds, N))
+            length = (lengths or {}).get(method, 100.0) + rng.normal(0, 1, (seeds, N))
+            tables[method].append(gold)
+            tables["length"][method].append(length)
+            runs += [replicate(method, c, s, IDS, gold[s], length=length[s]) for s in range(seeds)]
+    sft = run("sft", method="sft", prompt_id=IDS, gold_score=BASE + sft_level, length=np.full(N, 100.0))
+    return runs, sft, tables
 
 
-def test_claims_verdicts_on_a_hand_built_sweep():
-    sft = run("sft", 1.75, "sft")
-    claims = {c["claim"]: c for c in hitchhiker_claims(sweep(), sft)}
-    # (value worked out by hand, verdict)
-    expected = {
-        # best runs: SimPO (1.3) − LN-DPO (0.3 ± 0.5) = 1 ∓ 0.5 on every prompt.
-        "best score: SimPO ≥ LN-DPO": (1.0, "confirmed"),
-        # LN-DPO (0.3 ± 0.5) − DPO (0.3) = ±0.5, mean 0.
-        "best score: LN-DPO ≥ DPO": (0.0, "not confirmed"),
-        # grid means: SimPO offsets avg 1.2175, LN-DPO 0.1125, DPO 0.15.
-        "expected score: SimPO ≥ LN-DPO": (1.105, "confirmed"),
-        "expected score: LN-DPO ≥ DPO": (-0.0375, "not confirmed"),
-        # runs below SFT (1.75): DPO 3/4, LN-DPO 3/4, SimPO 0/4 → 3/4 − 3/4.
-        "DPO is most often worse than SFT": (0.0, "not confirmed"),
-        # DPO length − other length at the best runs.
-        "LN-DPO responses shorter than DPO's": (-10.0, "reversed"),
-        "SimPO responses shorter than DPO's": (20.0, "confirmed"),
-        # drop = best − 75th-percentile run (index 2 of 4): DPO 0.3−0.2, LN-DPO 0.3−0.1, SimPO 1.3−1.29.
-        "DPO drops more than LN-DPO from best to top-25% run": (-0.1, "reversed"),
-        "DPO drops more than SimPO from best to top-25% run": (0.09, "confirmed"),
-    }
-    for claim, (value, outcome) in expected.items():
-        c = claims[claim]
-        assert c["value"] == pytest.approx(value, abs=1e-9), claim
-        assert c["verdict"] == outcome, claim
-        assert c["ci_low"] <= c["value"] + 1e-9 and c["value"] <= c["ci_high"] + 1e-9, claim
-    # No ln_kl column in the samples: both KL claims are not tested.
-    kl = [c for c in claims.values() if "KL" in c["claim"]]
-    assert len(kl) == 2 and all(c["verdict"] == "not tested" and c["value"] is None for c in kl)
-    assert all("ln_kl" in c["detail"] for c in kl)
-    assert len(claims) == 11
-    assert claims["best score: SimPO ≥ LN-DPO"]["n_runs"] == 8
-    assert claims["DPO is most often worse than SFT"]["n_runs"] == 13  # 3 grids of 4 + the SFT run
-    assert "seeds 0" in claims["expected score: SimPO ≥ LN-DPO"]["detail"]
+def best(tables):
+    """The configuration with the highest selection-half mean (worked out here, not by the module)."""
+    return max(range(len(tables)), key=lambda c: tables[c][:, SEL].mean())
 
 
-def test_claims_with_absent_methods_are_not_tested():
-    runs = sweep()
-    del runs["simpo"]
-    claims = hitchhiker_claims(runs, sft=None)
-    simpo = [c for c in claims if "SimPO" in c["claim"]]
-    assert len(simpo) == 5
-    assert all(c["verdict"] == "not tested" and c["value"] is None and "SimPO" in c["detail"] for c in simpo)
-    worse = next(c for c in claims if c["claim"] == "DPO is most often worse than SFT")
-    assert worse["verdict"] == "not tested" and "SFT" in worse["detail"]
-    assert next(c for c in claims if c["claim"] == "LN-DPO responses shorter than DPO's")["verdict"] == "reversed"
+def reported(matrix):
+    return matrix[:, REP].mean()
 
 
-def test_dpo_worse_than_sft_claim_confirmed():
-    # Every DPO run is below SFT, no LN-DPO or SimPO run is: 4/4 − max(0/4, 0/4) = 1.
-    runs = {"dpo": grid([0.1, 0.2, 0.3, 0.4], "d"), "ln-dpo": grid([2.0, 3.0], "l"), "simpo": grid([5.0], "s")}
-    claims = hitchhiker_claims(runs, run("sft", 1.0, "sft"))
-    claim = next(c for c in claims if c["claim"] == "DPO is most often worse than SFT")
-    assert (claim["value"], claim["ci_low"], claim["ci_high"], claim["verdict"]) == (1.0, 1.0, 1.0, "confirmed")
-    # These runs carry no per-sample columns: the per-prompt claims are not tested, not a crash.
-    per_prompt = [c for c in claims if "best" in c["claim"] or "shorter" in c["claim"]]
-    assert len(per_prompt) == 6 and all(c["verdict"] == "not tested" for c in per_prompt)
+def claims_of(runs, sft, n_resamples=1000):
+    return {c["claim"]: c for c in decide(hitchhiker_claims(SweepEvidence(runs, sft, n_resamples)))}
+
+
+def test_a_clear_advantage_of_ln_dpo_is_confirmed_with_the_hand_computed_value():
+    runs, sft, t = build({"dpo": [0.0, 0.3], "ln-dpo": [1.0, 1.3]}, lengths={"ln-dpo": 90.0})
+    claims = claims_of(runs, sft)
+    b_ln, b_dpo = best(t["ln-dpo"]), best(t["dpo"])
+    assert (b_ln, b_dpo) == (1, 1)
+    c = claims["best score: LN-DPO ≥ DPO"]
+    assert c["value"] == pytest.approx(reported(t["ln-dpo"][1]) - reported(t["dpo"][1]))
+    assert c["value"] == pytest.approx(1.0, abs=0.1)
+    assert c["verdict"] == "confirmed" and c["p_adjusted"] < 0.05
+    assert c["ci"][0] < c["value"] < c["ci"][1]
+    assert (c["runs"], c["seeds"], c["prompts"]) == (12, [0, 1, 2], len(SPLIT.reporting))
+    assert "ln-dpo-c1" in c["detail"] and "dpo-c1" in c["detail"]
+    # Budget k = 1: the mean over each grid of its configurations' reported means.
+    e = claims["expected score: LN-DPO ≥ DPO"]
+    grid_mean = {m: np.mean([reported(g) for g in t[m]]) for m in ("ln-dpo", "dpo")}
+    assert e["value"] == pytest.approx(grid_mean["ln-dpo"] - grid_mean["dpo"])
+    assert e["verdict"] == "confirmed"
+    # SFT sits at BASE + 0.5: both DPO configurations below, no LN-DPO one → 2/2 − 0/2.
+    assert claims["DPO is most often worse than SFT"]["value"] == pytest.approx(1.0)
+    # Lengths: DPO's best − LN-DPO's best, about 100 − 90.
+    short = claims["LN-DPO responses shorter than DPO's"]
+    assert short["value"] == pytest.approx(reported(t["length"]["dpo"][1]) - reported(t["length"]["ln-dpo"][1]))
+    assert short["verdict"] == "confirmed"
+    # No ln_kl column: not tested; two configurations per method: best and top-25% coincide, not tested.
+    kl = claims["LN-DPO closer to SFT in length-normalised KL than DPO"]
+    assert kl["verdict"] == "not tested" and "ln_kl" in kl["detail"]
+    drop = claims["DPO drops more than LN-DPO from best to top-25% configuration"]
+    assert drop["verdict"] == "not tested" and "coincide" in drop["detail"]
+
+
+def test_the_advantage_the_other_way_is_reversed():
+    runs, sft, t = build({"dpo": [1.0, 1.3], "ln-dpo": [0.0, 0.3]})
+    claims = claims_of(runs, sft)
+    for name in ("best score: LN-DPO ≥ DPO", "expected score: LN-DPO ≥ DPO"):
+        assert claims[name]["verdict"] == "reversed", name
+        assert claims[name]["value"] == pytest.approx(-1.0, abs=0.1)
+    assert claims["best score: LN-DPO ≥ DPO"]["value"] == pytest.approx(
+        reported(t["ln-dpo"][best(t["ln-dpo"])]) - reported(t["dpo"][best(t["dpo"])]))
+
+
+def test_no_difference_is_inconclusive():
+    runs, sft, _ = build({"dpo": [0.0, 0.3], "ln-dpo": [0.0, 0.3]}, seeds=3)
+    claims = claims_of(runs, sft)
+    assert claims["best score: LN-DPO ≥ DPO"]["verdict"] == "inconclusive"
+    assert claims["best score: LN-DPO ≥ DPO"]["p_adjusted"] >= 0.05
+
+
+def test_dpo_worse_than_sft_pools_the_other_methods_configurations():
+    # SFT at BASE + 0.5. Below it: DPO c0 (0.0) of DPO's two → 1/2; of the other four configurations
+    # only SimPO c0 (0.2) → 1/4. Value 1/2 − 1/4. Every configuration is far from SFT: no resample
+    # changes a share, so the p-value is the smallest 1000 resamples can show, 2/1001.
+    runs, sft, _ = build({"dpo": [0.0, 0.8], "ln-dpo": [1.0, 1.3], "simpo": [0.2, 1.0]})
+    c = claims_of(runs, sft)["DPO is most often worse than SFT"]
+    assert c["value"] == pytest.approx(0.25)
+    assert c["p_value"] == pytest.approx(2 / 1001)
+    assert c["verdict"] == "confirmed" and c["runs"] == 18
+
+
+def test_claims_of_an_absent_method_are_not_tested():
+    runs, sft, _ = build({"dpo": [0.0, 0.3], "ln-dpo": [1.0, 1.3]})
+    claims = claims_of(runs, sft)
+    simpo = [c for c in claims.values() if "SimPO" in c["claim"]]
+    assert len(simpo) == 5 and len(claims) == 11
+    for c in simpo:
+        assert c["verdict"] == "not tested", c["claim"]
+        assert (c["value"], c["ci"], c["p_value"], c["p_adjusted"]) == (None, None, None, None)
+        assert "SimPO" in c["detail"]
+    no_sft = {c["claim"]: c for c in decide(hitchhiker_claims(SweepEvidence(runs, None, 200)))}
+    assert no_sft["DPO is most often worse than SFT"]["verdict"] == "not tested"
+    assert "SFT" in no_sft["DPO is most often worse than SFT"]["detail"]
+
+
+def test_one_seed_per_configuration_is_inconclusive_and_outside_the_correction():
+    runs, sft, t = build({"dpo": [0.0, 0.3], "ln-dpo": [1.0, 1.3]}, seeds=1)
+    claims = claims_of(runs, sft)
+    c = claims["best score: LN-DPO ≥ DPO"]
+    assert c["verdict"] == "inconclusive" and c["p_adjusted"] is None
+    assert "seeds" in c["detail"]
+    assert c["value"] == pytest.approx(reported(t["ln-dpo"][best(t["ln-dpo"])]) - reported(t["dpo"][best(t["dpo"])]))
+    assert c["p_value"] is not None and c["seeds"] == [0]
+    tested = [c for c in claims.values() if c["value"] is not None]
+    assert tested and all(c["verdict"] == "inconclusive" and c["p_adjusted"] is None for c in tested)
+
+
+def test_every_claim_record_has_the_reported_keys():
+    runs, sft, _ = build({"dpo": [0.0, 0.3], "ln-dpo": [1.0, 1.3]})
+    keys = {"claim", "verdict", "value", "ci", "p_value", "p_adjusted", "seeds", "runs", "prompts"}
+    claims = claims_of(runs, sft)
+    assert all(keys <= set(c) for c in claims.values())
+    assert {c["verdict"] for c in claims.values()} <= {"confirmed", "reversed", "inconclusive", "not tested"}
+
+
+def test_drop_from_best_to_top_25_percent_by_hand():
+    # Four configurations each; the 75th-percentile configuration is index 2 of 4 (the second best).
+    # DPO drops 0.6 − 0.2 = 0.4, LN-DPO 1.3 − 1.2 = 0.1: DPO drops more, by about 0.3.
+    runs, sft, t = build({"dpo": [0.0, 0.1, 0.2, 0.6], "ln-dpo": [1.0, 1.1, 1.2, 1.3]}, noise=0.02)
+    claims = claims_of(runs, sft)
+    c = claims["DPO drops more than LN-DPO from best to top-25% configuration"]
+    d, ln = t["dpo"], t["ln-dpo"]
+    assert c["value"] == pytest.approx((reported(d[3]) - reported(d[2])) - (reported(ln[3]) - reported(ln[2])))
+    assert c["value"] == pytest.approx(0.3, abs=0.05)
+    assert c["verdict"] == "confirmed"
+    assert "dpo-c3 → dpo-c2" in c["detail"] and "ln-dpo-c3 → ln-dpo-c2" in c["detail"]
+
+
+# ------------------------------------------------------------------ expected best-of-k and pooled top-k%
+
+# Three DPO configurations whose selection-half and reporting-half levels disagree:
+#             selection  reporting
+#   c0           0.1        0.2
+#   c1           0.5        0.0      ← best on the selection half
+#   c2           0.3        0.9      ← best on the reporting half
+# Ranked on the selection half: c0 < c2 < c1. Expected best-of-k on the reporting half:
+#   k = 1: the grid mean (0.2 + 0.0 + 0.9)/3 = 11/30
+#   k = 2: pairs {c0,c2} → c2, {c0,c1} → c1, {c2,c1} → c1: (0.9 + 0 + 0)/3 = 0.3
+#   k = 3: c1's 0.0 (not 0.9: the pick is made on the selection half)
+SEL_LEVEL, REP_LEVEL = [0.1, 0.5, 0.3], [0.2, 0.0, 0.9]
+
+
+def disagreeing_sweep(with_length=False):
+    runs = []
+    for c in range(3):
+        for s, wobble in enumerate((0.02, -0.02)):           # two seeds, mean-zero seed effect
+            gold = np.where(SEL, SEL_LEVEL[c], REP_LEVEL[c]) + wobble
+            extra = {"length": np.full(N, 10.0 * c + s)} if with_length else {}
+            runs.append(replicate("dpo", c, s, IDS, gold, **extra))
+    return SweepEvidence(runs, None, n_resamples=300)
+
+
+def test_expected_max_curve_picks_on_the_selection_half():
+    ev = disagreeing_sweep()
+    curve = expected_max_curve(ev, ev.by_method["dpo"])
+    assert [p["k"] for p in curve] == [1, 2, 3]
+    assert [p["mean"] for p in curve] == pytest.approx([11 / 30, 0.3, 0.0])
+    for p in curve:
+        assert p["ci"][0] <= p["mean"] <= p["ci"][1]
+
+
+def test_top_k_pooled_pools_every_seed_and_reporting_prompt_of_the_top_configurations():
+    ev = disagreeing_sweep(with_length=True)
+    configs = ev.by_method["dpo"]
+    n_rep = len(SPLIT.reporting)
+    pooled = top_k_pooled(ev, configs, (34, 50, 100), "gold_score")
+    # top 34% and 50% of 3: ceil(1.02) = ceil(1.5) = 2 configurations, c1 and c2 (selection half).
+    for k in (34, 50):
+        assert len(pooled[k]) == 2 * 2 * n_rep
+        expected = [0.02] * n_rep + [-0.02] * n_rep + [0.92] * n_rep + [0.88] * n_rep
+        assert sorted(pooled[k]) == pytest.approx(sorted(expected))
+    assert len(pooled[100]) == 3 * 2 * n_rep
+    assert np.mean(pooled[100]) == pytest.approx(11 / 30)
+    lengths = top_k_pooled(ev, configs, (33,), "length")[33]  # top 1: c1, lengths 10 and 11
+    assert sorted(set(lengths)) == [10.0, 11.0] and len(lengths) == 2 * n_rep
+    assert top_k_pooled(ev, configs, (100,), "ln_kl") == {100: []}
+
+
+def test_expected_score_claim_compares_grid_means_at_budget_one():
+    # Four configurations each: budget k = 1 is a configuration drawn at random, so the claim's value
+    # is the difference of the grid means of the reporting-half means, whatever the selection ranks.
+    runs, sft, t = build({"dpo": [0.0, 0.1, 0.2, 0.6], "ln-dpo": [1.0, 1.1, 1.2, 1.3]}, noise=0.02)
+    claims = claims_of(runs, sft)
+    c = claims["expected score: LN-DPO ≥ DPO"]
+    assert "k = 1" in c["detail"]
+    grid_mean = lambda tables: sum(reported(g) for g in tables) / len(tables)  # noqa: E731
+    assert c["value"] == pytest.approx(grid_mean(t["ln-dpo"]) - grid_mean(t["dpo"]))

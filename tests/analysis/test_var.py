@@ -5,90 +5,178 @@ import math
 
 import numpy as np
 import pytest
+from run_records import replicate, run
 
-from alignlab.analysis.runs import RunRecord
-from alignlab.analysis.var import (VAR_PAPER_GAIN_PCT, convergence_race, reward_by_family, var_vs_dpo_claim,
-                                   z_estimator_variance)
-
-
-def run(name, method="var", params=None, **samples):
-    """A RunRecord whose per-sample columns are given as keyword lists."""
-    return RunRecord(name, method, params or {}, {}, {k: np.asarray(v) for k, v in samples.items()})
-
+from alignlab.analysis import SweepEvidence, decide
+from alignlab.analysis.var import (VAR_PAPER_GAIN_PCT, convergence_race, family_names, reward_by_family,
+                                   var_gain_claims, z_estimator_variance)
+from alignlab.evidence import split_prompts
 
 # ------------------------------------------------------------------ reward by prompt family
 
-FAMILIES = {"p1": "helpful", "p2": "helpful", "p3": "harmful", "p4": "harmful"}
+# Eight prompts; the rule (tests/evidence/test_split.py) puts p0 p2 p3 p7 in the selection half and
+# p1 p4 p5 p6 in the reporting half. Families: p1 p4 helpful, p5 harmful, p6 none; p0 p2 are harmful
+# and p3 is "select-only", but they never report.
+IDS8 = [f"p{i}" for i in range(8)]
+FAMILIES = {"p0": "harmful", "p1": "helpful", "p2": "harmful", "p3": "select-only", "p4": "helpful",
+            "p5": "harmful"}
 
 
+# Families of one or two reporting prompts: a resample that draws none of them has no mean (NaN, a
+# RuntimeWarning from alignlab.evidence.bootstrap) and is left out of the estimate.
+SMALL_FAMILIES = pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")
+
+
+def test_the_eight_prompts_split_as_the_tables_below_assume():
+    assert split_prompts(IDS8).reporting == ("p1", "p4", "p5", "p6")
+
+
+def family_sweep(with_proxy=True):
+    #                  p0  p1  p2  p3  p4  p5  p6  p7
+    seeds = [np.array([9., 1., 9., 9., 3., 5., 7., 9.]),
+             np.array([9., 3., 9., 9., 5., 9., 7., 9.])]
+    proxy = [np.array([0., 0., 0., 0., 2., 4., 6., 0.]), np.array([0., 2., 0., 0., 0., 8., 6., 0.])]
+    runs = [replicate("var", 0, s, IDS8, g, **({"proxy_score": proxy[s]} if with_proxy else {}))
+            for s, g in enumerate(seeds)]
+    sft = run("sft", method="sft", prompt_id=IDS8, gold_score=[0, 2, 0, 0, 4, -1, 0, 0])
+    return SweepEvidence(runs, sft, n_resamples=300)
+
+
+@SMALL_FAMILIES
 def test_reward_by_family_means_per_family_with_all_first():
-    r = run("var-s0", prompt_id=["p1", "p2", "p3", "p4", "p5"], gold_score=[1.0, 2.0, 3.0, 6.0, 8.0],
-            proxy_score=[0.0, 1.0, 5.0, 7.0, 2.0])
-    table = reward_by_family(r, FAMILIES)
-    assert list(table) == ["all", "harmful", "helpful"]            # p5 has no family: only in "all"
-    assert [table[f]["n"] for f in table] == [5, 2, 2]
-    assert table["all"]["gold"]["mean"] == pytest.approx(20 / 5)
-    assert table["helpful"]["gold"]["mean"] == pytest.approx(1.5)  # (1 + 2) / 2
-    assert table["harmful"]["gold"]["mean"] == pytest.approx(4.5)  # (3 + 6) / 2
-    assert table["helpful"]["proxy"]["mean"] == pytest.approx(0.5)
+    ev = family_sweep()
+    table = reward_by_family(ev, ev.by_method["var"][0], FAMILIES)
+    # Reporting half only: "select-only" never reports; p6 has no family and counts only towards "all".
+    assert list(table) == ["all", "harmful", "helpful"]
+    assert [table[f]["n"] for f in table] == [4, 1, 2]
+    assert family_names(ev, FAMILIES) == ["harmful", "helpful"]
+    # gold over both seeds: all (1 3 5 7 + 3 5 9 7)/8 = 5; helpful p1 p4 (1 3 3 5)/4 = 3; harmful p5 (5 9)/2 = 7.
+    assert table["all"]["gold"]["mean"] == pytest.approx(5.0)
+    assert table["helpful"]["gold"]["mean"] == pytest.approx(3.0)
+    assert table["harmful"]["gold"]["mean"] == pytest.approx(7.0)
+    # proxy: helpful (0 2 2 0)/4 = 1, harmful (4 8)/2 = 6, all (0 2 4 6 2 0 8 6)/8 = 3.5.
+    assert table["helpful"]["proxy"]["mean"] == pytest.approx(1.0)
     assert table["harmful"]["proxy"]["mean"] == pytest.approx(6.0)
-    for family, values in (("helpful", [1, 2]), ("harmful", [3, 6])):
-        gold = table[family]["gold"]
-        # A bootstrap mean of these values cannot leave their range, and the CI holds the estimate.
-        assert min(values) <= gold["ci_low"] <= gold["mean"] <= gold["ci_high"] <= max(values)
+    assert table["all"]["proxy"]["mean"] == pytest.approx(3.5)
+    for family in table:
+        for column in ("gold", "proxy"):
+            e = table[family][column]
+            assert e["ci_low"] <= e["mean"] <= e["ci_high"]
 
 
-def test_reward_by_family_without_families_or_proxy():
-    r = run("dpo-s0", "dpo", prompt_id=[10, 11, 12], gold_score=[-1.0, -2.0, -6.0])
-    table = reward_by_family(r, None)
-    assert list(table) == ["all"]
-    assert table["all"]["n"] == 3 and table["all"]["gold"]["mean"] == pytest.approx(-3.0)
-    assert table["all"]["proxy"] is None
-    # Integer prompt ids match families keyed by text (and the other way round).
-    assert reward_by_family(r, {"10": "helpful", 12: "harmful"})["helpful"]["gold"]["mean"] == pytest.approx(-1.0)
+@SMALL_FAMILIES
+def test_reward_by_family_of_the_sft_baseline_and_without_families_or_proxy():
+    ev = family_sweep(with_proxy=False)
+    sft = reward_by_family(ev, None, FAMILIES)
+    # SFT on p1 p4 p5 p6: 2 4 −1 0 → all 5/4, helpful 3, harmful −1; a fixed model has no proxy here.
+    assert sft["all"]["gold"]["mean"] == pytest.approx(1.25)
+    assert sft["helpful"]["gold"]["mean"] == pytest.approx(3.0)
+    assert sft["harmful"]["gold"]["mean"] == pytest.approx(-1.0)
+    assert sft["all"]["proxy"] is None
+    table = reward_by_family(ev, ev.by_method["var"][0], None)
+    assert list(table) == ["all"] and table["all"]["n"] == 4 and table["all"]["proxy"] is None
+
+
+@SMALL_FAMILIES
+def test_families_keyed_by_integer_ids_match_text_ids():
+    ids = [10, 11, 12, 13, 14, 15]
+    rep = split_prompts(ids).reporting
+    runs = [replicate("dpo", 0, s, ids, [float(p) + s for p in ids]) for s in range(2)]
+    ev = SweepEvidence(runs, None, n_resamples=100)
+    families = {int(rep[0]): "helpful", rep[1]: "helpful"}       # one key an int, one text
+    table = reward_by_family(ev, ev.by_method["dpo"][0], families)
+    assert table["helpful"]["n"] == 2
+    assert table["helpful"]["gold"]["mean"] == pytest.approx((int(rep[0]) + int(rep[1])) / 2 + 0.5)
 
 
 # ------------------------------------------------------------------ VAR vs DPO (+7.16%)
 
-def test_var_vs_dpo_confirmed_with_hand_computed_gain():
-    var = run("var-l1-s0", prompt_id=["a", "b", "c", "x"], gold_score=[2.0, 3.0, 4.0, 100.0], params={"seed": 0})
-    dpo = run("dpo-b0.1-s1", "dpo", prompt_id=["c", "b", "a"], gold_score=[3.0, 2.0, 1.0], params={"seed": 1})
-    c = var_vs_dpo_claim(var, dpo)
-    # Shared prompts a, b, c (x is VAR's only): VAR 2, 3, 4 vs DPO 1, 2, 3 → every difference is 1.
-    assert c["value"] == pytest.approx(1.0)
-    assert (c["ci_low"], c["ci_high"]) == pytest.approx((1.0, 1.0))
-    assert c["verdict"] == "confirmed" and c["n_runs"] == 2
-    assert c["gain_pct"] == pytest.approx(50.0)                     # 100·(3 − 2)/2
-    low, high = c["gain_pct_ci"]
-    # Each resample has VAR mean = DPO mean + 1, DPO mean in [1, 3] → gain 100/mean_DPO in [33⅓, 100].
-    assert 100 / 3 - 1e-9 <= low <= 50 <= high <= 100 + 1e-9
-    assert f"{VAR_PAPER_GAIN_PCT:+.2f}%" == "+7.16%" and "+7.16%" in c["claim"]
-    assert "var-l1-s0" in c["detail"] and "dpo-b0.1-s1" in c["detail"] and "3 shared prompts" in c["detail"]
-    assert "seeds 0,1" in c["detail"]
-    json.dumps(c)
+N = 60
+GAIN_IDS = [f"q{i}" for i in range(N)]
+SPLIT = split_prompts(GAIN_IDS)
+SEL, REP = np.isin(GAIN_IDS, SPLIT.selection), np.isin(GAIN_IDS, SPLIT.reporting)
+FAMILY_OF = {p: ("helpful" if i % 2 == 0 else "harmful") for i, p in enumerate(GAIN_IDS)}
+HELPFUL = np.array([FAMILY_OF[p] == "helpful" for p in GAIN_IDS])
 
 
-def test_var_vs_dpo_reversed_and_negative_rewards():
-    var = run("var", prompt_id=["a", "b", "c"], gold_score=[0.5, 0.5, 0.4])
-    dpo = run("dpo", "dpo", prompt_id=["a", "b", "c"], gold_score=[1.0, 1.0, 1.0])
-    c = var_vs_dpo_claim(var, dpo)
-    assert c["verdict"] == "reversed" and c["value"] == pytest.approx(1.4 / 3 - 1)
-    assert c["gain_pct"] == pytest.approx(100 * (1.4 / 3 - 1))      # −53.3%
-    # Negative rewards: VAR −1 vs DPO −2 is a gain of 1 on a magnitude of 2 → +50%, not −50%.
-    var = run("var", prompt_id=["a", "b"], gold_score=[-1.0, -1.0])
-    dpo = run("dpo", "dpo", prompt_id=["a", "b"], gold_score=[-2.0, -2.0])
-    assert var_vs_dpo_claim(var, dpo)["gain_pct"] == pytest.approx(50.0)
+def gain_sweep(var_factor, dpo_level=(2.0, 1.0), noise=0.005, seeds=3, rng_seed=0):
+    """DPO's best configuration scores dpo_level (helpful, harmful) per prompt, VAR's best var_factor ×
+    that; each method's other configuration is 0.5 lower. Returns (ev, tables) with the best
+    configurations' [seeds, N] gold matrices."""
+    rng = np.random.default_rng(rng_seed)
+    level = np.where(HELPFUL, dpo_level[0], dpo_level[1])
+    runs, tables = [], {}
+    for method, factor in (("dpo", 1.0), ("var", var_factor)):
+        for c, drop in enumerate((0.5, 0.0)):                  # c1 is the best
+            gold = factor * level - drop + rng.normal(0, noise, (seeds, 1)) + rng.normal(0, noise, (seeds, N))
+            runs += [replicate(method, c, s, GAIN_IDS, gold[s]) for s in range(seeds)]
+            tables[method, c] = gold
+    sft = run("sft", method="sft", prompt_id=GAIN_IDS, gold_score=level)
+    return SweepEvidence(runs, sft, n_resamples=1000), tables
 
 
-def test_var_vs_dpo_gain_undefined_at_zero_dpo_mean_and_untested_without_gold():
-    var = run("var", prompt_id=["a", "b"], gold_score=[1.0, 1.0])
-    dpo = run("dpo", "dpo", prompt_id=["a", "b"], gold_score=[1.0, -1.0])
-    c = var_vs_dpo_claim(var, dpo)
-    assert c["gain_pct"] is None and c["gain_pct_ci"] == (None, None)
-    assert c["value"] == pytest.approx(1.0)                        # (0 + 2) / 2: the verdict still stands
-    no_gold = run("var", prompt_id=["a", "b"], length=[3, 4])
-    c = var_vs_dpo_claim(no_gold, dpo)
-    assert c["verdict"] == "not tested" and c["value"] is None and c["gain_pct"] is None
+def hand_gain(tables, mask):
+    v, d = tables["var", 1][:, REP & mask].mean(), tables["dpo", 1][:, REP & mask].mean()
+    return 100 * (v - d) / abs(d)
+
+
+def test_gains_per_family_and_their_average_by_hand():
+    ev, t = gain_sweep(1.5)
+    claims = decide(var_gain_claims(ev, FAMILY_OF))
+    assert [c["claim"] for c in claims] == [
+        "VAR's gold reward ≥ +7.16% over DPO's on harmful prompts",
+        "VAR's gold reward ≥ +7.16% over DPO's on helpful prompts",
+        "VAR's gold reward ≥ +7.16% over DPO's, averaged over the harmful and helpful families"]
+    harmful, helpful = hand_gain(t, ~HELPFUL), hand_gain(t, HELPFUL)
+    assert claims[0]["value"] == pytest.approx(harmful)
+    assert claims[1]["value"] == pytest.approx(helpful)
+    assert claims[2]["value"] == pytest.approx((harmful + helpful) / 2)
+    assert claims[2]["value"] == pytest.approx(50.0, abs=1.0)
+    # Each family's claim rests on its reporting prompts, the average on both families' together.
+    assert claims[0]["prompts"] == (REP & ~HELPFUL).sum() and claims[1]["prompts"] == (REP & HELPFUL).sum()
+    assert claims[2]["prompts"] == REP.sum() == len(SPLIT.reporting)
+    for c in claims:
+        assert c["null"] == [0.0, VAR_PAPER_GAIN_PCT]
+        assert c["verdict"] == "confirmed" and c["p_adjusted"] < 0.05
+        assert c["ci"][0] > VAR_PAPER_GAIN_PCT
+        assert c["runs"] == 12 and c["seeds"] == [0, 1, 2]
+        assert "var-c1" in c["detail"] and "dpo-c1" in c["detail"]
+    json.dumps(claims)
+
+
+@pytest.mark.parametrize("factor, expected", [(1.03, "inconclusive"), (0.5, "reversed"), (1.5, "confirmed")])
+def test_verdicts_against_the_null_region(factor, expected):
+    ev, t = gain_sweep(factor)
+    (claim,) = decide(var_gain_claims(ev, None))
+    assert claim["claim"] == "VAR's gold reward ≥ +7.16% over DPO's, over all prompts"
+    assert claim["value"] == pytest.approx(hand_gain(t, np.ones(N, bool)))
+    assert claim["value"] == pytest.approx(100 * (factor - 1), abs=1.0)
+    assert claim["verdict"] == expected
+    if expected == "inconclusive":      # 3% lies inside [0, 7.16]: nothing to test against
+        assert claim["p_value"] == 1.0
+
+
+def test_gain_is_relative_to_the_magnitude_of_a_negative_dpo_mean():
+    # DPO −2 / −1 per family, VAR half of it (−1 / −0.5): a gain of +50%, not −50%.
+    ev, t = gain_sweep(0.5, dpo_level=(-2.0, -1.0))
+    (claim,) = decide(var_gain_claims(ev, None))
+    assert claim["value"] == pytest.approx(hand_gain(t, np.ones(N, bool)))
+    assert claim["value"] == pytest.approx(50.0, abs=1.0) and claim["verdict"] == "confirmed"
+
+
+def test_gain_claims_without_var_runs_are_not_tested():
+    ev, _ = gain_sweep(1.5)
+    runs = [r for c in ev.by_method["dpo"] for r in c.runs]
+    claims = decide(var_gain_claims(SweepEvidence(runs, ev.sft, n_resamples=100), FAMILY_OF))
+    assert len(claims) == 3
+    assert all(c["verdict"] == "not tested" and c["value"] is None and "VAR" in c["detail"] for c in claims)
+
+
+def test_one_seed_gains_are_inconclusive():
+    ev, t = gain_sweep(1.5, seeds=1)
+    (claim,) = decide(var_gain_claims(ev, None))
+    assert claim["value"] == pytest.approx(hand_gain(t, np.ones(N, bool)))
+    assert claim["verdict"] == "inconclusive" and claim["p_adjusted"] is None and "seeds" in claim["detail"]
 
 
 # ------------------------------------------------------------------ the convergence race (> 5× faster)
@@ -151,11 +239,11 @@ def test_race_target_is_a_fraction_of_the_gain_when_rewards_are_negative():
     assert r["speedup"]["value"] == pytest.approx(180 / 27)
 
 
-def test_race_not_testable_when_grpo_does_not_improve():
+def test_race_not_tested_when_grpo_does_not_improve():
     grpo = [point(100, 100, -0.5), point(200, 200, 0.0)]
     var = [point(10, 10, 1.0)]
     r = convergence_race({"var": var, "grpo": grpo}, START)
-    assert r["verdict"] == "not testable" and "GRPO did not improve" in r["reason"]
+    assert r["verdict"] == "not tested" and "GRPO did not improve" in r["reason"]
     assert r["speedup"] is None and r["samples_ratio"] is None
     assert r["methods"]["var"]["seconds_to_target"] is None
     assert r["methods"]["var"]["final_reward"] == pytest.approx(1.0)
@@ -169,11 +257,11 @@ def test_race_reversed_when_var_never_reaches_the_target():
     assert r["verdict"] == "reversed"
 
 
-def test_race_not_confirmed_when_var_is_faster_but_not_five_times():
+def test_race_inconclusive_when_var_is_faster_but_not_five_times():
     var = [point(100, 1000, 1.2), point(200, 2000, 2.4)]           # 100 + 0.6/1.2·100 = 150 s
     r = convergence_race({"var": var, "grpo": GRPO}, START)
     assert r["speedup"]["value"] == pytest.approx(280 / 150)
-    assert r["verdict"] == "not confirmed"
+    assert r["verdict"] == "inconclusive"
 
 
 def test_race_confirmed_with_many_noisy_prompts():
@@ -259,3 +347,12 @@ def test_z_estimator_survives_summed_log_probs():
         assert s["log_z_mean"] == pytest.approx(b["log_z_mean"] - 1000)
         for key in ("log_z_sd", "weight_sd", "ess_fraction", "max_weight"):
             assert s[key] == pytest.approx(b[key], abs=1e-9)
+
+
+def test_gain_over_a_dpo_mean_of_exactly_zero_is_not_tested_and_leaves_the_correction_alone():
+    # No noise, DPO's best at 0 on every prompt: a percentage of 0 is undefined.
+    ev, _ = gain_sweep(1.5, dpo_level=(0.0, 0.0), noise=0.0)
+    (claim,) = decide(var_gain_claims(ev, None))
+    assert claim["verdict"] == "not tested" and claim["value"] is None and claim["p_adjusted"] is None
+    assert "undefined" in claim["detail"]
+    json.dumps(claim, allow_nan=False)

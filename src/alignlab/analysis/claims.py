@@ -11,6 +11,8 @@ cannot be decided: training noise is unmeasured, so it is inconclusive and outsi
 
 from __future__ import annotations
 
+import math
+
 from alignlab.evidence import CORRECTION, Resampled, estimate, holm, verdict
 
 
@@ -23,8 +25,11 @@ def untested(claim: str, statistic: str, why: str, runs: int = 0) -> dict:
 
 def tested(claim: str, statistic: str, quantity: Resampled, detail: str, runs: int, seeds: list,
            null: tuple[float, float] = (0.0, 0.0)) -> dict:
-    """A claim with its estimate; the verdict waits for `decide`."""
+    """A claim with its estimate; the verdict waits for `decide`. A statistic without a finite value
+    (a relative gain over a mean of exactly 0) is not tested: it has nothing to decide."""
     e = estimate(quantity, null)
+    if not (math.isfinite(e.value) and math.isfinite(e.p_value)):
+        return untested(claim, statistic, f"{detail}; the statistic is undefined here ({e.value})", runs)
     decidable = (quantity.fewest_seeds or 0) >= 2
     if not decidable:
         detail += "; fewer than 2 seeds per configuration: training noise unmeasured, so no verdict"

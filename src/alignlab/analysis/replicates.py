@@ -137,11 +137,11 @@ class SweepEvidence:
 
     def mean(self, config: Configuration, column: str = "gold_score", mask=None) -> Resampled:
         """The reported mean of a configuration's column (reporting half, resampled)."""
-        return self.resampler.mean(self.reported(config, column), config.name, mask)
+        return self.resampler.mean(self.reported(config, column), config.name, mask, column)
 
     def baseline_mean(self, column: str = "gold_score", mask=None) -> Resampled:
         """The SFT baseline's reported mean: a fixed model, resampled over prompts only."""
-        return self.resampler.mean(self.sft_matrix(column), None, mask)
+        return self.resampler.mean(self.sft_matrix(column), None, mask, column)
 
     def reported_value(self, config: Configuration, column: str = "gold_score") -> float:
         return float(self.reported(config, column).mean())

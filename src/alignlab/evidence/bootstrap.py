@@ -122,11 +122,13 @@ class Resampler:
             self._seed_weights[key, n_seeds] = resample_counts(n_seeds, self.n_resamples, stream) / n_seeds
         return self._seed_weights[key, n_seeds]
 
-    def mean(self, values, key: str | None, mask=None) -> Resampled:
+    def mean(self, values, key: str | None, mask=None, column: str = "") -> Resampled:
         """The mean over seeds (rows) and prompts (columns) of one configuration's matrix.
 
         key names the configuration (None: a fixed baseline, one row, no seed level); mask (bool [P])
-        restricts the mean to some prompts (a family), resampled within the shared prompt draw."""
+        restricts the mean to some prompts (a family), resampled within the shared prompt draw; column
+        names what the values are, so that two columns of one configuration stay apart in `combine`.
+        A resample that draws none of the mask's prompts has no mean (NaN), and `estimate` leaves it out."""
         x = np.atleast_2d(np.asarray(values, dtype=np.float64))
         n_seeds, n_prompts = x.shape
         if n_prompts != self.n_prompts:
@@ -144,12 +146,13 @@ class Resampler:
         prompt_full = self.prompt_weights * mask
         prompt_fixed = np.where(mask, 1.0, 0.0)[None, :]
         # Per-seed means under the prompt weights: [R or 1, S].
-        per_seed_drawn = (prompt_full @ x.T) / prompt_full.sum(axis=1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_seed_drawn = (prompt_full @ x.T) / prompt_full.sum(axis=1, keepdims=True)
         per_seed_fixed = (prompt_fixed @ x.T) / prompt_fixed.sum()
         seed_full = (self.seed_weights(key, n_seeds) if key is not None and n_seeds > 1
                      else np.full((1, n_seeds), 1.0 / n_seeds))
         seed_fixed = np.full((1, n_seeds), 1.0 / n_seeds)
-        leaf = (key, mask.tobytes())
+        leaf = (key, column, mask.tobytes())
         return Resampled(float(x[:, mask].mean()),
                          (per_seed_drawn * seed_full).sum(axis=1),
                          np.broadcast_to((per_seed_fixed * seed_full).sum(axis=1), (self.n_resamples,)),

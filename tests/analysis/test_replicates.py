@@ -1,0 +1,205 @@
+"""Configurations with replicate seeds and the evidence of a sweep (alignlab.analysis.replicates)
+against numbers worked out by hand on small tables."""
+
+import numpy as np
+import pytest
+from run_records import replicate, run
+
+from alignlab.analysis import Configuration, SweepEvidence, group_configurations
+from alignlab.analysis.replicates import OUTCOMES
+from alignlab.evidence import split_prompts
+
+# Six prompts. The rule (sha256 order, tests/evidence/test_split.py) puts p0, p2, p3 in the selection
+# half and p1, p4, p5 in the reporting half.
+IDS = ["p0", "p1", "p2", "p3", "p4", "p5"]
+SELECTION, REPORTING = ("p0", "p2", "p3"), ("p1", "p4", "p5")
+
+
+def test_the_six_prompts_split_as_the_tables_below_assume():
+    split = split_prompts(IDS)
+    assert (split.selection, split.reporting) == (SELECTION, REPORTING)
+
+
+# ------------------------------------------------------------------ grouping runs into configurations
+
+def test_group_configurations_groups_runs_that_differ_only_by_seed():
+    runs = [run("dpo-b0.1-lr5e-4-s2", method="dpo", params={"beta": 0.1, "learning_rate": 5e-4, "seed": 2}),
+            run("dpo-b0.1-lr5e-4-s10", method="dpo", params={"beta": 0.1, "learning_rate": 5e-4, "seed": 10}),
+            run("dpo-b0.2-lr5e-4-s0", method="dpo", params={"beta": 0.2, "learning_rate": 5e-4, "seed": 0}),
+            run("dpo-b0.1-lr5e-4-s1", method="dpo", params={"beta": 0.1, "learning_rate": 5e-4, "seed": 1}),
+            # Same hyper-parameters, another method: another configuration.
+            run("simpo-b0.1-lr5e-4-s1", method="simpo", params={"beta": 0.1, "learning_rate": 5e-4, "seed": 1}),
+            # No seed recorded: the name is kept whole.
+            run("simpo-gamma1", method="simpo", params={"gamma": 1})]
+    by_method = group_configurations(runs)
+    assert list(by_method) == ["dpo", "simpo"]
+    dpo = {c.name: c for c in by_method["dpo"]}
+    assert sorted(dpo) == ["dpo-b0.1-lr5e-4", "dpo-b0.2-lr5e-4"]
+    first = dpo["dpo-b0.1-lr5e-4"]
+    assert first.seeds == [1, 2, 10]                       # numeric order, not "1", "10", "2"
+    assert [r.name for r in first.runs] == ["dpo-b0.1-lr5e-4-s1", "dpo-b0.1-lr5e-4-s2", "dpo-b0.1-lr5e-4-s10"]
+    assert first.params == {"beta": 0.1, "learning_rate": 5e-4} and first.method == "dpo"
+    assert dpo["dpo-b0.2-lr5e-4"].seeds == [0]
+    assert sorted(c.name for c in by_method["simpo"]) == ["simpo-b0.1-lr5e-4", "simpo-gamma1"]
+    assert next(c for c in by_method["simpo"] if c.name == "simpo-gamma1").seeds == [None]
+
+
+def test_only_a_trailing_seed_is_stripped_from_the_name():
+    runs = [run("x-s1-lr2-s1", params={"lr": 2, "seed": 1}), run("x-s1-lr2-s3", params={"lr": 2, "seed": 3})]
+    (config,) = group_configurations(runs)["dpo"]
+    assert config.name == "x-s1-lr2" and config.seeds == [1, 3]
+
+
+# ------------------------------------------------------------------ scores, reported values, noise floor
+
+# DPO c0, three seeds, gold by prompt p0 … p5:
+#   s0 [1, 2, 3, 4, 5, 6]  selection (p0 p2 p3) 1 3 4 → 8/3   reporting (p1 p4 p5) 2 5 6 → 13/3
+#   s1 [2, 2, 2, 2, 2, 2]                       2            → 2                     → 2
+#   s2 [0, 1, 0, 1, 0, 1]                       0 0 1 → 1/3                  1 0 1 → 2/3
+#   score (8/3 + 2 + 1/3)/3 = 5/3; reported (13/3 + 2 + 2/3)/3 = 7/3;
+#   sample variance of 13/3, 2, 2/3: (2² + (1/3)² + (5/3)²)/2 = 31/9.
+# DPO c1, two seeds:
+#   s0 [3, 1, 3, 3, 1, 1]  selection 3 → 3; reporting 1 → 1
+#   s1 [1, 3, 1, 1, 3, 5]  selection 1 → 1; reporting 3 3 5 → 11/3
+#   score 2; reported (1 + 11/3)/2 = 7/3; sample variance (8/3)²/2 = 32/9.
+# noise floor of DPO: √((31/9 + 32/9)/2) = √3.5. SimPO has one seed: no noise floor.
+DPO_C0 = [[1, 2, 3, 4, 5, 6], [2, 2, 2, 2, 2, 2], [0, 1, 0, 1, 0, 1]]
+DPO_C1 = [[3, 1, 3, 3, 1, 1], [1, 3, 1, 1, 3, 5]]
+
+
+def hand_sweep(reverse_one=False):
+    runs = [replicate("dpo", 0, s, IDS, g) for s, g in enumerate(DPO_C0)]
+    runs += [replicate("dpo", 1, s, IDS, g) for s, g in enumerate(DPO_C1)]
+    runs += [replicate("simpo", 0, 0, IDS, [9, 9, 9, 9, 9, 9])]
+    if reverse_one:  # the same scores, listed in another prompt order: joined by id, nothing changes
+        runs[1] = replicate("dpo", 0, 1, IDS[::-1], DPO_C0[1][::-1])
+        runs[2] = replicate("dpo", 0, 2, IDS[::-1], DPO_C0[2][::-1])
+    sft = run("sft", method="sft", prompt_id=IDS, gold_score=[0, 1, 0, 0, 2, 3])
+    return runs[::-1], sft  # seed order is restored by grouping
+
+
+@pytest.mark.parametrize("reverse_one", [False, True])
+def test_scores_on_the_selection_half_and_reported_values_on_the_reporting_half(reverse_one):
+    ev = SweepEvidence(*hand_sweep(reverse_one), n_resamples=200)
+    assert ev.reporting == REPORTING
+    c0, c1 = sorted(ev.by_method["dpo"], key=lambda c: c.name)
+    assert (c0.name, c1.name) == ("dpo-c0", "dpo-c1")
+    assert c0.seeds == [0, 1, 2] and c1.seeds == [0, 1]
+    assert c0.score == pytest.approx(5 / 3) and c1.score == pytest.approx(2.0)
+    assert ev.reported_value(c0) == pytest.approx(7 / 3) and ev.reported_value(c1) == pytest.approx(7 / 3)
+    assert ev.reported(c0).shape == (3, 3)
+    assert ev.reported(c0)[0].tolist() == [2, 5, 6]
+    assert ev.mean(c0).value == pytest.approx(7 / 3)
+    assert ev.mean(c0).configs == {"dpo-c0": 3} and ev.mean(c0).n_prompts == 3
+    assert ev.reported_value_of_baseline() == pytest.approx(2.0)             # SFT 1, 2, 3 on p1 p4 p5
+    assert ev.baseline_mean().value == pytest.approx(2.0)
+    assert ev.noise_floor("dpo") == pytest.approx(np.sqrt(3.5))
+    assert ev.noise_floor("simpo") is None
+    assert ev.noise_floor("ln-dpo") is None                                 # no runs at all
+
+
+def test_split_comes_from_the_first_run_without_sft():
+    runs, _ = hand_sweep()
+    ev = SweepEvidence(runs, None, n_resamples=50)
+    assert ev.reporting == split_prompts(runs[0].samples["prompt_id"]).reporting == REPORTING
+
+
+def test_a_run_missing_a_reporting_prompt_is_an_error():
+    runs, sft = hand_sweep()
+    runs.append(replicate("var", 0, 0, IDS[:-1], [1, 1, 1, 1, 1]))        # lacks p5
+    ev = SweepEvidence(runs, sft, n_resamples=50)  # p5 reports: the selection half is complete
+    with pytest.raises(ValueError, match="p5"):
+        ev.reported(ev.by_method["var"][0])
+
+
+# ------------------------------------------------------------------ head-to-head win shares
+
+# Reporting prompts p1 p4 p5 (selection prompts score 0 and never count):
+#   A  a0 [1, 2, 3]   a1 [2, 2, 0]       B  b0 [1, 3, 0]   b1 [0, 1, 3]       SFT [2, 2, 2]
+# A vs B, 4 seed pairs × 3 prompts = 12 comparisons:
+#   (a0,b0) T L W   (a0,b1) W W T   (a1,b0) W L T   (a1,b1) W W L  → A wins 6, ties 3, B wins 3
+# A vs SFT: a0 L T W, a1 T T L → A wins 1/6, ties 3/6, SFT wins 2/6
+# B vs SFT: b0 L W L, b1 L L W → B wins 2/6, no ties, SFT wins 4/6
+def at_reporting(values):
+    full = dict.fromkeys(IDS, 0.0)
+    full.update(zip(REPORTING, values))
+    return [full[p] for p in IDS]
+
+
+def win_sweep():
+    runs = [replicate("dpo", 0, 0, IDS, at_reporting([1, 2, 3]), chosen_score=at_reporting([1, 1, 5])),
+            replicate("dpo", 0, 1, IDS, at_reporting([2, 2, 0]), chosen_score=at_reporting([2, 2, 2])),
+            replicate("simpo", 0, 0, IDS, at_reporting([1, 3, 0])),
+            replicate("simpo", 0, 1, IDS, at_reporting([0, 1, 3]))]
+    sft = run("sft", method="sft", prompt_id=IDS, gold_score=at_reporting([2, 2, 2]))
+    return SweepEvidence(runs, sft, n_resamples=500)
+
+
+def test_win_matrix_by_hand():
+    ev = win_sweep()
+    a, b = ev.by_method["dpo"][0], ev.by_method["simpo"][0]
+    m = ev.win_matrix({"A": a, "B": b, "SFT": None})
+    assert m["names"] == ["A", "B", "SFT"] and m["prompts"] == 3
+    rate, tie = np.array(m["rate"], dtype=float), np.array(m["tie"], dtype=float)
+    expected_rate = [[np.nan, 6 / 12, 1 / 6], [3 / 12, np.nan, 2 / 6], [2 / 6, 4 / 6, np.nan]]
+    expected_tie = [[np.nan, 3 / 12, 3 / 6], [3 / 12, np.nan, 0], [3 / 6, 0, np.nan]]
+    assert np.allclose(rate, expected_rate, equal_nan=True)
+    assert np.allclose(tie, expected_tie, equal_nan=True)
+    for i in range(3):
+        assert m["rate"][i][i] is None and m["ci_low"][i][i] is None
+        for j in range(3):
+            if i != j:
+                assert rate[i, j] + tie[i, j] + rate[j, i] == pytest.approx(1.0)
+                assert 0 <= m["ci_low"][i][j] <= rate[i, j] <= m["ci_high"][i][j] <= 1
+
+
+def test_win_matrix_ci_is_a_point_when_one_model_always_wins():
+    ev = win_sweep()
+    better = replicate("var", 0, 0, IDS, [10] * 6)
+    better2 = replicate("var", 0, 1, IDS, [11] * 6)
+    ev = SweepEvidence([*(r for c in ev.by_method.values() for cfg in c for r in cfg.runs), better, better2],
+                       ev.sft, n_resamples=300)
+    m = ev.win_matrix({"VAR": ev.by_method["var"][0], "SFT": None})
+    assert m["rate"][0][1] == 1.0 and m["ci_low"][0][1] == 1.0 and m["ci_high"][0][1] == 1.0
+    assert m["rate"][1][0] == 0.0 and m["tie"][0][1] == 0.0
+
+
+def test_outcome_columns_against_the_chosen_response():
+    ev = win_sweep()
+    a = ev.by_method["dpo"][0]
+    # gold vs chosen on p1 p4 p5: a0 1v1 T, 2v1 W, 3v5 L; a1 2v2 T, 2v2 T, 0v2 L.
+    assert ev.reported(a, "win_vs_chosen").tolist() == [[0, 1, 0], [0, 0, 0]]
+    assert ev.reported(a, "tie_vs_chosen").tolist() == [[1, 0, 0], [1, 1, 0]]
+    assert ev.reported_value(a, "win_vs_chosen") == pytest.approx(1 / 6)
+    assert ev.reported_value(a, "tie_vs_chosen") == pytest.approx(3 / 6)
+    assert a.has("win_vs_chosen") and a.has("gold_score")
+    assert not a.has("win_vs_sft") and not a.has("length")            # no sft_score, no length column
+    assert not ev.by_method["simpo"][0].has("tie_vs_chosen")           # SimPO runs lack chosen_score
+    assert set(OUTCOMES) == {"win_vs_chosen", "tie_vs_chosen", "win_vs_sft", "tie_vs_sft"}
+
+
+def test_configuration_matrix_joins_by_prompt_id():
+    r = replicate("dpo", 0, 0, ["b", "a", "c"], [2.0, 1.0, 3.0], length=[20, 10, 30])
+    config = Configuration("dpo-c0", "dpo", {"beta": 0}, [r])
+    assert config.matrix("gold_score", ["a", "c"]).tolist() == [[1.0, 3.0]]
+    assert config.matrix("length", ["c", "b"]).tolist() == [[30, 20]]
+
+
+# ------------------------------------------------------------------ runs without per-sample results
+
+def test_runs_without_per_sample_gold_are_left_out_and_named():
+    runs, sft = hand_sweep()
+    runs.append(run("var-c0-s0", 1.0, "var", {"beta": 0, "seed": 0}))          # metrics only
+    ev = SweepEvidence(runs, sft, n_resamples=50)
+    assert ev.unusable == ["var-c0-s0"] and "var" not in ev.by_method
+    assert sorted(ev.by_method) == ["dpo", "simpo"]
+
+
+def test_a_sweep_without_per_sample_results_has_nothing_to_split_and_tests_nothing():
+    from alignlab.analysis import decide, hitchhiker_claims
+    runs = [run("dpo-c0-s0", 1.0, "dpo", {"seed": 0}), run("ln-dpo-c0-s0", 2.0, "ln-dpo", {"seed": 0})]
+    ev = SweepEvidence(runs, run("sft", 0.5, "sft"), n_resamples=50)
+    assert ev.split is None and ev.by_method == {} and ev.sft is None
+    assert ev.unusable == ["dpo-c0-s0", "ln-dpo-c0-s0"]
+    claims = decide(hitchhiker_claims(ev))
+    assert claims and all(c["verdict"] == "not tested" and c["value"] is None for c in claims)
