@@ -41,7 +41,7 @@ def record(name, method, params, gold, length, ln_kl=None, sft_gold=SFT_GOLD):
     lengths = np.full(len(PROMPTS), length)
     kl = None if ln_kl is None else (ln_kl + SPREAD) * lengths
     metrics = summarize({"gold_score": gold, "chosen_score": BASE, "sft_score": sft_gold, "length": lengths,
-                         "logp_policy": kl, "logp_sft": None if kl is None else np.zeros_like(kl)})
+                         "kl": kl, "ln_kl": None if kl is None else kl / lengths})
     samples = {"prompt_id": np.array(PROMPTS), "gold_score": gold, "length": lengths}
     if kl is not None:
         samples.update(kl=kl, ln_kl=kl / lengths)

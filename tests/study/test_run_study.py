@@ -58,8 +58,12 @@ def test_summary_numbers_come_from_the_per_sample_results(tiny_study):
         assert row["metrics"]["length"]["value"] == pytest.approx(np.mean(samples["length"]))
         assert samples["prompt_id"] == sft["prompt_id"]
         assert samples["sft_score"] == sft["gold_score"]
-        wins = np.mean([(a > b) + 0.5 * (a == b) for a, b in zip(samples["gold_score"], sft["gold_score"])])
-        assert row["metrics"]["win_vs_sft"]["value"] == pytest.approx(wins)
+        pairs = list(zip(samples["gold_score"], sft["gold_score"]))
+        assert row["metrics"]["win_vs_sft"]["value"] == pytest.approx(np.mean([a > b for a, b in pairs]))
+        stored = json.loads((out / "runs" / row["run"] / "metrics.json").read_text())
+        assert stored["tie_vs_sft"]["value"] == pytest.approx(np.mean([a == b for a, b in pairs]))
+        assert row["metrics"]["kl"]["value"] == pytest.approx(np.mean(samples["kl"]))
+        assert min(samples["kl"]) >= 0
         if method != "dpo":
             dpo_mean = dpo_best["metrics"]["mean_score"]["value"]
             expected = 100 * (row["metrics"]["mean_score"]["value"] - dpo_mean) / abs(dpo_mean)

@@ -44,11 +44,9 @@ def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics
 
     samples = {"prompt_id": np.array(table["prompt_id"]), "gold_score": numbers("gold_score"),
                "length": numbers("length")}
-    if "proxy_score" in table:
-        samples["proxy_score"] = numbers("proxy_score")
-    if "logp_sft" in table:
-        kl = numbers("logp_policy") - numbers("logp_sft")
-        samples["kl"], samples["ln_kl"] = kl, kl / np.maximum(samples["length"], 1)
+    for column in ("proxy_score", "kl", "ln_kl"):
+        if column in table:
+            samples[column] = numbers(column)
     return RunRecord(name, method, params, metrics, samples)
 
 
