@@ -36,12 +36,12 @@ def summed_token_kl(policy_logits: Tensor, sft_logits: Tensor, mask: Tensor) -> 
     q the softmax of `policy_logits` and `sft_logits` (rows × positions × vocabulary); float64 on the
     logits' device. A sum below 0 by rounding only is 0; one further below is returned as it is
     (it would show a bug, not rounding)."""
-    totals = torch.zeros(len(mask), dtype=torch.float64, device=policy_logits.device)
-    for row in range(len(mask)):  # only the masked positions: a rows × width × vocabulary copy could be large
-        keep = mask[row].bool()
-        log_p = torch.log_softmax(policy_logits[row, keep].double(), -1)
-        log_q = torch.log_softmax(sft_logits[row, keep].double(), -1)
-        totals[row] = (log_p.exp() * (log_p - log_q)).sum()
+    keep = mask.bool()  # only the masked positions go to float64: the full logits may be large
+    log_p = torch.log_softmax(policy_logits[keep].double(), -1)
+    log_q = torch.log_softmax(sft_logits[keep].double(), -1)
+    per_token = (log_p.exp() * (log_p - log_q)).sum(-1)
+    rows = torch.arange(len(mask), device=keep.device)[:, None].expand_as(keep)[keep]
+    totals = torch.zeros(len(mask), dtype=torch.float64, device=per_token.device).index_add_(0, rows, per_token)
     rounding = (totals < 0) & (totals > -NEGATIVE_ROUNDING)
     return totals.masked_fill(rounding, 0.0)
 
