@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from alignlab.data.pairs import PreferencePair
-from alignlab.evaluation.evaluate import evaluate_model, response_logps
+from alignlab.evaluation.evaluate import evaluate_model
+from alignlab.evaluation.kl import kl_generation, kl_to_sft
 from alignlab.models.generate import GenerationConfig, generate_responses
-from alignlab.evaluation.metrics import bootstrap_ci, summarize, win_rate
+from alignlab.evaluation.metrics import bootstrap_ci, summarize
 from alignlab.models.loading import load_causal_lm, load_tokenizer
 from alignlab.models.tiny import build_tiny_classifier
 from alignlab.data.tokenise import PromptRenderer
@@ -23,25 +24,32 @@ PROMPTS = [[{"role": "user", "content": "What color is the apple number 3?"}],
 
 # ------------------------------------------------------------------ metrics
 
-def test_win_rate_counts_ties_as_half():
-    assert win_rate([3, 1, 2, 5], [1, 1, 4, 5]) == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)
+def test_win_rates_count_strict_wins_with_tie_and_loss_shares_beside_them():
+    m = summarize({"gold_score": [1, 2, 2, 3], "chosen_score": [0, 2, 3, 3], "sft_score": [1, 1, 2, 2],
+                   "length": [1, 1, 1, 1]})
+    assert (m["win_vs_chosen"]["value"], m["tie_vs_chosen"]["value"], m["loss_vs_chosen"]["value"]) == (0.25, 0.5, 0.25)
+    assert (m["win_vs_sft"]["value"], m["tie_vs_sft"]["value"], m["loss_vs_sft"]["value"]) == (0.5, 0.5, 0.0)
+    # Each share's CI bootstraps its own indicator; all three resample the same prompts.
+    for name in ("win_vs_chosen", "tie_vs_chosen", "loss_vs_chosen"):
+        assert 0.0 <= m[name]["ci_low"] <= m[name]["value"] <= m[name]["ci_high"] <= 1.0
 
 
 def test_summarize_matches_hand_computation():
     samples = {"gold_score": [1.0, 2.0, 3.0, 4.0], "chosen_score": [0.0, 2.0, 5.0, 1.0],
-               "sft_score": [1.0, 1.0, 1.0, 1.0], "logp_policy": [-1.0, -2.0, -3.0, -4.0],
-               "logp_sft": [-2.0, -2.0, -5.0, -8.0], "length": [2, 4, 1, 4]}
+               "sft_score": [1.0, 1.0, 1.0, 1.0], "kl": [1.0, 0.0, 2.0, 4.0], "ln_kl": [0.5, 0.0, 0.25, 1.0],
+               "length": [2, 4, 1, 4]}
     m = summarize(samples)
     assert m["mean_score"]["value"] == pytest.approx(2.5)
-    assert m["win_vs_chosen"]["value"] == pytest.approx((1 + 0.5 + 0 + 1) / 4)
-    assert m["win_vs_sft"]["value"] == pytest.approx((0.5 + 1 + 1 + 1) / 4)
+    assert m["win_vs_chosen"]["value"] == pytest.approx((1 + 0 + 0 + 1) / 4)
+    assert m["tie_vs_chosen"]["value"] == pytest.approx(1 / 4)
+    assert m["win_vs_sft"]["value"] == pytest.approx((0 + 1 + 1 + 1) / 4)
     assert m["kl"]["value"] == pytest.approx((1 + 0 + 2 + 4) / 4)
-    assert m["ln_kl"]["value"] == pytest.approx((1 / 2 + 0 + 2 / 1 + 4 / 4) / 4)
+    assert m["ln_kl"]["value"] == pytest.approx((0.5 + 0 + 0.25 + 1) / 4)  # the mean ratio, not a ratio of means
     assert m["length"]["value"] == pytest.approx(2.75)
     for metric in m.values():
         assert metric["ci_low"] <= metric["value"] <= metric["ci_high"]
-    without = summarize({k: v for k, v in samples.items() if k not in ("sft_score", "logp_sft")})
-    assert without["win_vs_sft"] is None and without["kl"] is None
+    without = summarize({k: v for k, v in samples.items() if k not in ("sft_score", "kl", "ln_kl")})
+    assert without["win_vs_sft"] is None and without["tie_vs_sft"] is None and without["kl"] is None
 
 
 def test_bootstrap_ci_is_seeded_covers_the_mean_and_shrinks_with_n():
@@ -92,20 +100,29 @@ def test_sampling_is_seeded(tiny_model):
 
 # ------------------------------------------------------------------ evaluate
 
-def unbatched_logp(model, tokenizer, prompt, response_ids):
+def unbatched_kl(policy, sft, tokenizer, prompt, response_ids) -> float:
+    """Second implementation: one unpadded sequence per model, a position-by-position loop over
+    probabilities."""
     ids = PromptRenderer(tokenizer).prompt_ids(prompt)[0]
     full = torch.tensor([ids + response_ids])
     with torch.no_grad():
-        logprobs = torch.log_softmax(model(input_ids=full).logits[0].double(), -1)
-    return sum(logprobs[len(ids) + t - 1, tok].item() for t, tok in enumerate(response_ids))
+        p_logits, q_logits = (model(input_ids=full).logits[0].double() for model in (policy, sft))
+    total = 0.0
+    for t in range(len(response_ids)):  # token t is predicted at position len(ids) + t − 1
+        p, q = torch.softmax(p_logits[len(ids) + t - 1], -1), torch.softmax(q_logits[len(ids) + t - 1], -1)
+        total += float((p * (p.log() - q.log())).sum())
+    return total
 
 
-def test_response_logps_equal_an_unbatched_computation(tiny_model):
-    model, tokenizer = load_causal_lm(str(tiny_model)).eval(), load_tokenizer(str(tiny_model))
-    responses = [[40, 41, 42], [7], [50, 51, 52, 53, 54, 55]]
-    got = response_logps(model, tokenizer, PROMPTS, responses, batch_size=2)
-    expected = [unbatched_logp(model, tokenizer, p, r) for p, r in zip(PROMPTS, responses)]
-    assert got.tolist() == pytest.approx(expected, abs=1e-4)
+def test_kl_to_sft_equals_an_unbatched_computation(tiny_model, tmp_path):
+    # In float64 the padded batches and the single sequences agree to rounding far below the tolerance.
+    policy = load_causal_lm(str(perturbed_copy(tiny_model, tmp_path / "policy"))).double().eval()
+    sft, tokenizer = load_causal_lm(str(tiny_model)).double().eval(), load_tokenizer(str(tiny_model))
+    responses = [[40, 41, 42], [7, tokenizer.eos_token_id], [50, 51, 52, 53, 54, 55]]  # padded in batches of 2
+    got = kl_to_sft(policy, sft, tokenizer, PROMPTS, responses, batch_size=2)
+    expected = [unbatched_kl(policy, sft, tokenizer, p, r) for p, r in zip(PROMPTS, responses)]
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert min(expected) > 0
 
 
 def word_count_scorer(prompts, responses):
@@ -126,7 +143,7 @@ def perturbed_copy(source, directory, seed=5):
 def test_evaluate_model_writes_samples_and_metrics_consistent_with_them(tiny_model, tmp_path):
     policy = perturbed_copy(tiny_model, tmp_path / "policy-model")
     pairs = [PreferencePair(id=f"t{i}", prompt=p, chosen="a short answer", rejected="x") for i, p in enumerate(PROMPTS)]
-    generation = GenerationConfig(max_new_tokens=8, temperature=1.0)
+    generation = GenerationConfig(max_new_tokens=8, temperature=0.7, top_p=0.9)
     sft = evaluate_model(str(tiny_model), pairs, word_count_scorer, sft_model_path=str(tiny_model),
                          generation=generation, out_dir=tmp_path / "sft")
     assert sft.metrics["kl"]["value"] == 0.0  # the SFT model against itself
@@ -140,10 +157,22 @@ def test_evaluate_model_writes_samples_and_metrics_consistent_with_them(tiny_mod
     assert table["chosen_score"] == [3.0, 3.0, 3.0]
     assert table["sft_score"] == sft.samples["gold_score"]
     assert metrics["mean_score"]["value"] == pytest.approx(np.mean(table["gold_score"]))
-    kl = np.array(table["logp_policy"]) - np.array(table["logp_sft"])
-    assert metrics["kl"]["value"] == pytest.approx(kl.mean())
-    assert metrics["win_vs_sft"]["value"] == pytest.approx(win_rate(table["gold_score"], table["sft_score"]))
-    assert metrics["kl"]["value"] != 0.0
+    assert "logp_policy" not in table and "logp_sft" not in table
+    # The KL is measured on the policy's own temperature-1 samples, drawn again here.
+    model, tokenizer, sft_model = (load_causal_lm(str(policy)).eval(), load_tokenizer(str(policy)),
+                                   load_causal_lm(str(tiny_model)).eval())
+    draws = [g.token_ids for g in generate_responses(model, tokenizer, PROMPTS, kl_generation(generation),
+                                                     progress=False)]
+    assert table["kl_length"] == [len(ids) for ids in draws]
+    # float32 forward passes of a padded batch and of one sequence round differently: relative 1e-6.
+    assert table["kl"] == pytest.approx([unbatched_kl(model, sft_model, tokenizer, p, ids)
+                                         for p, ids in zip(PROMPTS, draws)], rel=1e-6)
+    assert min(table["kl"]) > 0
+    assert table["ln_kl"] == pytest.approx([k / max(n, 1) for k, n in zip(table["kl"], table["kl_length"])])
+    assert metrics["kl"]["value"] == pytest.approx(np.mean(table["kl"]))
+    assert metrics["ln_kl"]["value"] == pytest.approx(np.mean(table["ln_kl"]))
+    assert sft.samples["kl"] == [0.0, 0.0, 0.0] and sft.samples["ln_kl"] == [0.0, 0.0, 0.0]
+    assert metrics["win_vs_sft"]["value"] == pytest.approx(np.mean(np.greater(table["gold_score"], table["sft_score"])))
 
 
 def test_kl_needs_one_tokenizer(tiny_model, tiny_chat_model):
@@ -166,7 +195,9 @@ def test_eval_command_with_a_reward_model_and_sft(tiny_model, pairs_file, tmp_pa
     printed = capsys.readouterr().out
     assert "mean_score" in printed and str(out) in printed
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["kl"]["value"] == 0.0 and metrics["win_vs_sft"]["value"] == 0.5  # same model, same seed
+    # The same model with the same seed: every response ties with the SFT model's.
+    assert metrics["kl"]["value"] == 0.0 and metrics["win_vs_sft"]["value"] == 0.0
+    assert metrics["tie_vs_sft"]["value"] == 1.0
     assert len(pq.read_table(out / "samples.parquet")) == 5
 
 

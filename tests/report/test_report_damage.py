@@ -34,7 +34,7 @@ HYPOTHESIS_EXAMPLES = 200  # examples of the runs.sqlite property below
 
 def samples(gold) -> dict:
     return {"prompt_id": PROMPTS, "gold_score": list(gold), "length": [10.0, 12.0, 14.0, 16.0],
-            "logp_policy": [-5.0, -6.0, -7.0, -8.0], "logp_sft": [-5.5, -6.5, -7.5, -8.5]}
+            "kl": [0.5, 0.5, 0.5, 0.5], "ln_kl": [0.05, 0.5 / 12, 0.5 / 14, 0.5 / 16]}
 
 
 def metrics(gold) -> dict:

@@ -83,6 +83,15 @@ def test_summary_numbers_come_from_the_per_sample_results(tiny_study):
             reporting_mean(out, names, "length", split.reporting))
         samples = _samples(out, f"runs/{names[0]}")
         assert samples["prompt_id"] == sft["prompt_id"] and samples["sft_score"] == sft["gold_score"]
+        pairs = list(zip(samples["gold_score"], sft["gold_score"]))
+        stored = json.loads((out / "runs" / names[0] / "metrics.json").read_text())
+        assert stored["win_vs_sft"]["value"] == pytest.approx(np.mean([a > b for a, b in pairs]))
+        assert stored["tie_vs_sft"]["value"] == pytest.approx(np.mean([a == b for a, b in pairs]))
+        assert stored["kl"]["value"] == pytest.approx(np.mean(samples["kl"]))
+        assert min(samples["kl"]) >= 0
+        reporting = [samples["prompt_id"].index(p) for p in split.reporting]
+        wins = [np.greater(_samples(out, f"runs/{n}")["gold_score"], sft["gold_score"])[reporting] for n in names]
+        assert row["reported"]["win vs SFT"]["value"] == pytest.approx(np.mean([w.mean() for w in wins]))
         if method != "dpo":
             assert row["mean_score_change_vs_dpo_pct"] == pytest.approx(100 * (mean - dpo_mean) / abs(dpo_mean))
     # The best DPO configuration is the one with the highest mean gold on the selection half.

@@ -4,6 +4,7 @@ the report of a real sweep in a browser."""
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,7 @@ def test_tiny_sweep_trains_evaluates_and_reports_every_run(tiny_sweep):
             assert (out / run.run_dir / name).exists(), (run.name, name)
         samples = pq.read_table(out / run.run_dir / "samples.parquet").to_pydict()
         assert run.metrics["mean_score"]["value"] == pytest.approx(np.mean(samples["gold_score"]))
+    check_in_distribution_evaluations(out, [run.run_dir for run in runs])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best"]["dpo"]["configuration"] in {r.name.rsplit("-s", 1)[0] for r in runs if r.method == "dpo"}
     # One seed per configuration (seeds: 1): estimates, and no verdict without measured training noise.
@@ -61,6 +63,22 @@ def test_tiny_sweep_trains_evaluates_and_reports_every_run(tiny_sweep):
     assert len(summary["claims"]) >= 10
     for name in ("report.html", "report.md", "sweep.yaml", "study.json"):
         assert (out / name).exists()
+
+
+def check_in_distribution_evaluations(out, run_dirs):
+    """data/indist.jsonl holds the first held-out pairs, as many as there are test prompts (or all
+    held-out pairs when fewer), and the SFT model and every run were evaluated on them."""
+    lines = lambda name: (out / "data" / name).read_text().splitlines()
+    indist, heldout = lines("indist.jsonl"), lines("heldout.jsonl")
+    assert indist == heldout[:min(len(lines("test.jsonl")), len(heldout))]
+    for run_dir in ["runs/sft", *run_dirs]:
+        samples = pq.read_table(out / run_dir / "indist" / "samples.parquet").to_pydict()
+        assert samples["prompt_id"] == [json.loads(line)["id"] for line in indist], run_dir
+        assert len(samples["gold_score"]) == len(indist) and "proxy_score" not in samples
+        metrics = json.loads((out / run_dir / "indist" / "metrics.json").read_text())
+        assert metrics["mean_score"]["value"] == pytest.approx(np.mean(samples["gold_score"]))
+        assert metrics["win_vs_chosen"]["value"] == pytest.approx(
+            np.mean(np.greater(samples["gold_score"], samples["chosen_score"])))
 
 
 @pytest.mark.slow
@@ -104,6 +122,22 @@ def test_resuming_removes_the_temp_files_a_killed_writer_left(tiny_sweep, world_
     assert not any(path.exists() for path in left) and partial.exists() and users.read_text() == "mine"
     partial.rmdir()
     users.unlink()
+
+
+@pytest.mark.slow
+def test_a_run_killed_between_its_two_evaluations_redoes_only_the_second(tiny_sweep, world_cache, tmp_path):
+    reference, config_file, _ = tiny_sweep
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    with RunStore(out / "runs.sqlite") as store:
+        run = store.runs()[0]
+    indist = out / run.run_dir / "indist" / "samples.parquet"
+    written = indist.stat().st_mtime_ns
+    (out / run.run_dir / "metrics.json").unlink()  # as when killed before the test-prompt evaluation ended
+    assert main(_sweep_args(config_file, out, world_cache)) == 0
+    assert indist.stat().st_mtime_ns == written
+    assert (out / run.run_dir / "metrics.json").exists()
+    assert (out / "summary.json").read_text() == (reference / "summary.json").read_text()
 
 
 @pytest.mark.slow

@@ -37,7 +37,8 @@ class RunRecord:
     params: dict = field(default_factory=dict)   # hyper-parameters: learning_rate, epochs, seed, beta, ...
     metrics: dict = field(default_factory=dict)  # metric -> {"value", "ci_low", "ci_high"} or None
     samples: dict = field(default_factory=dict)  # per-sample columns aligned by position, incl. "prompt_id"
-    indist: dict = field(default_factory=dict)  # per-sample columns of the in-distribution evaluation, if any
+    indist: dict = field(default_factory=dict)   # per-sample columns of the in-distribution evaluation, same
+                                                 # shape as samples; empty when not evaluated
 
     @property
     def score(self) -> float:

@@ -4,6 +4,7 @@ of an `EvalConfig` (`config`)."""
 
 from alignlab.evaluation.config import EvalConfig
 from alignlab.evaluation.evaluate import EvalResult, evaluate_model, run_eval
-from alignlab.evaluation.metrics import bootstrap_ci, summarize, win_rate, wins
+from alignlab.evaluation.metrics import bootstrap_ci, strict_wins, summarize, ties
 
-__all__ = ["EvalConfig", "EvalResult", "evaluate_model", "run_eval", "bootstrap_ci", "summarize", "win_rate", "wins"]
+__all__ = ["EvalConfig", "EvalResult", "evaluate_model", "run_eval", "bootstrap_ci", "summarize", "strict_wins",
+           "ties"]

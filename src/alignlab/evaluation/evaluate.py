@@ -6,10 +6,12 @@ reward (`StudyWorld.score`) or a sequence-classification reward model (`RewardSc
 
 Per-sample results (`samples.parquet`), one row per test prompt: prompt_id, prompt (JSON of the
 turns), response, length (tokens), gold_score, chosen_score (the dataset's chosen response),
-sft_score (the SFT model's response to the same prompt, when given), logp_policy and logp_sft
-(summed log-probs of the response under the policy and the SFT model, for KL). `metrics.json`
-holds `metrics.summarize` of them; `config.yaml` the resolved `EvalConfig` (`alignlab eval`). With an LLM judge (`alignlab.evaluation.judge`, optional), also
-judge_score and judge_error per sample and `judge_win_rate` in `metrics.json`.
+sft_score (the SFT model's response to the same prompt, when given) and, with an SFT model, kl,
+kl_length and ln_kl: the exact KL to the SFT model summed over a second response sampled at
+temperature 1 (`alignlab.evaluation.kl`), that response's length in tokens, and their ratio.
+`metrics.json` holds `metrics.summarize` of them; `config.yaml` the resolved `EvalConfig`
+(`alignlab eval`). With an LLM judge (`alignlab.evaluation.judge`, optional), also judge_score and
+judge_error per sample and `judge_win_rate` in `metrics.json`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from alignlab import atomic
 from alignlab.config import dump_yaml
 from alignlab.errors import AlignlabError
@@ -29,10 +29,10 @@ from alignlab.evaluation.config import EvalConfig
 from alignlab.models.generate import GenerationConfig, generate_responses
 from alignlab.evaluation.judge import JudgeConfig, judge_columns, judge_config, summary_line, win_rate_metric
 from alignlab.evaluation.metrics import summarize
-from alignlab.models.loading import load_causal_lm, load_tokenizer, sequence_logps
+from alignlab.evaluation.kl import kl_generation, kl_to_sft
+from alignlab.models.loading import load_causal_lm, load_tokenizer
 from alignlab.models.score import RewardScorer
 from alignlab.output_dirs import claim_output_dir, mark
-from alignlab.data.tokenise import PromptRenderer, collate_sequences
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +41,6 @@ log = logging.getLogger(__name__)
 class EvalResult:
     samples: dict  # column name -> list, one entry per test prompt
     metrics: dict
-
-
-@torch.inference_mode()
-def response_logps(model, tokenizer, prompts: list[list[dict]], response_ids: list[list[int]],
-                   batch_size: int = 16, device="cpu") -> torch.Tensor:
-    """Σ_t log π(y_t | x, y_<t) over each response's tokens (temperature 1, a clean forward pass)."""
-    renderer = PromptRenderer(tokenizer)
-    prompt_ids = [renderer.prompt_ids(prompt)[0] for prompt in prompts]
-    totals = torch.zeros(len(prompts), dtype=torch.float64)
-    model.eval()
-    for start in range(0, len(prompts), batch_size):
-        stop = min(start + batch_size, len(prompts))
-        batch = collate_sequences(prompt_ids[start:stop], response_ids[start:stop], tokenizer.pad_token_id)
-        totals[start:stop] = sequence_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                            batch["loss_mask"].to(device)).double().cpu()
-    return totals
 
 
 def write_parquet(path: Path, columns: dict) -> None:
@@ -89,7 +73,6 @@ def evaluate_model(model_path: str, pairs, scorer, *, sft_model_path: str | None
         "length": [len(t) for t in ids],
         "gold_score": scorer(prompts, responses).double().tolist(),
         "chosen_score": scorer(prompts, [pair.chosen for pair in pairs]).double().tolist(),
-        "logp_policy": response_logps(model, tokenizer, prompts, ids, generation.batch_size, device).tolist(),
     }
     if proxy_scorer is not None:
         samples["proxy_score"] = proxy_scorer(prompts, responses).double().tolist()
@@ -102,8 +85,16 @@ def evaluate_model(model_path: str, pairs, scorer, *, sft_model_path: str | None
             raise AlignlabError(f"{sft_model_path}: the SFT model's tokenizer differs from "
                                 f"{tokenizer_path or model_path}'s; KL to SFT needs both models to share one tokenizer")
         sft = model if same else load_causal_lm(sft_model_path, trust_remote_code=trust_remote_code).to(device)
-        samples["logp_sft"] = (samples["logp_policy"] if same else
-                               response_logps(sft, tokenizer, prompts, ids, generation.batch_size, device).tolist())
+        if sft.config.vocab_size != model.config.vocab_size:
+            raise AlignlabError(f"{sft_model_path}: the SFT model has {sft.config.vocab_size} output tokens, "
+                                f"{model_path} {model.config.vocab_size}; KL to SFT needs one vocabulary: "
+                                "pass the SFT model this one was trained from")
+        kl_ids = [g.token_ids for g in generate_responses(model, tokenizer, prompts, kl_generation(generation), device)]
+        # Against itself the KL is 0 exactly; its samples are still drawn, for kl_length.
+        kl = [0.0] * len(pairs) if same else kl_to_sft(model, sft, tokenizer, prompts, kl_ids,
+                                                       generation.batch_size, device)
+        samples["kl"], samples["kl_length"] = kl, [len(t) for t in kl_ids]
+        samples["ln_kl"] = [k / max(n, 1) for k, n in zip(kl, samples["kl_length"])]
     if judge is not None:
         samples.update(judge_columns(judge, pairs, responses, sft_samples))
     result = EvalResult(samples, summarize(samples, seed=generation.seed))

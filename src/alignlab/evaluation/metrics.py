@@ -4,13 +4,14 @@ Per-sample inputs (one entry per test prompt):
     gold_score   gold reward of the model's response
     chosen_score gold reward of the dataset's chosen response to the same prompt
     sft_score    gold reward of the SFT model's response to the same prompt (optional)
-    logp_policy  Σ over the response tokens of log πθ(y_t | x, y_<t)
-    logp_sft     the same under the SFT model (optional)
+    kl           Σ over a temperature-1 response of the exact per-token KL(πθ ‖ π_SFT) (optional;
+                 alignlab.evaluation.kl)
+    ln_kl        kl / that response's length in tokens (optional, with kl)
     length       response length in tokens
 
-Metrics: mean_score = mean(gold); win_vs_chosen and win_vs_sft = mean of 1[a > b] + ½·1[a = b];
-kl = mean(logp_policy − logp_sft) (a Monte-Carlo estimate of KL(πθ ‖ π_SFT) from πθ's own samples);
-ln_kl = mean((logp_policy − logp_sft) / length); length = mean(length).
+Metrics: mean_score = mean(gold); win_vs_chosen and win_vs_sft = the share of strict wins 1[a > b]
+(as the Hitchhiker paper counts them), tie_vs_* the share of 1[a = b] and loss_vs_* of 1[a < b]:
+the three add to 1. kl = mean(kl), ln_kl = mean(ln_kl), length = mean(length).
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ def bootstrap_ci(values, statistic: Callable = np.mean, n_resamples: int = 1000,
     return float(np.percentile(stats, tail)), float(np.percentile(stats, 100 - tail))
 
 
-def wins(a, b) -> np.ndarray:
-    """Per-sample win of a over b: 1, ties ½, else 0."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return (a > b) + 0.5 * (a == b)
+def strict_wins(a, b) -> np.ndarray:
+    """Per sample, 1.0 where a > b, else 0.0."""
+    return (np.asarray(a, dtype=np.float64) > np.asarray(b, dtype=np.float64)).astype(np.float64)
 
 
-def win_rate(a, b) -> float:
-    return float(wins(a, b).mean())
+def ties(a, b) -> np.ndarray:
+    """Per sample, 1.0 where a = b, else 0.0."""
+    return (np.asarray(a, dtype=np.float64) == np.asarray(b, dtype=np.float64)).astype(np.float64)
 
 
 def _with_ci(per_sample, seed: int) -> dict:
@@ -49,17 +50,21 @@ def _with_ci(per_sample, seed: int) -> dict:
 def summarize(samples: dict, seed: int = 0) -> dict:
     """Every metric as {"value", "ci_low", "ci_high"}; None where its inputs are absent."""
     gold = np.asarray(samples["gold_score"], dtype=np.float64)
-    length = np.asarray(samples["length"], dtype=np.float64)
-    metrics = {"mean_score": _with_ci(gold, seed),
-               "win_vs_chosen": _with_ci(wins(gold, samples["chosen_score"]), seed),
-               "win_vs_sft": None, "kl": None, "ln_kl": None,
-               "length": _with_ci(length, seed)}
+    metrics = {"mean_score": _with_ci(gold, seed), **_outcomes(gold, samples["chosen_score"], "chosen", seed),
+               **dict.fromkeys(("win_vs_sft", "tie_vs_sft", "loss_vs_sft", "kl", "ln_kl")),
+               "length": _with_ci(np.asarray(samples["length"], dtype=np.float64), seed)}
     if samples.get("proxy_score") is not None:
         metrics["mean_proxy_score"] = _with_ci(np.asarray(samples["proxy_score"], dtype=np.float64), seed)
     if samples.get("sft_score") is not None:
-        metrics["win_vs_sft"] = _with_ci(wins(gold, samples["sft_score"]), seed)
-    if samples.get("logp_sft") is not None:
-        kl = np.asarray(samples["logp_policy"], dtype=np.float64) - np.asarray(samples["logp_sft"], dtype=np.float64)
-        metrics["kl"] = _with_ci(kl, seed)
-        metrics["ln_kl"] = _with_ci(kl / np.maximum(length, 1), seed)
+        metrics.update(_outcomes(gold, samples["sft_score"], "sft", seed))
+    if samples.get("kl") is not None:
+        metrics["kl"] = _with_ci(np.asarray(samples["kl"], dtype=np.float64), seed)
+        metrics["ln_kl"] = _with_ci(np.asarray(samples["ln_kl"], dtype=np.float64), seed)
     return metrics
+
+
+def _outcomes(gold, other, name: str, seed: int) -> dict:
+    """win_vs_<name>, tie_vs_<name> and loss_vs_<name> of gold against other."""
+    return {f"win_vs_{name}": _with_ci(strict_wins(gold, other), seed),
+            f"tie_vs_{name}": _with_ci(ties(gold, other), seed),
+            f"loss_vs_{name}": _with_ci(strict_wins(other, gold), seed)}

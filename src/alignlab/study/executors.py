@@ -1,7 +1,8 @@
 """One run of a sweep and the executors that run many: `execute_run` trains (alignlab.training.offline)
-then evaluates (alignlab.evaluation.evaluate) one grid point, skipping the steps a previous attempt
-completed; `execute_all` runs the tasks in this process, in local worker processes or on Ray,
-recording each start and end in the run store."""
+then evaluates (alignlab.evaluation.evaluate) one grid point, in distribution (when the sweep has
+data/indist.jsonl) and on the test prompts, skipping the steps a previous attempt completed;
+`execute_all` runs the tasks in this process, in local worker processes or on Ray, recording each
+start and end in the run store."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class RunTask:
 
 
 @functools.lru_cache(maxsize=4)
-def _test_pairs(path: str):
+def _pairs(path: str):
     from alignlab.data.pairs import load_pairs
 
     return load_pairs(path, "pairs").pairs
@@ -79,11 +80,16 @@ def execute_run(task: RunTask) -> dict:
     if not (run_dir / "train_summary.json").exists():
         # resume=True continues from the checkpoint a killed attempt left in `.NAME.partial`.
         train(TrainConfig(**{**task.train_config, "out": str(run_dir), "resume": True, "overwrite": True}))
+    scorer, generation = _scorer(json.dumps(task.scorer, sort_keys=True)), GenerationConfig(**task.generation)
+    indist = sweep_dir / "data" / "indist.jsonl"
+    if indist.exists() and not (run_dir / "indist" / "metrics.json").exists():
+        evaluate_model(str(run_dir / "model"), _pairs(str(indist)), scorer, generation=generation,
+                       out_dir=run_dir / "indist")
     if not (run_dir / "metrics.json").exists():
-        evaluate_model(str(run_dir / "model"), _test_pairs(str(sweep_dir / "data" / "test.jsonl")),
-                       _scorer(json.dumps(task.scorer, sort_keys=True)), sft_model_path=task.sft_model,
+        evaluate_model(str(run_dir / "model"), _pairs(str(sweep_dir / "data" / "test.jsonl")), scorer,
+                       sft_model_path=task.sft_model,
                        sft_samples=_sft_samples(str(sweep_dir / "runs" / "sft" / "samples.parquet")),
-                       generation=GenerationConfig(**task.generation), out_dir=run_dir,
+                       generation=generation, out_dir=run_dir,
                        proxy_scorer=cached_reward_scorer(task.proxy_rm) if task.proxy_rm else None)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {"metrics": metrics, "seconds": time.perf_counter() - started}

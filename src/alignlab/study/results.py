@@ -13,19 +13,34 @@ from alignlab.study.store import RunStore
 log = logging.getLogger(__name__)
 
 
-def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics: dict):
+def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics: dict, indist: bool = False):
     """A run's evaluation as an analysis.RunRecord: metrics plus per-sample columns from its
     samples.parquet. An AlignlabError names the file when it is missing or unreadable, has no rows,
-    lacks a column or holds one of another type."""
+    lacks a column or holds one of another type. With `indist` (the sweep evaluated in distribution
+    too) the columns of indist/samples.parquet go to RunRecord.indist; damage there only loses them,
+    with a warning: the report's main numbers do not depend on them."""
+    from alignlab.analysis import RunRecord
+
+    redo = f"delete {run_dir / 'metrics.json'} and rerun the sweep to evaluate the run again"
+    samples = read_samples(run_dir / "samples.parquet", redo)
+    in_distribution = {}
+    if indist:
+        try:
+            in_distribution = read_samples(run_dir / "indist" / "samples.parquet", redo)
+        except AlignlabError as err:
+            log.warning("report: run %s loads without its in-distribution evaluation: %s", name, err)
+    return RunRecord(name, method, params, metrics, samples, in_distribution)
+
+
+def read_samples(path: Path, redo: str) -> dict:
+    """The per-sample columns the report reads, as numpy arrays; an AlignlabError naming `path` and
+    saying to `redo` when the file cannot serve."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from alignlab.analysis import RunRecord
     from alignlab.untrusted import clip
 
-    path = run_dir / "samples.parquet"
-    redo = f"delete {run_dir / 'metrics.json'} and rerun the sweep to evaluate the run again"
     try:
         table = pq.read_table(path).to_pydict()
     except (OSError, pa.ArrowException) as err:
@@ -42,15 +57,8 @@ def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics
         except (TypeError, ValueError, OverflowError):
             raise AlignlabError(f"{path}: column {column} holds other than numbers; {redo}") from None
 
-    samples = {"prompt_id": np.array(table["prompt_id"]), "gold_score": numbers("gold_score"),
-               "length": numbers("length")}
-    for column in ("proxy_score", "chosen_score", "sft_score"):
-        if column in table:
-            samples[column] = numbers(column)
-    if "logp_sft" in table:
-        kl = numbers("logp_policy") - numbers("logp_sft")
-        samples["kl"], samples["ln_kl"] = kl, kl / np.maximum(samples["length"], 1)
-    return RunRecord(name, method, params, metrics, samples)
+    optional = [c for c in ("chosen_score", "sft_score", "proxy_score", "kl", "ln_kl") if c in table]
+    return {"prompt_id": np.array(table["prompt_id"]), **{c: numbers(c) for c in ("gold_score", "length", *optional)}}
 
 
 def write_sweep_report(out: str | Path) -> dict:
@@ -93,7 +101,8 @@ def write_sweep_report(out: str | Path) -> dict:
     sft_dir = out / "runs" / "sft"
     if not sft_dir.is_dir():
         raise AlignlabError(f"{sft_dir}: missing (the SFT model's evaluation); {rerun}")
-    sft = load_run_record(sft_dir, "sft", "sft", {}, read_json(sft_dir / "metrics.json", check_metrics))
+    indist = (out / "data" / "indist.jsonl").exists()
+    sft = load_run_record(sft_dir, "sft", "sft", {}, read_json(sft_dir / "metrics.json", check_metrics), indist)
     sft_prompts = set(sft.samples["prompt_id"].tolist())
 
     with RunStore(out / "runs.sqlite", readonly=True) as store:
@@ -114,7 +123,7 @@ def write_sweep_report(out: str | Path) -> dict:
             skipped.append(f"{shown(row.name)}: runs.sqlite {err}")
             continue
         try:
-            run = load_run_record(out / row.run_dir, row.name, row.method, params, metrics)
+            run = load_run_record(out / row.run_dir, row.name, row.method, params, metrics, indist)
         except AlignlabError as err:
             skipped.append(f"{shown(row.name)}: {err}")
             continue

@@ -10,15 +10,19 @@ Stages, in order; the shared ones run once per sweep and every run reuses them:
 Directory layout under `out`:
     sweep.yaml                   the resolved configuration; a restart must match it
     runs.sqlite                  the run store (alignlab.study.store)
-    data/                        train.jsonl, heldout.jsonl (world), test.jsonl
+    data/                        train.jsonl, heldout.jsonl and indist.jsonl (world), test.jsonl
     proxy_rm/                    the proxy reward model
-    runs/sft/                    the SFT model's evaluation (samples.parquet, metrics.json)
-    runs/<run name>/             a run: config.yaml, train_summary.json, model/, samples.parquet, metrics.json
+    runs/sft/                    the SFT model's evaluation (samples.parquet, metrics.json, indist/)
+    runs/<run name>/             a run: config.yaml, train_summary.json, model/, indist/, samples.parquet,
+                                 metrics.json
+    runs/*/indist/               the evaluation on indist.jsonl (samples.parquet, metrics.json); only
+                                 where the study has held-out training-style pairs (the world)
     summary.json, report.md, report.html, figures/
 
 Resuming: starting the same sweep again skips finished runs and redoes the rest. Each step of a
 run leaves a file that says it is complete (training renames `.NAME.partial` to `NAME` when it
-ends; evaluation writes `metrics.json` last), so a run killed after training only evaluates.
+ends; each evaluation writes its `metrics.json` last, in distribution before the test prompts), so
+a run killed after training only evaluates, and one killed between the evaluations does only the second.
 
 The grid is expanded in `alignlab.study.grid`, the runs executed by `alignlab.study.executors`, and the
 report read from the finished sweep by `alignlab.study.results`.
@@ -42,7 +46,7 @@ from alignlab.models.score import cached_reward_scorer
 from alignlab.objectives.registry import get_method
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
 from alignlab.study.config import (REPORTED_TRAINING, WORLD_GENERATION, WORLD_REWARD_TRAINING, WORLD_TRAINING,
-                                   Shared, StudyConfig, real_inputs, world_inputs)
+                                   Shared, StudyConfig, StudyInputs, real_inputs, world_inputs)
 from alignlab.study.executors import RunTask, execute_all
 from alignlab.study.grid import RunSpec, expand_grid
 from alignlab.study.results import write_sweep_report
@@ -102,6 +106,9 @@ def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_trai
                 "data_format": inputs.train_format, "data_filter": inputs.train_filter}
     generation = GenerationConfig(**{**WORLD_GENERATION.get(preset, {}), **config.generation, "seed": config.seed})
     write_pairs_jsonl(inputs.test_pairs, out / "data" / "test.jsonl")
+    indist_pairs = indist_pairs_of(inputs)
+    if indist_pairs:
+        write_pairs_jsonl(indist_pairs, out / "data" / "indist.jsonl")
     if inputs.families:
         atomic.write_json(out / "data" / "test_families.json", inputs.families)
 
@@ -128,12 +135,28 @@ def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_trai
                       f"max {generation.max_new_tokens} new tokens" + (" (greedy)" if generation.greedy else ""),
         **({"proxy RM held-out accuracy": f"{rm_accuracy:.3f}"} if rm_accuracy is not None else {})})
 
+    if indist_pairs and not (out / "runs" / "sft" / "indist" / "metrics.json").exists():
+        log.info("evaluating the SFT model in distribution")
+        evaluate_model(inputs.sft_model, indist_pairs, inputs.scorer, generation=generation,
+                       out_dir=out / "runs" / "sft" / "indist")
     if not (out / "runs" / "sft" / "metrics.json").exists():
         log.info("evaluating the SFT model")
         evaluate_model(inputs.sft_model, inputs.test_pairs, inputs.scorer, sft_model_path=inputs.sft_model,
                        generation=generation, out_dir=out / "runs" / "sft",
                        proxy_scorer=cached_reward_scorer(proxy_rm) if proxy_rm else None)
     return Shared(inputs, training, generation, proxy_rm, rm_accuracy)
+
+
+def indist_pairs_of(inputs: StudyInputs) -> list:
+    """The in-distribution prompts: the first held-out training-style pairs, as many as there are
+    test prompts (fewer when the held-out set is smaller), so both evaluations weigh alike; none
+    without held-out pairs."""
+    from alignlab.data.pairs import load_pairs
+
+    if inputs.heldout_data is None:
+        return []
+    heldout = load_pairs(inputs.heldout_data, inputs.train_format, filter=inputs.train_filter).pairs
+    return heldout[:len(inputs.test_pairs)]
 
 
 def warm_reference_cache(train_config: TrainConfig) -> None:
