@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from alignlab.cli import main
 from conftest import SHARED
 
 HH_SAMPLE = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
@@ -105,3 +106,13 @@ def test_every_flag_is_spelled_with_underscores_and_the_dashed_spelling_is_accep
         subparser = parser._subparsers._group_actions[0].choices[command]
         flags = [s for action in subparser._actions for s in action.option_strings if s.startswith("--")]
         assert all("-" not in flag[2:] for flag in flags), (command, flags)
+
+
+@pytest.mark.parametrize("argv", [["run", "--seeds", "2"], ["sweep", "--preset", "small", "--seeds", "2"]])
+def test_seeds_flag_reaches_the_study_config(argv, tmp_path, monkeypatch):
+    import alignlab.study.sweep as sweep
+
+    seen = []
+    monkeypatch.setattr(sweep, "run_sweep", lambda config: seen.append(config) or config.out)
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert seen[0].seeds == 2

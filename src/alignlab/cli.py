@@ -235,7 +235,8 @@ def run_study_command(args, overrides: list[str]) -> int:
     from alignlab.study.config import StudyConfig
     from alignlab.study.sweep import run_sweep
 
-    config = _config_from_args(StudyConfig, args, ("preset", "seed", "methods", "out", "workers", "study"), overrides)
+    config = _config_from_args(StudyConfig, args, ("preset", "seed", "seeds", "methods", "out", "workers", "study"),
+                               overrides)
     if config.study == "var" and config.grid_preset == "small":
         config.grid_preset = "var-small"
     if not config.out:
@@ -251,7 +252,7 @@ def run_sweep_command(args, overrides: list[str]) -> int:
 
     if args.config is None and args.grid_preset is None:
         raise AlignlabError("alignlab sweep needs a CONFIG.yaml with a grid or --preset (hitchhiker | var | small)")
-    names = ("grid_preset", "preset", "seed", "out", "workers", "executor", "study")
+    names = ("grid_preset", "preset", "seed", "seeds", "out", "workers", "executor", "study")
     config = _config_from_args(StudyConfig, args, names, overrides)
     if args.grid_preset is None and "grid_preset" not in read_yaml(args.config):
         config.grid_preset = None  # a config file's own grid replaces the default one

@@ -14,7 +14,9 @@ BASE = {"learning_rate": 1e-3, "epochs": 1}
 def test_hitchhiker_grid_has_every_combination_with_rates_scaled_from_the_base():
     runs = expand_grid(StudyConfig(out="x", grid_preset="hitchhiker"), BASE)
     by_method = {m: [r for r in runs if r.method == m] for m in ("dpo", "ln-dpo", "simpo")}
-    assert [len(v) for v in by_method.values()] == [5 * 3, 5 * 3, 3 * 3 * 3]
+    # 3 replicate seeds (the default) of every configuration.
+    assert [len(v) for v in by_method.values()] == [5 * 3 * 3, 5 * 3 * 3, 3 * 3 * 3 * 3]
+    assert sorted({r.training["seed"] for r in runs}) == [0, 1, 2]
     assert sorted({r.training["learning_rate"] for r in runs}) == [5e-4, 1e-3, 2e-3]
     assert len({r.name for r in runs}) == len(runs)
     simpo = by_method["simpo"][0]
@@ -46,7 +48,7 @@ def test_presets_name_only_registered_methods_and_parameters():
     """Each preset expands (its methods and parameters are registered) into one run per combination
     of its values and learning-rate scales, for the one seed."""
     for name, preset in GRID_PRESETS.items():
-        runs = expand_grid(StudyConfig(out="x", grid_preset=name), BASE)
+        runs = expand_grid(StudyConfig(out="x", grid_preset=name, seeds=1), BASE)
         assert [*dict.fromkeys(r.method for r in runs)] == preset["methods"], name
         for method in preset["methods"]:
             combinations = math.prod(len(values) for values in preset["grid"].get(method, {}).values())
