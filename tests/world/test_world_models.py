@@ -22,8 +22,12 @@ def world():
 
 @pytest.fixture(scope="module")
 def models(world, tmp_path_factory):
+    """The tiny world's models, pre-trained here: no shipped base is found (test_shipped_base.py
+    covers those), so the pre-training these tests check really runs."""
     cache = tmp_path_factory.mktemp("world-cache")
-    return cache, build_world_models(world, cache)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(world_module, "SHIPPED_BASES", tmp_path_factory.mktemp("no-shipped-bases"))
+        return cache, build_world_models(world, cache)
 
 
 def user(text):
@@ -190,7 +194,7 @@ def test_the_world_is_learnable(world, models):
 @pytest.mark.slow  # pre-trains the world's model (the `models` fixture)
 def test_models_are_saved_and_a_second_build_is_a_cache_hit(world, models, monkeypatch):
     cache, first = models
-    assert not first.cached and first.pretrain_seconds > 0 and first.sft_seconds > 0
+    assert not first.cached and not first.shipped_base and first.pretrain_seconds > 0 and first.sft_seconds > 0
     for directory in (first.pretrained, first.sft):
         assert list(directory.glob("*.safetensors"))
         assert load_tokenizer(str(directory)).chat_template
@@ -201,7 +205,7 @@ def test_models_are_saved_and_a_second_build_is_a_cache_hit(world, models, monke
     monkeypatch.setattr(world_module, "pretrain", no_training)
     monkeypatch.setattr("alignlab.training.train", no_training)
     second = build_world_models(build_world(world_config("tiny")), cache)
-    assert second.cached
+    assert second.cached and not second.shipped_base
     assert (second.pretrained, second.sft) == (first.pretrained, first.sft)
     assert (second.pretrain_seconds, second.sft_seconds) == pytest.approx((first.pretrain_seconds, first.sft_seconds),
                                                                           abs=1e-3)

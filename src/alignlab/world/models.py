@@ -5,6 +5,12 @@ Models. A word-level tokenizer over the world's closed vocabulary, with a prefix
 template; a tiny Llama pre-trained from scratch on rendered conversations of both styles and all
 behaviours (`pretrain`), then SFT on the chosen responses of the training pairs with alignlab's own
 trainer. Both are cached under a hash of the config and `WORLD_VERSION` (`build_world_models`).
+
+Shipped base models. Pre-training is not what a study studies, and it is most of a cold `alignlab
+run`, so the pre-trained LMs of the `tiny` and `default` presets (seed 0) ship with the package in
+`base_models/<preset>/` (rebuilt by `python -m alignlab.world.ship_base`). Their manifest.json names
+the world key they were built for and a sha256 of every file; a world with that key starts from the
+shipped base when every file matches, and pre-trains otherwise.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import hashlib
 import json
 import logging
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,9 +156,10 @@ def supervised_finetune(world: StudyWorld, pretrained: Path, directory: Path, ca
 class WorldModels:
     pretrained: Path  # tokenizer + pre-trained LM
     sft: Path  # tokenizer + SFT model
-    pretrain_seconds: float
+    pretrain_seconds: float  # 0 when the base model was shipped
     sft_seconds: float
     cached: bool  # True when read from the cache, not trained now
+    shipped_base: bool  # True when the base model came with the package, not pre-trained here
 
 
 def world_key(config: WorldConfig) -> str:
@@ -161,17 +169,19 @@ def world_key(config: WorldConfig) -> str:
 
 WORLD_MANIFEST = "manifest.json"  # written last: the full key and a sha256 of every other file
 _WORLD_REQUIRED = ("world.json", "pretrained/model.safetensors", "sft/model/model.safetensors")
+SHIPPED_BASES = Path(__file__).parent / "base_models"  # <preset>/: pretrain()'s files and WORLD_MANIFEST
+BASE_REQUIRED = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json")
 
 
-def _file_hashes(home: Path) -> dict[str, str]:
+def file_hashes(home: Path) -> dict[str, str]:
     return {path.relative_to(home).as_posix(): sha256_file(path) for path in sorted(home.rglob("*"))
             if path.is_file() and path.relative_to(home).as_posix() != WORLD_MANIFEST}
 
 
-def world_cache_problem(home: Path, key: str) -> str | None:
-    """Why the cached world at `home` must not be used (None: it is whole and it is this world's):
-    its manifest must carry the full `key`, list every required file, and each listed file must
-    match its sha256."""
+def world_cache_problem(home: Path, key: str, required: tuple[str, ...] = _WORLD_REQUIRED) -> str | None:
+    """Why the cached world (or shipped base model) at `home` must not be used (None: it is whole
+    and it is this world's): its manifest must carry the full `key`, list every `required` file,
+    and each listed file must match its sha256."""
     try:
         manifest = json.loads((home / WORLD_MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -181,7 +191,7 @@ def world_cache_problem(home: Path, key: str) -> str | None:
     if not isinstance(manifest, dict) or manifest.get("key") != key:
         return "it was built for another world config (key mismatch)"
     files = manifest.get("files")
-    if not isinstance(files, dict) or any(name not in files for name in _WORLD_REQUIRED):
+    if not isinstance(files, dict) or any(name not in files for name in required):
         return "its manifest.json does not list the world's files"
     for name, digest in files.items():
         path = home / name
@@ -192,10 +202,32 @@ def world_cache_problem(home: Path, key: str) -> str | None:
     return None
 
 
+def shipped_base(key: str) -> Path | None:
+    """The shipped base model built for world `key`, verified; None when none is (then the caller
+    pre-trains). A shipped base whose files do not match their checksums is refused with a warning."""
+    for manifest in sorted(SHIPPED_BASES.glob(f"*/{WORLD_MANIFEST}")):
+        try:
+            shipped_key = json.loads(manifest.read_text(encoding="utf-8")).get("key")
+        except (OSError, ValueError, AttributeError) as err:
+            log.warning("%s: unreadable (%s); reinstall alignlab", manifest, err)
+            continue
+        if shipped_key != key:
+            continue
+        problem = world_cache_problem(manifest.parent, key, BASE_REQUIRED)
+        if problem is None:
+            return manifest.parent
+        log.warning("shipped base model %s is not usable: %s; pre-training instead (reinstall alignlab, or "
+                    "rebuild it: python -m alignlab.world.ship_base --preset %s)",
+                    manifest.parent, problem, manifest.parent.name)
+        return None
+    return None
+
+
 def build_world_models(world: StudyWorld, cache_dir: Path | None = None) -> WorldModels:
     """The pre-trained and SFT models of `world`, trained once per config and then read from the
     cache. `<cache_dir>/world/<key>/` (key: sha256 of the config as JSON and WORLD_VERSION) holds
-    pretrained/ (model + tokenizer), sft/ (alignlab's run directory; the model in sft/model),
+    pretrained/ (model + tokenizer: the shipped base when there is one for this key, see
+    `shipped_base`, otherwise pre-trained now), sft/ (alignlab's run directory; the model in sft/model),
     sft-pairs.jsonl (the pairs SFT trained on), world.json (config and timings) and, written last,
     manifest.json (the full key and a sha256 of every other file). It is written to a temp directory
     and renamed into place whole, so a killed build leaves nothing to reuse; on every load the key and
@@ -209,20 +241,32 @@ def build_world_models(world: StudyWorld, cache_dir: Path | None = None) -> Worl
     if problem is not None:
         if home.exists():
             log.warning("world cache %s is not usable: %s; rebuilding it", home, problem)
+        base = shipped_base(key)
         with atomic_dir(home) as staging:
             started = time.perf_counter()
-            pretrain(world, staging / "pretrained")
-            pretrain_seconds = time.perf_counter() - started
+            if base is None:
+                pretrain(world, staging / "pretrained")
+                pretrain_seconds = time.perf_counter() - started
+            else:
+                (staging / "pretrained").mkdir()
+                for name in json.loads((base / WORLD_MANIFEST).read_text(encoding="utf-8"))["files"]:
+                    shutil.copyfile(base / name, staging / "pretrained" / name)
+                pretrain_seconds = 0.0
             started = time.perf_counter()
             supervised_finetune(world, staging / "pretrained", staging / "sft", cache_dir)
             sft_seconds = time.perf_counter() - started
             write_json(staging / "world.json", {
                 "world_version": WORLD_VERSION, "config": dataclasses.asdict(world.config),
-                "pretrain_seconds": round(pretrain_seconds, 3), "sft_seconds": round(sft_seconds, 3)})
+                "pretrain_seconds": round(pretrain_seconds, 3), "sft_seconds": round(sft_seconds, 3),
+                "shipped_base": base is not None})
             write_json(staging / WORLD_MANIFEST, {"key": key, "world_version": WORLD_VERSION,
-                                                  "files": _file_hashes(staging)})
-        log.info("built world models in %s (pre-training %.1fs, SFT %.1fs)", home, pretrain_seconds, sft_seconds)
-        return WorldModels(home / "pretrained", home / "sft" / "model", pretrain_seconds, sft_seconds, False)
+                                                  "files": file_hashes(staging)})
+        log.info("built world models in %s (%s, SFT %.1fs)", home,
+                 f"pre-training {pretrain_seconds:.1f}s" if base is None else f"the shipped base model {base}",
+                 sft_seconds)
+        return WorldModels(home / "pretrained", home / "sft" / "model", pretrain_seconds, sft_seconds, False,
+                           base is not None)
     recorded = json.loads((home / "world.json").read_text())
+    # Caches written before base models shipped have no "shipped_base": their bases were pre-trained.
     return WorldModels(home / "pretrained", home / "sft" / "model", recorded["pretrain_seconds"],
-                       recorded["sft_seconds"], True)
+                       recorded["sft_seconds"], True, recorded.get("shipped_base", False))

@@ -174,12 +174,12 @@ class WorldConfig:
 
 
 PRESETS: dict[str, WorldConfig] = {
-    # Tests: the whole build (data, pre-training, SFT) takes about 20 s on 2 CPU cores.
+    # Tests: pre-training takes about 20 s on 2 idle CPU cores; seed 0's base ships (world.ship_base).
     "tiny": WorldConfig(n_topics=8, n_train_pairs=512, n_heldout_pairs=128, n_test_prompts=64,
                         hidden_size=64, layers=2, heads=4, pretrain_conversations=6000, pretrain_steps=600,
                         pretrain_batch_size=32, pretrain_lr=6e-3, sft_epochs=2, sft_lr=2e-3, max_length=96,
                         max_prompt_length=32),
-    # `alignlab run`: the build takes about 2¼ minutes on 2 CPU cores (pre-training ~120 s, SFT ~13 s).
+    # `alignlab run`: pre-training takes about 5 minutes on 2 CPU cores, SFT about 30 s; seed 0's base ships.
     "default": WorldConfig(),
     # A GPU: more topics, data and a bigger model.
     "large": WorldConfig(n_topics=64, facts_per_topic=4, n_train_pairs=20000, n_heldout_pairs=1000,
