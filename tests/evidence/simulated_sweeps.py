@@ -22,7 +22,7 @@ def noise_floor(n_prompts: int) -> float:
 
 
 def simulate_sweep(rng, grid: dict[str, int], seeds: int = 3, n_prompts: int = 200,
-                   shift: dict[str, float] | None = None):
+                   shift: dict[str, float] | None = None, seed_sd: float = SEED_SD, sample_sd: float = SAMPLE_SD):
     """(runs, sft): `grid` maps a method to its number of configurations; `shift` adds to a method's
     every gold score (its true advantage)."""
     ids = [f"p{i}" for i in range(n_prompts)]
@@ -30,11 +30,11 @@ def simulate_sweep(rng, grid: dict[str, int], seeds: int = 3, n_prompts: int = 2
     prompt_length = rng.normal(30, 5, n_prompts)
 
     def model(gold_shift: float, seed_effect: bool = True) -> dict:
-        seed_gold = rng.normal(0, SEED_SD) if seed_effect else 0.0
+        seed_gold = rng.normal(0, seed_sd) if seed_effect else 0.0
         seed_length = rng.normal(0, 1) if seed_effect else 0.0
         length = np.maximum(1.0, prompt_length + seed_length + rng.normal(0, 4, n_prompts))
         return {"prompt_id": np.array(ids),
-                "gold_score": prompt_gold + gold_shift + seed_gold + rng.normal(0, SAMPLE_SD, n_prompts),
+                "gold_score": prompt_gold + gold_shift + seed_gold + rng.normal(0, sample_sd, n_prompts),
                 "length": length, "ln_kl": np.abs(rng.normal(0.2, 0.05, n_prompts))}
 
     def record(name, method, params, samples):

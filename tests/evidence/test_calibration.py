@@ -23,11 +23,11 @@ def report_claims(runs, sft, seed: int) -> list[dict]:
     return decide(hitchhiker_claims(ev) + (var_gain_claims(ev, families()) if ev.by_method.get("var") else []))
 
 
-def false_verdict_rate(grid: dict, sweeps: int, seed: int) -> tuple[float, dict]:
+def false_verdict_rate(grid: dict, sweeps: int, seed: int, **noise) -> tuple[float, dict]:
     rng = np.random.default_rng(seed)
     with_false, per_claim = 0, {}
     for i in range(sweeps):
-        claims = report_claims(*simulate_sweep(rng, grid), seed=i)
+        claims = report_claims(*simulate_sweep(rng, grid, **noise), seed=i)
         wrong = [c["claim"] for c in claims if c["verdict"] in ("confirmed", "reversed")]
         with_false += bool(wrong)
         for claim in wrong:
@@ -47,6 +47,16 @@ def test_false_verdict_rate_with_unequal_grids_is_at_most_5_percent():
     # on the reporting half, the luck of the prompts is gone (the seeds' luck stays, and the seed-level
     # error counts it).
     rate, per_claim = false_verdict_rate({"dpo": 3, "ln-dpo": 6, "simpo": 9}, sweeps=1000, seed=1)
+    assert rate <= 0.05, (rate, per_claim)
+
+
+@pytest.mark.slow
+def test_false_verdict_rate_when_training_noise_dominates_is_at_most_5_percent():
+    # Seed sd 0.4 on the gold score (the default run's LN-DPO has a noise floor of 0.42) and noisier
+    # responses: three seeds leave the seed level few degrees of freedom, where a normal or
+    # percentile interval would be far too narrow.
+    rate, per_claim = false_verdict_rate({"dpo": 2, "ln-dpo": 2, "simpo": 2, "var": 2}, sweeps=1000, seed=3,
+                                         seed_sd=0.4, sample_sd=0.8)
     assert rate <= 0.05, (rate, per_claim)
 
 
