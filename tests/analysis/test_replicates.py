@@ -203,3 +203,35 @@ def test_a_sweep_without_per_sample_results_has_nothing_to_split_and_tests_nothi
     assert ev.unusable == ["dpo-c0-s0", "ln-dpo-c0-s0"]
     claims = decide(hitchhiker_claims(ev))
     assert claims and all(c["verdict"] == "not tested" and c["value"] is None for c in claims)
+
+
+# ------------------------------------------------------------------ in distribution vs OOD
+
+def test_in_distribution_gap_by_hand_with_seeds_drawn_alike_on_both_prompt_sets():
+    # Seed offsets −0.5, 0, +0.5 shift a model on every prompt of both sets: the gap (2 − 1 = 1 on
+    # every prompt) does not depend on them, so drawing the seeds alike leaves no spread at all.
+    indist_ids = [f"q{i}" for i in range(8)]
+    runs = []
+    for seed, offset in enumerate((-0.5, 0.0, 0.5)):
+        r = replicate("dpo", 0, seed, IDS, np.full(6, 1.0 + offset))
+        r.indist = {"prompt_id": np.array(indist_ids), "gold_score": np.full(8, 2.0 + offset)}
+        runs.append(r)
+    sft = run("sft", method="sft", prompt_id=IDS, gold_score=np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0]))
+    sft.indist = {"prompt_id": np.array(indist_ids), "gold_score": np.arange(8, dtype=np.float64)}
+    ev = SweepEvidence(runs, sft, n_resamples=400)
+    (config,) = ev.by_method["dpo"]
+    gap = ev.in_distribution_gap(config)
+    assert gap.value == pytest.approx(1.0)
+    assert np.allclose(gap.full, 1.0) and gap.n_prompts == 3 + 8
+    # The baseline: in-distribution mean 3.5, reporting-half mean (p1, p4, p5) = (1 + 4 + 5)/3.
+    baseline = ev.in_distribution_gap(None)
+    assert baseline.value == pytest.approx(3.5 - 10 / 3)
+    # Both prompt sets vary: the spread is that of two independent means.
+    expected_variance = np.var(np.arange(8), ddof=0) / 8 + np.var([1.0, 4.0, 5.0], ddof=0) / 3
+    assert np.var(baseline.full) == pytest.approx(expected_variance, rel=0.2)
+
+
+def test_no_in_distribution_evaluation_gives_no_gap():
+    runs = [replicate("dpo", 0, s, IDS, np.ones(6)) for s in range(2)]
+    ev = SweepEvidence(runs, None, n_resamples=50)
+    assert ev.in_distribution_gap(ev.by_method["dpo"][0]) is None

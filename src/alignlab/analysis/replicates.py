@@ -74,6 +74,11 @@ def _by_prompt(run: RunRecord, column: str, prompts) -> np.ndarray:
     return _column(run, column)[[position[p] for p in prompts]]
 
 
+def _in_distribution(run: RunRecord) -> RunRecord:
+    """The run's in-distribution evaluation in the place of its test one."""
+    return RunRecord(run.name, run.method, run.params, {}, run.indist)
+
+
 def _has_samples(run: RunRecord) -> bool:
     return run.samples.get("prompt_id") is not None and run.samples.get("gold_score") is not None
 
@@ -112,6 +117,7 @@ class SweepEvidence:
         self.split, self.resampler = None, None
         self.n_resamples, self.seed = n_resamples, seed
         self._reported: dict = {}
+        self._indist_resampler: Resampler | None = None
         if len(prompts) < 2:  # nothing to split: every claim is untested, every section says why
             return
         self.split = split_prompts(prompts)
@@ -148,6 +154,24 @@ class SweepEvidence:
 
     def reported_value_of_baseline(self, column: str = "gold_score") -> float:
         return float(self.sft_matrix(column).mean())
+
+    def in_distribution_gap(self, config: Configuration | None) -> Resampled | None:
+        """In-distribution minus reported (OOD) mean gold of a configuration (None: the SFT baseline),
+        or None without an in-distribution evaluation. The in-distribution prompts are resampled on
+        their own draw; a configuration's seeds are drawn alike in both (same key, same seed), since a
+        lucky seed is lucky on both prompt sets."""
+        runs = [self.sft] if config is None else config.runs
+        if not runs or not all(_has_samples(_in_distribution(r)) for r in runs):
+            return None
+        prompts = list(dict.fromkeys(str(p) for p in runs[0].indist["prompt_id"]))
+        if len(prompts) < 2:
+            return None
+        if self._indist_resampler is None or self._indist_resampler.n_prompts != len(prompts):
+            self._indist_resampler = Resampler(len(prompts), self.n_resamples, self.seed)
+        indist = np.array([_by_prompt(_in_distribution(r), "gold_score", prompts) for r in runs])
+        inside = self._indist_resampler.mean(indist, None if config is None else config.name, column="indist")
+        outside = self.baseline_mean() if config is None else self.mean(config)
+        return self.difference(inside, outside)
 
     def noise_floor(self, method: str) -> float | None:
         variances = [np.var(self.reported(c).mean(axis=1), ddof=1)

@@ -54,7 +54,7 @@ class Resampled:
     full: np.ndarray
     seeds: np.ndarray
     prompts: np.ndarray
-    prompt_mask: np.ndarray  # bool [P]: the reporting prompts the quantity is computed on
+    prompt_masks: dict  # resampler (its id) -> bool [P]: the prompts of each prompt set the quantity uses
     configs: dict = field(default_factory=dict)
     gradient: dict = field(default_factory=dict)     # leaf mean -> ∂ quantity / ∂ leaf mean
     interaction: dict = field(default_factory=dict)  # leaf mean -> its σ²_w/(S·P), counted by both levels
@@ -65,7 +65,7 @@ class Resampled:
 
     @property
     def n_prompts(self) -> int:
-        return int(self.prompt_mask.sum())
+        return int(sum(mask.sum() for mask in self.prompt_masks.values()))
 
     @property
     def seed_df(self) -> int:
@@ -82,11 +82,13 @@ def combine(fn: Callable, *quantities: Resampled) -> Resampled:
         parts = {scheme: np.asarray(fn(*(getattr(q, scheme) for q in quantities)), dtype=np.float64)
                  for scheme in SCHEMES}
         value = float(fn(*(q.value for q in quantities)))
-    configs, interaction, gradient = {}, {}, {}
+    configs, interaction, gradient, masks = {}, {}, {}, {}
     values = [q.value for q in quantities]
     for i, q in enumerate(quantities):
         configs.update(q.configs)
         interaction.update(q.interaction)
+        for prompt_set, mask in q.prompt_masks.items():
+            masks[prompt_set] = mask | masks[prompt_set] if prompt_set in masks else mask
         step = 1e-6 * max(1.0, abs(q.value))
         with np.errstate(divide="ignore", invalid="ignore"):
             moved = float(fn(*(v + step if j == i else v for j, v in enumerate(values))))
@@ -94,7 +96,7 @@ def combine(fn: Callable, *quantities: Resampled) -> Resampled:
         for leaf, inner in q.gradient.items():
             gradient[leaf] = gradient.get(leaf, 0.0) + slope * inner
     return Resampled(value, parts["full"], parts["seeds"], parts["prompts"],
-                     np.logical_or.reduce([q.prompt_mask for q in quantities]), configs, gradient, interaction)
+                     masks, configs, gradient, interaction)
 
 
 def resample_counts(n: int, n_resamples: int, seed) -> np.ndarray:
@@ -152,12 +154,13 @@ class Resampler:
         seed_full = (self.seed_weights(key, n_seeds) if key is not None and n_seeds > 1
                      else np.full((1, n_seeds), 1.0 / n_seeds))
         seed_fixed = np.full((1, n_seeds), 1.0 / n_seeds)
-        leaf = (key, column, mask.tobytes())
+        leaf = (id(self), key, column, mask.tobytes())
         return Resampled(float(x[:, mask].mean()),
                          (per_seed_drawn * seed_full).sum(axis=1),
                          np.broadcast_to((per_seed_fixed * seed_full).sum(axis=1), (self.n_resamples,)),
                          (per_seed_drawn * seed_fixed).sum(axis=1),
-                         mask, {key: n_seeds} if key is not None else {}, {leaf: 1.0}, {leaf: interaction})
+                         {id(self): mask}, {key: n_seeds} if key is not None else {}, {leaf: 1.0},
+                         {leaf: interaction})
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 from alignlab.analysis import best_run, expected_max_curve, wilson_interval
 from alignlab.analysis.claims import correction_text
 from alignlab.analysis.runs import method_label
-from alignlab.evidence import CORRECTION
+from alignlab.evidence import CORRECTION, estimate
 from alignlab.report.blocks import BASELINE, Cell, Plot, Section, Sweep, Table
 from alignlab.report.figures import legend_beside, new_figure, png_bytes
 
@@ -135,14 +135,16 @@ def indist_section(sweep: Sweep) -> tuple[Section, dict]:
         (method_label(m), best_run(configs)) for m, configs in ev.by_method.items()]
     rows, summary = [], {}
     for name, config in models:
-        runs = [ev.sft] if config is None else config.runs
-        if not all(r.indist.get("gold_score") is not None for r in runs):
+        gap = ev.in_distribution_gap(config)
+        if gap is None:
             continue
-        indist = float(np.mean([np.mean(r.indist["gold_score"]) for r in runs]))
+        e = estimate(gap)
         ood = ev.reported_value_of_baseline() if config is None else ev.reported_value(config)
-        summary[name] = {"in_distribution": indist, "ood": ood, "gap": indist - ood,
-                         "prompts": len(runs[0].indist["gold_score"])}
-        rows.append([name, f"{indist:.3f}", f"{ood:.3f}", f"{indist - ood:+.3f}", str(summary[name]["prompts"])])
+        runs = [ev.sft] if config is None else config.runs
+        summary[name] = {"in_distribution": ood + e.value, "ood": ood, "gap": e.value, "gap_ci": list(e.ci),
+                         "gap_p_value": e.p_value, "prompts": len(runs[0].indist["gold_score"])}
+        rows.append([name, f"{ood + e.value:.3f}", f"{ood:.3f}",
+                     Cell(f"{e.value:+.3f}", f"[{e.ci[0]:+.3f}, {e.ci[1]:+.3f}]"), str(summary[name]["prompts"])])
     if not rows:
         section.blocks.append("No in-distribution evaluation in this sweep (real data without held-out "
                               "training-style prompts, or a sweep from an earlier version).")
@@ -150,7 +152,9 @@ def indist_section(sweep: Sweep) -> tuple[Section, dict]:
     section.blocks += [
         ("Training and test prompts differ in style (the study's OOD setting). Each model's mean gold score on "
          "held-out prompts in the training style, next to the test prompts' reporting half, and the gap: "
-         "how much of the gain survives the shift. Means over the configuration's seeds."),
-        Table(["model", "in-distribution mean gold", "OOD mean gold", "gap (in − out)", "in-distribution prompts"],
-              rows)]
+         "how much of the gain survives the shift. Means over the configuration's seeds; the gap's 95% CI "
+         "resamples both prompt sets on their own and the seeds alike in both (descriptive: not a claim, "
+         "so outside the Holm correction)."),
+        Table(["model", "in-distribution mean gold", "OOD mean gold", "gap (in − out) [95% CI]",
+               "in-distribution prompts"], rows)]
     return section, summary
