@@ -153,6 +153,8 @@ def test_report_opens_with_the_claims_and_their_verdicts(report):
         row = table_row(markdown, claim)
         assert (row[2], row[6]) == (value, verdict), claim
     assert len(summary["claims"]) == 11
+    # The noise floor of each compared method stands beside the claim (seed offsets ±0.01: sd 0.01).
+    assert table_row(markdown, "best score: SimPO ≥ LN-DPO")[8] == "LN-DPO 0.01; SimPO 0.01"
     for claim in summary["claims"]:
         assert {"claim", "verdict", "value", "ci", "p_value", "p_adjusted", "seeds", "runs", "prompts"} <= set(claim)
         if claim["verdict"] in ("confirmed", "reversed"):

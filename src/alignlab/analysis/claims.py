@@ -20,7 +20,7 @@ def untested(claim: str, statistic: str, why: str, runs: int = 0) -> dict:
     """A claim the sweep cannot test (no runs of a method, a column absent): verdict "not tested"."""
     return {"claim": claim, "statistic": statistic, "verdict": "not tested", "value": None, "ci": None,
             "p_value": None, "p_adjusted": None, "seeds": None, "runs": runs, "prompts": None, "null": None,
-            "detail": why}
+            "detail": why, "configurations": []}
 
 
 def tested(claim: str, statistic: str, quantity: Resampled, detail: str, runs: int, seeds: list,
@@ -36,7 +36,7 @@ def tested(claim: str, statistic: str, quantity: Resampled, detail: str, runs: i
     return {"claim": claim, "statistic": statistic, "verdict": None if decidable else "inconclusive",
             "value": e.value, "ci": list(e.ci), "p_value": e.p_value, "p_adjusted": None, "seeds": seeds,
             "runs": runs, "prompts": quantity.n_prompts, "null": list(null), "detail": detail,
-            "se": e.se, "df": e.df}
+            "se": e.se, "df": e.df, "configurations": sorted(quantity.configs)}
 
 
 def decide(claims: list[dict]) -> list[dict]:

@@ -34,16 +34,20 @@ def selection_text(sweep: Sweep) -> str:
 
 def claims_section(sweep: Sweep) -> tuple[Section, dict]:
     ev = sweep.evidence
+    floors = {m: ev.noise_floor(m) for m in ev.by_method}
+    method_of = {config.name: m for m, configs in ev.by_method.items() for config in configs}
     rows = []
     for c in sweep.claims:
         seeds = "–" if not c["seeds"] else ",".join(map(str, c["seeds"]))
+        used = {method_of[name] for name in c["configurations"]}
+        compared = [m for m in ev.by_method if m in used]
+        floor_text = "; ".join(f"{method_label(m)} {_number(floors[m], '{:.3g}')}" for m in compared) or "–"
         rows.append([Cell(c["claim"], css="text"), Cell(c["statistic"], css="note"), _number(c["value"]),
                      "–" if c["ci"] is None else f"[{c['ci'][0]:+.4g}, {c['ci'][1]:+.4g}]",
                      _p_text(c["p_value"]), _p_text(c["p_adjusted"]),
                      Cell(c["verdict"], css="verdict " + c["verdict"].replace(" ", "-")),
                      Cell(f"{c['runs']} runs", f"seeds {seeds}; {c['prompts'] or '–'} prompts"),
-                     Cell(c["detail"], css="note")])
-    floors = {m: ev.noise_floor(m) for m in ev.by_method}
+                     Cell(floor_text, css="note"), Cell(c["detail"], css="note")])
     floor_rows = [[method_label(m), str(len(ev.by_method[m])),
                    "/".join(sorted({str(len(c.runs)) for c in ev.by_method[m]})),
                    _number(f, "{:.4f}") if f is not None else "– (one seed)"] for m, f in floors.items()]
@@ -59,7 +63,8 @@ def claims_section(sweep: Sweep) -> tuple[Section, dict]:
         "unmeasured), *not tested* (runs or columns missing).")
     section = Section("claims", "Claims, with the evidence behind them", [
         intro,
-        Table(["claim", "statistic", "value", "95% CI", "p", "p (Holm)", "verdict", "behind it", "detail"], rows),
+        Table(["claim", "statistic", "value", "95% CI", "p", "p (Holm)", "verdict", "behind it",
+               "noise floor (seed sd of mean gold)", "detail"], rows),
         ("The noise floor: how much one model's mean gold score moves between training seeds of the same "
          "configuration (reporting half, pooled over each method's configurations). A difference smaller than "
          "it is not one a single run could show."),
