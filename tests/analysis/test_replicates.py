@@ -235,3 +235,24 @@ def test_no_in_distribution_evaluation_gives_no_gap():
     runs = [replicate("dpo", 0, s, IDS, np.ones(6)) for s in range(2)]
     ev = SweepEvidence(runs, None, n_resamples=50)
     assert ev.in_distribution_gap(ev.by_method["dpo"][0]) is None
+
+
+# ------------------------------------------------------------------ a selection set of the user's
+
+def test_a_separate_selection_set_picks_and_every_test_prompt_reports():
+    # On the selection set c0 is better (1.0 vs 0.0); on the test prompts c1 is (2.0 vs 0.0).
+    own = [f"s{i}" for i in range(4)]
+    runs = []
+    for config, (picked, tested) in enumerate(((1.0, 0.0), (0.0, 2.0))):
+        for seed in range(2):
+            r = replicate("dpo", config, seed, IDS, np.full(6, tested))
+            r.selection = {"prompt_id": np.array(own), "gold_score": np.full(4, picked)}
+            runs.append(r)
+    ev = SweepEvidence(runs, None, n_resamples=50)
+    assert ev.split.selection == tuple(own) and ev.split.reporting == tuple(IDS)
+    assert "separate selection set" in ev.split.describe()["rule"]
+    best = max(ev.by_method["dpo"], key=lambda c: c.score)
+    assert best.name == "dpo-c0" and ev.reported_value(best) == 0.0  # picked on its own prompts, judged on all
+    # One run without the selection evaluation: back to the halves of the test prompts.
+    runs[0].selection = {}
+    assert SweepEvidence(runs, None, n_resamples=50).split.reporting == REPORTING

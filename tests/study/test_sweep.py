@@ -247,3 +247,26 @@ def test_report_of_a_real_sweep_renders_every_figure_in_chromium(tiny_sweep, tmp
     out, _, _ = tiny_sweep
     findings = check_report_in_chromium(out / "report.html", tmp_path)
     assert len(findings["images"]) == len(list((out / "figures").glob("*.png")))
+
+
+@pytest.mark.slow
+def test_a_selection_set_of_the_users_picks_runs_and_every_test_prompt_reports(tiny_sweep, world_cache, tmp_path):
+    reference, _, _ = tiny_sweep
+    config = tmp_path / "select.yaml"
+    # The world's held-out pairs stand in for the user's own selection prompts.
+    config.write_text(f"methods: [dpo]\nseeds: 1\ngrid:\n  dpo: {{beta: [0.1, 0.5]}}\n"
+                      f"selection_data: {reference / 'data' / 'heldout.jsonl'}\n")
+    out = tmp_path / "out"
+    assert main(_sweep_args(config, out, world_cache)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    selection = summary["selection"]
+    assert "separate selection set" in selection["rule"]
+    heldout = (reference / "data" / "heldout.jsonl").read_text().splitlines()
+    test = (out / "data" / "test.jsonl").read_text().splitlines()
+    assert (selection["selection_prompts"], selection["reporting_prompts"]) == (len(heldout), len(test))
+    scores = {}
+    for run_dir in (out / "runs").glob("dpo-*"):
+        picked = pq.read_table(run_dir / "selection" / "samples.parquet").to_pydict()
+        assert len(picked["gold_score"]) == len(heldout)
+        scores[run_dir.name.rsplit("-s", 1)[0]] = np.mean(picked["gold_score"])
+    assert summary["best"]["dpo"]["configuration"] == max(scores, key=scores.get)

@@ -4,7 +4,8 @@ halves, and the resampling every claim of one report shares (`SweepEvidence`).
 Definitions
     configuration    one grid point (method and hyper-parameters): the runs that differ only in
                      their training seed. Its name is the run name without the trailing "-s<seed>".
-    score            a configuration's mean gold reward over its seeds on the SELECTION half: the
+    score            a configuration's mean gold reward over its seeds on the SELECTION half (or on
+                     the user's own selection prompts, when every run was evaluated on them): the
                      score that ranks configurations, so every pick (best, top-25%, top-k%) is made
                      on prompts that never judge it (alignlab.evidence.split).
     reported mean    the same mean on the REPORTING half, with the two-level bootstrap
@@ -25,6 +26,7 @@ import numpy as np
 
 from alignlab.analysis.runs import RunRecord, param_sort_key
 from alignlab.evidence import N_RESAMPLES, Resampled, Resampler, split_prompts
+from alignlab.evidence.split import separate_selection
 from alignlab.evidence.bootstrap import combine
 
 
@@ -74,9 +76,9 @@ def _by_prompt(run: RunRecord, column: str, prompts) -> np.ndarray:
     return _column(run, column)[[position[p] for p in prompts]]
 
 
-def _in_distribution(run: RunRecord) -> RunRecord:
-    """The run's in-distribution evaluation in the place of its test one."""
-    return RunRecord(run.name, run.method, run.params, {}, run.indist)
+def _on(run: RunRecord, evaluation: str) -> RunRecord:
+    """The run with another of its evaluations ("indist", "selection") in the place of its test one."""
+    return RunRecord(run.name, run.method, run.params, {}, getattr(run, evaluation))
 
 
 def _has_samples(run: RunRecord) -> bool:
@@ -120,11 +122,14 @@ class SweepEvidence:
         self._indist_resampler: Resampler | None = None
         if len(prompts) < 2:  # nothing to split: every claim is untested, every section says why
             return
-        self.split = split_prompts(prompts)
+        separate = bool(usable) and all(_has_samples(_on(r, "selection")) for r in usable)
+        self.split = (separate_selection(usable[0].selection["prompt_id"], prompts) if separate
+                      else split_prompts(prompts))
         self.by_method = group_configurations(usable)
         for configs in self.by_method.values():
             for config in configs:
-                config.score = float(config.matrix("gold_score", self.split.selection).mean())
+                ranked_on = [_on(r, "selection") if separate else r for r in config.runs]
+                config.score = float(np.mean([_by_prompt(r, "gold_score", self.split.selection) for r in ranked_on]))
         self.resampler = Resampler(len(self.split.reporting), n_resamples, seed)
 
     def reported(self, config: Configuration, column: str = "gold_score") -> np.ndarray:
@@ -161,14 +166,14 @@ class SweepEvidence:
         their own draw; a configuration's seeds are drawn alike in both (same key, same seed), since a
         lucky seed is lucky on both prompt sets."""
         runs = [self.sft] if config is None else config.runs
-        if not runs or not all(_has_samples(_in_distribution(r)) for r in runs):
+        if not runs or not all(_has_samples(_on(r, "indist")) for r in runs):
             return None
         prompts = list(dict.fromkeys(str(p) for p in runs[0].indist["prompt_id"]))
         if len(prompts) < 2:
             return None
         if self._indist_resampler is None or self._indist_resampler.n_prompts != len(prompts):
             self._indist_resampler = Resampler(len(prompts), self.n_resamples, self.seed)
-        indist = np.array([_by_prompt(_in_distribution(r), "gold_score", prompts) for r in runs])
+        indist = np.array([_by_prompt(_on(r, "indist"), "gold_score", prompts) for r in runs])
         inside = self._indist_resampler.mean(indist, None if config is None else config.name, column="indist")
         outside = self.baseline_mean() if config is None else self.mean(config)
         return self.difference(inside, outside)

@@ -39,6 +39,7 @@ class RunRecord:
     samples: dict = field(default_factory=dict)  # per-sample columns aligned by position, incl. "prompt_id"
     indist: dict = field(default_factory=dict)   # per-sample columns of the in-distribution evaluation, same
                                                  # shape as samples; empty when not evaluated
+    selection: dict = field(default_factory=dict)  # per-sample columns on the user's selection prompts, if any
 
     @property
     def score(self) -> float:

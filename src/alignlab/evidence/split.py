@@ -20,10 +20,24 @@ SPLIT_RULE = ("test prompts ordered by sha256 of their id; the first half (round
 class PromptSplit:
     selection: tuple[str, ...]  # prompt ids (as text) that pick runs, in the order given
     reporting: tuple[str, ...]  # prompt ids (as text) every reported number is computed on
+    rule: str = SPLIT_RULE
 
     def describe(self) -> dict:
-        return {"rule": SPLIT_RULE, "selection_prompts": len(self.selection),
+        return {"rule": self.rule, "selection_prompts": len(self.selection),
                 "reporting_prompts": len(self.reporting)}
+
+
+SEPARATE_RULE = "a separate selection set the user named (data/selection.jsonl) selects runs; every test prompt reports"
+
+
+def separate_selection(selection_ids, test_ids) -> PromptSplit:
+    """The user's own selection prompts pick runs, and every test prompt reports."""
+    selection = tuple(dict.fromkeys(str(p) for p in selection_ids))
+    reporting = tuple(dict.fromkeys(str(p) for p in test_ids))
+    if not selection or len(reporting) < 2:
+        raise ValueError(f"a separate selection set needs a prompt and at least 2 test prompts, got "
+                         f"{len(selection)} and {len(reporting)}")
+    return PromptSplit(selection, reporting, SEPARATE_RULE)
 
 
 def _digest(prompt_id: str) -> str:

@@ -56,6 +56,10 @@ class StudyConfig:
     test_data: str | None = None
     test_format: str = "pairs"
     test_limit: int | None = None  # evaluate on the first N test pairs
+    # Prompts that pick runs (best, top-25%, top-k%): with them every test prompt reports; without
+    # them the test prompts are split in halves (alignlab.evidence.split).
+    selection_data: str | None = None
+    selection_format: str = "pairs"
     gold_rm: str | None = None  # sequence classifier that judges the evaluation
     proxy_rm: str | None = None  # VAR's reward model; default: trained with train-rm on train_data
     cache_dir: str | None = None

@@ -43,6 +43,11 @@ class RunTask:
     proxy_rm: str | None = None  # scores every response a second time: the reward training saw
 
 
+# Evaluations of a run beside the test prompts', each on data/<name>.jsonl into <run>/<name>/ when the
+# sweep has that file: the in-distribution prompts, and the user's selection prompts.
+EXTRA_EVALUATIONS = ("indist", "selection")
+
+
 @functools.lru_cache(maxsize=4)
 def _pairs(path: str):
     from alignlab.data.pairs import load_pairs
@@ -81,10 +86,11 @@ def execute_run(task: RunTask) -> dict:
         # resume=True continues from the checkpoint a killed attempt left in `.NAME.partial`.
         train(TrainConfig(**{**task.train_config, "out": str(run_dir), "resume": True, "overwrite": True}))
     scorer, generation = _scorer(json.dumps(task.scorer, sort_keys=True)), GenerationConfig(**task.generation)
-    indist = sweep_dir / "data" / "indist.jsonl"
-    if indist.exists() and not (run_dir / "indist" / "metrics.json").exists():
-        evaluate_model(str(run_dir / "model"), _pairs(str(indist)), scorer, generation=generation,
-                       out_dir=run_dir / "indist")
+    for extra in EXTRA_EVALUATIONS:  # each before metrics.json: a run with it has them all
+        pairs = sweep_dir / "data" / f"{extra}.jsonl"
+        if pairs.exists() and not (run_dir / extra / "metrics.json").exists():
+            evaluate_model(str(run_dir / "model"), _pairs(str(pairs)), scorer, generation=generation,
+                           out_dir=run_dir / extra)
     if not (run_dir / "metrics.json").exists():
         evaluate_model(str(run_dir / "model"), _pairs(str(sweep_dir / "data" / "test.jsonl")), scorer,
                        sft_model_path=task.sft_model,

@@ -13,12 +13,15 @@ from alignlab.study.store import RunStore
 log = logging.getLogger(__name__)
 
 
-def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics: dict, indist: bool = False):
+def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics: dict, indist: bool = False,
+                    selection: bool = False):
     """A run's evaluation as an analysis.RunRecord: metrics plus per-sample columns from its
     samples.parquet. An AlignlabError names the file when it is missing or unreadable, has no rows,
     lacks a column or holds one of another type. With `indist` (the sweep evaluated in distribution
     too) the columns of indist/samples.parquet go to RunRecord.indist; damage there only loses them,
-    with a warning: the report's main numbers do not depend on them."""
+    with a warning: the report's main numbers do not depend on them. With `selection` (the sweep has
+    the user's selection prompts) the columns of selection/samples.parquet go to RunRecord.selection,
+    and damage there is an AlignlabError: a run that cannot be ranked cannot be picked."""
     from alignlab.analysis import RunRecord
 
     redo = f"delete {run_dir / 'metrics.json'} and rerun the sweep to evaluate the run again"
@@ -29,7 +32,8 @@ def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics
             in_distribution = read_samples(run_dir / "indist" / "samples.parquet", redo)
         except AlignlabError as err:
             log.warning("report: run %s loads without its in-distribution evaluation: %s", name, err)
-    return RunRecord(name, method, params, metrics, samples, in_distribution)
+    picking = read_samples(run_dir / "selection" / "samples.parquet", redo) if selection else {}
+    return RunRecord(name, method, params, metrics, samples, in_distribution, picking)
 
 
 def read_samples(path: Path, redo: str) -> dict:
@@ -123,7 +127,8 @@ def write_sweep_report(out: str | Path) -> dict:
             skipped.append(f"{shown(row.name)}: runs.sqlite {err}")
             continue
         try:
-            run = load_run_record(out / row.run_dir, row.name, row.method, params, metrics, indist)
+            run = load_run_record(out / row.run_dir, row.name, row.method, params, metrics, indist,
+                                  (out / "data" / "selection.jsonl").exists())
         except AlignlabError as err:
             skipped.append(f"{shown(row.name)}: {err}")
             continue

@@ -15,6 +15,8 @@ Directory layout under `out`:
     runs/sft/                    the SFT model's evaluation (samples.parquet, metrics.json, indist/)
     runs/<run name>/             a run: config.yaml, train_summary.json, model/, indist/, samples.parquet,
                                  metrics.json
+    runs/*/selection/            with `selection_data`: each run's evaluation on data/selection.jsonl, the
+                                 prompts that pick runs (no KL, no proxy score)
     runs/*/indist/               the evaluation on indist.jsonl (samples.parquet, metrics.json); only
                                  where the study has held-out training-style pairs (the world)
     summary.json, report.md, report.html, figures/
@@ -111,6 +113,13 @@ def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_trai
         write_pairs_jsonl(indist_pairs, out / "data" / "indist.jsonl")
     if inputs.families:
         atomic.write_json(out / "data" / "test_families.json", inputs.families)
+    if config.selection_data:
+        from alignlab.data.pairs import load_pairs
+
+        selection = load_pairs(config.selection_data, config.selection_format, split="test").pairs
+        if len(selection) < 1:
+            raise AlignlabError(f"{config.selection_data}: no pairs to select runs on")
+        write_pairs_jsonl(selection, out / "data" / "selection.jsonl")
 
     proxy_rm, rm_accuracy = config.proxy_rm, None
     if any(get_method(m).uses_rewards for m in methods) and proxy_rm is None:
@@ -191,7 +200,8 @@ def run_sweep(config: StudyConfig) -> Path:
         TrainConfig(method=spec.method, model=config.model or "the study world's SFT model",
                     data=config.train_data or "the study world's pairs", out=str(out / "runs" / spec.name),
                     params=spec.params, **{**base, **spec.training}).validate()
-    inputs = [config.model, config.train_data, config.test_data, config.gold_rm, config.proxy_rm, config.cache_dir]
+    inputs = [config.model, config.train_data, config.test_data, config.gold_rm, config.proxy_rm, config.cache_dir,
+              config.selection_data]
     with claim_output_dir(out, overwrite=config.overwrite, inputs=inputs, writes=()):
         users_empty_dir = out.is_dir() and not any(out.iterdir())  # on failure, left as it was: there, empty
         resuming = open_sweep_dir(config)
