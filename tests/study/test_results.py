@@ -1,5 +1,5 @@
-"""load_run_record: a run's per-sample columns, its in-distribution ones beside them, and what damage
-to the latter costs (only them)."""
+"""load_run_record: a run's per-sample columns, its in-distribution and selection ones beside them, and
+what damage costs: to the in-distribution evaluation only itself, to the selection one the whole run."""
 
 import logging
 
@@ -49,3 +49,18 @@ def test_a_missing_or_damaged_in_distribution_evaluation_loses_only_itself(tmp_p
     assert run.indist == {} and run.samples["gold_score"].tolist() == [1.0, 2.0]
     assert "dpo-a" in caplog.text and str(tmp_path / "indist" / "samples.parquet") in caplog.text
     assert problem in caplog.text
+
+
+def test_the_selection_columns_are_read_and_their_damage_refuses_the_run(tmp_path):
+    from alignlab.errors import AlignlabError
+
+    directory = run_dir(tmp_path)
+    (directory / "selection").mkdir()
+    (directory / "selection" / "samples.parquet").write_bytes(
+        parquet_bytes({"prompt_id": ["s0", "s1"], "gold_score": [0.5, 1.5], "length": [2, 3]}))
+    run = load_run_record(directory, "dpo-a", "dpo", {}, METRICS, selection=True)
+    assert run.selection["prompt_id"].tolist() == ["s0", "s1"] and run.selection["gold_score"].tolist() == [0.5, 1.5]
+    # A run that cannot be ranked cannot be picked: the report skips it and names it.
+    (directory / "selection" / "samples.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(AlignlabError, match="selection/samples.parquet: cannot be read"):
+        load_run_record(directory, "dpo-a", "dpo", {}, METRICS, selection=True)
