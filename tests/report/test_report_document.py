@@ -301,3 +301,11 @@ def test_report_renders_every_figure_in_chromium(report, tmp_path):
     out, summary = report
     found = check_report_in_chromium(out / "report.html", tmp_path)
     assert len(found["images"]) == len(summary["figures"]) == len(SWEEP_FIGURES)
+
+
+def test_every_verdict_has_its_own_style_in_the_html():
+    from alignlab.evidence import VERDICTS
+    from alignlab.report.render import HTML_STYLE
+
+    for verdict in VERDICTS:
+        assert f"td.{verdict.replace(' ', '-')}{{" in HTML_STYLE, verdict

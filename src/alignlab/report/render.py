@@ -83,7 +83,7 @@ td.note{text-align:left;font-size:.78rem;color:#55606b;min-width:12rem;max-width
 td.name{text-align:left;white-space:nowrap}
 td.verdict{text-align:center;font-weight:600;white-space:nowrap}
 td.confirmed{background:#dcf2e1;color:#19692c}td.reversed{background:#fbe1df;color:#a3241b}
-td.not-confirmed{background:#eceef1;color:#4f5963}td.not-tested{background:#fafbfc;color:#a4acb4;font-weight:400}
+td.inconclusive{background:#eceef1;color:#4f5963}td.not-tested{background:#fafbfc;color:#a4acb4;font-weight:400}
 .ci{font-size:.78rem;color:#6b7580;white-space:nowrap}
 figure{margin:1.2rem 0}figure img{max-width:100%;height:auto}
 figcaption{font-size:.85rem;color:#55606b;max-width:760px}

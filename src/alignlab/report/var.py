@@ -146,7 +146,7 @@ def race_section(race: dict, sft: RunRecord | None) -> tuple[Section, dict]:
         verdict_rows.append([
             f"VAR reaches 90% of GRPO's final {which}-reward gain more than {VAR_PAPER_SPEEDUP:g}× faster",
             f"{result['start_reward']:.3f} → {result['grpo_final']:.3f}",
-            "–" if result["verdict"] == "not testable" else format_or_dash(result["target"], "{:.3f}"),
+            "–" if result["verdict"] == "not tested" else format_or_dash(result["target"], "{:.3f}"),
             Cell(format_or_dash(speedup and speedup["value"], "{:.2f}×"),
                  f"[{speedup['ci_low']:.2f}, {speedup['ci_high']:.2f}]" if speedup else ""),
             Cell(format_or_dash(ratio and ratio["value"], "{:.2f}×"),
@@ -167,8 +167,8 @@ def race_section(race: dict, sft: RunRecord | None) -> tuple[Section, dict]:
         ("The target is the SFT reward plus 90% of GRPO's final gain over it (a fraction of the gain, not of the "
          "reward, since rewards can be negative); a method's time to it is interpolated linearly between "
          "evaluation points. Speedup = GRPO's time to target ÷ VAR's; CIs bootstrap the test prompts (2000 "
-         "resamples). Verdict: confirmed when the CI lies above 5, reversed when below 1, not testable when GRPO "
-         "does not improve on SFT."),
+         "resamples). Verdict: confirmed when the CI lies above 5, reversed when below 1, inconclusive otherwise, "
+         "not tested when GRPO does not improve on SFT."),
         Table(["claim", "SFT → GRPO final", "target", "speedup (wall-clock)", "ratio (responses)", "verdict",
                "why"], verdict_rows)]
     return section, results
@@ -186,7 +186,7 @@ def race_figure(race: dict, sft: RunRecord, results: dict) -> bytes:
                 xs = setup + [p[axis] for p in curve["points"]]
                 ys = [start] * len(setup) + [float(np.mean(p[f"{which}_score"])) for p in curve["points"]]
                 ax.plot(xs, ys, marker="o", ms=3, color=RACE_COLORS.get(method, "#999999"), label=_race_label(method))
-            if results[which]["verdict"] != "not testable":
+            if results[which]["verdict"] != "not tested":
                 ax.axhline(results[which]["target"], color=BASELINE_COLOR, lw=0.8, ls="--")
             ax.set_xlabel("training wall-clock (s)" if axis == "seconds" else "training responses")
             if col == 0:
