@@ -34,9 +34,8 @@ def tested(claim: str, statistic: str, quantity: Resampled, detail: str, runs: i
     if not decidable:
         detail += "; fewer than 2 seeds per configuration: training noise unmeasured, so no verdict"
     return {"claim": claim, "statistic": statistic, "verdict": None if decidable else "inconclusive",
-            "value": e.value, "ci": list(e.ci), "p_value": e.p_value, "p_adjusted": None, "seeds": seeds,
-            "runs": runs, "prompts": quantity.n_prompts, "null": list(null), "detail": detail,
-            "se": e.se, "df": e.df, "configurations": sorted(quantity.configs)}
+            **e.to_dict(), "p_adjusted": None, "seeds": seeds, "runs": runs, "prompts": quantity.n_prompts,
+            "null": list(null), "detail": detail, "configurations": sorted(quantity.configs)}
 
 
 def decide(claims: list[dict]) -> list[dict]:

@@ -82,7 +82,7 @@ class StudyConfig:
         if self.study == "var" and "var" not in (self.methods or ["var"]):
             raise AlignlabError("config: study 'var' compares VAR with DPO; add var to 'methods'")
         check_numbers("config", vars(self), STUDY_RANGES)
-        if isinstance(self.seeds, int) and not isinstance(self.seeds, bool) and self.seeds >= 1:
+        if self.seeds is not None:  # a valid count by now (check_numbers)
             check_number("config", "'seed' + 'seeds' − 1 (the last training seed)", self.seed + self.seeds - 1, SEED)
         if self.executor not in ("local", "ray"):
             raise AlignlabError(unknown_name_message("config: executor", self.executor, ["local", "ray"]))

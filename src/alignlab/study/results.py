@@ -105,7 +105,7 @@ def write_sweep_report(out: str | Path) -> dict:
     sft_dir = out / "runs" / "sft"
     if not sft_dir.is_dir():
         raise AlignlabError(f"{sft_dir}: missing (the SFT model's evaluation); {rerun}")
-    indist = (out / "data" / "indist.jsonl").exists()
+    indist, selection = ((out / "data" / f"{name}.jsonl").exists() for name in ("indist", "selection"))
     sft = load_run_record(sft_dir, "sft", "sft", {}, read_json(sft_dir / "metrics.json", check_metrics), indist)
     sft_prompts = set(sft.samples["prompt_id"].tolist())
 
@@ -127,8 +127,7 @@ def write_sweep_report(out: str | Path) -> dict:
             skipped.append(f"{shown(row.name)}: runs.sqlite {err}")
             continue
         try:
-            run = load_run_record(out / row.run_dir, row.name, row.method, params, metrics, indist,
-                                  (out / "data" / "selection.jsonl").exists())
+            run = load_run_record(out / row.run_dir, row.name, row.method, params, metrics, indist, selection)
         except AlignlabError as err:
             skipped.append(f"{shown(row.name)}: {err}")
             continue
