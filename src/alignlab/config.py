@@ -42,40 +42,84 @@ OPTIM_RANGES = {
     "checkpoint_steps": STEPS_OR_NEVER,
     "max_steps": STEPS_OR_NEVER,
     "snapshot_steps": STEPS_OR_NEVER,
+    "lora_r": COUNT,
+    "lora_alpha": POSITIVE,
+    "lora_dropout": Range(0, 1, exclusive_max=True),
 }
+
+
+def setting(default, help: str):
+    """A config field with its one line of help (`alignlab train --help` lists every field with it)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
+GENERATION_BACKENDS = ("hf", "vllm")
 
 
 @dataclass
 class OptimConfig:
     """What every training loop shares: optimisation, batching, tokenisation, numerics, output."""
 
-    model: str = ""  # initialisation: a local directory or a Hugging Face model name
-    data: str = ""  # preference pairs: a local file or a Hugging Face dataset name
-    out: str = ""  # run directory: config.yaml, metrics.jsonl, train_summary.json, model/
-    data_format: str = "pairs"  # hh-rlhf | pku-saferlhf | pairs
-    data_filter: str | None = None  # pku-saferlhf: double-safe-unsafe
-    data_preference: str = "better"  # pku-saferlhf without a filter: better | safer
-    data_split: str = "train"  # split of a Hugging Face dataset
-    learning_rate: float = 1e-6
-    epochs: int = 1
-    batch_size: int = 8  # pairs per device per micro-batch
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    lr_scheduler: str = "linear"  # any transformers.get_scheduler name
-    max_length: int = 512  # prompt + response tokens
-    max_prompt_length: int = 256  # longer prompts keep their last tokens
-    seed: int = 0
-    logging_steps: int = 1
-    dtype: str = "float32"  # float32 | bfloat16 | float16
-    cache_dir: str | None = None  # reference log-prob / reward cache; default ~/.cache/alignlab
-    trust_remote_code: bool = False  # run code shipped with a hub model only when the user says so
-    overwrite: bool = False  # replace an existing, non-empty run directory
-    checkpoint_steps: int = 0  # save a resumable checkpoint every N optimizer steps (0: never)
-    resume: bool = False  # continue a killed run from its last checkpoint (same configuration)
-    max_steps: int = 0  # stop after N optimizer steps, the schedule sized to them (0: run every epoch)
-    snapshot_steps: int = 0  # save the model every N optimizer steps to snapshots/ (0: never), for learning curves
+    model: str = setting("", "policy initialisation: a local directory, a Hugging Face model name or a .gguf file")
+    revision: str | None = setting(None, "the model's revision on the Hub (branch, tag or commit); part of every cache key")
+    data: str = setting("", "preference pairs: a local file, a dataset directory or a Hugging Face dataset name")
+    out: str = setting("", "run directory: config.yaml, metrics.jsonl, train_summary.json, model/")
+    data_format: str = setting("pairs", "hh-rlhf | pku-saferlhf | pairs (prompt/chosen/rejected, TRL's formats too)")
+    data_filter: str | None = setting(None, "pku-saferlhf: double-safe-unsafe")
+    data_preference: str = setting("better", "pku-saferlhf without a filter: better | safer")
+    data_split: str = setting("train", "split of a Hugging Face dataset")
+    dataset_config: str | None = setting(None, "configuration (subset) of a Hugging Face dataset")
+    data_dir: str | None = setting(None, "folder inside a Hugging Face dataset repository, e.g. harmless-base")
+    data_revision: str | None = setting(None, "the dataset's revision on the Hub (branch, tag or commit)")
+    prompt_column: str | None = setting(None, "column holding the prompt (default: prompt)")
+    chosen_column: str | None = setting(None, "column holding the chosen response (default: chosen)")
+    rejected_column: str | None = setting(None, "column holding the rejected response (default: rejected)")
+    reward_chosen_column: str | None = setting(None, "column read as the chosen response's reward "
+                                                     "(default: reward_chosen, else score_chosen)")
+    reward_rejected_column: str | None = setting(None, "column read as the rejected response's reward "
+                                                       "(default: reward_rejected, else score_rejected)")
+    raw_prompts: bool = setting(False, "use text prompts as they are, without the chat template or plain format")
+    learning_rate: float = setting(1e-6, "peak AdamW learning rate")
+    epochs: int = setting(1, "passes over the data")
+    batch_size: int = setting(8, "pairs per device per micro-batch")
+    gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step")
+    max_grad_norm: float = setting(1.0, "gradient norm clipping")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    warmup_ratio: float = setting(0.1, "fraction of the steps spent warming the learning rate up")
+    lr_scheduler: str = setting("linear", "any transformers.get_scheduler name (linear, cosine, constant, ...)")
+    max_length: int = setting(512, "prompt + response tokens")
+    max_prompt_length: int = setting(256, "longer prompts keep their last tokens")
+    seed: int = setting(0, "seed of the shuffle, initialisation and sampling")
+    logging_steps: int = setting(1, "log every N optimizer steps")
+    dtype: str = setting("float32", "weights' dtype: float32 | bfloat16 | float16 (bfloat16 weights lose small updates: "
+                                    "prefer mixed_precision)")
+    mixed_precision: str = setting("no", "no | bf16 | fp16: autocast with float32 master weights (accelerate)")
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, ~30% "
+                                                  "more compute")
+    disable_dropout: bool = setting(True, "turn the policy's dropout off, so the policy at step 0 equals the "
+                                          "reference (false keeps it)")
+    use_peft: bool = setting(False, "train a LoRA adapter (PEFT) instead of every weight; the reference is the "
+                                    "base model with the adapter off")
+    lora_r: int = setting(16, "LoRA rank")
+    lora_alpha: int = setting(32, "LoRA scaling numerator (scale lora_alpha / lora_r)")
+    lora_dropout: float = setting(0.05, "dropout on the LoRA input")
+    lora_target_modules: list[str] | None = setting(None, "module names LoRA adapts, comma-separated (default: "
+                                                          "every linear layer but the output head)")
+    save_merged: bool = setting(False, "with use_peft: also save the adapter merged into the weights (model-merged/)")
+    report_to: str = setting("none", "experiment tracker: none | tensorboard | wandb | mlflow (logs under out/)")
+    run_name: str | None = setting(None, "the run's name at the tracker (default: the out directory's name)")
+    cache_dir: str | None = setting(None, "reference log-prob / reward cache (default ~/.cache/alignlab)")
+    trust_remote_code: bool = setting(False, "run code shipped with a hub model (only when you trust it)")
+    overwrite: bool = setting(False, "replace an existing run directory that alignlab created")
+    checkpoint_steps: int = setting(0, "save a resumable checkpoint every N optimizer steps (0: never)")
+    resume: bool = setting(False, "continue a killed run from its last checkpoint (same configuration)")
+    max_steps: int = setting(0, "stop after N optimizer steps, the schedule sized to them (0: every epoch)")
+    snapshot_steps: int = setting(0, "save the model every N optimizer steps to snapshots/ (0: never), for "
+                                     "learning curves")
     ranges: typing.ClassVar[dict[str, Range]] = OPTIM_RANGES  # where each numeric field may lie
 
     def validate(self) -> None:
@@ -88,6 +132,9 @@ class OptimConfig:
                                 f"than 'max_length' ({self.max_length}) to leave room for the response")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise AlignlabError(f"config: 'dtype' must be float32, bfloat16 or float16, got {self.dtype!r}")
+        for name, choices in (("mixed_precision", MIXED_PRECISION), ("report_to", TRACKERS)):
+            if getattr(self, name) not in choices:
+                raise AlignlabError(unknown_name_message(f"config: {name}", getattr(self, name), list(choices)))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -97,13 +144,18 @@ class OptimConfig:
 class TrainConfig(OptimConfig):
     """One offline training run (`alignlab train`)."""
 
-    method: str = "dpo"
-    params: dict = field(default_factory=dict)  # the method's hyper-parameters (see objectives.py)
-    reference_model: str | None = None  # frozen reference; defaults to `model` (the SFT model)
-    reward_model: str | None = None  # sequence classifier giving VAR's rewards (else data columns)
+    method: str = setting("dpo", "sft | dpo | ln-dpo | simpo | var | grpo")
+    params: dict = setting({}, "the method's hyper-parameters (also given as --name value; see below)")
+    reference_model: str | None = setting(None, "frozen reference (default: model, the SFT model)")
+    reward_model: str | None = setting(None, "sequence classifier giving VAR's rewards and GRPO's proxy reward "
+                                             "(else the data's reward columns)")
+    generation_backend: str = setting("hf", "hf | vllm: what samples GRPO's and the sampled Z estimator's responses")
 
     def validate(self) -> None:
         super().validate()
+        if self.generation_backend not in GENERATION_BACKENDS:
+            raise AlignlabError(unknown_name_message("config: generation_backend", self.generation_backend,
+                                                     list(GENERATION_BACKENDS)))
         self.params = get_method(self.method).resolve(self.params)
 
 
@@ -111,9 +163,9 @@ class TrainConfig(OptimConfig):
 class RewardModelConfig(OptimConfig):
     """Training a Bradley–Terry reward model (`alignlab train-rm`)."""
 
-    learning_rate: float = 1e-5
-    eval_data: str | None = None  # held-out pairs; default: `eval_fraction` of `data`
-    eval_fraction: float = 0.1
+    learning_rate: float = setting(1e-5, "peak AdamW learning rate")
+    eval_data: str | None = setting(None, "held-out pairs (default: eval_fraction of data)")
+    eval_fraction: float = setting(0.1, "fraction of data held out when eval_data is not given")
     ranges: typing.ClassVar[dict[str, Range]] = {**OPTIM_RANGES, "eval_fraction": FRACTION}
 
 
