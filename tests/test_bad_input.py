@@ -78,7 +78,7 @@ class Inputs:
                 "--max_new_tokens", "4", "--limit", "2", *extra]
 
     def run(self, *extra, out=None) -> list[str]:
-        return ["run", "--preset", "tiny", "--out", str(out or self.out), *extra]
+        return ["run", "--world", "tiny", "--out", str(out or self.out), *extra]
 
     def sweep(self, grid_yaml: str | None, *extra, out=None) -> list[str]:
         config = [str(self.file("sweep.yaml", grid_yaml))] if grid_yaml is not None else []
@@ -400,14 +400,14 @@ def _(t):
 
 # ---------------------------------------------------------------- alignlab sweep
 
-@case("sweep: neither a config file nor a preset")
+@case("sweep: neither a config file nor a grid")
 def _(t):
-    return t.sweep(None), ["needs a CONFIG.yaml with a grid or --preset"]
+    return t.sweep(None), ["needs a CONFIG.yaml with a grid or --grid"]
 
 
 @case("sweep: unknown grid preset")
 def _(t):
-    return t.sweep(None, "--preset", "hitchiker"), ["grid_preset 'hitchiker'", "did you mean 'hitchhiker'"]
+    return t.sweep(None, "--grid", "hitchiker"), ["grid_preset 'hitchiker'", "did you mean 'hitchhiker'"]
 
 
 @case("sweep: mistyped hyper-parameter in the grid")
@@ -438,7 +438,7 @@ def _(t):
 
 @case("sweep: unknown executor")
 def _(t):
-    return t.sweep(None, "--preset", "small", "--executor", "dask"), ["executor 'dask'", "local, ray"]
+    return t.sweep(None, "--grid", "small", "--executor", "dask"), ["executor 'dask'", "local, ray"]
 
 
 @case("sweep: training value of the wrong type")
@@ -449,7 +449,7 @@ def _(t):
 @case("sweep: output under a regular file")
 def _(t):
     out = t.under_a_file()
-    return t.sweep(None, "--preset", "small", out=out), [str(out), "is a file, not a directory"]
+    return t.sweep(None, "--grid", "small", out=out), [str(out), "is a file, not a directory"]
 
 
 # ---------------------------------------------------------------- the matrix

@@ -108,7 +108,7 @@ def test_every_flag_is_spelled_with_underscores_and_the_dashed_spelling_is_accep
         assert all("-" not in flag[2:] for flag in flags), (command, flags)
 
 
-@pytest.mark.parametrize("argv", [["run", "--seeds", "2"], ["sweep", "--preset", "small", "--seeds", "2"]])
+@pytest.mark.parametrize("argv", [["run", "--seeds", "2"], ["sweep", "--grid", "small", "--seeds", "2"]])
 def test_seeds_flag_reaches_the_study_config(argv, tmp_path, monkeypatch):
     import alignlab.study.sweep as sweep
 
@@ -116,3 +116,66 @@ def test_seeds_flag_reaches_the_study_config(argv, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "run_sweep", lambda config: seen.append(config) or config.out)
     assert main([*argv, "--out", str(tmp_path / "out")]) == 0
     assert seen[0].seeds == 2
+
+
+def test_train_help_lists_every_setting_with_its_type_default_and_trl_name(capsys):
+    """A TRL user finds every field in `alignlab train --help` (and `train-rm --help`), the name they know beside ours."""
+    import dataclasses
+
+    from alignlab.config import RewardModelConfig, TrainConfig
+
+    for command, cls in (("train", TrainConfig), ("train-rm", RewardModelConfig)):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        listing = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        for spec in dataclasses.fields(cls):
+            if spec.name == "params":
+                assert "--beta" in listing or command == "train-rm"  # hyper-parameters: in the epilog
+                continue
+            assert f"--{spec.name} " in listing, (command, spec.name)
+            assert " ".join(spec.metadata["help"].split()) in listing, (command, spec.name)
+        assert "(default: 1e-0" in listing and "TRL: per_device_train_batch_size" in listing
+        assert "--use_peft [true|false]" in listing and "--lora_r INT" in listing
+
+
+def test_bare_on_off_flags_and_trl_flags_on_the_train_command(tmp_path, monkeypatch):
+    import alignlab.training as training
+
+    seen = []
+    monkeypatch.setattr(training, "train", lambda config: seen.append(config) or (_ for _ in ()).throw(SystemExit(0)))
+    with pytest.raises(SystemExit):
+        main(["train", "--model_name_or_path", "m", "--dataset_name", "d", "--output_dir", str(tmp_path / "o"),
+              "--use_peft", "--gradient_checkpointing", "--bf16", "--disable_dropout", "false", "--beta", "0.2"])
+    config = seen[0]
+    config.validate()  # the trainer's first step: types the method's hyper-parameters
+    assert (config.model, config.data, config.use_peft, config.gradient_checkpointing) == ("m", "d", True, True)
+    assert config.mixed_precision == "bf16" and config.disable_dropout is False and config.params == {"beta": 0.2}
+
+
+@pytest.mark.parametrize("argv, field, value", [
+    (["run", "--world", "tiny", "--grid", "hitchhiker"], "preset", "tiny"),
+    (["run", "--grid", "hitchhiker"], "grid_preset", "hitchhiker"),
+    (["sweep", "--grid", "var", "--world", "tiny"], "grid_preset", "var"),
+])
+def test_world_and_grid_name_what_they_pick(argv, field, value, tmp_path, monkeypatch):
+    import alignlab.study.sweep as sweep
+
+    seen = []
+    monkeypatch.setattr(sweep, "run_sweep", lambda config: seen.append(config) or config.out)
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert getattr(seen[0], field) == value
+
+
+@pytest.mark.parametrize("argv, field, value, replacement", [
+    (["run", "--preset", "tiny"], "preset", "tiny", "--world"),
+    (["sweep", "--preset", "var"], "grid_preset", "var", "--grid"),
+])
+def test_preset_still_works_with_a_deprecation_message(argv, field, value, replacement, tmp_path, monkeypatch, capsys):
+    import alignlab.study.sweep as sweep
+
+    seen = []
+    monkeypatch.setattr(sweep, "run_sweep", lambda config: seen.append(config) or config.out)
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert getattr(seen[0], field) == value
+    assert f"--preset is deprecated in `alignlab {argv[0]}`: use {replacement}" in capsys.readouterr().err
+    assert main([*argv, replacement, value, "--out", str(tmp_path / "out2")]) == 2

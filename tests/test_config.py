@@ -65,3 +65,51 @@ def test_a_bare_flag_turns_an_on_off_setting_on_and_any_other_setting_needs_a_va
         build_config(TrainConfig, None, parse_overrides(["--frobnicate"]))
     with pytest.raises(AlignlabError, match="unexpected argument"):
         parse_overrides(["beta", "1"])
+
+
+def test_trl_names_set_our_fields_and_config_yaml_writes_ours(tmp_path):
+    """A TRL user's YAML and flags work unchanged; the resolved config speaks our names only."""
+    from alignlab.config import dump_yaml
+
+    trl_yaml = tmp_path / "trl.yaml"
+    trl_yaml.write_text("model_name_or_path: m\ndataset_name: d\noutput_dir: o\nper_device_train_batch_size: 4\n"
+                        "num_train_epochs: 3\nlr_scheduler_type: cosine\nbf16: true\nsave_steps: 50\n"
+                        "model_revision: v1\ndataset_train_split: train_prefs\ngradient_checkpointing: true\n"
+                        "use_peft: true\nlora_r: 8\nreport_to: tensorboard\nbeta: 0.3\n")
+    config = build_config(TrainConfig, str(trl_yaml), parse_overrides(["--fp16", "false", "--dataset_dir", "harmless-base"]))
+    expected = {"model": "m", "data": "d", "out": "o", "batch_size": 4, "epochs": 3, "lr_scheduler": "cosine",
+                "checkpoint_steps": 50, "revision": "v1", "data_split": "train_prefs", "gradient_checkpointing": True,
+                "use_peft": True, "lora_r": 8, "report_to": "tensorboard", "data_dir": "harmless-base"}
+    assert {name: getattr(config, name) for name in expected} == expected
+    assert config.mixed_precision == "no"  # the command line's --fp16 false overrides the file's bf16: true
+    assert config.params == {"beta": 0.3}
+    written = dump_yaml(config)
+    assert "output_dir" not in written and "per_device_train_batch_size" not in written and "out: o" in written
+    assert build_config(TrainConfig, None, parse_overrides(["--bf16"])).mixed_precision == "bf16"
+    assert build_config(TrainConfig, None, {"fp16": "true"}).mixed_precision == "fp16"
+
+
+def test_a_setting_given_under_both_names_is_refused(tmp_path):
+    with pytest.raises(AlignlabError, match="'out' and 'output_dir' both set 'out'"):
+        build_config(TrainConfig, None, parse_overrides(["--out", "a", "--output_dir", "b"]))
+    both = tmp_path / "both.yaml"
+    both.write_text("bf16: true\nmixed_precision: fp16\n")
+    with pytest.raises(AlignlabError, match=r"both.yaml: key 'mixed_precision': 'bf16' and 'mixed_precision' both set 'mixed_precision'"):
+        build_config(TrainConfig, str(both), {})
+    with pytest.raises(AlignlabError, match="'bf16' must be true or false"):
+        build_config(TrainConfig, None, {"bf16": "yes please"})
+
+
+def test_new_choices_are_checked():
+    for field, value in (("mixed_precision", "fp8"), ("report_to", "tensorbaord"), ("generation_backend", "vvlm")):
+        config = build_config(TrainConfig, None, {"model": "m", "data": "d", "out": "o", field: value})
+        with pytest.raises(AlignlabError, match=field):
+            config.validate()
+
+
+def test_a_study_takes_trl_names_in_its_training_section():
+    from alignlab.study.config import StudyConfig
+
+    config = StudyConfig(out="o", training={"per_device_train_batch_size": 4, "bf16": True, "num_train_epochs": "2"})
+    config.validate()
+    assert config.training == {"batch_size": 4, "mixed_precision": "bf16", "epochs": 2}

@@ -78,7 +78,7 @@ def eval_args(t):
 
 
 def run_args(t):
-    return ["run", "--preset", "tiny", "--out", t["out"]]
+    return ["run", "--world", "tiny", "--out", t["out"]]
 
 
 def sweep_args(yaml_text: str):

@@ -215,8 +215,8 @@ def commands(data: Path, model: Path, gold: Path, out: str) -> dict[str, list[st
         "train-rm": ["train-rm", "--model", str(model), "--data", str(data), "--out", out, *lengths],
         "eval": ["eval", "--model", str(model), "--data", str(data), "--gold_rm", str(gold), "--out", out,
                  "--max_new_tokens", "2", "--limit", "2"],
-        "run": ["run", "--preset", "tiny", "--out", out],
-        "sweep": ["sweep", "--preset", "small", "--world", "tiny", "--out", out],
+        "run": ["run", "--world", "tiny", "--out", out],
+        "sweep": ["sweep", "--grid", "small", "--world", "tiny", "--out", out],
         "bench": ["bench", "--quick", "--out", out],
     }
 

@@ -13,8 +13,11 @@ import sys
 from alignlab.errors import AlignlabError
 
 TRAIN_EPILOG = """\
-Any TrainConfig field or method hyper-parameter can be overridden as --key value, e.g.
-  --beta 0.2 --learning_rate 5e-6 --epochs 2 --batch_size 16 --max_length 1024
+Every setting above is also a key of a --config YAML file; TRL's names (model_name_or_path,
+dataset_name, output_dir, per_device_train_batch_size, num_train_epochs, lr_scheduler_type, bf16,
+fp16, save_steps, ...) are accepted for ours and written to config.yaml under our name. A method's
+hyper-parameters are --name value too, e.g.
+  --method dpo --beta 0.2 --learning_rate 5e-6 --epochs 2 --batch_size 16 --max_length 1024
 grpo samples its own responses (the data gives prompts; batch_size counts prompts) and needs
 --reward_model; var --z_estimator sampled needs it too.
 Methods and their hyper-parameters (defaults):
@@ -32,15 +35,47 @@ def _methods_help() -> str:
     return "\n".join(lines)
 
 
-def _add_run_arguments(parser, config_name: str, model_help: str) -> None:
-    """The arguments every training command shares; any other config field is --key value."""
-    parser.add_argument("--model", help=model_help)
-    parser.add_argument("--data", help="preference pairs: file or HF dataset name")
-    parser.add_argument("--out", help="run directory to create")
-    parser.add_argument("--config", help=f"YAML file of {config_name} fields (see README)")
-    parser.add_argument("--data_format", help="hh-rlhf | pku-saferlhf | pairs")
-    parser.add_argument("--resume", action="store_true", default=None,
-                        help="continue a killed run (same --out and configuration) from its last checkpoint")
+def _metavar(annotation) -> str:
+    """How a field's value is written on the command line."""
+    import types
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = args[0]
+    if typing.get_origin(annotation) is list:
+        return "NAME,NAME"
+    return {int: "INT", float: "NUMBER", bool: "true|false", str: "TEXT"}.get(annotation, "VALUE")
+
+
+def _add_config_arguments(parser, config_cls) -> None:
+    """`--config` and one flag per field of `config_cls` (a dataclass whose fields carry help, see
+    alignlab.config.setting), listed with its type, default and TRL's name for it. Every default is
+    None so that a --config file's value stands unless the command line gives one. On/off fields
+    are also bare flags (`--use_peft`)."""
+    import dataclasses
+
+    from alignlab.config import PRECISION_FLAGS, TRL_ALIASES, field_types
+
+    parser.add_argument("--config", help=f"YAML file of {config_cls.__name__} fields (config.yaml of a run repeats it)")
+    group = parser.add_argument_group(f"settings ({config_cls.__name__} fields; also YAML keys of --config)")
+    trl_names = {ours: theirs for theirs, ours in TRL_ALIASES.items()}
+    annotations = field_types(config_cls)
+    for spec in sorted(dataclasses.fields(config_cls), key=lambda spec: spec.name != "method"):  # method first
+        if annotations[spec.name] is dict:  # params: the method's hyper-parameters, listed in the epilog
+            continue
+        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        notes = [f"default: {default if default not in ('', None) else 'none'}"]
+        if spec.name in trl_names:
+            notes.append(f"TRL: {trl_names[spec.name]}")
+        if spec.name == "mixed_precision":
+            notes.append("TRL: " + " / ".join(f"--{flag}" for flag in PRECISION_FLAGS))
+        help_text = f"{spec.metadata.get('help', '')} ({'; '.join(notes)})".replace("%", "%%")
+        metavar = _metavar(annotations[spec.name])
+        if annotations[spec.name] is bool:
+            group.add_argument(f"--{spec.name}", nargs="?", const=True, default=None, metavar=metavar, help=help_text)
+        else:
+            group.add_argument(f"--{spec.name}", default=None, metavar=metavar, help=help_text)
 
 
 def _add_eval_arguments(parser) -> None:
@@ -101,20 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a model with one objective (offline, or online: grpo)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=TRAIN_EPILOG.format(methods=_methods_help()))
-    train.add_argument("--method", help="sft | dpo | ln-dpo | simpo | var | grpo")
-    _add_run_arguments(train, "TrainConfig", "policy initialisation (and default reference): directory or HF name")
-    train.add_argument("--reward_model",
-                       help="sequence classifier giving VAR's rewards and GRPO's proxy reward")
+        epilog=TRAIN_EPILOG.format(methods=_methods_help()), allow_abbrev=False,
+        usage="alignlab train --method METHOD --model PATH --data PATH --out DIR [--config FILE] [--SETTING VALUE ...]")
+    from alignlab.config import RewardModelConfig, TrainConfig
+
+    _add_config_arguments(train, TrainConfig)
     train_rm = commands.add_parser(
         "train-rm", help="train a Bradley-Terry reward model (sequence classifier) on preference pairs",
-        epilog="Any RewardModelConfig field can be overridden as --key value (see README).")
-    _add_run_arguments(train_rm, "RewardModelConfig", "base checkpoint (causal LM or sequence classifier)")
-    train_rm.add_argument("--eval_data", help="held-out pairs (default: eval_fraction of --data)")
+        epilog="TRL's names for settings (output_dir, per_device_train_batch_size, ...) are accepted too.",
+        allow_abbrev=False, usage="alignlab train-rm --model PATH --data PATH --out DIR [--config FILE] [--SETTING VALUE ...]")
+    _add_config_arguments(train_rm, RewardModelConfig)
     run = commands.add_parser(
         "run", help="a whole study: world (or your models and data), SFT, proxy RM, methods, evaluation, report",
         epilog="Any StudyConfig field can be overridden as --key value (see README).")
-    run.add_argument("--preset", help="study-world preset: tiny | default | large (default: default)")
+    run.add_argument("--world", dest="preset", help="study-world size: tiny | default | large (default: default)")
+    run.add_argument("--grid", dest="grid_preset", help="named grid: small (default) | hitchhiker | var | var-small")
+    run.add_argument("--preset", dest="deprecated_preset", help=argparse.SUPPRESS)
     run.add_argument("--seed", help="seed of the world, training and generation")
     run.add_argument("--methods", help="comma-separated methods (default: dpo,ln-dpo,simpo,var)")
     run.add_argument("--config", help="YAML file of StudyConfig fields (real models and data go here)")
@@ -126,9 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser(
         "sweep", help="every method over its hyper-parameter grid, evaluated, with the robustness report; resumable",
         epilog="Any StudyConfig field can be overridden as --key value (see README).")
-    sweep.add_argument("config", nargs="?", help="YAML file of StudyConfig fields with a `grid` (or use --preset)")
+    sweep.add_argument("config", nargs="?", help="YAML file of StudyConfig fields with a `grid` (or use --grid)")
     sweep.add_argument("--out", required=True, help="sweep directory; run the same command again to resume")
-    sweep.add_argument("--preset", dest="grid_preset", help="named grid: hitchhiker | var | var-small | small")
+    sweep.add_argument("--grid", dest="grid_preset", help="named grid: hitchhiker | var | var-small | small")
+    sweep.add_argument("--preset", dest="deprecated_preset", help=argparse.SUPPRESS)
     sweep.add_argument("--world", dest="preset", help="study-world size: tiny | default | large (default: default)")
     sweep.add_argument("--workers", help="runs in parallel (default 1)")
     sweep.add_argument("--executor", help="local (processes, default) | ray")
@@ -181,19 +219,24 @@ def _config_from_args(cls, args, names: tuple[str, ...], overrides: list[str]):
     from alignlab.config import build_config, parse_overrides
     from alignlab.output_dirs import refuse_unsafe_output
 
-    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     config = build_config(cls, args.config, {**given, **parse_overrides(overrides)})
     if config.out:  # the commands check their other inputs; the config file only the CLI knows
         refuse_unsafe_output(config.out, [args.config])
     return config
 
 
+def _field_names(cls) -> tuple[str, ...]:
+    import dataclasses
+
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def run_train(args, overrides: list[str]) -> int:
     from alignlab.config import TrainConfig
     from alignlab.training import train
 
-    config = _config_from_args(TrainConfig, args, ("method", "model", "data", "out", "reward_model",
-                                                   "data_format", "resume"), overrides)
+    config = _config_from_args(TrainConfig, args, _field_names(TrainConfig), overrides)
     result = train(config)
     if config.method == "grpo":  # online: what it trained on are prompts, and its margin is the reward
         print(f"{result.out}: {result.optimizer_steps} steps, {result.pairs_trained} prompts × "
@@ -210,8 +253,7 @@ def run_train_rm(args, overrides: list[str]) -> int:
     from alignlab.config import RewardModelConfig
     from alignlab.training.reward_model import train_reward_model
 
-    config = _config_from_args(RewardModelConfig, args, ("model", "data", "out", "eval_data", "data_format", "resume"),
-                               overrides)
+    config = _config_from_args(RewardModelConfig, args, _field_names(RewardModelConfig), overrides)
     result = train_reward_model(config)
     print(f"{result.out}: {result.optimizer_steps} steps in {result.seconds:.1f}s, final loss "
           f"{result.final_loss:.4f}; held-out pairwise accuracy {result.heldout_accuracy:.3f} "
@@ -220,13 +262,10 @@ def run_train_rm(args, overrides: list[str]) -> int:
 
 
 def run_eval_command(args, overrides: list[str]) -> int:
-    import dataclasses
-
     from alignlab.evaluation.config import EvalConfig
     from alignlab.evaluation.evaluate import run_eval
 
-    names = tuple(f.name for f in dataclasses.fields(EvalConfig))
-    return run_eval(_config_from_args(EvalConfig, args, names, overrides))
+    return run_eval(_config_from_args(EvalConfig, args, _field_names(EvalConfig), overrides))
 
 
 def run_study_command(args, overrides: list[str]) -> int:
@@ -235,8 +274,9 @@ def run_study_command(args, overrides: list[str]) -> int:
     from alignlab.study.config import StudyConfig
     from alignlab.study.sweep import run_sweep
 
-    config = _config_from_args(StudyConfig, args, ("preset", "seed", "seeds", "methods", "out", "workers", "study"),
-                               overrides)
+    _deprecated_preset(args, "preset", "--world tiny|default|large")
+    config = _config_from_args(StudyConfig, args, ("preset", "grid_preset", "seed", "seeds", "methods", "out", "workers",
+                                                   "study"), overrides)
     if config.study == "var" and config.grid_preset == "small":
         config.grid_preset = "var-small"
     if not config.out:
@@ -245,13 +285,24 @@ def run_study_command(args, overrides: list[str]) -> int:
     return 0
 
 
+def _deprecated_preset(args, meaning: str, replacement: str) -> None:
+    """`--preset` meant the world in `run` and the grid in `sweep`; it still does, with a warning."""
+    if args.deprecated_preset is None:
+        return
+    if getattr(args, meaning) is not None:
+        raise AlignlabError(f"--preset is the old spelling of {replacement.split()[0]}; give only {replacement.split()[0]}")
+    print(f"alignlab: warning: --preset is deprecated in `alignlab {args.command}`: use {replacement}", file=sys.stderr)
+    setattr(args, meaning, args.deprecated_preset)
+
+
 def run_sweep_command(args, overrides: list[str]) -> int:
-    from alignlab.config import read_yaml
+    from alignlab.yaml_input import read_yaml
     from alignlab.study.config import StudyConfig
     from alignlab.study.sweep import run_sweep
 
+    _deprecated_preset(args, "grid_preset", "--grid hitchhiker|var|var-small|small")
     if args.config is None and args.grid_preset is None:
-        raise AlignlabError("alignlab sweep needs a CONFIG.yaml with a grid or --preset (hitchhiker | var | small)")
+        raise AlignlabError("alignlab sweep needs a CONFIG.yaml with a grid or --grid (hitchhiker | var | var-small | small)")
     names = ("grid_preset", "preset", "seed", "seeds", "out", "workers", "executor", "study")
     config = _config_from_args(StudyConfig, args, names, overrides)
     if args.grid_preset is None and "grid_preset" not in read_yaml(args.config):

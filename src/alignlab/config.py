@@ -1,28 +1,26 @@
 """Typed run configuration: dataclass defaults < YAML file < `--key value` CLI overrides.
 
 Every run writes its resolved configuration as `config.yaml` next to its results, so that the
-file can be passed back with `--config` to repeat the run.
+file can be passed back with `--config` to repeat the run. The YAML file is read by
+`alignlab.yaml_input.read_yaml`; TRL's names for settings are accepted (`resolve_aliases`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
 from alignlab.checks import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, STEPS_OR_NEVER, Range, check_numbers
-from alignlab.errors import AlignlabError, InputError, unknown_name_message
+from alignlab.errors import AlignlabError, unknown_name_message
 from alignlab.objectives.registry import get_method
-from alignlab.untrusted import MAX_DEPTH, MAX_INT_DIGITS, clip, is_unicode, shown
+from alignlab.untrusted import is_unicode, shown
+from alignlab.yaml_input import MAX_NAME_CHARS, is_setting_name, read_yaml
 
-MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; a larger file is no config
 MAX_OVERRIDE_CHARS = 10_000  # one --key value on the command line
-MAX_NAME_CHARS = 100  # a key: the name of a setting, method or hyper-parameter
 
 
 # The numeric fields of every training config, and where they may lie.
@@ -64,7 +62,7 @@ GENERATION_BACKENDS = ("hf", "vllm")
 class OptimConfig:
     """What every training loop shares: optimisation, batching, tokenisation, numerics, output."""
 
-    model: str = setting("", "policy initialisation: a local directory, a Hugging Face model name or a .gguf file")
+    model: str = setting("", "policy initialisation (and default reference): a local directory or a Hugging Face model name")
     revision: str | None = setting(None, "the model's revision on the Hub (branch, tag or commit); part of every cache key")
     data: str = setting("", "preference pairs: a local file, a dataset directory or a Hugging Face dataset name")
     out: str = setting("", "run directory: config.yaml, metrics.jsonl, train_summary.json, model/")
@@ -169,127 +167,6 @@ class RewardModelConfig(OptimConfig):
     ranges: typing.ClassVar[dict[str, Range]] = {**OPTIM_RANGES, "eval_fraction": FRACTION}
 
 
-class _ConfigLoader(yaml.SafeLoader):
-    """SafeLoader less what no config needs and a hostile file could use: anchors and aliases (a few
-    hundred bytes of them expand to gigabytes), repeated keys (one value silently lost), keys that
-    are not names, nesting deeper than MAX_DEPTH, huge or infinite numbers and lone surrogates."""
-
-    def __init__(self, text: str, file: str):
-        super().__init__(text)
-        self.file, self.depth = file, 0
-
-    def refuse(self, problem: str, mark, fix: str) -> InputError:
-        return InputError(problem, file=self.file, line=mark.line + 1, fix=fix)
-
-    def compose_node(self, parent, index):
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise self.refuse("YAML anchors and aliases are not supported", event.start_mark,
-                              fix="Write the value out")
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise self.refuse(f"nested deeper than {MAX_DEPTH} levels", event.start_mark,
-                              fix="A config nests a few levels at most; check the indentation")
-        node = super().compose_node(parent, index)
-        self.depth -= 1
-        return node
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                raise self.refuse("YAML merge keys (<<) are not supported", key_node.start_mark,
-                                  fix="Write the values out")
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise self.refuse("a list or mapping as a key", key_node.start_mark,
-                                  fix="Keys name settings; write the key as text")
-            key = self.construct_object(key_node)
-            if not _is_name(key):
-                raise self.refuse(f"the key {shown(key)} is not a name", key_node.start_mark,
-                                  fix=f"Keys name settings: text of one line, up to {MAX_NAME_CHARS} "
-                                      "characters (quote names YAML would read as numbers or true/false)")
-            if key in seen:
-                raise self.refuse(f"duplicate key {shown(key)}", key_node.start_mark,
-                                  fix="Give each key once: which value should win is not clear")
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-    def construct_bounded_int(self, node):
-        if len(node.value.lstrip("+-")) > MAX_INT_DIGITS:
-            raise self.refuse(f"a number of {len(node.value)} characters", node.start_mark,
-                              fix=f"Integers have at most {MAX_INT_DIGITS} digits")
-        return self.construct_yaml_int(node)
-
-    def construct_finite_float(self, node):
-        value = self.construct_yaml_float(node)
-        if not math.isfinite(value):
-            raise self.refuse(f"{shown(node.value)} is not a finite number", node.start_mark,
-                              fix="Give a finite number")
-        return value
-
-    def construct_unicode_str(self, node):
-        value = self.construct_yaml_str(node)
-        if not is_unicode(value):
-            raise self.refuse("a string holds a lone surrogate (\\ud800-\\udfff), which is no Unicode text",
-                              node.start_mark, fix="Write the character itself")
-        return value
-
-    def construct_object(self, node, deep=False):
-        try:
-            return super().construct_object(node, deep)
-        except (ValueError, OverflowError) as e:  # a scalar its constructor cannot read, e.g. 2024-13-45
-            raise self.refuse(f"cannot read the value {shown(node.value)} ({clip(str(e))})", node.start_mark,
-                              fix="Quote it to give it as text") from None
-
-
-_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_bounded_int)
-_ConfigLoader.add_constructor("tag:yaml.org,2002:float", _ConfigLoader.construct_finite_float)
-_ConfigLoader.add_constructor("tag:yaml.org,2002:str", _ConfigLoader.construct_unicode_str)
-
-
-def _is_name(key) -> bool:
-    """Whether a key can be a setting's name, and so be quoted whole in an error message."""
-    return isinstance(key, str) and 0 < len(key) <= MAX_NAME_CHARS and key.isprintable()
-
-
-def read_yaml(path: str | Path) -> dict:
-    """A YAML mapping, read by `_ConfigLoader`; every problem is an InputError naming the file and line."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise InputError("config file not found", file=str(path), fix="Check the --config path") from None
-    except OSError as e:
-        raise InputError(f"cannot read the config file ({e.strerror or e})", file=str(path)) from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise InputError(f"config file is larger than {MAX_CONFIG_BYTES >> 20} MiB", file=str(path),
-                         fix="Check the --config path: a config is a short YAML file")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError("config file is not UTF-8 text", file=str(path)) from None
-    try:
-        loader = _ConfigLoader(text, str(path))  # reading starts here: unprintable characters are found
-        try:
-            loaded = loader.get_single_data()
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        if isinstance(err, yaml.reader.ReaderError):  # an unprintable character: a position, no mark
-            line = text.count("\n", 0, err.position) + 1
-        problem = getattr(err, "problem", None) or str(err)
-        raise InputError(f"invalid YAML: {clip(problem)}", file=str(path), line=line,
-                         fix="Fix the syntax there (YAML indents with spaces, never tabs)") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise InputError("the config must be a mapping of key: value", file=str(path))
-    return loaded
-
-
 def parse_overrides(tokens: list[str]) -> dict[str, str | bool]:
     """`--key value` / `--key=value` pairs (dashes in keys read as underscores); a bare `--key`
     (last, or followed by another `--key`) is an on/off setting turned on: True. A key given twice,
@@ -302,7 +179,7 @@ def parse_overrides(tokens: list[str]) -> dict[str, str | bool]:
             raise AlignlabError(f"unexpected argument {shown(token)}: overrides are written --key value")
         key, eq, value = token[2:].partition("=")
         name = key.replace("-", "_")
-        if not _is_name(name):
+        if not is_setting_name(name):
             raise AlignlabError(f"override {shown('--' + key)} is not a setting name (one line, up to "
                                 f"{MAX_NAME_CHARS} characters)")
         if not eq:
@@ -393,6 +270,40 @@ def _type_name(annotation) -> str:
     return TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
+# TRL's (and transformers' TrainingArguments') names for our fields: accepted in YAML and on the
+# command line, written to config.yaml under our name.
+TRL_ALIASES = {
+    "model_name_or_path": "model", "model_revision": "revision", "dataset_name": "data",
+    "dataset_train_split": "data_split", "dataset_dir": "data_dir", "output_dir": "out",
+    "per_device_train_batch_size": "batch_size", "num_train_epochs": "epochs",
+    "lr_scheduler_type": "lr_scheduler", "save_steps": "checkpoint_steps", "torch_dtype": "dtype",
+}
+# TRL's on/off precision flags, each standing for one value of `mixed_precision`.
+PRECISION_FLAGS = {"bf16": "bf16", "fp16": "fp16"}
+
+
+def resolve_aliases(values: dict, fields, where: str) -> dict:
+    """`values` with TRL's names turned into ours (see TRL_ALIASES, PRECISION_FLAGS) for the keys
+    that are not fields of the config themselves; a setting given under both names is an error.
+    `where(key)` names the place a key came from."""
+    resolved, given_as = {}, {}
+    for key, value in values.items():
+        if key in fields:
+            name = key
+        elif key in TRL_ALIASES and TRL_ALIASES[key] in fields:
+            name = TRL_ALIASES[key]
+        elif key in PRECISION_FLAGS and "mixed_precision" in fields:
+            name = "mixed_precision"
+            on = coerce_value(key, value, bool, where(key))
+            value = PRECISION_FLAGS[key] if on else "no"
+        else:
+            name = key
+        if name in resolved:
+            raise AlignlabError(f"{where(key)}: '{given_as[name]}' and '{key}' both set '{name}'; give it once")
+        resolved[name], given_as[name] = value, key
+    return resolved
+
+
 def build_config(cls, yaml_path: str | None, overrides: dict):
     """Defaults < YAML < overrides. For configs with a method, keys that are not fields go to
     `params` when the method takes them; anything else is an error suggesting the closest key."""
@@ -400,9 +311,11 @@ def build_config(cls, yaml_path: str | None, overrides: dict):
     merged: dict = {}
     sources: dict[str, str] = {}
     if yaml_path:
-        for key, value in read_yaml(yaml_path).items():
+        from_file = resolve_aliases(read_yaml(yaml_path), types_by_field, lambda key: f"{yaml_path}: key {key!r}")
+        for key, value in from_file.items():
             merged[key] = value
             sources[key] = f"{yaml_path}: key"
+    overrides = resolve_aliases(overrides, types_by_field, lambda key: f"command line: --{key}")
     for key, value in overrides.items():
         merged[key] = value
         sources[key] = "command line: --"

@@ -18,7 +18,7 @@ HH_SAMPLE = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory, world_cache):
     out = tmp_path_factory.mktemp("study") / "study"
-    code = main(["run", "--preset", "tiny", "--seeds", "2", "--out", str(out), "--cache_dir", str(world_cache)])
+    code = main(["run", "--world", "tiny", "--seeds", "2", "--out", str(out), "--cache_dir", str(world_cache)])
     assert code == 0
     return out, world_cache
 
@@ -117,7 +117,7 @@ def test_second_run_reuses_the_cached_world_models(tiny_study, tmp_path, caplog)
     _, cache = tiny_study
     out = tmp_path / "again"
     with caplog.at_level("INFO", logger="alignlab.world.models"):
-        assert main(["run", "--preset", "tiny", "--methods", "simpo", "--seeds", "1", "--out", str(out),
+        assert main(["run", "--world", "tiny", "--methods", "simpo", "--seeds", "1", "--out", str(out),
                      "--cache_dir", str(cache)]) == 0
     assert "built world models" not in caplog.text
     summary = json.loads((out / "summary.json").read_text())
@@ -126,16 +126,16 @@ def test_second_run_reuses_the_cached_world_models(tiny_study, tmp_path, caplog)
 
 def test_run_refuses_bad_settings_before_writing(tmp_path, capsys):
     out = tmp_path / "bad"
-    assert main(["run", "--preset", "tiny", "--methods", "dpo,dop", "--out", str(out)]) == 2
+    assert main(["run", "--world", "tiny", "--methods", "dpo,dop", "--out", str(out)]) == 2
     assert "did you mean 'dpo'" in capsys.readouterr().err
-    assert main(["run", "--preset", "huge", "--out", str(out)]) == 2
+    assert main(["run", "--world", "huge", "--out", str(out)]) == 2
     assert "huge" in capsys.readouterr().err
     config = tmp_path / "half.yaml"
     config.write_text(f"model: {tmp_path}\n")
     assert main(["run", "--config", str(config), "--out", str(out)]) == 2
     assert "missing: train_data, test_data, gold_rm" in capsys.readouterr().err
     config.write_text("generation: {max_tokens: 8}\n")
-    assert main(["run", "--config", str(config), "--preset", "tiny", "--out", str(out)]) == 2
+    assert main(["run", "--config", str(config), "--world", "tiny", "--out", str(out)]) == 2
     assert "did you mean 'max_new_tokens'" in capsys.readouterr().err
     assert not out.exists()
 

@@ -21,7 +21,7 @@ SECTIONS = ["## 7. VAR vs DPO vs SFT", "## 8. Convergence race", "## 9. VAR's no
 @pytest.fixture(scope="module")
 def var_study(tmp_path_factory, world_cache):
     out = tmp_path_factory.mktemp("var-study") / "study"
-    assert main(["run", "--preset", "tiny", "--study", "var", "--seeds", "1", "--out", str(out),
+    assert main(["run", "--world", "tiny", "--study", "var", "--seeds", "1", "--out", str(out),
                  "--cache_dir", str(world_cache)]) == 0
     return out, json.loads((out / "summary.json").read_text())
 
@@ -116,7 +116,7 @@ def test_rerunning_the_var_study_trains_nothing_and_rewrites_the_same_report(var
     out, _ = var_study
     before = {p: p.stat().st_mtime_ns for p in (out / "var").rglob("*.safetensors")}
     report = (out / "report.md").read_bytes()
-    assert main(["run", "--preset", "tiny", "--study", "var", "--seeds", "1", "--out", str(out),
+    assert main(["run", "--world", "tiny", "--study", "var", "--seeds", "1", "--out", str(out),
                  "--cache_dir", str(world_cache)]) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "var").rglob("*.safetensors")} == before
     assert (out / "report.md").read_bytes() == report

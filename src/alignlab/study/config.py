@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignlab.checks import COUNT, SEED, check_number, check_numbers
-from alignlab.config import RewardModelConfig, TrainConfig, coerce_value, field_types
+from alignlab.config import RewardModelConfig, TrainConfig, coerce_value, field_types, resolve_aliases
 from alignlab.errors import AlignlabError, unknown_name_message
 from alignlab.objectives.registry import get_method
 
@@ -99,7 +99,8 @@ class StudyConfig:
                              ("generation", GenerationConfig)):
             types = {k: v for k, v in field_types(cls).items()
                      if k not in ("model", "data", "out", "method", "params", "seed")}
-            values = getattr(self, section)
+            values = resolve_aliases(getattr(self, section), types, lambda key: f"config: {section}: {key!r}")
+            setattr(self, section, values)
             for key in values:
                 if key not in types:
                     raise AlignlabError(unknown_name_message(f"config: {section} has unknown key", key, sorted(types)))

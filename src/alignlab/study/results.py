@@ -72,7 +72,7 @@ def write_sweep_report(out: str | Path) -> dict:
     Damage to what every run shares (runs.sqlite, sweep.yaml, study.json, runs/sft/) is an
     AlignlabError naming the file; a damaged run is skipped and named in the report's "runs" line
     (alignlab.report's docstring says why)."""
-    from alignlab.config import read_yaml
+    from alignlab.yaml_input import read_yaml
     from alignlab.report import check_metrics, check_params, write_report
     from alignlab.study.store import DamagedRow, StoredRun, parse_json
     from alignlab.untrusted import clip, shown
