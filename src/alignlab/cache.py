@@ -40,29 +40,49 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _Fingerprints:
+    """sha256 of files, memoised in `cache_dir/fingerprints.json` by path, size and mtime."""
+
+    def __init__(self, cache_dir: Path):
+        self.path = cache_dir / "fingerprints.json"
+        try:
+            self.memo = json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            self.memo = {}
+        self.changed = False
+
+    def sha256(self, path: Path) -> str:
+        stat = path.stat()
+        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in self.memo:
+            self.memo[key] = sha256_file(path)
+            self.changed = True
+        return self.memo[key]
+
+    def save(self) -> None:
+        if self.changed:
+            write_json(self.path, self.memo)
+
+
+def file_fingerprint(path: Path, cache_dir: Path) -> str:
+    """The sha256 of one file (a GGUF checkpoint: 100 MB to many GB), hashed once per version of it."""
+    fingerprints = _Fingerprints(cache_dir)
+    digest = fingerprints.sha256(Path(path))
+    fingerprints.save()
+    return digest
+
+
 def model_fingerprint(name_or_path: str, cache_dir: Path) -> str:
-    """Content hash of a local model directory (memoised by file size and mtime), else the name."""
+    """Content hash of a local model directory or file (memoised by file size and mtime), else the name."""
     directory = Path(name_or_path)
+    if directory.is_file():
+        return f"file:{file_fingerprint(directory, cache_dir)}"
     if not directory.is_dir():
         return f"hub:{name_or_path}"
-    memo_path = cache_dir / "fingerprints.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (FileNotFoundError, ValueError):
-        memo = {}
-    parts = []
-    changed = False
-    for path in sorted(directory.iterdir()):
-        if path.suffix not in (".safetensors", ".json") or path.name.startswith("."):
-            continue
-        stat = path.stat()
-        memo_key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        if memo_key not in memo:
-            memo[memo_key] = sha256_file(path)
-            changed = True
-        parts.append(f"{path.name}:{memo[memo_key]}")
-    if changed:
-        write_json(memo_path, memo)
+    fingerprints = _Fingerprints(cache_dir)
+    parts = [f"{path.name}:{fingerprints.sha256(path)}" for path in sorted(directory.iterdir())
+             if path.suffix in (".safetensors", ".json") and not path.name.startswith(".")]
+    fingerprints.save()
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

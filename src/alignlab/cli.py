@@ -88,7 +88,8 @@ def _add_eval_arguments(parser) -> None:
         group.add_argument(f"--{name}", nargs="?", const=True, default=None, metavar="true|false", help=help)
 
     parser.add_argument("--config", help="YAML file of EvalConfig fields (an evaluation's config.yaml repeats it)")
-    parser.add_argument("--model", help="model to evaluate: directory or HF name")
+    parser.add_argument("--model", help="model to evaluate: directory, .gguf file or HF name")
+    parser.add_argument("--gguf_file", help="a GGUF file inside the --model directory")
     parser.add_argument("--data", help="test pairs (their chosen responses give win vs chosen)")
     parser.add_argument("--data_format", help="hh-rlhf | pku-saferlhf | pairs (default: pairs)")
     parser.add_argument("--split", help="split of a Hugging Face dataset (default: test)")

@@ -11,6 +11,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
@@ -62,7 +63,9 @@ GENERATION_BACKENDS = ("hf", "vllm")
 class OptimConfig:
     """What every training loop shares: optimisation, batching, tokenisation, numerics, output."""
 
-    model: str = setting("", "policy initialisation (and default reference): a local directory or a Hugging Face model name")
+    model: str = setting("", "policy initialisation (and default reference): a local directory, a .gguf file or a "
+                             "Hugging Face model name")
+    gguf_file: str | None = setting(None, "a GGUF file inside the `model` directory (or pass the .gguf file as model)")
     revision: str | None = setting(None, "the model's revision on the Hub (branch, tag or commit); part of every cache key")
     data: str = setting("", "preference pairs: a local file, a dataset directory or a Hugging Face dataset name")
     out: str = setting("", "run directory: config.yaml, metrics.jsonl, train_summary.json, model/")
@@ -124,6 +127,8 @@ class OptimConfig:
         for name in ("model", "data", "out"):
             if not getattr(self, name):
                 raise AlignlabError(f"config: '{name}' is required (pass --{name} or set it in the YAML)")
+        if self.gguf_file:  # one name for the model from here on, in every cache key and in config.yaml
+            self.model, self.gguf_file = str(Path(self.model) / self.gguf_file), None
         check_numbers("config", vars(self), self.ranges)
         if self.max_prompt_length >= self.max_length:
             raise AlignlabError(f"config: 'max_prompt_length' ({self.max_prompt_length}) must be smaller "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from alignlab.checks import COUNT, check_numbers
 from alignlab.errors import AlignlabError
@@ -18,7 +19,8 @@ class EvalConfig:
     """One evaluation (`alignlab eval`): a model's responses to test prompts, scored by a gold reward
     model, optionally compared with an SFT model's and judged by an LLM."""
 
-    model: str = ""  # model to evaluate: directory or HF name
+    model: str = ""  # model to evaluate: directory, .gguf file or HF name
+    gguf_file: str | None = None  # a GGUF file inside the `model` directory
     data: str = ""  # test pairs (their chosen responses give win vs chosen)
     data_format: str = "pairs"  # hh-rlhf | pku-saferlhf | pairs
     split: str = "test"  # split of a Hugging Face dataset
@@ -47,6 +49,8 @@ class EvalConfig:
         for name in ("model", "data", "gold_rm"):
             if not getattr(self, name):
                 raise AlignlabError(f"config: '{name}' is required (pass --{name} or set it in the YAML)")
+        if self.gguf_file:
+            self.model, self.gguf_file = str(Path(self.model) / self.gguf_file), None
         check_numbers("eval", vars(self), {**GenerationConfig.ranges, "limit": COUNT}, label=lambda name: "--" + name)
 
     def to_dict(self) -> dict:

@@ -10,6 +10,7 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from alignlab.errors import AlignlabError
+from alignlab.models.gguf import local_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     """A tokenizer with a pad token: one without gets its EOS (or UNK) token as padding."""
     from transformers import AutoTokenizer
 
+    path = local_model_dir(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -60,6 +62,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 def _load_pretrained(auto_cls, path: str, dtype: str, trust_remote_code: bool, **kwargs):
     """The model and transformers' loading info (missing, unexpected and mismatched tensors)."""
+    path = local_model_dir(path)
     _check_local_weights(path)
     try:
         # Mismatched shapes are reported in the loading info (and refused by `_check_tensors`),
