@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
     bench.add_argument("--quick", action="store_true", help="a reduced run of every row (under 3 minutes on CPU)")
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    bench.add_argument("--model", default=None,
+                       help="run the DPO-vs-TRL rows on this model (a local directory or .gguf file) instead of the tiny one")
+    bench.add_argument("--data", default=None, help="with --model: pairs to train on (default: the bench pairs)")
+    bench.add_argument("--pairs", type=int, default=None, help="how many pairs (default: 256 with --quick, else 512)")
     return parser
 
 
@@ -193,9 +197,12 @@ def run_bench(args) -> int:
     from alignlab.bench.runner import format_table, run_bench as bench
     from alignlab.output_dirs import check_output_file
 
+    if args.data and not args.model:
+        raise AlignlabError("bench: --data goes with --model (the tiny bench model trains on its own pairs)")
     if args.out:
-        check_output_file(args.out, overwrite=args.overwrite)
-    results = bench(args.out, args.quick, args.device, progress=lambda line: print(line, flush=True))
+        check_output_file(args.out, overwrite=args.overwrite, inputs=[args.model, args.data])
+    results = bench(args.out, args.quick, args.device, progress=lambda line: print(line, flush=True),
+                    model=args.model, data=args.data, pairs=args.pairs)
     print(format_table(results))
     if args.out:
         print(f"wrote {args.out}")

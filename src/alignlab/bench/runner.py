@@ -20,6 +20,10 @@ Rows (higher is better, except memory):
   SFT model once; the independent evaluations each evaluate it again, as a user would.
 - peak_mem_vs_trl: alignlab peak memory ÷ TRL's for the same DPO training (lower is better):
   peak RSS of the worker process on CPU, peak allocated CUDA memory on a GPU.
+With `--model PATH` (any local model, or a .gguf file) the DPO-vs-TRL rows (dpo_vs_trl,
+dpo_vs_trl_precomputed, peak_mem_vs_trl) run on that model instead, on the bench pairs or on the
+pairs of `--data FILE` (the "pairs" format `alignlab data` writes), the first `--pairs N` of them,
+at max_length 256; the rows that compare objectives or sweeps need the tiny model and are skipped.
 Equal work is checked, not assumed: pairs, tokens, optimizer steps and batch size of both sides are
 printed, and the run fails if they differ.
 """
@@ -48,6 +52,7 @@ OBJECTIVES = ["sft", "dpo", "ln-dpo", "simpo", "var"]
 SUBJECTS = ["river", "garden", "engine", "violin", "planet", "bakery", "glacier", "harbor", "library", "falcon"]
 QUALITIES = ["quiet", "bright", "ancient", "rapid", "gentle", "heavy", "curious", "golden", "narrow", "hollow"]
 LEARNING_RATE, BETA, MAX_LENGTH = 1e-4, 0.1, 128
+USER_MODEL_MAX_LENGTH = 256  # real models' chat templates add a system turn to every prompt
 
 
 @dataclass
@@ -81,7 +86,21 @@ def prepare(workdir: Path, size: dict) -> dict:
     texts = [w for p in pairs for w in (p["prompt"], p["chosen"], p["rejected"])]
     build_tiny_llama(workdir / "model", texts, hidden_size=size["hidden_size"], layers=size["layers"],
                      heads=size["heads"], chat_template=True, word_level=True, max_positions=MAX_LENGTH)
-    return {"data": str(data), "model": str(workdir / "model"), "batch_size": size["batch_size"]}
+    return {"data": str(data), "model": str(workdir / "model"), "batch_size": size["batch_size"],
+            "max_length": MAX_LENGTH}
+
+
+def prepare_user_model(workdir: Path, size: dict, model: str, data: str | None, n: int) -> dict:
+    """The bench on the user's model: its GGUF file de-quantised here (outside both clocks), the pairs
+    of `data` or the bench pairs."""
+    from alignlab.data.pairs import load_pairs
+    from alignlab.models.gguf import local_model_dir
+
+    rows = [p.to_json() for p in load_pairs(data).pairs[:n]] if data else bench_pairs(n)
+    path = workdir / "pairs.jsonl"
+    path.write_text("".join(json.dumps({**p, "reward_chosen": 1.0, "reward_rejected": -1.0}) + "\n" for p in rows))
+    return {"data": str(path), "model": local_model_dir(model), "batch_size": size["batch_size"],
+            "max_length": USER_MODEL_MAX_LENGTH}
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -97,7 +116,8 @@ def _train_config(setup: dict, method: str, out: Path, cache_dir: Path, device: 
 
     return TrainConfig(method=method, model=setup["model"], data=setup["data"], out=str(out),
                        batch_size=setup["batch_size"], learning_rate=LEARNING_RATE, warmup_ratio=0.0,
-                       max_length=MAX_LENGTH, max_prompt_length=MAX_LENGTH // 2, cache_dir=str(cache_dir),
+                       max_length=setup["max_length"], max_prompt_length=setup["max_length"] // 2,
+                       cache_dir=str(cache_dir),
                        logging_steps=10**9, params={"beta": BETA} if method == "dpo" else {})
 
 
@@ -108,7 +128,7 @@ def _alignlab_tokens(setup: dict) -> tuple[int, int]:
     from alignlab.data.tokenise import tokenize_pairs
 
     examples, _ = tokenize_pairs(load_tokenizer(setup["model"]), load_pairs(setup["data"]).pairs,
-                                 MAX_LENGTH, MAX_LENGTH // 2)
+                                 setup["max_length"], setup["max_length"] // 2)
     return len(examples), sum(2 * len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in examples)
 
 
@@ -138,7 +158,8 @@ def worker_trl_dpo(setup: dict, device: str, precompute: bool) -> Measurement:
 
     _import_libraries()
     rows = [json.loads(line) for line in Path(setup["data"]).read_text().splitlines()]
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+    dataset = Dataset.from_list([{"prompt": r["prompt"] if isinstance(r["prompt"], list)
+                                  else [{"role": "user", "content": r["prompt"]}],
                                   "chosen": [{"role": "assistant", "content": r["chosen"]}],
                                   "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,7 +168,7 @@ def worker_trl_dpo(setup: dict, device: str, precompute: bool) -> Measurement:
         tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(setup["model"])
         args = DPOConfig(output_dir=tmp, use_cpu=device == "cpu", bf16=False, per_device_train_batch_size=setup["batch_size"],
-                         num_train_epochs=1, max_length=MAX_LENGTH, learning_rate=LEARNING_RATE, beta=BETA,
+                         num_train_epochs=1, max_length=setup["max_length"], learning_rate=LEARNING_RATE, beta=BETA,
                          precompute_ref_log_probs=precompute, report_to=[], save_strategy="no",
                          logging_steps=10**9, disable_tqdm=True, seed=0)
         trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
@@ -184,7 +205,7 @@ def _sft_tokens(setup: dict) -> int:
     from alignlab.data.tokenise import tokenize_pairs
 
     examples, _ = tokenize_pairs(load_tokenizer(setup["model"]), load_pairs(setup["data"]).pairs,
-                                 MAX_LENGTH, MAX_LENGTH // 2)
+                                 setup["max_length"], setup["max_length"] // 2)
     return sum(len(e.prompt_ids) + len(e.chosen_ids) for e in examples)
 
 
@@ -212,15 +233,23 @@ def check_equal_work(a: Measurement, b: Measurement, names: tuple[str, str]) -> 
                                f"{names[1]} {field_name}={getattr(b, field_name)}")
 
 
-def run_bench(out: str | None, quick: bool, device: str, progress=print) -> dict:
-    size = SIZES["quick" if quick else "full"]
+def run_bench(out: str | None, quick: bool, device: str, progress=print, model: str | None = None,
+              data: str | None = None, pairs: int | None = None) -> dict:
+    size = dict(SIZES["quick" if quick else "full"])
+    size["pairs"] = pairs or size["pairs"]
     repeats = size["repeats"]
     results: dict = {"device": device, "size": "quick" if quick else "full", **size, "ratios": {}, "absolute": {}}
     ratios, absolute = results["ratios"], results["absolute"]
     with tempfile.TemporaryDirectory() as tmp:
-        setup = prepare(Path(tmp), size)
-        progress(f"bench: {size['pairs']} pairs, Llama hidden {size['hidden_size']} × {size['layers']} layers, "
-                 f"batch {size['batch_size']}, device {device}, median of {repeats} after a warm-up")
+        if model:
+            setup = prepare_user_model(Path(tmp), size, model, data, size["pairs"])
+            results.update(model=model, data=data or "bench pairs", max_length=setup["max_length"])
+            progress(f"bench: {model}, {size['pairs']} pairs, batch {size['batch_size']}, device {device}, "
+                     f"median of {repeats} after a warm-up; DPO-vs-TRL rows only")
+        else:
+            setup = prepare(Path(tmp), size)
+            progress(f"bench: {size['pairs']} pairs, Llama hidden {size['hidden_size']} × {size['layers']} layers, "
+                     f"batch {size['batch_size']}, device {device}, median of {repeats} after a warm-up")
         ours = _median_measurement("alignlab-dpo", setup, device, repeats)
         absolute["alignlab_dpo"] = asdict(ours)
         try:
@@ -238,19 +267,28 @@ def run_bench(out: str | None, quick: bool, device: str, progress=print) -> dict
             ratios["peak_mem_vs_trl"] = ours.peak_memory_mb / absolute["trl_dpo"]["peak_memory_mb"]
         else:
             results["trl"] = "not installed: pip install 'alignlab[bench]' for the TRL rows"
-        rates = _run_worker("objectives", setup, device, repeats=repeats)
-        absolute["tokens_per_second"] = rates
-        for method in OBJECTIVES[1:]:
-            ratios[f"{method.replace('-', '_')}_vs_sft"] = rates[method] / rates["sft"]
-        progress("bench: a 6-run DPO sweep against 6 independent train + eval runs")
-        sweep = measure_sweep_vs_independent(setup, Path(tmp))
-        absolute["sweep"] = sweep
-        ratios["sweep_vs_independent"] = sweep["sweep_seconds"] / sweep["independent_seconds"]
+        if model:
+            results["skipped"] = "objective and sweep rows: they run on the bench's own tiny model"
+        else:
+            measure_tiny_model_rows(setup, device, repeats, Path(tmp), results, progress)
     if out:
         from alignlab.atomic import write_json
 
         write_json(out, results)
     return results
+
+
+def measure_tiny_model_rows(setup: dict, device: str, repeats: int, workdir: Path, results: dict, progress) -> None:
+    """The rows that need the bench's own model: objectives against SFT, a sweep against separate runs."""
+    ratios, absolute = results["ratios"], results["absolute"]
+    rates = _run_worker("objectives", setup, device, repeats=repeats)
+    absolute["tokens_per_second"] = rates
+    for method in OBJECTIVES[1:]:
+        ratios[f"{method.replace('-', '_')}_vs_sft"] = rates[method] / rates["sft"]
+    progress("bench: a 6-run DPO sweep against 6 independent train + eval runs")
+    sweep = measure_sweep_vs_independent(setup, workdir)
+    absolute["sweep"] = sweep
+    ratios["sweep_vs_independent"] = sweep["sweep_seconds"] / sweep["independent_seconds"]
 
 
 def format_table(results: dict) -> str:
@@ -279,8 +317,9 @@ def format_table(results: dict) -> str:
     lines.append("")
     lines.append("training tokens/s (reference cached): " + ", ".join(
         f"{k} {v:,.0f}" for k, v in absolute.get("tokens_per_second", {}).items()))
-    if isinstance(results.get("trl"), str):
-        lines.append(f"trl: {results['trl']}")
+    for note in ("trl", "skipped"):
+        if isinstance(results.get(note), str):
+            lines.append(f"{note}: {results[note]}")
     return "\n".join(lines)
 
 
