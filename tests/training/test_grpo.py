@@ -16,7 +16,7 @@ from alignlab.cli import main
 from alignlab.config import RewardModelConfig, TrainConfig
 from alignlab.data.pairs import load_pairs, write_pairs_jsonl
 from alignlab.errors import AlignlabError
-from alignlab.models.generate import GenerationConfig
+from alignlab.models.generate import GenerationConfig, HFBackend
 from alignlab.models.loading import load_causal_lm, load_tokenizer
 from alignlab.models.score import RewardScorer
 from alignlab.training import train
@@ -50,8 +50,8 @@ def mean_proxy_reward(model_dir, rm_dir, prompts, samples_per_prompt=4, seed=123
     scorer = RewardScorer(str(rm_dir), max_length=96)
     ids, _ = grpo_module.encode_prompts(tokenizer, prompts, 32)
     generation = GenerationConfig(max_new_tokens=32, temperature=1.0, top_p=1.0, batch_size=64, seed=seed)
-    samples = grpo_module.sample_and_score(model, tokenizer, scorer, prompts, ids, samples_per_prompt,
-                                           generation, "cpu")
+    samples = grpo_module.sample_and_score(HFBackend(model, tokenizer, progress=False), scorer, prompts, ids,
+                                           samples_per_prompt, generation)
     return samples.rewards.mean().item()
 
 
@@ -139,8 +139,8 @@ def test_grpo_num_iterations_trains_each_sample_twice_and_clips(study, tmp_path,
     """μ = 2: each sampled batch serves two optimizer steps, and on the second π ≠ π_old, so the
     ratio leaves [1 − ε, 1 + ε] for some tokens."""
     calls = []
-    real = grpo_module.generate_from_ids
-    monkeypatch.setattr(grpo_module, "generate_from_ids", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = grpo_module.sample_and_score
+    monkeypatch.setattr(grpo_module, "sample_and_score", lambda *a, **k: calls.append(1) or real(*a, **k))
     data = tmp_path / "prompts.jsonl"
     write_pairs_jsonl(study["world"].train_pairs[:12], data)  # 9 distinct prompts: 2 blocks of 4, 1 waits
     out = tmp_path / "run"
@@ -197,7 +197,7 @@ def test_var_sampled_estimator_samples_the_reference_once_and_caches(tiny_model,
     rm = reward_model(tmp_path / "rm", tiny_model)
     calls, batches = [], []
     real_sample, real_pair_batch = grpo_module.sample_and_score, offline_module.pair_batch
-    monkeypatch.setattr(grpo_module, "sample_and_score", lambda *a, **k: calls.append(a[5]) or real_sample(*a, **k))
+    monkeypatch.setattr(grpo_module, "sample_and_score", lambda *a, **k: calls.append(a[4]) or real_sample(*a, **k))
     monkeypatch.setattr(offline_module, "pair_batch", lambda *a: batches.append(real_pair_batch(*a)) or batches[-1])
     cache = tmp_path / "cache"
     params = {"z_estimator": "sampled", "z_samples": 3, "lam": 0.5}
@@ -223,3 +223,4 @@ def test_var_sampled_estimator_samples_the_reference_once_and_caches(tiny_model,
     with pytest.raises(AlignlabError, match="--reward_model"):
         train(config_for(tiny_model, pairs_file, tmp_path / "c", method="var", params=params))
     assert not (tmp_path / "c").exists()
+
