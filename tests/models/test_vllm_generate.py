@@ -3,14 +3,21 @@ engine is built with, what it is asked (training's prompt ids, the stop ids, the
 how its answers are cut and decoded, and how it follows a policy's weights, LoRA merged in."""
 
 import os
+import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from alignlab.config import TrainConfig
 from alignlab.data.tokenise import PromptRenderer
+from alignlab.errors import AlignlabError
+from alignlab.evaluation.config import EvalConfig
+from alignlab.evaluation.evaluate import run_eval
 from alignlab.models.backends import make_backend
 from alignlab.models.generate import GenerationConfig
 from alignlab.models.loading import load_causal_lm
+from alignlab.training import train
 from conftest import fake_vllm
 from test_generate import chatml_tokenizer, word_ids
 
@@ -80,3 +87,16 @@ def test_vllm_follows_the_policys_weights_under_checkpoint_names_with_lora_merge
     assert torch.allclose(loaded[name], merged, atol=1e-6) and not torch.allclose(loaded[name], saved[name])
     assert torch.allclose(q_proj.base_layer.weight, saved[name], atol=1e-6)  # unmerged again for training
 
+
+def test_a_missing_vllm_is_refused_before_anything_is_written(tiny_model, pairs_file, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
+    install = r"pip install 'alignlab\[vllm\]'"
+    with pytest.raises(AlignlabError, match=install):
+        run_eval(EvalConfig(model=str(tiny_model), data=str(pairs_file), gold_rm=str(tiny_model),
+                            out=str(tmp_path / "eval"), generation_backend="vllm"))
+    common = dict(model=str(tiny_model), data=str(pairs_file), reward_model=str(tiny_model), generation_backend="vllm")
+    with pytest.raises(AlignlabError, match=install):
+        train(TrainConfig(method="grpo", out=str(tmp_path / "grpo"), **common))
+    with pytest.raises(AlignlabError, match=install):
+        train(TrainConfig(method="var", out=str(tmp_path / "var"), params={"z_estimator": "sampled"}, **common))
+    assert not any(tmp_path.iterdir())
