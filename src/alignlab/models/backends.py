@@ -19,12 +19,13 @@ def make_backend(name: str, model, tokenizer, model_path: str, *, device="cpu", 
                  progress: bool = True) -> GenerationBackend:
     """The backend `name` ("hf" | "vllm") for `model`, loaded from `model_path`. Both stop at
     `stop_token_ids` of the tokenizer and the model's generation config. vLLM loads the checkpoint
-    at `model_path` in the model's dtype, with room for `max_model_len` tokens (default: the
-    model's); `follows_training` runs it in this process so `follow` can load a policy's weights."""
+    at `model_path` in its own dtype choice (`auto`: the checkpoint's, half precision for a float32
+    one), with room for `max_model_len` tokens (default: the model's); `follows_training` runs it in
+    this process so `follow` can load a policy's weights."""
     if name == "hf":
         return HFBackend(model, tokenizer, device, progress)
     from alignlab.models.vllm_generate import VLLMBackend
 
     return VLLMBackend(model_path, tokenizer, stop_token_ids(tokenizer, getattr(model, "generation_config", None)),
-                       dtype=str(model.dtype).removeprefix("torch."), trust_remote_code=trust_remote_code,
-                       max_model_len=max_model_len, in_process=follows_training, progress=progress)
+                       trust_remote_code=trust_remote_code, max_model_len=max_model_len, in_process=follows_training,
+                       progress=progress)

@@ -76,9 +76,8 @@ def free_port() -> int:
 class VLLMBackend(GenerationBackend):
     """A vLLM engine on the checkpoint at `model_path`, stopping at `stop_ids`."""
 
-    def __init__(self, model_path: str, tokenizer, stop_ids: list[int], *, dtype: str = "auto",
-                 trust_remote_code: bool = False, max_model_len: int | None = None, in_process: bool = False,
-                 progress: bool = True):
+    def __init__(self, model_path: str, tokenizer, stop_ids: list[int], *, trust_remote_code: bool = False,
+                 max_model_len: int | None = None, in_process: bool = False, progress: bool = True):
         super().__init__(tokenizer, stop_ids)
         vllm = import_vllm()
         options = {}
@@ -89,9 +88,10 @@ class VLLMBackend(GenerationBackend):
                 os.environ.setdefault(name, value)
             os.environ.setdefault("MASTER_PORT", str(free_port()))
             options["distributed_executor_backend"] = "external_launcher"
-        self.llm = vllm.LLM(model=model_path, dtype=dtype, trust_remote_code=trust_remote_code,
-                            skip_tokenizer_init=True, gpu_memory_utilization=GPU_MEMORY_SHARE,
-                            max_model_len=max_model_len, **options)
+        # dtype stays vLLM's `auto`, as in TRL: its fast attention kernels need half precision, and a
+        # float32 policy's weights are cast as they are loaded.
+        self.llm = vllm.LLM(model=model_path, trust_remote_code=trust_remote_code, skip_tokenizer_init=True,
+                            gpu_memory_utilization=GPU_MEMORY_SHARE, max_model_len=max_model_len, **options)
         self.progress = progress
 
     def follow(self, model) -> None:
@@ -103,8 +103,11 @@ class VLLMBackend(GenerationBackend):
     def sampling_params(self, config: GenerationConfig, index: int):
         from vllm import SamplingParams
 
-        sampling = ({"temperature": 0.0} if config.greedy else
-                    {"temperature": config.temperature, "top_p": config.top_p, "seed": request_seed(config.seed, index)})
+        if config.greedy:
+            sampling = {"temperature": 0.0}  # vLLM's greedy decoding
+        else:
+            sampling = {"temperature": config.temperature, "top_p": config.top_p,
+                        "seed": request_seed(config.seed, index)}
         return SamplingParams(n=1, max_tokens=config.max_new_tokens, stop_token_ids=list(self.stop_ids),
                               detokenize=False, **sampling)
 
