@@ -4,7 +4,10 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import types
 from pathlib import Path
+from types import SimpleNamespace
 
 # As the CLI does: keep library progress bars out of the output the tests read.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -84,6 +87,47 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     return tmp_path / "cache"
+
+
+# ------------------------------------------------------------------ a stand-in vLLM
+
+def fake_vllm(monkeypatch, completions: list[list[int]]) -> SimpleNamespace:
+    """Put a stand-in `vllm` in sys.modules (vLLM needs a CUDA GPU); it answers the i-th request of a
+    generate call with completions[i % len(completions)] and records how the engine was built, what
+    generate was last given, the weights loaded into it and the order of calls."""
+    record = SimpleNamespace(engine=None, prompts=None, params=None, loaded=[], events=[])
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    def load_weights(weights):
+        record.events.append("load_weights")
+        record.loaded.append({name: tensor.clone() for name, tensor in weights})
+
+    class LLM:
+        def __init__(self, **kwargs):
+            record.engine = kwargs
+            runner = SimpleNamespace(model=SimpleNamespace(load_weights=load_weights))
+            self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(
+                driver_worker=SimpleNamespace(model_runner=runner)))
+
+        def generate(self, prompts, sampling_params, use_tqdm=True):
+            record.events.append("generate")
+            record.prompts, record.params = prompts, sampling_params
+            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=tuple(completions[i % len(completions)]))])
+                    for i in range(len(prompts))]
+
+        def reset_prefix_cache(self):
+            record.events.append("reset_prefix_cache")
+
+    vllm = types.ModuleType("vllm")
+    inputs = types.ModuleType("vllm.inputs")
+    inputs.TokensPrompt = dict  # a TypedDict in vLLM
+    vllm.LLM, vllm.SamplingParams, vllm.inputs = LLM, SamplingParams, inputs
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
+    return record
 
 
 # ------------------------------------------------------------------ a report in a real browser

@@ -104,6 +104,8 @@ def _add_eval_arguments(parser) -> None:
     parser.add_argument("--batch_size", help=f"default: {EvalConfig.batch_size}")
     parser.add_argument("--seed", help=f"default: {EvalConfig.seed}")
     parser.add_argument("--limit", help="evaluate the first N pairs only")
+    parser.add_argument("--generation_backend", help="hf (transformers, default) | vllm: what samples the responses "
+                                                     "(vllm: pip install 'alignlab[vllm]', a CUDA GPU)")
     on_off(parser, "trust_remote_code")
     judge = parser.add_argument_group("LLM judge (optional): pairwise win rate from an OpenAI-compatible API")
     judge.add_argument("--judge_url", help="base URL of the API, e.g. http://127.0.0.1:8000/v1 (turns the judge on)")

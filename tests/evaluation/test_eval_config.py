@@ -1,6 +1,8 @@
 """`alignlab eval`'s EvalConfig: defaults < YAML (`--config`) < `--key value`, and the resolved
 `config.yaml` each evaluation writes, which repeats it."""
 
+import sys
+
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -57,3 +59,15 @@ def test_eval_settings_are_typed_and_checked_before_any_work(tiny_model, pairs_f
         build_config(EvalConfig, None, {"max_new_token": "4"})
     assert main(["eval", "--data", str(pairs_file), "--gold_rm", str(tiny_model), "--out", str(tmp_path / "o")]) == 2
     assert "'model' is required" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_the_generation_backend_flag_is_checked_and_a_missing_vllm_refused_before_any_work(
+        tiny_model, pairs_file, gold, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
+    common = ["eval", "--model", str(tiny_model), "--data", str(pairs_file), "--gold_rm", str(gold),
+              "--out", str(tmp_path / "o")]
+    assert main([*common, "--generation_backend", "vllm"]) == 2
+    assert "pip install 'alignlab[vllm]'" in capsys.readouterr().err
+    assert main([*common, "--generation-backend", "vlm"]) == 2
+    assert "generation_backend 'vlm'; did you mean 'vllm'?" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -9,6 +9,7 @@ import json
 import math
 
 import pytest
+import torch
 import yaml
 
 from alignlab.training import grpo as grpo_module
@@ -16,12 +17,12 @@ from alignlab.cli import main
 from alignlab.config import RewardModelConfig, TrainConfig
 from alignlab.data.pairs import load_pairs, write_pairs_jsonl
 from alignlab.errors import AlignlabError
-from alignlab.models.generate import GenerationConfig
+from alignlab.models.generate import GenerationConfig, HFBackend
 from alignlab.models.loading import load_causal_lm, load_tokenizer
 from alignlab.models.score import RewardScorer
 from alignlab.training import train
 from alignlab.world import build_world, build_world_models, world_config
-from conftest import config_for
+from conftest import config_for, fake_vllm
 from test_offline import reward_model
 
 
@@ -50,8 +51,8 @@ def mean_proxy_reward(model_dir, rm_dir, prompts, samples_per_prompt=4, seed=123
     scorer = RewardScorer(str(rm_dir), max_length=96)
     ids, _ = grpo_module.encode_prompts(tokenizer, prompts, 32)
     generation = GenerationConfig(max_new_tokens=32, temperature=1.0, top_p=1.0, batch_size=64, seed=seed)
-    samples = grpo_module.sample_and_score(model, tokenizer, scorer, prompts, ids, samples_per_prompt,
-                                           generation, "cpu")
+    samples = grpo_module.sample_and_score(HFBackend(model, tokenizer, progress=False), scorer, prompts, ids,
+                                           samples_per_prompt, generation)
     return samples.rewards.mean().item()
 
 
@@ -139,8 +140,8 @@ def test_grpo_num_iterations_trains_each_sample_twice_and_clips(study, tmp_path,
     """μ = 2: each sampled batch serves two optimizer steps, and on the second π ≠ π_old, so the
     ratio leaves [1 − ε, 1 + ε] for some tokens."""
     calls = []
-    real = grpo_module.generate_from_ids
-    monkeypatch.setattr(grpo_module, "generate_from_ids", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = grpo_module.sample_and_score
+    monkeypatch.setattr(grpo_module, "sample_and_score", lambda *a, **k: calls.append(1) or real(*a, **k))
     data = tmp_path / "prompts.jsonl"
     write_pairs_jsonl(study["world"].train_pairs[:12], data)  # 9 distinct prompts: 2 blocks of 4, 1 waits
     out = tmp_path / "run"
@@ -197,7 +198,7 @@ def test_var_sampled_estimator_samples_the_reference_once_and_caches(tiny_model,
     rm = reward_model(tmp_path / "rm", tiny_model)
     calls, batches = [], []
     real_sample, real_pair_batch = grpo_module.sample_and_score, offline_module.pair_batch
-    monkeypatch.setattr(grpo_module, "sample_and_score", lambda *a, **k: calls.append(a[5]) or real_sample(*a, **k))
+    monkeypatch.setattr(grpo_module, "sample_and_score", lambda *a, **k: calls.append(a[4]) or real_sample(*a, **k))
     monkeypatch.setattr(offline_module, "pair_batch", lambda *a: batches.append(real_pair_batch(*a)) or batches[-1])
     cache = tmp_path / "cache"
     params = {"z_estimator": "sampled", "z_samples": 3, "lam": 0.5}
@@ -223,3 +224,32 @@ def test_var_sampled_estimator_samples_the_reference_once_and_caches(tiny_model,
     with pytest.raises(AlignlabError, match="--reward_model"):
         train(config_for(tiny_model, pairs_file, tmp_path / "c", method="var", params=params))
     assert not (tmp_path / "c").exists()
+
+
+def test_grpo_with_vllm_loads_the_policy_into_the_engine_before_each_sampling(tiny_model, pairs_file, tmp_path,
+                                                                              monkeypatch):
+    """The stand-in vLLM (conftest.fake_vllm) answers with canned responses; GRPO must push the
+    current policy into it before every sampling and train on the responses it returns."""
+    from safetensors.torch import load_file
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    tokenizer = load_tokenizer(str(tiny_model))
+    the, apple = tokenizer("The apple", add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    record = fake_vllm(monkeypatch, [[the, apple, eos], [the, eos], [apple]])
+    out = tmp_path / "run"
+    result = train(config_for(tiny_model, pairs_file, out, method="grpo", reward_model=str(reward_model(
+        tmp_path / "rm", tiny_model)), generation_backend="vllm", max_steps=2,
+        params={"group_size": 2, "max_new_tokens": 4}))
+    assert result.optimizer_steps == 2
+    assert record.engine["model"] == str(tiny_model) and record.engine["max_model_len"] == 64
+    assert record.events == ["load_weights", "reset_prefix_cache", "generate"] * 2
+    saved = load_file(str(tiny_model / "model.safetensors"))
+    assert all(torch.equal(record.loaded[0][name], saved[name]) for name in saved)  # step 1: the SFT model
+    assert not torch.equal(record.loaded[1]["lm_head.weight"], saved["lm_head.weight"])  # step 2: trained once
+    prompts = [p["prompt_token_ids"] for p in record.prompts]
+    assert len(prompts) == 8 and prompts[0::2] == prompts[1::2]  # 4 prompts × G = 2, each group together
+    # The 8 responses have 3, 2, 1, 3, 2, 1, 3, 2 tokens (EOS kept): what GRPO trained on.
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["response_length"] == pytest.approx(17 / 8)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignlab.checks import COUNT, check_numbers
-from alignlab.errors import AlignlabError
+from alignlab.config import GENERATION_BACKENDS
+from alignlab.errors import AlignlabError, unknown_name_message
 from alignlab.evaluation.judge import JudgeConfig
 from alignlab.models.generate import GenerationConfig
 
@@ -36,6 +37,7 @@ class EvalConfig:
     seed: int = 0
     limit: int | None = None  # evaluate the first N pairs only
     trust_remote_code: bool = False
+    generation_backend: str = "hf"  # hf | vllm: what samples the responses (vllm: pip install 'alignlab[vllm]')
     # The LLM judge (optional, `alignlab.evaluation.judge`): on with judge_url.
     judge_url: str | None = None  # base URL of the API, e.g. http://127.0.0.1:8000/v1
     judge_model: str | None = None  # the judge model's name at that API
@@ -52,6 +54,9 @@ class EvalConfig:
         if self.gguf_file:
             self.model, self.gguf_file = str(Path(self.model) / self.gguf_file), None
         check_numbers("eval", vars(self), {**GenerationConfig.ranges, "limit": COUNT}, label=lambda name: "--" + name)
+        if self.generation_backend not in GENERATION_BACKENDS:
+            raise AlignlabError(unknown_name_message("eval: --generation_backend", self.generation_backend,
+                                                     list(GENERATION_BACKENDS)))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -9,6 +9,8 @@ turns), response, length (tokens), gold_score, chosen_score (the dataset's chose
 sft_score (the SFT model's response to the same prompt, when given) and, with an SFT model, kl,
 kl_length and ln_kl: the exact KL to the SFT model summed over a second response sampled at
 temperature 1 (`alignlab.evaluation.kl`), that response's length in tokens, and their ratio.
+Responses are sampled by the generation backend (`alignlab.models.backends`: transformers, or vLLM
+with `generation_backend vllm`) and end at the model's stop tokens (`alignlab.models.generate`).
 `metrics.json` holds `metrics.summarize` of them; `config.yaml` the resolved `EvalConfig`
 (`alignlab eval`). With an LLM judge (`alignlab.evaluation.judge`, optional), also judge_score and
 judge_error per sample and `judge_win_rate` in `metrics.json`.
@@ -26,7 +28,8 @@ from alignlab import atomic
 from alignlab.config import dump_yaml
 from alignlab.errors import AlignlabError
 from alignlab.evaluation.config import EvalConfig
-from alignlab.models.generate import GenerationConfig, generate_responses
+from alignlab.models.backends import make_backend, require_backend
+from alignlab.models.generate import GenerationConfig
 from alignlab.evaluation.judge import JudgeConfig, judge_columns, judge_config, summary_line, win_rate_metric
 from alignlab.evaluation.metrics import summarize
 from alignlab.evaluation.kl import kl_generation, kl_to_sft
@@ -54,16 +57,19 @@ def write_parquet(path: Path, columns: dict) -> None:
 def evaluate_model(model_path: str, pairs, scorer, *, sft_model_path: str | None = None,
                    sft_samples: dict | None = None, generation: GenerationConfig = GenerationConfig(),
                    out_dir: str | Path | None = None, device="cpu", trust_remote_code: bool = False,
-                   judge: JudgeConfig | None = None, proxy_scorer=None, tokenizer_path: str | None = None
-                   ) -> EvalResult:
+                   judge: JudgeConfig | None = None, proxy_scorer=None, tokenizer_path: str | None = None,
+                   generation_backend: str = "hf") -> EvalResult:
     """Generate a response per test pair, score it, and summarise; write the results to `out_dir`.
     With `judge`, an LLM judge also compares each response with the baseline it names; with
     `proxy_scorer` (the reward model training saw) each response also gets a `proxy_score`.
-    `tokenizer_path` serves weights saved without their tokenizer (training snapshots)."""
+    `tokenizer_path` serves weights saved without their tokenizer (training snapshots).
+    `generation_backend` ("hf" | "vllm") samples every response, the ones KL is estimated on included."""
     tokenizer = load_tokenizer(tokenizer_path or model_path, trust_remote_code)
     model = load_causal_lm(model_path, trust_remote_code=trust_remote_code).to(device)
+    backend = make_backend(generation_backend, model, tokenizer, model_path, device=device,
+                           trust_remote_code=trust_remote_code)
     prompts = [pair.prompt for pair in pairs]
-    generations = generate_responses(model, tokenizer, prompts, generation, device)
+    generations = backend.respond(prompts, generation)
     responses = [g.text for g in generations]
     ids = [g.token_ids for g in generations]
     samples = {
@@ -89,7 +95,7 @@ def evaluate_model(model_path: str, pairs, scorer, *, sft_model_path: str | None
             raise AlignlabError(f"{sft_model_path}: the SFT model has {sft.config.vocab_size} output tokens, "
                                 f"{model_path} {model.config.vocab_size}; KL to SFT needs one vocabulary: "
                                 "pass the SFT model this one was trained from")
-        kl_ids = [g.token_ids for g in generate_responses(model, tokenizer, prompts, kl_generation(generation), device)]
+        kl_ids = [g.token_ids for g in backend.respond(prompts, kl_generation(generation))]
         # Against itself the KL is 0 exactly; its samples are still drawn, for kl_length.
         kl = [0.0] * len(pairs) if same else kl_to_sft(model, sft, tokenizer, prompts, kl_ids,
                                                        generation.batch_size, device)
@@ -110,6 +116,7 @@ def run_eval(config: EvalConfig) -> int:
     """`alignlab eval`: check the settings, evaluate into `config.out` (default: eval-<model name>),
     print the metrics and the results directory."""
     config.validate()
+    require_backend(config.generation_backend)
     judge = judge_config(config)
     config = dataclasses.replace(config, out=config.out or f"eval-{Path(config.model.rstrip('/')).name}")
     out = Path(config.out)
@@ -145,8 +152,9 @@ def _evaluate_into(out: Path, config: EvalConfig, judge: JudgeConfig | None) -> 
         atomic.write_text(staging / "config.yaml", dump_yaml(config))
         if config.sft:
             sft_samples = evaluate_model(config.sft, pairs, scorer, sft_model_path=config.sft, generation=generation,
-                                         out_dir=staging / "sft", trust_remote_code=config.trust_remote_code).samples
+                                         out_dir=staging / "sft", trust_remote_code=config.trust_remote_code,
+                                         generation_backend=config.generation_backend).samples
         result = evaluate_model(config.model, pairs, scorer, sft_model_path=config.sft, sft_samples=sft_samples,
                                 generation=generation, out_dir=staging, trust_remote_code=config.trust_remote_code,
-                                judge=judge)
+                                judge=judge, generation_backend=config.generation_backend)
     return result

@@ -49,8 +49,8 @@ def summed_token_kl(policy_logits: Tensor, sft_logits: Tensor, mask: Tensor) -> 
 @torch.inference_mode()
 def kl_to_sft(policy, sft, tokenizer, prompts: list[list[dict]], response_ids: list[list[int]],
               batch_size: int = 16, device="cpu") -> list[float]:
-    """Per response, Σ over its tokens (EOS included when generated) of KL(πθ(·|x, y<t) ‖ π_SFT(·|x, y<t)),
-    from one forward pass of each model over prompt + response."""
+    """Per response, Σ over its tokens (the stop token included when generated) of
+    KL(πθ(·|x, y<t) ‖ π_SFT(·|x, y<t)), from one forward pass of each model over prompt + response."""
     renderer = PromptRenderer(tokenizer)
     prompt_ids = [renderer.prompt_ids(prompt)[0] for prompt in prompts]
     policy.eval()

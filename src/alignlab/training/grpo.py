@@ -3,7 +3,8 @@
 Each micro-batch of prompts (`batch_size` prompts; the data gives prompts only) becomes, at the
 moment it is trained on:
 
-    1. G responses per prompt sampled from the current policy      (generate.py, temperature T)
+    1. G responses per prompt sampled from the current policy      (generate.py, temperature T;
+                                                                     generation_backend hf or vllm)
     2. a proxy reward per response                                  (score.py's RewardScorer)
     3. group-relative advantages A = (r − mean_G r)/(std_G r + ε)   (objectives.grpo_advantages)
     4. per-token log-probs of the policy (with gradient), of the sampling policy π_old and of the
@@ -42,7 +43,8 @@ import torch
 
 from alignlab.config import TrainConfig
 from alignlab.errors import AlignlabError
-from alignlab.models.generate import Generation, GenerationConfig, generate_from_ids
+from alignlab.models.backends import make_backend
+from alignlab.models.generate import Generation, GenerationBackend, GenerationConfig
 from alignlab.models.loading import load_causal_lm, load_tokenizer, token_logps
 from alignlab.objectives.losses import grpo_advantages, k3_kl
 from alignlab.objectives.registry import GroupBatch, get_method
@@ -96,14 +98,14 @@ def encode_prompts(tokenizer, prompts: list[list[dict]], max_prompt_length: int)
     return [ids[-max_prompt_length:] for ids in encoded], cut
 
 
-def sample_and_score(model, tokenizer, scorer, prompts: list[list[dict]], prompt_ids: list[list[int]], n: int,
-                     generation: GenerationConfig, device, progress: bool = False) -> Samples:
-    """n responses per prompt sampled from `model`, each scored by `scorer` (a RewardScorer).
+def sample_and_score(backend: GenerationBackend, scorer, prompts: list[list[dict]], prompt_ids: list[list[int]],
+                     n: int, generation: GenerationConfig) -> Samples:
+    """n responses per prompt sampled by `backend`, each scored by `scorer` (a RewardScorer).
 
     Shared by GRPO (G samples from the policy) and VAR's `sampled` Z estimator (K from the reference).
     """
     repeated_ids = [ids for ids in prompt_ids for _ in range(n)]
-    generations = generate_from_ids(model, tokenizer, repeated_ids, generation, device, progress)
+    generations = backend.generate(repeated_ids, generation)
     rewards = scorer.score([p for p in prompts for _ in range(n)], [g.text for g in generations],
                            generation.batch_size)
     return Samples(repeated_ids, generations, rewards.view(len(prompts), n))
@@ -163,6 +165,9 @@ def train_grpo(config: TrainConfig) -> TrainResult:
     reference = load_causal_lm(config.reference_model or config.model, config.dtype,
                                config.trust_remote_code).to(device).eval().requires_grad_(False)
     scorer = RewardScorer(config.reward_model, config.dtype, config.trust_remote_code, config.max_length, device)
+    backend = make_backend(config.generation_backend, policy, tokenizer, config.model, device=device,
+                           trust_remote_code=config.trust_remote_code, max_model_len=config.max_length,
+                           follows_training=True, progress=False)
 
     # The examples `fit` iterates over are (epoch, prompt) ids, epoch·P + prompt: a micro-batch's ids
     # name it uniquely, which seeds its sampling (so a resumed run samples exactly what the
@@ -188,8 +193,9 @@ def train_grpo(config: TrainConfig) -> TrainResult:
         generation = GenerationConfig(max_new_tokens=params["max_new_tokens"], temperature=temperature,
                                       top_p=1.0,  # sample π itself: the ratio and the KL are about π
                                       batch_size=len(indices) * group_size, seed=seed)
-        samples = sample_and_score(policy_module, tokenizer, scorer, [prompts[i] for i in indices],
-                                   [prompt_ids[i] for i in indices], group_size, generation, device)
+        backend.follow(policy_module)
+        samples = sample_and_score(backend, scorer, [prompts[i] for i in indices], [prompt_ids[i] for i in indices],
+                                   group_size, generation)
         model.train()  # generation switched to eval mode
         batch = collate_sequences(samples.prompt_ids, [g.token_ids for g in samples.generations],
                                   tokenizer.pad_token_id)

@@ -18,6 +18,8 @@ from alignlab.cache import cache_key, cached_tensors, model_fingerprint
 from alignlab.config import OptimConfig, TrainConfig
 from alignlab.data.tokenise import collate_pairs, collate_shared_prompt, fingerprint_tokens
 from alignlab.errors import AlignlabError
+from alignlab.models.backends import make_backend
+from alignlab.models.generate import STOP_RULE, GenerationConfig
 from alignlab.models.loading import batch_logps, load_causal_lm, load_tokenizer
 from alignlab.objectives.losses import sampled_log_z
 from alignlab.objectives.registry import Method, PairBatch
@@ -83,7 +85,8 @@ def sampled_prompt_log_z(config: TrainConfig, pairs, cache_dir: Path, device, po
     The samples' rewards — not log Ẑ, which also depends on λ — are cached, keyed by the reference
     and reward models, the prompts, K, the generation settings and the seed: a λ sweep samples once.
     Sampling is exact (temperature 1, no top-p) because Ẑ estimates E_{y∼πref}[exp(r/λ)]; responses
-    may use the room the trainer leaves them, max_length − max_prompt_length tokens.
+    may use the room the trainer leaves them, max_length − max_prompt_length tokens, and are drawn by
+    `generation_backend` (also in the key, with the stop rule).
     """
     from alignlab.training.grpo import distinct_prompts, encode_prompts, sample_and_score
 
@@ -95,10 +98,9 @@ def sampled_prompt_log_z(config: TrainConfig, pairs, cache_dir: Path, device, po
                     model_fingerprint(config.reward_model, cache_dir),
                     hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest(),
                     f"k={k} max_new_tokens={max_new_tokens} max_prompt_length={config.max_prompt_length} "
-                    f"seed={config.seed}", config.dtype)
+                    f"seed={config.seed} backend={config.generation_backend} stops={STOP_RULE}", config.dtype)
 
     def compute():
-        from alignlab.models.generate import GenerationConfig
         from alignlab.models.score import RewardScorer
 
         log.info("sampling %d responses for each of %d prompts from %s to estimate Z(x)", k, len(prompts), reference)
@@ -109,8 +111,9 @@ def sampled_prompt_log_z(config: TrainConfig, pairs, cache_dir: Path, device, po
         generation = GenerationConfig(max_new_tokens, temperature=1.0, top_p=1.0, batch_size=4 * config.batch_size,
                                       seed=config.seed)
         prompt_ids, _ = encode_prompts(tokenizer, prompts, config.max_prompt_length)
-        samples = sample_and_score(model.to(device), tokenizer, scorer, prompts, prompt_ids, k, generation, device,
-                                   progress=True)
+        backend = make_backend(config.generation_backend, model.to(device), tokenizer, reference, device=device,
+                               trust_remote_code=config.trust_remote_code, max_model_len=config.max_length)
+        samples = sample_and_score(backend, scorer, prompts, prompt_ids, k, generation)
         return {"rewards": samples.rewards}
 
     rewards = cached_tensors(cache_dir, "sampled-z", key, compute)[0]["rewards"]
