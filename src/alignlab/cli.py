@@ -43,6 +43,24 @@ def _add_run_arguments(parser, config_name: str, model_help: str) -> None:
                         help="continue a killed run (same --out and configuration) from its last checkpoint")
 
 
+def _add_dataset_arguments(parser, revision_flag: str, rewards: bool = True) -> None:
+    """What picks a Hugging Face dataset's part and the columns of the pairs format (alignlab.data.pairs)."""
+    parser.add_argument("--dataset_config", help="configuration (subset) of a Hugging Face dataset")
+    parser.add_argument("--data_dir", help="folder inside a Hugging Face dataset repository, e.g. harmless-base")
+    parser.add_argument(revision_flag, dest="data_revision",
+                        help="the dataset's revision on the Hub: branch, tag or commit (default: main)")
+    parser.add_argument("--prompt_column", help="pairs format: column holding the prompt (default: prompt)")
+    parser.add_argument("--chosen_column", help="pairs format: column holding the chosen response (default: chosen)")
+    parser.add_argument("--rejected_column", help="pairs format: column holding the rejected response "
+                                                  "(default: rejected)")
+    if rewards:
+        parser.add_argument("--reward_chosen_column", help="pairs format: column read as the chosen response's "
+                                                           "reward (default: reward_chosen, else score_chosen)")
+        parser.add_argument("--reward_rejected_column", help="pairs format: column read as the rejected "
+                                                             "response's reward (default: reward_rejected, else "
+                                                             "score_rejected)")
+
+
 def _add_eval_arguments(parser) -> None:
     """`alignlab eval`'s settings: the fields of EvalConfig. Every default is None so that a --config
     file's value stands unless the command line gives one; the defaults are EvalConfig's."""
@@ -54,11 +72,16 @@ def _add_eval_arguments(parser) -> None:
 
     parser.add_argument("--config", help="YAML file of EvalConfig fields (an evaluation's config.yaml repeats it)")
     parser.add_argument("--model", help="model to evaluate: directory or HF name")
+    parser.add_argument("--revision", help="the model's revision on the Hub: branch, tag or commit (default: main)")
     parser.add_argument("--data", help="test pairs (their chosen responses give win vs chosen)")
     parser.add_argument("--data_format", help="hh-rlhf | pku-saferlhf | pairs (default: pairs)")
-    parser.add_argument("--split", help="split of a Hugging Face dataset (default: test)")
+    parser.add_argument("--split", help="split of a Hugging Face dataset or saved DatasetDict (default: test)")
+    _add_dataset_arguments(parser, revision_flag="--data_revision", rewards=False)
+    on_off(parser, "raw_prompts", "use text prompts as they are, without the chat template or plain format "
+                                  "(as the model was trained)")
     parser.add_argument("--gold_rm", help="sequence-classification reward model that judges (one output)")
     parser.add_argument("--sft", help="SFT model: adds win vs SFT, KL and length-normalised KL")
+    parser.add_argument("--sft_revision", help="the SFT model's revision on the Hub (default: main)")
     parser.add_argument("--out", help="results directory (default: eval-<model name>)")
     on_off(parser, "overwrite", "replace the results of an earlier alignlab eval in --out")
     parser.add_argument("--max_new_tokens", help=f"default: {EvalConfig.max_new_tokens}")
@@ -94,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="hh-rlhf | pku-saferlhf | pairs (default: pairs)")
     data.add_argument("--filter", default=None, help="pku-saferlhf: double-safe-unsafe")
     data.add_argument("--preference", default="better", help="pku-saferlhf without filter: better | safer")
-    data.add_argument("--split", default="train", help="split of a Hugging Face dataset")
+    data.add_argument("--split", default="train", help="split of a Hugging Face dataset or saved DatasetDict")
+    _add_dataset_arguments(data, revision_flag="--revision")
     data.add_argument("--out", default=None, help="write normalised pairs (id, prompt, chosen, rejected) here")
     data.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
 
@@ -164,13 +188,14 @@ def run_bench(args) -> int:
 
 
 def run_data(args) -> int:
+    from alignlab.data.options import data_options
     from alignlab.data.pairs import load_pairs, write_pairs_jsonl
     from alignlab.output_dirs import check_output_file
 
     if args.out:
         check_output_file(args.out, overwrite=args.overwrite, inputs=[args.path])  # before reading the data
     result = load_pairs(args.path, args.data_format, filter=args.filter, preference=args.preference,
-                        split=args.split)
+                        split=args.split, **data_options(vars(args)))
     if args.out:
         write_pairs_jsonl(result.pairs, args.out)
     print(result.summary() + (f"; wrote {args.out}" if args.out else ""))

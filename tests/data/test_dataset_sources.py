@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from trl.data_utils import extract_prompt, maybe_extract_prompt
 
-from alignlab.data.pairs import Columns, PreferencePair, data_options, load_pairs, split_implicit_prompt
+from alignlab.data.options import Columns, data_options
+from alignlab.data.pairs import PreferencePair, load_pairs, split_implicit_prompt
 from alignlab.errors import AlignlabError, InputError
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from alignlab.atomic import write_jsonl
+from alignlab.data.options import Columns
 from alignlab.data.readers import Where, a_type, read_records
 from alignlab.errors import AlignlabError, InputError
 from alignlab.untrusted import shown
@@ -116,19 +117,6 @@ def load_pairs(source: str, format: str = "pairs", *, filter: str | None = None,
     if records == 0:
         raise InputError("no records", file=source, fix="The source is empty; check the path or split")
     return LoadResult(pairs, dropped, source)
-
-
-DATA_OPTIONS = ("dataset_config", "data_dir", "data_revision", "prompt_column", "chosen_column", "rejected_column",
-                "reward_chosen_column", "reward_rejected_column")
-
-
-def data_options(settings: dict) -> dict:
-    """`load_pairs`' keyword arguments from settings named as the config fields of DATA_OPTIONS
-    (a config's `vars`, a study's test_data_options); a setting left out is None."""
-    return {"dataset_config": settings.get("dataset_config"), "data_dir": settings.get("data_dir"),
-            "revision": settings.get("data_revision"),
-            "columns": Columns(*(settings.get(f"{part}_column") for part in
-                                 ("prompt", "chosen", "rejected", "reward_chosen", "reward_rejected")))}
 
 
 def write_pairs_jsonl(pairs: Iterable[PreferencePair], path) -> None:
@@ -257,23 +245,6 @@ def _pku_pair(record: dict, where: Where, filter: str | None, preference: str) -
 PAIRS_FIX = ("Each record needs 'chosen' and 'rejected' (texts, or TRL-style message lists) and 'prompt' "
              "(text or messages), unless chosen and rejected both start with it")
 MAX_COLUMNS_LISTED = 20
-
-
-@dataclass(frozen=True)
-class Columns:
-    """The record fields the generic "pairs" format reads the pair from; None keeps the usual field:
-    prompt, chosen, rejected, and for rewards reward_chosen/reward_rejected, else score_chosen/score_rejected."""
-
-    prompt: str | None = None
-    chosen: str | None = None
-    rejected: str | None = None
-    reward_chosen: str | None = None
-    reward_rejected: str | None = None
-
-    @property
-    def mapped(self) -> dict[str, str]:
-        """Option name (e.g. prompt_column) -> the column it names, for the columns given."""
-        return {f"{part}_column": column for part, column in vars(self).items() if column is not None}
 
 
 def _columns_listing(record: dict) -> str:

@@ -38,8 +38,9 @@ class Generation:
 
 @torch.inference_mode()
 def generate_responses(model, tokenizer, prompts: list[list[dict]], config: GenerationConfig,
-                       device="cpu", progress: bool = True) -> list[Generation]:
-    renderer = PromptRenderer(tokenizer)
+                       device="cpu", progress: bool = True, raw_prompts: bool = False) -> list[Generation]:
+    """A response per prompt, the prompts encoded as training encodes them (`raw_prompts` as there)."""
+    renderer = PromptRenderer(tokenizer, raw_prompts)
     encoded = [renderer.prompt_ids(prompt)[0] for prompt in prompts]
     return generate_from_ids(model, tokenizer, encoded, config, device, progress)
 
