@@ -66,6 +66,6 @@ class RewardScorer:
 
 
 @functools.lru_cache(maxsize=4)
-def cached_reward_scorer(path: str) -> RewardScorer:
+def cached_reward_scorer(path: str, raw_prompts: bool = False) -> RewardScorer:
     """One RewardScorer per reward model in a process: a sweep scores every run with the same models."""
-    return RewardScorer(path)
+    return RewardScorer(path, raw_prompts=raw_prompts)
