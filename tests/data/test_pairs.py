@@ -424,7 +424,8 @@ def test_hub_failure_is_a_clean_error(monkeypatch):
 
 def test_hub_rows_go_through_the_adapter(monkeypatch):
     loaded = []
-    fake_datasets(monkeypatch, lambda path, **options: loaded.append((path, options["split"])) or [GOOD, {"prompt": "Q"}])
+    fake_datasets(monkeypatch,
+                  lambda path, **options: loaded.append((path, options["split"])) or [GOOD, {"prompt": "Q"}])
     raises_input_error("org/prefs", "org/prefs row 1", "field 'chosen'", split="test")
     fake_datasets(monkeypatch, lambda path, **options: [GOOD, GOOD | {"chosen": "C"}])
     assert [p.id for p in load_pairs("org/prefs", split="test").pairs] == ["prefs-test-0", "prefs-test-1"]

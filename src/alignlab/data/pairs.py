@@ -244,11 +244,11 @@ def _pku_pair(record: dict, where: Where, filter: str | None, preference: str) -
 
 PAIRS_FIX = ("Each record needs 'chosen' and 'rejected' (texts, or TRL-style message lists) and 'prompt' "
              "(text or messages), unless chosen and rejected both start with it")
-MAX_COLUMNS_LISTED = 20
+MAX_COLUMNS_LISTED, COLUMN_NAME_CHARS = 12, 40  # an error lists a record's columns in one short line
 
 
 def _columns_listing(record: dict) -> str:
-    names = [shown(name) for name in list(record)[:MAX_COLUMNS_LISTED]]
+    names = [shown(name, COLUMN_NAME_CHARS) for name in list(record)[:MAX_COLUMNS_LISTED]]
     more = len(record) - len(names)
     return ", ".join(names) + (f" and {more} more" if more > 0 else "") if names else "none"
 
