@@ -23,7 +23,7 @@ TIERS = [
     ["training", "evaluation"],
     ["world", "analysis"],
     ["study", "report", "bench"],
-    ["cli", "__main__"],
+    ["cli", "cli_settings", "__main__"],
 ]
 TIER_OF = {name: level for level, names in enumerate(TIERS) for name in names}
 

@@ -179,3 +179,45 @@ def test_preset_still_works_with_a_deprecation_message(argv, field, value, repla
     assert getattr(seen[0], field) == value
     assert f"--preset is deprecated in `alignlab {argv[0]}`: use {replacement}" in capsys.readouterr().err
     assert main([*argv, replacement, value, "--out", str(tmp_path / "out2")]) == 2
+def test_data_reads_a_saved_dataset_split_with_its_columns(tmp_path, capsys):
+    import datasets
+
+    rows = [{"question": "Q", "good": "A", "bad": "B", "rating_good": 9.0, "rating_bad": 1}]
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)}).save_to_disk(tmp_path / "saved")
+    out = tmp_path / "pairs.jsonl"
+    assert main(["data", str(tmp_path / "saved"), "--split", "test", "--prompt_column", "question",
+                 "--chosen_column", "good", "--rejected_column", "bad", "--reward_chosen_column", "rating_good",
+                 "--reward-rejected-column", "rating_bad", "--out", str(out)]) == 0
+    assert "kept 1 pairs" in capsys.readouterr().out
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [
+        {"id": "saved-test-0", "prompt": [{"role": "user", "content": "Q"}], "chosen": "A", "rejected": "B",
+         "reward_chosen": 9.0, "reward_rejected": 1.0}]
+
+
+def test_data_passes_the_hub_dataset_options(monkeypatch, capsys):
+    import datasets
+
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: calls.append((args, kwargs)) or [
+        {"chosen": "\n\nHuman: Q\n\nAssistant: A", "rejected": "\n\nHuman: Q\n\nAssistant: B"}])
+    assert main(["data", "Anthropic/hh-rlhf", "--data_dir", "harmless-base", "--dataset_config", "default",
+                 "--revision", "v2", "--split", "test"]) == 0
+    assert calls == [(("Anthropic/hh-rlhf",), {"name": "default", "data_dir": "harmless-base", "revision": "v2",
+                                               "split": "test"})]
+    assert "kept 1 pairs" in capsys.readouterr().out
+
+
+def test_eval_flags_reach_the_eval_config(monkeypatch):
+    from alignlab.evaluation import evaluate
+
+    seen = []
+    monkeypatch.setattr(evaluate, "run_eval", lambda config: seen.append(config) or 0)
+    assert main(["eval", "--model", "org/m", "--revision", "v1", "--data", "org/d", "--data_revision", "v2",
+                 "--dataset_config", "c", "--data_dir", "harmless-base", "--prompt_column", "q", "--chosen_column",
+                 "good", "--rejected_column", "bad", "--raw_prompts", "--sft", "org/s", "--sft_revision", "v3",
+                 "--gold_rm", "g"]) == 0
+    [config] = seen
+    assert (config.revision, config.data_revision, config.dataset_config, config.data_dir) == (
+        "v1", "v2", "c", "harmless-base")
+    assert (config.prompt_column, config.chosen_column, config.rejected_column) == ("q", "good", "bad")
+    assert config.raw_prompts is True and config.sft_revision == "v3"

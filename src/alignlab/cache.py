@@ -4,6 +4,8 @@ and cached on disk, used by training, the judge and the world.
 The cache key hashes what determines the numbers: the reference model's identity (a local
 directory's config and weight bytes; a hub name and revision otherwise), the exact token ids of
 the data (so the data, tokenizer and prompt format are all covered) and the numerics (dtype).
+A hub model's identity is the commit its revision stands for, so a model updated upstream is
+computed afresh (`model_fingerprint`).
 A later run with the same key reads the file and never loads the reference model.
 
 Each cache file is a safetensors file whose metadata holds the key and a SHA-256 of the tensor
@@ -16,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -72,13 +75,50 @@ def file_fingerprint(path: Path, cache_dir: Path) -> str:
     return digest
 
 
-def model_fingerprint(name_or_path: str, cache_dir: Path) -> str:
-    """Content hash of a local model directory or file (memoised by file size and mtime), else the name."""
+COMMIT = re.compile(r"[0-9a-f]{40}")
+HUB_TIMEOUT_S = 10  # asking the hub for a commit; an unreachable hub falls back to the local cache
+
+
+def hub_commit(name: str, revision: str | None) -> str | None:
+    """The commit that `revision` (default main) of hub model `name` stands for: asked of the hub,
+    else read from the local Hugging Face cache (the snapshot a download left); None when neither
+    can tell."""
+    wanted = revision or "main"
+    if COMMIT.fullmatch(wanted):
+        return wanted
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(name, revision=wanted, timeout=HUB_TIMEOUT_S).sha
+    except Exception as err:  # offline, unreachable, private or missing: the local cache may still know
+        log.info("cannot ask the hub which commit %s@%s is (%s); looking in the local cache",
+                 name, wanted, type(err).__name__)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json", revision=wanted)
+    except Exception:  # a name the hub's own checks refuse: no snapshot of it can exist
+        return None
+    # A cached file lies in snapshots/<commit>/; anything else (None, "cached as missing") tells nothing.
+    commit = Path(cached).parent.name if isinstance(cached, str) else ""
+    return commit if COMMIT.fullmatch(commit) else None
+
+
+def model_fingerprint(name_or_path: str, cache_dir: Path, revision: str | None = None) -> str:
+    """Content hash of a local model directory or file (memoised by file size and mtime), else the
+    hub name with the commit its `revision` stands for (`hub_commit`); when that cannot be found, the
+    revision's own name, with a warning: the cache then cannot notice a change upstream."""
     directory = Path(name_or_path)
     if directory.is_file():
         return f"file:{file_fingerprint(directory, cache_dir)}"
     if not directory.is_dir():
-        return f"hub:{name_or_path}"
+        commit = hub_commit(name_or_path, revision)
+        if commit is None:
+            log.warning("%s: neither the hub nor the local cache says which commit revision %s is, so cached "
+                        "results computed with it are reused even if the model changes upstream; pass revision "
+                        "as a commit hash to pin it", name_or_path, revision or "main")
+            return f"hub:{name_or_path}@{revision or 'main'}"
+        return f"hub:{name_or_path}@{commit}"
     fingerprints = _Fingerprints(cache_dir)
     parts = [f"{path.name}:{fingerprints.sha256(path)}" for path in sorted(directory.iterdir())
              if path.suffix in (".safetensors", ".json") and not path.name.startswith(".")]

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 
+from alignlab.cli_settings import add_config_arguments, add_dataset_arguments, add_eval_arguments
 from alignlab.errors import AlignlabError
 
 TRAIN_EPILOG = """\
@@ -35,92 +36,6 @@ def _methods_help() -> str:
     return "\n".join(lines)
 
 
-def _metavar(annotation) -> str:
-    """How a field's value is written on the command line."""
-    import types
-    import typing
-
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = args[0]
-    if typing.get_origin(annotation) is list:
-        return "NAME,NAME"
-    return {int: "INT", float: "NUMBER", bool: "true|false", str: "TEXT"}.get(annotation, "VALUE")
-
-
-def _add_config_arguments(parser, config_cls) -> None:
-    """`--config` and one flag per field of `config_cls` (a dataclass whose fields carry help, see
-    alignlab.config.setting), listed with its type, default and TRL's name for it. Every default is
-    None so that a --config file's value stands unless the command line gives one. On/off fields
-    are also bare flags (`--use_peft`)."""
-    import dataclasses
-
-    from alignlab.config import PRECISION_FLAGS, TRL_ALIASES, field_types
-
-    parser.add_argument("--config", help=f"YAML file of {config_cls.__name__} fields (config.yaml of a run repeats it)")
-    group = parser.add_argument_group(f"settings ({config_cls.__name__} fields; also YAML keys of --config)")
-    trl_names = {ours: theirs for theirs, ours in TRL_ALIASES.items()}
-    annotations = field_types(config_cls)
-    for spec in sorted(dataclasses.fields(config_cls), key=lambda spec: spec.name != "method"):  # method first
-        if annotations[spec.name] is dict:  # params: the method's hyper-parameters, listed in the epilog
-            continue
-        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
-        notes = [f"default: {default if default not in ('', None) else 'none'}"]
-        if spec.name in trl_names:
-            notes.append(f"TRL: {trl_names[spec.name]}")
-        if spec.name == "mixed_precision":
-            notes.append("TRL: " + " / ".join(f"--{flag}" for flag in PRECISION_FLAGS))
-        help_text = f"{spec.metadata.get('help', '')} ({'; '.join(notes)})".replace("%", "%%")
-        metavar = _metavar(annotations[spec.name])
-        if annotations[spec.name] is bool:
-            group.add_argument(f"--{spec.name}", nargs="?", const=True, default=None, metavar=metavar, help=help_text)
-        else:
-            group.add_argument(f"--{spec.name}", default=None, metavar=metavar, help=help_text)
-
-
-def _add_eval_arguments(parser) -> None:
-    """`alignlab eval`'s settings: the fields of EvalConfig. Every default is None so that a --config
-    file's value stands unless the command line gives one; the defaults are EvalConfig's."""
-    from alignlab.evaluation.config import EvalConfig
-    from alignlab.evaluation.judge import BASELINES
-
-    def on_off(group, name: str, help: str | None = None) -> None:  # a bare --name means true
-        group.add_argument(f"--{name}", nargs="?", const=True, default=None, metavar="true|false", help=help)
-
-    parser.add_argument("--config", help="YAML file of EvalConfig fields (an evaluation's config.yaml repeats it)")
-    parser.add_argument("--model", help="model to evaluate: directory, .gguf file or HF name")
-    parser.add_argument("--gguf_file", help="a GGUF file inside the --model directory")
-    parser.add_argument("--data", help="test pairs (their chosen responses give win vs chosen)")
-    parser.add_argument("--data_format", help="hh-rlhf | pku-saferlhf | pairs (default: pairs)")
-    parser.add_argument("--split", help="split of a Hugging Face dataset (default: test)")
-    parser.add_argument("--gold_rm", help="sequence-classification reward model that judges (one output)")
-    parser.add_argument("--sft", help="SFT model: adds win vs SFT, KL and length-normalised KL")
-    parser.add_argument("--out", help="results directory (default: eval-<model name>)")
-    on_off(parser, "overwrite", "replace the results of an earlier alignlab eval in --out")
-    parser.add_argument("--max_new_tokens", help=f"default: {EvalConfig.max_new_tokens}")
-    parser.add_argument("--temperature", help=f"default: {EvalConfig.temperature}")
-    parser.add_argument("--top_p", help=f"default: {EvalConfig.top_p}")
-    on_off(parser, "greedy", "greedy decoding instead of sampling")
-    parser.add_argument("--batch_size", help=f"default: {EvalConfig.batch_size}")
-    parser.add_argument("--seed", help=f"default: {EvalConfig.seed}")
-    parser.add_argument("--limit", help="evaluate the first N pairs only")
-    parser.add_argument("--generation_backend", help="hf (transformers, default) | vllm: what samples the responses "
-                                                     "(vllm: pip install 'alignlab[vllm]', a CUDA GPU)")
-    on_off(parser, "trust_remote_code")
-    judge = parser.add_argument_group("LLM judge (optional): pairwise win rate from an OpenAI-compatible API")
-    judge.add_argument("--judge_url", help="base URL of the API, e.g. http://127.0.0.1:8000/v1 (turns the judge on)")
-    judge.add_argument("--judge_model", help="the judge model's name at that API")
-    judge.add_argument("--judge_baseline", choices=BASELINES,
-                       help="answers to compare with: the SFT model's (default with --sft) or the dataset's chosen")
-    judge.add_argument("--judge_key_env",
-                       help=f"environment variable holding the API key (default: {EvalConfig.judge_key_env}); "
-                            "unset: no Authorization header")
-    judge.add_argument("--judge_retries", help="retries of a failed request (timeout, 429, 5xx, malformed reply); "
-                                               f"default: {EvalConfig.judge_retries}")
-    judge.add_argument("--judge_timeout", help=f"seconds to wait for each reply (default: {EvalConfig.judge_timeout})")
-    judge.add_argument("--judge_workers", help=f"requests in flight at once (default: {EvalConfig.judge_workers})")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignlab", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -132,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="hh-rlhf | pku-saferlhf | pairs (default: pairs)")
     data.add_argument("--filter", default=None, help="pku-saferlhf: double-safe-unsafe")
     data.add_argument("--preference", default="better", help="pku-saferlhf without filter: better | safer")
-    data.add_argument("--split", default="train", help="split of a Hugging Face dataset")
+    data.add_argument("--split", default="train", help="split of a Hugging Face dataset or saved DatasetDict")
+    add_dataset_arguments(data, revision_flag="--revision")
     data.add_argument("--out", default=None, help="write normalised pairs (id, prompt, chosen, rejected) here")
     data.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
 
@@ -143,12 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         usage="alignlab train --method METHOD --model PATH --data PATH --out DIR [--config FILE] [--SETTING VALUE ...]")
     from alignlab.config import RewardModelConfig, TrainConfig
 
-    _add_config_arguments(train, TrainConfig)
+    add_config_arguments(train, TrainConfig)
     train_rm = commands.add_parser(
         "train-rm", help="train a Bradley-Terry reward model (sequence classifier) on preference pairs",
         epilog="TRL's names for settings (output_dir, per_device_train_batch_size, ...) are accepted too.",
         allow_abbrev=False, usage="alignlab train-rm --model PATH --data PATH --out DIR [--config FILE] [--SETTING VALUE ...]")
-    _add_config_arguments(train_rm, RewardModelConfig)
+    add_config_arguments(train_rm, RewardModelConfig)
     run = commands.add_parser(
         "run", help="a whole study: world (or your models and data), SFT, proxy RM, methods, evaluation, report",
         epilog="Any StudyConfig field can be overridden as --key value (see README).")
@@ -179,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="(re)write the robustness report of a sweep or run directory")
     report.add_argument("dir", help="the --out of alignlab sweep or alignlab run")
 
-    _add_eval_arguments(commands.add_parser(
+    add_eval_arguments(commands.add_parser(
         "eval", help="evaluate a model: generate, score with a gold reward model, metrics with CIs",
         epilog="Any EvalConfig field can be overridden as --key value; on/off settings also as a bare --key."))
 
@@ -212,17 +128,24 @@ def run_bench(args) -> int:
 
 
 def run_data(args) -> int:
+    from alignlab.data.options import data_options
     from alignlab.data.pairs import load_pairs, write_pairs_jsonl
     from alignlab.output_dirs import check_output_file
 
     if args.out:
         check_output_file(args.out, overwrite=args.overwrite, inputs=[args.path])  # before reading the data
     result = load_pairs(args.path, args.data_format, filter=args.filter, preference=args.preference,
-                        split=args.split)
+                        split=args.split, **data_options(vars(args)))
     if args.out:
         write_pairs_jsonl(result.pairs, args.out)
     print(result.summary() + (f"; wrote {args.out}" if args.out else ""))
     return 0
+
+
+def _fields(cls) -> tuple[str, ...]:
+    from alignlab.config import field_types
+
+    return tuple(field_types(cls))
 
 
 def _config_from_args(cls, args, names: tuple[str, ...], overrides: list[str]):
@@ -236,17 +159,11 @@ def _config_from_args(cls, args, names: tuple[str, ...], overrides: list[str]):
     return config
 
 
-def _field_names(cls) -> tuple[str, ...]:
-    import dataclasses
-
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
 def run_train(args, overrides: list[str]) -> int:
     from alignlab.config import TrainConfig
     from alignlab.training import train
 
-    config = _config_from_args(TrainConfig, args, _field_names(TrainConfig), overrides)
+    config = _config_from_args(TrainConfig, args, _fields(TrainConfig), overrides)
     result = train(config)
     if config.method == "grpo":  # online: what it trained on are prompts, and its margin is the reward
         print(f"{result.out}: {result.optimizer_steps} steps, {result.pairs_trained} prompts × "
@@ -263,7 +180,7 @@ def run_train_rm(args, overrides: list[str]) -> int:
     from alignlab.config import RewardModelConfig
     from alignlab.training.reward_model import train_reward_model
 
-    config = _config_from_args(RewardModelConfig, args, _field_names(RewardModelConfig), overrides)
+    config = _config_from_args(RewardModelConfig, args, _fields(RewardModelConfig), overrides)
     result = train_reward_model(config)
     print(f"{result.out}: {result.optimizer_steps} steps in {result.seconds:.1f}s, final loss "
           f"{result.final_loss:.4f}; held-out pairwise accuracy {result.heldout_accuracy:.3f} "
@@ -275,7 +192,7 @@ def run_eval_command(args, overrides: list[str]) -> int:
     from alignlab.evaluation.config import EvalConfig
     from alignlab.evaluation.evaluate import run_eval
 
-    return run_eval(_config_from_args(EvalConfig, args, _field_names(EvalConfig), overrides))
+    return run_eval(_config_from_args(EvalConfig, args, _fields(EvalConfig), overrides))
 
 
 def run_study_command(args, overrides: list[str]) -> int:

@@ -403,7 +403,7 @@ def test_parquet_errors_name_the_row(tmp_path):
 
 def test_missing_and_unsupported_files(tmp_path):
     raises_input_error(tmp_path / "nowhere.jsonl", "nowhere.jsonl", "no such file")
-    raises_input_error(tmp_path, str(tmp_path), "not a file")
+    raises_input_error(tmp_path, str(tmp_path), "a directory, but no dataset saved by save_to_disk")
     (tmp_path / "notes.txt").write_text("hello")
     raises_input_error(tmp_path / "notes.txt", "notes.txt", "unsupported file type")
 
@@ -414,8 +414,8 @@ def fake_datasets(monkeypatch, load_dataset):
 
 
 def test_hub_failure_is_a_clean_error(monkeypatch):
-    def unreachable(name, split):
-        raise ConnectionError(f"Couldn't reach '{name}' on the Hub\nretrying...")
+    def unreachable(path, **options):
+        raise ConnectionError(f"Couldn't reach '{path}' on the Hub\nretrying...")
 
     fake_datasets(monkeypatch, unreachable)
     raises_input_error("someone/no-such-dataset", "someone/no-such-dataset", "no such local file",
@@ -424,8 +424,9 @@ def test_hub_failure_is_a_clean_error(monkeypatch):
 
 def test_hub_rows_go_through_the_adapter(monkeypatch):
     loaded = []
-    fake_datasets(monkeypatch, lambda name, split: loaded.append((name, split)) or [GOOD, {"prompt": "Q"}])
+    fake_datasets(monkeypatch,
+                  lambda path, **options: loaded.append((path, options["split"])) or [GOOD, {"prompt": "Q"}])
     raises_input_error("org/prefs", "org/prefs row 1", "field 'chosen'", split="test")
-    fake_datasets(monkeypatch, lambda name, split: [GOOD, GOOD | {"chosen": "C"}])
+    fake_datasets(monkeypatch, lambda path, **options: [GOOD, GOOD | {"chosen": "C"}])
     assert [p.id for p in load_pairs("org/prefs", split="test").pairs] == ["prefs-test-0", "prefs-test-1"]
     assert loaded == [("org/prefs", "test")]

@@ -1,8 +1,10 @@
 """Prompt formats, response masks and the documented truncation rule."""
 
+import pytest
 import torch
 
 from alignlab.data.pairs import PreferencePair
+from alignlab.errors import AlignlabError
 from alignlab.models.loading import load_tokenizer
 from alignlab.data.tokenise import collate_pairs, tokenize_pairs
 
@@ -65,3 +67,30 @@ def test_collated_batch_is_chosen_rows_then_rejected_rows_with_response_mask(tin
     only_chosen = collate_pairs(examples, tokenizer.pad_token_id, include_rejected=False)
     assert only_chosen["input_ids"].shape[0] == 2
     assert torch.equal(only_chosen["lengths"], batch["lengths"][:2])
+
+
+HH_PROMPT = [{"role": "user", "content": "\n\nHuman: What color is the sky?\n\nAssistant:"}]
+
+
+def test_raw_prompts_are_the_texts_as_the_tokenizer_encodes_them(tiny_chat_model):
+    tokenizer = load_tokenizer(str(tiny_chat_model))  # has a chat template: raw_prompts must not use it
+    [ex], _ = tokenize_pairs(tokenizer, [pair(HH_PROMPT, " Blue.", " Green.")], 256, 128, raw_prompts=True)
+    assert ex.prompt_ids == tokenizer(HH_PROMPT[0]["content"])["input_ids"]
+    assert ex.chosen_ids == tokenizer(" Blue.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert decode(tokenizer, ex.prompt_ids + ex.rejected_ids) == HH_PROMPT[0]["content"] + " Green.</s>"
+
+
+def test_raw_prompts_keep_the_special_tokens_the_tokenizer_adds(tiny_model):
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    bos = tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    [ex], _ = tokenize_pairs(tokenizer, [pair(HH_PROMPT, " Blue.", " Green.")], 256, 128, raw_prompts=True)
+    assert ex.prompt_ids[0] == bos and decode(tokenizer, ex.prompt_ids) == "<s>" + HH_PROMPT[0]["content"]
+    assert bos not in ex.chosen_ids
+
+
+def test_raw_prompts_refuse_a_conversation(tiny_model):
+    with pytest.raises(AlignlabError, match=r"conversation of 3 messages \(user, assistant, user\)"):
+        tokenize_pairs(load_tokenizer(str(tiny_model)), [pair()], 256, 128, raw_prompts=True)

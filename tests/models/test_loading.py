@@ -96,3 +96,29 @@ def test_eval_refuses_a_causal_lm_as_its_gold_reward_model(tiny_model, pairs_fil
     err = capsys.readouterr().err
     assert code == 2 and "not a reward model" in err and "`score.weight`" in err, err
     assert not out.exists()
+
+
+def test_a_hub_revision_reaches_every_from_pretrained(tiny_model, monkeypatch):
+    """The revision goes to the tokenizer's and the model's from_pretrained; the files come from the
+    tiny model, since nothing is downloaded here."""
+    import transformers
+
+    from alignlab.models.loading import load_tokenizer
+
+    revisions = []
+    for auto in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM,
+                 transformers.AutoModelForSequenceClassification):
+        original = auto.from_pretrained.__func__
+
+        def from_pretrained(cls, name, *args, original=original, auto=auto, **kwargs):
+            revisions.append((auto.__name__, name, kwargs.pop("revision", None)))
+            return original(cls, str(tiny_model), *args, **kwargs)
+
+        monkeypatch.setattr(auto, "from_pretrained", classmethod(from_pretrained))
+    load_tokenizer("org/model", revision="v1")
+    load_causal_lm("org/model", revision="abc")
+    load_sequence_classifier("org/model", num_labels=1, revision="def")
+    load_causal_lm("org/model")
+    assert revisions == [("AutoTokenizer", "org/model", "v1"), ("AutoModelForCausalLM", "org/model", "abc"),
+                         ("AutoModelForSequenceClassification", "org/model", "def"),
+                         ("AutoModelForCausalLM", "org/model", None)]

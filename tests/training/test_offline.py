@@ -251,3 +251,32 @@ def test_max_steps_stops_early_and_snapshots_mark_the_curve(tiny_model, pairs_fi
     assert last.keys() == final.keys() and all(torch.equal(last[k], final[k]) for k in final)
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["setup_seconds"] > 0 and summary["optimizer_steps"] == 3
+
+
+def test_trls_implicit_text_pairs_train_on_their_raw_texts(tiny_model, tmp_path):
+    """TRL's implicit-prompt text format with raw_prompts: the reference log-probs the trainer caches are
+    those of the prompt text and response text as the tokenizer encodes them (plus EOS), nothing added."""
+    from alignlab.data.tokenise import TokenizedPair
+
+    records = [{"chosen": f"\n\nHuman: What color is the {thing}?\n\nAssistant: It is {color}.",
+                "rejected": f"\n\nHuman: What color is the {thing}?\n\nAssistant: Sorry, no idea."}
+               for thing, color in (("sky", "blue"), ("leaf", "green"), ("snow", "white"), ("coal", "black"))]
+    data = tmp_path / "trl.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    cache = tmp_path / "cache"
+    train(config_for(tiny_model, data, tmp_path / "run", raw_prompts=True, cache_dir=str(cache), max_length=128,
+                     max_prompt_length=96))
+    [cache_file] = cache.glob("reference-logps-*.safetensors")
+    from safetensors.torch import load_file
+    cached = load_file(str(cache_file))
+    tokenizer = load_tokenizer(str(tiny_model))
+    examples = []
+    for record in records:
+        prompt = record["chosen"][:record["chosen"].index(" It is")]  # TRL: the shared text, less its final space
+        examples.append(TokenizedPair(
+            tokenizer(prompt)["input_ids"],
+            *(tokenizer(record[side][len(prompt):], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+              for side in ("chosen", "rejected"))))
+    fresh_chosen, fresh_rejected = unbatched_logps(load_causal_lm(str(tiny_model)).eval(), examples)
+    assert torch.allclose(cached["chosen"].double(), torch.tensor(fresh_chosen, dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(cached["rejected"].double(), torch.tensor(fresh_rejected, dtype=torch.float64), atol=1e-4)

@@ -14,6 +14,10 @@ Conventions:
   dropped and counted in every format.
 - Every problem with the input is an `InputError` naming file, line (or row) and field; messages
   quote at most ~200 characters of the input (`alignlab.untrusted.shown`).
+- The pairs format also reads TRL's preference formats: records without a prompt whose chosen and
+  rejected hold it (conversations sharing their leading messages, or texts sharing their opening:
+  `split_implicit_prompt`), and `score_chosen`/`score_rejected` as rewards (trl-lib's
+  ultrafeedback_binarized). `Columns` names other fields for each part.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from alignlab.atomic import write_jsonl
+from alignlab.data.options import Columns
 from alignlab.data.readers import Where, a_type, read_records
 from alignlab.errors import AlignlabError, InputError
 from alignlab.untrusted import shown
@@ -67,8 +72,12 @@ class LoadResult:
 
 
 def load_pairs(source: str, format: str = "pairs", *, filter: str | None = None,
-               preference: str = "better", split: str = "train") -> LoadResult:
-    """Read every record of `source` as a preference pair; see the module docstring for conventions."""
+               preference: str = "better", split: str = "train", dataset_config: str | None = None,
+               data_dir: str | None = None, revision: str | None = None, columns: Columns | None = None
+               ) -> LoadResult:
+    """Read every record of `source` as a preference pair; see the module docstring for conventions.
+    `split`, `dataset_config`, `data_dir` and `revision` choose what a Hugging Face dataset loads
+    (`split` also picks from a saved DatasetDict); `columns` renames the fields of the pairs format."""
     if format not in FORMATS:
         raise AlignlabError(f"unknown data format {shown(format)}; choose one of: {', '.join(FORMATS)}")
     if filter is not None and filter not in PKU_FILTERS:
@@ -78,10 +87,16 @@ def load_pairs(source: str, format: str = "pairs", *, filter: str | None = None,
     if preference not in PKU_PREFERENCES:
         raise AlignlabError(f"unknown preference {shown(preference)}; choose one of: {', '.join(PKU_PREFERENCES)}")
 
+    columns = columns or Columns()
+    if columns.mapped and format != "pairs":
+        raise AlignlabError(f"{', '.join(columns.mapped)} apply only to format 'pairs', not {shown(format)}")
+
     source = str(source)
     pairs, dropped, first_seen = [], collections.Counter(), {}
     records = 0
-    for where, record in read_records(source, split):
+    reward_columns = tuple(c for c in (columns.reward_chosen, columns.reward_rejected) if c is not None)
+    for where, record in read_records(source, split, dataset_config=dataset_config, data_dir=data_dir,
+                                      revision=revision, numeric_columns=reward_columns):
         records += 1
         if not isinstance(record, dict):
             raise where.error(f"record is {a_type(record)}, expected an object with named fields")
@@ -90,7 +105,7 @@ def load_pairs(source: str, format: str = "pairs", *, filter: str | None = None,
         elif format == "pku-saferlhf":
             pair = _pku_pair(record, where, filter, preference)
         else:
-            pair = _generic_pair(record, where)
+            pair = _generic_pair(record, where, columns)
         if isinstance(pair, str):  # an adapter names the reason a record cannot train
             dropped[pair] += 1
             continue
@@ -227,8 +242,30 @@ def _pku_pair(record: dict, where: Where, filter: str | None, preference: str) -
 
 # ---------------------------------------------------------------- generic pairs
 
-PAIRS_FIX = ("Each record needs 'prompt' (text or messages), 'chosen' and 'rejected' "
-             "(texts, or TRL-style message lists)")
+PAIRS_FIX = ("Each record needs 'chosen' and 'rejected' (texts, or TRL-style message lists) and 'prompt' "
+             "(text or messages), unless chosen and rejected both start with it")
+MAX_COLUMNS_LISTED, COLUMN_NAME_CHARS = 12, 40  # an error lists a record's columns in one short line
+
+
+def _columns_listing(record: dict) -> str:
+    names = [shown(name, COLUMN_NAME_CHARS) for name in list(record)[:MAX_COLUMNS_LISTED]]
+    more = len(record) - len(names)
+    return ", ".join(names) + (f" and {more} more" if more > 0 else "") if names else "none"
+
+
+def _check_mapped_columns(record: dict, columns: Columns, where: Where) -> None:
+    for option, column in columns.mapped.items():
+        if column not in record:
+            raise where.error(f"column {shown(column)} (named by {option}) is missing; the record's columns are: "
+                              f"{_columns_listing(record)}", field=column,
+                              fix=f"Set {option} to one of the record's columns")
+
+
+def _reward_column(record: dict, mapped: str | None, side: str) -> str:
+    """The field holding `side`'s reward: the one named, else reward_<side>, else TRL's score_<side>."""
+    if mapped is not None:
+        return mapped
+    return f"reward_{side}" if f"reward_{side}" in record or f"score_{side}" not in record else f"score_{side}"
 
 
 def _messages(value, name: str, where: Where) -> list[dict[str, str]]:
@@ -249,13 +286,13 @@ def _messages(value, name: str, where: Where) -> list[dict[str, str]]:
     return turns
 
 
-def _prompt_turns(record: dict, where: Where) -> list[dict[str, str]]:
-    value = _require(record, "prompt", where, PAIRS_FIX)
+def _prompt_turns(record: dict, name: str, where: Where) -> list[dict[str, str]]:
+    value = _require(record, name, where, PAIRS_FIX)
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
-    turns = _messages(value, "prompt", where)
+    turns = _messages(value, name, where)
     if not turns or turns[-1]["role"] != "user":
-        raise where.error("the prompt must end with a user message", field="prompt")
+        raise where.error("the prompt must end with a user message", field=name)
     return turns
 
 
@@ -269,22 +306,60 @@ def _final_reply(tail: list[dict[str, str]], name: str, where: Where) -> str:
     return tail[0]["content"]
 
 
-def _conversation_pair(record: dict, where: Where) -> tuple[list[dict[str, str]], str, str]:
+def _conversation_pair(record: dict, names: Columns, where: Where) -> tuple[list[dict[str, str]], str, str]:
     """TRL conversational style: chosen/rejected are message lists, the prompt explicit or shared."""
-    chosen = _messages(record["chosen"], "chosen", where)
-    rejected = _messages(_require(record, "rejected", where, PAIRS_FIX), "rejected", where)
-    if record.get("prompt") is not None:
-        return _prompt_turns(record, where), _final_reply(chosen, "chosen", where), \
-            _final_reply(rejected, "rejected", where)
-    # Implicit prompt: the messages both conversations share, leaving each its final reply.
+    chosen = _messages(record[names.chosen], names.chosen, where)
+    rejected = _messages(_require(record, names.rejected, where, PAIRS_FIX), names.rejected, where)
+    prompt = record.get(names.prompt)
+    # A text prompt beside whole conversations is ignored, as TRL's maybe_extract_prompt does
+    # (HuggingFaceH4/ultrafeedback_binarized has one); beside lone replies it is the prompt.
+    if prompt is not None and (not isinstance(prompt, str) or len(chosen) == 1):
+        return _prompt_turns(record, names.prompt, where), _final_reply(chosen, names.chosen, where), \
+            _final_reply(rejected, names.rejected, where)
+    # Implicit prompt: the messages both conversations share, leaving each its final reply (TRL's
+    # extract_prompt: conversations that agree throughout leave each its last message).
     shared = 0
     while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
         shared += 1
     prompt = chosen[:shared]
     if not prompt or prompt[-1]["role"] != "user":
         raise where.error("the messages shared by chosen and rejected (the prompt) must end with a user message",
-                          field="chosen", fix="Start both with the same conversation, or give the prompt in 'prompt'")
-    return prompt, _final_reply(chosen[shared:], "chosen", where), _final_reply(rejected[shared:], "rejected", where)
+                          field=names.chosen, fix="Start both with the same conversation, or give the prompt in "
+                                                  f"{shown(names.prompt)}")
+    return (prompt, _final_reply(chosen[shared:], names.chosen, where),
+            _final_reply(rejected[shared:], names.rejected, where))
+
+
+def split_implicit_prompt(chosen: str, rejected: str) -> tuple[str, str, str] | None:
+    """(prompt, chosen response, rejected response) of two texts that both start with the prompt, by
+    TRL's `extract_prompt` rule: the prompt is their longest common prefix, less a final space (which
+    goes to the responses); when one text starts with the whole other, the shorter keeps its last
+    character as its response. None when that prompt would be empty (TRL returns an empty prompt)."""
+    shared = len(os.path.commonprefix([chosen, rejected]))
+    if shared == min(len(chosen), len(rejected)):
+        shared -= 1
+    elif shared > 0 and chosen[shared - 1] == " ":
+        shared -= 1
+    if shared <= 0:
+        return None
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def _text_pair(record: dict, names: Columns, columns: Columns, where: Where
+               ) -> tuple[list[dict[str, str]], str, str] | str:
+    chosen = _text(record, names.chosen, where, PAIRS_FIX)
+    rejected = _text(record, names.rejected, where, PAIRS_FIX)
+    if columns.prompt is not None or record.get(names.prompt) is not None:
+        return _prompt_turns(record, names.prompt, where), chosen, rejected
+    if chosen == rejected:
+        return "identical responses"
+    # TRL's implicit-prompt format: chosen and rejected are whole texts that start with the prompt.
+    split = split_implicit_prompt(chosen, rejected)
+    if split is None:
+        raise where.error("is missing, and chosen and rejected share no leading text to take as the prompt",
+                          field=names.prompt, fix=PAIRS_FIX)
+    prompt, chosen, rejected = split
+    return [{"role": "user", "content": prompt}], chosen, rejected
 
 
 def _record_id(record: dict, where: Where) -> str:
@@ -306,16 +381,22 @@ def _reward(record: dict, name: str, where: Where) -> float | None:
     return float(value)
 
 
-def _generic_pair(record: dict, where: Where) -> PreferencePair | str:
-    if isinstance(record.get("chosen"), list):
-        prompt, chosen, rejected = _conversation_pair(record, where)
+def _generic_pair(record: dict, where: Where, columns: Columns) -> PreferencePair | str:
+    _check_mapped_columns(record, columns, where)
+    names = Columns(columns.prompt or "prompt", columns.chosen or "chosen", columns.rejected or "rejected",
+                    _reward_column(record, columns.reward_chosen, "chosen"),
+                    _reward_column(record, columns.reward_rejected, "rejected"))
+    if isinstance(record.get(names.chosen), list):
+        parts = _conversation_pair(record, names, where)
     else:
-        prompt = _prompt_turns(record, where)
-        chosen, rejected = _text(record, "chosen", where, PAIRS_FIX), _text(record, "rejected", where, PAIRS_FIX)
-    for name, response in (("chosen", chosen), ("rejected", rejected)):
+        parts = _text_pair(record, names, columns, where)
+    if isinstance(parts, str):  # the reason the record cannot train
+        return parts
+    prompt, chosen, rejected = parts
+    for name, response in ((names.chosen, chosen), (names.rejected, rejected)):
         if _is_blank(response):
             raise where.error("empty response", field=name, fix="Fill in the response or remove the record")
     if chosen == rejected:
         return "identical responses"
     return PreferencePair(_record_id(record, where), prompt, chosen, rejected,
-                          _reward(record, "reward_chosen", where), _reward(record, "reward_rejected", where))
+                          _reward(record, names.reward_chosen, where), _reward(record, names.reward_rejected, where))

@@ -1,17 +1,22 @@
 """Where preference records come from (SPEC §2): local files or Hugging Face datasets, read record by
 record with each record's position, for `alignlab.data.pairs` to turn into pairs.
 
-A source is a local file — `.jsonl`, `.json`, `.csv` (each optionally `.gz`) or `.parquet` — or, when
-it is no local file and looks like `name` or `org/name`, a Hugging Face dataset loaded with
-`datasets.load_dataset(name, split=split)`.
+A source is a local file — `.jsonl`, `.json`, `.csv` (each optionally `.gz`) or `.parquet` —, a local
+directory written by `datasets`' `save_to_disk` (a `Dataset`, read whole, or a `DatasetDict`, whose
+`split` is read), or, when it is neither and looks like `name` or `org/name`, a Hugging Face dataset
+loaded with `datasets.load_dataset(name, name=dataset_config, data_dir=data_dir, revision=revision,
+split=split)`. A split that a DatasetDict or hub dataset lacks is an error listing the splits it has.
 
 Conventions:
 - Positions: text files (.jsonl, .csv) count 1-based lines, as an editor does; a .json list counts
   0-based "record N" and Parquet files and hub datasets 0-based "row N", as `data[N]` / `ds[N]` do.
 - Generated ids are "<stem>-<position>", where stem is the file name without its extensions
-  (`test.jsonl.gz` -> `test`) or, for a hub dataset `org/name`, "name-<split>".
+  (`test.jsonl.gz` -> `test`), for a saved dataset directory its name (and "-<split>" for a
+  DatasetDict) or, for a hub dataset `org/name`, "name-<split>" with the configuration and data_dir
+  between them when given ("hh-rlhf-harmless-base-train").
 - `.json` files hold a list of records, or an object whose "data" key holds that list.
-- CSV cells are text; the numeric and boolean columns (rewards, PKU labels) are parsed from it.
+- CSV cells are text; the numeric and boolean columns (rewards, PKU labels, and the columns the caller
+  names in `numeric_columns`) are parsed from it.
 - A .jsonl or .csv line longer than `MAX_LINE_BYTES` (16 MiB) is an error at that line, found
   without reading the line whole (so a 50 MB line costs 16 MiB of memory, not 50 MB plus its parse):
   one preference pair is kilobytes; such a line is a mis-named .json list or a corrupt file.
@@ -59,18 +64,33 @@ class Where:
         return InputError(problem, file=f"{self.file} {self}", field=field, fix=fix)
 
 
-def read_records(source: str, split: str) -> Iterator[tuple[Where, object]]:
-    """Every record of `source` (a local file, else a hub dataset's `split`) with its position."""
+@dataclass(frozen=True)
+class HubOptions:
+    """Which part of a Hugging Face dataset to read: `datasets.load_dataset`'s arguments beside the name."""
+    split: str = "train"
+    dataset_config: str | None = None  # configuration (subset) name
+    data_dir: str | None = None  # folder inside the dataset repository
+    revision: str | None = None  # branch, tag or commit
+
+
+def read_records(source: str, split: str, *, dataset_config: str | None = None, data_dir: str | None = None,
+                 revision: str | None = None, numeric_columns: tuple[str, ...] = ()
+                 ) -> Iterator[tuple[Where, object]]:
+    """Every record of `source` (a local file, a saved dataset directory, else a hub dataset's `split`)
+    with its position. `dataset_config`, `data_dir` and `revision` choose what a hub dataset loads;
+    `numeric_columns` are CSV columns read as numbers (see the module docstring)."""
     path = Path(source).expanduser()
     if path.is_file():
-        return _read_file(path, source)
+        return _read_file(path, source, numeric_columns)
+    if path.is_dir():
+        return _read_saved(path, source, split)
     # Only a plausible dataset name goes to the hub: a missing "data.jsonl" would otherwise wait on
     # network retries before failing.
     if _file_kind(path.name) is not None or not HUB_NAME.fullmatch(source):
         raise InputError("not a file" if path.exists() else "no such file", file=source,
                          fix="Check the path: give a .jsonl, .json, .csv (optionally .gz) or .parquet file, "
-                             "or a Hugging Face dataset name")
-    return _read_hub(source, split)
+                             "a directory written by save_to_disk, or a Hugging Face dataset name")
+    return _read_hub(source, HubOptions(split, dataset_config, data_dir, revision))
 
 
 def _file_kind(name: str) -> tuple[str, bool, str] | None:
@@ -83,7 +103,7 @@ def _file_kind(name: str) -> tuple[str, bool, str] | None:
     return None
 
 
-def _read_file(path: Path, display: str) -> Iterator[tuple[Where, object]]:
+def _read_file(path: Path, display: str, numeric_columns: tuple[str, ...] = ()) -> Iterator[tuple[Where, object]]:
     kind = _file_kind(path.name)
     if kind is None:
         raise InputError("unsupported file type", file=display,
@@ -97,7 +117,7 @@ def _read_file(path: Path, display: str) -> Iterator[tuple[Where, object]]:
         return _jsonl_records(lines, display, stem)
     if kind == "json":
         return _json_records(lines, display, stem)
-    return _csv_records(lines, display, stem)
+    return _csv_records(lines, display, stem, {**_CSV_TYPED_COLUMNS, **dict.fromkeys(numeric_columns, float)})
 
 
 def _read_lines(path: Path, gzipped: bool, display: str, max_bytes: int | None = None
@@ -162,15 +182,15 @@ def _json_records(lines, display: str, stem: str) -> Iterator[tuple[Where, objec
 # CSV cells are text; these columns hold ids, numbers or flags (written as pandas does: 0.5, 1, True),
 # and an empty cell in them means "no value".
 _CSV_TYPED_COLUMNS = {
-    "id": str, "reward_chosen": float, "reward_rejected": float,
+    "id": str, "reward_chosen": float, "reward_rejected": float, "score_chosen": float, "score_rejected": float,
     "better_response_id": int, "safer_response_id": int,
     "is_response_0_safe": bool, "is_response_1_safe": bool,
 }
 
 
-def _csv_cell(column: str, cell: str):
+def _csv_cell(column: str, cell: str, typed_columns: dict[str, type]):
     """Parse a typed column's cell; leave unparseable text as it is, for the adapter to report."""
-    kind = _CSV_TYPED_COLUMNS.get(column)
+    kind = typed_columns.get(column)
     if kind is None:
         return cell
     if cell == "":
@@ -192,7 +212,7 @@ def _check_unique_columns(header: list[str], display: str) -> None:
         seen.add(column)
 
 
-def _csv_records(lines, display: str, stem: str) -> Iterator[tuple[Where, object]]:
+def _csv_records(lines, display: str, stem: str, typed_columns: dict[str, type]) -> Iterator[tuple[Where, object]]:
     reader = csv.reader(text for _, text in lines)
     try:
         header = next(reader, None)
@@ -205,7 +225,7 @@ def _csv_records(lines, display: str, stem: str) -> Iterator[tuple[Where, object
             if len(cells) != len(header):
                 raise where.error(f"{len(cells)} cells, but the header has {len(header)} columns",
                                   fix="Quote cells that contain commas or line breaks")
-            yield where, {column: _csv_cell(column, cell) for column, cell in zip(header, cells)}
+            yield where, {column: _csv_cell(column, cell, typed_columns) for column, cell in zip(header, cells)}
     except csv.Error as e:
         raise InputError(f"malformed CSV ({clip(str(e))})", file=display, line=reader.line_num) from None
 
@@ -225,17 +245,62 @@ def _parquet_records(path: Path, display: str, stem: str) -> Iterator[tuple[Wher
                          fix="Write it again with pyarrow or pandas") from None
 
 
-def _read_hub(name: str, split: str) -> Iterator[tuple[Where, object]]:
+def _read_saved(path: Path, display: str, split: str) -> Iterator[tuple[Where, object]]:
+    """A directory written by `Dataset.save_to_disk` (read whole) or `DatasetDict.save_to_disk`."""
+    if not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        raise InputError("a directory, but no dataset saved by save_to_disk (it has no dataset_dict.json or "
+                         "state.json)", file=display,
+                         fix="Give a file, a directory written by Dataset.save_to_disk or DatasetDict.save_to_disk, "
+                             "or a Hugging Face dataset name")
     try:
         import datasets
-        rows = datasets.load_dataset(name, split=split)
+        saved = datasets.load_from_disk(str(path))
+    except Exception as e:  # damaged or foreign files: whatever datasets raises means "cannot read it"
+        raise InputError(f"cannot read the saved dataset ({type(e).__name__}: {clip(str(e))})", file=display,
+                         fix="Save it again with save_to_disk") from None
+    stem = path.resolve().name
+    if isinstance(saved, datasets.DatasetDict):
+        _check_split(split, list(saved), display)
+        saved, stem = saved[split], f"{stem}-{split}"
+    return _rows(saved, display, stem)
+
+
+def _check_split(split: str, splits: list[str], display: str) -> None:
+    if split not in splits:
+        raise InputError(f"no split {shown(split)}; the splits are: {', '.join(map(shown, splits))}", file=display,
+                         fix="Choose one of them with the split option (--split, data_split)")
+
+
+def _rows(rows, display: str, stem: str) -> Iterator[tuple[Where, object]]:
+    for index, row in enumerate(rows):
+        yield Where(display, "row", index, stem), row
+
+
+def _read_hub(name: str, options: HubOptions) -> Iterator[tuple[Where, object]]:
+    try:
+        import datasets
+        rows = datasets.load_dataset(name, name=options.dataset_config, data_dir=options.data_dir,
+                                     revision=options.revision, split=options.split)
     except Exception as e:  # missing dataset, bad split, no network: all mean "cannot load it"
+        _check_split(options.split, _hub_splits(name, options), name)
         raise InputError(f"no such local file, and the Hugging Face hub could not load it as a dataset "
                          f"({type(e).__name__}: {clip(str(e))})", file=name,
-                         fix="Check the path, or the dataset name and split") from None
-    stem = f"{name.rsplit('/', 1)[-1]}-{split}"
-    for index, row in enumerate(rows):
-        yield Where(name, "row", index, stem), row
+                         fix="Check the path, or the dataset name, configuration, data_dir, revision and split"
+                         ) from None
+    parts = [name.rsplit('/', 1)[-1], options.dataset_config, options.data_dir, options.split]
+    stem = "-".join(part.strip("/").replace("/", "-") for part in parts if part)
+    return _rows(rows, name, stem)
+
+
+def _hub_splits(name: str, options: HubOptions) -> list[str]:
+    """The splits a hub dataset has, to name them when loading failed; the split asked for when
+    they cannot be found (the dataset is missing or unreachable: the load's own error says so)."""
+    try:
+        import datasets
+        return list(datasets.get_dataset_split_names(name, options.dataset_config, data_dir=options.data_dir,
+                                                     revision=options.revision))
+    except Exception:  # the load's error is the one to report
+        return [options.split]
 
 
 def a_type(value) -> str:

@@ -7,6 +7,11 @@ end-of-turn tokens included). Without a chat template, the documented plain form
     <bos>\n\nHuman: {user turn}\n\nAssistant: {assistant turn} ... \n\nHuman: {last user turn}\n\nAssistant:
     response: " {response}<eos>"
 
+With `raw_prompts` a text prompt is its own rendering: encoded as the tokenizer encodes text (with
+its own special tokens, e.g. a BOS, as TRL encodes text prompts), the response appended as it is
+and then EOS; neither the chat template nor the plain format is used. A prompt of several messages
+has no such text and is an error.
+
 Truncation rule: a prompt longer than `max_prompt_length` keeps its last tokens (the most recent
 turns); then a response that does not fit in `max_length` keeps its first tokens. Both are counted
 and reported, never silent.
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignlab.errors import AlignlabError
+from alignlab.untrusted import shown
 
 PLAIN_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 
@@ -51,24 +57,31 @@ class TruncationReport:
 
 @dataclass
 class PromptRenderer:
-    """Renders and encodes prompts and responses, through the chat template or the plain format."""
+    """Renders and encodes prompts and responses: through the chat template or the plain format, or
+    with `raw_prompts` as the texts they are (see the module docstring)."""
 
     tokenizer: object
+    raw_prompts: bool = False
     uses_chat_template: bool = field(init=False)
 
     def __post_init__(self):
-        self.uses_chat_template = bool(getattr(self.tokenizer, "chat_template", None))
-        plain_specials = not self.uses_chat_template
+        self.uses_chat_template = not self.raw_prompts and bool(getattr(self.tokenizer, "chat_template", None))
+        plain_specials = not self.uses_chat_template and not self.raw_prompts
         self.bos = [self.tokenizer.bos_token_id] if plain_specials and self.tokenizer.bos_token_id is not None else []
-        self.eos = [self.tokenizer.eos_token_id] if plain_specials and self.tokenizer.eos_token_id is not None else []
+        ends_itself = self.uses_chat_template  # the template closes the assistant turn
+        self.eos = [self.tokenizer.eos_token_id] if not ends_itself and self.tokenizer.eos_token_id is not None else []
 
     def prompt_text(self, prompt: list[dict]) -> str:
+        if self.raw_prompts:
+            return raw_prompt_text(prompt)
         if self.uses_chat_template:
             return self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
         turns = "".join(f"\n\n{PLAIN_ROLES.get(t['role'], t['role'].title())}: {t['content']}" for t in prompt)
         return turns + "\n\nAssistant:"
 
     def response_text(self, prompt: list[dict], response: str, prompt_text: str) -> str:
+        if self.raw_prompts:
+            return response
         if not self.uses_chat_template:
             return " " + response
         full = self.tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}],
@@ -84,16 +97,29 @@ class PromptRenderer:
 
     def prompt_ids(self, prompt: list[dict]) -> tuple[list[int], str]:
         text = self.prompt_text(prompt)
+        if self.raw_prompts:
+            return self.tokenizer(text)["input_ids"], text
         return self.bos + self.encode(text), text
 
     def response_ids(self, prompt: list[dict], response: str, prompt_text: str) -> list[int]:
         return self.encode(self.response_text(prompt, response, prompt_text)) + self.eos
 
 
-def tokenize_pairs(tokenizer, pairs, max_length: int, max_prompt_length: int
+def raw_prompt_text(prompt: list[dict]) -> str:
+    """The text of a prompt given as text (one user turn); a conversation has none: an error."""
+    if len(prompt) == 1 and prompt[0]["role"] == "user":
+        return prompt[0]["content"]
+    roles = ", ".join(turn["role"] for turn in prompt)
+    raise AlignlabError(f"raw_prompts uses text prompts as they are, but the prompt beginning "
+                        f"{shown(prompt[0]['content'][:60])} is a conversation of {len(prompt)} messages ({roles}), "
+                        "which has no raw text; turn raw_prompts off to render it with the chat template "
+                        "(or the plain format)")
+
+
+def tokenize_pairs(tokenizer, pairs, max_length: int, max_prompt_length: int, raw_prompts: bool = False
                    ) -> tuple[list[TokenizedPair], TruncationReport]:
     """Token ids for each pair's prompt, chosen and rejected response (see the module docstring)."""
-    renderer = PromptRenderer(tokenizer)
+    renderer = PromptRenderer(tokenizer, raw_prompts)
     report = TruncationReport()
     encoded = []
     for pair in pairs:

@@ -22,11 +22,20 @@ class EvalConfig:
 
     model: str = ""  # model to evaluate: directory, .gguf file or HF name
     gguf_file: str | None = None  # a GGUF file inside the `model` directory
+    revision: str | None = None  # the model's revision on the Hub (branch, tag or commit)
     data: str = ""  # test pairs (their chosen responses give win vs chosen)
     data_format: str = "pairs"  # hh-rlhf | pku-saferlhf | pairs
-    split: str = "test"  # split of a Hugging Face dataset
+    split: str = "test"  # split of a Hugging Face dataset or saved DatasetDict
+    dataset_config: str | None = None  # configuration (subset) of a Hugging Face dataset
+    data_dir: str | None = None  # folder inside a Hugging Face dataset repository, e.g. harmless-base
+    data_revision: str | None = None  # the dataset's revision on the Hub (branch, tag or commit)
+    prompt_column: str | None = None  # column holding the prompt (default: prompt)
+    chosen_column: str | None = None  # column holding the chosen response (default: chosen)
+    rejected_column: str | None = None  # column holding the rejected response (default: rejected)
+    raw_prompts: bool = False  # text prompts as they are, no chat template or plain format (as the model trained)
     gold_rm: str = ""  # sequence-classification reward model that judges (one output)
     sft: str | None = None  # SFT model: adds win vs SFT, KL and length-normalised KL
+    sft_revision: str | None = None  # the SFT model's revision on the Hub
     out: str | None = None  # results directory (default: eval-<model name>)
     overwrite: bool = False  # replace the results of an earlier alignlab eval in `out`
     max_new_tokens: int = GenerationConfig.max_new_tokens

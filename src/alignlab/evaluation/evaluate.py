@@ -58,18 +58,21 @@ def evaluate_model(model_path: str, pairs, scorer, *, sft_model_path: str | None
                    sft_samples: dict | None = None, generation: GenerationConfig = GenerationConfig(),
                    out_dir: str | Path | None = None, device="cpu", trust_remote_code: bool = False,
                    judge: JudgeConfig | None = None, proxy_scorer=None, tokenizer_path: str | None = None,
-                   generation_backend: str = "hf") -> EvalResult:
+                   generation_backend: str = "hf", revision: str | None = None, sft_revision: str | None = None,
+                   raw_prompts: bool = False) -> EvalResult:
     """Generate a response per test pair, score it, and summarise; write the results to `out_dir`.
     With `judge`, an LLM judge also compares each response with the baseline it names; with
     `proxy_scorer` (the reward model training saw) each response also gets a `proxy_score`.
     `tokenizer_path` serves weights saved without their tokenizer (training snapshots).
-    `generation_backend` ("hf" | "vllm") samples every response, the ones KL is estimated on included."""
-    tokenizer = load_tokenizer(tokenizer_path or model_path, trust_remote_code)
-    model = load_causal_lm(model_path, trust_remote_code=trust_remote_code).to(device)
+    `generation_backend` ("hf" | "vllm") samples every response, the ones KL is estimated on included.
+    `revision` and `sft_revision` are the hub revisions of a hub model and SFT model; `raw_prompts`
+    encodes text prompts as they are, as training did (the scorers render prompts their own way)."""
+    tokenizer = load_tokenizer(tokenizer_path or model_path, trust_remote_code, revision)
+    model = load_causal_lm(model_path, trust_remote_code=trust_remote_code, revision=revision).to(device)
     backend = make_backend(generation_backend, model, tokenizer, model_path, device=device,
                            trust_remote_code=trust_remote_code)
     prompts = [pair.prompt for pair in pairs]
-    generations = backend.respond(prompts, generation)
+    generations = backend.respond(prompts, generation, raw_prompts)
     responses = [g.text for g in generations]
     ids = [g.token_ids for g in generations]
     samples = {
@@ -86,19 +89,21 @@ def evaluate_model(model_path: str, pairs, scorer, *, sft_model_path: str | None
         sft_by_id = dict(zip(sft_samples["prompt_id"], sft_samples["gold_score"]))
         samples["sft_score"] = [sft_by_id[pair.id] for pair in pairs]
     if sft_model_path is not None:
-        same = Path(sft_model_path).resolve() == Path(model_path).resolve()
-        if not same and load_tokenizer(sft_model_path, trust_remote_code).get_vocab() != tokenizer.get_vocab():
+        same = Path(sft_model_path).resolve() == Path(model_path).resolve() and sft_revision == revision
+        if not same and load_tokenizer(sft_model_path, trust_remote_code,
+                                       sft_revision).get_vocab() != tokenizer.get_vocab():
             raise AlignlabError(f"{sft_model_path}: the SFT model's tokenizer differs from "
                                 f"{tokenizer_path or model_path}'s; KL to SFT needs both models to share one tokenizer")
-        sft = model if same else load_causal_lm(sft_model_path, trust_remote_code=trust_remote_code).to(device)
+        sft = model if same else load_causal_lm(sft_model_path, trust_remote_code=trust_remote_code,
+                                                revision=sft_revision).to(device)
         if sft.config.vocab_size != model.config.vocab_size:
             raise AlignlabError(f"{sft_model_path}: the SFT model has {sft.config.vocab_size} output tokens, "
                                 f"{model_path} {model.config.vocab_size}; KL to SFT needs one vocabulary: "
                                 "pass the SFT model this one was trained from")
-        kl_ids = [g.token_ids for g in backend.respond(prompts, kl_generation(generation))]
+        kl_ids = [g.token_ids for g in backend.respond(prompts, kl_generation(generation), raw_prompts)]
         # Against itself the KL is 0 exactly; its samples are still drawn, for kl_length.
         kl = [0.0] * len(pairs) if same else kl_to_sft(model, sft, tokenizer, prompts, kl_ids,
-                                                       generation.batch_size, device)
+                                                       generation.batch_size, device, raw_prompts)
         samples["kl"], samples["kl_length"] = kl, [len(t) for t in kl_ids]
         samples["ln_kl"] = [k / max(n, 1) for k, n in zip(kl, samples["kl_length"])]
     if judge is not None:
@@ -134,17 +139,20 @@ def run_eval(config: EvalConfig) -> int:
 
 def _evaluate_into(out: Path, config: EvalConfig, judge: JudgeConfig | None) -> EvalResult:
     """`alignlab eval`'s work; the caller holds `out`."""
+    from alignlab.data.options import data_options
     from alignlab.data.pairs import load_pairs
     from alignlab.models.loading import load_sequence_classifier
 
     new_dir = not out.exists() or not any(out.iterdir())
-    pairs = load_pairs(config.data, config.data_format, split=config.split).pairs[:config.limit]
+    pairs = load_pairs(config.data, config.data_format, split=config.split,
+                       **data_options(vars(config))).pairs[:config.limit]
     if not pairs:
         raise AlignlabError(f"{config.data}: no test pairs to evaluate")
     load_sequence_classifier(config.gold_rm, trust_remote_code=config.trust_remote_code)  # fail before work
     generation = GenerationConfig(config.max_new_tokens, config.temperature, config.top_p, config.greedy,
                                   config.batch_size, config.seed)
-    scorer = RewardScorer(config.gold_rm, trust_remote_code=config.trust_remote_code, batch_size=config.batch_size)
+    scorer = RewardScorer(config.gold_rm, trust_remote_code=config.trust_remote_code, batch_size=config.batch_size,
+                          raw_prompts=config.raw_prompts)
     sft_samples = None
     with atomic.staged_dir(out) as staging:  # results appear together at the end, or not at all
         if new_dir:
@@ -153,8 +161,10 @@ def _evaluate_into(out: Path, config: EvalConfig, judge: JudgeConfig | None) -> 
         if config.sft:
             sft_samples = evaluate_model(config.sft, pairs, scorer, sft_model_path=config.sft, generation=generation,
                                          out_dir=staging / "sft", trust_remote_code=config.trust_remote_code,
-                                         generation_backend=config.generation_backend).samples
+                                         generation_backend=config.generation_backend, revision=config.sft_revision,
+                                         sft_revision=config.sft_revision, raw_prompts=config.raw_prompts).samples
         result = evaluate_model(config.model, pairs, scorer, sft_model_path=config.sft, sft_samples=sft_samples,
                                 generation=generation, out_dir=staging, trust_remote_code=config.trust_remote_code,
-                                judge=judge, generation_backend=config.generation_backend)
+                                judge=judge, generation_backend=config.generation_backend, revision=config.revision,
+                                sft_revision=config.sft_revision, raw_prompts=config.raw_prompts)
     return result

@@ -48,10 +48,11 @@ def summed_token_kl(policy_logits: Tensor, sft_logits: Tensor, mask: Tensor) -> 
 
 @torch.inference_mode()
 def kl_to_sft(policy, sft, tokenizer, prompts: list[list[dict]], response_ids: list[list[int]],
-              batch_size: int = 16, device="cpu") -> list[float]:
+              batch_size: int = 16, device="cpu", raw_prompts: bool = False) -> list[float]:
     """Per response, Σ over its tokens (the stop token included when generated) of
-    KL(πθ(·|x, y<t) ‖ π_SFT(·|x, y<t)), from one forward pass of each model over prompt + response."""
-    renderer = PromptRenderer(tokenizer)
+    KL(πθ(·|x, y<t) ‖ π_SFT(·|x, y<t)), from one forward pass of each model over prompt + response
+    (prompts encoded as for generation)."""
+    renderer = PromptRenderer(tokenizer, raw_prompts)
     prompt_ids = [renderer.prompt_ids(prompt)[0] for prompt in prompts]
     policy.eval()
     sft.eval()

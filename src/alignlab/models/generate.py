@@ -110,9 +110,10 @@ class GenerationBackend(ABC):
     def follow(self, model) -> None:
         """Generate from `model`'s current weights from now on (a policy in training changes every step)."""
 
-    def respond(self, prompts: list[list[dict]], config: GenerationConfig) -> list[Generation]:
-        """`generate` for prompts as turns, rendered and encoded as in training."""
-        renderer = PromptRenderer(self.tokenizer)
+    def respond(self, prompts: list[list[dict]], config: GenerationConfig, raw_prompts: bool = False
+                ) -> list[Generation]:
+        """`generate` for prompts as turns, rendered and encoded as in training (`raw_prompts` as there)."""
+        renderer = PromptRenderer(self.tokenizer, raw_prompts)
         return self.generate([renderer.prompt_ids(prompt)[0] for prompt in prompts], config)
 
     def finish(self, ids: list[int]) -> Generation:
@@ -163,6 +164,7 @@ class HFBackend(GenerationBackend):
 
 
 def generate_responses(model, tokenizer, prompts: list[list[dict]], config: GenerationConfig,
-                       device="cpu", progress: bool = True) -> list[Generation]:
-    """Responses of a loaded model to prompts given as turns, with transformers (`HFBackend`)."""
-    return HFBackend(model, tokenizer, device, progress).respond(prompts, config)
+                       device="cpu", progress: bool = True, raw_prompts: bool = False) -> list[Generation]:
+    """Responses of a loaded model to prompts given as turns, with transformers (`HFBackend`), the
+    prompts encoded as training encodes them (`raw_prompts` as there)."""
+    return HFBackend(model, tokenizer, device, progress).respond(prompts, config, raw_prompts)

@@ -40,13 +40,19 @@ def _check_local_weights(path: str) -> None:
                                 "or incomplete: download or save the model again") from None
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False):
-    """A tokenizer with a pad token: one without gets its EOS (or UNK) token as padding."""
+def _at_revision(revision: str | None) -> dict:
+    """from_pretrained's keyword for a hub revision; none when not given (its own default, main)."""
+    return {} if revision is None else {"revision": revision}
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | None = None):
+    """A tokenizer with a pad token: one without gets its EOS (or UNK) token as padding. `revision`
+    is the hub revision (branch, tag or commit) of a hub model."""
     from transformers import AutoTokenizer
 
     path = local_model_dir(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **_at_revision(revision))
     except (OSError, ValueError) as err:
         raise AlignlabError(f"{path}: cannot load a tokenizer ({err.__class__.__name__}: {err}). "
                             "Pass a local model directory or a Hugging Face model name") from None
@@ -60,7 +66,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def _load_pretrained(auto_cls, path: str, dtype: str, trust_remote_code: bool, **kwargs):
+def _load_pretrained(auto_cls, path: str, dtype: str, trust_remote_code: bool, revision: str | None, **kwargs):
     """The model and transformers' loading info (missing, unexpected and mismatched tensors)."""
     path = local_model_dir(path)
     _check_local_weights(path)
@@ -69,7 +75,7 @@ def _load_pretrained(auto_cls, path: str, dtype: str, trust_remote_code: bool, *
         # so the error can name every one of them.
         return auto_cls.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True,
                                         trust_remote_code=trust_remote_code, output_loading_info=True,
-                                        ignore_mismatched_sizes=True, **kwargs)
+                                        ignore_mismatched_sizes=True, **_at_revision(revision), **kwargs)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise AlignlabError(f"{path}: cannot load model weights ({err.__class__.__name__}: "
                             f"{_first_line(err)}). Check that the directory holds an intact "
@@ -122,23 +128,25 @@ def _check_tensors(path: str, model, info: dict, new_head: bool = False) -> None
                             "(save_pretrained), or fix its config.json")
 
 
-def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False, revision: str | None = None):
+    """A causal LM whose every tensor comes from the checkpoint (`revision`: of a hub model)."""
     from transformers import AutoModelForCausalLM
 
-    model, info = _load_pretrained(AutoModelForCausalLM, path, dtype, trust_remote_code)
+    model, info = _load_pretrained(AutoModelForCausalLM, path, dtype, trust_remote_code, revision)
     _check_tensors(path, model, info)
     return model
 
 
 def load_sequence_classifier(path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                             num_labels: int | None = None):
+                             num_labels: int | None = None, revision: str | None = None):
     """A reward model with one output. `num_labels=1` initialises a fresh score head on a base
     checkpoint (to train one); without it the checkpoint must already be a one-output classifier
-    whose head was saved with it."""
+    whose head was saved with it. `revision`: of a hub model."""
     from transformers import AutoModelForSequenceClassification
 
     extra = {} if num_labels is None else {"num_labels": num_labels}
-    model, info = _load_pretrained(AutoModelForSequenceClassification, path, dtype, trust_remote_code, **extra)
+    model, info = _load_pretrained(AutoModelForSequenceClassification, path, dtype, trust_remote_code, revision,
+                                   **extra)
     head = _outside_base(model, info["missing_keys"])
     if num_labels is None and head:
         raise AlignlabError(f"{path}: not a reward model: its score head {_names(head)} is not in the checkpoint "

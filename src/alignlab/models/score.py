@@ -6,8 +6,8 @@ gold reward (`alignlab.world.StudyWorld.score`). (The LLM judge compares two res
 scoring one, so it is not a scorer: see alignlab.evaluation.judge.)
 
 The text a reward model sees is rendered with its own tokenizer (chat template, or the plain format
-of `alignlab.data.tokenise`); sequences longer than `max_length` keep their last tokens, so the
-response — what is being judged — is never cut.
+of `alignlab.data.tokenise`, or with `raw_prompts` the texts as they are); sequences longer than
+`max_length` keep their last tokens, so the response — what is being judged — is never cut.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ class RewardScorer:
     """A `Scorer` backed by a one-output sequence classifier, scoring `batch_size` pairs at a time."""
 
     def __init__(self, path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                 max_length: int = 1024, device: str | torch.device = "cpu", batch_size: int = 16):
+                 max_length: int = 1024, device: str | torch.device = "cpu", batch_size: int = 16,
+                 raw_prompts: bool = False):
         self.path = path
         self.batch_size = batch_size
         self.tokenizer = load_tokenizer(path, trust_remote_code)
         self.model = load_sequence_classifier(path, dtype, trust_remote_code).to(device).eval()
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.renderer = PromptRenderer(self.tokenizer)
+        self.renderer = PromptRenderer(self.tokenizer, raw_prompts)
         self.max_length = max_length
         self.device = device
 
@@ -65,6 +66,6 @@ class RewardScorer:
 
 
 @functools.lru_cache(maxsize=4)
-def cached_reward_scorer(path: str) -> RewardScorer:
+def cached_reward_scorer(path: str, raw_prompts: bool = False) -> RewardScorer:
     """One RewardScorer per reward model in a process: a sweep scores every run with the same models."""
-    return RewardScorer(path)
+    return RewardScorer(path, raw_prompts=raw_prompts)

@@ -18,12 +18,14 @@ from pathlib import Path
 
 from alignlab.checks import COUNT, SEED, check_number, check_numbers
 from alignlab.config import RewardModelConfig, TrainConfig, coerce_value, field_types, resolve_aliases
+from alignlab.data.options import DATA_OPTIONS, data_options
 from alignlab.errors import AlignlabError, unknown_name_message
 from alignlab.objectives.registry import get_method
 
 log = logging.getLogger(__name__)
 
 STUDIES = ("robustness", "var")
+TEST_DATA_OPTIONS = ("data_split", *DATA_OPTIONS)
 
 STUDY_RANGES = {"seed": SEED, "seeds": COUNT, "race_snapshots": COUNT, "race_grpo_steps": COUNT,
                 "workers": COUNT, "test_limit": COUNT}  # test_limit unset (None): every test pair
@@ -55,6 +57,10 @@ class StudyConfig:
     train_filter: str | None = None
     test_data: str | None = None
     test_format: str = "pairs"
+    # What picks test_data's part and columns, named as TrainConfig's fields: data_split (default
+    # test), dataset_config, data_dir, data_revision and the *_column settings. `training` carries
+    # them for train_data (and the proxy reward model), with revision and raw_prompts for the model.
+    test_data_options: dict = field(default_factory=dict)
     test_limit: int | None = None  # evaluate on the first N test pairs
     # Prompts that pick runs (best, top-25%, top-k%): with them every test prompt reports; without
     # them the test prompts are split in halves (alignlab.evidence.split).
@@ -82,6 +88,11 @@ class StudyConfig:
         if self.study == "var" and "var" not in (self.methods or ["var"]):
             raise AlignlabError("config: study 'var' compares VAR with DPO; add var to 'methods'")
         check_numbers("config", vars(self), STUDY_RANGES)
+        for key, value in self.test_data_options.items():
+            if key not in TEST_DATA_OPTIONS:
+                raise AlignlabError(unknown_name_message("config: test_data_options has unknown key", key,
+                                                         list(TEST_DATA_OPTIONS)))
+            self.test_data_options[key] = coerce_value(key, value, str | None, "config: test_data_options")
         if self.seeds is not None:  # a valid count by now (check_numbers)
             check_number("config", "'seed' + 'seeds' − 1 (the last training seed)", self.seed + self.seeds - 1, SEED)
         if self.executor not in ("local", "ray"):
@@ -182,9 +193,12 @@ def real_inputs(config: StudyConfig) -> StudyInputs:
     from alignlab.data.pairs import load_pairs
     from alignlab.models.score import RewardScorer
 
-    test = load_pairs(config.test_data, config.test_format, split="test")
+    options = config.test_data_options
+    test = load_pairs(config.test_data, config.test_format, split=options.get("data_split") or "test",
+                      **data_options(options))
     test_pairs = test.pairs[:config.test_limit] if config.test_limit else test.pairs
     description = {"model": config.model, "training data": config.train_data,
                    "test data": f"{config.test_data} ({len(test_pairs)} pairs)", "gold reward model": config.gold_rm}
+    scorer = RewardScorer(config.gold_rm, raw_prompts=config.training.get("raw_prompts", False))
     return StudyInputs(config.model, config.model, config.train_data, None, config.train_format,
-                       config.train_filter, test_pairs, RewardScorer(config.gold_rm), description, {})
+                       config.train_filter, test_pairs, scorer, description, {})

@@ -39,7 +39,7 @@ class RunTask:
     train_config: dict  # TrainConfig fields
     generation: dict  # GenerationConfig fields
     sft_model: str
-    scorer: dict  # {"world": preset, "seed": n} or {"gold_rm": path}
+    scorer: dict  # {"world": preset, "seed": n} or {"gold_rm": path, "raw_prompts": bool}
     proxy_rm: str | None = None  # scores every response a second time: the reward training saw
 
 
@@ -59,7 +59,7 @@ def _pairs(path: str):
 def _scorer(spec_json: str):
     spec = json.loads(spec_json)
     if "gold_rm" in spec:
-        return cached_reward_scorer(spec["gold_rm"])
+        return cached_reward_scorer(spec["gold_rm"], spec["raw_prompts"])
     from alignlab.world import build_world, world_config
 
     return build_world(world_config(spec["world"], seed=spec["seed"])).score
@@ -86,17 +86,19 @@ def execute_run(task: RunTask) -> dict:
         # resume=True continues from the checkpoint a killed attempt left in `.NAME.partial`.
         train(TrainConfig(**{**task.train_config, "out": str(run_dir), "resume": True, "overwrite": True}))
     scorer, generation = _scorer(json.dumps(task.scorer, sort_keys=True)), GenerationConfig(**task.generation)
+    raw_prompts = task.train_config["raw_prompts"]  # the run's prompts are encoded as it trained
     for extra in EXTRA_EVALUATIONS:  # each before metrics.json: a run with it has them all
         pairs = sweep_dir / "data" / f"{extra}.jsonl"
         if pairs.exists() and not (run_dir / extra / "metrics.json").exists():
             evaluate_model(str(run_dir / "model"), _pairs(str(pairs)), scorer, generation=generation,
-                           out_dir=run_dir / extra)
+                           out_dir=run_dir / extra, raw_prompts=raw_prompts)
     if not (run_dir / "metrics.json").exists():
         evaluate_model(str(run_dir / "model"), _pairs(str(sweep_dir / "data" / "test.jsonl")), scorer,
                        sft_model_path=task.sft_model,
                        sft_samples=_sft_samples(str(sweep_dir / "runs" / "sft" / "samples.parquet")),
                        generation=generation, out_dir=run_dir,
-                       proxy_scorer=cached_reward_scorer(task.proxy_rm) if task.proxy_rm else None)
+                       proxy_scorer=cached_reward_scorer(task.proxy_rm, raw_prompts) if task.proxy_rm else None,
+                       sft_revision=task.train_config["revision"], raw_prompts=raw_prompts)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {"metrics": metrics, "seconds": time.perf_counter() - started}
 

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from alignlab import atomic
 from alignlab.config import RewardModelConfig, TrainConfig, dump_yaml
+from alignlab.data.options import DATA_OPTIONS
 from alignlab.errors import AlignlabError
 from alignlab.models.score import cached_reward_scorer
 from alignlab.objectives.registry import get_method
@@ -56,6 +57,9 @@ from alignlab.study.store import RunStore
 
 log = logging.getLogger(__name__)
 
+# `training` settings the proxy reward model takes too: how the data is read, the model's revision
+# (the proxy RM starts from the SFT model) and how prompts are rendered.
+READ_LIKE_THE_POLICIES = ("data_split", *DATA_OPTIONS, "revision", "raw_prompts")
 RESULT_NEUTRAL_FIELDS = ("out", "workers", "executor", "ray_address", "overwrite")  # may differ on restart
 
 
@@ -126,7 +130,10 @@ def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_trai
         rm_dir = out / "proxy_rm"
         if not (rm_dir / "train_summary.json").exists():
             log.info("training the proxy reward model")
-            rm_settings = {**WORLD_REWARD_TRAINING.get(preset, {}), **inputs.lengths, **config.reward_training,
+            # The proxy reward model reads the training data as the policies do, unless told otherwise.
+            reads_data_alike = {k: training[k] for k in READ_LIKE_THE_POLICIES if k in training}
+            rm_settings = {**WORLD_REWARD_TRAINING.get(preset, {}), **inputs.lengths, **reads_data_alike,
+                           **config.reward_training,
                            "seed": config.seed, "cache_dir": config.cache_dir,
                            "data_format": inputs.train_format, "data_filter": inputs.train_filter}
             train_reward_model(RewardModelConfig(model=inputs.rm_base, data=inputs.train_data,
@@ -144,15 +151,17 @@ def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_trai
                       f"max {generation.max_new_tokens} new tokens" + (" (greedy)" if generation.greedy else ""),
         **({"proxy RM held-out accuracy": f"{rm_accuracy:.3f}"} if rm_accuracy is not None else {})})
 
+    raw_prompts, revision = training.get("raw_prompts", False), training.get("revision")
     if indist_pairs and not (out / "runs" / "sft" / "indist" / "metrics.json").exists():
         log.info("evaluating the SFT model in distribution")
         evaluate_model(inputs.sft_model, indist_pairs, inputs.scorer, generation=generation,
-                       out_dir=out / "runs" / "sft" / "indist")
+                       out_dir=out / "runs" / "sft" / "indist", revision=revision, raw_prompts=raw_prompts)
     if not (out / "runs" / "sft" / "metrics.json").exists():
         log.info("evaluating the SFT model")
         evaluate_model(inputs.sft_model, inputs.test_pairs, inputs.scorer, sft_model_path=inputs.sft_model,
                        generation=generation, out_dir=out / "runs" / "sft",
-                       proxy_scorer=cached_reward_scorer(proxy_rm) if proxy_rm else None)
+                       proxy_scorer=cached_reward_scorer(proxy_rm, raw_prompts) if proxy_rm else None,
+                       revision=revision, sft_revision=revision, raw_prompts=raw_prompts)
     return Shared(inputs, training, generation, proxy_rm, rm_accuracy)
 
 
@@ -175,12 +184,14 @@ def warm_reference_cache(train_config: TrainConfig) -> None:
     from alignlab.data.tokenise import tokenize_pairs
     from alignlab.training.inputs import reference_logps, shared_prompt_works
     from alignlab.training.loop import load_training_pairs
+    from alignlab.training.reference import reference_and_revision
 
-    tokenizer = load_tokenizer(train_config.model, train_config.trust_remote_code)
+    tokenizer = load_tokenizer(train_config.model, train_config.trust_remote_code, train_config.revision)
     pairs = load_training_pairs(train_config).pairs
-    examples, _ = tokenize_pairs(tokenizer, pairs, train_config.max_length, train_config.max_prompt_length)
-    model = load_causal_lm(train_config.reference_model or train_config.model, train_config.dtype,
-                           train_config.trust_remote_code)
+    examples, _ = tokenize_pairs(tokenizer, pairs, train_config.max_length, train_config.max_prompt_length,
+                                 train_config.raw_prompts)
+    reference, revision = reference_and_revision(train_config)
+    model = load_causal_lm(reference, train_config.dtype, train_config.trust_remote_code, revision)
     cache_dir = Path(train_config.cache_dir) if train_config.cache_dir else default_cache_dir()
     reference_logps(train_config, examples, tokenizer.pad_token_id, cache_dir, "cpu", model,
                     shared_prompt_works(model, examples, tokenizer.pad_token_id, "cpu"))
@@ -244,7 +255,8 @@ def _run_open_sweep(config: StudyConfig, specs: list[RunSpec], base: dict, resum
     fingerprint = _resolved_yaml(config)  # the inputs follow from the configuration
 
     tasks, store = [], RunStore(out / "runs.sqlite")
-    scorer = {"gold_rm": config.gold_rm} if not config.uses_world else {"world": config.preset, "seed": config.seed}
+    scorer = ({"gold_rm": config.gold_rm, "raw_prompts": shared.training.get("raw_prompts", False)}
+              if not config.uses_world else {"world": config.preset, "seed": config.seed})
     for spec in specs:
         train_config = TrainConfig(method=spec.method, model=shared.inputs.sft_model, data=shared.inputs.train_data,
                                    out=str(out / "runs" / spec.name), params=spec.params,

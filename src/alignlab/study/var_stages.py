@@ -74,7 +74,7 @@ def run_race(race_dir: Path, base: dict, shared: Shared, snapshots: int, grpo_st
 
     n_pairs = sum(1 for line in Path(shared.inputs.train_data).read_text().splitlines() if line.strip())
     offline_steps = math.ceil(n_pairs / base["batch_size"]) * base.get("epochs", 1)
-    proxy = cached_reward_scorer(shared.proxy_rm)
+    proxy = cached_reward_scorer(shared.proxy_rm, base.get("raw_prompts", False))
     curves = {}
     for method in RACE_METHODS:
         run = race_dir / method
@@ -91,7 +91,8 @@ def run_race(race_dir: Path, base: dict, shared: Shared, snapshots: int, grpo_st
         for snapshot in sorted((run / SNAPSHOTS).iterdir()):
             if not (snapshot / "eval" / "metrics.json").exists():
                 evaluate_model(str(snapshot), shared.inputs.test_pairs, shared.inputs.scorer, generation=shared.generation,
-                               out_dir=snapshot / "eval", proxy_scorer=proxy, tokenizer_path=str(run / "model"))
+                               out_dir=snapshot / "eval", proxy_scorer=proxy, tokenizer_path=str(run / "model"),
+                               raw_prompts=config.raw_prompts)
             point = json.loads((snapshot / "snapshot.json").read_text())
             samples = _samples(snapshot / "eval" / "samples.parquet")
             points.append({"step": point["step"], "seconds": summary["setup_seconds"] + point["train_seconds"],
@@ -124,10 +125,10 @@ def z_variance(base: dict, proxy_rm: str) -> dict:
 
     config = _train_config(base, "var", Path("unused"), proxy_rm)
     lam = get_method("var").resolve({})["lam"]
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.revision)
     pairs = load_training_pairs(config).pairs
-    examples, _ = tokenize_pairs(tokenizer, pairs, config.max_length, config.max_prompt_length)
-    model = load_causal_lm(config.model, config.dtype)
+    examples, _ = tokenize_pairs(tokenizer, pairs, config.max_length, config.max_prompt_length, config.raw_prompts)
+    model = load_causal_lm(config.model, config.dtype, config.trust_remote_code, config.revision)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     reference, _ = reference_logps(config, examples, tokenizer.pad_token_id, cache_dir, "cpu", model,
                                    shared_prompt_works(model, examples, tokenizer.pad_token_id, "cpu"))
@@ -224,8 +225,9 @@ def measure_training(config: TrainConfig) -> dict:
 
     with ResidentSetSampler() as resident:
         result = train(config)
-    examples, _ = tokenize_pairs(load_tokenizer(config.model), load_training_pairs(config).pairs,
-                                 config.max_length, config.max_prompt_length)
+    examples, _ = tokenize_pairs(load_tokenizer(config.model, config.trust_remote_code, config.revision),
+                                 load_training_pairs(config).pairs, config.max_length, config.max_prompt_length,
+                                 config.raw_prompts)
     # The tokens of the rows each method trains on, prompts counted once per response.
     if get_method(config.method).uses_rejected:
         tokens = sum(2 * len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in examples)

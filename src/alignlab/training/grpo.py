@@ -49,6 +49,7 @@ from alignlab.models.loading import load_causal_lm, load_tokenizer, token_logps
 from alignlab.objectives.losses import grpo_advantages, k3_kl
 from alignlab.objectives.registry import GroupBatch, get_method
 from alignlab.data.tokenise import PromptRenderer, collate_sequences
+from alignlab.training.reference import reference_and_revision
 from alignlab.training.loop import (
     TrainResult,
     check_enough_for_a_step,
@@ -89,10 +90,11 @@ def distinct_prompts(pairs) -> list[list[dict]]:
     return list(seen.values())
 
 
-def encode_prompts(tokenizer, prompts: list[list[dict]], max_prompt_length: int) -> tuple[list[list[int]], int]:
+def encode_prompts(tokenizer, prompts: list[list[dict]], max_prompt_length: int, raw_prompts: bool = False
+                   ) -> tuple[list[list[int]], int]:
     """Prompt token ids as in training (a prompt longer than max_prompt_length keeps its last
     tokens), and how many were cut."""
-    renderer = PromptRenderer(tokenizer)
+    renderer = PromptRenderer(tokenizer, raw_prompts)
     encoded = [renderer.prompt_ids(prompt)[0] for prompt in prompts]
     cut = sum(len(ids) > max_prompt_length for ids in encoded)
     return [ids[-max_prompt_length:] for ids in encoded], cut
@@ -155,16 +157,18 @@ def train_grpo(config: TrainConfig) -> TrainResult:
     accelerator = make_accelerator(config)
     check_enough_for_a_step(config, accelerator, len(prompts), "distinct prompts")
     device = accelerator.device
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    prompt_ids, cut = encode_prompts(tokenizer, prompts, config.max_prompt_length)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.revision)
+    prompt_ids, cut = encode_prompts(tokenizer, prompts, config.max_prompt_length, config.raw_prompts)
     report = PromptReport(len(prompts), cut)
     if accelerator.is_main_process:
         log.info("%s; %s", loaded.summary(), report.summary())
 
-    policy = load_causal_lm(config.model, config.dtype, config.trust_remote_code)
-    reference = load_causal_lm(config.reference_model or config.model, config.dtype,
-                               config.trust_remote_code).to(device).eval().requires_grad_(False)
-    scorer = RewardScorer(config.reward_model, config.dtype, config.trust_remote_code, config.max_length, device)
+    policy = load_causal_lm(config.model, config.dtype, config.trust_remote_code, config.revision)
+    reference_name, reference_revision = reference_and_revision(config)
+    reference = load_causal_lm(reference_name, config.dtype, config.trust_remote_code,
+                               reference_revision).to(device).eval().requires_grad_(False)
+    scorer = RewardScorer(config.reward_model, config.dtype, config.trust_remote_code, config.max_length, device,
+                          raw_prompts=config.raw_prompts)
     backend = make_backend(config.generation_backend, policy, tokenizer, config.model, device=device,
                            trust_remote_code=config.trust_remote_code, max_model_len=config.max_length,
                            follows_training=True, progress=False)

@@ -23,7 +23,7 @@ from alignlab.models.generate import STOP_RULE, GenerationConfig
 from alignlab.models.loading import batch_logps, load_causal_lm, load_tokenizer
 from alignlab.objectives.losses import sampled_log_z
 from alignlab.objectives.registry import Method, PairBatch
-from alignlab.training.reference import compute_sequence_logps
+from alignlab.training.reference import compute_sequence_logps, reference_and_revision
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,14 @@ def pair_rewards(config: TrainConfig, pairs, cache_dir: Path, device) -> dict[st
         from alignlab.models.score import RewardScorer
 
         texts = json.dumps([[p.prompt, p.chosen, p.rejected] for p in pairs], ensure_ascii=False)
+        # Everything the scores depend on: the texts as the scorer renders and cuts them, and the numerics.
         key = cache_key("rewards", model_fingerprint(config.reward_model, cache_dir),
-                        hashlib.sha256(texts.encode()).hexdigest(), config.dtype)
+                        hashlib.sha256(texts.encode()).hexdigest(), config.dtype,
+                        f"max_length={config.max_length} raw_prompts={config.raw_prompts}")
 
         def compute():
             scorer = RewardScorer(config.reward_model, config.dtype, config.trust_remote_code,
-                                  config.max_length, device)
+                                  config.max_length, device, raw_prompts=config.raw_prompts)
             prompts = [p.prompt for p in pairs]
             batch = 4 * config.batch_size  # no gradients to keep: as for the reference pass
             return {"chosen": scorer.score(prompts, [p.chosen for p in pairs], batch),
@@ -65,14 +67,14 @@ def reference_logps(config: TrainConfig, examples, pad_id: int, cache_dir: Path,
                     shared_prompt: bool) -> tuple[dict[str, torch.Tensor], bool]:
     """Cached reference log-probs. When the reference is the policy's own starting point (the
     default), the untrained policy computes them, so the model is loaded once, not twice."""
-    reference = config.reference_model or config.model
-    key = cache_key("reference-logps", model_fingerprint(reference, cache_dir),
+    reference, revision = reference_and_revision(config)
+    key = cache_key("reference-logps", model_fingerprint(reference, cache_dir, revision),
                     fingerprint_tokens(examples), config.dtype)
 
     def compute():
         log.info("computing reference log-probs with %s", reference)
         model = policy if reference == config.model else load_causal_lm(
-            reference, config.dtype, config.trust_remote_code)
+            reference, config.dtype, config.trust_remote_code, revision)
         return compute_sequence_logps(model.to(device), examples, pad_id, config.batch_size, device, shared_prompt)
 
     return cached_tensors(cache_dir, "reference-logps", key, compute)
@@ -90,27 +92,29 @@ def sampled_prompt_log_z(config: TrainConfig, pairs, cache_dir: Path, device, po
     """
     from alignlab.training.grpo import distinct_prompts, encode_prompts, sample_and_score
 
-    reference = config.reference_model or config.model
+    reference, revision = reference_and_revision(config)
     k = config.params["z_samples"]
     max_new_tokens = config.max_length - config.max_prompt_length
     prompts = distinct_prompts(pairs)  # in prompt_groups' order: first appearance
-    key = cache_key("sampled-z", model_fingerprint(reference, cache_dir),
+    key = cache_key("sampled-z", model_fingerprint(reference, cache_dir, revision),
                     model_fingerprint(config.reward_model, cache_dir),
                     hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest(),
                     f"k={k} max_new_tokens={max_new_tokens} max_prompt_length={config.max_prompt_length} "
-                    f"seed={config.seed} backend={config.generation_backend} stops={STOP_RULE}", config.dtype)
+                    f"seed={config.seed} backend={config.generation_backend} stops={STOP_RULE} "
+                    f"raw_prompts={config.raw_prompts}", config.dtype)
 
     def compute():
         from alignlab.models.score import RewardScorer
 
         log.info("sampling %d responses for each of %d prompts from %s to estimate Z(x)", k, len(prompts), reference)
         model = policy if reference == config.model else load_causal_lm(reference, config.dtype,
-                                                                         config.trust_remote_code)
-        tokenizer = load_tokenizer(reference, config.trust_remote_code)
-        scorer = RewardScorer(config.reward_model, config.dtype, config.trust_remote_code, config.max_length, device)
+                                                                         config.trust_remote_code, revision)
+        tokenizer = load_tokenizer(reference, config.trust_remote_code, revision)
+        scorer = RewardScorer(config.reward_model, config.dtype, config.trust_remote_code, config.max_length, device,
+                              raw_prompts=config.raw_prompts)
         generation = GenerationConfig(max_new_tokens, temperature=1.0, top_p=1.0, batch_size=4 * config.batch_size,
                                       seed=config.seed)
-        prompt_ids, _ = encode_prompts(tokenizer, prompts, config.max_prompt_length)
+        prompt_ids, _ = encode_prompts(tokenizer, prompts, config.max_prompt_length, config.raw_prompts)
         backend = make_backend(config.generation_backend, model.to(device), tokenizer, reference, device=device,
                                trust_remote_code=config.trust_remote_code, max_model_len=config.max_length)
         samples = sample_and_score(backend, scorer, prompts, prompt_ids, k, generation)

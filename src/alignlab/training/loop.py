@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from alignlab import atomic
 from alignlab.config import OptimConfig, dump_yaml
+from alignlab.data.options import data_options
 from alignlab.data.pairs import load_pairs
 from alignlab.errors import AlignlabError
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
@@ -97,8 +98,9 @@ def claim_run_dir(config: OptimConfig):
 
 
 def load_training_pairs(config: OptimConfig, source: str | None = None):
+    """The pairs of `source` (default: config.data), read with the config's dataset options."""
     loaded = load_pairs(source or config.data, config.data_format, filter=config.data_filter,
-                        preference=config.data_preference, split=config.data_split)
+                        preference=config.data_preference, split=config.data_split, **data_options(vars(config)))
     if not loaded.pairs:
         raise AlignlabError(f"{loaded.source}: no usable pairs ({loaded.summary()})")
     return loaded

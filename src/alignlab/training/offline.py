@@ -56,15 +56,16 @@ def train_offline(config: TrainConfig) -> TrainResult:
     check_enough_for_a_step(config, accelerator, len(pairs))
     is_main = accelerator.is_main_process
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    examples, truncation = tokenize_pairs(tokenizer, pairs, config.max_length, config.max_prompt_length)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.revision)
+    examples, truncation = tokenize_pairs(tokenizer, pairs, config.max_length, config.max_prompt_length,
+                                          config.raw_prompts)
     if method.uses_rejected:
         check_pairs_differ(config, examples)
     if is_main:
         log.info(loaded.summary())
         log.info(truncation.summary())
 
-    model = load_causal_lm(config.model, config.dtype, config.trust_remote_code)
+    model = load_causal_lm(config.model, config.dtype, config.trust_remote_code, config.revision)
     model.config.use_cache = False
     reference, reference_hit, rewards, log_z = None, None, None, None
     groups = prompt_groups(pairs)

@@ -7,6 +7,13 @@ from __future__ import annotations
 import torch
 
 
+def reference_and_revision(config) -> tuple[str, str | None]:
+    """The reference model of a TrainConfig and its hub revision: `revision` is the policy's, so it
+    applies when the reference is the policy's starting point (the default)."""
+    reference = config.reference_model or config.model
+    return reference, config.revision if reference == config.model else None
+
+
 @torch.inference_mode()
 def compute_sequence_logps(model, examples, pad_id: int, batch_size: int, device, shared_prompt: bool = False
                            ) -> dict[str, torch.Tensor]:

@@ -79,14 +79,17 @@ def _fit_reward_model(config: RewardModelConfig) -> RewardModelResult:
     check_enough_for_a_step(config, accelerator, len(train_pairs),
                             "pairs to train on (once the held-out pairs are set aside)")
     is_main = accelerator.is_main_process
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    examples, truncation = tokenize_pairs(tokenizer, train_pairs, config.max_length, config.max_prompt_length)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.revision)
+    examples, truncation = tokenize_pairs(tokenizer, train_pairs, config.max_length, config.max_prompt_length,
+                                          config.raw_prompts)
     check_pairs_differ(config, examples)
-    heldout, _ = tokenize_pairs(tokenizer, heldout_pairs, config.max_length, config.max_prompt_length)
+    heldout, _ = tokenize_pairs(tokenizer, heldout_pairs, config.max_length, config.max_prompt_length,
+                                config.raw_prompts)
     if is_main:
         log.info("%s; %d pairs train the reward model, %d are held out", loaded.summary(),
                  len(train_pairs), len(heldout_pairs))
-    model = load_sequence_classifier(config.model, config.dtype, config.trust_remote_code, num_labels=1)
+    model = load_sequence_classifier(config.model, config.dtype, config.trust_remote_code, num_labels=1,
+                                     revision=config.revision)
     model.config.pad_token_id = tokenizer.pad_token_id
 
     def collate(indices):

@@ -1,0 +1,113 @@
+"""How the settings of alignlab's typed configs become command-line flags: one flag per field,
+listed by `--help` with its type, default and TRL's name (see alignlab.config)."""
+
+from __future__ import annotations
+
+
+def metavar_of(annotation) -> str:
+    """How a field's value is written on the command line."""
+    import types
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = args[0]
+    if typing.get_origin(annotation) is list:
+        return "NAME,NAME"
+    return {int: "INT", float: "NUMBER", bool: "true|false", str: "TEXT"}.get(annotation, "VALUE")
+
+
+def add_config_arguments(parser, config_cls) -> None:
+    """`--config` and one flag per field of `config_cls` (a dataclass whose fields carry help, see
+    alignlab.config.setting), listed with its type, default and TRL's name for it. Every default is
+    None so that a --config file's value stands unless the command line gives one. On/off fields
+    are also bare flags (`--use_peft`)."""
+    import dataclasses
+
+    from alignlab.config import PRECISION_FLAGS, TRL_ALIASES, field_types
+
+    parser.add_argument("--config", help=f"YAML file of {config_cls.__name__} fields (config.yaml of a run repeats it)")
+    group = parser.add_argument_group(f"settings ({config_cls.__name__} fields; also YAML keys of --config)")
+    trl_names = {ours: theirs for theirs, ours in TRL_ALIASES.items()}
+    annotations = field_types(config_cls)
+    for spec in sorted(dataclasses.fields(config_cls), key=lambda spec: spec.name != "method"):  # method first
+        if annotations[spec.name] is dict:  # params: the method's hyper-parameters, listed in the epilog
+            continue
+        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        notes = [f"default: {default if default not in ('', None) else 'none'}"]
+        if spec.name in trl_names:
+            notes.append(f"TRL: {trl_names[spec.name]}")
+        if spec.name == "mixed_precision":
+            notes.append("TRL: " + " / ".join(f"--{flag}" for flag in PRECISION_FLAGS))
+        help_text = f"{spec.metadata.get('help', '')} ({'; '.join(notes)})".replace("%", "%%")
+        metavar = metavar_of(annotations[spec.name])
+        if annotations[spec.name] is bool:
+            group.add_argument(f"--{spec.name}", nargs="?", const=True, default=None, metavar=metavar, help=help_text)
+        else:
+            group.add_argument(f"--{spec.name}", default=None, metavar=metavar, help=help_text)
+
+
+def add_dataset_arguments(parser, revision_flag: str, rewards: bool = True) -> None:
+    """What picks a Hugging Face dataset's part and the columns of the pairs format (alignlab.data.pairs)."""
+    parser.add_argument("--dataset_config", help="configuration (subset) of a Hugging Face dataset")
+    parser.add_argument("--data_dir", help="folder inside a Hugging Face dataset repository, e.g. harmless-base")
+    parser.add_argument(revision_flag, dest="data_revision",
+                        help="the dataset's revision on the Hub: branch, tag or commit (default: main)")
+    parser.add_argument("--prompt_column", help="pairs format: column holding the prompt (default: prompt)")
+    parser.add_argument("--chosen_column", help="pairs format: column holding the chosen response (default: chosen)")
+    parser.add_argument("--rejected_column", help="pairs format: column holding the rejected response "
+                                                  "(default: rejected)")
+    if rewards:
+        parser.add_argument("--reward_chosen_column", help="pairs format: column read as the chosen response's "
+                                                           "reward (default: reward_chosen, else score_chosen)")
+        parser.add_argument("--reward_rejected_column", help="pairs format: column read as the rejected "
+                                                             "response's reward (default: reward_rejected, else "
+                                                             "score_rejected)")
+
+
+def add_eval_arguments(parser) -> None:
+    """`alignlab eval`'s settings: the fields of EvalConfig. Every default is None so that a --config
+    file's value stands unless the command line gives one; the defaults are EvalConfig's."""
+    from alignlab.evaluation.config import EvalConfig
+    from alignlab.evaluation.judge import BASELINES
+
+    def on_off(group, name: str, help: str | None = None) -> None:  # a bare --name means true
+        group.add_argument(f"--{name}", nargs="?", const=True, default=None, metavar="true|false", help=help)
+
+    parser.add_argument("--config", help="YAML file of EvalConfig fields (an evaluation's config.yaml repeats it)")
+    parser.add_argument("--model", help="model to evaluate: directory, .gguf file or HF name")
+    parser.add_argument("--gguf_file", help="a GGUF file inside the --model directory")
+    parser.add_argument("--revision", help="the model's revision on the Hub: branch, tag or commit (default: main)")
+    parser.add_argument("--data", help="test pairs (their chosen responses give win vs chosen)")
+    parser.add_argument("--data_format", help="hh-rlhf | pku-saferlhf | pairs (default: pairs)")
+    parser.add_argument("--split", help="split of a Hugging Face dataset or saved DatasetDict (default: test)")
+    add_dataset_arguments(parser, revision_flag="--data_revision", rewards=False)
+    on_off(parser, "raw_prompts", "use text prompts as they are, without the chat template or plain format "
+                                  "(as the model was trained)")
+    parser.add_argument("--gold_rm", help="sequence-classification reward model that judges (one output)")
+    parser.add_argument("--sft", help="SFT model: adds win vs SFT, KL and length-normalised KL")
+    parser.add_argument("--sft_revision", help="the SFT model's revision on the Hub (default: main)")
+    parser.add_argument("--out", help="results directory (default: eval-<model name>)")
+    on_off(parser, "overwrite", "replace the results of an earlier alignlab eval in --out")
+    parser.add_argument("--max_new_tokens", help=f"default: {EvalConfig.max_new_tokens}")
+    parser.add_argument("--temperature", help=f"default: {EvalConfig.temperature}")
+    parser.add_argument("--top_p", help=f"default: {EvalConfig.top_p}")
+    on_off(parser, "greedy", "greedy decoding instead of sampling")
+    parser.add_argument("--batch_size", help=f"default: {EvalConfig.batch_size}")
+    parser.add_argument("--seed", help=f"default: {EvalConfig.seed}")
+    parser.add_argument("--limit", help="evaluate the first N pairs only")
+    parser.add_argument("--generation_backend", help="hf (transformers, default) | vllm: what samples the responses "
+                                                     "(vllm: pip install 'alignlab[vllm]', a CUDA GPU)")
+    on_off(parser, "trust_remote_code")
+    judge = parser.add_argument_group("LLM judge (optional): pairwise win rate from an OpenAI-compatible API")
+    judge.add_argument("--judge_url", help="base URL of the API, e.g. http://127.0.0.1:8000/v1 (turns the judge on)")
+    judge.add_argument("--judge_model", help="the judge model's name at that API")
+    judge.add_argument("--judge_baseline", choices=BASELINES,
+                       help="answers to compare with: the SFT model's (default with --sft) or the dataset's chosen")
+    judge.add_argument("--judge_key_env",
+                       help=f"environment variable holding the API key (default: {EvalConfig.judge_key_env}); "
+                            "unset: no Authorization header")
+    judge.add_argument("--judge_retries", help="retries of a failed request (timeout, 429, 5xx, malformed reply); "
+                                               f"default: {EvalConfig.judge_retries}")
+    judge.add_argument("--judge_timeout", help=f"seconds to wait for each reply (default: {EvalConfig.judge_timeout})")
+    judge.add_argument("--judge_workers", help=f"requests in flight at once (default: {EvalConfig.judge_workers})")
