@@ -59,6 +59,15 @@ TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
 GENERATION_BACKENDS = ("hf", "vllm")
 
 
+def tracker_installed(tracker: str) -> bool:
+    """Whether accelerate finds `tracker`'s package: one it does not find it drops without a word,
+    so a run would train for hours and track nothing."""
+    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+
+    return {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available,
+            "mlflow": is_mlflow_available}[tracker]()
+
+
 @dataclass
 class OptimConfig:
     """What every training loop shares: optimisation, batching, tokenisation, numerics, output."""
@@ -111,7 +120,8 @@ class OptimConfig:
     lora_target_modules: list[str] | None = setting(None, "module names LoRA adapts, comma-separated (default: "
                                                           "every linear layer but the output head)")
     save_merged: bool = setting(False, "with use_peft: also save the adapter merged into the weights (model-merged/)")
-    report_to: str = setting("none", "experiment tracker: none | tensorboard | wandb | mlflow (logs under out/)")
+    report_to: str = setting("none", "experiment tracker: none | tensorboard (logs in out/tracking/) | wandb | "
+                                     "mlflow (their own servers, as WANDB_* / MLFLOW_TRACKING_URI say)")
     run_name: str | None = setting(None, "the run's name at the tracker (default: the out directory's name)")
     cache_dir: str | None = setting(None, "reference log-prob / reward cache (default ~/.cache/alignlab)")
     trust_remote_code: bool = setting(False, "run code shipped with a hub model (only when you trust it)")
@@ -138,6 +148,13 @@ class OptimConfig:
         for name, choices in (("mixed_precision", MIXED_PRECISION), ("report_to", TRACKERS)):
             if getattr(self, name) not in choices:
                 raise AlignlabError(unknown_name_message(f"config: {name}", getattr(self, name), list(choices)))
+        if self.run_name is not None and (not is_setting_name(self.run_name) or self.run_name in (".", "..")
+                                          or any(c in self.run_name for c in "/\\")):
+            raise AlignlabError(f"config: run_name {shown(self.run_name)} must be a name (one line of up to "
+                                f"{MAX_NAME_CHARS} characters, no / or \\): tensorboard makes it a folder of out/tracking/")
+        if self.report_to != "none" and not tracker_installed(self.report_to):
+            raise AlignlabError(f"config: report_to {self.report_to} needs the {self.report_to} package, which is not "
+                                f"installed: pip install 'alignlab[{self.report_to}]', or set report_to none")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

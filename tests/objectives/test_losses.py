@@ -27,6 +27,7 @@ from alignlab.objectives.losses import (
     sft_loss,
     var_loss,
     var_weights,
+    weight_entropy,
 )
 from alignlab.objectives.registry import GroupBatch, PairBatch, get_method
 
@@ -214,6 +215,38 @@ def test_var_weights_length_normalize():
     close64(var_weights(t(ref), t(r), 1.0, lengths=t(lengths)), softmax_math([-7.0, -3.0, -9.5]))
     with pytest.raises(ValueError):
         var_weights(t(ref), t(r), 1.0, length_normalize=True)
+
+
+def test_weight_entropy_hand_values():
+    # p = (1/2, 1/4, 1/4, 0): H = 1/2·ln 2 + 2·1/4·ln 4 = 1.5 ln 2; unnormalised weights normalise first.
+    close64(weight_entropy(t([0.5, 0.25, 0.25, 0.0])), t(1.5 * math.log(2)))
+    close64(weight_entropy(t([2.0, 1.0, 1.0, 0.0])), t(1.5 * math.log(2)))
+    close64(weight_entropy(t([0.2] * 5)), t(math.log(5)))  # uniform: log n
+    close64(weight_entropy(t([0.0, 1.0, 0.0])), t(0.0))  # one takes all
+    close32(weight_entropy(t([3.0, 1.0], torch.float32)), t(0.75 * math.log(4 / 3) + 0.25 * math.log(4)))
+
+
+def var_pairs(scores_chosen, scores_rejected, groups=None) -> PairBatch:
+    """Pairs whose VAR scores ℓref + r/λ (λ = 1, summed ℓref) are the given numbers: ℓref 0, r = score."""
+    zeros = t([0.0] * len(scores_chosen))
+    return PairBatch(zeros, t([1.0] * len(zeros)), zeros, t([1.0] * len(zeros)), zeros, zeros,
+                     t(scores_chosen), t(scores_rejected),
+                     prompt_groups=None if groups is None else torch.tensor(groups))
+
+
+def test_var_diagnostics_log_the_entropy_of_the_batch_normalised_weights():
+    var = get_method("var")
+    params = {**var.resolve({}), "length_normalize": False, "lam": 1.0}
+    batch = var_pairs([math.log(3), 0.0], [0.0, 0.0])
+    # Whole batch: ω = (3, 1, 1, 1)/6 over (chosen 0, chosen 1, rejected 0, rejected 1).
+    whole = 0.5 * math.log(2) + 3 * (1 / 6) * math.log(6)
+    close64(var.diagnostics(batch, **params)["weight_entropy"], t(whole))
+    # Per prompt (pairs 0 and 1 apart): ω = (3/4, 1/2, 1/4, 1/2), normalised over the batch (3/8, 1/4, 1/8, 1/4).
+    per_prompt = 3 / 8 * math.log(8 / 3) + 2 * 0.25 * math.log(4) + 1 / 8 * math.log(8)
+    diagnostics = var.diagnostics(var_pairs([math.log(3), 0.0], [0.0, 0.0], [0, 1]),
+                                  **{**params, "z_estimator": "prompt"})
+    close64(diagnostics["weight_entropy"], t(per_prompt))
+    assert all(get_method(m).diagnostics is None for m in ("sft", "dpo", "ln-dpo", "simpo", "grpo"))
 
 
 # ==================================================================================================

@@ -109,6 +109,20 @@ def var_weights(ref_logps: Tensor, rewards: Tensor, lam: float, group_ids: Tenso
     return torch.where(weights < torch.finfo(weights.dtype).tiny ** 0.5, 0.0, weights)
 
 
+def weight_entropy(weights: Tensor) -> Tensor:
+    """Entropy (nats) of the weights normalised to sum to one, p_i = ω_i / Σ_j ω_j:
+
+        H = −Σ_i p_i log p_i    (0 · log 0 = 0)
+
+    log n when n weights are equal, 0 when one takes all: exp(H) counts the responses a VAR
+    micro-batch effectively trains on. Normalising first makes every Z estimator comparable (their
+    weights sum to one per batch, to one per prompt, or to no fixed total).
+    """
+    p = weights.detach().to(torch.float64)
+    p = p / p.sum()
+    return -torch.where(p > 0, p * torch.log(p), 0.0).sum().to(weights.dtype)
+
+
 def var_loss(logps: Tensor, ref_logps: Tensor, rewards: Tensor, lam: float,
              group_ids: Tensor | None = None, lengths: Tensor | None = None,
              length_normalize: bool = False, log_z: Tensor | None = None) -> Tensor:

@@ -2,7 +2,8 @@
 `GroupBatch` online) and which hyper-parameters it accepts. The losses themselves are the pure
 functions of `alignlab.objectives.losses`.
 
-Adding a method: write its loss in `losses`, add a `Method` entry to `METHODS`, add a test.
+Adding a method: write its loss in `losses`, add a `Method` entry to `METHODS`, add a test. A
+method's optional `diagnostics` are logged in metrics.jsonl beside the loss (VAR: weight_entropy).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from torch import Tensor
 
 from alignlab.checks import COUNT, NON_NEGATIVE, POSITIVE, Range, check_number
 from alignlab.errors import AlignlabError, unknown_name_message
-from alignlab.objectives.losses import dpo_loss, grpo_loss, ln_dpo_loss, sft_loss, simpo_loss, var_loss
+from alignlab.objectives.losses import (dpo_loss, grpo_loss, ln_dpo_loss, sft_loss, simpo_loss, var_loss, var_weights,
+                                        weight_entropy)
 
 
 @dataclass
@@ -104,6 +106,8 @@ class Method:
     uses_reference: bool = False
     uses_rewards: bool = False
     online: bool = False  # samples its own responses while training (grpo.py); the data gives prompts
+    # (batch, **hyper-parameters) -> {name: scalar tensor}: what the trainer logs beside the loss
+    diagnostics: Callable[..., dict[str, Tensor]] | None = None
 
     def resolve(self, given: dict) -> dict:
         """Defaults overridden by `given`; unknown names are errors suggesting the closest valid one."""
@@ -115,8 +119,7 @@ class Method:
         return {name: hp.coerce(self.name, given.get(name, hp.default)) for name, hp in valid.items()}
 
 
-def _var_batch_loss(b: PairBatch, lam: float, z_estimator: str, length_normalize: bool,
-                    z_samples: int = 8) -> Tensor:
+def _var_terms(b: PairBatch, z_estimator: str) -> dict:
     # Chosen and rejected responses are all samples of the offline data, each with its own reward.
     # The "prompt" normaliser pools every response to the same prompt within the micro-batch;
     # "sampled" divides by the precomputed per-prompt Ẑ (z_samples only sets how the trainer
@@ -132,11 +135,26 @@ def _var_batch_loss(b: PairBatch, lam: float, z_estimator: str, length_normalize
             raise ValueError("var: z_estimator 'sampled' needs PairBatch.log_z (the trainer computes it)")
         else:
             log_z = torch.cat([b.log_z, b.log_z])
-    per_sample = var_loss(torch.cat([b.chosen_logps, b.rejected_logps]),
-                          torch.cat([b.ref_chosen_logps, b.ref_rejected_logps]),
-                          torch.cat([b.reward_chosen, b.reward_rejected]), lam, group_ids,
-                          torch.cat([b.chosen_lengths, b.rejected_lengths]), length_normalize, log_z)
-    return per_sample.sum() / n_groups
+    return {"logps": torch.cat([b.chosen_logps, b.rejected_logps]),
+            "ref_logps": torch.cat([b.ref_chosen_logps, b.ref_rejected_logps]),
+            "rewards": torch.cat([b.reward_chosen, b.reward_rejected]), "group_ids": group_ids,
+            "lengths": torch.cat([b.chosen_lengths, b.rejected_lengths]), "log_z": log_z, "n_groups": n_groups}
+
+
+def _var_batch_loss(b: PairBatch, lam: float, z_estimator: str, length_normalize: bool,
+                    z_samples: int = 8) -> Tensor:
+    terms = _var_terms(b, z_estimator)
+    per_sample = var_loss(terms["logps"], terms["ref_logps"], terms["rewards"], lam, terms["group_ids"],
+                          terms["lengths"], length_normalize, terms["log_z"])
+    return per_sample.sum() / terms["n_groups"]
+
+
+def _var_diagnostics(b: PairBatch, lam: float, z_estimator: str, length_normalize: bool,
+                     z_samples: int = 8) -> dict[str, Tensor]:
+    terms = _var_terms(b, z_estimator)
+    weights = var_weights(terms["ref_logps"], terms["rewards"], lam, terms["group_ids"], terms["lengths"],
+                          length_normalize, terms["log_z"])
+    return {"weight_entropy": weight_entropy(weights)}
 
 
 def _grpo_batch_loss(b: GroupBatch, beta: float, clip_eps: float, **sampling) -> Tensor:
@@ -178,7 +196,7 @@ METHODS: dict[str, Method] = {
          HyperParameter("length_normalize", True, "use ℓref/|y| instead of the summed ℓref in the weights"),
          HyperParameter("z_samples", 8, "K: responses per prompt sampled from the reference to "
                         "estimate Z(x) (z_estimator=sampled)", allowed=COUNT)),
-        uses_reference=True, uses_rewards=True),
+        uses_reference=True, uses_rewards=True, diagnostics=_var_diagnostics),
     "grpo": Method(
         "grpo", _grpo_batch_loss, "online: G sampled responses per prompt, group-relative advantages",
         (HyperParameter("group_size", 8, "G, responses sampled per prompt (4–16 is typical); the advantages "

@@ -4,7 +4,8 @@ directory it writes.
 Multi-device runs go through `accelerate launch`: each process takes its share of every global batch.
 
 A run directory holds: config.yaml (resolved), metrics.jsonl (one line per logged optimizer step),
-train_summary.json, model/ (save_pretrained, safetensors, with the tokenizer). It is written to a
+train_summary.json, model/ (save_pretrained, safetensors, with the tokenizer) and, with
+`report_to tensorboard`, tracking/RUN_NAME/ (the same numbers as tensorboard event files). It is written to a
 hidden temp directory and renamed into place when training finishes, so a failed or killed run
 never leaves a half-written result.
 """
@@ -36,15 +37,73 @@ from alignlab.output_dirs import claim_output_dir, mark, marked_kind
 log = logging.getLogger(__name__)
 
 
+TRACKING = "tracking"  # the run directory's folder of tracker logs (tensorboard)
+TRACKER_PROJECT = "alignlab"  # the project (wandb) or experiment (mlflow) every run is logged under
+
+
 def make_accelerator(config: OptimConfig):
+    """The run's Accelerator, with the tracker `report_to` names (config.validate checked its
+    package): its logs go to the run directory's `tracking/` folder, inside the hidden partial
+    directory while training (`run_directory`), so they are renamed with the run."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    tracked = config.report_to != "none"
     # cpu=True without an accelerator lets `accelerate launch --multi_gpu` run gloo processes on CPU.
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                              cpu=not _has_accelerator())
+                              cpu=not _has_accelerator(), log_with=config.report_to if tracked else None,
+                              project_dir=str(partial_dir(Path(config.out)) / TRACKING) if tracked else None)
     set_seed(config.seed)
     return accelerator
+
+
+def tracker_config(config: OptimConfig) -> dict:
+    """The resolved configuration as trackers take it: one level of names (`params.beta`), each
+    value a number, text, true/false or None (a list becomes comma-separated text)."""
+    flat = {}
+
+    def add(name: str, value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                add(f"{name}.{key}" if name else str(key), item)
+        elif isinstance(value, (list, tuple)):
+            flat[name] = ",".join(map(str, value))
+        else:
+            flat[name] = value
+
+    add("", config.to_dict())
+    return flat
+
+
+@contextlib.contextmanager
+def tracking(config: OptimConfig, accelerator, resumed_step: int):
+    """The `report_to` tracker's run, open while the loop trains and closed however it ends.
+
+    Closed with each tracker's `finish`, not `accelerator.end_training()`: accelerate 1.16's
+    end_training also destroys the torch.distributed process group, which the trainers still use
+    after `fit` (barriers, the reward model's held-out accuracy). A resumed run's tensorboard
+    writer hides the steps the killed run logged after its checkpoint (`purge_step`), as
+    metrics.jsonl drops their lines.
+    """
+    if config.report_to == "none":
+        yield
+        return
+    name = config.run_name or Path(config.out).name
+    if config.report_to == "wandb" and accelerator.is_main_process:
+        Path(accelerator.logging_dir).mkdir(parents=True, exist_ok=True)  # wandb.init wants its dir to exist
+    settings = {"tensorboard": {"purge_step": resumed_step + 1} if resumed_step else {},
+                "wandb": {"name": name, "dir": accelerator.logging_dir},
+                "mlflow": {"run_name": name}}
+    # tensorboard writes to <logging_dir>/<project>: the run's name there, the shared project elsewhere.
+    project = name if config.report_to == "tensorboard" else TRACKER_PROJECT
+    accelerator.init_trackers(project, config=tracker_config(config),
+                              init_kwargs={config.report_to: settings[config.report_to]})
+    try:
+        yield
+    finally:
+        for tracker in accelerator.trackers:
+            tracker.finish()
+        accelerator.trackers = []
 
 
 
@@ -164,6 +223,7 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     gradient accumulation and clipping through accelerate, a seeded shuffle per epoch (or
     `order(epoch)`, a list of n_examples indices), a progress bar, one metrics.jsonl line per logged
     step (with `responses_seen` = examples trained × `responses_per_example`, and elapsed seconds),
+    each line's numbers also sent to the `report_to` tracker at its step (`tracking`),
     and every `checkpoint_steps` a checkpoint in `run_dir` that `resume` continues from exactly.
     Every `snapshot_steps` (and at the last step) the model goes to snapshots/step-NNNNNN/ with
     snapshot.json (step, train_seconds, pairs_seen, responses_seen), the clock paused while it
@@ -203,7 +263,7 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     start = time.perf_counter()
     model.train()
     # Closed however the loop ends, so that an error is printed below the progress bar, not after it.
-    with progress, (metrics_file or contextlib.nullcontext()):
+    with progress, (metrics_file or contextlib.nullcontext()), tracking(config, accelerator, state.step):
         for epoch in range(state.epoch, config.epochs):
             indices = order(epoch) if order else torch.randperm(
                 n_examples, generator=torch.Generator().manual_seed(config.seed + epoch)).tolist()
@@ -241,14 +301,15 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
                     reduced = accelerator.reduce(window.to(accelerator.device) / state.window_batches, "mean")
                     last = dict(zip(names, reduced.tolist()))
                     progress.set_postfix(loss=f"{last['loss']:.4f}", margin=f"{last['margin']:.3f}")
+                    record = {"step": state.step, "epoch": epoch, **last,
+                              "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                              "pairs_seen": state.pairs_trained,
+                              "responses_seen": state.pairs_trained * responses_per_example,
+                              "elapsed_s": round(seconds + time.perf_counter() - start, 3)}
                     if metrics_file:
-                        record = {"step": state.step, "epoch": epoch, **last,
-                                  "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                                  "pairs_seen": state.pairs_trained,
-                                  "responses_seen": state.pairs_trained * responses_per_example,
-                                  "elapsed_s": round(seconds + time.perf_counter() - start, 3)}
                         metrics_file.write(json.dumps(record) + "\n")
                         metrics_file.flush()
+                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
                     state.window_loss, state.window_margin, state.window_batches = 0.0, 0.0, 0
                     state.window_extras = {}
                 if config.checkpoint_steps and state.step % config.checkpoint_steps == 0 and state.step < total_steps:

@@ -89,7 +89,11 @@ def train_offline(config: TrainConfig) -> TrainResult:
 
     def step_loss(model, batch):
         quantities = pair_batch(model, batch, method, reference, rewards, groups, log_z)
-        return method.batch_loss(quantities, **config.params), logratio_margin(quantities)
+        loss = method.batch_loss(quantities, **config.params)
+        if method.diagnostics is None:
+            return loss, logratio_margin(quantities)
+        with torch.no_grad():
+            return loss, logratio_margin(quantities), method.diagnostics(quantities, **config.params)
 
     setup_seconds = time.perf_counter() - started  # loading, tokenising, rewards, reference log-probs
     with run_directory(out, accelerator, config) as run_dir:
