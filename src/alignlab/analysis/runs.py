@@ -40,6 +40,10 @@ class RunRecord:
     indist: dict = field(default_factory=dict)   # per-sample columns of the in-distribution evaluation, same
                                                  # shape as samples; empty when not evaluated
     selection: dict = field(default_factory=dict)  # per-sample columns on the user's selection prompts, if any
+    training_log: dict = field(default_factory=dict)  # metrics.jsonl's numeric columns ("step", "loss", ...)
+                                                      # by logged step; empty when not read
+    texts: dict = field(default_factory=dict)  # prompt id (text) -> {"prompt", "response"}: the report's
+                                               # example prompts only
 
     @property
     def score(self) -> float:

@@ -4,6 +4,8 @@
                 order, the formatting of metrics and hyper-parameters
     figures     the matplotlib figures, as PNG bytes
     hitchhiker  the robustness sections (SPEC §6 items 1–6) and the table of all runs
+    curves      the best configurations' training curves (metrics.jsonl)
+    examples    example generations of the SFT baseline and each method's best configuration
     var         the VAR study's sections (SPEC §6 items 7–10)
     render      report.md and report.html from the same sections, with the escaping of untrusted text
     document    what the report needs of a run (check_params, check_metrics) and write_report; its
@@ -11,5 +13,6 @@
 """
 
 from alignlab.report.document import check_metrics, check_params, write_report
+from alignlab.report.examples import example_prompt_ids
 
-__all__ = ["check_metrics", "check_params", "write_report"]
+__all__ = ["check_metrics", "check_params", "example_prompt_ids", "write_report"]

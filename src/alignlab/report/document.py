@@ -12,6 +12,10 @@ Sections, in this order (SPEC §6 items 1–6; alignlab.report.hitchhiker):
     ood           in-distribution (training-style held-out prompts) vs OOD mean gold, and the gap
     5 kl-score    mean length-normalised KL vs mean score, one point per run
     6 sensitivity each metric against each varying hyper-parameter, per method
+    curves        each method's best configuration's loss, reward margin and (VAR) weight entropy against
+                  the optimizer step, from its runs' metrics.jsonl (alignlab.report.curves)
+    examples      a few reporting prompts with the SFT baseline's and each method's best configuration's
+                  response and gold score (alignlab.report.examples)
     7–10 (VAR)    with `--study var`: VAR vs DPO vs SFT, convergence race, Z estimators, compute
                   (alignlab.report.var)
     runs          every run with its hyper-parameters and metric values
@@ -34,6 +38,9 @@ A damaged sweep directory (`alignlab report DIR`, alignlab.study.results.write_s
                             error: only a writer can roll the change back; resume the sweep
     study.json, sweep.yaml, runs/sft/ (metrics.json, samples.parquet) missing or malformed
                             error: every section depends on them (the context, the SFT baseline)
+    a run's metrics.jsonl missing or malformed, or samples.parquet without prompt and response columns
+                            the run has no training curve or example texts (a warning for damage);
+                            the report's results do not depend on them
     one run's row malformed (not UTF-8, params/metrics not JSON objects or not what check_params and
     check_metrics need, unknown status, run_dir outside the sweep directory: refused, never read),
     or its samples.parquet missing, unreadable, lacking a column or of other prompts than runs/sft/
@@ -56,6 +63,8 @@ import matplotlib
 from alignlab import atomic
 from alignlab.analysis import RunRecord
 from alignlab.report.blocks import Plot, Sweep
+from alignlab.report.curves import curves_section
+from alignlab.report.examples import examples_section
 from alignlab.report.figures import PLOT_STYLE
 from alignlab.analysis import decide, hitchhiker_claims, var_gain_claims
 from alignlab.report.evidence import claims_section, expected_section, indist_section
@@ -154,18 +163,21 @@ def write_report(out_dir: str | Path, runs: list[RunRecord], sft: RunRecord | No
         shift, shift_summary = indist_section(sweep)
         scatter = scatter_section(sweep)
         sensitive, sensitivity_summary = sensitivity_section(sweep)
+        curves, curves_summary = curves_section(sweep)
+        examples, examples_summary = examples_section(sweep)
         var_parts, var_summary = [], None
         if var is not None:
             var_parts, var_summary = var_sections(sweep, **var)
     everything, runs_summary = runs_section(sweep)
-    sections = [claims, best, expected, matrices, top_k, shift, scatter, sensitive, *var_parts, everything]
+    sections = [claims, best, expected, matrices, top_k, shift, scatter, sensitive, curves, examples, *var_parts,
+                everything]
 
     plots = [b for s in sections for b in s.blocks if isinstance(b, Plot)]
     numbers = {plot.file: i for i, plot in enumerate(plots, 1)}
     summary = {"title": title, "context": context, **claims_summary, **best_summary,
                "expected_max": expected_summary["expected_max"], "grid": expected_summary["grid"],
                "win_matrices": matrices_summary, "top_k": top_k_summary, "in_distribution_vs_ood": shift_summary,
-               "sensitivity": sensitivity_summary,
+               "sensitivity": sensitivity_summary, "training_curves": curves_summary, "examples": examples_summary,
                **({"var": var_summary} if var is not None else {}), "runs": runs_summary,
                "figures": [{"file": f"figures/{p.file}", "caption": p.caption} for p in plots]}
 

@@ -81,6 +81,8 @@ td:first-child,th:first-child{text-align:left;font-weight:600;white-space:nowrap
 td.text{text-align:left;white-space:normal;min-width:11rem}
 td.note{text-align:left;font-size:.78rem;color:#55606b;min-width:12rem;max-width:26rem}
 td.name{text-align:left;white-space:nowrap}
+td.response{text-align:left;white-space:pre-wrap;overflow-wrap:anywhere;min-width:18rem;max-width:46rem;
+font-size:.82rem}
 td.verdict{text-align:center;font-weight:600;white-space:nowrap}
 td.confirmed{background:#dcf2e1;color:#19692c}td.reversed{background:#fbe1df;color:#a3241b}
 td.inconclusive{background:#eceef1;color:#4f5963}td.not-tested{background:#fafbfc;color:#a4acb4;font-weight:400}

@@ -4,6 +4,7 @@ analysis.RunRecord (`load_run_record`), and the robustness report of the finishe
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -14,14 +15,17 @@ log = logging.getLogger(__name__)
 
 
 def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics: dict, indist: bool = False,
-                    selection: bool = False):
+                    selection: bool = False, example_ids=()):
     """A run's evaluation as an analysis.RunRecord: metrics plus per-sample columns from its
     samples.parquet. An AlignlabError names the file when it is missing or unreadable, has no rows,
     lacks a column or holds one of another type. With `indist` (the sweep evaluated in distribution
     too) the columns of indist/samples.parquet go to RunRecord.indist; damage there only loses them,
     with a warning: the report's main numbers do not depend on them. With `selection` (the sweep has
     the user's selection prompts) the columns of selection/samples.parquet go to RunRecord.selection,
-    and damage there is an AlignlabError: a run that cannot be ranked cannot be picked."""
+    and damage there is an AlignlabError: a run that cannot be ranked cannot be picked. The training
+    log (metrics.jsonl, `read_training_log`) and the texts of the prompts `example_ids`
+    (`read_texts`) are read for the report's curves and examples; without them the run only misses
+    there."""
     from alignlab.analysis import RunRecord
 
     redo = f"delete {run_dir / 'metrics.json'} and rerun the sweep to evaluate the run again"
@@ -33,7 +37,50 @@ def load_run_record(run_dir: Path, name: str, method: str, params: dict, metrics
         except AlignlabError as err:
             log.warning("report: run %s loads without its in-distribution evaluation: %s", name, err)
     picking = read_samples(run_dir / "selection" / "samples.parquet", redo) if selection else {}
-    return RunRecord(name, method, params, metrics, samples, in_distribution, picking)
+    return RunRecord(name, method, params, metrics, samples, in_distribution, picking,
+                     read_training_log(run_dir / "metrics.jsonl"), read_texts(run_dir / "samples.parquet", example_ids))
+
+
+def read_training_log(path: Path) -> dict:
+    """The numeric columns of a run's metrics.jsonl (one line per logged optimizer step), as numpy
+    arrays: those every line holds, "step" among them. {} when the file is missing (the SFT
+    baseline: evaluated, not trained); damage loses the log with a warning, as the report's
+    curves are not among its results."""
+    import numpy as np
+
+    from alignlab.untrusted import clip
+
+    if not path.exists():
+        return {}
+    try:
+        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not lines or not all(isinstance(line, dict) for line in lines):
+            raise ValueError("no lines, or a line that is not a JSON object")
+        names = [k for k in lines[0] if all(_is_number(line.get(k)) for line in lines)]
+        if "step" not in names:
+            raise ValueError("a line without a numeric step")
+        return {k: np.array([line[k] for line in lines], dtype=np.float64) for k in names}
+    except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON lines
+        log.warning("report: %s cannot be read (%s): its run has no training curve", path, clip(str(err)))
+        return {}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_texts(path: Path, prompt_ids) -> dict:
+    """{prompt id: {"prompt", "response"}} of the rows of samples.parquet whose prompt_id is one of
+    `prompt_ids` (compared as text); {} when the file has no prompt or response column (an
+    earlier version's). read_samples has read the same file: it is sound."""
+    import pyarrow.parquet as pq
+
+    wanted = {str(p) for p in prompt_ids}
+    if not wanted or not {"prompt", "response"} <= set(pq.read_schema(path).names):
+        return {}
+    table = pq.read_table(path, columns=["prompt_id", "prompt", "response"]).to_pydict()
+    return {str(p): {"prompt": str(prompt), "response": str(response)}
+            for p, prompt, response in zip(table["prompt_id"], table["prompt"], table["response"]) if str(p) in wanted}
 
 
 def read_samples(path: Path, redo: str) -> dict:
@@ -73,7 +120,7 @@ def write_sweep_report(out: str | Path) -> dict:
     AlignlabError naming the file; a damaged run is skipped and named in the report's "runs" line
     (alignlab.report's docstring says why)."""
     from alignlab.yaml_input import read_yaml
-    from alignlab.report import check_metrics, check_params, write_report
+    from alignlab.report import check_metrics, check_params, example_prompt_ids, write_report
     from alignlab.study.store import DamagedRow, StoredRun, parse_json
     from alignlab.untrusted import clip, shown
 
@@ -108,6 +155,8 @@ def write_sweep_report(out: str | Path) -> dict:
     indist, selection = ((out / "data" / f"{name}.jsonl").exists() for name in ("indist", "selection"))
     sft = load_run_record(sft_dir, "sft", "sft", {}, read_json(sft_dir / "metrics.json", check_metrics), indist)
     sft_prompts = set(sft.samples["prompt_id"].tolist())
+    example_ids = example_prompt_ids(sft.samples["prompt_id"])
+    sft.texts = read_texts(sft_dir / "samples.parquet", example_ids)
 
     with RunStore(out / "runs.sqlite", readonly=True) as store:
         rows = store.rows()
@@ -127,7 +176,8 @@ def write_sweep_report(out: str | Path) -> dict:
             skipped.append(f"{shown(row.name)}: runs.sqlite {err}")
             continue
         try:
-            run = load_run_record(out / row.run_dir, row.name, row.method, params, metrics, indist, selection)
+            run = load_run_record(out / row.run_dir, row.name, row.method, params, metrics, indist, selection,
+                                  example_ids)
         except AlignlabError as err:
             skipped.append(f"{shown(row.name)}: {err}")
             continue
