@@ -49,6 +49,13 @@ def test_tiny_study_runs_the_small_grid_and_writes_the_report(tiny_study):
     # The study world knows its prompt families: VAR's gain is claimed per family and on average.
     assert sum(c["claim"].startswith("VAR's gold reward") for c in summary["claims"]) == 3
     assert summary["sft"]["reported"]["KL to SFT"]["value"] == 0.0
+    # The training curves and the example generations are of each method's best configuration.
+    curves, examples = summary["training_curves"], summary["examples"]
+    assert {m: c["configuration"] for m, c in curves.items()} == {m: b["configuration"] for m, b in summary["best"].items()}
+    assert all(len(c["runs"]) == 2 and len(c["loss"]) == len(c["step"]) for c in curves.values())
+    assert [m for m, c in curves.items() if "weight_entropy" in c] == ["var"]
+    assert [m["run"] for m in examples["models"]] == ["sft"] + [c["runs"][0] for c in curves.values()]
+    assert len(examples["prompt_ids"]) == 3 and "figures/training_curves.png" in [f["file"] for f in summary["figures"]]
 
 
 def reporting_mean(out, run_names, column, reporting) -> float:
@@ -161,3 +168,15 @@ def test_run_on_real_models_and_data(tiny_model, pairs_file, tmp_path):
     assert len(samples["prompt_id"]) == 6 and samples["prompt_id"][0] == "test-1"
     assert all(math.isfinite(x) for x in samples["gold_score"])
     assert (out / "proxy_rm" / "model" / "model.safetensors").exists()
+
+
+def test_a_study_refuses_a_tracker_without_its_package_before_writing(tmp_path, capsys, monkeypatch):
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "is_mlflow_available", lambda: False)
+    config = tmp_path / "tracked.yaml"
+    config.write_text("training: {report_to: mlflow}\n")
+    out = tmp_path / "sweep"
+    assert main(["run", "--config", str(config), "--world", "tiny", "--out", str(out)]) == 2
+    assert "pip install 'alignlab[mlflow]'" in capsys.readouterr().err
+    assert not out.exists()

@@ -12,14 +12,30 @@ import accelerate.utils
 from accelerate.tracking import TensorBoardTracker
 
 from alignlab.cli import main
+from alignlab.config import RewardModelConfig
 from alignlab.errors import AlignlabError
-from alignlab.training import loop, train
+from alignlab.models.tiny import build_tiny_classifier
+from alignlab.training import loop, train, train_reward_model
 
 from conftest import config_for
 
 
 def metrics_lines(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def logged_like_metrics_jsonl(out) -> list[str]:
+    """Assert every number of every metrics.jsonl line is the tensorboard scalar of its name at its
+    step (to float32's precision: tensorboard stores float32); return the names."""
+    lines = metrics_lines(out)
+    accumulator = EventAccumulator(str(out / "tracking" / out.name))
+    accumulator.Reload()
+    names = [k for k in lines[0] if k != "step"]
+    for name in names:
+        logged = accumulator.Scalars(name)
+        assert [e.step for e in logged] == [line["step"] for line in lines], name
+        assert [e.value for e in logged] == pytest.approx([line[name] for line in lines], rel=1e-6, abs=1e-7), name
+    return names
 
 
 def test_tensorboard_logs_every_logged_step_as_metrics_jsonl_does(tiny_model, pairs_file, tmp_path, monkeypatch):
@@ -42,14 +58,20 @@ def test_tensorboard_logs_every_logged_step_as_metrics_jsonl_does(tiny_model, pa
     assert not (tmp_path / ".run.partial").exists()
     lines = metrics_lines(out)
     assert [line["step"] for line in lines] == [1, 2, 3, 4]
-    accumulator = EventAccumulator(str(out / "tracking" / "run"))  # tracking/<run name: out's name>
-    accumulator.Reload()
-    for name in ("loss", "margin", "learning_rate", "grad_norm"):
-        logged = accumulator.Scalars(name)
-        assert [e.step for e in logged] == [1, 2, 3, 4], name
-        # tensorboard stores float32: equal to metrics.jsonl's float64 to float32's precision.
-        assert [e.value for e in logged] == pytest.approx([line[name] for line in lines], rel=1e-6, abs=1e-7), name
+    assert {"loss", "margin", "learning_rate", "grad_norm"} <= set(logged_like_metrics_jsonl(out))
     assert len({line["learning_rate"] for line in lines}) == 4  # the comparison is of changing values
+
+
+def test_grpo_and_the_reward_model_trainer_log_to_tensorboard_too(tiny_model, pairs_file, tmp_path):
+    rm = build_tiny_classifier(tmp_path / "proxy", tiny_model, seed=3)
+    train(config_for(tiny_model, pairs_file, tmp_path / "grpo", method="grpo", reward_model=str(rm), max_steps=2,
+                     params={"group_size": 2, "max_new_tokens": 4}, report_to="tensorboard"))
+    assert {"loss", "margin", "reward", "kl", "clip_fraction", "response_length", "learning_rate",
+            "grad_norm"} <= set(logged_like_metrics_jsonl(tmp_path / "grpo"))
+    train_reward_model(RewardModelConfig(model=str(tiny_model), data=str(pairs_file), out=str(tmp_path / "rm"),
+                                         batch_size=4, max_steps=2, max_length=64, max_prompt_length=32,
+                                         report_to="tensorboard"))
+    assert {"loss", "margin", "learning_rate", "grad_norm"} <= set(logged_like_metrics_jsonl(tmp_path / "rm"))
 
 
 def test_run_name_names_the_tensorboard_folder(tiny_model, pairs_file, tmp_path):
@@ -104,7 +126,32 @@ def test_var_logs_its_weight_entropy_and_dpo_does_not(tiny_model, pairs_file, tm
     # A micro-batch of 4 pairs weighs 8 responses: 0 < H ≤ log 8 (log 8 only for equal weights).
     assert all(0 < line["weight_entropy"] < math.log(8) for line in var_lines)
     assert all("weight_entropy" not in line for line in metrics_lines(tmp_path / "dpo"))
-    accumulator = EventAccumulator(str(tmp_path / "var" / "tracking" / "var"))
+    assert "weight_entropy" in logged_like_metrics_jsonl(tmp_path / "var")
+
+
+def test_a_resumed_run_logs_each_step_once(tiny_model, pairs_file, tmp_path, monkeypatch):
+    from alignlab.training import offline as offline_module
+
+    settings = dict(batch_size=2, checkpoint_steps=3, report_to="tensorboard")  # 8 steps, checkpoints at 3 and 6
+    real_pair_batch = offline_module.pair_batch
+    calls = {"n": 0}
+
+    def crash_in_step_8(*args):
+        calls["n"] += 1
+        if calls["n"] == 8:  # steps 1-7 logged, the last checkpoint at step 6
+            raise KeyboardInterrupt
+        return real_pair_batch(*args)
+
+    monkeypatch.setattr(offline_module, "pair_batch", crash_in_step_8)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config_for(tiny_model, pairs_file, out, **settings))
+    monkeypatch.setattr(offline_module, "pair_batch", real_pair_batch)
+    train(config_for(tiny_model, pairs_file, out, resume=True, **settings))
+
+    lines = metrics_lines(out)
+    accumulator = EventAccumulator(str(out / "tracking" / "run"))
     accumulator.Reload()
-    assert [e.value for e in accumulator.Scalars("weight_entropy")] == pytest.approx(
-        [line["weight_entropy"] for line in var_lines], rel=1e-6)
+    logged = accumulator.Scalars("loss")
+    assert [e.step for e in logged] == [line["step"] for line in lines] == list(range(1, 9))
+    assert [e.value for e in logged] == pytest.approx([line["loss"] for line in lines], rel=1e-6)
