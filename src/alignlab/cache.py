@@ -41,7 +41,8 @@ def sha256_file(path: Path) -> str:
 
 
 def model_fingerprint(name_or_path: str, cache_dir: Path) -> str:
-    """Content hash of a local model directory (memoised by file size and mtime), else the name."""
+    """Content hash of a local model directory (memoised by file size and mtime), else the name. A
+    PEFT adapter directory's hash covers its base model's too: two adapters on different bases differ."""
     directory = Path(name_or_path)
     if not directory.is_dir():
         return f"hub:{name_or_path}"
@@ -63,7 +64,19 @@ def model_fingerprint(name_or_path: str, cache_dir: Path) -> str:
         parts.append(f"{path.name}:{memo[memo_key]}")
     if changed:
         write_json(memo_path, memo)
+    base = adapter_base(directory)
+    if base is not None:  # an adapter's numbers depend on its base model's weights as much as its own
+        parts.append(f"base:{model_fingerprint(base, cache_dir)}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def adapter_base(directory: Path) -> str | None:
+    """The base model a PEFT adapter directory (adapter_config.json) names, else None."""
+    try:
+        base = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return base if isinstance(base, str) and base else None
 
 
 def cache_key(*parts: str) -> str:

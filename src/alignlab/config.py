@@ -135,6 +135,13 @@ class OptimConfig:
         for name, choices in (("mixed_precision", MIXED_PRECISION), ("report_to", TRACKERS)):
             if getattr(self, name) not in choices:
                 raise AlignlabError(unknown_name_message(f"config: {name}", getattr(self, name), list(choices)))
+        if self.mixed_precision != "no" and self.dtype != "float32":
+            raise AlignlabError(f"config: mixed_precision {self.mixed_precision} keeps float32 master weights and "
+                                f"computes in {self.mixed_precision}; it cannot start from dtype {self.dtype} "
+                                "weights: set dtype float32, or mixed_precision no")
+        if self.save_merged and not self.use_peft:
+            raise AlignlabError("config: save_merged saves a LoRA adapter merged into the weights; without "
+                                "use_peft model/ already holds the full weights: drop save_merged or set use_peft")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -167,6 +174,12 @@ class RewardModelConfig(OptimConfig):
     eval_data: str | None = setting(None, "held-out pairs (default: eval_fraction of data)")
     eval_fraction: float = setting(0.1, "fraction of data held out when eval_data is not given")
     ranges: typing.ClassVar[dict[str, Range]] = {**OPTIM_RANGES, "eval_fraction": FRACTION}
+
+    def validate(self) -> None:
+        super().validate()
+        if self.use_peft:
+            raise AlignlabError("train-rm: use_peft is not supported for reward models (their new score head "
+                                "must train whole); train the reward model without use_peft")
 
 
 class _ConfigLoader(yaml.SafeLoader):

@@ -56,6 +56,7 @@ from alignlab.training.loop import (
     run_directory,
     save_run,
 )
+from alignlab.training.policy import as_reference, prepare_policy
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,12 @@ def train_grpo(config: TrainConfig) -> TrainResult:
     if accelerator.is_main_process:
         log.info("%s; %s", loaded.summary(), report.summary())
 
-    policy = load_causal_lm(config.model, config.dtype, config.trust_remote_code)
-    reference = load_causal_lm(config.reference_model or config.model, config.dtype,
-                               config.trust_remote_code).to(device).eval().requires_grad_(False)
+    policy = prepare_policy(load_causal_lm(config.model, config.dtype, config.trust_remote_code), config)
+    # A LoRA policy is its own reference with the adapter off (`as_reference`): no second model.
+    reference = None
+    if not (config.use_peft and config.reference_model in (None, config.model)):
+        reference = load_causal_lm(config.reference_model or config.model, config.dtype,
+                                   config.trust_remote_code).to(device).eval().requires_grad_(False)
     scorer = RewardScorer(config.reward_model, config.dtype, config.trust_remote_code, config.max_length, device)
 
     # The examples `fit` iterates over are (epoch, prompt) ids, epoch·P + prompt: a micro-batch's ids
@@ -194,8 +198,12 @@ def train_grpo(config: TrainConfig) -> TrainResult:
         batch = collate_sequences(samples.prompt_ids, [g.token_ids for g in samples.generations],
                                   tokenizer.pad_token_id)
         batch = {name: tensor.to(device) for name, tensor in batch.items()}
-        with torch.no_grad():
-            ref_logps = response_token_logps(reference, batch, temperature)
+        with torch.no_grad(), accelerator.autocast():  # as the policy's forward computes
+            if reference is None:
+                with as_reference(policy_module):
+                    ref_logps = response_token_logps(policy_module, batch, temperature)
+            else:
+                ref_logps = response_token_logps(reference, batch, temperature)
             old_logps = response_token_logps(policy_module, batch, temperature) if iterations > 1 else None
         return SampledBatch(batch, grpo_advantages(samples.rewards).view(-1).to(device),
                             samples.rewards.view(-1).to(device), ref_logps, old_logps)
@@ -231,10 +239,9 @@ def train_grpo(config: TrainConfig) -> TrainResult:
     with run_directory(out, accelerator, config) as run_dir:
         model, fitted = fit(config, accelerator, policy, usable * iterations, collate, step_loss, run_dir, "grpo",
                             order=order, responses_per_example=group_size)
-        if accelerator.is_main_process:
-            save_run(run_dir, accelerator, model, tokenizer, config, {
-                "method": config.method, "params": params, **fitted.summary(accelerator, loaded, report),
-                "responses_trained": fitted.pairs_trained * group_size, "final_reward": fitted.final_margin,
-                "setup_seconds": round(setup_seconds, 3), "reference_cache_hit": None})
+        save_run(run_dir, accelerator, model, tokenizer, config, {
+            "method": config.method, "params": params, **fitted.summary(accelerator, loaded, report),
+            "responses_trained": fitted.pairs_trained * group_size, "final_reward": fitted.final_margin,
+            "setup_seconds": round(setup_seconds, 3), "reference_cache_hit": None})
     accelerator.wait_for_everyone()
     return TrainResult(**vars(fitted), out=out, reference_cache_hit=None)

@@ -4,7 +4,8 @@ directory it writes.
 Multi-device runs go through `accelerate launch`: each process takes its share of every global batch.
 
 A run directory holds: config.yaml (resolved), metrics.jsonl (one line per logged optimizer step),
-train_summary.json, model/ (save_pretrained, safetensors, with the tokenizer). It is written to a
+train_summary.json, model/ (save_pretrained, safetensors, with the tokenizer; a LoRA run's adapter,
+and with save_merged model-merged/ the merged weights). It is written to a
 hidden temp directory and renamed into place when training finishes, so a failed or killed run
 never leaves a half-written result.
 """
@@ -36,15 +37,29 @@ log = logging.getLogger(__name__)
 
 
 def make_accelerator(config: OptimConfig):
+    """The run's Accelerator: gradient accumulation, `mixed_precision` (autocast over float32 master
+    weights), and the CPU when no accelerator is present. Refuses checkpoints under FSDP/DeepSpeed."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
 
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launched and launched != config.mixed_precision:
+        log.warning("accelerate launch asked for mixed precision %r; the run's mixed_precision %r wins "
+                    "(set it with --mixed_precision)", launched, config.mixed_precision)
     # cpu=True without an accelerator lets `accelerate launch --multi_gpu` run gloo processes on CPU.
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                              cpu=not _has_accelerator())
+                              mixed_precision=config.mixed_precision, cpu=not _has_accelerator())
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED,
+                                               DistributedType.MEGATRON_LM)
+    if sharded and (config.checkpoint_steps or config.resume):
+        # Our checkpoints hold whole tensors; a sharded optimizer's state would need accelerate's
+        # Accelerator.save_state/load_state, which write pickles (torch.save) that loading would run.
+        raise AlignlabError(f"config: checkpoint_steps/resume work on one device and under DDP, not under "
+                            f"{accelerator.distributed_type.value}: its sharded state needs accelerate's "
+                            "Accelerator.save_state/load_state, whose pickles alignlab does not load; set "
+                            "checkpoint_steps 0 and resume false (snapshot_steps still saves the model)")
     set_seed(config.seed)
     return accelerator
-
 
 
 def _has_accelerator() -> bool:
@@ -174,7 +189,9 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     is_main = accelerator.is_main_process
     # The fused kernel updates every tensor in one call: 4× faster steps than the per-tensor loop on CPU.
     fused = accelerator.device.type in ("cpu", "cuda") or None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+    # Only what trains: a LoRA run's frozen base holds no optimizer state.
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=fused)
     model, optimizer = accelerator.prepare(model, optimizer)
     global_batch = config.batch_size * accelerator.num_processes
@@ -256,11 +273,10 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
                     save_checkpoint(accelerator, run_dir, state)
                 if config.snapshot_steps and (state.step % config.snapshot_steps == 0 or state.step == total_steps):
                     paused = time.perf_counter()
-                    if is_main:
-                        save_snapshot(run_dir, accelerator, model, {
-                            "step": state.step, "train_seconds": round(seconds + paused - start, 3),
-                            "pairs_seen": state.pairs_trained,
-                            "responses_seen": state.pairs_trained * responses_per_example})
+                    save_snapshot(run_dir, accelerator, model, {
+                        "step": state.step, "train_seconds": round(seconds + paused - start, 3),
+                        "pairs_seen": state.pairs_trained,
+                        "responses_seen": state.pairs_trained * responses_per_example})
                     accelerator.wait_for_everyone()
                     start += time.perf_counter() - paused
                 if state.step == total_steps:
@@ -298,16 +314,44 @@ SNAPSHOTS = "snapshots"
 
 
 def save_snapshot(run_dir: Path, accelerator, model, point: dict) -> None:
-    """The model as it is now, with where training stands, written whole or not at all."""
+    """The model as it is now (a LoRA run's adapter), with where training stands, written whole or
+    not at all. Every process must call it (see `save_run`); the main process writes."""
+    state_dict = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return
     (run_dir / SNAPSHOTS).mkdir(exist_ok=True)
     with atomic.staged_dir(run_dir / SNAPSHOTS / f"step-{point['step']:06d}") as staged:
-        accelerator.unwrap_model(model).save_pretrained(staged, safe_serialization=True)
+        write_model(accelerator, model, state_dict, staged)
         atomic.write_json(staged / "snapshot.json", point)
 
 
+def write_model(accelerator, model, state_dict: dict, directory: Path) -> None:
+    """save_pretrained of the unwrapped model with the gathered weights, as safetensors: the full
+    model, or a LoRA model's adapter (adapter_config.json + adapter_model.safetensors)."""
+    accelerator.unwrap_model(model).save_pretrained(directory, state_dict=state_dict, is_main_process=True,
+                                                    safe_serialization=True)
+
+
+MERGED = "model-merged"
+
+
 def save_run(run_dir: Path, accelerator, model, tokenizer, config: OptimConfig, summary: dict) -> None:
-    accelerator.unwrap_model(model).save_pretrained(run_dir / "model", safe_serialization=True)
+    """model/ (with its tokenizer; a LoRA run's adapter, and with save_merged the merged weights in
+    model-merged/), config.yaml and train_summary.json. Every process must call it: under FSDP or
+    DeepSpeed ZeRO-3 the weights are sharded over the processes and get_state_dict gathers them, a
+    collective that hangs unless all reach it. Only the main process writes."""
+    state_dict = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return
+    write_model(accelerator, model, state_dict, run_dir / "model")
     tokenizer.save_pretrained(run_dir / "model")
+    if config.use_peft and config.save_merged:
+        from alignlab.models.loading import load_causal_lm
+
+        # Merged as `load_causal_lm` merges an adapter directory: what evaluation would use.
+        merged = load_causal_lm(str(run_dir / "model"), config.dtype, config.trust_remote_code)
+        merged.save_pretrained(run_dir / MERGED, safe_serialization=True)
+        tokenizer.save_pretrained(run_dir / MERGED)
     atomic.write_text(run_dir / "config.yaml", dump_yaml(config))
     atomic.write_json(run_dir / "train_summary.json", summary)
     shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)  # the finished model supersedes it

@@ -23,6 +23,7 @@ from alignlab.models.loading import load_sequence_classifier, load_tokenizer
 from alignlab.training.inputs import check_pairs_differ
 from alignlab.training.loop import (FitResult, check_enough_for_a_step, claim_run_dir, fit, load_training_pairs,
                                     make_accelerator, run_directory, save_run)
+from alignlab.training.policy import prepare_policy
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ def _fit_reward_model(config: RewardModelConfig) -> RewardModelResult:
                  len(train_pairs), len(heldout_pairs))
     model = load_sequence_classifier(config.model, config.dtype, config.trust_remote_code, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
+    model = prepare_policy(model, config)  # dropout and gradient checkpointing (validate refuses use_peft)
 
     def collate(indices):
         batch = collate_pairs([examples[i] for i in indices], tokenizer.pad_token_id)
@@ -102,9 +104,8 @@ def _fit_reward_model(config: RewardModelConfig) -> RewardModelResult:
         model, fitted = fit(config, accelerator, model, len(examples), collate, step_loss, run_dir, "reward model")
         accuracy = pairwise_accuracy(accelerator.unwrap_model(model), heldout, tokenizer.pad_token_id,
                                      config.batch_size, accelerator.device)
-        if is_main:
-            save_run(run_dir, accelerator, model, tokenizer, config, {
-                **fitted.summary(accelerator, loaded, truncation), "heldout_accuracy": accuracy,
-                "heldout_pairs": len(heldout)})
+        save_run(run_dir, accelerator, model, tokenizer, config, {
+            **fitted.summary(accelerator, loaded, truncation), "heldout_accuracy": accuracy,
+            "heldout_pairs": len(heldout)})
     accelerator.wait_for_everyone()
     return RewardModelResult(**vars(fitted), out=out, heldout_accuracy=accuracy, heldout_pairs=len(heldout))
