@@ -177,7 +177,11 @@ def _load_with_adapter(path: str, dtype: str, trust_remote_code: bool):
         raise AlignlabError(f"{directory}: cannot load the adapter ({_first_line(err)}); the files are damaged "
                             "or incomplete: save the adapter again") from None
     model = peft.get_peft_model(model, adapter_config)
-    loaded = peft.set_peft_model_state_dict(model, tensors)
+    try:
+        loaded = peft.set_peft_model_state_dict(model, tensors)
+    except RuntimeError as err:  # tensors of the wrong shape: torch names each one
+        raise AlignlabError(f"{directory}: the adapter does not fit its base model {base} ({_first_line(err)}). "
+                            "Pass the base the adapter was trained on (base_model_name_or_path)") from None
     # Adapter tensors the model does not have, or adapter tensors the file lacks (they would keep
     # their fresh initialisation): the adapter was trained for a different base or configuration.
     absent = [k for k in loaded.missing_keys if "lora_" in k or "modules_to_save" in k]
