@@ -46,6 +46,18 @@ def make_accelerator(config: OptimConfig):
     if launched and launched != config.mixed_precision:
         log.warning("accelerate launch asked for mixed precision %r; the run's mixed_precision %r wins "
                     "(set it with --mixed_precision)", launched, config.mixed_precision)
+    from accelerate.state import AcceleratorState
+
+    if config.mixed_precision == "fp16" and not _has_accelerator():
+        # accelerate leaves fp16 autocast off on the CPU without a word: the run would be float32.
+        raise AlignlabError("config: mixed_precision fp16 needs a GPU (on the CPU accelerate does not autocast to "
+                            "float16 and the run would silently be float32); use mixed_precision bf16 on the CPU")
+
+    # accelerate keeps one state per process and refuses a second Accelerator of another precision;
+    # runs one after another in a process (a study's in-process runs, tests) may differ in it. The
+    # process group (PartialState) is kept.
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != config.mixed_precision:
+        AcceleratorState._reset_state()
     # cpu=True without an accelerator lets `accelerate launch --multi_gpu` run gloo processes on CPU.
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                               mixed_precision=config.mixed_precision, cpu=not _has_accelerator())

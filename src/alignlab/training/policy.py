@@ -63,7 +63,11 @@ def prepare_policy(model, config: OptimConfig):
     if config.gradient_checkpointing:
         # Non-reentrant: gradients reach the checkpointed blocks even when their inputs need none
         # (frozen embeddings under LoRA), and it works under FSDP.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name; the old one warns
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if not config.use_peft:
         return model
     peft = require_peft()
