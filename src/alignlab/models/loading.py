@@ -179,8 +179,10 @@ def _load_with_adapter(path: str, dtype: str, trust_remote_code: bool):
     model = peft.get_peft_model(model, adapter_config)
     try:
         loaded = peft.set_peft_model_state_dict(model, tensors)
-    except RuntimeError as err:  # tensors of the wrong shape: torch names each one
-        raise AlignlabError(f"{directory}: the adapter does not fit its base model {base} ({_first_line(err)}). "
+    except RuntimeError as err:  # tensors of the wrong shape: torch's message lists each, one a line
+        lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        raise AlignlabError(f"{directory}: the adapter does not fit its base model {base} "
+                            f"({lines[0] if lines else _first_line(err)}). "
                             "Pass the base the adapter was trained on (base_model_name_or_path)") from None
     # Adapter tensors the model does not have, or adapter tensors the file lacks (they would keep
     # their fresh initialisation): the adapter was trained for a different base or configuration.
