@@ -175,12 +175,6 @@ class RewardModelConfig(OptimConfig):
     eval_fraction: float = setting(0.1, "fraction of data held out when eval_data is not given")
     ranges: typing.ClassVar[dict[str, Range]] = {**OPTIM_RANGES, "eval_fraction": FRACTION}
 
-    def validate(self) -> None:
-        super().validate()
-        if self.use_peft:
-            raise AlignlabError("train-rm: use_peft is not supported for reward models (their new score head "
-                                "must train whole); train the reward model without use_peft")
-
 
 class _ConfigLoader(yaml.SafeLoader):
     """SafeLoader less what no config needs and a hostile file could use: anchors and aliases (a few

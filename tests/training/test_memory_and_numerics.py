@@ -16,6 +16,7 @@ from alignlab.errors import AlignlabError
 from alignlab.models.loading import load_causal_lm, load_tokenizer, sequence_logps
 from alignlab.training import train
 from alignlab.training.policy import disable_dropout, prepare_policy
+from alignlab.training.reward_model import train_reward_model
 from conftest import config_for
 
 
@@ -91,7 +92,9 @@ def test_save_merged_needs_peft_and_reward_models_refuse_peft(tiny_model, pairs_
     with pytest.raises(AlignlabError, match="save_merged"):
         config_for(tiny_model, pairs_file, tmp_path, save_merged=True).validate()
     with pytest.raises(AlignlabError, match="train-rm: use_peft"):
-        RewardModelConfig(model=str(tiny_model), data=str(pairs_file), out=str(tmp_path), use_peft=True).validate()
+        train_reward_model(RewardModelConfig(model=str(tiny_model), data=str(pairs_file), out=str(tmp_path / "rm"),
+                                             use_peft=True))
+    assert not (tmp_path / "rm").exists()
 
 
 @pytest.fixture
