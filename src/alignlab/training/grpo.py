@@ -199,11 +199,9 @@ def train_grpo(config: TrainConfig) -> TrainResult:
                                   tokenizer.pad_token_id)
         batch = {name: tensor.to(device) for name, tensor in batch.items()}
         with torch.no_grad(), accelerator.autocast():  # as the policy's forward computes
-            if reference is None:
-                with as_reference(policy_module):
-                    ref_logps = response_token_logps(policy_module, batch, temperature)
-            else:
-                ref_logps = response_token_logps(reference, batch, temperature)
+            reference_model = policy_module if reference is None else reference
+            with as_reference(reference_model):
+                ref_logps = response_token_logps(reference_model, batch, temperature)
             old_logps = response_token_logps(policy_module, batch, temperature) if iterations > 1 else None
         return SampledBatch(batch, grpo_advantages(samples.rewards).view(-1).to(device),
                             samples.rewards.view(-1).to(device), ref_logps, old_logps)

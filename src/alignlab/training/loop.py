@@ -40,19 +40,17 @@ def make_accelerator(config: OptimConfig):
     """The run's Accelerator: gradient accumulation, `mixed_precision` (autocast over float32 master
     weights), and the CPU when no accelerator is present. Refuses checkpoints under FSDP/DeepSpeed."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedType, set_seed
-
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
-    if launched and launched != config.mixed_precision:
-        log.warning("accelerate launch asked for mixed precision %r; the run's mixed_precision %r wins "
-                    "(set it with --mixed_precision)", launched, config.mixed_precision)
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType, set_seed
 
     if config.mixed_precision == "fp16" and not _has_accelerator():
         # accelerate leaves fp16 autocast off on the CPU without a word: the run would be float32.
         raise AlignlabError("config: mixed_precision fp16 needs a GPU (on the CPU accelerate does not autocast to "
                             "float16 and the run would silently be float32); use mixed_precision bf16 on the CPU")
-
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launched and launched != config.mixed_precision:
+        log.warning("accelerate launch asked for mixed precision %r; the run's mixed_precision %r wins "
+                    "(set it with --mixed_precision)", launched, config.mixed_precision)
     # accelerate keeps one state per process and refuses a second Accelerator of another precision;
     # runs one after another in a process (a study's in-process runs, tests) may differ in it. The
     # process group (PartialState) is kept.
