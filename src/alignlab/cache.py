@@ -105,8 +105,8 @@ def hub_commit(name: str, revision: str | None) -> str | None:
 
 
 def model_fingerprint(name_or_path: str, cache_dir: Path, revision: str | None = None) -> str:
-    """Content hash of a local model directory or file (memoised by file size and mtime), else the
-    hub name with the commit its `revision` stands for (`hub_commit`); when that cannot be found, the
+    """Content hash of a local model directory or file (memoised by file size and mtime; a PEFT
+    adapter directory's covers its base model's too), else the hub name with the commit its `revision` stands for (`hub_commit`); when that cannot be found, the
     revision's own name, with a warning: the cache then cannot notice a change upstream."""
     directory = Path(name_or_path)
     if directory.is_file():
@@ -123,7 +123,19 @@ def model_fingerprint(name_or_path: str, cache_dir: Path, revision: str | None =
     parts = [f"{path.name}:{fingerprints.sha256(path)}" for path in sorted(directory.iterdir())
              if path.suffix in (".safetensors", ".json") and not path.name.startswith(".")]
     fingerprints.save()
+    base = adapter_base(directory)
+    if base is not None:  # an adapter's numbers depend on its base model's weights as much as its own
+        parts.append(f"base:{model_fingerprint(base, cache_dir)}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def adapter_base(directory: Path) -> str | None:
+    """The base model a PEFT adapter directory (adapter_config.json) names, else None."""
+    try:
+        base = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return base if isinstance(base, str) and base else None
 
 
 def cache_key(*parts: str) -> str:

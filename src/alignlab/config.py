@@ -110,8 +110,8 @@ class OptimConfig:
     mixed_precision: str = setting("no", "no | bf16 | fp16: autocast with float32 master weights (accelerate)")
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, ~30% "
                                                   "more compute")
-    disable_dropout: bool = setting(True, "turn the policy's dropout off, so the policy at step 0 equals the "
-                                          "reference (false keeps it)")
+    disable_dropout: bool = setting(True, "turn the model's dropout off, so the policy at step 0 equals the "
+                                          "reference (false keeps it; lora_dropout stays as set)")
     use_peft: bool = setting(False, "train a LoRA adapter (PEFT) instead of every weight; the reference is the "
                                     "base model with the adapter off")
     lora_r: int = setting(16, "LoRA rank")
@@ -155,6 +155,13 @@ class OptimConfig:
         if self.report_to != "none" and not tracker_installed(self.report_to):
             raise AlignlabError(f"config: report_to {self.report_to} needs the {self.report_to} package, which is not "
                                 f"installed: pip install 'alignlab[{self.report_to}]', or set report_to none")
+        if self.mixed_precision != "no" and self.dtype != "float32":
+            raise AlignlabError(f"config: mixed_precision {self.mixed_precision} keeps float32 master weights and "
+                                f"computes in {self.mixed_precision}; it cannot start from dtype {self.dtype} "
+                                "weights: set dtype float32, or mixed_precision no")
+        if self.save_merged and not self.use_peft:
+            raise AlignlabError("config: save_merged saves a LoRA adapter merged into the weights; without "
+                                "use_peft model/ already holds the full weights: drop save_merged or set use_peft")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

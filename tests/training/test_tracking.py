@@ -15,7 +15,7 @@ from alignlab.cli import main
 from alignlab.config import RewardModelConfig
 from alignlab.errors import AlignlabError
 from alignlab.models.tiny import build_tiny_classifier
-from alignlab.training import loop, train, train_reward_model
+from alignlab.training import loop, tracking, train, train_reward_model
 
 from conftest import config_for
 
@@ -111,7 +111,7 @@ def test_tracker_config_is_flat_names_of_scalars(tiny_model, pairs_file, tmp_pat
     config = config_for(tiny_model, pairs_file, tmp_path / "run", method="var", lora_target_modules=["q_proj", "v_proj"],
                         params={"lam": 0.5})
     config.validate()
-    flat = loop.tracker_config(config)
+    flat = tracking.tracker_config(config)
     assert flat["params.lam"] == 0.5 and flat["params.z_estimator"] == "batch"
     assert flat["params.length_normalize"] is True and flat["params.z_samples"] == 8
     assert flat["lora_target_modules"] == "q_proj,v_proj"

@@ -128,13 +128,81 @@ def _check_tensors(path: str, model, info: dict, new_head: bool = False) -> None
                             "(save_pretrained), or fix its config.json")
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def is_adapter_dir(path: str) -> bool:
+    """Whether `path` is a PEFT adapter directory (a LoRA run's model/), not a whole model."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
 def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False, revision: str | None = None):
-    """A causal LM whose every tensor comes from the checkpoint (`revision`: of a hub model)."""
+    """A causal LM from a save_pretrained directory, a .gguf file or a hub name (`revision`: of a hub
+    model), its safetensors weights checked against the model (`_check_tensors`). An adapter
+    directory (adapter_config.json, e.g. a LoRA run's model/) loads its base model, checked the same
+    way, with the adapter merged in."""
     from transformers import AutoModelForCausalLM
 
+    if is_adapter_dir(path):
+        return _load_with_adapter(path, dtype, trust_remote_code)
     model, info = _load_pretrained(AutoModelForCausalLM, path, dtype, trust_remote_code, revision)
     _check_tensors(path, model, info)
     return model
+
+
+def _load_with_adapter(path: str, dtype: str, trust_remote_code: bool):
+    """The base model named by the adapter's config with the adapter's weights (safetensors only,
+    every one of them placed in the model) merged into it."""
+    import json
+
+    try:
+        import peft
+    except ImportError:
+        raise AlignlabError(f"{path}: a PEFT adapter directory needs the peft package; install it with "
+                            "pip install 'alignlab[peft]'") from None
+    directory = Path(path)
+    try:
+        base = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
+        raise AlignlabError(f"{directory / ADAPTER_CONFIG}: cannot read the adapter's config ({_first_line(err)}); "
+                            "save the adapter again") from None
+    if not isinstance(base, str) or not base:
+        raise AlignlabError(f"{directory / ADAPTER_CONFIG}: names no base model (base_model_name_or_path); set it "
+                            "to the model the adapter was trained on")
+    weights = directory / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise AlignlabError(f"{directory}: no {ADAPTER_WEIGHTS}; alignlab loads adapter weights only as "
+                            "safetensors (re-save the adapter with save_pretrained(safe_serialization=True))")
+    if Path(base).is_absolute() and not Path(base).is_dir():
+        raise AlignlabError(f"{directory / ADAPTER_CONFIG}: its base model {base} is not there (moved?); set "
+                            "base_model_name_or_path to where the base model now is")
+    model = load_causal_lm(base, dtype, trust_remote_code)
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(weights))
+        adapter_config = peft.PeftConfig.from_pretrained(str(directory))
+    except (SafetensorError, OSError, ValueError, TypeError) as err:
+        raise AlignlabError(f"{directory}: cannot load the adapter ({_first_line(err)}); the files are damaged "
+                            "or incomplete: save the adapter again") from None
+    model = peft.get_peft_model(model, adapter_config)
+    try:
+        loaded = peft.set_peft_model_state_dict(model, tensors)
+    except RuntimeError as err:  # tensors of the wrong shape: torch's message lists each, one a line
+        lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        raise AlignlabError(f"{directory}: the adapter does not fit its base model {base} "
+                            f"({lines[0] if lines else _first_line(err)}). "
+                            "Pass the base the adapter was trained on (base_model_name_or_path)") from None
+    # Adapter tensors the model does not have, or adapter tensors the file lacks (they would keep
+    # their fresh initialisation): the adapter was trained for a different base or configuration.
+    absent = [k for k in loaded.missing_keys if "lora_" in k or "modules_to_save" in k]
+    if loaded.unexpected_keys or absent:
+        problems = ([f"not in the model: {_names(loaded.unexpected_keys)}"] if loaded.unexpected_keys else []) + (
+            [f"missing from the adapter: {_names(absent)}"] if absent else [])
+        raise AlignlabError(f"{directory}: the adapter does not fit its base model {base}: " + "; ".join(problems)
+                            + ". Pass the base the adapter was trained on (base_model_name_or_path)")
+    return model.merge_and_unload()
 
 
 def load_sequence_classifier(path: str, dtype: str = "float32", trust_remote_code: bool = False,

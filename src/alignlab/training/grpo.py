@@ -59,6 +59,7 @@ from alignlab.training.loop import (
     run_directory,
     save_run,
 )
+from alignlab.training.policy import as_reference, prepare_policy
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +164,14 @@ def train_grpo(config: TrainConfig) -> TrainResult:
     if accelerator.is_main_process:
         log.info("%s; %s", loaded.summary(), report.summary())
 
-    policy = load_causal_lm(config.model, config.dtype, config.trust_remote_code, config.revision)
+    policy = prepare_policy(load_causal_lm(config.model, config.dtype, config.trust_remote_code, config.revision),
+                            config)
+    # A LoRA policy is its own reference with the adapter off (`as_reference`): no second model.
     reference_name, reference_revision = reference_and_revision(config)
-    reference = load_causal_lm(reference_name, config.dtype, config.trust_remote_code,
-                               reference_revision).to(device).eval().requires_grad_(False)
+    reference = None
+    if not (config.use_peft and reference_name == config.model):
+        reference = load_causal_lm(reference_name, config.dtype, config.trust_remote_code,
+                                   reference_revision).to(device).eval().requires_grad_(False)
     scorer = RewardScorer(config.reward_model, config.dtype, config.trust_remote_code, config.max_length, device,
                           raw_prompts=config.raw_prompts)
     backend = make_backend(config.generation_backend, policy, tokenizer, config.model, device=device,
@@ -204,8 +209,10 @@ def train_grpo(config: TrainConfig) -> TrainResult:
         batch = collate_sequences(samples.prompt_ids, [g.token_ids for g in samples.generations],
                                   tokenizer.pad_token_id)
         batch = {name: tensor.to(device) for name, tensor in batch.items()}
-        with torch.no_grad():
-            ref_logps = response_token_logps(reference, batch, temperature)
+        with torch.no_grad(), accelerator.autocast():  # as the policy's forward computes
+            reference_model = policy_module if reference is None else reference
+            with as_reference(reference_model):
+                ref_logps = response_token_logps(reference_model, batch, temperature)
             old_logps = response_token_logps(policy_module, batch, temperature) if iterations > 1 else None
         return SampledBatch(batch, grpo_advantages(samples.rewards).view(-1).to(device),
                             samples.rewards.view(-1).to(device), ref_logps, old_logps)
@@ -241,10 +248,9 @@ def train_grpo(config: TrainConfig) -> TrainResult:
     with run_directory(out, accelerator, config) as run_dir:
         model, fitted = fit(config, accelerator, policy, usable * iterations, collate, step_loss, run_dir, "grpo",
                             order=order, responses_per_example=group_size)
-        if accelerator.is_main_process:
-            save_run(run_dir, accelerator, model, tokenizer, config, {
-                "method": config.method, "params": params, **fitted.summary(accelerator, loaded, report),
-                "responses_trained": fitted.pairs_trained * group_size, "final_reward": fitted.final_margin,
-                "setup_seconds": round(setup_seconds, 3), "reference_cache_hit": None})
+        save_run(run_dir, accelerator, model, tokenizer, config, {
+            "method": config.method, "params": params, **fitted.summary(accelerator, loaded, report),
+            "responses_trained": fitted.pairs_trained * group_size, "final_reward": fitted.final_margin,
+            "setup_seconds": round(setup_seconds, 3), "reference_cache_hit": None})
     accelerator.wait_for_everyone()
     return TrainResult(**vars(fitted), out=out, reference_cache_hit=None)

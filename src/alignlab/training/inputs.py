@@ -23,6 +23,7 @@ from alignlab.models.generate import STOP_RULE, GenerationConfig
 from alignlab.models.loading import batch_logps, load_causal_lm, load_tokenizer
 from alignlab.objectives.losses import sampled_log_z
 from alignlab.objectives.registry import Method, PairBatch
+from alignlab.training.policy import as_reference
 from alignlab.training.reference import compute_sequence_logps, reference_and_revision
 
 log = logging.getLogger(__name__)
@@ -63,19 +64,28 @@ def pair_rewards(config: TrainConfig, pairs, cache_dir: Path, device) -> dict[st
             "rejected": torch.tensor([p.reward_rejected for p in pairs], dtype=torch.float32)}
 
 
+def numerics(config: OptimConfig) -> str:
+    """What the numbers of a reference pass depend on besides the model and data: the weights' dtype,
+    and the autocast of `mixed_precision` the pass runs under (the key of a run without it unchanged)."""
+    return config.dtype if config.mixed_precision == "no" else f"{config.dtype} autocast {config.mixed_precision}"
+
+
 def reference_logps(config: TrainConfig, examples, pad_id: int, cache_dir: Path, device, policy,
                     shared_prompt: bool) -> tuple[dict[str, torch.Tensor], bool]:
     """Cached reference log-probs. When the reference is the policy's own starting point (the
-    default), the untrained policy computes them, so the model is loaded once, not twice."""
+    default), the untrained policy computes them (a LoRA policy with its adapter off), so the model
+    is loaded once, not twice; the key is that model's fingerprint either way."""
     reference, revision = reference_and_revision(config)
     key = cache_key("reference-logps", model_fingerprint(reference, cache_dir, revision),
-                    fingerprint_tokens(examples), config.dtype)
+                    fingerprint_tokens(examples), numerics(config))
 
     def compute():
         log.info("computing reference log-probs with %s", reference)
         model = policy if reference == config.model else load_causal_lm(
             reference, config.dtype, config.trust_remote_code, revision)
-        return compute_sequence_logps(model.to(device), examples, pad_id, config.batch_size, device, shared_prompt)
+        with as_reference(model):  # a LoRA policy's base: the policy with its adapter off
+            return compute_sequence_logps(model.to(device), examples, pad_id, config.batch_size, device,
+                                          shared_prompt)
 
     return cached_tensors(cache_dir, "reference-logps", key, compute)
 
@@ -101,7 +111,7 @@ def sampled_prompt_log_z(config: TrainConfig, pairs, cache_dir: Path, device, po
                     hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest(),
                     f"k={k} max_new_tokens={max_new_tokens} max_prompt_length={config.max_prompt_length} "
                     f"seed={config.seed} backend={config.generation_backend} stops={STOP_RULE} "
-                    f"raw_prompts={config.raw_prompts}", config.dtype)
+                    f"raw_prompts={config.raw_prompts}", numerics(config))
 
     def compute():
         from alignlab.models.score import RewardScorer
@@ -117,7 +127,8 @@ def sampled_prompt_log_z(config: TrainConfig, pairs, cache_dir: Path, device, po
         prompt_ids, _ = encode_prompts(tokenizer, prompts, config.max_prompt_length, config.raw_prompts)
         backend = make_backend(config.generation_backend, model.to(device), tokenizer, reference, device=device,
                                trust_remote_code=config.trust_remote_code, max_model_len=config.max_length)
-        samples = sample_and_score(backend, scorer, prompts, prompt_ids, k, generation)
+        with as_reference(model):  # a LoRA policy's base: the policy with its adapter off
+            samples = sample_and_score(backend, scorer, prompts, prompt_ids, k, generation)
         return {"rewards": samples.rewards}
 
     rewards = cached_tensors(cache_dir, "sampled-z", key, compute)[0]["rewards"]

@@ -4,8 +4,9 @@ directory it writes.
 Multi-device runs go through `accelerate launch`: each process takes its share of every global batch.
 
 A run directory holds: config.yaml (resolved), metrics.jsonl (one line per logged optimizer step),
-train_summary.json, model/ (save_pretrained, safetensors, with the tokenizer) and, with
-`report_to tensorboard`, tracking/RUN_NAME/ (the same numbers as tensorboard event files). It is written to a
+train_summary.json, model/ (save_pretrained, safetensors, with the tokenizer; a LoRA run's adapter,
+and with save_merged model-merged/ the merged weights) and, with `report_to tensorboard`,
+tracking/RUN_NAME/ (the same numbers as tensorboard event files). It is written to a
 hidden temp directory and renamed into place when training finishes, so a failed or killed run
 never leaves a half-written result.
 """
@@ -33,78 +34,51 @@ from alignlab.data.options import data_options
 from alignlab.data.pairs import load_pairs
 from alignlab.errors import AlignlabError
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
+from alignlab.training.tracking import TRACKING, tracking
 
 log = logging.getLogger(__name__)
 
 
-TRACKING = "tracking"  # the run directory's folder of tracker logs (tensorboard)
-TRACKER_PROJECT = "alignlab"  # the project (wandb) or experiment (mlflow) every run is logged under
-
-
 def make_accelerator(config: OptimConfig):
-    """The run's Accelerator, with the tracker `report_to` names (config.validate checked its
-    package): its logs go to the run directory's `tracking/` folder, inside the hidden partial
-    directory while training (`run_directory`), so they are renamed with the run."""
+    """The run's Accelerator: gradient accumulation, `mixed_precision` (autocast over float32 master
+    weights), the CPU when no accelerator is present, and the tracker `report_to` names (config.validate
+    checked its package), logging to the run directory's `tracking/` folder inside the hidden partial
+    directory while training (`run_directory`), so the logs are renamed with the run. Refuses
+    checkpoints under FSDP/DeepSpeed."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType, set_seed
 
-    tracked = config.report_to != "none"
+    if config.mixed_precision == "fp16" and not _has_accelerator():
+        # accelerate leaves fp16 autocast off on the CPU without a word: the run would be float32.
+        raise AlignlabError("config: mixed_precision fp16 needs a GPU (on the CPU accelerate does not autocast to "
+                            "float16 and the run would silently be float32); use mixed_precision bf16 on the CPU")
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launched and launched != config.mixed_precision:
+        log.warning("accelerate launch asked for mixed precision %r; the run's mixed_precision %r wins "
+                    "(set it with --mixed_precision)", launched, config.mixed_precision)
+    # accelerate keeps one state per process and refuses a second Accelerator of another precision;
+    # runs one after another in a process (a study's in-process runs, tests) may differ in it. The
+    # process group (PartialState) is kept.
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != config.mixed_precision:
+        AcceleratorState._reset_state()
     # cpu=True without an accelerator lets `accelerate launch --multi_gpu` run gloo processes on CPU.
+    tracked = config.report_to != "none"
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                              cpu=not _has_accelerator(), log_with=config.report_to if tracked else None,
+                              mixed_precision=config.mixed_precision, cpu=not _has_accelerator(),
+                              log_with=config.report_to if tracked else None,
                               project_dir=str(partial_dir(Path(config.out)) / TRACKING) if tracked else None)
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED,
+                                               DistributedType.MEGATRON_LM)
+    if sharded and (config.checkpoint_steps or config.resume):
+        # Our checkpoints hold whole tensors; a sharded optimizer's state would need accelerate's
+        # Accelerator.save_state/load_state, which write pickles (torch.save) that loading would run.
+        raise AlignlabError(f"config: checkpoint_steps/resume work on one device and under DDP, not under "
+                            f"{accelerator.distributed_type.value}: its sharded state needs accelerate's "
+                            "Accelerator.save_state/load_state, whose pickles alignlab does not load; set "
+                            "checkpoint_steps 0 and resume false (snapshot_steps still saves the model)")
     set_seed(config.seed)
     return accelerator
-
-
-def tracker_config(config: OptimConfig) -> dict:
-    """The resolved configuration as trackers take it: one level of names (`params.beta`), each
-    value a number, text, true/false or None (a list becomes comma-separated text)."""
-    flat = {}
-
-    def add(name: str, value) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                add(f"{name}.{key}" if name else str(key), item)
-        elif isinstance(value, (list, tuple)):
-            flat[name] = ",".join(map(str, value))
-        else:
-            flat[name] = value
-
-    add("", config.to_dict())
-    return flat
-
-
-@contextlib.contextmanager
-def tracking(config: OptimConfig, accelerator, resumed_step: int):
-    """The `report_to` tracker's run, open while the loop trains and closed however it ends.
-
-    Closed with each tracker's `finish`, not `accelerator.end_training()`: accelerate 1.16's
-    end_training also destroys the torch.distributed process group, which the trainers still use
-    after `fit` (barriers, the reward model's held-out accuracy). A resumed run's tensorboard
-    writer hides the steps the killed run logged after its checkpoint (`purge_step`), as
-    metrics.jsonl drops their lines.
-    """
-    if config.report_to == "none":
-        yield
-        return
-    name = config.run_name or Path(config.out).name
-    if config.report_to == "wandb" and accelerator.is_main_process:
-        Path(accelerator.logging_dir).mkdir(parents=True, exist_ok=True)  # wandb.init wants its dir to exist
-    settings = {"tensorboard": {"purge_step": resumed_step + 1} if resumed_step else {},
-                "wandb": {"name": name, "dir": accelerator.logging_dir},
-                "mlflow": {"run_name": name}}
-    # tensorboard writes to <logging_dir>/<project>: the run's name there, the shared project elsewhere.
-    project = name if config.report_to == "tensorboard" else TRACKER_PROJECT
-    accelerator.init_trackers(project, config=tracker_config(config),
-                              init_kwargs={config.report_to: settings[config.report_to]})
-    try:
-        yield
-    finally:
-        for tracker in accelerator.trackers:
-            tracker.finish()
-        accelerator.trackers = []
-
 
 
 def _has_accelerator() -> bool:
@@ -236,7 +210,9 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     is_main = accelerator.is_main_process
     # The fused kernel updates every tensor in one call: 4× faster steps than the per-tensor loop on CPU.
     fused = accelerator.device.type in ("cpu", "cuda") or None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+    # Only what trains: a LoRA run's frozen base holds no optimizer state.
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=fused)
     model, optimizer = accelerator.prepare(model, optimizer)
     global_batch = config.batch_size * accelerator.num_processes
@@ -319,11 +295,10 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
                     save_checkpoint(accelerator, run_dir, state)
                 if config.snapshot_steps and (state.step % config.snapshot_steps == 0 or state.step == total_steps):
                     paused = time.perf_counter()
-                    if is_main:
-                        save_snapshot(run_dir, accelerator, model, {
-                            "step": state.step, "train_seconds": round(seconds + paused - start, 3),
-                            "pairs_seen": state.pairs_trained,
-                            "responses_seen": state.pairs_trained * responses_per_example})
+                    save_snapshot(run_dir, accelerator, model, {
+                        "step": state.step, "train_seconds": round(seconds + paused - start, 3),
+                        "pairs_seen": state.pairs_trained,
+                        "responses_seen": state.pairs_trained * responses_per_example})
                     accelerator.wait_for_everyone()
                     start += time.perf_counter() - paused
                 if state.step == total_steps:
@@ -361,16 +336,44 @@ SNAPSHOTS = "snapshots"
 
 
 def save_snapshot(run_dir: Path, accelerator, model, point: dict) -> None:
-    """The model as it is now, with where training stands, written whole or not at all."""
+    """The model as it is now (a LoRA run's adapter), with where training stands, written whole or
+    not at all. Every process must call it (see `save_run`); the main process writes."""
+    state_dict = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return
     (run_dir / SNAPSHOTS).mkdir(exist_ok=True)
     with atomic.staged_dir(run_dir / SNAPSHOTS / f"step-{point['step']:06d}") as staged:
-        accelerator.unwrap_model(model).save_pretrained(staged, safe_serialization=True)
+        write_model(accelerator, model, state_dict, staged)
         atomic.write_json(staged / "snapshot.json", point)
 
 
+def write_model(accelerator, model, state_dict: dict, directory: Path) -> None:
+    """save_pretrained of the unwrapped model with the gathered weights, as safetensors: the full
+    model, or a LoRA model's adapter (adapter_config.json + adapter_model.safetensors)."""
+    accelerator.unwrap_model(model).save_pretrained(directory, state_dict=state_dict, is_main_process=True,
+                                                    safe_serialization=True)
+
+
+MERGED = "model-merged"
+
+
 def save_run(run_dir: Path, accelerator, model, tokenizer, config: OptimConfig, summary: dict) -> None:
-    accelerator.unwrap_model(model).save_pretrained(run_dir / "model", safe_serialization=True)
+    """model/ (with its tokenizer; a LoRA run's adapter, and with save_merged the merged weights in
+    model-merged/), config.yaml and train_summary.json. Every process must call it: under FSDP or
+    DeepSpeed ZeRO-3 the weights are sharded over the processes and get_state_dict gathers them, a
+    collective that hangs unless all reach it. Only the main process writes."""
+    state_dict = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return
+    write_model(accelerator, model, state_dict, run_dir / "model")
     tokenizer.save_pretrained(run_dir / "model")
+    if config.use_peft and config.save_merged:
+        from alignlab.models.loading import load_causal_lm
+
+        # Merged as `load_causal_lm` merges an adapter directory: what evaluation would use.
+        merged = load_causal_lm(str(run_dir / "model"), config.dtype, config.trust_remote_code)
+        merged.save_pretrained(run_dir / MERGED, safe_serialization=True)
+        tokenizer.save_pretrained(run_dir / MERGED)
     atomic.write_text(run_dir / "config.yaml", dump_yaml(config))
     atomic.write_json(run_dir / "train_summary.json", summary)
     shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)  # the finished model supersedes it

@@ -35,6 +35,7 @@ from alignlab.training.loop import (
     run_directory,
     save_run,
 )
+from alignlab.training.policy import prepare_policy
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def train_offline(config: TrainConfig) -> TrainResult:
 
     model = load_causal_lm(config.model, config.dtype, config.trust_remote_code, config.revision)
     model.config.use_cache = False
+    model = prepare_policy(model, config)  # before the reference pass: dropout off, LoRA adapter (off there)
     reference, reference_hit, rewards, log_z = None, None, None, None
     groups = prompt_groups(pairs)
     shared_prompt = method.uses_rejected and shared_prompt_works(model.to(accelerator.device), examples,
@@ -74,11 +76,12 @@ def train_offline(config: TrainConfig) -> TrainResult:
     with accelerator.main_process_first():  # rank 0 fills the caches; the others then read them
         if method.uses_rewards:  # first: a reward model that cannot load fails before the reference pass
             rewards = pair_rewards(config, pairs, cache_dir, accelerator.device)
-        if method.uses_reference:
-            reference, reference_hit = reference_logps(config, examples, tokenizer.pad_token_id,
-                                                       cache_dir, accelerator.device, model, shared_prompt)
-        if sampled_z:
-            log_z = sampled_prompt_log_z(config, pairs, cache_dir, accelerator.device, model)
+        with accelerator.autocast():  # the reference computes as the policy will: with its mixed precision
+            if method.uses_reference:
+                reference, reference_hit = reference_logps(config, examples, tokenizer.pad_token_id,
+                                                           cache_dir, accelerator.device, model, shared_prompt)
+            if sampled_z:
+                log_z = sampled_prompt_log_z(config, pairs, cache_dir, accelerator.device, model)
 
     def collate(indices):
         chunk = [examples[i] for i in indices]
@@ -99,10 +102,9 @@ def train_offline(config: TrainConfig) -> TrainResult:
     with run_directory(out, accelerator, config) as run_dir:
         model, fitted = fit(config, accelerator, model, len(examples), collate, step_loss, run_dir, config.method,
                             responses_per_example=2 if method.uses_rejected else 1)
-        if is_main:
-            save_run(run_dir, accelerator, model, tokenizer, config, {
-                "method": config.method, "params": config.params, **fitted.summary(accelerator, loaded, truncation),
-                "setup_seconds": round(setup_seconds, 3), "reference_cache_hit": reference_hit})
+        save_run(run_dir, accelerator, model, tokenizer, config, {
+            "method": config.method, "params": config.params, **fitted.summary(accelerator, loaded, truncation),
+            "setup_seconds": round(setup_seconds, 3), "reference_cache_hit": reference_hit})
     accelerator.wait_for_everyone()
     return TrainResult(**vars(fitted), out=out, reference_cache_hit=reference_hit)
 

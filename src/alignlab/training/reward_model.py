@@ -19,10 +19,12 @@ import torch.nn.functional as F
 
 from alignlab.config import RewardModelConfig
 from alignlab.data.tokenise import collate_pairs, tokenize_pairs
+from alignlab.errors import AlignlabError
 from alignlab.models.loading import load_sequence_classifier, load_tokenizer
 from alignlab.training.inputs import check_pairs_differ
 from alignlab.training.loop import (FitResult, check_enough_for_a_step, claim_run_dir, fit, load_training_pairs,
                                     make_accelerator, run_directory, save_run)
+from alignlab.training.policy import prepare_policy
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,9 @@ def split_heldout(config: RewardModelConfig, pairs):
 
 def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
     config.validate()
+    if config.use_peft:
+        raise AlignlabError("train-rm: use_peft is not supported for reward models (their new score head must "
+                            "train whole); train the reward model without use_peft")
     with claim_run_dir(config):
         return _fit_reward_model(config)
 
@@ -91,6 +96,7 @@ def _fit_reward_model(config: RewardModelConfig) -> RewardModelResult:
     model = load_sequence_classifier(config.model, config.dtype, config.trust_remote_code, num_labels=1,
                                      revision=config.revision)
     model.config.pad_token_id = tokenizer.pad_token_id
+    model = prepare_policy(model, config)  # dropout and gradient checkpointing (use_peft is refused above)
 
     def collate(indices):
         batch = collate_pairs([examples[i] for i in indices], tokenizer.pad_token_id)
@@ -105,9 +111,8 @@ def _fit_reward_model(config: RewardModelConfig) -> RewardModelResult:
         model, fitted = fit(config, accelerator, model, len(examples), collate, step_loss, run_dir, "reward model")
         accuracy = pairwise_accuracy(accelerator.unwrap_model(model), heldout, tokenizer.pad_token_id,
                                      config.batch_size, accelerator.device)
-        if is_main:
-            save_run(run_dir, accelerator, model, tokenizer, config, {
-                **fitted.summary(accelerator, loaded, truncation), "heldout_accuracy": accuracy,
-                "heldout_pairs": len(heldout)})
+        save_run(run_dir, accelerator, model, tokenizer, config, {
+            **fitted.summary(accelerator, loaded, truncation), "heldout_accuracy": accuracy,
+            "heldout_pairs": len(heldout)})
     accelerator.wait_for_everyone()
     return RewardModelResult(**vars(fitted), out=out, heldout_accuracy=accuracy, heldout_pairs=len(heldout))
