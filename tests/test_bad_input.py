@@ -103,26 +103,26 @@ def _(t):
 @case("data: missing chosen")
 def _(t):
     path = t.jsonl("pairs.jsonl", {"prompt": "p", "rejected": "r"})
-    return ["data", str(path), "--out", str(t.out)], [f"{path}:1:", "field 'chosen'", "is missing", "needs 'prompt'"]
+    return ["data", str(path), "--out", str(t.out)], [f"{path}:1:", "field 'chosen'", "is missing", "needs 'chosen' and 'rejected'"]
 
 
 @case("data: missing rejected")
 def _(t):
     path = t.jsonl("pairs.jsonl", pair(), {"prompt": "p", "chosen": "c"})
-    return ["data", str(path), "--out", str(t.out)], [f"{path}:2:", "field 'rejected'", "is missing", "needs 'prompt'"]
+    return ["data", str(path), "--out", str(t.out)], [f"{path}:2:", "field 'rejected'", "is missing", "needs 'chosen' and 'rejected'"]
 
 
 @case("data: wrong type, chosen is a number")
 def _(t):
     path = t.jsonl("pairs.jsonl", pair(chosen=3))
-    return ["data", str(path)], [f"{path}:1:", "field 'chosen'", "expected a string, got a number", "needs 'prompt'"]
+    return ["data", str(path)], [f"{path}:1:", "field 'chosen'", "expected a string, got a number", "needs 'chosen' and 'rejected'"]
 
 
 @case("data: wrong type, prompt is an object")
 def _(t):
     path = t.jsonl("pairs.jsonl", pair(), pair(), pair(prompt={"text": "hi"}))
     return ["data", str(path)], [f"{path}:3:", "field 'prompt'", "expected a list of messages, got an object",
-                                 "needs 'prompt'"]
+                                 "needs 'chosen' and 'rejected'"]
 
 
 @case("data: wrong type, reward is text")

@@ -60,7 +60,10 @@ def test_vllm_follows_the_policys_weights_under_checkpoint_names_with_lora_merge
     from peft import LoraConfig, get_peft_model
 
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first: monkeypatch then restores the variable's absence, so what the backend sets
+        # does not leak into later tests' processes (they would start a torch.distributed job).
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)
     record = fake_vllm(monkeypatch, [])
     tokenizer = chatml_tokenizer(tiny_model)
     model = load_causal_lm(str(tiny_model))

@@ -233,7 +233,10 @@ def test_grpo_with_vllm_loads_the_policy_into_the_engine_before_each_sampling(ti
     from safetensors.torch import load_file
 
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first: monkeypatch then restores the variable's absence, so what the backend sets
+        # does not leak into later tests' processes (they would start a torch.distributed job).
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)
     tokenizer = load_tokenizer(str(tiny_model))
     the, apple = tokenizer("The apple", add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
