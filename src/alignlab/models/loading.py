@@ -174,7 +174,7 @@ def _load_with_adapter(path: str, dtype: str, trust_remote_code: bool):
     if not weights.is_file():
         raise AlignlabError(f"{directory}: no {ADAPTER_WEIGHTS}; alignlab loads adapter weights only as "
                             "safetensors (re-save the adapter with save_pretrained(safe_serialization=True))")
-    if Path(base).is_absolute() and not Path(base).is_dir():
+    if Path(base).is_absolute() and not Path(base).exists():
         raise AlignlabError(f"{directory / ADAPTER_CONFIG}: its base model {base} is not there (moved?); set "
                             "base_model_name_or_path to where the base model now is")
     model = load_causal_lm(base, dtype, trust_remote_code)

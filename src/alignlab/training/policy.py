@@ -11,6 +11,7 @@ import torch
 
 from alignlab.config import OptimConfig
 from alignlab.errors import AlignlabError
+from alignlab.models.gguf import local_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,9 @@ def prepare_policy(model, config: OptimConfig):
     peft = require_peft()
     model = peft.get_peft_model(model, lora_config(config))
     # adapter_config.json names the base `load_causal_lm` loads the adapter onto: a local base by its
-    # absolute path, so the adapter loads from any working directory.
-    base = Path(config.model)
+    # absolute path, so the adapter loads from any working directory; a GGUF base by its de-quantised
+    # copy in the cache, so that transformers and PEFT can load the adapter too.
+    base = Path(local_model_dir(config.model))
     model.peft_config["default"].base_model_name_or_path = str(base.resolve()) if base.is_dir() else config.model
     trainable, total = model.get_nb_trainable_parameters()
     log.info("LoRA: %d of %d parameters train (%.3f%%)", trainable, total, 100 * trainable / total)
