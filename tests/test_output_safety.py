@@ -348,3 +348,25 @@ def test_two_concurrent_trainings_of_one_output_leave_one_whole_run(workspace, t
     assert f"seed: {winner_seed}" in (out / "config.yaml").read_text()
     assert json.loads((out / "train_summary.json").read_text())["optimizer_steps"] > 0
     assert sorted(p.name for p in (root / "runs").iterdir()) == ["dpo"]
+
+
+def test_saved_models_are_readable_as_the_umask_says(workspace, tiny_model):
+    """safetensors writes 0600 and mkdtemp makes 0700 whatever the umask: a trained model (and a
+    directory written whole) gets the umask's modes, as every other result file does."""
+    import stat
+
+    from alignlab.atomic import atomic_dir
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    root, data, gold = workspace
+    out = root / "runs" / "dpo"
+    assert main(commands(data, tiny_model, gold, str(out))["train"]) == 0
+    with atomic_dir(root / "whole") as staged:
+        from safetensors.torch import save_file
+        import torch
+
+        save_file({"w": torch.zeros(1)}, str(staged / "weights.safetensors"))
+    for path in [out, out / "model", *(out / "model").iterdir(), root / "whole", root / "whole" / "weights.safetensors"]:
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path

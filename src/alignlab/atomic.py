@@ -43,6 +43,19 @@ def _read_umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_read_umask()
+DIR_MODE = 0o777 & ~_read_umask()
+
+
+def apply_umask(directory: Path) -> None:
+    """Give `directory` and everything in it the modes the user's umask asks for. mkdtemp makes
+    0700 and safetensors writes 0600 whatever the umask says, which would hide a model from the
+    colleagues (or the serving process) meant to read it."""
+    os.chmod(directory, DIR_MODE)
+    for root, dirs, files in os.walk(directory):
+        for names, mode in ((dirs, DIR_MODE), (files, FILE_MODE)):
+            for name in names:
+                if not os.path.islink(os.path.join(root, name)):  # a link's target is not ours to change
+                    os.chmod(os.path.join(root, name), mode)
 
 
 @contextlib.contextmanager
@@ -97,6 +110,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise write_error(path, err) from None
     try:
         yield tmp
+        apply_umask(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -408,6 +408,7 @@ def run_directory(out: Path, accelerator, config: OptimConfig):
     accelerator.wait_for_everyone()
     yield partial
     if accelerator.is_main_process:
+        atomic.apply_umask(partial)
         if out.exists():
             shutil.rmtree(out)  # claim_run_dir allowed it: empty, or alignlab's own with --overwrite
         os.replace(partial, out)
