@@ -22,8 +22,9 @@ Rows (higher is better, except memory):
   peak RSS of the worker process on CPU, peak allocated CUDA memory on a GPU.
 With `--model PATH` (any local model, or a .gguf file) the DPO-vs-TRL rows (dpo_vs_trl,
 dpo_vs_trl_precomputed, peak_mem_vs_trl) run on that model instead, on the bench pairs or on the
-pairs of `--data FILE` (the "pairs" format `alignlab data` writes), the first `--pairs N` of them,
-at max_length 256; the rows that compare objectives or sweeps need the tiny model and are skipped.
+pairs of `--data FILE` (the "pairs" format `alignlab data` writes), the first `--pairs N` of them
+that fit max_length 256 (prompt ≤ 128 tokens) untruncated; the rows that compare objectives or sweeps
+need the tiny model and are skipped.
 Equal work is checked, not assumed: pairs, tokens, optimizer steps and batch size of both sides are
 printed, and the run fails if they differ.
 """
@@ -93,14 +94,35 @@ def prepare(workdir: Path, size: dict) -> dict:
 def prepare_user_model(workdir: Path, size: dict, model: str, data: str | None, n: int) -> dict:
     """The bench on the user's model: its GGUF file de-quantised here (outside both clocks), the pairs
     of `data` or the bench pairs."""
-    from alignlab.data.pairs import load_pairs
     from alignlab.models.gguf import local_model_dir
 
-    rows = [p.to_json() for p in load_pairs(data).pairs[:n]] if data else bench_pairs(n)
+    directory = local_model_dir(model)
+    rows = untruncated_pairs(directory, data, n) if data else bench_pairs(n)
     path = workdir / "pairs.jsonl"
     path.write_text("".join(json.dumps({**p, "reward_chosen": 1.0, "reward_rejected": -1.0}) + "\n" for p in rows))
-    return {"data": str(path), "model": local_model_dir(model), "batch_size": size["batch_size"],
+    return {"data": str(path), "model": directory, "batch_size": size["batch_size"],
             "max_length": USER_MODEL_MAX_LENGTH}
+
+
+def untruncated_pairs(model: str, data: str, n: int) -> list[dict]:
+    """The first `n` pairs of `data` that fit the bench's limits without truncation. alignlab keeps a
+    long prompt's last tokens and TRL a long sequence's first, so on longer pairs the two sides would
+    train on different tokens and the equal-work check would (rightly) fail."""
+    from alignlab.data.pairs import load_pairs
+    from alignlab.data.tokenise import tokenize_pairs
+    from alignlab.errors import AlignlabError
+    from alignlab.models.loading import load_tokenizer
+
+    pairs = load_pairs(data).pairs
+    whole, _ = tokenize_pairs(load_tokenizer(model), pairs, 10**9, 10**9)
+    fitting = [pair.to_json() for pair, ids in zip(pairs, whole)
+               if len(ids.prompt_ids) <= USER_MODEL_MAX_LENGTH // 2
+               and len(ids.prompt_ids) + max(len(ids.chosen_ids), len(ids.rejected_ids)) <= USER_MODEL_MAX_LENGTH]
+    if len(fitting) < n:
+        raise AlignlabError(f"{data}: only {len(fitting)} of {len(pairs)} pairs fit {USER_MODEL_MAX_LENGTH} tokens "
+                           f"(prompt at most {USER_MODEL_MAX_LENGTH // 2}) untruncated; the bench needs {n} "
+                           "(pass a smaller --pairs or a file with shorter pairs)")
+    return fitting[:n]
 
 
 def _peak_memory_mb(device: str) -> float:
