@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -151,6 +152,17 @@ def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = 
     return model
 
 
+def with_adapter(model, adapter_config):
+    """`model` wrapped in a fresh PEFT adapter of `adapter_config`."""
+    import peft
+
+    with warnings.catch_warnings():
+        # PEFT reads transformers' deprecated `is_gradient_checkpointing`; the warning is about
+        # PEFT's code and the user can do nothing about it.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return peft.get_peft_model(model, adapter_config)
+
+
 def _load_with_adapter(path: str, dtype: str, trust_remote_code: bool):
     """The base model named by the adapter's config with the adapter's weights (safetensors only,
     every one of them placed in the model) merged into it."""
@@ -186,7 +198,7 @@ def _load_with_adapter(path: str, dtype: str, trust_remote_code: bool):
     except (SafetensorError, OSError, ValueError, TypeError) as err:
         raise AlignlabError(f"{directory}: cannot load the adapter ({_first_line(err)}); the files are damaged "
                             "or incomplete: save the adapter again") from None
-    model = peft.get_peft_model(model, adapter_config)
+    model = with_adapter(model, adapter_config)
     try:
         loaded = peft.set_peft_model_state_dict(model, tensors)
     except RuntimeError as err:  # tensors of the wrong shape: torch's message lists each, one a line

@@ -12,6 +12,7 @@ import torch
 from alignlab.config import OptimConfig
 from alignlab.errors import AlignlabError
 from alignlab.models.gguf import local_model_dir
+from alignlab.models.loading import with_adapter
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,7 @@ def prepare_policy(model, config: OptimConfig):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if not config.use_peft:
         return model
-    peft = require_peft()
-    model = peft.get_peft_model(model, lora_config(config))
+    model = with_adapter(model, lora_config(config))
     # adapter_config.json names the base `load_causal_lm` loads the adapter onto: a local base by its
     # absolute path, so the adapter loads from any working directory; a GGUF base by its de-quantised
     # copy in the cache, so that transformers and PEFT can load the adapter too.
