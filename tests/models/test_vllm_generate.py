@@ -57,7 +57,9 @@ def test_vllm_gets_training_prompts_stop_ids_and_sampling_and_its_answers_are_cu
 
 
 def test_vllm_follows_the_policys_weights_under_checkpoint_names_with_lora_merged(tiny_model, monkeypatch):
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
+
+    from alignlab.models.loading import with_adapter
 
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         # setenv first: monkeypatch then restores the variable's absence, so what the backend sets
@@ -78,8 +80,8 @@ def test_vllm_follows_the_policys_weights_under_checkpoint_names_with_lora_merge
     assert set(record.loaded[0]) == set(saved)
     assert all(torch.equal(record.loaded[0][name], saved[name]) for name in saved)
 
-    policy = get_peft_model(load_causal_lm(str(tiny_model)),
-                            LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], lora_dropout=0.0))
+    policy = with_adapter(load_causal_lm(str(tiny_model)),
+                          LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], lora_dropout=0.0))
     q_proj = policy.base_model.model.model.layers[0].self_attn.q_proj
     with torch.no_grad():
         q_proj.lora_B["default"].weight.fill_(0.1)  # PEFT starts B at 0: a trained adapter moves it

@@ -42,6 +42,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from alignlab.bench.sweep import measure_sweep_vs_independent
+
 SIZES = {
     "quick": dict(pairs=256, hidden_size=64, layers=2, heads=4, batch_size=8, repeats=2),
     "full": dict(pairs=512, hidden_size=256, layers=4, heads=8, batch_size=8, repeats=3),
@@ -308,7 +310,7 @@ def measure_tiny_model_rows(setup: dict, device: str, repeats: int, workdir: Pat
     for method in OBJECTIVES[1:]:
         ratios[f"{method.replace('-', '_')}_vs_sft"] = rates[method] / rates["sft"]
     progress("bench: a 6-run DPO sweep against 6 independent train + eval runs")
-    sweep = measure_sweep_vs_independent(setup, workdir)
+    sweep = measure_sweep_vs_independent(setup, workdir, LEARNING_RATE)
     absolute["sweep"] = sweep
     ratios["sweep_vs_independent"] = sweep["sweep_seconds"] / sweep["independent_seconds"]
 
@@ -343,65 +345,6 @@ def format_table(results: dict) -> str:
         if isinstance(results.get(note), str):
             lines.append(f"{note}: {results[note]}")
     return "\n".join(lines)
-
-
-SWEEP_BETAS = [0.01, 0.05, 0.1, 0.2, 0.3, 0.5]
-SWEEP_GENERATION = {"max_new_tokens": 16, "batch_size": 32}
-SWEEP_TEST_PROMPTS = 32
-
-
-def _gold_classifier(setup: dict, directory: Path) -> str:
-    """A tiny one-output sequence classifier on the bench model's tokenizer: the gold RM both sides use."""
-    from alignlab.models.tiny import build_tiny_classifier
-
-    return str(build_tiny_classifier(directory, setup["model"]))
-
-
-def _timed_cli(args: list[str], cache: Path) -> float:
-    env = {**os.environ, "ALIGNLAB_CACHE": str(cache), "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "alignlab", *args], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"bench: alignlab {args[0]} failed:\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
-
-
-def _trained(run_dirs) -> tuple[int, int]:
-    summaries = [json.loads((d / "train_summary.json").read_text()) for d in run_dirs]
-    return sum(s["pairs_trained"] for s in summaries), sum(s["optimizer_steps"] for s in summaries)
-
-
-def measure_sweep_vs_independent(setup: dict, workdir: Path) -> dict:
-    """Seconds of one 6-run DPO sweep and of the same six runs as independent train + eval commands."""
-    gold = _gold_classifier(setup, workdir / "gold")
-    test = workdir / "test.jsonl"
-    test.write_text("".join(Path(setup["data"]).read_text().splitlines(keepends=True)[:SWEEP_TEST_PROMPTS]))
-    training = {"batch_size": setup["batch_size"], "learning_rate": LEARNING_RATE, "warmup_ratio": 0.0,
-                "max_length": MAX_LENGTH, "max_prompt_length": MAX_LENGTH // 2}
-    independent_seconds, independent_runs = 0.0, []
-    for beta in SWEEP_BETAS:
-        run = workdir / "independent" / f"dpo-beta{beta}"
-        independent_seconds += _timed_cli(
-            ["train", "--method", "dpo", "--model", setup["model"], "--data", setup["data"], "--out", str(run),
-             "--beta", str(beta), *(f"--{k}={v}" for k, v in training.items())], workdir / "independent-cache")
-        independent_seconds += _timed_cli(
-            ["eval", "--model", str(run / "model"), "--data", str(test), "--gold_rm", gold, "--sft", setup["model"],
-             "--out", str(run / "eval"), "--max_new_tokens", str(SWEEP_GENERATION["max_new_tokens"]),
-             "--batch_size", str(SWEEP_GENERATION["batch_size"])], workdir / "independent-cache")
-        independent_runs.append(run)
-    config = workdir / "sweep.yaml"
-    config.write_text(json.dumps({"model": setup["model"], "train_data": setup["data"], "test_data": str(test),
-                                  "gold_rm": gold, "methods": ["dpo"], "grid": {"dpo": {"beta": SWEEP_BETAS}},
-                                  "training": training, "generation": SWEEP_GENERATION}))
-    sweep_seconds = _timed_cli(["sweep", str(config), "--out", str(workdir / "sweep")], workdir / "sweep-cache")
-    sweep_runs = sorted(d for d in (workdir / "sweep" / "runs").iterdir() if d.name != "sft")
-    pairs, steps = _trained(independent_runs)
-    if (pairs, steps) != _trained(sweep_runs):
-        raise RuntimeError(f"unequal work: independent runs trained {pairs} pairs in {steps} steps, the sweep "
-                           f"{_trained(sweep_runs)}")
-    return {"runs": len(SWEEP_BETAS), "pairs": pairs, "optimizer_steps": steps, "test_prompts": SWEEP_TEST_PROMPTS,
-            "sweep_seconds": sweep_seconds, "independent_seconds": independent_seconds}
 
 
 def _worker_main(payload: str) -> None:
