@@ -24,8 +24,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 
 LABELS = {"sft": "SFT", "dpo": "DPO", "ln-dpo": "LN-DPO", "simpo": "SimPO", "var": "VAR"}
 

@@ -13,7 +13,7 @@ import numpy as np
 from alignlab.analysis.claims import tested, untested
 from alignlab.analysis.hitchhiker import absent_methods, behind
 from alignlab.analysis.replicates import SweepEvidence
-from alignlab.analysis.runs import best_run, method_label
+from alignlab.analysis.runs import best_run
 from alignlab.analysis.stats import logsumexp
 from alignlab.evidence import N_RESAMPLES, estimate
 from alignlab.evidence.bootstrap import combine, resample_counts

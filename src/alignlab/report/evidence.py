@@ -5,8 +5,6 @@ its part of summary.json; the statistics come from alignlab.analysis and alignla
 
 from __future__ import annotations
 
-import numpy as np
-
 from alignlab.analysis import best_run, expected_max_curve, wilson_interval
 from alignlab.analysis.claims import correction_text
 from alignlab.analysis.runs import method_label
