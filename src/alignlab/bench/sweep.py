@@ -39,6 +39,13 @@ def _trained(run_dirs) -> tuple[int, int]:
     return sum(s["pairs_trained"] for s in summaries), sum(s["optimizer_steps"] for s in summaries)
 
 
+def sweep_study(setup: dict, test: str, gold: str, training: dict) -> dict:
+    """The sweep side's study: one seed per β, because the independent side trains each β once."""
+    return {"model": setup["model"], "train_data": setup["data"], "test_data": test, "gold_rm": gold,
+            "methods": ["dpo"], "seeds": 1, "grid": {"dpo": {"beta": SWEEP_BETAS}}, "training": training,
+            "generation": SWEEP_GENERATION}
+
+
 def measure_sweep_vs_independent(setup: dict, workdir: Path, learning_rate: float) -> dict:
     """Seconds of one 6-run DPO sweep and of the same six runs as independent train + eval commands."""
     gold = _gold_classifier(setup, workdir / "gold")
@@ -58,11 +65,7 @@ def measure_sweep_vs_independent(setup: dict, workdir: Path, learning_rate: floa
              "--batch_size", str(SWEEP_GENERATION["batch_size"])], workdir / "independent-cache")
         independent_runs.append(run)
     config = workdir / "sweep.yaml"
-    # One seed per β: the independent side trains each configuration once.
-    config.write_text(json.dumps({"model": setup["model"], "train_data": setup["data"], "test_data": str(test),
-                                  "gold_rm": gold, "methods": ["dpo"], "seeds": 1,
-                                  "grid": {"dpo": {"beta": SWEEP_BETAS}}, "training": training,
-                                  "generation": SWEEP_GENERATION}))
+    config.write_text(json.dumps(sweep_study(setup, str(test), gold, training)))
     sweep_seconds = _timed_cli(["sweep", str(config), "--out", str(workdir / "sweep")], workdir / "sweep-cache")
     sweep_runs = sorted(d for d in (workdir / "sweep" / "runs").iterdir() if d.name != "sft")
     pairs, steps = _trained(independent_runs)
