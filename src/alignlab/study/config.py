@@ -66,6 +66,7 @@ class StudyConfig:
     # them the test prompts are split in halves (alignlab.evidence.split).
     selection_data: str | None = None
     selection_format: str = "pairs"
+    selection_data_options: dict = field(default_factory=dict)  # as test_data_options, for selection_data
     gold_rm: str | None = None  # sequence classifier that judges the evaluation
     proxy_rm: str | None = None  # VAR's reward model; default: trained with train-rm on train_data
     cache_dir: str | None = None
@@ -88,11 +89,13 @@ class StudyConfig:
         if self.study == "var" and "var" not in (self.methods or ["var"]):
             raise AlignlabError("config: study 'var' compares VAR with DPO; add var to 'methods'")
         check_numbers("config", vars(self), STUDY_RANGES)
-        for key, value in self.test_data_options.items():
-            if key not in TEST_DATA_OPTIONS:
-                raise AlignlabError(unknown_name_message("config: test_data_options has unknown key", key,
-                                                         list(TEST_DATA_OPTIONS)))
-            self.test_data_options[key] = coerce_value(key, value, str | None, "config: test_data_options")
+        for name in ("test_data_options", "selection_data_options"):
+            options = getattr(self, name)
+            for key, value in options.items():
+                if key not in TEST_DATA_OPTIONS:
+                    raise AlignlabError(unknown_name_message(f"config: {name} has unknown key", key,
+                                                             list(TEST_DATA_OPTIONS)))
+                options[key] = coerce_value(key, value, str | None, f"config: {name}")
         if self.seeds is not None:  # a valid count by now (check_numbers)
             check_number("config", "'seed' + 'seeds' − 1 (the last training seed)", self.seed + self.seeds - 1, SEED)
         if self.executor not in ("local", "ray"):
@@ -189,14 +192,18 @@ def world_inputs(config: StudyConfig, out: Path) -> StudyInputs:
                        description, lengths, {pair.id: world.family(pair.prompt) for pair in world.test_pairs})
 
 
-def real_inputs(config: StudyConfig) -> StudyInputs:
+def load_evaluation_pairs(source: str, data_format: str, options: dict) -> list:
+    """The pairs of a study's test or selection data, read with its options (split default: test)."""
     from alignlab.data.pairs import load_pairs
+
+    return load_pairs(source, data_format, split=options.get("data_split") or "test", **data_options(options)).pairs
+
+
+def real_inputs(config: StudyConfig) -> StudyInputs:
     from alignlab.models.score import RewardScorer
 
-    options = config.test_data_options
-    test = load_pairs(config.test_data, config.test_format, split=options.get("data_split") or "test",
-                      **data_options(options))
-    test_pairs = test.pairs[:config.test_limit] if config.test_limit else test.pairs
+    test = load_evaluation_pairs(config.test_data, config.test_format, config.test_data_options)
+    test_pairs = test[:config.test_limit] if config.test_limit else test
     description = {"model": config.model, "training data": config.train_data,
                    "test data": f"{config.test_data} ({len(test_pairs)} pairs)", "gold reward model": config.gold_rm}
     scorer = RewardScorer(config.gold_rm, raw_prompts=config.training.get("raw_prompts", False))

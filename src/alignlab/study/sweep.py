@@ -49,7 +49,8 @@ from alignlab.models.score import cached_reward_scorer
 from alignlab.objectives.registry import get_method
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
 from alignlab.study.config import (REPORTED_TRAINING, WORLD_GENERATION, WORLD_REWARD_TRAINING, WORLD_TRAINING,
-                                   Shared, StudyConfig, StudyInputs, real_inputs, world_inputs)
+                                   Shared, StudyConfig, StudyInputs, load_evaluation_pairs, real_inputs,
+                                   world_inputs)
 from alignlab.study.executors import RunTask, execute_all
 from alignlab.study.grid import RunSpec, expand_grid
 from alignlab.study.results import write_sweep_report
@@ -118,9 +119,8 @@ def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_trai
     if inputs.families:
         atomic.write_json(out / "data" / "test_families.json", inputs.families)
     if config.selection_data:
-        from alignlab.data.pairs import load_pairs
-
-        selection = load_pairs(config.selection_data, config.selection_format, split="test").pairs
+        selection = load_evaluation_pairs(config.selection_data, config.selection_format,
+                                          config.selection_data_options)
         if len(selection) < 1:
             raise AlignlabError(f"{config.selection_data}: no pairs to select runs on")
         write_pairs_jsonl(selection, out / "data" / "selection.jsonl")
