@@ -34,8 +34,9 @@ def test_vllm_gets_training_prompts_stop_ids_and_sampling_and_its_answers_are_cu
     model.generation_config.eos_token_id = [eos, 7]
     # vLLM stops at a stop id itself; tokens after one would still be cut.
     record = fake_vllm(monkeypatch, [[the, apple, end, the], [the, 7, apple], [the, apple]])
-    backend = make_backend("vllm", model, tokenizer, "checkpoint-dir", trust_remote_code=True, max_model_len=96)
-    assert record.engine == {"model": "checkpoint-dir", "trust_remote_code": True,
+    backend = make_backend("vllm", model, tokenizer, "org/checkpoint", revision="v2", trust_remote_code=True,
+                           max_model_len=96)
+    assert record.engine == {"model": "org/checkpoint", "revision": "v2", "trust_remote_code": True,
                              "skip_tokenizer_init": True, "gpu_memory_utilization": 0.3, "max_model_len": 96}
 
     generations = backend.respond(PROMPTS, GenerationConfig(max_new_tokens=5, temperature=0.8, top_p=0.9, seed=3))

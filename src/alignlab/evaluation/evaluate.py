@@ -69,7 +69,7 @@ def evaluate_model(model_path: str, pairs, scorer, *, sft_model_path: str | None
     encodes text prompts as they are, as training did (the scorers render prompts their own way)."""
     tokenizer = load_tokenizer(tokenizer_path or model_path, trust_remote_code, revision)
     model = load_causal_lm(model_path, trust_remote_code=trust_remote_code, revision=revision).to(device)
-    backend = make_backend(generation_backend, model, tokenizer, model_path, device=device,
+    backend = make_backend(generation_backend, model, tokenizer, model_path, revision=revision, device=device,
                            trust_remote_code=trust_remote_code)
     prompts = [pair.prompt for pair in pairs]
     generations = backend.respond(prompts, generation, raw_prompts)

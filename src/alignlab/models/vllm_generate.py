@@ -21,6 +21,7 @@ from contextlib import contextmanager
 
 from alignlab.errors import AlignlabError
 from alignlab.models.generate import Generation, GenerationBackend, GenerationConfig
+from alignlab.models.gguf import local_model_dir
 
 # vLLM shares the GPU with the transformers models (the policy being trained, KL's forward passes),
 # so it takes the share TRL's colocate mode gives it by default, not its own default of 0.9.
@@ -76,8 +77,9 @@ def free_port() -> int:
 class VLLMBackend(GenerationBackend):
     """A vLLM engine on the checkpoint at `model_path`, stopping at `stop_ids`."""
 
-    def __init__(self, model_path: str, tokenizer, stop_ids: list[int], *, trust_remote_code: bool = False,
-                 max_model_len: int | None = None, in_process: bool = False, progress: bool = True):
+    def __init__(self, model_path: str, tokenizer, stop_ids: list[int], *, revision: str | None = None,
+                 trust_remote_code: bool = False, max_model_len: int | None = None, in_process: bool = False,
+                 progress: bool = True):
         super().__init__(tokenizer, stop_ids)
         vllm = import_vllm()
         options = {}
@@ -90,7 +92,10 @@ class VLLMBackend(GenerationBackend):
             options["distributed_executor_backend"] = "external_launcher"
         # dtype stays vLLM's `auto`, as in TRL: its fast attention kernels need half precision, and a
         # float32 policy's weights are cast as they are loaded.
-        self.llm = vllm.LLM(model=model_path, trust_remote_code=trust_remote_code, skip_tokenizer_init=True,
+        # A .gguf file is read from the de-quantised copy training and evaluation use, not by vLLM's own
+        # GGUF reader; a hub model at the revision the run names.
+        self.llm = vllm.LLM(model=local_model_dir(model_path), revision=revision,
+                            trust_remote_code=trust_remote_code, skip_tokenizer_init=True,
                             gpu_memory_utilization=GPU_MEMORY_SHARE, max_model_len=max_model_len, **options)
         self.progress = progress
 

@@ -174,8 +174,8 @@ def train_grpo(config: TrainConfig) -> TrainResult:
                                    reference_revision).to(device).eval().requires_grad_(False)
     scorer = RewardScorer(config.reward_model, config.dtype, config.trust_remote_code, config.max_length, device,
                           raw_prompts=config.raw_prompts)
-    backend = make_backend(config.generation_backend, policy, tokenizer, config.model, device=device,
-                           trust_remote_code=config.trust_remote_code, max_model_len=config.max_length,
+    backend = make_backend(config.generation_backend, policy, tokenizer, config.model, revision=config.revision,
+                           device=device, trust_remote_code=config.trust_remote_code, max_model_len=config.max_length,
                            follows_training=True, progress=False)
 
     # The examples `fit` iterates over are (epoch, prompt) ids, epoch·P + prompt: a micro-batch's ids

@@ -125,8 +125,9 @@ def sampled_prompt_log_z(config: TrainConfig, pairs, cache_dir: Path, device, po
         generation = GenerationConfig(max_new_tokens, temperature=1.0, top_p=1.0, batch_size=4 * config.batch_size,
                                       seed=config.seed)
         prompt_ids, _ = encode_prompts(tokenizer, prompts, config.max_prompt_length, config.raw_prompts)
-        backend = make_backend(config.generation_backend, model.to(device), tokenizer, reference, device=device,
-                               trust_remote_code=config.trust_remote_code, max_model_len=config.max_length)
+        backend = make_backend(config.generation_backend, model.to(device), tokenizer, reference, revision=revision,
+                               device=device, trust_remote_code=config.trust_remote_code,
+                               max_model_len=config.max_length)
         with as_reference(model):  # a LoRA policy's base: the policy with its adapter off
             samples = sample_and_score(backend, scorer, prompts, prompt_ids, k, generation)
         return {"rewards": samples.rewards}
