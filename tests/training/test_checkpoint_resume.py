@@ -26,8 +26,8 @@ def assert_same_metrics(run_dir, reference_dir):
             assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
 
 
-def test_resume_after_a_crash_reaches_the_uninterrupted_result(tiny_model, pairs_file, tmp_path, monkeypatch):
-    settings = dict(epochs=2, batch_size=2, gradient_accumulation_steps=2, checkpoint_steps=3, logging_steps=1)
+def crash_then_resume(tiny_model, pairs_file, tmp_path, monkeypatch, settings):
+    """Train whole; train again, crashing inside step 8 (after the checkpoint at step 6); resume."""
     whole = train(config_for(tiny_model, pairs_file, tmp_path / "whole", **settings))
 
     real_pair_batch = offline_module.pair_batch
@@ -52,7 +52,24 @@ def test_resume_after_a_crash_reaches_the_uninterrupted_result(tiny_model, pairs
     assert resumed.final_loss == pytest.approx(whole.final_loss, rel=1e-6)
     assert_same_metrics(out, tmp_path / "whole")
     assert not partial_dir(out).exists() and not (out / "checkpoint").exists()
-    assert (out / "model" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model" / "model.safetensors").read_bytes()
+    return out, tmp_path / "whole"
+
+
+RESUMED = dict(epochs=2, batch_size=2, gradient_accumulation_steps=2, checkpoint_steps=3, logging_steps=1)
+
+
+def test_resume_after_a_crash_reaches_the_uninterrupted_result(tiny_model, pairs_file, tmp_path, monkeypatch):
+    out, whole = crash_then_resume(tiny_model, pairs_file, tmp_path, monkeypatch, RESUMED)
+    assert (out / "model" / "model.safetensors").read_bytes() == (whole / "model" / "model.safetensors").read_bytes()
+
+
+def test_resume_with_dropout_draws_the_same_masks(tiny_model, pairs_file, tmp_path, monkeypatch):
+    """Dropout (here LoRA's) consumes the global RNG, which the checkpoint restores; nothing between the
+    restore and the next step may draw from it (a DataLoader iterated anew once did)."""
+    settings = dict(RESUMED, use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.05)
+    out, whole = crash_then_resume(tiny_model, pairs_file, tmp_path, monkeypatch, settings)
+    adapter = "adapter_model.safetensors"
+    assert (out / "model" / adapter).read_bytes() == (whole / "model" / adapter).read_bytes()
 
 
 def test_resume_refuses_a_different_configuration(tiny_model, pairs_file, tmp_path, monkeypatch):

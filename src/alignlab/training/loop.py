@@ -243,8 +243,12 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
         for epoch in range(state.epoch, config.epochs):
             indices = order(epoch) if order else torch.randperm(
                 n_examples, generator=torch.Generator().manual_seed(config.seed + epoch)).tolist()
-            loader = accelerator.prepare(DataLoader(indices, batch_size=config.batch_size,
-                                                    shuffle=False, collate_fn=collate))
+            # Its own generator: a DataLoader draws a seed from the global one each time it is iterated,
+            # and a resumed run iterates where the uninterrupted one did not, which would shift every
+            # later dropout mask.
+            loader = accelerator.prepare(DataLoader(indices, batch_size=config.batch_size, shuffle=False,
+                                                    collate_fn=collate,
+                                                    generator=torch.Generator().manual_seed(config.seed + epoch)))
             if state.batches_in_epoch:
                 loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
             for batch in loader:
