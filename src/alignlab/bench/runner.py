@@ -20,6 +20,9 @@ Rows (higher is better, except memory):
   SFT model once; the independent evaluations each evaluate it again, as a user would.
 - peak_mem_vs_trl: alignlab peak memory ÷ TRL's for the same DPO training (lower is better):
   peak RSS of the worker process on CPU, peak allocated CUDA memory on a GPU.
+- dpo_mfu_vs_sft, and the MFU line: model FLOPs utilisation (alignlab.bench.mfu) of SFT's and DPO's
+  training loops and of both libraries' end-to-end DPO, against the device's dense float32 matmul
+  throughput measured in the same run.
 With `--model PATH` (any local model, or a .gguf file) the DPO-vs-TRL rows (dpo_vs_trl,
 dpo_vs_trl_precomputed, peak_mem_vs_trl) run on that model instead, on the bench pairs or on the
 pairs of `--data FILE` (the "pairs" format `alignlab data` writes), the first `--pairs N` of them
@@ -50,7 +53,7 @@ SIZES = {
 }
 TARGETS = {"dpo_vs_trl": (">=", 2.0), "dpo_vs_trl_precomputed": (">=", 1.3), "peak_mem_vs_trl": ("<=", 1.0),
            "dpo_vs_sft": (">=", 0.95), "ln_dpo_vs_sft": (">=", 0.95), "simpo_vs_sft": (">=", 0.95),
-           "var_vs_sft": (">=", 0.95), "sweep_vs_independent": ("<=", 0.6)}
+           "var_vs_sft": (">=", 0.95), "dpo_mfu_vs_sft": (">=", 0.9), "sweep_vs_independent": ("<=", 0.6)}
 OBJECTIVES = ["sft", "dpo", "ln-dpo", "simpo", "var"]
 SUBJECTS = ["river", "garden", "engine", "violin", "planet", "bakery", "glacier", "harbor", "library", "falcon"]
 QUALITIES = ["quiet", "bright", "ancient", "rapid", "gentle", "heavy", "curious", "golden", "narrow", "hollow"]
@@ -145,15 +148,20 @@ def _train_config(setup: dict, method: str, out: Path, cache_dir: Path, device: 
                        logging_steps=10**9, params={"beta": BETA} if method == "dpo" else {})
 
 
-def _alignlab_tokens(setup: dict) -> tuple[int, int]:
-    """(pairs, prompt+chosen+prompt+rejected tokens) as alignlab tokenises the bench data."""
+def token_counts(setup: dict) -> dict:
+    """Token counts of the bench data as alignlab tokenises it: `forwarded` (prompt twice, as TRL
+    counts a pair's two rows: the equal-work check), `pair` (prompt once plus both responses) and
+    `sft` (prompt plus chosen), the last two the useful tokens of the MFU rows."""
     from alignlab.data.pairs import load_pairs
-    from alignlab.models.loading import load_tokenizer
     from alignlab.data.tokenise import tokenize_pairs
+    from alignlab.models.loading import load_tokenizer
 
     examples, _ = tokenize_pairs(load_tokenizer(setup["model"]), load_pairs(setup["data"]).pairs,
                                  setup["max_length"], setup["max_length"] // 2)
-    return len(examples), sum(2 * len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in examples)
+    prompt, chosen, rejected = (sum(len(getattr(e, f"{part}_ids")) for e in examples)
+                                for part in ("prompt", "chosen", "rejected"))
+    return {"pairs": len(examples), "forwarded": 2 * prompt + chosen + rejected,
+            "pair": prompt + chosen + rejected, "sft": prompt + chosen}
 
 
 def _import_libraries() -> None:
@@ -171,8 +179,9 @@ def worker_alignlab_dpo(setup: dict, device: str) -> Measurement:
         start = time.perf_counter()
         result = train(_train_config(setup, "dpo", Path(tmp) / "run", Path(tmp) / "cache", device))
         seconds = time.perf_counter() - start
-    pairs, tokens = _alignlab_tokens(setup)
-    return Measurement(seconds, pairs, tokens, result.optimizer_steps, setup["batch_size"], _peak_memory_mb(device))
+    counts = token_counts(setup)
+    return Measurement(seconds, counts["pairs"], counts["forwarded"], result.optimizer_steps, setup["batch_size"],
+                       _peak_memory_mb(device))
 
 
 def worker_trl_dpo(setup: dict, device: str, precompute: bool) -> Measurement:
@@ -205,11 +214,10 @@ def worker_trl_dpo(setup: dict, device: str, precompute: bool) -> Measurement:
 
 
 def worker_objectives(setup: dict, device: str, repeats: int) -> dict:
-    """Training-loop tokens/s per objective, reference log-probs cached, median over repeats."""
+    """Training-loop seconds per objective, reference log-probs cached, median over repeats."""
     from alignlab.training import train
 
-    _, pair_tokens = _alignlab_tokens(setup)
-    rates = {}
+    medians = {}
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         for method in OBJECTIVES:
@@ -217,20 +225,14 @@ def worker_objectives(setup: dict, device: str, repeats: int) -> dict:
             for repeat in range(repeats + 1):  # the first is the warm-up (and fills the cache)
                 out = Path(tmp) / f"{method}-{repeat}"
                 seconds.append(train(_train_config(setup, method, out, cache, device)).seconds)
-            # SFT forwards prompt + chosen only; every other objective forwards both rows.
-            tokens = _sft_tokens(setup) if method == "sft" else pair_tokens
-            rates[method] = tokens / statistics.median(seconds[1:])
-    return rates
+            medians[method] = statistics.median(seconds[1:])
+    return medians
 
 
-def _sft_tokens(setup: dict) -> int:
-    from alignlab.data.pairs import load_pairs
-    from alignlab.models.loading import load_tokenizer
-    from alignlab.data.tokenise import tokenize_pairs
+def worker_matmul(device: str) -> dict:
+    from alignlab.bench.mfu import matmul_flops_per_second
 
-    examples, _ = tokenize_pairs(load_tokenizer(setup["model"]), load_pairs(setup["data"]).pairs,
-                                 setup["max_length"], setup["max_length"] // 2)
-    return sum(len(e.prompt_ids) + len(e.chosen_ids) for e in examples)
+    return {"flops_per_second": matmul_flops_per_second(device)}
 
 
 def _run_worker(kind: str, setup: dict, device: str, **extra) -> dict:
@@ -295,6 +297,7 @@ def run_bench(out: str | None, quick: bool, device: str, progress=print, model: 
             results["skipped"] = "objective and sweep rows: they run on the bench's own tiny model"
         else:
             measure_tiny_model_rows(setup, device, repeats, Path(tmp), results, progress)
+        measure_utilisation(setup, device, results)
     if out:
         from alignlab.atomic import write_json
 
@@ -305,7 +308,10 @@ def run_bench(out: str | None, quick: bool, device: str, progress=print, model: 
 def measure_tiny_model_rows(setup: dict, device: str, repeats: int, workdir: Path, results: dict, progress) -> None:
     """The rows that need the bench's own model: objectives against SFT, a sweep against separate runs."""
     ratios, absolute = results["ratios"], results["absolute"]
-    rates = _run_worker("objectives", setup, device, repeats=repeats)
+    seconds = absolute["objective_seconds"] = _run_worker("objectives", setup, device, repeats=repeats)
+    counts = token_counts(setup)
+    # SFT forwards prompt + chosen only; every other objective forwards both rows.
+    rates = {method: counts["sft" if method == "sft" else "forwarded"] / seconds[method] for method in OBJECTIVES}
     absolute["tokens_per_second"] = rates
     for method in OBJECTIVES[1:]:
         ratios[f"{method.replace('-', '_')}_vs_sft"] = rates[method] / rates["sft"]
@@ -313,6 +319,30 @@ def measure_tiny_model_rows(setup: dict, device: str, repeats: int, workdir: Pat
     sweep = measure_sweep_vs_independent(setup, workdir, LEARNING_RATE)
     absolute["sweep"] = sweep
     ratios["sweep_vs_independent"] = sweep["sweep_seconds"] / sweep["independent_seconds"]
+
+
+def measure_utilisation(setup: dict, device: str, results: dict) -> None:
+    """MFU of every timed training (see alignlab.bench.mfu) against the device's matmul throughput,
+    measured here in a fresh process: the training loops of SFT and DPO (reference cached) and the
+    end-to-end DPO runs of both libraries (their reference pass counted once, as 2·N per token)."""
+    from alignlab.bench.mfu import flop_parameters, training_flops, utilisation
+    from alignlab.models.loading import load_causal_lm
+
+    absolute = results["absolute"]
+    peak = _run_worker("matmul", setup, device)["flops_per_second"]
+    parameters = flop_parameters(load_causal_lm(setup["model"]))
+    counts = token_counts(setup)
+    mfu = {"matmul_flops_per_second": peak, "flop_parameters": parameters}
+    for key in ("alignlab_dpo", "trl_dpo", "trl_dpo_precomputed"):
+        if key in absolute:
+            flops = training_flops(parameters, counts["pair"], reference_tokens=counts["pair"])
+            mfu[key] = utilisation(flops, absolute[key]["seconds"], peak)
+    if "objective_seconds" in absolute:
+        for method, tokens in (("sft", counts["sft"]), ("dpo", counts["pair"])):
+            mfu[f"{method}_loop"] = utilisation(training_flops(parameters, tokens),
+                                                absolute["objective_seconds"][method], peak)
+        results["ratios"]["dpo_mfu_vs_sft"] = mfu["dpo_loop"] / mfu["sft_loop"]
+    results["mfu"] = mfu
 
 
 def format_table(results: dict) -> str:
@@ -341,6 +371,13 @@ def format_table(results: dict) -> str:
     lines.append("")
     lines.append("training tokens/s (reference cached): " + ", ".join(
         f"{k} {v:,.0f}" for k, v in absolute.get("tokens_per_second", {}).items()))
+    if "mfu" in results:
+        mfu = results["mfu"]
+        shares = ", ".join(f"{name} {mfu[key]:.1%}" for key, name in (
+            ("sft_loop", "SFT loop"), ("dpo_loop", "DPO loop"), ("alignlab_dpo", "alignlab DPO end to end"),
+            ("trl_dpo", "TRL DPO end to end"), ("trl_dpo_precomputed", "TRL DPO precomputed")) if key in mfu)
+        lines.append(f"model FLOPs utilisation of {mfu['matmul_flops_per_second'] / 1e9:,.1f} GFLOP/s (dense "
+                     f"float32 matmul, N = {mfu['flop_parameters']:,}): {shares}")
     for note in ("trl", "skipped"):
         if isinstance(results.get(note), str):
             lines.append(f"{note}: {results[note]}")
@@ -354,6 +391,8 @@ def _worker_main(payload: str) -> None:
         result = asdict(worker_alignlab_dpo(setup, device))
     elif kind == "trl-dpo":
         result = asdict(worker_trl_dpo(setup, device, request["precompute"]))
+    elif kind == "matmul":
+        result = worker_matmul(device)
     else:
         result = worker_objectives(setup, device, request["repeats"])
     print(json.dumps(result))
