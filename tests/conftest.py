@@ -40,6 +40,28 @@ def make_pairs(n: int = 16) -> list[dict]:
     return pairs
 
 
+def train_until_killed(config: TrainConfig, monkeypatch, micro_batch: int) -> None:
+    """Train with `config` until its `micro_batch`-th micro-batch (counted from 1), where the run
+    is interrupted as a kill would interrupt it (KeyboardInterrupt)."""
+    from alignlab.training import offline, train
+
+    real_pair_batch = offline.pair_batch
+    calls = {"n": 0}
+
+    def interrupted(*args):
+        calls["n"] += 1
+        if calls["n"] == micro_batch:
+            raise KeyboardInterrupt
+        return real_pair_batch(*args)
+
+    monkeypatch.setattr(offline, "pair_batch", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(config)
+    finally:
+        monkeypatch.setattr(offline, "pair_batch", real_pair_batch)
+
+
 def config_for(model, data, out, **overrides) -> TrainConfig:
     settings = dict(method="dpo", model=str(model), data=str(data), out=str(out), learning_rate=5e-3,
                     batch_size=4, epochs=1, warmup_ratio=0.0, lr_scheduler="constant", max_length=64,

@@ -20,6 +20,17 @@ def test_flop_parameters_are_every_weight_but_the_input_embedding(tmp_path):
     assert flop_parameters(model) == expected
 
 
+def test_tied_embeddings_count_once_as_the_output_layer(tmp_path):
+    directory = build_tiny_llama(tmp_path / "m", ["a b c d e f g"], hidden_size=32, layers=2, heads=4)
+    model = load_causal_lm(str(directory))
+    untied = flop_parameters(model)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    # The lm_head's own matrix is gone; the shared one now multiplies, so the count is unchanged.
+    assert flop_parameters(model) == untied == model.num_parameters()
+
+
 def test_training_flops_and_utilisation_by_hand():
     # 1,000 parameters, 10 tokens trained, 10 tokens of reference: 6·1000·10 + 2·1000·10.
     assert training_flops(1000, 10, reference_tokens=10) == 80_000

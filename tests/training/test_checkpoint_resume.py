@@ -12,7 +12,7 @@ import pytest
 from alignlab.training import offline as offline_module
 from alignlab.training import train
 from alignlab.training.loop import partial_dir
-from conftest import REPO, config_for, make_pairs
+from conftest import REPO, config_for, make_pairs, train_until_killed
 
 
 def assert_same_metrics(run_dir, reference_dir):
@@ -30,22 +30,11 @@ def crash_then_resume(tiny_model, pairs_file, tmp_path, monkeypatch, settings):
     """Train whole; train again, crashing inside step 8 (after the checkpoint at step 6); resume."""
     whole = train(config_for(tiny_model, pairs_file, tmp_path / "whole", **settings))
 
-    real_pair_batch = offline_module.pair_batch
-    calls = {"n": 0}
-
-    def crash_on_the_15th_micro_batch(*args):
-        calls["n"] += 1
-        if calls["n"] == 15:  # inside step 8 (2 micro-batches per step), after the checkpoint at step 6
-            raise KeyboardInterrupt
-        return real_pair_batch(*args)
-
-    monkeypatch.setattr(offline_module, "pair_batch", crash_on_the_15th_micro_batch)
     out = tmp_path / "resumed"
-    with pytest.raises(KeyboardInterrupt):
-        train(config_for(tiny_model, pairs_file, out, **settings))
+    # The 15th micro-batch is inside step 8 (2 micro-batches per step), after the checkpoint at step 6.
+    train_until_killed(config_for(tiny_model, pairs_file, out, **settings), monkeypatch, 15)
     assert not out.exists()
     assert json.loads((partial_dir(out) / "checkpoint" / "loop_state.json").read_text())["step"] == 6
-    monkeypatch.setattr(offline_module, "pair_batch", real_pair_batch)
 
     resumed = train(config_for(tiny_model, pairs_file, out, resume=True, **settings))
     assert resumed.optimizer_steps == whole.optimizer_steps == 8
@@ -133,20 +122,9 @@ def forbid_unpickling(monkeypatch):
 
 def test_checkpoints_hold_no_pickles_and_resume_never_unpickles(tiny_model, pairs_file, tmp_path, monkeypatch):
     settings = dict(epochs=1, batch_size=2, checkpoint_steps=2, logging_steps=1)
-    real_pair_batch = offline_module.pair_batch
-    calls = {"n": 0}
-
-    def crash_on_the_6th_micro_batch(*args):
-        calls["n"] += 1
-        if calls["n"] == 6:  # inside step 6, after the checkpoint at step 4
-            raise KeyboardInterrupt
-        return real_pair_batch(*args)
-
-    monkeypatch.setattr(offline_module, "pair_batch", crash_on_the_6th_micro_batch)
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        train(config_for(tiny_model, pairs_file, out, **settings))
-    monkeypatch.setattr(offline_module, "pair_batch", real_pair_batch)
+    # Killed in step 6, after the checkpoint at step 4.
+    train_until_killed(config_for(tiny_model, pairs_file, out, **settings), monkeypatch, 6)
     checkpoint = partial_dir(out) / "checkpoint"
     files = sorted(p.name for p in checkpoint.rglob("*") if p.is_file())
     assert {"model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json",

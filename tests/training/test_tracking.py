@@ -17,7 +17,7 @@ from alignlab.errors import AlignlabError
 from alignlab.models.tiny import build_tiny_classifier
 from alignlab.training import loop, tracking, train, train_reward_model
 
-from conftest import config_for
+from conftest import config_for, train_until_killed
 
 
 def metrics_lines(run_dir) -> list[dict]:
@@ -130,23 +130,10 @@ def test_var_logs_its_weight_entropy_and_dpo_does_not(tiny_model, pairs_file, tm
 
 
 def test_a_resumed_run_logs_each_step_once(tiny_model, pairs_file, tmp_path, monkeypatch):
-    from alignlab.training import offline as offline_module
-
     settings = dict(batch_size=2, checkpoint_steps=3, report_to="tensorboard")  # 8 steps, checkpoints at 3 and 6
-    real_pair_batch = offline_module.pair_batch
-    calls = {"n": 0}
-
-    def crash_in_step_8(*args):
-        calls["n"] += 1
-        if calls["n"] == 8:  # steps 1-7 logged, the last checkpoint at step 6
-            raise KeyboardInterrupt
-        return real_pair_batch(*args)
-
-    monkeypatch.setattr(offline_module, "pair_batch", crash_in_step_8)
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        train(config_for(tiny_model, pairs_file, out, **settings))
-    monkeypatch.setattr(offline_module, "pair_batch", real_pair_batch)
+    # Killed in step 8: steps 1-7 logged, the last checkpoint at step 6.
+    train_until_killed(config_for(tiny_model, pairs_file, out, **settings), monkeypatch, 8)
     train(config_for(tiny_model, pairs_file, out, resume=True, **settings))
 
     lines = metrics_lines(out)

@@ -37,8 +37,10 @@ def matmul_flops_per_second(device: str, dtype: torch.dtype = torch.float32, siz
 
 
 def flop_parameters(model) -> int:
-    """The parameters that multiply in a forward pass: all of them but the input embedding's."""
-    return model.num_parameters() - model.get_input_embeddings().weight.numel()
+    """The parameters that multiply in a forward pass: all of them but the input embedding's, a
+    lookup — unless the output layer shares that matrix (tied embeddings), which then multiplies."""
+    embedding, output = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    return model.num_parameters() - (0 if output is embedding else embedding.numel())
 
 
 def training_flops(parameters: int, trained_tokens: int, reference_tokens: int = 0) -> float:
