@@ -293,11 +293,12 @@ def run_bench(out: str | None, quick: bool, device: str, progress=print, model: 
             ratios["peak_mem_vs_trl"] = ours.peak_memory_mb / absolute["trl_dpo"]["peak_memory_mb"]
         else:
             results["trl"] = "not installed: pip install 'alignlab[bench]' for the TRL rows"
+        counts = token_counts(setup)
         if model:
             results["skipped"] = "objective and sweep rows: they run on the bench's own tiny model"
         else:
-            measure_tiny_model_rows(setup, device, repeats, Path(tmp), results, progress)
-        measure_utilisation(setup, device, results)
+            measure_tiny_model_rows(setup, device, repeats, counts, Path(tmp), results, progress)
+        measure_utilisation(setup, device, counts, results)
     if out:
         from alignlab.atomic import write_json
 
@@ -305,11 +306,11 @@ def run_bench(out: str | None, quick: bool, device: str, progress=print, model: 
     return results
 
 
-def measure_tiny_model_rows(setup: dict, device: str, repeats: int, workdir: Path, results: dict, progress) -> None:
+def measure_tiny_model_rows(setup: dict, device: str, repeats: int, counts: dict, workdir: Path, results: dict,
+                            progress) -> None:
     """The rows that need the bench's own model: objectives against SFT, a sweep against separate runs."""
     ratios, absolute = results["ratios"], results["absolute"]
     seconds = absolute["objective_seconds"] = _run_worker("objectives", setup, device, repeats=repeats)
-    counts = token_counts(setup)
     # SFT forwards prompt + chosen only; every other objective forwards both rows.
     rates = {method: counts["sft" if method == "sft" else "forwarded"] / seconds[method] for method in OBJECTIVES}
     absolute["tokens_per_second"] = rates
@@ -321,7 +322,7 @@ def measure_tiny_model_rows(setup: dict, device: str, repeats: int, workdir: Pat
     ratios["sweep_vs_independent"] = sweep["sweep_seconds"] / sweep["independent_seconds"]
 
 
-def measure_utilisation(setup: dict, device: str, results: dict) -> None:
+def measure_utilisation(setup: dict, device: str, counts: dict, results: dict) -> None:
     """MFU of every timed training (see alignlab.bench.mfu) against the device's matmul throughput,
     measured here in a fresh process: the training loops of SFT and DPO (reference cached) and the
     end-to-end DPO runs of both libraries (their reference pass counted once, as 2·N per token)."""
@@ -331,7 +332,6 @@ def measure_utilisation(setup: dict, device: str, results: dict) -> None:
     absolute = results["absolute"]
     peak = _run_worker("matmul", setup, device)["flops_per_second"]
     parameters = flop_parameters(load_causal_lm(setup["model"]))
-    counts = token_counts(setup)
     mfu = {"matmul_flops_per_second": peak, "flop_parameters": parameters}
     for key in ("alignlab_dpo", "trl_dpo", "trl_dpo_precomputed"):
         if key in absolute:

@@ -19,9 +19,9 @@ def make_backend(name: str, model, tokenizer, model_path: str, *, revision: str 
                  progress: bool = True) -> GenerationBackend:
     """The backend `name` ("hf" | "vllm") for `model`, loaded from `model_path`. Both stop at
     `stop_token_ids` of the tokenizer and the model's generation config. vLLM loads the checkpoint
-    at `model_path` (a hub model at `revision`) in its own dtype choice (`auto`: the checkpoint's, half precision for a float32
-    one), with room for `max_model_len` tokens (default: the model's); `follows_training` runs it in
-    this process so `follow` can load a policy's weights."""
+    at `model_path` (a hub model at `revision`) in its own dtype choice (`auto`: the checkpoint's,
+    half precision for a float32 one), with room for `max_model_len` tokens (default: the model's);
+    `follows_training` runs it in this process so `follow` can load a policy's weights."""
     if name == "hf":
         return HFBackend(model, tokenizer, device, progress)
     from alignlab.models.vllm_generate import VLLMBackend
