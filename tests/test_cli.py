@@ -221,3 +221,10 @@ def test_eval_flags_reach_the_eval_config(monkeypatch):
         "v1", "v2", "c", "harmless-base")
     assert (config.prompt_column, config.chosen_column, config.rejected_column) == ("q", "good", "bad")
     assert config.raw_prompts is True and config.sft_revision == "v3"
+
+
+@pytest.mark.parametrize("pairs", ["0", "-3"])
+def test_bench_refuses_a_pair_count_below_one_before_any_work(pairs, capsys, monkeypatch):
+    monkeypatch.setattr("alignlab.bench.runner.run_bench", lambda *a, **k: pytest.fail("the bench ran"))
+    assert main(["bench", "--quick", "--pairs", pairs]) == 2
+    assert f"bench: --pairs must be >= 1, got {pairs}" in capsys.readouterr().err

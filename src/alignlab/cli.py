@@ -113,10 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_bench(args) -> int:
     from alignlab.bench.runner import format_table, run_bench as bench
+    from alignlab.checks import COUNT, check_number
     from alignlab.output_dirs import check_output_file
 
     if args.data and not args.model:
         raise AlignlabError("bench: --data goes with --model (the tiny bench model trains on its own pairs)")
+    if args.pairs is not None:
+        check_number("bench", "--pairs", args.pairs, COUNT)
     if args.out:
         check_output_file(args.out, overwrite=args.overwrite, inputs=[args.model, args.data])
     results = bench(args.out, args.quick, args.device, progress=lambda line: print(line, flush=True),
