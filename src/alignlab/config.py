@@ -177,9 +177,21 @@ class TrainConfig(OptimConfig):
     reward_model: str | None = setting(None, "sequence classifier giving VAR's rewards and GRPO's proxy reward "
                                              "(else the data's reward columns)")
     generation_backend: str = setting("hf", "hf | vllm: what samples GRPO's and the sampled Z estimator's responses")
+    packing: bool = setting(True, "offline methods: several pairs to a row, each prompt forwarded once, rows filled to "
+                                  "max_length tokens (the same loss, little padding); off: a row per pair")
+    batch_tokens: int = setting(0, "offline methods: fill each batch to this many prompt + chosen + rejected "
+                                   "tokens instead of batch_size pairs (0: off); the loss is the mean over the "
+                                   "batch's pairs")
+    group_by_length: bool = setting(False, "offline methods: batches of pairs of similar length (sorted within "
+                                           "shuffled groups of 50 batches): less padding, a less random order")
+
+    ranges: typing.ClassVar[dict[str, Range]] = {**OPTIM_RANGES, "batch_tokens": Range(0, integer=True)}
 
     def validate(self) -> None:
         super().validate()
+        if self.method == "grpo" and (self.batch_tokens or self.group_by_length):
+            raise AlignlabError("config: batch_tokens and group_by_length batch preference pairs; grpo batches "
+                                "prompts by batch_size: set batch_tokens 0 and group_by_length false")
         if self.generation_backend not in GENERATION_BACKENDS:
             raise AlignlabError(unknown_name_message("config: generation_backend", self.generation_backend,
                                                      list(GENERATION_BACKENDS)))
@@ -306,6 +318,7 @@ TRL_ALIASES = {
     "dataset_train_split": "data_split", "dataset_dir": "data_dir", "output_dir": "out",
     "per_device_train_batch_size": "batch_size", "num_train_epochs": "epochs",
     "lr_scheduler_type": "lr_scheduler", "save_steps": "checkpoint_steps", "torch_dtype": "dtype",
+    "padding_free": "packing",
 }
 # TRL's on/off precision flags, each standing for one value of `mixed_precision`.
 PRECISION_FLAGS = {"bf16": "bf16", "fp16": "fp16"}

@@ -1,9 +1,12 @@
 """Prompt formats, response masks and the documented truncation rule."""
 
+import json
+
 import pytest
 import torch
 
 from alignlab.data.pairs import PreferencePair
+from conftest import make_pairs
 from alignlab.errors import AlignlabError
 from alignlab.models.loading import load_tokenizer
 from alignlab.data.tokenise import collate_pairs, tokenize_pairs
@@ -94,3 +97,26 @@ def test_raw_prompts_keep_the_special_tokens_the_tokenizer_adds(tiny_model):
 def test_raw_prompts_refuse_a_conversation(tiny_model):
     with pytest.raises(AlignlabError, match=r"conversation of 3 messages \(user, assistant, user\)"):
         tokenize_pairs(load_tokenizer(str(tiny_model)), [pair()], 256, 128, raw_prompts=True)
+
+
+def test_cached_token_ids_are_the_tokenizers_and_a_second_call_reads_them(tiny_chat_model, tmp_path, monkeypatch):
+    from alignlab.data import tokenise
+    from alignlab.data.pairs import load_pairs
+    from alignlab.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_chat_model))
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps(p) + "\n" for p in make_pairs(6)))
+    pairs = load_pairs(str(source)).pairs
+    expected, report = tokenise.tokenize_pairs(tokenizer, pairs, 24, 8)
+    assert report.prompts_truncated and report.responses_truncated  # the cache must carry both counts
+    first, first_report = tokenise.cached_tokenize_pairs(tokenizer, "tok-a", pairs, 24, 8, False, tmp_path)
+    monkeypatch.setattr(tokenise, "tokenize_pairs", lambda *args: pytest.fail("tokenised again"))
+    second, second_report = tokenise.cached_tokenize_pairs(tokenizer, "tok-a", pairs, 24, 8, False, tmp_path)
+    assert first == second == expected
+    assert vars(first_report) == vars(second_report) == vars(report)
+    for changed in (dict(fingerprint="tok-b"), dict(max_length=25), dict(pairs=pairs[:5])):
+        arguments = dict(fingerprint="tok-a", pairs=pairs, max_length=24) | changed
+        with pytest.raises(pytest.fail.Exception, match="tokenised again"):
+            tokenise.cached_tokenize_pairs(tokenizer, arguments["fingerprint"], arguments["pairs"],
+                                           arguments["max_length"], 8, False, tmp_path)

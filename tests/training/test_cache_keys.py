@@ -5,6 +5,7 @@ with the policy's hub revision."""
 from __future__ import annotations
 
 from alignlab.config import TrainConfig
+from alignlab.data.layouts import PairLayout
 from alignlab.data.pairs import load_pairs
 from alignlab.models.tiny import build_tiny_classifier
 from alignlab.training import inputs
@@ -35,7 +36,7 @@ def test_the_reference_keys_carry_the_policys_revision_only(monkeypatch, tmp_pat
                         lambda name, cache_dir, revision=None: fingerprinted.append((name, revision)) or name)
     monkeypatch.setattr(inputs, "cached_tensors", lambda cache_dir, kind, key, compute: ({}, True))
     config = TrainConfig(model="org/policy", revision="v1", data="d", out="o")
-    inputs.reference_logps(config, [], 0, tmp_path, "cpu", policy=None, shared_prompt=False)
+    inputs.reference_logps(config, [], 0, tmp_path, "cpu", policy=None, layout=PairLayout("padded"))
     config.reference_model = "org/reference"  # another model: the policy's revision is not its own
-    inputs.reference_logps(config, [], 0, tmp_path, "cpu", policy=None, shared_prompt=False)
+    inputs.reference_logps(config, [], 0, tmp_path, "cpu", policy=None, layout=PairLayout("padded"))
     assert fingerprinted == [("org/policy", "v1"), ("org/reference", None)]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from alignlab.data.layouts import PairLayout
 from alignlab.data.pairs import load_pairs
 from alignlab.data.tokenise import tokenize_pairs
 from alignlab.models.loading import load_causal_lm, load_tokenizer
@@ -98,7 +99,7 @@ def test_lora_reference_is_the_base_model_with_the_adapter_off(tiny_model, pairs
                 parameter.normal_(std=0.5)
     examples = examples_of(tiny_model, pairs_file)
     reference, hit = inputs_module.reference_logps(config, examples, load_tokenizer(str(tiny_model)).pad_token_id,
-                                                   tmp_path / "cache", "cpu", policy, shared_prompt=False)
+                                                   tmp_path / "cache", "cpu", policy, layout=PairLayout("padded"))
     base_chosen, base_rejected = unbatched_logps(load_causal_lm(str(tiny_model)).eval(), examples)
     assert not hit
     assert torch.allclose(reference["chosen"].double(), torch.tensor(base_chosen, dtype=torch.float64), atol=1e-4)

@@ -16,17 +16,15 @@ Truncation rule: a prompt longer than `max_prompt_length` keeps its last tokens 
 turns); then a response that does not fit in `max_length` keeps its first tokens. Both are counted
 and reported, never silent.
 
-Two batch layouts for a pair: padded (`collate_pairs`: a chosen row and a rejected row, each with
-its own copy of the prompt) and shared-prompt (`collate_shared_prompt`: one row per pair,
-prompt + chosen + rejected, where an attention mask keeps the rejected tokens from seeing the
-chosen ones and position ids restart the rejected response where the prompt ends). The second
-gives every response exactly the context of the first while forwarding each prompt once and
-padding one row per pair instead of two: on the bench data it forwards 1.46× fewer tokens.
+Batches: `collate_sequences` right-pads prompt + response rows, `collate_pairs` lays a pair out as a
+chosen row and a rejected row; layouts.py holds the layouts that forward each prompt once or pack
+several pairs into a row.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -140,6 +138,31 @@ def tokenize_pairs(tokenizer, pairs, max_length: int, max_prompt_length: int, ra
     return encoded, report
 
 
+def cached_tokenize_pairs(tokenizer, tokenizer_fingerprint: str, pairs, max_length: int, max_prompt_length: int,
+                          raw_prompts: bool, cache_dir) -> tuple[list[TokenizedPair], TruncationReport]:
+    """`tokenize_pairs`, its token ids cached with the reference log-probs (alignlab.cache): a sweep
+    or a rerun over the same data tokenises it once. The key covers the tokenizer (its model's
+    fingerprint), the texts and every setting that changes the ids."""
+    from alignlab.cache import cache_key, cached_tensors
+
+    texts = json.dumps([[p.prompt, p.chosen, p.rejected] for p in pairs], ensure_ascii=False)
+    key = cache_key("tokens", tokenizer_fingerprint, hashlib.sha256(texts.encode()).hexdigest(),
+                    f"max_length={max_length} max_prompt_length={max_prompt_length} raw_prompts={raw_prompts}")
+
+    def compute():
+        examples, report = tokenize_pairs(tokenizer, pairs, max_length, max_prompt_length, raw_prompts)
+        parts = [ids for ex in examples for ids in (ex.prompt_ids, ex.chosen_ids, ex.rejected_ids)]
+        return {"ids": torch.tensor([i for ids in parts for i in ids], dtype=torch.int64),
+                "lengths": torch.tensor([len(ids) for ids in parts], dtype=torch.int64).view(-1, 3),
+                "truncated": torch.tensor([report.prompts_truncated, report.responses_truncated])}
+
+    cached = cached_tensors(cache_dir, "tokens", key, compute)[0]
+    flat = cached["ids"].split(cached["lengths"].view(-1).tolist())
+    examples = [TokenizedPair(*(part.tolist() for part in flat[3 * i:3 * i + 3])) for i in range(len(pairs))]
+    prompts_truncated, responses_truncated = cached["truncated"].tolist()
+    return examples, TruncationReport(prompts_truncated, responses_truncated, len(examples))
+
+
 def fingerprint_tokens(examples: list[TokenizedPair]) -> str:
     """A hash of the exact token ids: it changes with the data, the tokenizer and the format."""
     digest = hashlib.sha256()
@@ -176,41 +199,3 @@ def collate_pairs(examples: list[TokenizedPair], pad_id: int, include_rejected: 
         prompts = prompts + prompts
         responses = responses + [ex.rejected_ids for ex in examples]
     return collate_sequences(prompts, responses, pad_id)
-
-
-def collate_shared_prompt(examples: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """One row per pair, [prompt | chosen | rejected], right-padded (see the module docstring).
-
-    `attention_mask` is a (pairs, 1, width, width) boolean mask, True where a query may attend: a
-    causal mask in which rejected tokens skip the chosen ones, and padding sees only itself.
-    Responses are read back by gather: response j (chosen 1..B, then rejected 1..B, as in
-    `collate_pairs`) has its tokens in `response_tokens[j]` and the positions of row j mod B whose
-    logits predict them in `response_positions[j]` (the first from the prompt's last token);
-    `response_mask` marks the real tokens, `lengths` counts them.
-    """
-    n = len(examples)
-    width = max(len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in examples)
-    longest = max(max(len(e.chosen_ids), len(e.rejected_ids)) for e in examples)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((n, width), dtype=torch.long)
-    branch = torch.full((n, width), -1, dtype=torch.long)  # 0 prompt, 1 chosen, 2 rejected, -1 padding
-    response_tokens = torch.zeros((2 * n, longest), dtype=torch.long)
-    response_positions = torch.zeros((2 * n, longest), dtype=torch.long)
-    response_mask = torch.zeros((2 * n, longest), dtype=torch.float32)
-    for row, ex in enumerate(examples):
-        p, c, r = len(ex.prompt_ids), len(ex.chosen_ids), len(ex.rejected_ids)
-        input_ids[row, :p + c + r] = torch.tensor(ex.prompt_ids + ex.chosen_ids + ex.rejected_ids, dtype=torch.long)
-        position_ids[row, :p + c] = torch.arange(p + c)
-        position_ids[row, p + c:p + c + r] = torch.arange(p, p + r)
-        branch[row, :p], branch[row, p:p + c], branch[row, p + c:p + c + r] = 0, 1, 2
-        for j, ids, start in ((row, ex.chosen_ids, p), (n + row, ex.rejected_ids, p + c)):
-            response_tokens[j, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            response_positions[j, :len(ids)] = torch.tensor([p - 1] + list(range(start, start + len(ids) - 1)))
-            response_mask[j, :len(ids)] = 1.0
-    query, key = branch[:, :, None], branch[:, None, :]
-    causal = torch.ones((width, width), dtype=torch.bool).tril()
-    allowed = causal & (key >= 0) & ((key == 0) | (key == query))
-    allowed |= torch.eye(width, dtype=torch.bool)  # a padding query attends to itself, never to nothing
-    return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": allowed[:, None],
-            "response_tokens": response_tokens, "response_positions": response_positions,
-            "response_mask": response_mask, "lengths": response_mask.sum(-1)}

@@ -6,9 +6,9 @@ from alignlab.models.backends import make_backend
 from alignlab.models.generate import (Generation, GenerationBackend, GenerationConfig, HFBackend, generate_responses,
                                       stop_token_ids)
 from alignlab.models.loading import (batch_logps, load_causal_lm, load_sequence_classifier, load_tokenizer,
-                                     sequence_logps, shared_prompt_logps, token_logps)
+                                     sequence_logps, gathered_logps, token_logps)
 from alignlab.models.score import RewardScorer
 
 __all__ = ["Generation", "GenerationBackend", "GenerationConfig", "HFBackend", "generate_responses", "make_backend",
            "stop_token_ids", "batch_logps", "load_causal_lm", "load_sequence_classifier", "load_tokenizer",
-           "sequence_logps", "shared_prompt_logps", "token_logps", "RewardScorer"]
+           "sequence_logps", "gathered_logps", "token_logps", "RewardScorer"]

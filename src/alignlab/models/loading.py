@@ -254,25 +254,25 @@ def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, loss_mask: 
     return (per_token * loss_mask[:, 1:]).sum(-1)
 
 
-def shared_prompt_logps(model, batch: dict) -> Tensor:
-    """Σ_t log π(y_t | x, y_<t) of every response of a `collate_shared_prompt` batch: chosen 1..B,
-    then rejected 1..B. The mask goes in as transformers' own masks do: boolean for sdpa, additive
-    in the model's dtype for eager attention (which adds it to the scores)."""
+def gathered_logps(model, batch: dict) -> Tensor:
+    """Σ_t log π(y_t | x, y_<t) of every response of a gathered layout's batch (alignlab.data.layouts):
+    chosen 1..B, then rejected 1..B. A mask goes in as transformers' own masks do: boolean for sdpa,
+    additive in the model's dtype for eager attention (which adds it to the scores); the
+    position-packed layout has none (the position ids mark where each sequence starts)."""
     core = getattr(model, "module", model)  # under DDP/DeepSpeed, the wrapped model holds the config
-    mask = batch["attention_mask"]
-    if core.config._attn_implementation != "sdpa":
+    mask = batch.get("attention_mask")
+    if mask is not None and core.config._attn_implementation != "sdpa":
         mask = torch.zeros(mask.shape, dtype=core.dtype, device=mask.device).masked_fill_(~mask,
                                                                                         torch.finfo(core.dtype).min)
     logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
-                   use_cache=False).logits.float()
-    rows = torch.arange(len(batch["response_tokens"]), device=logits.device) % len(logits)
-    positions = batch["response_positions"]
-    picked = logits[rows[:, None], positions, batch["response_tokens"]]
-    return ((picked - torch.logsumexp(logits, dim=-1)[rows[:, None], positions]) * batch["response_mask"]).sum(-1)
+                   use_cache=False).logits
+    # Only the positions that predict a response token: the prompts' logits are never normalised.
+    picked = logits[batch["response_rows"][:, None], batch["response_positions"]].float()
+    return (token_logps(picked, batch["response_tokens"]) * batch["response_mask"]).sum(-1)
 
 
 def batch_logps(model, batch: dict) -> Tensor:
-    """Summed response log-probs of a `collate_pairs` or a `collate_shared_prompt` batch."""
+    """Summed response log-probs of a batch in any pair layout (alignlab.data.layouts)."""
     if "response_positions" in batch:
-        return shared_prompt_logps(model, batch)
+        return gathered_logps(model, batch)
     return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])

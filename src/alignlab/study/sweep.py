@@ -182,7 +182,7 @@ def warm_reference_cache(train_config: TrainConfig) -> None:
     from alignlab.models.loading import load_causal_lm, load_tokenizer
     from alignlab.cache import default_cache_dir
     from alignlab.data.tokenise import tokenize_pairs
-    from alignlab.training.inputs import reference_logps, shared_prompt_works
+    from alignlab.training.inputs import choose_layout, reference_logps
     from alignlab.training.loop import load_training_pairs
     from alignlab.training.reference import reference_and_revision
 
@@ -193,8 +193,9 @@ def warm_reference_cache(train_config: TrainConfig) -> None:
     reference, revision = reference_and_revision(train_config)
     model = load_causal_lm(reference, train_config.dtype, train_config.trust_remote_code, revision)
     cache_dir = Path(train_config.cache_dir) if train_config.cache_dir else default_cache_dir()
-    reference_logps(train_config, examples, tokenizer.pad_token_id, cache_dir, "cpu", model,
-                    shared_prompt_works(model, examples, tokenizer.pad_token_id, "cpu"))
+    layout = choose_layout(model, examples, tokenizer.pad_token_id, "cpu", train_config.packing,
+                           train_config.max_length)
+    reference_logps(train_config, examples, tokenizer.pad_token_id, cache_dir, "cpu", model, layout)
 
 
 def run_sweep(config: StudyConfig) -> Path:

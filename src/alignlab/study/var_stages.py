@@ -120,7 +120,7 @@ def z_variance(base: dict, proxy_rm: str) -> dict:
     from alignlab.models.loading import load_causal_lm, load_tokenizer
     from alignlab.cache import default_cache_dir
     from alignlab.data.tokenise import tokenize_pairs
-    from alignlab.training.inputs import pair_rewards, reference_logps, shared_prompt_works
+    from alignlab.training.inputs import choose_layout, pair_rewards, reference_logps
     from alignlab.training.loop import load_training_pairs
 
     config = _train_config(base, "var", Path("unused"), proxy_rm)
@@ -130,8 +130,8 @@ def z_variance(base: dict, proxy_rm: str) -> dict:
     examples, _ = tokenize_pairs(tokenizer, pairs, config.max_length, config.max_prompt_length, config.raw_prompts)
     model = load_causal_lm(config.model, config.dtype, config.trust_remote_code, config.revision)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    reference, _ = reference_logps(config, examples, tokenizer.pad_token_id, cache_dir, "cpu", model,
-                                   shared_prompt_works(model, examples, tokenizer.pad_token_id, "cpu"))
+    layout = choose_layout(model, examples, tokenizer.pad_token_id, "cpu", config.packing, config.max_length)
+    reference, _ = reference_logps(config, examples, tokenizer.pad_token_id, cache_dir, "cpu", model, layout)
     rewards = pair_rewards(config, pairs, cache_dir, "cpu")
     ref_logps = torch.cat([reference["chosen"], reference["rejected"]]).double().numpy()
     lengths = torch.tensor([len(e.chosen_ids) for e in examples] + [len(e.rejected_ids) for e in examples],

@@ -49,6 +49,7 @@ from alignlab.models.loading import load_causal_lm, load_tokenizer, token_logps
 from alignlab.objectives.losses import grpo_advantages, k3_kl
 from alignlab.objectives.registry import GroupBatch, get_method
 from alignlab.data.tokenise import PromptRenderer, collate_sequences
+from alignlab.training.batching import in_batches
 from alignlab.training.reference import reference_and_revision
 from alignlab.training.loop import (
     TrainResult,
@@ -247,7 +248,8 @@ def train_grpo(config: TrainConfig) -> TrainResult:
     setup_seconds = time.perf_counter() - started  # loading the policy, the reference and the reward model
     with run_directory(out, accelerator, config) as run_dir:
         model, fitted = fit(config, accelerator, policy, usable * iterations, collate, step_loss, run_dir, "grpo",
-                            order=order, responses_per_example=group_size)
+                            batches=lambda epoch: in_batches(order(epoch), config.batch_size),
+                            responses_per_example=group_size)
         save_run(run_dir, accelerator, model, tokenizer, config, {
             "method": config.method, "params": params, **fitted.summary(accelerator, loaded, report),
             "responses_trained": fitted.pairs_trained * group_size, "final_reward": fitted.final_margin,

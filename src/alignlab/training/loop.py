@@ -34,6 +34,8 @@ from alignlab.data.options import data_options
 from alignlab.data.pairs import load_pairs
 from alignlab.errors import AlignlabError
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
+from alignlab.training import checkpoint
+from alignlab.training.batching import epoch_generator, in_batches, shuffled
 from alignlab.training.tracking import TRACKING, tracking
 
 log = logging.getLogger(__name__)
@@ -169,36 +171,21 @@ class LoopState:
 CHECKPOINT = "checkpoint"
 
 
-def save_checkpoint(accelerator, run_dir: Path, state: LoopState) -> None:
-    """Model, optimizer, scheduler and RNG states plus the loop state, as safetensors and JSON only
-    (no pickles), replaced whole; see checkpoint.py."""
-    from alignlab.training import checkpoint
-
-    checkpoint.save(accelerator, run_dir / CHECKPOINT, dataclasses.asdict(state))
-
-
-def load_checkpoint(accelerator, run_dir: Path) -> LoopState | None:
-    """The last whole checkpoint (`.old` survives a kill between two renames), read without pickle."""
-    from alignlab.training import checkpoint
-
-    loop = checkpoint.load(accelerator, run_dir / CHECKPOINT)
-    return LoopState(**loop) if loop is not None else None
-
-
-
 def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_loss, run_dir: Path,
-        desc: str, order=None, responses_per_example: int = 1) -> tuple[object, FitResult]:
+        desc: str, batches=None, responses_per_example: int = 1) -> tuple[object, FitResult]:
     """The training loop every trainer shares.
 
     `collate(indices)` builds a batch whose "index" tensor lists its examples; `step_loss(model,
     batch)` returns (scalar loss, scalar margin), or (loss, margin, extras) where extras is a dict of
     further scalar tensors, averaged over each logging window and logged like the loss. AdamW with a
     transformers schedule (stepped once per optimizer step, so it ignores the process count),
-    gradient accumulation and clipping through accelerate, a seeded shuffle per epoch (or
-    `order(epoch)`, a list of n_examples indices), a progress bar, one metrics.jsonl line per logged
+    gradient accumulation and clipping through accelerate, a seeded shuffle per epoch cut into
+    micro-batches of batch_size (or `batches(epoch)`, the epoch's micro-batches as lists of
+    indices), a progress bar, one metrics.jsonl line per logged
     step (with `responses_seen` = examples trained × `responses_per_example`, and elapsed seconds),
     each line's numbers also sent to the `report_to` tracker at its step (`tracking`),
-    and every `checkpoint_steps` a checkpoint in `run_dir` that `resume` continues from exactly.
+    and every `checkpoint_steps` a checkpoint in `run_dir` that `resume` continues from exactly
+    (checkpoint.py: safetensors and JSON only, replaced whole).
     Every `snapshot_steps` (and at the last step) the model goes to snapshots/step-NNNNNN/ with
     snapshot.json (step, train_seconds, pairs_seen, responses_seen), the clock paused while it
     saves: the points of a learning curve against wall-clock and samples. `max_steps` ends
@@ -215,16 +202,22 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     optimizer = torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=fused)
     model, optimizer = accelerator.prepare(model, optimizer)
-    global_batch = config.batch_size * accelerator.num_processes
-    steps_per_epoch = math.ceil(math.ceil(n_examples / global_batch) / config.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * config.epochs
+    def epoch_batches(epoch: int) -> list[list[int]]:
+        if batches:
+            return batches(epoch)
+        return in_batches(shuffled(n_examples, epoch_generator(config, epoch)), config.batch_size)
+
+    # Each process takes every num_processes-th micro-batch (the last round topped up from the start).
+    total_steps = sum(math.ceil(math.ceil(len(epoch_batches(epoch)) / accelerator.num_processes)
+                                / config.gradient_accumulation_steps) for epoch in range(config.epochs))
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     scheduler = get_scheduler(config.lr_scheduler, optimizer,
                               num_warmup_steps=int(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     accelerator.register_for_checkpointing(scheduler)
-    state = (load_checkpoint(accelerator, run_dir) if config.resume else None) or LoopState()
+    resumed = checkpoint.load(accelerator, run_dir / CHECKPOINT) if config.resume else None  # `.old` survives a kill
+    state = LoopState(**resumed) if resumed else LoopState()
     metrics_file = None
     if is_main:
         metrics_file = open(run_dir / "metrics.jsonl", "a+", encoding="utf-8")
@@ -241,14 +234,12 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     # Closed however the loop ends, so that an error is printed below the progress bar, not after it.
     with progress, (metrics_file or contextlib.nullcontext()), tracking(config, accelerator, state.step):
         for epoch in range(state.epoch, config.epochs):
-            indices = order(epoch) if order else torch.randperm(
-                n_examples, generator=torch.Generator().manual_seed(config.seed + epoch)).tolist()
             # Its own generator: a DataLoader draws a seed from the global one each time it is iterated,
             # and a resumed run iterates where the uninterrupted one did not, which would shift every
             # later dropout mask.
-            loader = accelerator.prepare(DataLoader(indices, batch_size=config.batch_size, shuffle=False,
+            loader = accelerator.prepare(DataLoader(range(n_examples), batch_sampler=epoch_batches(epoch),
                                                     collate_fn=collate,
-                                                    generator=torch.Generator().manual_seed(config.seed + epoch)))
+                                                    generator=epoch_generator(config, epoch)))
             if state.batches_in_epoch:
                 loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
             for batch in loader:
@@ -296,7 +287,7 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
                     state.window_loss, state.window_margin = float(state.window_loss), float(state.window_margin)
                     state.window_extras = {name: float(v) for name, v in state.window_extras.items()}
                     state.metrics_bytes = metrics_file.tell() if metrics_file else 0
-                    save_checkpoint(accelerator, run_dir, state)
+                    checkpoint.save(accelerator, run_dir / CHECKPOINT, dataclasses.asdict(state))
                 if config.snapshot_steps and (state.step % config.snapshot_steps == 0 or state.step == total_steps):
                     paused = time.perf_counter()
                     save_snapshot(run_dir, accelerator, model, {
@@ -329,8 +320,8 @@ def check_finite(accelerator, step: int, window_loss, grad_norm, config: OptimCo
     if math.isfinite(loss) and math.isfinite(norm):
         return
     what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}"
-    checkpoint = run_dir / CHECKPOINT
-    kept = (f"the last good checkpoint is kept in {checkpoint}, for --resume" if checkpoint.exists()
+    saved = run_dir / CHECKPOINT
+    kept = (f"the last good checkpoint is kept in {saved}, for --resume" if saved.exists()
             else "no checkpoint had been saved (checkpoint_steps)")
     raise AlignlabError(f"step {step}: {what} (learning_rate {config.learning_rate:g} may be too high); training "
                         f"stopped and nothing from this run was saved; {kept}")

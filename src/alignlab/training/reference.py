@@ -15,30 +15,26 @@ def reference_and_revision(config) -> tuple[str, str | None]:
 
 
 @torch.inference_mode()
-def compute_sequence_logps(model, examples, pad_id: int, batch_size: int, device, shared_prompt: bool = False
+def compute_sequence_logps(model, examples, pad_id: int, batch_size: int, device, layout=None
                            ) -> dict[str, torch.Tensor]:
     """Summed response log-probs of every chosen and rejected response, in example order.
 
-    Batches are formed from length-sorted examples so that little compute goes to padding; with
-    no gradients to keep, they hold 4× the training batch. `shared_prompt` picks that batch layout
-    (see tokenise.py) over the padded one.
+    Batches are formed from examples sorted by the width they take in `layout` (default: padded;
+    see alignlab.data.layouts), so that little compute goes to padding; with no gradients to keep,
+    they hold 4× the training batch.
     """
+    from alignlab.data.layouts import PairLayout
     from alignlab.models.loading import batch_logps
-    from alignlab.data.tokenise import collate_pairs, collate_shared_prompt
 
+    layout = layout or PairLayout("padded")
     model.eval()
     chosen = torch.empty(len(examples), dtype=torch.float32)
     rejected = torch.empty(len(examples), dtype=torch.float32)
-    def row_width(ex):
-        responses = (len(ex.chosen_ids) + len(ex.rejected_ids) if shared_prompt
-                     else max(len(ex.chosen_ids), len(ex.rejected_ids)))
-        return len(ex.prompt_ids) + responses
-
-    order = sorted(range(len(examples)), key=lambda i: row_width(examples[i]))
+    order = sorted(range(len(examples)), key=lambda i: layout.row_width(examples[i]))
     pairs_per_batch = 4 * batch_size
     for start in range(0, len(order), pairs_per_batch):
         index = torch.tensor(order[start:start + pairs_per_batch])
-        batch = (collate_shared_prompt if shared_prompt else collate_pairs)([examples[i] for i in index], pad_id)
+        batch = layout.collate([examples[i] for i in index], pad_id)
         logps = batch_logps(model, {k: v.to(device) for k, v in batch.items()}).float().cpu()
         chosen[index] = logps[:len(index)]
         rejected[index] = logps[len(index):]
