@@ -102,12 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="throughput and memory against TRL and the SFT limit, as ratios")
     bench.add_argument("--out", default=None, help="write the results as JSON here (e.g. bench.json)")
     bench.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
-    bench.add_argument("--quick", action="store_true", help="a reduced run of every row (under 3 minutes on CPU)")
+    bench.add_argument("--quick", action="store_true",
+                       help="a reduced run of every row (under 3 minutes on CPU; --shape hh under 5)")
+    bench.add_argument("--shape", default="tiny", choices=["tiny", "hh"],
+                       help="tiny: short synthetic pairs on a tiny Llama; hh: real HH-RLHF pairs, a BPE tokenizer "
+                            "trained on them and a ~23M-parameter Llama at max_length 512")
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     bench.add_argument("--model", default=None,
                        help="run the DPO-vs-TRL rows on this model (a local directory or .gguf file) instead of the tiny one")
-    bench.add_argument("--data", default=None, help="with --model: pairs to train on (default: the bench pairs)")
-    bench.add_argument("--pairs", type=int, default=None, help="how many pairs (default: 256 with --quick, else 512)")
+    bench.add_argument("--data", default=None,
+                       help="with --model: pairs to train on (default: the bench pairs); with --shape hh: the "
+                            "file to take pairs from (default: ../shared/data/hh-rlhf/harmless-base/test.jsonl.gz)")
+    bench.add_argument("--data_format", default=None, choices=["pairs", "hh-rlhf", "pku-saferlhf"],
+                       help="how --data is read (default: pairs; hh-rlhf for the default HH-RLHF file)")
+    bench.add_argument("--pairs", type=int, default=None,
+                       help="how many pairs (default: tiny 256 with --quick, else 512; hh 48 with --quick, else 128)")
     return parser
 
 
@@ -116,14 +125,19 @@ def run_bench(args) -> int:
     from alignlab.checks import COUNT, check_number
     from alignlab.output_dirs import check_output_file
 
-    if args.data and not args.model:
-        raise AlignlabError("bench: --data goes with --model (the tiny bench model trains on its own pairs)")
+    if args.data and not args.model and args.shape == "tiny":
+        raise AlignlabError("bench: --data goes with --model or --shape hh (the tiny bench model trains on its own "
+                            "pairs)")
+    if args.model and args.shape != "tiny":
+        raise AlignlabError("bench: --model runs the DPO-vs-TRL rows on your model, and --shape hh on the bench's own "
+                            "HH-RLHF model; to run your model on HH-RLHF pairs, pass --model with --data FILE")
     if args.pairs is not None:
         check_number("bench", "--pairs", args.pairs, COUNT)
     if args.out:
         check_output_file(args.out, overwrite=args.overwrite, inputs=[args.model, args.data])
     results = bench(args.out, args.quick, args.device, progress=lambda line: print(line, flush=True),
-                    model=args.model, data=args.data, pairs=args.pairs)
+                    model=args.model, data=args.data, pairs=args.pairs, shape=args.shape,
+                    data_format=args.data_format)
     print(format_table(results))
     if args.out:
         print(f"wrote {args.out}")

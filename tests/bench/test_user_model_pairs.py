@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from alignlab.bench.runner import USER_MODEL_MAX_LENGTH, untruncated_pairs
+from alignlab.bench.setups import USER_MODEL_MAX_LENGTH, untruncated_pairs
+from alignlab.data.pairs import load_pairs
 from alignlab.errors import AlignlabError
 from alignlab.models.tiny import build_tiny_llama
 
@@ -44,7 +45,7 @@ def template_lengths(model, pair):
 def test_only_pairs_that_fit_untruncated_are_taken_in_file_order(model, tmp_path):
     shapes = [(10, 5, 5), (200, 5, 5), (20, 300, 5), (20, 5, 300), (100, 160, 40), (30, 30, 30), (5, 5, 5)]
     data = write_pairs(tmp_path / "pairs.jsonl", shapes)
-    taken = untruncated_pairs(model, data, 3)
+    taken = untruncated_pairs(model, load_pairs(data).pairs, 3, USER_MODEL_MAX_LENGTH, data)
     assert [p["prompt"][-1]["content"] for p in taken] == [sentence(10), sentence(30), sentence(5)]
     for pair in taken:
         prompt, full = template_lengths(model, pair)
@@ -58,4 +59,4 @@ def test_only_pairs_that_fit_untruncated_are_taken_in_file_order(model, tmp_path
 def test_too_few_fitting_pairs_is_refused_with_the_count(model, tmp_path):
     data = write_pairs(tmp_path / "long.jsonl", [(200, 5, 5), (10, 5, 5)])
     with pytest.raises(AlignlabError, match=r"long.jsonl: only 1 of 2 pairs fit 256 tokens.*--pairs"):
-        untruncated_pairs(model, data, 2)
+        untruncated_pairs(model, load_pairs(data).pairs, 2, USER_MODEL_MAX_LENGTH, data)

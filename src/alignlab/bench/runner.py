@@ -1,9 +1,10 @@
 """`alignlab bench`: throughput and memory against TRL and against the SFT limit, as ratios.
 
-Every figure is measured in the same command, on the same tiny Llama (built locally, word-level
-tokenizer with a chat template, so alignlab and TRL split prompt and response into exactly the same
-tokens) and the same pairs. Each measurement runs in a fresh worker process (so peak memory is that
-run's own), once as a warm-up and then `repeats` times; the median counts.
+Every figure is measured in the same command, on the same model and pairs: a shape's (`tiny`, the
+default, or `hh`, real HH-RLHF pairs at max_length 512; see alignlab.bench.setups), built locally
+with a chat template so that alignlab and TRL split prompt and response into exactly the same
+tokens. Each measurement runs in a fresh worker process (so peak memory is that run's own), once as
+a warm-up and then `repeats` times; the median counts.
 
 Rows (higher is better, except memory):
 - dpo_vs_trl: alignlab DPO pairs/s ÷ TRL DPOTrainer pairs/s at TRL's defaults. Both sides are timed
@@ -13,7 +14,7 @@ Rows (higher is better, except memory):
 - dpo_vs_sft, ln_dpo_vs_sft, simpo_vs_sft, var_vs_sft: training tokens/s of each objective ÷ SFT
   tokens/s (tokens = prompt + response tokens of every forwarded row), training loop only, with
   reference log-probs already cached — the practical limit for a preference objective.
-- sweep_vs_independent: wall-clock of one `alignlab sweep` over a 6-point DPO β grid ÷ the same six
+- sweep_vs_independent (tiny shape only): wall-clock of one `alignlab sweep` over a 6-point DPO β grid ÷ the same six
   runs done independently, each as `alignlab train` then `alignlab eval --sft` (lower is better).
   Both sides train the same pairs and evaluate the same prompts with the same gold RM (a tiny
   sequence classifier built here); each starts with an empty cache. The sweep also evaluates the
@@ -27,7 +28,7 @@ With `--model PATH` (any local model, or a .gguf file) the DPO-vs-TRL rows (dpo_
 dpo_vs_trl_precomputed, peak_mem_vs_trl) run on that model instead, on the bench pairs or on the
 pairs of `--data FILE` (the "pairs" format `alignlab data` writes), the first `--pairs N` of them
 that fit max_length 256 (prompt ≤ 128 tokens) untruncated; the rows that compare objectives or sweeps
-need the tiny model and are skipped.
+need the bench's own models and are skipped.
 Equal work is checked, not assumed: pairs, tokens, optimizer steps and batch size of both sides are
 printed, and the run fails if they differ.
 """
@@ -45,20 +46,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from alignlab.bench.setups import SHAPES, prepare_hh, prepare_tiny, prepare_user_model
 from alignlab.bench.sweep import measure_sweep_vs_independent
 
-SIZES = {
-    "quick": dict(pairs=256, hidden_size=64, layers=2, heads=4, batch_size=8, repeats=2),
-    "full": dict(pairs=512, hidden_size=256, layers=4, heads=8, batch_size=8, repeats=3),
-}
 TARGETS = {"dpo_vs_trl": (">=", 2.0), "dpo_vs_trl_precomputed": (">=", 1.3), "peak_mem_vs_trl": ("<=", 1.0),
            "dpo_vs_sft": (">=", 0.95), "ln_dpo_vs_sft": (">=", 0.95), "simpo_vs_sft": (">=", 0.95),
            "var_vs_sft": (">=", 0.95), "dpo_mfu_vs_sft": (">=", 0.9), "sweep_vs_independent": ("<=", 0.6)}
 OBJECTIVES = ["sft", "dpo", "ln-dpo", "simpo", "var"]
-SUBJECTS = ["river", "garden", "engine", "violin", "planet", "bakery", "glacier", "harbor", "library", "falcon"]
-QUALITIES = ["quiet", "bright", "ancient", "rapid", "gentle", "heavy", "curious", "golden", "narrow", "hollow"]
-LEARNING_RATE, BETA, MAX_LENGTH = 1e-4, 0.1, 128
-USER_MODEL_MAX_LENGTH = 256  # real models' chat templates add a system turn to every prompt
+LEARNING_RATE, BETA = 1e-4, 0.1
+# On realistic shapes the reference pass is a larger share of TRL's run, and precomputing it saves more.
+SHAPE_TARGETS = {"hh": {"dpo_vs_trl_precomputed": (">=", 1.5)}}
 
 
 @dataclass
@@ -69,65 +66,6 @@ class Measurement:
     optimizer_steps: int
     batch_size: int
     peak_memory_mb: float
-
-
-def bench_pairs(n: int) -> list[dict]:
-    """Deterministic pairs of varied lengths; the chosen answer is on topic, the rejected one rambles."""
-    rows = []
-    for i in range(n):
-        subject, quality = SUBJECTS[i % len(SUBJECTS)], QUALITIES[(i * 7) % len(QUALITIES)]
-        detail = " ".join(QUALITIES[(i + k) % len(QUALITIES)] for k in range(1 + i % 9))
-        rows.append({"id": f"bench-{i}", "prompt": f"tell me about the {quality} {subject} please",
-                     "chosen": f"the {subject} is {quality} and {detail} .",
-                     "rejected": f"i am not sure . maybe the {subject} is {detail} {detail} or not at all ."})
-    return rows
-
-
-def prepare(workdir: Path, size: dict) -> dict:
-    from alignlab.models.tiny import build_tiny_llama
-
-    pairs = bench_pairs(size["pairs"])
-    data = workdir / "pairs.jsonl"
-    data.write_text("".join(json.dumps({**p, "reward_chosen": 1.0, "reward_rejected": -1.0}) + "\n" for p in pairs))
-    texts = [w for p in pairs for w in (p["prompt"], p["chosen"], p["rejected"])]
-    build_tiny_llama(workdir / "model", texts, hidden_size=size["hidden_size"], layers=size["layers"],
-                     heads=size["heads"], chat_template=True, word_level=True, max_positions=MAX_LENGTH)
-    return {"data": str(data), "model": str(workdir / "model"), "batch_size": size["batch_size"],
-            "max_length": MAX_LENGTH}
-
-
-def prepare_user_model(workdir: Path, size: dict, model: str, data: str | None, n: int) -> dict:
-    """The bench on the user's model: its GGUF file de-quantised here (outside both clocks), the pairs
-    of `data` or the bench pairs."""
-    from alignlab.models.gguf import local_model_dir
-
-    directory = local_model_dir(model)
-    rows = untruncated_pairs(directory, data, n) if data else bench_pairs(n)
-    path = workdir / "pairs.jsonl"
-    path.write_text("".join(json.dumps({**p, "reward_chosen": 1.0, "reward_rejected": -1.0}) + "\n" for p in rows))
-    return {"data": str(path), "model": directory, "batch_size": size["batch_size"],
-            "max_length": USER_MODEL_MAX_LENGTH}
-
-
-def untruncated_pairs(model: str, data: str, n: int) -> list[dict]:
-    """The first `n` pairs of `data` that fit the bench's limits without truncation. alignlab keeps a
-    long prompt's last tokens and TRL a long sequence's first, so on longer pairs the two sides would
-    train on different tokens and the equal-work check would (rightly) fail."""
-    from alignlab.data.pairs import load_pairs
-    from alignlab.data.tokenise import tokenize_pairs
-    from alignlab.errors import AlignlabError
-    from alignlab.models.loading import load_tokenizer
-
-    pairs = load_pairs(data).pairs
-    whole, _ = tokenize_pairs(load_tokenizer(model), pairs, 10**9, 10**9)
-    fitting = [pair.to_json() for pair, ids in zip(pairs, whole)
-               if len(ids.prompt_ids) <= USER_MODEL_MAX_LENGTH // 2
-               and len(ids.prompt_ids) + max(len(ids.chosen_ids), len(ids.rejected_ids)) <= USER_MODEL_MAX_LENGTH]
-    if len(fitting) < n:
-        raise AlignlabError(f"{data}: only {len(fitting)} of {len(pairs)} pairs fit {USER_MODEL_MAX_LENGTH} tokens "
-                           f"(prompt at most {USER_MODEL_MAX_LENGTH // 2}) untruncated; the bench needs {n} "
-                           "(pass a smaller --pairs or a file with shorter pairs)")
-    return fitting[:n]
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -165,9 +103,12 @@ def token_counts(setup: dict) -> dict:
 
 
 def _import_libraries() -> None:
-    """Import what both sides use before their clocks start: the benchmark times work, not imports."""
+    """Import what both sides use before their clocks start: the benchmark times work, not imports
+    (TRL's side imports its trainer, and with it transformers' Trainer, before its clock too)."""
     import accelerate  # noqa: F401
-    from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: F401
+    from transformers import AutoTokenizer, LlamaForCausalLM, get_scheduler  # noqa: F401
+
+    import alignlab.training.offline  # noqa: F401
 
 
 def worker_alignlab_dpo(setup: dict, device: str) -> Measurement:
@@ -260,22 +201,29 @@ def check_equal_work(a: Measurement, b: Measurement, names: tuple[str, str]) -> 
 
 
 def run_bench(out: str | None, quick: bool, device: str, progress=print, model: str | None = None,
-              data: str | None = None, pairs: int | None = None) -> dict:
-    size = dict(SIZES["quick" if quick else "full"])
+              data: str | None = None, pairs: int | None = None, shape: str = "tiny",
+              data_format: str | None = None) -> dict:
+    """Every row of the bench on `shape` (alignlab.bench.setups), or with `model` the DPO-vs-TRL rows
+    on that model; `data_format` reads `data` (default: hh-rlhf for the hh shape, else pairs)."""
+    size = dict(SHAPES[shape]["quick" if quick else "full"])
     size["pairs"] = pairs or size["pairs"]
+    data_format = data_format or ("hh-rlhf" if shape == "hh" and data is None else "pairs")
     repeats = size["repeats"]
-    results: dict = {"device": device, "size": "quick" if quick else "full", **size, "ratios": {}, "absolute": {}}
+    results: dict = {"device": device, "shape": shape, "size": "quick" if quick else "full", **size,
+                     "ratios": {}, "absolute": {}}
     ratios, absolute = results["ratios"], results["absolute"]
     with tempfile.TemporaryDirectory() as tmp:
         if model:
-            setup = prepare_user_model(Path(tmp), size, model, data, size["pairs"])
+            setup = prepare_user_model(Path(tmp), size, model, data, data_format)
             results.update(model=model, data=data or "bench pairs", max_length=setup["max_length"])
             progress(f"bench: {model}, {size['pairs']} pairs, batch {size['batch_size']}, device {device}, "
                      f"median of {repeats} after a warm-up; DPO-vs-TRL rows only")
         else:
-            setup = prepare(Path(tmp), size)
-            progress(f"bench: {size['pairs']} pairs, Llama hidden {size['hidden_size']} × {size['layers']} layers, "
-                     f"batch {size['batch_size']}, device {device}, median of {repeats} after a warm-up")
+            setup = prepare_hh(Path(tmp), size, data, data_format) if shape == "hh" else prepare_tiny(Path(tmp), size)
+            results["data"] = setup["data"] if shape == "tiny" else (data or "HH-RLHF harmless-base test")
+            progress(f"bench: shape {shape}, {size['pairs']} pairs, Llama hidden {size['hidden_size']} × "
+                     f"{size['layers']} layers, max_length {size['max_length']}, batch {size['batch_size']}, "
+                     f"device {device}, median of {repeats} after a warm-up")
         ours = _median_measurement("alignlab-dpo", setup, device, repeats)
         absolute["alignlab_dpo"] = asdict(ours)
         try:
@@ -295,9 +243,15 @@ def run_bench(out: str | None, quick: bool, device: str, progress=print, model: 
             results["trl"] = "not installed: pip install 'alignlab[bench]' for the TRL rows"
         counts = token_counts(setup)
         if model:
-            results["skipped"] = "objective and sweep rows: they run on the bench's own tiny model"
+            results["skipped"] = "objective and sweep rows: they run on the bench's own models"
         else:
-            measure_tiny_model_rows(setup, device, repeats, counts, Path(tmp), results, progress)
+            measure_objective_rows(setup, device, repeats, counts, results)
+            if shape != "tiny":
+                results["skipped"] = "sweep_vs_independent: measured on the tiny shape only"
+            else:
+                progress("bench: a 6-run DPO sweep against 6 independent train + eval runs")
+                sweep = absolute["sweep"] = measure_sweep_vs_independent(setup, Path(tmp), LEARNING_RATE)
+                ratios["sweep_vs_independent"] = sweep["sweep_seconds"] / sweep["independent_seconds"]
         measure_utilisation(setup, device, counts, results)
     if out:
         from alignlab.atomic import write_json
@@ -306,9 +260,8 @@ def run_bench(out: str | None, quick: bool, device: str, progress=print, model: 
     return results
 
 
-def measure_tiny_model_rows(setup: dict, device: str, repeats: int, counts: dict, workdir: Path, results: dict,
-                            progress) -> None:
-    """The rows that need the bench's own model: objectives against SFT, a sweep against separate runs."""
+def measure_objective_rows(setup: dict, device: str, repeats: int, counts: dict, results: dict) -> None:
+    """Each objective's training tokens/s against SFT's, on the shape's own model."""
     ratios, absolute = results["ratios"], results["absolute"]
     seconds = absolute["objective_seconds"] = _run_worker("objectives", setup, device, repeats=repeats)
     # SFT forwards prompt + chosen only; every other objective forwards both rows.
@@ -316,10 +269,6 @@ def measure_tiny_model_rows(setup: dict, device: str, repeats: int, counts: dict
     absolute["tokens_per_second"] = rates
     for method in OBJECTIVES[1:]:
         ratios[f"{method.replace('-', '_')}_vs_sft"] = rates[method] / rates["sft"]
-    progress("bench: a 6-run DPO sweep against 6 independent train + eval runs")
-    sweep = measure_sweep_vs_independent(setup, workdir, LEARNING_RATE)
-    absolute["sweep"] = sweep
-    ratios["sweep_vs_independent"] = sweep["sweep_seconds"] / sweep["independent_seconds"]
 
 
 def measure_utilisation(setup: dict, device: str, counts: dict, results: dict) -> None:
@@ -347,7 +296,8 @@ def measure_utilisation(setup: dict, device: str, counts: dict, results: dict) -
 
 def format_table(results: dict) -> str:
     lines = [f"{'ratio':<24}{'value':>9}  {'target':<8} met", "-" * 48]
-    for key, (op, target) in TARGETS.items():
+    targets = {**TARGETS, **SHAPE_TARGETS.get(results.get("shape", "tiny"), {})}
+    for key, (op, target) in targets.items():
         value = results["ratios"].get(key)
         if value is None:
             lines.append(f"{key:<24}{'n/a':>9}  {op} {target:<5}")
