@@ -182,6 +182,9 @@ class TrainConfig(OptimConfig):
     batch_tokens: int = setting(0, "offline methods: fill each batch to this many prompt + chosen + rejected "
                                    "tokens instead of batch_size pairs (0: off); the loss is the mean over the "
                                    "batch's pairs")
+    attn_implementation: str | None = setting(None, "the policy's attention kernel: sdpa | eager | flash_attention_2 "
+                                                    "| ... (default: transformers' choice); with flash-attention, "
+                                                    "packed batches go through its varlen kernel")
     group_by_length: bool = setting(False, "offline methods: batches of pairs of similar length (sorted within "
                                            "shuffled groups of 50 batches): less padding, a less random order")
 

@@ -101,3 +101,25 @@ def test_a_token_budget_too_small_for_one_step_is_refused_before_training(tiny_m
 def test_grpo_refuses_pair_batching_settings():
     with pytest.raises(AlignlabError, match="grpo batches prompts"):
         TrainConfig(method="grpo", model="m", data="d", out="o", batch_tokens=512).validate()
+
+
+def test_position_id_packing_trains_as_the_mask_packed_layout(tiny_model, pairs_file, tmp_path, monkeypatch):
+    """The flash-attention path's layout, run here on sdpa (which reads the same position ids)."""
+    from alignlab.data.layouts import PairLayout
+    from alignlab.training import inputs, offline
+
+    losses, used = {}, []
+    monkeypatch.setattr(offline, "choose_layout", lambda *args: used.append(inputs.choose_layout(*args)) or used[-1])
+    for layout in ("packed", "position-packed"):
+        monkeypatch.setattr(inputs, "candidate_layout", lambda attention, packing, max_length: PairLayout(layout, 64))
+        result = train(config_for(tiny_model, pairs_file, tmp_path / layout, cache_dir=str(tmp_path / layout)))
+        losses[layout] = [json.loads(line)["loss"] for line in (result.out / "metrics.jsonl").read_text().splitlines()]
+    assert [layout.name for layout in used] == ["packed", "position-packed"]  # neither fell back to padded
+    assert losses["packed"] == pytest.approx(losses["position-packed"], abs=1e-5)
+
+
+def test_an_attention_kernel_that_is_not_installed_is_refused_by_name(tiny_model, pairs_file, tmp_path):
+    config = config_for(tiny_model, pairs_file, tmp_path / "run", attn_implementation="flash_attention_2")
+    with pytest.raises(AlignlabError, match="attn_implementation 'flash_attention_2' cannot be used"):
+        train(config)
+    assert not (tmp_path / "run").exists()

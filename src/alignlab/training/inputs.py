@@ -144,6 +144,16 @@ LAYOUT_TOLERANCE, LAYOUT_HALF_TOLERANCE = 1e-3, 5e-2
 CUSTOM_MASK_ATTENTION = ("sdpa", "eager")
 
 
+def set_attention(model, implementation: str) -> None:
+    """The attention kernel `attn_implementation` names, or an error saying why it cannot be used."""
+    try:
+        model.set_attn_implementation(implementation)
+    except (ImportError, ValueError) as err:
+        raise AlignlabError(f"config: attn_implementation {implementation!r} cannot be used with this model here "
+                            f"({str(err).splitlines()[0]}); leave attn_implementation unset for transformers' "
+                            "choice") from None
+
+
 def candidate_layout(attention: str | None, packing: bool, max_length: int) -> PairLayout:
     """The layout to try for an attention implementation (see `choose_layout`). Packed rows hold up
     to max_length / 2 tokens: a mask does not make attention cheaper, and its cost grows with the

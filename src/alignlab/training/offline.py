@@ -19,6 +19,7 @@ from alignlab.training.inputs import (
     check_pairs_differ,
     check_rewards_available,
     choose_layout,
+    set_attention,
     logratio_margin,
     pair_batch,
     pair_rewards,
@@ -78,6 +79,8 @@ def train_offline(config: TrainConfig) -> TrainResult:
 
     model = load_causal_lm(config.model, config.dtype, config.trust_remote_code, config.revision)
     model.config.use_cache = False
+    if config.attn_implementation:
+        set_attention(model, config.attn_implementation)
     model = prepare_policy(model, config)  # before the reference pass: dropout off, LoRA adapter (off there)
     reference, reference_hit, rewards, log_z = None, None, None, None
     groups = prompt_groups(pairs)
