@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "file to take pairs from (default: ../shared/data/hh-rlhf/harmless-base/test.jsonl.gz)")
     bench.add_argument("--data_format", default=None, choices=["pairs", "hh-rlhf", "pku-saferlhf"],
                        help="how --data is read (default: pairs; hh-rlhf for the default HH-RLHF file)")
+    bench.add_argument("--scaling", default=None, metavar="N,N,...",
+                       help="instead of the ratios: DPO seconds and tokens/s of both libraries on the first N pairs "
+                            "of the shape, for each N (e.g. 512,2048,8192)")
     bench.add_argument("--pairs", type=int, default=None,
                        help="how many pairs (default: tiny 256 with --quick, else 512; hh 48 with --quick, else 128)")
     return parser
@@ -135,11 +138,39 @@ def run_bench(args) -> int:
         check_number("bench", "--pairs", args.pairs, COUNT)
     if args.out:
         check_output_file(args.out, overwrite=args.overwrite, inputs=[args.model, args.data])
+    if args.scaling is not None:
+        return run_scaling_bench(args)
     results = bench(args.out, args.quick, args.device, progress=lambda line: print(line, flush=True),
                     model=args.model, data=args.data, pairs=args.pairs, shape=args.shape,
                     data_format=args.data_format)
     print(format_table(results))
     if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def run_scaling_bench(args) -> int:
+    from alignlab.bench.scaling import format_scaling, run_scaling
+    from alignlab.checks import COUNT, check_number
+    from alignlab.untrusted import shown
+
+    if args.model or args.pairs is not None:
+        raise AlignlabError("bench: --scaling sets the pair counts itself and runs on the shape's own model; "
+                            "drop --model and --pairs")
+    try:
+        counts = [int(part) for part in args.scaling.split(",")]
+    except ValueError:
+        raise AlignlabError(f"bench: --scaling takes pair counts separated by commas (e.g. 512,2048,8192), "
+                            f"not {shown(args.scaling)}") from None
+    for count in counts:
+        check_number("bench", "--scaling", count, COUNT)
+    results = run_scaling(counts, args.device, args.shape, args.data, args.data_format,
+                          progress=lambda line: print(line, flush=True))
+    print(format_scaling(results))
+    if args.out:
+        from alignlab.atomic import write_json
+
+        write_json(args.out, results)
         print(f"wrote {args.out}")
     return 0
 

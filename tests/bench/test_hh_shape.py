@@ -66,3 +66,42 @@ def test_the_hh_table_holds_the_precomputed_row_to_its_own_target():
     assert "dpo_vs_trl_precomputed       1.40  >= 1.5   NO" in table
     assert "dpo_vs_trl                   2.40  >= 2.0   yes" in table
     assert "dpo_vs_trl_precomputed       1.40  >= 1.3   yes" in format_table({**results, "shape": "tiny"})
+
+
+def test_the_scaling_table_shows_seconds_per_thousand_pairs_and_the_ratio():
+    from alignlab.bench.scaling import format_scaling
+
+    row = lambda n, ours, theirs: {"pairs": n, "alignlab": {"seconds": ours, "tokens": 250 * n},
+                                   "trl": {"seconds": theirs, "tokens": 250 * n}}
+    table = format_scaling({"rows": [row(512, 80.0, 320.0), row(2048, 330.0, 1300.0)]})
+    first, second = table.splitlines()[1:]
+    assert first.split() == ["512", "128000", "80.0", "1,600", "156.2", "320.0", "400", "625.0", "4.00"]
+    assert second.split() == ["2048", "512000", "330.0", "1,552", "161.1", "1300.0", "394", "634.8", "3.94"]
+
+
+@pytest.mark.parametrize("flags,message", [(["--scaling", "512,lots"], "pair counts separated by commas"),
+                                           (["--scaling", "512,0"], "--scaling"),
+                                           (["--scaling", "512", "--pairs", "8"], "drop --model and --pairs"),
+                                           (["--shape", "hh", "--model", "m"], "--model runs the DPO-vs-TRL rows")])
+def test_bench_refuses_flag_combinations_it_cannot_honour(flags, message, capsys):
+    from alignlab.cli import main
+
+    assert main(["bench", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cycled_pairs_repeat_the_fitting_ones_in_order_up_to_the_count(tmp_path):
+    from alignlab.bench.setups import untruncated_pairs
+    from alignlab.data.pairs import load_pairs
+
+    rows = [{"chosen": transcript(1, "yes " * (1 + i)), "rejected": transcript(1, "no")} for i in range(3)]
+    rows.append({"chosen": transcript(1, "flour " * 400), "rejected": transcript(1, "no")})  # never fits
+    source = write_hh(tmp_path / "hh.jsonl.gz", rows)
+    size = dict(SHAPES["hh"]["quick"], pairs=3, hidden_size=32, layers=1, heads=2, max_length=128)
+    model = prepare_hh(tmp_path, size, source, "hh-rlhf")["model"]
+    pairs = load_pairs(source, "hh-rlhf").pairs
+    taken = untruncated_pairs(model, pairs, 8, 128, source, cycle=True)
+    assert [p["id"] for p in taken] == ["hh-1", "hh-2", "hh-3", "hh-1#1", "hh-2#1", "hh-3#1", "hh-1#2", "hh-2#2"]
+    assert [p["chosen"] for p in taken[3:6]] == [p["chosen"] for p in taken[:3]]
+    with pytest.raises(AlignlabError, match="only 3 of 4 pairs fit 128 tokens"):
+        untruncated_pairs(model, pairs, 8, 128, source)

@@ -176,7 +176,7 @@ def worker_matmul(device: str) -> dict:
     return {"flops_per_second": matmul_flops_per_second(device)}
 
 
-def _run_worker(kind: str, setup: dict, device: str, **extra) -> dict:
+def run_worker(kind: str, setup: dict, device: str, **extra) -> dict:
     """Run one measurement in a fresh process and return its JSON result."""
     payload = json.dumps({"kind": kind, "setup": setup, "device": device, **extra})
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -187,7 +187,7 @@ def _run_worker(kind: str, setup: dict, device: str, **extra) -> dict:
 
 
 def _median_measurement(kind: str, setup: dict, device: str, repeats: int, **extra) -> Measurement:
-    runs = [Measurement(**_run_worker(kind, setup, device, **extra)) for _ in range(repeats + 1)][1:]
+    runs = [Measurement(**run_worker(kind, setup, device, **extra)) for _ in range(repeats + 1)][1:]
     middle = sorted(runs, key=lambda m: m.seconds)[len(runs) // 2]
     return Measurement(statistics.median(m.seconds for m in runs), middle.pairs, middle.tokens,
                        middle.optimizer_steps, middle.batch_size, max(m.peak_memory_mb for m in runs))
@@ -263,7 +263,7 @@ def run_bench(out: str | None, quick: bool, device: str, progress=print, model: 
 def measure_objective_rows(setup: dict, device: str, repeats: int, counts: dict, results: dict) -> None:
     """Each objective's training tokens/s against SFT's, on the shape's own model."""
     ratios, absolute = results["ratios"], results["absolute"]
-    seconds = absolute["objective_seconds"] = _run_worker("objectives", setup, device, repeats=repeats)
+    seconds = absolute["objective_seconds"] = run_worker("objectives", setup, device, repeats=repeats)
     # SFT forwards prompt + chosen only; every other objective forwards both rows.
     rates = {method: counts["sft" if method == "sft" else "forwarded"] / seconds[method] for method in OBJECTIVES}
     absolute["tokens_per_second"] = rates
@@ -279,7 +279,7 @@ def measure_utilisation(setup: dict, device: str, counts: dict, results: dict) -
     from alignlab.models.loading import load_causal_lm
 
     absolute = results["absolute"]
-    peak = _run_worker("matmul", setup, device)["flops_per_second"]
+    peak = run_worker("matmul", setup, device)["flops_per_second"]
     parameters = flop_parameters(load_causal_lm(setup["model"]))
     mfu = {"matmul_flops_per_second": peak, "flop_parameters": parameters}
     for key in ("alignlab_dpo", "trl_dpo", "trl_dpo_precomputed"):

@@ -63,9 +63,9 @@ def prepare_tiny(workdir: Path, size: dict) -> dict:
     return _setup(workdir, rows, str(workdir / "model"), size, size["max_length"])
 
 
-def prepare_hh(workdir: Path, size: dict, data: str | None, data_format: str) -> dict:
+def prepare_hh(workdir: Path, size: dict, data: str | None, data_format: str, cycle: bool = False) -> dict:
     """The `hh` shape: the tokenizer is trained on every text of the file, the bench takes its first
-    `pairs` pairs that fit untruncated."""
+    `pairs` pairs that fit untruncated (with `cycle`, all that fit, repeated up to `pairs`)."""
     from alignlab.data.pairs import load_pairs
     from alignlab.errors import AlignlabError
     from alignlab.models.tiny import build_tiny_llama
@@ -80,7 +80,7 @@ def prepare_hh(workdir: Path, size: dict, data: str | None, data_format: str) ->
     model = build_tiny_llama(workdir / "model", texts, hidden_size=size["hidden_size"], layers=size["layers"],
                              heads=size["heads"], chat_template=True, vocab_size=HH_VOCAB,
                              max_positions=size["max_length"])
-    rows = untruncated_pairs(str(model), pairs, size["pairs"], size["max_length"], source)
+    rows = untruncated_pairs(str(model), pairs, size["pairs"], size["max_length"], source, cycle)
     return _setup(workdir, rows, str(model), size, size["max_length"])
 
 
@@ -96,8 +96,10 @@ def prepare_user_model(workdir: Path, size: dict, model: str, data: str | None, 
     return _setup(workdir, rows, directory, size, USER_MODEL_MAX_LENGTH)
 
 
-def untruncated_pairs(model: str, pairs: list, n: int, max_length: int, source: str) -> list[dict]:
-    """The first `n` of `pairs` that fit `max_length` (prompt at most half of it) untruncated."""
+def untruncated_pairs(model: str, pairs: list, n: int, max_length: int, source: str, cycle: bool = False
+                      ) -> list[dict]:
+    """The first `n` of `pairs` that fit `max_length` (prompt at most half of it) untruncated; with
+    `cycle`, fewer fitting pairs are repeated in order (ids suffixed #1, #2, ...) up to `n`."""
     from alignlab.data.tokenise import tokenize_pairs
     from alignlab.errors import AlignlabError
     from alignlab.models.loading import load_tokenizer
@@ -106,6 +108,9 @@ def untruncated_pairs(model: str, pairs: list, n: int, max_length: int, source: 
     fitting = [pair.to_json() for pair, ids in zip(pairs, whole)
                if len(ids.prompt_ids) <= max_length // 2
                and len(ids.prompt_ids) + max(len(ids.chosen_ids), len(ids.rejected_ids)) <= max_length]
+    if cycle and fitting:
+        fitting = [dict(pair, id=f"{pair['id']}#{i // len(fitting)}" if i >= len(fitting) else pair["id"])
+                   for i, pair in ((i, fitting[i % len(fitting)]) for i in range(n))]
     if len(fitting) < n:
         raise AlignlabError(f"{source}: only {len(fitting)} of {len(pairs)} pairs fit {max_length} tokens "
                             f"(prompt at most {max_length // 2}) untruncated; the bench needs {n} "

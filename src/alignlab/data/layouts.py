@@ -68,7 +68,8 @@ def _place_response(gather: dict, j: int, row: int, ids: list[int], first_positi
         return
     gather["response_tokens"][j, :len(ids)] = torch.tensor(ids, dtype=torch.long)
     gather["response_rows"][j] = row
-    gather["response_positions"][j, :len(ids)] = torch.tensor([first_position] + list(range(start, start + len(ids) - 1)))
+    positions = [first_position] + list(range(start, start + len(ids) - 1))
+    gather["response_positions"][j, :len(ids)] = torch.tensor(positions)
     gather["response_mask"][j, :len(ids)] = 1.0
 
 

@@ -63,7 +63,7 @@ def check_enough_batches(config: TrainConfig, accelerator, count: int) -> None:
     """With `batch_tokens`, the data must fill the micro-batches of one optimizer step."""
     needed = config.gradient_accumulation_steps * accelerator.num_processes
     if config.batch_tokens and count < needed:
-        raise AlignlabError(f"{config.data}: the pairs fill {count} micro-batches of batch_tokens {config.batch_tokens}, "
-                            f"fewer than one optimizer step takes: gradient_accumulation_steps "
+        raise AlignlabError(f"{config.data}: the pairs fill {count} micro-batches of batch_tokens "
+                            f"{config.batch_tokens}, fewer than one optimizer step takes: gradient_accumulation_steps "
                             f"{config.gradient_accumulation_steps} × {accelerator.num_processes} processes = {needed}; "
                             "add data, or lower batch_tokens or gradient_accumulation_steps")
