@@ -67,3 +67,16 @@ def check_enough_batches(config: TrainConfig, accelerator, count: int) -> None:
                             f"{config.batch_tokens}, fewer than one optimizer step takes: gradient_accumulation_steps "
                             f"{config.gradient_accumulation_steps} × {accelerator.num_processes} processes = {needed}; "
                             "add data, or lower batch_tokens or gradient_accumulation_steps")
+
+
+class IndexDataset(torch.utils.data.Dataset):
+    """Item i is i: a batch is the example indices it lists (GRPO's go past n: one per epoch and prompt)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return index

@@ -35,7 +35,7 @@ from alignlab.data.pairs import load_pairs
 from alignlab.errors import AlignlabError
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
 from alignlab.training import checkpoint
-from alignlab.training.batching import epoch_generator, in_batches, shuffled
+from alignlab.training.batching import IndexDataset, epoch_generator, in_batches, shuffled
 from alignlab.training.tracking import TRACKING, tracking
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
             # Its own generator: a DataLoader draws a seed from the global one each time it is iterated,
             # and a resumed run iterates where the uninterrupted one did not, which would shift every
             # later dropout mask.
-            loader = accelerator.prepare(DataLoader(range(n_examples), batch_sampler=epoch_batches(epoch),
+            loader = accelerator.prepare(DataLoader(IndexDataset(n_examples), batch_sampler=epoch_batches(epoch),
                                                     collate_fn=collate,
                                                     generator=epoch_generator(config, epoch)))
             if state.batches_in_epoch:
