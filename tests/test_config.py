@@ -75,11 +75,12 @@ def test_trl_names_set_our_fields_and_config_yaml_writes_ours(tmp_path):
     trl_yaml.write_text("model_name_or_path: m\ndataset_name: d\noutput_dir: o\nper_device_train_batch_size: 4\n"
                         "num_train_epochs: 3\nlr_scheduler_type: cosine\nbf16: true\nsave_steps: 50\n"
                         "model_revision: v1\ndataset_train_split: train_prefs\ngradient_checkpointing: true\n"
-                        "use_peft: true\nlora_r: 8\nreport_to: tensorboard\nbeta: 0.3\n")
+                        "use_peft: true\nlora_r: 8\nreport_to: tensorboard\nbeta: 0.3\npadding_free: false\n")
     config = build_config(TrainConfig, str(trl_yaml), parse_overrides(["--fp16", "false", "--dataset_dir", "harmless-base"]))
     expected = {"model": "m", "data": "d", "out": "o", "batch_size": 4, "epochs": 3, "lr_scheduler": "cosine",
                 "checkpoint_steps": 50, "revision": "v1", "data_split": "train_prefs", "gradient_checkpointing": True,
-                "use_peft": True, "lora_r": 8, "report_to": "tensorboard", "data_dir": "harmless-base"}
+                "use_peft": True, "lora_r": 8, "report_to": "tensorboard", "data_dir": "harmless-base",
+                "packing": False}
     assert {name: getattr(config, name) for name in expected} == expected
     assert config.mixed_precision == "no"  # the command line's --fp16 false overrides the file's bf16: true
     assert config.params == {"beta": 0.3}

@@ -20,8 +20,10 @@ def compute_sequence_logps(model, examples, pad_id: int, batch_size: int, device
     """Summed response log-probs of every chosen and rejected response, in example order.
 
     Batches are formed from examples sorted by the width they take in `layout` (default: padded;
-    see alignlab.data.layouts), so that little compute goes to padding; with no gradients to keep,
-    they hold 4× the training batch.
+    see alignlab.data.layouts), so that little compute goes to padding. They hold the training
+    batch's pair count, as TRL's precompute does: larger ones bought no speed (512 HH-RLHF pairs on
+    2 CPU cores, packed: 28.0 s in batches of 8 pairs, 42.6 s in batches of 32) and their longest
+    batch set the run's peak memory (1.1 GB against 2.3 GB).
     """
     from alignlab.data.layouts import PairLayout
     from alignlab.models.loading import batch_logps
@@ -31,9 +33,8 @@ def compute_sequence_logps(model, examples, pad_id: int, batch_size: int, device
     chosen = torch.empty(len(examples), dtype=torch.float32)
     rejected = torch.empty(len(examples), dtype=torch.float32)
     order = sorted(range(len(examples)), key=lambda i: layout.row_width(examples[i]))
-    pairs_per_batch = 4 * batch_size
-    for start in range(0, len(order), pairs_per_batch):
-        index = torch.tensor(order[start:start + pairs_per_batch])
+    for start in range(0, len(order), batch_size):
+        index = torch.tensor(order[start:start + batch_size])
         batch = layout.collate([examples[i] for i in index], pad_id)
         logps = batch_logps(model, {k: v.to(device) for k, v in batch.items()}).float().cpu()
         chosen[index] = logps[:len(index)]
