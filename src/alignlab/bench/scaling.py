@@ -3,7 +3,7 @@ N pairs of a shape for each N, so that the growth with the data is visible (line
 overhead grows with the dataset).
 
 Each count is one run per library in a fresh worker process (after one discarded alignlab run on the
-smallest count, which warms the file caches), timed end to end as in the `dpo_vs_trl` row, with the
+first 64 pairs, which warms the file caches), timed end to end as in the `dpo_vs_trl` row, with the
 equal-work check. On `hh`, counts larger than the pairs that fit max_length untruncated (2,059 of the
 HH-RLHF harmless-base test split at 512) repeat those pairs in order: each repeat is the same work as
 a new pair of the same lengths for both libraries (neither deduplicates pairs), and the results say
@@ -19,6 +19,8 @@ from pathlib import Path
 
 from alignlab.bench.runner import Measurement, run_worker, check_equal_work
 from alignlab.bench.setups import SHAPES, prepare_hh, prepare_tiny
+
+WARM_UP_PAIRS = 64  # enough to load every module and file once; a full-size warm-up doubled `--scaling 8192`
 
 
 def _first_pairs(setup: dict, n: int, workdir: Path) -> dict:
@@ -45,12 +47,13 @@ def run_scaling(counts: list[int], device: str, shape: str = "hh", data: str | N
         results["distinct_pairs"] = next((i for i, pair_id in enumerate(ids) if pair_id == f"{ids[0]}#1"), len(ids))
         progress(f"bench scaling: shape {shape}, DPO on the first {', '.join(map(str, counts))} pairs, "
                  f"batch {size['batch_size']}, device {device}, one run each after a warm-up")
-        run_worker("alignlab-dpo", _first_pairs(setup, min(counts), workdir), device)
+        run_worker("alignlab-dpo", _first_pairs(setup, min(WARM_UP_PAIRS, *counts), workdir), device)
         for n in sorted(counts):
             subset = _first_pairs(setup, n, workdir)
             row = {"pairs": n}
             ours = Measurement(**run_worker("alignlab-dpo", subset, device))
             row["alignlab"] = asdict(ours)
+            progress(f"  {n} pairs: alignlab {ours.seconds:.1f} s")
             if "trl" in libraries:
                 theirs = Measurement(**run_worker("trl-dpo", subset, device, precompute=False))
                 check_equal_work(ours, theirs, ("alignlab", "trl_dpo"))
