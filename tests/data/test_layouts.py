@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from alignlab.data.layouts import PairLayout, collate_shared_prompt, pack_rows
 from alignlab.data.pairs import PreferencePair
@@ -44,6 +44,24 @@ def gpt2_model(directory, tokenizer_source):
     return str(directory)
 
 
+def gemma2_model(directory, tokenizer_source):
+    """A tiny Gemma-2: its logits are soft-capped after the output layer (tanh(z / 30) * 30)."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+                          final_logit_softcapping=2.0, pad_token_id=tokenizer.pad_token_id)
+    model = Gemma2ForCausalLM(config)
+    with torch.no_grad():  # logits large enough that the soft cap bends them
+        model.get_output_embeddings().weight.mul_(50)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+ARCHITECTURES = {"gpt2": gpt2_model, "gemma2": gemma2_model}
+
+
 def test_packed_rows_hold_several_pairs_each_with_its_own_positions_and_mask(tiny_model):
     tokenizer = load_tokenizer(str(tiny_model))
     examples, _ = tokenize_pairs(tokenizer, PAIRS, 256, 128)
@@ -68,11 +86,13 @@ def test_packed_rows_hold_several_pairs_each_with_its_own_positions_and_mask(tin
             assert batch["lengths"][j].item() == len(ids)
 
 
-@pytest.mark.parametrize("architecture,attention", [("llama", "sdpa"), ("llama", "eager"), ("gpt2", "sdpa")])
+@pytest.mark.parametrize("architecture,attention", [("llama", "sdpa"), ("llama", "eager"), ("gpt2", "sdpa"),
+                                                    ("gemma2", "eager")])
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: f"{layout.name}-{layout.row_tokens}")
 def test_every_layout_gives_each_response_its_log_prob_forwarded_alone(tiny_model, tmp_path, architecture,
                                                                       attention, layout):
-    path = str(tiny_model) if architecture == "llama" else gpt2_model(tmp_path / "gpt2", str(tiny_model))
+    path = (str(tiny_model) if architecture == "llama"
+            else ARCHITECTURES[architecture](tmp_path / architecture, str(tiny_model)))
     tokenizer = load_tokenizer(path)
     model = load_causal_lm(path).eval()
     model.config._attn_implementation = attention
@@ -84,6 +104,35 @@ def test_every_layout_gives_each_response_its_log_prob_forwarded_alone(tiny_mode
     expected = expected_chosen + [alone_logps(model, e.prompt_ids, e.rejected_ids) for e in examples]
     assert got.tolist() == pytest.approx(expected, abs=1e-4)
     assert chosen_only[:len(examples)].tolist() == pytest.approx(expected_chosen, abs=1e-4)
+
+
+def test_the_output_layer_maps_only_the_positions_that_predict_response_tokens(tiny_model):
+    tokenizer = load_tokenizer(str(tiny_model))
+    model = load_causal_lm(str(tiny_model)).eval()
+    examples, _ = tokenize_pairs(tokenizer, PAIRS, 256, 128)
+    batch = PairLayout("packed", 4096).collate(examples, tokenizer.pad_token_id)
+    mapped = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda module, args, out: mapped.append(args[0].shape))
+    with torch.no_grad():
+        batch_logps(model, batch)
+        model(input_ids=batch["input_ids"][:, :3])
+    handle.remove()
+    response_tokens = sum(len(e.chosen_ids) + len(e.rejected_ids) for e in examples)
+    assert batch["input_ids"].numel() > response_tokens  # the prompts are not mapped
+    assert mapped == [(1, response_tokens, model.config.hidden_size),
+                      (1, 3, model.config.hidden_size)]  # the restriction ends with the pass
+
+
+def test_a_model_with_no_output_layer_to_restrict_is_gathered_from_its_full_logits(tiny_model, monkeypatch):
+    tokenizer = load_tokenizer(str(tiny_model))
+    model = load_causal_lm(str(tiny_model)).eval()
+    examples, _ = tokenize_pairs(tokenizer, PAIRS, 256, 128)
+    monkeypatch.setattr(model, "get_output_embeddings", lambda: None)
+    with torch.no_grad():
+        got = batch_logps(model, PairLayout("packed", 4096).collate(examples, tokenizer.pad_token_id))
+    expected = [alone_logps(model, e.prompt_ids, ids) for ids_of in ("chosen_ids", "rejected_ids")
+                for e in examples for ids in [getattr(e, ids_of)]]
+    assert got.tolist() == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.parametrize("attention,packing,expected", [("sdpa", True, PairLayout("packed", 64)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -254,21 +255,56 @@ def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, loss_mask: 
     return (per_token * loss_mask[:, 1:]).sum(-1)
 
 
+@contextmanager
+def output_layer_at(model, rows: Tensor, positions: Tensor):
+    """While active, the model's output layer maps only the hidden states at [rows, positions] (two
+    1-D index tensors), so its logits come back with shape (1, len(positions), vocab) — or, for a
+    model with no output layer to hook, whole (the caller gathers them; the yielded flag says which).
+
+    The prompts' and the padding's logits are never used, and the output layer is a large share of a
+    small model's FLOPs (an 8,192-token vocabulary at hidden 512: a quarter of a 23M Llama's), forward
+    and backward. What a model does after its output layer (soft-capping, a logit scale) is per logit,
+    so it applies to the gathered logits alike; choose_layout checks the result against the padded
+    layout's full logits before training uses it."""
+    head = model.get_output_embeddings()
+    if head is None:
+        yield False
+        return
+
+    def keep_positions(module, args):
+        hidden, *rest = args
+        return (hidden[rows, positions][None], *rest)
+
+    handle = head.register_forward_pre_hook(keep_positions)
+    try:
+        yield True
+    finally:
+        handle.remove()
+
+
 def gathered_logps(model, batch: dict) -> Tensor:
     """Σ_t log π(y_t | x, y_<t) of every response of a gathered layout's batch (alignlab.data.layouts):
     chosen 1..B, then rejected 1..B. A mask goes in as transformers' own masks do: boolean for sdpa,
     additive in the model's dtype for eager attention (which adds it to the scores); the
-    position-packed layout has none (the position ids mark where each sequence starts)."""
+    position-packed layout has none (the position ids mark where each sequence starts). Logits are
+    computed only where a response token is predicted (output_layer_at)."""
     core = getattr(model, "module", model)  # under DDP/DeepSpeed, the wrapped model holds the config
     mask = batch.get("attention_mask")
     if mask is not None and core.config._attn_implementation != "sdpa":
         mask = torch.zeros(mask.shape, dtype=core.dtype, device=mask.device).masked_fill_(~mask,
                                                                                         torch.finfo(core.dtype).min)
-    logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
-                   use_cache=False).logits
-    # Only the positions that predict a response token: the prompts' logits are never normalised.
-    picked = logits[batch["response_rows"][:, None], batch["response_positions"]].float()
-    return (token_logps(picked, batch["response_tokens"]) * batch["response_mask"]).sum(-1)
+    real = batch["response_mask"].bool()
+    response = torch.arange(len(real), device=real.device)[:, None].expand_as(real)[real]
+    rows, positions = batch["response_rows"][response], batch["response_positions"][real]
+    with output_layer_at(core, rows, positions) as gathered:
+        logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
+                       use_cache=False).logits
+    picked = logits[0] if gathered else logits[rows, positions]
+    if picked.shape[0] != len(positions) or (gathered and logits.shape[0] != 1):
+        raise RuntimeError(f"{type(core).__name__}'s output layer did not keep the gathered positions: "
+                           f"logits of shape {tuple(logits.shape)} for {len(positions)} response tokens")
+    per_token = token_logps(picked, batch["response_tokens"][real])
+    return torch.zeros(len(real), dtype=per_token.dtype, device=per_token.device).index_add(0, response, per_token)
 
 
 def batch_logps(model, batch: dict) -> Tensor:

@@ -174,7 +174,8 @@ def choose_layout(model, examples, pad_id: int, device, packing: bool, max_lengt
     layout, packed when `packing`; other attention (flash-attention) gets,
     when `packing`, the position-packed layout, whose sequence boundaries it reads from the position
     ids. The choice is checked on a few pairs in eval mode, against the padded layout: a model that
-    ignores the mask or the position ids falls back to the padded layout, with a warning."""
+    ignores the mask or the position ids, or whose output layer cannot be restricted to the response
+    positions (alignlab.models.loading.output_layer_at), falls back to the padded layout, with a warning."""
     candidate = candidate_layout(getattr(model.config, "_attn_implementation", None), packing, max_length)
     if candidate.name == "padded":
         return candidate
@@ -187,15 +188,17 @@ def choose_layout(model, examples, pad_id: int, device, packing: bool, max_lengt
                                              for layout in (PairLayout("padded"), candidate))
             difference = (batch_logps(model, padded_batch) - batch_logps(model, candidate_batch)).abs()
             per_token = (difference / padded_batch["lengths"]).max().item()
-    except (RuntimeError, ValueError, TypeError) as err:  # a model that rejects the mask's shape
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:  # a model that rejects the mask's shape
+        # or whose output layer takes something other than (rows, positions, hidden)
         log.warning("%s batches failed on this model (%s): padded pair batches", candidate.name, err)
         return PairLayout("padded")
     finally:
         model.train(was_training)
     full_precision = model.dtype == torch.float32
     if per_token > (LAYOUT_TOLERANCE if full_precision else LAYOUT_HALF_TOLERANCE):
-        log.warning("this model does not honour the %s layout's attention mask or position ids (log-probs differ "
-                    "by %.3g per token from the padded layout): padded pair batches", candidate.name, per_token)
+        log.warning("this model does not honour the %s layout's attention mask, position ids or output-layer "
+                    "gather (log-probs differ by %.3g per token from the padded layout): padded pair batches",
+                    candidate.name, per_token)
         return PairLayout("padded")
     return candidate
 
