@@ -34,32 +34,32 @@ def alone_logps(model, prompt_ids, response_ids) -> float:
     return sum(logprobs[len(prompt_ids) - 1 + t, token].item() for t, token in enumerate(response_ids))
 
 
-def gpt2_model(directory, tokenizer_source):
+def gpt2(tokenizer):
     """A tiny GPT-2: absolute position embeddings, a second architecture for the layouts."""
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2,
-                               n_head=2)).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return str(directory)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2))
 
 
-def gemma2_model(directory, tokenizer_source):
-    """A tiny Gemma-2: its logits are soft-capped after the output layer (tanh(z / 30) * 30)."""
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    torch.manual_seed(0)
-    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
-                          final_logit_softcapping=2.0, pad_token_id=tokenizer.pad_token_id)
-    model = Gemma2ForCausalLM(config)
+def gemma2(tokenizer):
+    """A tiny Gemma-2: its logits are soft-capped after the output layer (tanh(z / 2) · 2 here)."""
+    model = Gemma2ForCausalLM(Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                           num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                           head_dim=16, max_position_embeddings=256, final_logit_softcapping=2.0,
+                                           pad_token_id=tokenizer.pad_token_id))
     with torch.no_grad():  # logits large enough that the soft cap bends them
         model.get_output_embeddings().weight.mul_(50)
-    model.save_pretrained(directory)
+    return model
+
+
+ARCHITECTURES = {"gpt2": gpt2, "gemma2": gemma2}
+
+
+def saved_architecture(name, directory, tokenizer_source) -> str:
+    """A seeded tiny model of architecture `name` with the tokenizer of `tokenizer_source`, saved."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    torch.manual_seed(0)
+    ARCHITECTURES[name](tokenizer).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return str(directory)
-
-
-ARCHITECTURES = {"gpt2": gpt2_model, "gemma2": gemma2_model}
 
 
 def test_packed_rows_hold_several_pairs_each_with_its_own_positions_and_mask(tiny_model):
@@ -92,7 +92,7 @@ def test_packed_rows_hold_several_pairs_each_with_its_own_positions_and_mask(tin
 def test_every_layout_gives_each_response_its_log_prob_forwarded_alone(tiny_model, tmp_path, architecture,
                                                                       attention, layout):
     path = (str(tiny_model) if architecture == "llama"
-            else ARCHITECTURES[architecture](tmp_path / architecture, str(tiny_model)))
+            else saved_architecture(architecture, tmp_path / architecture, str(tiny_model)))
     tokenizer = load_tokenizer(path)
     model = load_causal_lm(path).eval()
     model.config._attn_implementation = attention
@@ -130,8 +130,8 @@ def test_a_model_with_no_output_layer_to_restrict_is_gathered_from_its_full_logi
     monkeypatch.setattr(model, "get_output_embeddings", lambda: None)
     with torch.no_grad():
         got = batch_logps(model, PairLayout("packed", 4096).collate(examples, tokenizer.pad_token_id))
-    expected = [alone_logps(model, e.prompt_ids, ids) for ids_of in ("chosen_ids", "rejected_ids")
-                for e in examples for ids in [getattr(e, ids_of)]]
+    expected = ([alone_logps(model, e.prompt_ids, e.chosen_ids) for e in examples]
+                + [alone_logps(model, e.prompt_ids, e.rejected_ids) for e in examples])
     assert got.tolist() == pytest.approx(expected, abs=1e-4)
 
 

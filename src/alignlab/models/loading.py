@@ -294,13 +294,13 @@ def gathered_logps(model, batch: dict) -> Tensor:
         mask = torch.zeros(mask.shape, dtype=core.dtype, device=mask.device).masked_fill_(~mask,
                                                                                         torch.finfo(core.dtype).min)
     real = batch["response_mask"].bool()
-    response = torch.arange(len(real), device=real.device)[:, None].expand_as(real)[real]
+    response, _ = real.nonzero(as_tuple=True)  # the response of each real token, in the order [real] takes
     rows, positions = batch["response_rows"][response], batch["response_positions"][real]
     with output_layer_at(core, rows, positions) as gathered:
         logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
                        use_cache=False).logits
     picked = logits[0] if gathered else logits[rows, positions]
-    if picked.shape[0] != len(positions) or (gathered and logits.shape[0] != 1):
+    if gathered and logits.shape[:2] != (1, len(positions)):
         raise RuntimeError(f"{type(core).__name__}'s output layer did not keep the gathered positions: "
                            f"logits of shape {tuple(logits.shape)} for {len(positions)} response tokens")
     per_token = token_logps(picked, batch["response_tokens"][real])
