@@ -17,7 +17,7 @@ PACKAGE = SRC / "alignlab"
 
 # Lower tiers never import higher ones; the same tier may import itself when no cycle results.
 TIERS = [
-    ["errors", "atomic", "cache", "output_dirs", "untrusted", "checks", "evidence", "yaml_input"],
+    ["errors", "safe_delete", "atomic", "cache", "output_dirs", "untrusted", "checks", "evidence", "yaml_input"],
     ["config", "data", "objectives"],
     ["models"],
     ["training", "evaluation"],

@@ -198,6 +198,7 @@ def test_data_passes_the_hub_dataset_options(monkeypatch, capsys):
     import datasets
 
     calls = []
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # the stand-in below is the hub: no probe
     monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: calls.append((args, kwargs)) or [
         {"chosen": "\n\nHuman: Q\n\nAssistant: A", "rejected": "\n\nHuman: Q\n\nAssistant: B"}])
     assert main(["data", "Anthropic/hh-rlhf", "--data_dir", "harmless-base", "--dataset_config", "default",

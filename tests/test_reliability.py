@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -98,11 +99,83 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tiny_model, pair
 
     monkeypatch.setattr(safetensors.torch, "save_model", full_on_the_second_checkpoint)
     out = tmp_path / "run"
-    with pytest.raises(AlignlabError, match="cannot write the checkpoint .*No space left.*--resume"):
+    with pytest.raises(AlignlabError, match=r"disk refused a write \(No space left.*checkpoint \(step 2\).*--resume"):
         train(config_for(tiny_model, pairs_file, out, batch_size=2, checkpoint_steps=2))
     run_dir = partial_dir(out)
     assert leftovers(run_dir / "checkpoint") and not (run_dir / "checkpoint.tmp").exists()
     assert json.loads((run_dir / "checkpoint" / "loop_state.json").read_text())["step"] == 2
+
+
+# ---------------------------------------------------------------- a real disk that fills during training
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs: a real filesystem that answers ENOSPC, the way a full disk does."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {made.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_at_micro_batch(disk: Path, micro_batch: int, monkeypatch, leave: int = 32 << 10) -> Path:
+    """At training's `micro_batch`-th micro-batch, another writer fills `disk` up to `leave` bytes."""
+    from alignlab.training import offline
+
+    filler, calls, real_pair_batch = disk / "another-program.bin", {"n": 0}, offline.pair_batch
+
+    def filling(*args):
+        calls["n"] += 1
+        if calls["n"] == micro_batch:
+            filler.write_bytes(b"\0" * max(0, os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - leave))
+        return real_pair_batch(*args)
+
+    monkeypatch.setattr(offline, "pair_batch", filling)
+    return filler
+
+
+def error_lines(capsys) -> list[str]:
+    """The error lines of stderr (the progress bar writes there too); a traceback fails the test."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("alignlab: error:")]
+
+
+def train_argv(model, data, out, *extra) -> list[str]:
+    return ["train", "--method", "dpo", "--model", str(model), "--data", str(data), "--out", str(out),
+            "--max_length", "64", "--max_prompt_length", "32", "--batch_size", "4", *extra]
+
+
+def test_a_disk_that_fills_before_any_checkpoint_leaves_nothing_behind(tiny_model, pairs_file, small_disk,
+                                                                      monkeypatch, capsys):
+    """Issue 28: safetensors reported the full disk as a SafetensorError traceback, and the partial
+    run stayed on the full disk with nothing in it that --resume could use."""
+    filler = fill_at_micro_batch(small_disk, 1, monkeypatch)
+    code = main(train_argv(tiny_model, pairs_file, small_disk / "run"))
+    err = error_lines(capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "No space left on device" in err[0] and "nothing was kept" in err[0] and "free disk space" in err[0]
+    assert sorted(os.listdir(small_disk)) == [filler.name]
+
+
+def test_a_disk_that_fills_after_a_checkpoint_keeps_it_and_resume_finishes(tiny_model, pairs_file, small_disk,
+                                                                         monkeypatch, capsys):
+    from alignlab.training.loop import partial_dir
+
+    out = small_disk / "run"
+    filler = fill_at_micro_batch(small_disk, 3, monkeypatch)
+    assert main(train_argv(tiny_model, pairs_file, out, "--checkpoint_steps", "2")) == 2
+    err = error_lines(capsys)
+    assert len(err) == 1 and "checkpoint (step 2) is kept" in err[0] and "--resume" in err[0], err
+    kept = sorted(os.listdir(partial_dir(out)))
+    assert "checkpoint" in kept and "model" not in kept and "checkpoint.tmp" not in kept
+    filler.unlink()  # the user frees space, then resumes
+    monkeypatch.undo()
+    assert main(train_argv(tiny_model, pairs_file, out, "--checkpoint_steps", "2", "--resume")) == 0
+    assert (out / "model" / "model.safetensors").exists() and not partial_dir(out).exists()
 
 
 # ---------------------------------------------------------------- unwritable output, found before work

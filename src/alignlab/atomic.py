@@ -11,18 +11,43 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
 from alignlab.errors import AlignlabError
+from alignlab.safe_delete import remove
 
 # OSErrors that say the disk or the directory cannot take the write, whatever the caller was doing.
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
-def write_error(path: str | os.PathLike, err: OSError) -> AlignlabError:
+class WriteError(AlignlabError):
+    """A write refused by the disk or the location; `errno` says why, `path` what was being written."""
+
+    def __init__(self, message: str, path: str | os.PathLike, errno_code: int | None, reason: str):
+        super().__init__(message)
+        self.path, self.errno, self.reason = path, errno_code, reason
+
+
+def disk_error(err: BaseException) -> OSError | None:
+    """`err` as the OSError it stands for when it says the disk cannot take a write, else None.
+    Libraries wrap the OS error in their own: safetensors' writer reports ENOSPC as
+    `SafetensorError: Error while serializing: I/O error: No space left on device (os error 28)`."""
+    if isinstance(err, WriteError):
+        return OSError(err.errno, err.reason) if err.errno in DISK_ERRNOS else None
+    if isinstance(err, OSError):
+        return err if err.errno in DISK_ERRNOS else None
+    wrapped = re.search(r"\(os error (\d+)\)", str(err))
+    if wrapped and int(wrapped.group(1)) in DISK_ERRNOS:
+        code = int(wrapped.group(1))
+        return OSError(code, os.strerror(code))
+    return None
+
+
+def write_error(path: str | os.PathLike, err: OSError) -> WriteError:
     """One clear message for a failed write of `path`."""
     reason = err.strerror or str(err) or type(err).__name__
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -33,7 +58,7 @@ def write_error(path: str | os.PathLike, err: OSError) -> AlignlabError:
         fix = "a file stands where a directory is needed; choose another output location"
     else:
         fix = "check the output location and run again"
-    return AlignlabError(f"{path}: cannot write ({reason}); nothing was written there; {fix}")
+    return WriteError(f"{path}: cannot write ({reason}); nothing was written there; {fix}", path, err.errno, reason)
 
 
 def _read_umask() -> int:
@@ -100,24 +125,29 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp directory beside `path`; on clean exit it replaces `path` whole."""
+def atomic_dir(path: str | os.PathLike, *, tag: str = "") -> Iterator[Path]:
+    """Yield a temp directory beside `path`; on clean exit it replaces `path` whole. A `tag` goes into
+    the temp directory's name (`.NAME.TAG.xxxxxxxx.tmp`): whoever finds it left behind by a killed
+    process can tell whose it was."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        prefix = f".{path.name}.{tag}." if tag else f".{path.name}."
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
     except OSError as err:
         raise write_error(path, err) from None
     try:
         yield tmp
         apply_umask(tmp)
-        if path.exists():
-            shutil.rmtree(path)
+        if path.exists() or path.is_symlink():
+            remove(path, path.parent)
         os.replace(tmp, path)
     except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
-            raise write_error(err.filename or path, err) from None
+        with contextlib.suppress(OSError):
+            remove(tmp, tmp.parent)
+        disk = disk_error(err)
+        if disk is not None and not isinstance(err, WriteError):
+            raise write_error(getattr(err, "filename", None) or path, disk) from None
         raise
 
 
@@ -180,7 +210,8 @@ def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
         for entry in sorted(tmp.iterdir()):
             target = path / entry.name
             if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
+                remove(target, path)
             os.replace(entry, target)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove(tmp, tmp.parent)

@@ -27,12 +27,31 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from alignlab.atomic import atomic_open, write_json
+from alignlab.errors import AlignlabError
 
 log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("ALIGNLAB_CACHE", Path.home() / ".cache" / "alignlab"))
+
+
+def check_cache_dir(cache_dir: str | None) -> None:
+    """Refuse, before any work, a cache directory (the `cache_dir` setting, else the default) that a
+    file stands in the way of: the first write into it would fail half-way through a run."""
+    path = Path(cache_dir) if cache_dir else default_cache_dir()
+    if cache_dir:
+        named = f"config: cache_dir {path}"
+    elif "ALIGNLAB_CACHE" in os.environ:
+        named = f"ALIGNLAB_CACHE {path}"
+    else:
+        named = f"the default cache directory {path}"
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                problem = "is a file, not a directory" if folder == path else f"cannot be made: {folder} is a file"
+                raise AlignlabError(f"{named} {problem}; set --cache_dir (or ALIGNLAB_CACHE) to a directory")
+            return
 
 
 def sha256_file(path: Path) -> str:
@@ -43,16 +62,26 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
 class _Fingerprints:
-    """sha256 of files, memoised in `cache_dir/fingerprints.json` by path, size and mtime."""
+    """sha256 of files, memoised in `cache_dir/fingerprints.json` by path, size and mtime. An index
+    that is not that mapping (damaged, or edited by hand) is rebuilt, keeping its well-formed entries."""
 
     def __init__(self, cache_dir: Path):
         self.path = cache_dir / "fingerprints.json"
         try:
-            self.memo = json.loads(self.path.read_text())
-        except (FileNotFoundError, ValueError):
-            self.memo = {}
-        self.changed = False
+            index = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            index = {}
+        except ValueError:  # not JSON, or not UTF-8
+            index = None
+        entries = index.items() if isinstance(index, dict) else ()
+        self.memo = {key: digest for key, digest in entries if isinstance(digest, str) and SHA256_HEX.fullmatch(digest)}
+        self.changed = index != self.memo  # so that save() writes the index whole again
+        if self.changed:
+            log.warning("%s is not a mapping of files to their sha256 (damaged?); rebuilding it", self.path)
 
     def sha256(self, path: Path) -> str:
         stat = path.stat()
@@ -125,6 +154,7 @@ def model_fingerprint(name_or_path: str, cache_dir: Path, revision: str | None =
     fingerprints.save()
     base = adapter_base(directory)
     if base is not None:  # an adapter's numbers depend on its base model's weights as much as its own
+        check_adapter_chain(directory)
         parts.append(f"base:{model_fingerprint(base, cache_dir)}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
@@ -136,6 +166,21 @@ def adapter_base(directory: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return base if isinstance(base, str) and base else None
+
+
+def check_adapter_chain(directory: Path) -> None:
+    """Refuse an adapter whose bases (each adapter may stand on another) lead back to an adapter
+    already on the way, e.g. one that names itself: loading or fingerprinting it would never end."""
+    chain = [Path(directory).resolve()]
+    while (base := adapter_base(chain[-1])) is not None:
+        # Relative to the working directory, as loading the base reads it.
+        base_path = Path(base).resolve()
+        if base_path in chain:
+            cycle = chain[chain.index(base_path):] + [base_path]
+            raise AlignlabError(f"{chain[-1] / 'adapter_config.json'}: the adapters' base models form a cycle "
+                                f"({' -> '.join(map(str, cycle))}); set base_model_name_or_path to the model the "
+                                "adapter was trained on")
+        chain.append(base_path)
 
 
 def cache_key(*parts: str) -> str:

@@ -348,12 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("alignlab: interrupted", file=sys.stderr)
         return 130
-    except OSError as err:  # disk full or read-only mid-way: one line, not a traceback
-        from alignlab.atomic import DISK_ERRNOS, write_error
+    except Exception as err:  # disk full or read-only mid-way, also inside a library's error: one line
+        from alignlab.atomic import disk_error, write_error
 
-        if args.debug or err.errno not in DISK_ERRNOS:
+        full = disk_error(err)
+        if args.debug or full is None:
             raise
-        print(f"alignlab: error: {write_error(err.filename or 'output', err)}", file=sys.stderr)
+        print(f"alignlab: error: {write_error(getattr(err, 'filename', None) or 'output', full)}", file=sys.stderr)
         return 2
 
 

@@ -111,3 +111,5 @@ def add_eval_arguments(parser) -> None:
                                                f"default: {EvalConfig.judge_retries}")
     judge.add_argument("--judge_timeout", help=f"seconds to wait for each reply (default: {EvalConfig.judge_timeout})")
     judge.add_argument("--judge_workers", help=f"requests in flight at once (default: {EvalConfig.judge_workers})")
+    on_off(judge, "judge_follow_redirects", "follow a redirect to another host, port or scheme, without the API key "
+                                            "(default: such a redirect fails the request)")

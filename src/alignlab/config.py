@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from alignlab.cache import check_cache_dir
 from alignlab.checks import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, STEPS_OR_NEVER, Range, check_numbers
 from alignlab.errors import AlignlabError, unknown_name_message
 from alignlab.objectives.registry import get_method
@@ -117,8 +118,8 @@ class OptimConfig:
     lora_r: int = setting(16, "LoRA rank")
     lora_alpha: int = setting(32, "LoRA scaling numerator (scale lora_alpha / lora_r)")
     lora_dropout: float = setting(0.05, "dropout on the LoRA input")
-    lora_target_modules: list[str] | None = setting(None, "module names LoRA adapts, comma-separated (default: "
-                                                          "every linear layer but the output head)")
+    lora_target_modules: list[str] | None = setting(None, "module names LoRA adapts, comma-separated (default "
+                                                          "all-linear: every linear layer but the output head)")
     save_merged: bool = setting(False, "with use_peft: also save the adapter merged into the weights (model-merged/)")
     report_to: str = setting("none", "experiment tracker: none | tensorboard (logs in out/tracking/) | wandb | "
                                      "mlflow (their own servers, as WANDB_* / MLFLOW_TRACKING_URI say)")
@@ -159,6 +160,7 @@ class OptimConfig:
             raise AlignlabError(f"config: mixed_precision {self.mixed_precision} keeps float32 master weights and "
                                 f"computes in {self.mixed_precision}; it cannot start from dtype {self.dtype} "
                                 "weights: set dtype float32, or mixed_precision no")
+        check_cache_dir(self.cache_dir)
         if self.save_merged and not self.use_peft:
             raise AlignlabError("config: save_merged saves a LoRA adapter merged into the weights; without "
                                 "use_peft model/ already holds the full weights: drop save_merged or set use_peft")

@@ -6,6 +6,8 @@
 - **Places never written.** The current directory and every directory above it (`.`, `..`, `/`),
   the home directory, and any directory that is, or holds, an input of the command (its model,
   data, config file, ...) are refused as outputs.
+- **Files that outlive their writer** (a report's figures) are listed in a hidden manifest in their
+  directory (`WrittenFiles`); a later run deletes only the stale files listed there.
 - **One writer.** A command holds an OS lock (`flock`) on `.NAME.lock` beside its output `NAME`
   from its checks to its last write; a second command given the same output is refused. The OS
   releases the lock when its holder dies, even by SIGKILL; the holder removes the file when it ends.
@@ -19,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from alignlab import atomic
+from alignlab import atomic, safe_delete
 from alignlab.errors import AlignlabError
 
 MARKER = ".alignlab"
@@ -183,3 +185,38 @@ def claim_output_dir(out: str | os.PathLike, *, overwrite: bool, inputs: Iterabl
     with output_lock(out, option):
         check_replaceable(out, overwrite, option, writes)  # under the lock: no other writer changes it now
         yield out
+
+
+class WrittenFiles:
+    """The files alignlab wrote into `directory`, listed in the hidden file `MANIFEST` there, so a
+    later run can delete those it no longer writes without touching anything else in the folder."""
+
+    MANIFEST = ".alignlab-written.json"
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+
+    def listed(self) -> set[str]:
+        """The names the manifest lists; a missing or damaged manifest lists nothing."""
+        manifest = self.directory / self.MANIFEST
+        if manifest.is_symlink() or not manifest.is_file():
+            return set()
+        try:
+            names = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return set()
+        if not isinstance(names, list):
+            return set()
+        # Only plain names: a manifest is itself a file a person could edit.
+        return {n for n in names if isinstance(n, str) and n not in ("", ".", "..") and "/" not in n
+                and os.sep not in n and n != self.MANIFEST}
+
+    def replace_with(self, names: Iterable[str], root: str | os.PathLike) -> None:
+        """Record `names` as what the directory now holds of alignlab's, deleting the files the
+        previous manifest listed that are not among them (regular files and links only)."""
+        names = sorted(set(names))
+        for stale in sorted(self.listed() - set(names)):
+            path = self.directory / stale
+            if path.is_symlink() or path.is_file():
+                safe_delete.remove(path, root)
+        atomic.write_json(self.directory / self.MANIFEST, names)

@@ -1,5 +1,6 @@
 """Reading untrusted text with bounds: JSON that cannot hang, exhaust the stack or hide a second
-value under a repeated key, and a short, one-line form of any input an error message quotes.
+value under a repeated key, a short, one-line form of any input an error message quotes, and text
+that is safe to show in a report (`displayable`, `inert_links`).
 
 `parse_json` accepts what `json.loads` accepts, less what no preference record or config needs and
 what later code would choke on: a key given twice in one object, nesting deeper than `MAX_DEPTH`,
@@ -41,6 +42,30 @@ def is_unicode(text: str) -> bool:
 def shown(value, limit: int = SHOWN_CHARS) -> str:
     """`repr(value)` cut to `limit` characters with '…': how an error message quotes user input."""
     return clip(repr(value), limit)
+
+
+# Characters that act on the viewer instead of being shown: C0 and C1 controls (ESC opens terminal
+# escape sequences, NUL ends strings for C readers, BEL rings) and the bidirectional overrides that
+# reorder what a reader sees (Trojan Source). Newline, tab and carriage return stay: model responses
+# hold them, and each renderer lays them out itself.
+_ACTIVE_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def displayable(text: str) -> str:
+    """`text` with every character of `_ACTIVE_CHARACTERS` written as its escape (`\\x1b`, `\\u202e`):
+    what a report shows of names, values and responses it did not write itself."""
+    return _ACTIVE_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                                  else f"\\u{ord(m.group()):04x}", text)
+
+
+# The `](` that opens a Markdown link's target, unless the target is an http(s) URL.
+_NON_WEB_LINK_TARGET = re.compile(r"\]\(\s*(?!https?://)", re.IGNORECASE)
+
+
+def inert_links(markdown: str) -> str:
+    """Markdown text in which only http(s) links stay links: `[x](javascript:...)`, `data:` or any
+    other target has its bracket escaped, so a viewer shows it as text and follows nothing."""
+    return _NON_WEB_LINK_TARGET.sub(lambda m: "\\" + m.group(), markdown)
 
 
 class JSONProblem(ValueError):

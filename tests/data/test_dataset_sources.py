@@ -4,7 +4,11 @@ against hand-written answers and against TRL's own `extract_prompt` as the oracl
 
 from __future__ import annotations
 
+import json
+import logging
+import socket
 import sys
+import time
 import types
 
 import datasets
@@ -85,14 +89,16 @@ def test_saved_dataset_files_of_any_bytes_load_or_are_clean_errors(tmp_path_fact
 # ---------------------------------------------------------------- hub datasets
 
 def fake_datasets(monkeypatch, load_dataset, split_names=None):
-    """Stand in for the `datasets` package: this machine has no network."""
+    """Stand in for the `datasets` package, in offline mode: this machine has no network, and the
+    stand-in answers without one."""
     def get_dataset_split_names(path, config_name=None, **options):
         if split_names is None:
             raise ConnectionError("offline")
         return split_names
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(
-        load_dataset=load_dataset, get_dataset_split_names=get_dataset_split_names))
+        load_dataset=load_dataset, get_dataset_split_names=get_dataset_split_names,
+        config=types.SimpleNamespace(HF_HUB_OFFLINE=True)))
 
 
 def test_load_dataset_gets_the_configuration_data_dir_revision_and_split(monkeypatch):
@@ -120,6 +126,84 @@ def test_an_unreachable_hub_keeps_the_load_error(monkeypatch):
 
     fake_datasets(monkeypatch, unreachable)
     assert "Couldn't reach the Hub" in load_error("org/prefs", split="validation")
+
+
+@pytest.mark.parametrize("name", ["données", "org/préférences", "org/a..b", "org/a--b", "-prefs", "org/prefs-"])
+def test_a_name_the_hub_cannot_hold_is_a_missing_file(monkeypatch, name):
+    def asked_the_hub(path, **options):
+        raise AssertionError(f"{path} went to the hub")
+
+    fake_datasets(monkeypatch, asked_the_hub)
+    assert load_error(name).startswith(f"{name}: no such file. Check the path")
+
+
+# Issue 28: without the hub, a hub dataset fails in seconds, not after datasets' retries (~25 s per
+# request). The hub here is a closed loopback port: refused at once, and nothing leaves the machine.
+
+def closed_port_url() -> str:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch, tmp_path):
+    """datasets online, its hub unreachable, its cache an empty directory; returns the hub's URL."""
+    import huggingface_hub.constants
+
+    endpoint = closed_port_url()
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)  # whatever asks the hub, asks it here
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    return endpoint
+
+
+def cache_hub_dataset(cache, rows) -> None:
+    """Leave `rows` in the datasets cache as the test split of hub dataset org/prefs, laid out as
+    load_dataset leaves a hub dataset: <cache>/org___prefs/<config>/<version>/<commit>/."""
+    from datasets.packaged_modules.json.json import Json
+
+    source = cache.parent / "prefs.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    Json(cache_dir=str(cache), dataset_name="prefs", hash="0123abcd", data_files={"test": str(source)}
+         ).download_and_prepare()
+    [built] = (cache / "prefs").glob("default-*")
+    (cache / "org___prefs").mkdir()
+    built.rename(cache / "org___prefs" / "default")
+
+
+def test_an_unreachable_hub_fails_in_seconds_and_says_so(unreachable_hub):
+    started = time.perf_counter()
+    message = load_error("org/prefs", split="test")
+    assert time.perf_counter() - started < 10
+    assert message.startswith(f"org/prefs: not a local file or directory, and the Hugging Face Hub "
+                              f"({unreachable_hub}) cannot be reached")
+    assert "Pass a local file or directory, or run where the hub is reachable" in message
+
+
+def test_a_cached_hub_dataset_still_loads_when_the_hub_is_unreachable(unreachable_hub, monkeypatch, caplog):
+    cache_hub_dataset(datasets.config.HF_DATASETS_CACHE, ROWS["test"])
+    # datasets itself reads its cached copy once its retries give up (~25 s): stood in for here.
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, **options: ROWS[options["split"]])
+    with caplog.at_level(logging.WARNING):
+        assert [p.prompt for p in load_pairs("org/prefs", split="test").pairs] == [[user("Q2")], [user("Q3")]]
+    assert "cannot be reached" in caplog.text and "HF_DATASETS_OFFLINE=1" in caplog.text
+
+
+def test_offline_a_cached_hub_dataset_loads_without_asking_the_hub(unreachable_hub, monkeypatch):
+    from alignlab.data import readers
+
+    def probed(endpoint):
+        raise AssertionError("offline, the hub was probed")
+
+    monkeypatch.setattr(readers, "_hub_problem", probed, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as HF_DATASETS_OFFLINE=1 sets it
+    cache_hub_dataset(datasets.config.HF_DATASETS_CACHE, ROWS["test"])
+    started = time.perf_counter()
+    assert [p.prompt for p in load_pairs("org/prefs", split="test").pairs] == [[user("Q2")], [user("Q3")]]
+    assert time.perf_counter() - started < 10
 
 
 # ---------------------------------------------------------------- column mapping and rewards

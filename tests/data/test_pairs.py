@@ -409,8 +409,9 @@ def test_missing_and_unsupported_files(tmp_path):
 
 
 def fake_datasets(monkeypatch, load_dataset):
-    """Stand in for the `datasets` package: this machine has no network."""
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    """Stand in for the `datasets` package: this machine has no network (offline: the hub is not probed)."""
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(
+        load_dataset=load_dataset, config=types.SimpleNamespace(HF_HUB_OFFLINE=True)))
 
 
 def test_hub_failure_is_a_clean_error(monkeypatch):
@@ -430,3 +431,33 @@ def test_hub_rows_go_through_the_adapter(monkeypatch):
     fake_datasets(monkeypatch, lambda path, **options: [GOOD, GOOD | {"chosen": "C"}])
     assert [p.id for p in load_pairs("org/prefs", split="test").pairs] == ["prefs-test-0", "prefs-test-1"]
     assert loaded == [("org/prefs", "test")]
+
+
+# ---------------------------------------------------------------- rewards VAR can train on (issue 28)
+
+@pytest.mark.parametrize("field, value", [("reward_chosen", 1e39), ("reward_rejected", -1e39),
+                                          ("score_chosen", 10 ** 40)])
+def test_a_reward_beyond_float32_names_file_line_and_field(tmp_path, field, value):
+    """Rewards train as float32: 1e39 is finite to Python but infinite there, and VAR's weights NaN."""
+    source = write_jsonl(tmp_path / "rewards.jsonl", [GOOD, {**GOOD, "reward_rejected": 0.5, field: value}])
+    raises_input_error(source, "rewards.jsonl:2:", f"field '{field}'", "float32", "Rescale")
+
+
+def test_a_csv_reward_beyond_float32_names_its_line(tmp_path):
+    source = tmp_path / "rewards.csv"
+    source.write_text("prompt,chosen,rejected,reward_chosen,reward_rejected\nQ,A,B,1,0\nQ,A,B,1e39,0\n")
+    raises_input_error(source, "rewards.csv:3:", "field 'reward_chosen'", "float32")
+
+
+def test_var_on_a_reward_beyond_float32_stops_in_one_line_naming_it(tiny_model, tmp_path, capsys):
+    from alignlab.cli import main
+    from conftest import make_pairs
+
+    pairs = make_pairs(8)
+    pairs[5]["reward_chosen"] = 1e39
+    source = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    code = main(["train", "--method", "var", "--model", str(tiny_model), "--data", str(source), "--out",
+                 str(tmp_path / "run"), "--max_length", "64", "--max_prompt_length", "32", "--batch_size", "4"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"alignlab: error: {source}:6: field 'reward_chosen': ") and "float32" in lines[0]

@@ -349,6 +349,7 @@ def test_eval_judge_flags_are_checked_before_any_work(tiny_model, pairs_file, tm
     for extra, message in [(["--judge_url", "http://127.0.0.1:1/v1"], "needs --judge_model"),
                            (["--judge_model", "m"], "need --judge_url"),
                            (["--judge_url", "127.0.0.1:8000", "--judge_model", "m"], "not an http"),
+                           (["--judge_url", "http://127.0.0.1:99999/v1", "--judge_model", "m"], "Port out of range"),
                            (["--judge_url", "http://x/v1", "--judge_model", "m", "--judge_baseline", "sft"],
                             "needs --sft"),
                            (["--judge_url", "http://x/v1", "--judge_model", "m", "--judge_retries", "-1"],

@@ -92,3 +92,33 @@ def test_adapter_whose_base_moved_is_refused(adapter_run, tmp_path):
     adapter = adapter_copy(adapter_run, tmp_path / "adapter", base_model_name_or_path=str(tmp_path / "gone"))
     with pytest.raises(AlignlabError, match="base model .*gone is not there"):
         load_causal_lm(str(adapter))
+
+
+def adapter_cycle(adapter_run, tmp_path, names: list[str]) -> list:
+    """Copies of the adapter, each naming the next as its base and the last the first: the cycle's paths."""
+    paths = [tmp_path / name for name in names]
+    for path, base in zip(paths, paths[1:] + paths[:1]):
+        adapter_copy(adapter_run, path, base_model_name_or_path=str(base))
+    return paths
+
+
+FOLLOW_BASES = {"load": lambda adapter, cache_dir: load_causal_lm(adapter), "fingerprint": model_fingerprint}
+
+
+@pytest.mark.parametrize("follow", list(FOLLOW_BASES))
+@pytest.mark.parametrize("names", [["own"], ["a", "b"]], ids=["self", "a-b-a"])
+def test_adapters_whose_bases_form_a_cycle_are_one_error_not_a_recursion(adapter_run, tmp_path, follow, names):
+    cycle = adapter_cycle(adapter_run, tmp_path, names)
+    with pytest.raises(AlignlabError) as caught:
+        FOLLOW_BASES[follow](str(cycle[0]), tmp_path / "cache")
+    message = str(caught.value)
+    assert "\n" not in message and f"{cycle[-1].resolve() / 'adapter_config.json'}:" in message
+    assert " -> ".join(str(path.resolve()) for path in cycle + cycle[:1]) in message
+
+
+def test_cli_refuses_an_adapter_cycle_in_one_line(adapter_run, pairs_file, tmp_path, capsys):
+    start, _ = adapter_cycle(adapter_run, tmp_path, ["a", "b"])
+    code = main(["train", "--method", "dpo", "--model", str(start), "--data", str(pairs_file), "--out",
+                 str(tmp_path / "run"), "--max_length", "64", "--max_prompt_length", "32", "--batch_size", "4"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("alignlab: error: ") and "cycle" in lines[0], lines

@@ -873,3 +873,15 @@ def test_grpo_loss_hand_value_mask_and_gradient():
                        mask=t([[1.0, 1.0], [1.0, 0.0]]))
     m = get_method("grpo")
     close64(m.batch_loss(batch, **m.resolve({"beta": 0.1})), torch.tensor((-0.4846573590279973 + 2.0) / 2, dtype=F64))
+
+
+def test_var_weights_of_rewards_that_float32_holds_are_finite():
+    """r/λ of a reward float32 holds can overflow float32 (3e38 / 0.5); the weights are still a softmax."""
+    weights = var_weights(torch.tensor([-5.0, -6.0]), torch.tensor([3e38, 1e38]), lam=0.5)
+    assert torch.equal(weights, torch.tensor([1.0, 0.0]))
+
+
+def test_var_weights_that_overflow_float32_name_lam_and_the_rewards():
+    """A sampled Ẑ far below a response's exp(r/λ) gives a weight no float32 holds: one error, not NaN steps."""
+    with pytest.raises(AlignlabError, match=r"var: .*overflow float32.*lam 0\.01.*rewards 0 to 1"):
+        var_weights(torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 0.0]), lam=0.01, log_z=torch.zeros(2))

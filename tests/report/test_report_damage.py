@@ -8,10 +8,12 @@ report never writes runs.sqlite.
 """
 
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -157,6 +159,73 @@ def test_text_from_configs_and_data_is_escaped_in_markdown_and_html(study):
     assert "| a\\|b\\\\\\|c |" in markdown  # its row in the table of all runs: one cell, not three
     assert "a|b" not in markdown
     assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<td>a|b\\|c</td>" in page
+
+
+@pytest.mark.filterwarnings("error::UserWarning")  # matplotlib warns of a glyph missing for a raw control character
+def test_control_characters_and_non_web_links_from_names_reach_no_report(study):
+    """Issue 28: run and method names copied into the report with raw ESC, NUL and BEL, and Markdown
+    links to javascript: that a viewer would follow."""
+    hostile = "\x1b[2J\x1b]0;pwned\x07run\x00[click](javascript:alert(1))\u202egnp.exe"
+    with sqlite3.connect(study / "runs.sqlite") as db:
+        db.execute("UPDATE runs SET name=?, method=?, params=? WHERE name='dpo-a'",
+                   (hostile, "m\x1b[31m![x](data:text/html,hi)", json.dumps({"beta": "[y]( JavaScript:z)", "seed": 0})))
+        db.execute("UPDATE runs SET name=? WHERE name='dpo-b'", ("[fine](https://example.org/ok)",))
+    db.close()
+    report_leaves_store_alone(study)
+    for page in ((study / "report.md").read_text(), (study / "report.html").read_text()):
+        for raw in ("\x1b", "\x00", "\x07", "\u202e"):
+            assert raw not in page, repr(raw)
+        assert "\\x1b[2J" in page and "\\u202e" in page  # shown as escapes, not dropped
+    markdown = (study / "report.md").read_text()
+    assert not re.search(r"(?<!\\)\]\(\s*(?!https?://|#|figures/)", markdown)  # every other link target is inert
+    assert "[fine](https://example.org/ok)" in markdown
+
+
+ACTIVE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.lists(st.text(st.characters(codec="utf-8"), max_size=4) | st.sampled_from(
+    ["](", "javascript:", "data:", "http://", "https://", "\\", "\x1b", "\x00", "\u202e", "[", "]", "(", " "]),
+    max_size=12).map("".join))
+def test_any_name_renders_without_control_characters_or_live_non_web_links(text):
+    from alignlab.report.blocks import Table
+    from alignlab.report.render import html_table, markdown_table
+
+    markdown = markdown_table(Table([text], [[text]]))
+    page = html_table(Table([text], [[text]]))
+    assert not ACTIVE.search(markdown) and not ACTIVE.search(page)
+    # Every `](` left unescaped (an even run of backslashes before it) opens an http(s) target.
+    for opening in re.finditer(r"(\\*)\]\(", markdown):
+        if len(opening.group(1)) % 2 == 0:
+            assert re.match(r"\s*https?://", markdown[opening.end():], re.IGNORECASE), markdown
+    assert "<" not in page.replace("<div class=scroll><table><thead><tr><th>", "").replace(
+        "</th></tr></thead><tbody><tr><td>", "").replace("</td></tr></tbody></table></div>", "")
+
+
+def test_a_figures_folder_that_links_elsewhere_is_refused_and_its_pictures_kept(study, tmp_path, capsys):
+    """Issue 28: `alignlab report` deleted every *.png of the folder figures/ linked to, then wrote into it."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "wedding.png").write_bytes(b"a person's picture")
+    (study / "figures").symlink_to(photos)
+    assert main(["report", str(study)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "figures: is a symbolic link" in err and "Traceback" not in err
+    assert sorted(p.name for p in photos.iterdir()) == ["wedding.png"]
+    assert not (study / "report.html").exists()
+
+
+def test_a_picture_a_person_put_in_figures_survives_a_new_report(study):
+    """Issue 28: the stale-figure clean-up deleted every *.png the new report did not draw."""
+    report_leaves_store_alone(study)
+    (study / "figures" / "annotated.png").write_bytes(b"a person's annotated figure")
+    with sqlite3.connect(study / "runs.sqlite") as db:
+        db.execute("DELETE FROM runs WHERE name='dpo-b'")  # fewer runs: some figures are no longer drawn
+    db.close()
+    summary = report_leaves_store_alone(study)
+    drawn = {Path(f["file"]).name for f in summary["figures"]}
+    assert {p.name for p in (study / "figures").glob("*.png")} == drawn | {"annotated.png"}
 
 
 # ------------------------------------------------------------------ runs.sqlite itself damaged

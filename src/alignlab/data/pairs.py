@@ -371,6 +371,9 @@ def _record_id(record: dict, where: Where) -> str:
     return str(value)
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: rewards train as float32 tensors
+
+
 def _reward(record: dict, name: str, where: Where) -> float | None:
     value = record.get(name)
     if value is None:
@@ -378,6 +381,9 @@ def _reward(record: dict, name: str, where: Where) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise where.error(f"expected a finite number, got {shown(value)}", field=name,
                           fix="Give a number, or leave the field out")
+    if abs(value) > FLOAT32_MAX:  # finite here, infinite in training: VAR's weights would be NaN
+        raise where.error(f"{shown(value)} is beyond float32 (±3.4e38), in which rewards train", field=name,
+                          fix="Rescale the rewards, e.g. standardise them")
     return float(value)
 
 

@@ -3,9 +3,12 @@ record with each record's position, for `alignlab.data.pairs` to turn into pairs
 
 A source is a local file — `.jsonl`, `.json`, `.csv` (each optionally `.gz`) or `.parquet` —, a local
 directory written by `datasets`' `save_to_disk` (a `Dataset`, read whole, or a `DatasetDict`, whose
-`split` is read), or, when it is neither and looks like `name` or `org/name`, a Hugging Face dataset
-loaded with `datasets.load_dataset(name, name=dataset_config, data_dir=data_dir, revision=revision,
-split=split)`. A split that a DatasetDict or hub dataset lacks is an error listing the splits it has.
+`split` is read), or, when it is neither and is a name the hub can hold (`name` or `org/name`), a
+Hugging Face dataset loaded with `datasets.load_dataset(name, name=dataset_config, data_dir=data_dir,
+revision=revision, split=split)`. A split that a DatasetDict or hub dataset lacks is an error listing
+the splits it has. Unless datasets is offline (HF_DATASETS_OFFLINE=1: it reads its cache), the hub is
+asked first, with a few seconds' timeout, whether it answers at all: if it does not, a dataset that is
+not in the datasets cache is an error at once, rather than after datasets' retries (about 25 s each).
 
 Conventions:
 - Positions: text files (.jsonl, .csv) count 1-based lines, as an editor does; a .json list counts
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import logging
 import re
 import zlib
 from dataclasses import dataclass
@@ -38,8 +42,14 @@ from typing import Iterator
 from alignlab.errors import InputError
 from alignlab.untrusted import JSONProblem, clip, parse_json, shown
 
+log = logging.getLogger(__name__)
+
 FILE_KINDS = ("jsonl", "json", "csv", "parquet")
-HUB_NAME = re.compile(r"[\w-][\w.-]*(/[\w.-]+)?")  # "name" or "org/name"
+# "name" or "org/name" as the hub allows them: ASCII letters, digits, "_", "-" and ".", each part
+# starting and ending with a letter, digit or "_", and no "--" or "..".
+HUB_NAME_PART = r"\w(?:[\w.-]*\w)?"
+HUB_NAME = re.compile(rf"(?!.*(?:--|\.\.)){HUB_NAME_PART}(?:/{HUB_NAME_PART})?", re.ASCII)
+HUB_PROBE_SECONDS = 3.0  # how long the hub has to answer before a hub dataset is refused as unreachable
 MAX_LINE_BYTES = 16 << 20  # one record of a .jsonl or .csv file; a longer line is an error, read no further
 
 
@@ -277,8 +287,11 @@ def _rows(rows, display: str, stem: str) -> Iterator[tuple[Where, object]]:
 
 
 def _read_hub(name: str, options: HubOptions) -> Iterator[tuple[Where, object]]:
+    import datasets
+
+    if not datasets.config.HF_HUB_OFFLINE:  # offline, datasets reads its cache and never waits on the hub
+        _check_hub_answers(name, datasets.config)
     try:
-        import datasets
         rows = datasets.load_dataset(name, name=options.dataset_config, data_dir=options.data_dir,
                                      revision=options.revision, split=options.split)
     except Exception as e:  # missing dataset, bad split, no network: all mean "cannot load it"
@@ -290,6 +303,45 @@ def _read_hub(name: str, options: HubOptions) -> Iterator[tuple[Where, object]]:
     parts = [name.rsplit('/', 1)[-1], options.dataset_config, options.data_dir, options.split]
     stem = "-".join(part.strip("/").replace("/", "-") for part in parts if part)
     return _rows(rows, name, stem)
+
+
+def _check_hub_answers(name: str, config) -> None:
+    """Refuse hub dataset `name` at once when the hub does not answer and datasets holds no copy of it:
+    datasets would wait out its retries (about 25 s a request) before failing. With a cached copy the
+    load goes ahead, as datasets reads that copy once its retries give up. `config` is datasets.config."""
+    problem = _hub_problem(config.HF_ENDPOINT)
+    if problem is None:
+        return
+    if _in_datasets_cache(name, config.HF_DATASETS_CACHE):
+        log.warning("%s: the Hugging Face Hub (%s) cannot be reached (%s); datasets reads its cached copy once it "
+                    "gives up on the hub (HF_DATASETS_OFFLINE=1 reads it at once)", name, config.HF_ENDPOINT, problem)
+        return
+    raise InputError(f"not a local file or directory, and the Hugging Face Hub ({config.HF_ENDPOINT}) cannot be "
+                     f"reached ({problem}); the datasets cache ({config.HF_DATASETS_CACHE}) holds no copy of it either",
+                     file=name, fix="Pass a local file or directory, or run where the hub is reachable (a dataset "
+                                    "cached there is then read offline, with HF_DATASETS_OFFLINE=1)")
+
+
+def _hub_problem(endpoint: str) -> str | None:
+    """Why the hub at `endpoint` gives no answer within HUB_PROBE_SECONDS; None when it answers (with any
+    status). The request goes through huggingface_hub's session, so its proxies and certificates apply."""
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(endpoint, timeout=HUB_PROBE_SECONDS)
+    except Exception as e:  # refused, no DNS, TLS, proxy, timeout: each means no answer
+        return f"{type(e).__name__}: {clip(str(e))}"
+    return None
+
+
+def _in_datasets_cache(name: str, cache_dir) -> bool:
+    """Whether datasets has a copy of hub dataset `name` to read without the hub: a directory
+    <cache_dir>/<org>___<name>/<config>/<version>/<commit>/ (datasets.load.CachedDatasetModuleFactory)."""
+    from datasets.naming import camelcase_to_snakecase
+
+    *org, dataset = name.split("/")
+    home = Path(cache_dir).expanduser() / "___".join([*org, camelcase_to_snakecase(dataset)])
+    return any(path.is_dir() for path in home.glob("*/*/*"))
 
 
 def _hub_splits(name: str, options: HubOptions) -> list[str]:

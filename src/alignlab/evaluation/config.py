@@ -55,6 +55,7 @@ class EvalConfig:
     judge_retries: int = JudgeConfig.retries  # retries of a failed request
     judge_timeout: float = JudgeConfig.timeout_s  # seconds to wait for each reply
     judge_workers: int = JudgeConfig.workers  # requests in flight at once
+    judge_follow_redirects: bool = JudgeConfig.follow_cross_origin_redirects  # follow redirects off-origin, no key
 
     def validate(self) -> None:
         for name in ("model", "data", "gold_rm"):

@@ -7,6 +7,11 @@ Protocol (MT-Bench pairwise, as in the VAR paper):
   holding the question and the two answers labelled A and B, and temperature 0. The API key is
   read from an environment variable when a request is sent and goes only into the
   `Authorization: Bearer` header: it is never stored, logged or written.
+- Requests go through `alignlab.evaluation.http_client`, bounded against a hostile server: the key
+  goes only to the URL's origin (scheme, host, port), and a redirect to another origin fails the
+  request unless `follow_cross_origin_redirects`, which follows it without the key; `timeout_s`
+  bounds the whole request, not each read; a reply over 4 MiB is refused; reply JSON is parsed
+  with `alignlab.untrusted.parse_json`, so nesting cannot exhaust the stack.
 - The verdict is the reply's `[[A]]`, `[[B]]` or `[[C]]` (tie). A reply with none, or with two
   different ones, is malformed.
 - Every pair is judged in both orders (model as A, then model as B) to cancel position bias. Each
@@ -15,9 +20,9 @@ Protocol (MT-Bench pairwise, as in the VAR paper):
   a percentile-bootstrap 95% CI.
 - A request that times out, fails to connect, gets HTTP 429 or 5xx, or gets a malformed reply is
   retried up to `retries` times with exponential backoff; other HTTP 4xx errors (bad key, unknown
-  model) would fail the same way again and are not retried. A sample whose order still failed has
-  no score and carries the reason: it is excluded from the win rate and counted in `n_failed`,
-  never counted as a win or a loss.
+  model), refused redirects and oversized replies would fail the same way again and are not
+  retried. A sample whose order still failed has no score and carries the reason: it is excluded
+  from the win rate and counted in `n_failed`, never counted as a win or a loss.
 - Verdicts are cached per (judge URL, judge model, prompt version, question, answer A, answer B,
   order) in `<cache>/judge/<judge model hash>.jsonl`, one JSON line appended per verdict, so a
   rerun sends no request for what was already judged. Failures are not cached: a rerun retries them.
@@ -31,11 +36,8 @@ import json
 import logging
 import os
 import re
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,7 +48,10 @@ import numpy as np
 from alignlab.cache import default_cache_dir
 from alignlab.checks import COUNT, NON_NEGATIVE, POSITIVE, Range, check_numbers
 from alignlab.errors import AlignlabError
+from alignlab.evaluation.http_client import (CrossOriginRedirect, HTTPFailure, Unreachable, origin,
+                                             post_json)
 from alignlab.evaluation.metrics import bootstrap_ci
+from alignlab.untrusted import clip, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +101,14 @@ class JudgeConfig:
     backoff_s: float = 1.0  # waits backoff_s, 2·backoff_s, 4·backoff_s, ... between attempts
     workers: int = 4
     cache_dir: Path | None = None  # default: default_cache_dir() / "judge"
+    follow_cross_origin_redirects: bool = False  # follow a redirect off the URL's origin, without the key
 
     def __post_init__(self):
-        if not self.url.startswith(("http://", "https://")):
-            raise AlignlabError(f"--judge_url {self.url}: not an http:// or https:// URL; give the API's base "
-                                "URL, e.g. http://127.0.0.1:8000/v1")
+        try:
+            origin(self.url)
+        except ValueError as err:  # not http(s), no host, a bad port
+            raise AlignlabError(f"--judge_url {self.url}: {err}; give the API's base URL, "
+                                "e.g. http://127.0.0.1:8000/v1") from None
         if self.baseline not in BASELINES:
             raise AlignlabError(f"--judge_baseline {self.baseline}: choose one of {', '.join(BASELINES)}")
         check_numbers("judge settings", vars(self), JUDGE_RANGES, label=lambda name: JUDGE_OPTIONS.get(name, name))
@@ -125,7 +133,9 @@ def parse_verdict(reply: str) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-UNREACHABLE = "cannot reach"  # how a connection failure's error starts
+# How the errors start that every request to the endpoint would get: after one, the rest are not sent.
+UNREACHABLE = "cannot reach"
+REDIRECTED = "redirected to another origin"
 
 
 class _RetryableError(Exception):
@@ -133,7 +143,12 @@ class _RetryableError(Exception):
 
 
 class _FinalError(Exception):
-    """A failure that another attempt would repeat (HTTP 4xx other than 429)."""
+    """A failure that another attempt would repeat (HTTP 4xx other than 429, a refused redirect, a
+    reply over the size limit)."""
+
+
+class MalformedReply(_RetryableError):
+    """A reply that is no chat completion, or whose message holds no single verdict."""
 
 
 @dataclass
@@ -235,19 +250,19 @@ class Judge:
         key = os.environ.get(self.config.key_env) or None
 
         # An endpoint that cannot be reached after a request's retries will not be reached by the
-        # next ones: the rest are not sent (each sample still says why), so a wrong URL costs one
-        # request's retries, not every sample's.
-        unreachable: list[str] = []
+        # next ones, and one that redirects off its origin will redirect them too: the rest are not
+        # sent (each sample still says why), so a wrong URL costs one request's retries, not every sample's.
+        endpoint_failures: list[str] = []
 
         def work(job: _Job) -> None:
-            if unreachable:
-                job.error = f"not sent: {unreachable[0]}"
+            if endpoint_failures:
+                job.error = f"not sent: {endpoint_failures[0]}"
                 return
             self._run(job, key)
             if job.verdict is not None:
                 cache.add(job.key, job.verdict)  # at once: an interrupted run keeps what it paid for
-            elif job.error.startswith(UNREACHABLE):
-                unreachable.append(job.error)
+            elif job.error.startswith((UNREACHABLE, REDIRECTED)):
+                endpoint_failures.append(job.error)
 
         pool = ThreadPoolExecutor(max_workers=self.config.workers)
         try:
@@ -274,32 +289,27 @@ class Judge:
 
     def _request(self, messages: list[dict], key: str | None) -> str:
         body = json.dumps({"model": self.config.model, "messages": messages, "temperature": 0}).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
+        credentials = {"Authorization": f"Bearer {key}"} if key else {}
         try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as err:
-            reason = f"HTTP {err.code} {err.reason}: {_error_message(err)}".rstrip(": ")
-            if err.code == 429 or err.code >= 500:
-                raise _RetryableError(reason) from None
-            raise _FinalError(reason) from None
-        except urllib.error.URLError as err:  # connection refused, DNS failure, timeout while connecting
-            raise _RetryableError(f"{UNREACHABLE} {self.endpoint}: {err.reason}") from None
-        except (TimeoutError, socket.timeout):
+            response = post_json(self.endpoint, body, credentials, timeout_s=self.config.timeout_s,
+                                 follow_cross_origin_redirects=self.config.follow_cross_origin_redirects)
+        except Unreachable as err:  # connection refused, DNS failure, timeout while connecting
+            raise _RetryableError(f"{UNREACHABLE} {err}") from None
+        except CrossOriginRedirect as err:
+            raise _FinalError(f"{err}: the key goes only to --judge_url's origin "
+                              "(--judge_follow_redirects follows it without the key)") from None
+        except HTTPFailure as err:  # a redirect loop, a reply over the size limit
+            raise _FinalError(str(err)) from None
+        except TimeoutError:
             raise _RetryableError(f"timed out after {self.config.timeout_s:g} s") from None
-        except (http.client.HTTPException, ConnectionError) as err:  # e.g. the server closed the connection
+        except (http.client.HTTPException, OSError) as err:  # e.g. the server closed the connection
             raise _RetryableError(f"connection failed: {type(err).__name__} {err}") from None
-        try:
-            reply = json.loads(raw)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise _RetryableError(f"malformed reply (not a chat completion): {raw[:200]!r}") from None
-        verdict = parse_verdict(reply) if isinstance(reply, str) else None
-        if verdict is None:
-            raise _RetryableError(f"malformed reply: no single [[A]]/[[B]]/[[C]] verdict in {str(reply)[-200:]!r}")
-        return verdict
+        if not 200 <= response.status < 300:
+            reason = f"HTTP {response.status} {clip(response.reason)}: {_error_message(response.body)}".rstrip(": ")
+            if response.status == 429 or response.status >= 500:
+                raise _RetryableError(reason)
+            raise _FinalError(reason)
+        return verdict_of_reply(response.body)
 
     @staticmethod
     def _redact(text: str, key: str | None) -> str:
@@ -315,14 +325,26 @@ def _judgment(sample_jobs: list[_Job]) -> Judgment:
     return Judgment(float(np.mean([ORDERS[job.order][job.verdict] for job in sample_jobs])))
 
 
-def _error_message(err: urllib.error.HTTPError) -> str:
+def verdict_of_reply(raw: bytes) -> str:
+    """The verdict of a chat-completion body; MalformedReply for any other body."""
+    try:
+        completion = parse_json(raw.decode("utf-8"))
+    except ValueError as err:  # not UTF-8, not JSON, or JSON that parse_json refuses (e.g. nested too deep)
+        raise MalformedReply(f"malformed reply (not JSON: {err}): {raw[:200]!r}") from None
+    try:
+        reply = completion["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise MalformedReply(f"malformed reply (not a chat completion): {raw[:200]!r}") from None
+    verdict = parse_verdict(reply) if isinstance(reply, str) else None
+    if verdict is None:
+        raise MalformedReply(f"malformed reply: no single [[A]]/[[B]]/[[C]] verdict in {str(reply)[-200:]!r}")
+    return verdict
+
+
+def _error_message(raw: bytes) -> str:
     """The error's message from an OpenAI-style body ({"error": {"message": ...}}), else the body's start."""
     try:
-        raw = err.read()
-    except OSError:
-        return ""
-    try:
-        return str(json.loads(raw)["error"]["message"])[:200]
+        return str(parse_json(raw.decode("utf-8"))["error"]["message"])[:200]
     except (ValueError, KeyError, TypeError):
         return raw[:200].decode("utf-8", errors="replace").strip()
 
@@ -340,7 +362,8 @@ def judge_config(args) -> JudgeConfig | None:
     if baseline == "sft" and not args.sft:
         raise AlignlabError("--judge_baseline sft needs --sft (the SFT model whose responses are the baseline)")
     return JudgeConfig(args.judge_url, args.judge_model, baseline, args.judge_key_env, args.judge_retries,
-                       args.judge_timeout, workers=args.judge_workers)
+                       args.judge_timeout, workers=args.judge_workers,
+                       follow_cross_origin_redirects=args.judge_follow_redirects)
 
 
 def judge_columns(config: JudgeConfig, pairs, responses: list[str], sft_samples: dict | None) -> dict:

@@ -11,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 from torch import Tensor
 
+from alignlab.cache import check_adapter_chain
 from alignlab.errors import AlignlabError
 from alignlab.models.gguf import local_model_dir
 
@@ -190,6 +191,7 @@ def _load_with_adapter(path: str, dtype: str, trust_remote_code: bool):
     if Path(base).is_absolute() and not Path(base).exists():
         raise AlignlabError(f"{directory / ADAPTER_CONFIG}: its base model {base} is not there (moved?); set "
                             "base_model_name_or_path to where the base model now is")
+    check_adapter_chain(directory)  # the base may be an adapter too, loaded the same way
     model = load_causal_lm(base, dtype, trust_remote_code)
     from safetensors.torch import load_file
 

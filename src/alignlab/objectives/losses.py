@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignlab.errors import AlignlabError
+
 
 def sft_loss(chosen_logps: Tensor, chosen_lengths: Tensor) -> Tensor:
     """Token-mean negative log-likelihood of the chosen response: −ℓθ(y_w) / |y_w|."""
@@ -89,11 +91,17 @@ def var_weights(ref_logps: Tensor, rewards: Tensor, lam: float, group_ids: Tenso
         if lengths is None:
             raise ValueError("var_weights: length_normalize=True needs lengths")
         ref_logps = ref_logps / lengths
-    scores = (ref_logps + rewards.detach() / lam).to(torch.float64)
+    # In float64: r/λ of a reward float32 holds can overflow float32 (3e38 / 0.5).
+    scores = ref_logps.to(torch.float64) + rewards.detach().to(torch.float64) / lam
     if log_z is not None:
         if group_ids is not None:
             raise ValueError("var_weights: pass either log_z (a precomputed normaliser) or group_ids, not both")
         weights = torch.exp(scores - log_z.detach().to(torch.float64))
+        # Only an estimated normaliser can leave a weight above 1, and beyond float32 (a softmax cannot).
+        if not torch.isfinite(weights.to(ref_logps.dtype)).all():  # else NaN steps, blamed on the learning rate
+            raise AlignlabError(f"var: the weights exp(ℓref + r/λ − log Ẑ) overflow {str(ref_logps.dtype)[6:]} with "
+                                f"lam {lam:g} and rewards {rewards.min().item():g} to {rewards.max().item():g}; "
+                                "raise lam or rescale the rewards")
     elif group_ids is None:
         weights = torch.softmax(scores, dim=0)
     else:

@@ -61,6 +61,7 @@ from pathlib import Path
 import matplotlib
 
 from alignlab import atomic
+from alignlab.output_dirs import WrittenFiles
 from alignlab.analysis import RunRecord
 from alignlab.report.blocks import Plot, Sweep
 from alignlab.report.curves import curves_section
@@ -72,6 +73,7 @@ from alignlab.report.hitchhiker import (best_section, head_to_head_section, runs
                                         sensitivity_section, top_k_section)
 from alignlab.report.render import render_html, render_markdown
 from alignlab.report.var import var_sections
+from alignlab.safe_delete import check_no_link
 from alignlab.untrusted import shown
 
 
@@ -150,6 +152,7 @@ def write_report(out_dir: str | Path, runs: list[RunRecord], sft: RunRecord | No
     id -> family, for the per-family numbers and the VAR claims. Each file is written atomically.
     """
     out_dir = Path(out_dir)
+    check_no_link(out_dir / "figures", out_dir, what="the report's figures/ folder")
     sweep = Sweep.of(runs, sft, families)
     # Every verdict of the report is decided together: Holm's correction spans all of them.
     sweep.claims = decide(hitchhiker_claims(sweep.evidence)
@@ -186,9 +189,8 @@ def write_report(out_dir: str | Path, runs: list[RunRecord], sft: RunRecord | No
         with atomic.atomic_open(figures / plot.file, "wb") as handle:
             handle.write(plot.png)
     # A figure an earlier report wrote but this one does not (a method gone, a column absent) would
-    # sit beside the report unexplained: figures/ holds exactly the figures the report shows.
-    for stale in set(figures.glob("*.png")) - {figures / p.file for p in plots}:
-        stale.unlink()
+    # sit beside the report unexplained; files a person put in figures/ are theirs and stay.
+    WrittenFiles(figures).replace_with([p.file for p in plots], out_dir)
     summary = finite_summary(summary)
     atomic.write_text(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     atomic.write_text(out_dir / "report.md", render_markdown(title, context, sections, numbers))

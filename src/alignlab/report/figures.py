@@ -12,10 +12,13 @@ import numpy as np
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.text import Text
+from matplotlib.ticker import FixedFormatter, FuncFormatter
 
 from alignlab.analysis import RunRecord, metric_value, sensitivity
 from alignlab.analysis.runs import method_label
 from alignlab.report.blocks import BASELINE, BASELINE_COLOR, TITLES, TOP_K, Sweep, param_text
+from alignlab.untrusted import displayable
 
 DPI = 110
 PLOT_STYLE = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
@@ -30,6 +33,16 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def png_bytes(fig: Figure) -> bytes:
+    # Names from configs and data: control characters drawn as escapes. Tick labels are drawn from
+    # their axis' formatter at save time, so those are rewritten there.
+    for text in fig.findobj(Text):
+        text.set_text(displayable(text.get_text()))
+    for axis in (axis for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)):
+        formatter = axis.get_major_formatter()
+        if isinstance(formatter, FixedFormatter):
+            formatter.seq = [displayable(str(label)) for label in formatter.seq]
+        elif isinstance(formatter, FuncFormatter):  # what set_ticks(ticks, labels) installs
+            formatter.func = lambda x, pos, label=formatter.func: displayable(str(label(x, pos)))
     buffer = io.BytesIO()
     # No "Software" entry (the matplotlib version): for a given matplotlib and FreeType, the bytes
     # depend on the figure alone, so rewriting an unchanged report changes no file.

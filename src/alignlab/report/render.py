@@ -1,11 +1,13 @@
 """The report rendered twice from the same sections — Markdown and self-contained HTML — so the two
 cannot drift apart.
 
-Text copied from configs and data (run, method and parameter names and values, study.json) reaches
-both renderings through the same escaping as the authored text: HTML-escaped in report.html, and in
-report.md HTML-escaped too (`<`, `>`, `&`), with backslashes and table pipes backslash-escaped and
-line breaks made spaces, so a run named `<img src=x onerror=alert(1)>` or `a|b` shows as written and
-runs nothing.
+Text copied from configs and data (run, method and parameter names and values, study.json, model
+responses) reaches both renderings through the same escaping as the authored text: control characters
+(ESC, NUL, BEL, bidirectional overrides) written as escapes (`alignlab.untrusted.displayable`), then
+HTML-escaped in report.html, and in report.md HTML-escaped too (`<`, `>`, `&`), with backslashes and
+table pipes backslash-escaped, line breaks made spaces and links kept only to http(s) targets
+(`alignlab.untrusted.inert_links`), so a run named `<img src=x onerror=alert(1)>`, `a|b` or
+`[x](javascript:alert(1))` shows as written and runs nothing.
 """
 
 from __future__ import annotations
@@ -15,12 +17,20 @@ import html
 import re
 
 from alignlab.report.blocks import Cell, Plot, Section, Table, context_text
+from alignlab.untrusted import displayable, inert_links
 
 
 def _md_escape(text: str) -> str:
-    """Text as report.md shows it: HTML-escaped, backslashes and table pipes escaped, on one line."""
-    escaped = html.escape(text, quote=False).replace("\\", "\\\\").replace("|", "\\|")
-    return escaped.replace("\r", " ").replace("\n", " ")
+    """Text as report.md shows it: control characters as escapes, HTML-escaped, backslashes and table
+    pipes escaped, on one line, with links only to http(s)."""
+    escaped = html.escape(displayable(text), quote=False).replace("\\", "\\\\").replace("|", "\\|")
+    return inert_links(escaped.replace("\r", " ").replace("\n", " "))
+
+
+def _html_escape(text: str) -> str:
+    """Text as report.html shows it: control characters as escapes, then HTML-escaped (so no link
+    or markup can come from it)."""
+    return html.escape(displayable(text))
 
 
 def _md_cell(cell: Cell | str) -> str:
@@ -36,19 +46,19 @@ def markdown_table(table: Table) -> str:
 def _html_cell(cell: Cell | str) -> str:
     cell = Cell(cell) if isinstance(cell, str) else cell
     css = f" class='{cell.css}'" if cell.css else ""
-    sub = f"<br><span class=ci>{html.escape(cell.sub)}</span>" if cell.sub else ""
-    return f"<td{css}>{html.escape(cell.text)}{sub}</td>"
+    sub = f"<br><span class=ci>{_html_escape(cell.sub)}</span>" if cell.sub else ""
+    return f"<td{css}>{_html_escape(cell.text)}{sub}</td>"
 
 
 def html_table(table: Table) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.header)
+    head = "".join(f"<th>{_html_escape(c)}</th>" for c in table.header)
     body = "".join("<tr>" + "".join(map(_html_cell, row)) + "</tr>" for row in table.rows)
     return f"<div class=scroll><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def _html_text(text: str) -> str:
     """Paragraph text: escaped, with the Markdown *emphasis* the paragraphs use rendered as <em>."""
-    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", html.escape(text))
+    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", _html_escape(text))
 
 
 def render_markdown(title: str, context: dict, sections: list[Section], numbers: dict[str, int]) -> str:
@@ -96,21 +106,21 @@ nav.toc ul{margin:.3rem 0;padding-left:1.2rem;list-style:none}
 
 
 def render_html(title: str, context: dict, sections: list[Section], numbers: dict[str, int]) -> str:
-    context_html = "".join(f"<li><strong>{html.escape(str(k))}</strong>: {html.escape(context_text(v))}</li>"
+    context_html = "".join(f"<li><strong>{_html_escape(str(k))}</strong>: {_html_escape(context_text(v))}</li>"
                            for k, v in context.items())
-    toc = "".join(f"<li><a href='#{s.anchor}'>{html.escape(s.title)}</a></li>" for s in sections)
-    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-             f"<style>{HTML_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+    toc = "".join(f"<li><a href='#{s.anchor}'>{_html_escape(s.title)}</a></li>" for s in sections)
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_html_escape(title)}</title>"
+             f"<style>{HTML_STYLE}</style></head><body><h1>{_html_escape(title)}</h1>"
              f"<ul class=context>{context_html}</ul><nav class=toc>Contents<ul>{toc}</ul></nav>"]
     for section in sections:
-        parts.append(f"<h2 id='{section.anchor}'>{html.escape(section.title)}</h2>")
+        parts.append(f"<h2 id='{section.anchor}'>{_html_escape(section.title)}</h2>")
         for block in section.blocks:
             if isinstance(block, Table):
                 parts.append(html_table(block))
             elif isinstance(block, Plot):
-                parts.append(f"<figure><img alt='{html.escape(block.alt)}' src='data:image/png;base64,"
+                parts.append(f"<figure><img alt='{_html_escape(block.alt)}' src='data:image/png;base64,"
                              f"{base64.b64encode(block.png).decode()}'><figcaption>Figure {numbers[block.file]}. "
-                             f"{html.escape(block.caption)}</figcaption></figure>")
+                             f"{_html_escape(block.caption)}</figcaption></figure>")
             else:
                 parts.append(f"<p>{_html_text(block)}</p>")
     return "".join(parts) + "</body></html>\n"

@@ -199,6 +199,24 @@ def load_evaluation_pairs(source: str, data_format: str, options: dict) -> list:
     return load_pairs(source, data_format, split=options.get("data_split") or "test", **data_options(options)).pairs
 
 
+def check_selection_is_held_out(selection_pairs: list, test_pairs: list, source: str) -> None:
+    """Refuse selection prompts that are also test prompts. The report measures the runs it picked on
+    the test prompts; picked on some of those very prompts, a run's numbers are optimistic — one
+    shared prompt leaks as surely as all of them, so any overlap is refused. Prompts compare as the
+    evaluation sees them: the same messages (roles and texts), whatever the pairs' ids and answers."""
+    def messages(pair) -> tuple:
+        return tuple((turn["role"], turn["content"]) for turn in pair.prompt)
+
+    test_prompts = {messages(pair) for pair in test_pairs}
+    shared = sum(messages(pair) in test_prompts for pair in selection_pairs)
+    if shared:
+        raise AlignlabError(f"{source}: {shared} of its {len(selection_pairs)} prompts are also test prompts; runs "
+                            "picked on prompts they are then reported on look better than they are, so selection_data "
+                            "may share no prompt with the test data. Give selection_data a held-out set disjoint "
+                            "from test_data, or leave selection_data unset to select runs on a half of the test "
+                            "prompts")
+
+
 def real_inputs(config: StudyConfig) -> StudyInputs:
     from alignlab.models.score import RewardScorer
 

@@ -14,6 +14,7 @@ its columns, is refused with an AlignlabError naming the file. A row whose value
 schema below (not UTF-8 text, params/metrics not JSON objects, an unknown status, a run_dir outside the
 sweep directory, ...) becomes a DamagedRow saying why, so a reader can skip it and say so. A
 journal a killed sweep left is rolled back only by a writer: the reader asks to resume the sweep.
+A file that another process keeps locked past LOCK_WAIT_SECONDS is said to be in use, never damaged.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ CREATE TABLE IF NOT EXISTS runs (
 )
 """
 STATUSES = ("pending", "running", "finished", "failed")
+# How long a statement waits for a lock another process holds (a sweep's own writes take
+# milliseconds; a tool reading the file may hold it longer) before the store says the file is in use.
+LOCK_WAIT_SECONDS = 5.0
 COLUMNS = ("run_id", "name", "method", "params", "status", "attempts", "metrics", "run_dir", "seconds", "error")
 
 
@@ -153,6 +157,11 @@ def _parse_row(rowid: int, values: tuple) -> StoredRun | DamagedRow:
     return StoredRun(**fields)
 
 
+def _locked(err: sqlite3.Error) -> bool:
+    """Whether `err` says another connection holds the file's lock: the file itself may well be sound."""
+    return (err.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 class RunStore:
     """The store of a sweep directory. Opened for writing (the sweep), the file and its table are
     created when absent; opened with readonly=True (the report), nothing is ever written."""
@@ -161,13 +170,14 @@ class RunStore:
         self.path = Path(path)
         if readonly:
             try:
-                self.db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+                self.db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None,
+                                          timeout=LOCK_WAIT_SECONDS)
             except sqlite3.Error as err:
                 raise self._damaged(f"cannot be opened ({err})") from None
-        else:
-            self.db = sqlite3.connect(self.path, isolation_level=None)  # autocommit; _write opens transactions
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute(SCHEMA)
+        else:  # autocommit; _write opens transactions
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=LOCK_WAIT_SECONDS)
+            self._execute("PRAGMA synchronous=FULL")
+            self._execute(SCHEMA)
         self.db.text_factory = bytes  # decoded per value by _text, so one bad value damages one row only
         try:
             self._check_columns()
@@ -179,10 +189,26 @@ class RunStore:
         return AlignlabError(f"{self.path}: {problem}; it is not the run store of an alignlab sweep, or it is "
                              "damaged: give the --out of a sweep, or rerun the sweep in a new --out")
 
+    def _in_use(self, err: sqlite3.Error) -> AlignlabError:
+        return AlignlabError(f"{self.path}: in use by another process ({err}, still after {LOCK_WAIT_SECONDS:g} s); "
+                             "wait for it to end (a sweep still running in this directory, or a tool holding the "
+                             "file open), or stop it, then try again")
+
+    def _execute(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        """Run a statement; another process's lock, held past LOCK_WAIT_SECONDS, is an AlignlabError."""
+        try:
+            return self.db.execute(sql, args)
+        except sqlite3.OperationalError as err:
+            if _locked(err):
+                raise self._in_use(err) from None
+            raise
+
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         try:
             return self.db.execute(sql, args).fetchall()
         except sqlite3.DatabaseError as err:
+            if _locked(err):
+                raise self._in_use(err) from None
             if err.sqlite_errorcode & 0xFF == sqlite3.SQLITE_READONLY:  # a hot journal, which only a writer rolls back
                 raise AlignlabError(f"{self.path}: a sweep was stopped in the middle of changing it (its journal is "
                                     "left beside it); resume the sweep to complete the change, then report") from None
@@ -206,10 +232,10 @@ class RunStore:
         self.close()
 
     def _write(self, sql: str, args: tuple) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        self._execute("BEGIN IMMEDIATE")
         try:
             self.db.execute(sql, args)
-            self.db.execute("COMMIT")
+            self._execute("COMMIT")  # waits for readers to let go
         except BaseException:
             self.db.execute("ROLLBACK")
             raise

@@ -37,7 +37,6 @@ import hashlib
 import json
 import logging
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -48,9 +47,10 @@ from alignlab.errors import AlignlabError
 from alignlab.models.score import cached_reward_scorer
 from alignlab.objectives.registry import get_method
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
+from alignlab.safe_delete import remove
 from alignlab.study.config import (REPORTED_TRAINING, WORLD_GENERATION, WORLD_REWARD_TRAINING, WORLD_TRAINING,
-                                   Shared, StudyConfig, StudyInputs, load_evaluation_pairs, real_inputs,
-                                   world_inputs)
+                                   Shared, StudyConfig, StudyInputs, check_selection_is_held_out,
+                                   load_evaluation_pairs, real_inputs, world_inputs)
 from alignlab.study.executors import RunTask, execute_all
 from alignlab.study.grid import RunSpec, expand_grid
 from alignlab.study.results import write_sweep_report
@@ -77,7 +77,7 @@ def open_sweep_dir(config: StudyConfig) -> bool:
     if out.exists() and any(out.iterdir()):
         previous = out / "sweep.yaml"
         if config.overwrite:
-            shutil.rmtree(out)
+            remove(out, out.parent)
         elif not previous.exists():
             raise AlignlabError(f"{out}: holds an alignlab {marked_kind(out)}, not a sweep; choose another --out "
                                 "or pass --overwrite true to replace it")
@@ -123,6 +123,7 @@ def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_trai
                                           config.selection_data_options)
         if len(selection) < 1:
             raise AlignlabError(f"{config.selection_data}: no pairs to select runs on")
+        check_selection_is_held_out(selection, inputs.test_pairs, config.selection_data)
         write_pairs_jsonl(selection, out / "data" / "selection.jsonl")
 
     proxy_rm, rm_accuracy = config.proxy_rm, None
@@ -230,12 +231,8 @@ def remove_temp_files(out: Path) -> None:
     """The temp files and dirs of atomic writes that a killed sweep left. The caller holds the
     directory's lock, so no writer is left that could still be using one."""
     for stale in sorted(out.rglob(".*.tmp"), reverse=True):
-        if not TEMP_NAME.fullmatch(stale.name):
-            continue
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale)
-        else:
-            stale.unlink()
+        if TEMP_NAME.fullmatch(stale.name) and not stale.is_symlink():
+            remove(stale, out)
 
 
 def _run_open_sweep(config: StudyConfig, specs: list[RunSpec], base: dict, resuming: bool, started: float,
@@ -248,8 +245,8 @@ def _run_open_sweep(config: StudyConfig, specs: list[RunSpec], base: dict, resum
         shared = prepare_shared(config, out, methods, base)
     except AlignlabError:
         if not resuming:  # bad input files found while preparing: leave nothing behind
-            for entry in out.iterdir():  # all ours: the directory was missing or empty
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            for entry in out.iterdir():  # all ours: the directory was missing or empty, and we hold its lock
+                remove(entry, out)
             if not keep_dir:
                 out.rmdir()
         raise

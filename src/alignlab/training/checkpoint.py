@@ -27,16 +27,17 @@ tensor in the companion .safetensors file), {"__tuple__": [...]} and {"__items__
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
-import shutil
 from pathlib import Path
 
 import torch
 
 from alignlab import atomic
 from alignlab.errors import AlignlabError
+from alignlab.safe_delete import remove
 
 FORMAT = "alignlab-checkpoint/1"
 LOOP_STATE = "loop_state.json"
@@ -165,7 +166,7 @@ def save(accelerator, directory: Path, loop_state: dict) -> None:
     models, optimizers, schedulers = _stateful(accelerator)
     try:
         if is_main:
-            shutil.rmtree(staging, ignore_errors=True)  # a half-written one from a killed save
+            remove(staging, staging.parent)  # a half-written one from a killed save
             staging.mkdir(parents=True)
         accelerator.wait_for_everyone()
         plain, tensors = rng_state()
@@ -186,35 +187,49 @@ def save(accelerator, directory: Path, loop_state: dict) -> None:
             write_state(staging, "accelerator", {"step": accelerator.step, "processes": accelerator.num_processes,
                                                  "scaler": scaler})
             atomic.write_json(staging / LOOP_STATE, loop_state)  # last: the checkpoint is complete
-    except OSError as err:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise AlignlabError(f"{staging}: cannot write the checkpoint ({err.strerror or err}); free disk space "
-                            f"and rerun with --resume (the last complete checkpoint is kept)") from None
+    except Exception as err:
+        failure = err if isinstance(err, OSError) else atomic.disk_error(err)
+        if failure is None:
+            raise
+        with contextlib.suppress(OSError):
+            remove(staging, staging.parent)
+        reason = failure.strerror or str(failure)
+        raise atomic.WriteError(f"{staging}: cannot write the checkpoint ({reason}); free disk space and rerun "
+                                "with --resume (the last complete checkpoint is kept)", staging, failure.errno,
+                                reason) from None
     accelerator.wait_for_everyone()
     if is_main:
         if directory.exists():
             os.replace(directory, previous)
         os.replace(staging, directory)
-        shutil.rmtree(previous, ignore_errors=True)
+        remove(previous, previous.parent)
     accelerator.wait_for_everyone()
+
+
+def complete(directory: Path) -> Path | None:
+    """The whole checkpoint at `directory` or, after a kill between the two renames, its `.old`."""
+    directory = Path(directory)
+    for candidate in (directory, directory.with_name(f"{directory.name}.old")):
+        if (candidate / LOOP_STATE).is_file():
+            return candidate
+    return None
 
 
 def load(accelerator, directory: Path) -> dict | None:
     """Restore the newest whole checkpoint at `directory` (or its `.old`) into the accelerator's
     models, optimizers, schedulers and this process's RNGs; return its loop state, or None."""
-    directory = Path(directory)
-    for candidate in (directory, directory.with_name(f"{directory.name}.old")):
-        if (candidate / LOOP_STATE).exists():
-            try:
-                _restore(accelerator, candidate)
-                return json.loads((candidate / LOOP_STATE).read_text(encoding="utf-8"))
-            except AlignlabError:
-                raise
-            except Exception as err:  # a foreign, damaged or mismatched checkpoint: never half-used
-                raise AlignlabError(f"{candidate}: cannot resume from this checkpoint ({type(err).__name__}: "
-                                    f"{str(err).splitlines()[0] if str(err) else ''}); rerun without --resume "
-                                    "to start over") from None
-    return None
+    candidate = complete(directory)
+    if candidate is None:
+        return None
+    try:
+        _restore(accelerator, candidate)
+        return json.loads((candidate / LOOP_STATE).read_text(encoding="utf-8"))
+    except AlignlabError:
+        raise
+    except Exception as err:  # a foreign, damaged or mismatched checkpoint: never half-used
+        raise AlignlabError(f"{candidate}: cannot resume from this checkpoint ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''}); rerun without --resume "
+                            "to start over") from None
 
 
 def _restore(accelerator, directory: Path) -> None:
@@ -238,3 +253,23 @@ def _restore(accelerator, directory: Path) -> None:
     rank = accelerator.process_index
     plain = json.loads((directory / f"rng_state_{rank}.json").read_text(encoding="utf-8"))
     set_rng_state(plain, load_file(str(directory / f"rng_state_{rank}.safetensors")))
+
+
+def disk_refused(run_dir: Path, full: OSError, keep: str, half_written: tuple[str, ...]) -> atomic.WriteError:
+    """The error for a disk that refused a write during training (full, over quota, read-only), after
+    freeing what the run cannot use: the whole run directory when no checkpoint at `run_dir/keep` was
+    complete (nothing to resume from), else its `half_written` final outputs, keeping the last complete
+    checkpoint for --resume. `run_dir` is the run's own partial directory (alignlab's marker is in it)."""
+    reason = full.strerror or str(full)
+    kept = complete(run_dir / keep)
+    if kept is None:
+        remove(run_dir, run_dir.parent)
+        advice = f"nothing was kept (no checkpoint was complete; {run_dir} is removed); free disk space and run again"
+    else:
+        for name in half_written:
+            remove(run_dir / name, run_dir)
+        step = json.loads((kept / LOOP_STATE).read_text(encoding="utf-8")).get("step")
+        advice = (f"the last complete checkpoint (step {step}) is kept in {kept}: free disk space and rerun with "
+                  f"--resume, or delete {run_dir} to start over")
+    return atomic.WriteError(f"{run_dir}: training stopped, the disk refused a write ({reason}); {advice}",
+                             run_dir, full.errno, reason)

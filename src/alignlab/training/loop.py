@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from alignlab.data.options import data_options
 from alignlab.data.pairs import load_pairs
 from alignlab.errors import AlignlabError
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
+from alignlab.safe_delete import remove
 from alignlab.training import checkpoint
 from alignlab.training.batching import IndexDataset, epoch_generator, in_batches, shuffled
 from alignlab.training.tracking import TRACKING, tracking
@@ -371,7 +371,7 @@ def save_run(run_dir: Path, accelerator, model, tokenizer, config: OptimConfig, 
         tokenizer.save_pretrained(run_dir / MERGED)
     atomic.write_text(run_dir / "config.yaml", dump_yaml(config))
     atomic.write_json(run_dir / "train_summary.json", summary)
-    shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)  # the finished model supersedes it
+    remove(run_dir / CHECKPOINT, run_dir)  # the finished model supersedes it
 
 
 def partial_dir(out: Path) -> Path:
@@ -396,15 +396,22 @@ def run_directory(out: Path, accelerator, config: OptimConfig):
             if marked_kind(partial) is None:
                 raise AlignlabError(f"{partial}: exists but was not created by alignlab; move it away, then "
                                     "run again")
-            shutil.rmtree(partial)
+            remove(partial, partial.parent)
         partial.mkdir(parents=True, exist_ok=True)
         mark(partial, "training run")
         atomic.write_text(partial / "config.yaml", resolved)
     accelerator.wait_for_everyone()
-    yield partial
+    try:
+        yield partial
+    except Exception as err:
+        full = atomic.disk_error(err)
+        if full is None or not accelerator.is_main_process:
+            raise
+        raise checkpoint.disk_refused(partial, full, keep=CHECKPOINT,
+                                      half_written=("model", MERGED, f"{CHECKPOINT}.tmp")) from None
     if accelerator.is_main_process:
         atomic.apply_umask(partial)
-        if out.exists():
-            shutil.rmtree(out)  # claim_run_dir allowed it: empty, or alignlab's own with --overwrite
+        if out.exists() or out.is_symlink():
+            remove(out, out.parent)  # claim_run_dir allowed it: empty, or alignlab's own with --overwrite
         os.replace(partial, out)
 

@@ -4,6 +4,7 @@ disabled state is the reference, so a LoRA run keeps one model in memory, not tw
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from alignlab.config import OptimConfig
 from alignlab.errors import AlignlabError
 from alignlab.models.gguf import local_model_dir
 from alignlab.models.loading import with_adapter
+from alignlab.untrusted import shown
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +48,54 @@ def require_peft():
     return peft
 
 
-def lora_config(config: OptimConfig):
-    """The LoRA adapter `config` asks for."""
+ALL_LINEAR = "all-linear"  # PEFT's name (any case) for every linear layer but the output layer
+
+
+def lora_targets(model, requested: list[str] | None) -> list[str] | str:
+    """PEFT's `target_modules` for `requested` (--lora_target_modules; None: all-linear), each name
+    checked against `model` first. PEFT adapts a module when a name is its path or the last
+    components of it, and silently skips a name that matches nothing as long as another matches;
+    here every name must match, and match only linear layers other than the output layer: PEFT
+    cannot adapt a norm or a container, and an adapted embedding or output layer breaks a tied
+    pair (merging one changes the other)."""
+    from transformers.pytorch_utils import Conv1D
+
+    linear_layers = (torch.nn.Linear, Conv1D)  # what PEFT's all-linear adapts (Conv1D: GPT-2's linear)
+    if not requested or (len(requested) == 1 and requested[0].lower() == ALL_LINEAR):
+        return ALL_LINEAR
+    head = model.get_output_embeddings()
+    linear = sorted({name.rpartition(".")[2] for name, module in model.named_modules()
+                     if isinstance(module, linear_layers) and module is not head})
+    valid = f"Valid: {', '.join(linear)}, or {ALL_LINEAR} alone"
+    if any(name.lower() == ALL_LINEAR for name in requested):
+        raise AlignlabError(f"config: --lora_target_modules {shown(','.join(requested))}: {ALL_LINEAR} already "
+                            f"adapts every linear layer; give it alone, or list module names. {valid}")
+    unmatched, unfit = [], []
+    for name in requested:
+        matched = [(path, module) for path, module in model.named_modules()
+                   if path == name or path.endswith("." + name)]
+        if not matched:
+            close = difflib.get_close_matches(name, linear, n=1)
+            unmatched.append(shown(name) + (f" (did you mean '{close[0]}'?)" if close else ""))
+        for path, module in matched:
+            if module is head or not isinstance(module, linear_layers):
+                kind = "the output layer" if module is head else type(module).__name__
+                unfit.append(f"{shown(name)} matches {path} ({kind})")
+                break
+    if unmatched:
+        raise AlignlabError(f"config: --lora_target_modules names modules that {type(model).__name__} does not "
+                            f"have: {', '.join(unmatched)}. {valid}")
+    if unfit:
+        raise AlignlabError(f"config: --lora_target_modules must name linear layers (not the output layer) for "
+                            f"LoRA to adapt: {'; '.join(unfit)}. {valid}")
+    return list(requested)
+
+
+def lora_config(config: OptimConfig, model):
+    """The LoRA adapter `config` asks for, its targets checked against `model` (`lora_targets`)."""
     peft = require_peft()
     return peft.LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                           target_modules=config.lora_target_modules or "all-linear", task_type="CAUSAL_LM")
+                           target_modules=lora_targets(model, config.lora_target_modules), task_type="CAUSAL_LM")
 
 
 def prepare_policy(model, config: OptimConfig):
@@ -72,7 +117,7 @@ def prepare_policy(model, config: OptimConfig):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if not config.use_peft:
         return model
-    model = with_adapter(model, lora_config(config))
+    model = with_adapter(model, lora_config(config, model))
     # adapter_config.json names the base `load_causal_lm` loads the adapter onto: a local base by its
     # absolute path, so the adapter loads from any working directory; a GGUF base by its de-quantised
     # copy in the cache, so that transformers and PEFT can load the adapter too.
