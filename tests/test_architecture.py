@@ -18,7 +18,7 @@ PACKAGE = SRC / "alignlab"
 # Lower tiers never import higher ones; the same tier may import itself when no cycle results.
 TIERS = [
     ["errors", "safe_delete", "atomic", "cache", "output_dirs", "untrusted", "checks", "evidence", "yaml_input"],
-    ["config", "data", "objectives"],
+    ["config", "trl_keys", "trl_settings", "data", "objectives"],
     ["models"],
     ["training", "evaluation"],
     ["world", "analysis"],

@@ -26,8 +26,13 @@ def test_unknown_key_suggests_the_closest_valid_name():
 
 
 def test_mistyped_values_name_the_key():
-    with pytest.raises(AlignlabError, match=r"'epochs' must be an integer, got '1.5'"):
-        build_config(TrainConfig, None, {"epochs": "1.5"})
+    with pytest.raises(AlignlabError, match=r"'epochs' must be an integer, got 'two' \(or a number with a fraction"):
+        build_config(TrainConfig, None, {"epochs": "two"})
+    assert build_config(TrainConfig, None, {"epochs": "1.5"}).epochs == 1.5  # TRL's fractional num_train_epochs
+    whole = build_config(TrainConfig, None, {"num_train_epochs": "3.0"}).epochs
+    assert whole == 3 and isinstance(whole, int)  # a whole number stays an integer (range(), config.yaml)
+    with pytest.raises(AlignlabError, match=r"'epochs' must be > 0"):
+        TrainConfig(model="m", data="d", out="o", epochs=0).validate()
     with pytest.raises(AlignlabError, match=r"'trust_remote_code' must be true or false"):
         build_config(TrainConfig, None, {"trust_remote_code": "maybe"})
     assert build_config(TrainConfig, None, {"trust_remote_code": "true"}).trust_remote_code is True

@@ -23,7 +23,7 @@ from alignlab.config import TrainConfig
 from alignlab.errors import AlignlabError
 from alignlab.models.tiny import build_tiny_classifier
 from alignlab.training import train
-from alignlab.training.loop import partial_dir
+from alignlab.training.outputs import partial_dir
 
 from conftest import make_pairs
 
@@ -98,12 +98,12 @@ BAD_NUMBERS = {
     "train: max_grad_norm inf": (train_args(), ["--max_grad_norm", "inf"], "'max_grad_norm' must be a finite number"),
     "train: weight decay negative": (train_args(), ["--weight_decay", "-0.1"], "'weight_decay' must be >= 0"),
     "train: warmup ratio nan": (train_args(), ["--warmup_ratio", "nan"], "'warmup_ratio' must be a finite number"),
-    "train: zero epochs": (train_args(), ["--epochs", "0"], "'epochs' must be >= 1"),
+    "train: zero epochs": (train_args(), ["--epochs", "0"], "'epochs' must be > 0"),
     "train: negative batch size": (train_args(), ["--batch_size", "-4"], "'batch_size' must be >= 1"),
     "train: zero accumulation": (train_args(), ["--gradient_accumulation_steps", "0"],
                                  "'gradient_accumulation_steps' must be >= 1"),
     "train: negative seed": (train_args(), ["--seed", "-1"], "'seed' must be in [0, 4294967295]"),
-    "train: negative max_steps": (train_args(), ["--max_steps", "-1"], "'max_steps' must be >= 0"),
+    "train: negative max_steps": (train_args(), ["--max_steps", "-2"], "'max_steps' must be"),
     "train: negative checkpoint_steps": (train_args(), ["--checkpoint_steps", "-2"], "'checkpoint_steps' must be >= 0"),
     "train: dpo beta nan": (train_args(), ["--beta", "nan"], "'beta' must be a finite number > 0"),
     "train: dpo beta inf": (train_args(), ["--beta", "inf"], "'beta' must be a finite number > 0"),
@@ -220,8 +220,8 @@ def test_a_nan_loss_stops_the_run_naming_its_step_and_keeps_the_last_checkpoint(
     assert "nothing from this run was saved" in lines[0] and "checkpoint" in lines[0]
     assert not out.exists(), "a run that hit a NaN loss must not be promoted to its run directory"
     partial = partial_dir(out)
-    assert (partial / "checkpoint").is_dir() and not (partial / "model").exists()
-    assert str(partial / "checkpoint") in lines[0]
+    assert (partial / "checkpoint-2").is_dir() and not (partial / "model").exists()
+    assert str(partial / "checkpoint-2") in lines[0]
     logged = [json.loads(line)["step"] for line in (partial / "metrics.jsonl").read_text().splitlines()]
     assert logged == [1, 2], "nothing of step 3 is logged"
 

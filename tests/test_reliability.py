@@ -82,28 +82,28 @@ def test_disk_full_outside_atomic_writes_is_one_line_too(tiny_model, pairs_file,
 
 
 def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tiny_model, pairs_file, tmp_path, monkeypatch):
-    import safetensors.torch
+    from transformers import PreTrainedModel
 
     from alignlab.training import train
-    from alignlab.training.loop import partial_dir
+    from alignlab.training.outputs import partial_dir
     from conftest import config_for
 
     writes = {"n": 0}
-    real_save_model = safetensors.torch.save_model
+    real_save_pretrained = PreTrainedModel.save_pretrained
 
     def full_on_the_second_checkpoint(*args, **kwargs):
         writes["n"] += 1
         if writes["n"] == 2:
             disk_full()
-        return real_save_model(*args, **kwargs)
+        return real_save_pretrained(*args, **kwargs)
 
-    monkeypatch.setattr(safetensors.torch, "save_model", full_on_the_second_checkpoint)
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full_on_the_second_checkpoint)
     out = tmp_path / "run"
     with pytest.raises(AlignlabError, match=r"disk refused a write \(No space left.*checkpoint \(step 2\).*--resume"):
         train(config_for(tiny_model, pairs_file, out, batch_size=2, checkpoint_steps=2))
     run_dir = partial_dir(out)
-    assert leftovers(run_dir / "checkpoint") and not (run_dir / "checkpoint.tmp").exists()
-    assert json.loads((run_dir / "checkpoint" / "loop_state.json").read_text())["step"] == 2
+    assert leftovers(run_dir / "checkpoint-2") and not list(run_dir.glob("checkpoint-*.tmp"))
+    assert json.loads((run_dir / "checkpoint-2" / "loop_state.json").read_text())["step"] == 2
 
 
 # ---------------------------------------------------------------- a real disk that fills during training
@@ -163,7 +163,7 @@ def test_a_disk_that_fills_before_any_checkpoint_leaves_nothing_behind(tiny_mode
 
 def test_a_disk_that_fills_after_a_checkpoint_keeps_it_and_resume_finishes(tiny_model, pairs_file, small_disk,
                                                                          monkeypatch, capsys):
-    from alignlab.training.loop import partial_dir
+    from alignlab.training.outputs import partial_dir
 
     out = small_disk / "run"
     filler = fill_at_micro_batch(small_disk, 3, monkeypatch)
@@ -171,7 +171,7 @@ def test_a_disk_that_fills_after_a_checkpoint_keeps_it_and_resume_finishes(tiny_
     err = error_lines(capsys)
     assert len(err) == 1 and "checkpoint (step 2) is kept" in err[0] and "--resume" in err[0], err
     kept = sorted(os.listdir(partial_dir(out)))
-    assert "checkpoint" in kept and "model" not in kept and "checkpoint.tmp" not in kept
+    assert "checkpoint-2" in kept and "model" not in kept and "checkpoint-4.tmp" not in kept
     filler.unlink()  # the user frees space, then resumes
     monkeypatch.undo()
     assert main(train_argv(tiny_model, pairs_file, out, "--checkpoint_steps", "2", "--resume")) == 0

@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from alignlab.cli_settings import add_config_arguments, add_dataset_arguments, add_eval_arguments
 from alignlab.errors import AlignlabError
@@ -210,6 +211,7 @@ def _config_from_args(cls, args, names: tuple[str, ...], overrides: list[str]):
 def run_train(args, overrides: list[str]) -> int:
     from alignlab.config import TrainConfig
     from alignlab.training import train
+    from alignlab.training.outputs import where_to_look
 
     config = _config_from_args(TrainConfig, args, _fields(TrainConfig), overrides)
     result = train(config)
@@ -221,6 +223,7 @@ def run_train(args, overrides: list[str]) -> int:
     print(f"{result.out}: {result.optimizer_steps} steps, {result.pairs_trained} pairs in "
           f"{result.seconds:.1f}s ({result.pairs_per_second:.1f} pairs/s), final loss "
           f"{result.final_loss:.4f}, margin {result.final_margin:.3f}")
+    print(where_to_look(config, Path(result.out)))
     return 0
 
 

@@ -13,7 +13,7 @@ def metavar_of(annotation) -> str:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = args[0]
     if typing.get_origin(annotation) is list:
-        return "NAME,NAME"
+        return "NAME"
     return {int: "INT", float: "NUMBER", bool: "true|false", str: "TEXT"}.get(annotation, "VALUE")
 
 
@@ -21,28 +21,36 @@ def add_config_arguments(parser, config_cls) -> None:
     """`--config` and one flag per field of `config_cls` (a dataclass whose fields carry help, see
     alignlab.config.setting), listed with its type, default and TRL's name for it. Every default is
     None so that a --config file's value stands unless the command line gives one. On/off fields
-    are also bare flags (`--use_peft`)."""
+    are also bare flags (`--use_peft`); list fields, and those TRL gives as lists (`report_to`),
+    take several values (`--lora_target_modules q_proj v_proj`, or comma-separated)."""
     import dataclasses
 
-    from alignlab.config import PRECISION_FLAGS, TRL_ALIASES, field_types
+    from alignlab.config import field_types
+    from alignlab.trl_settings import LIST_IN_TRL, PRECISION_FLAGS, TRL_ALIASES, is_list_type
 
     parser.add_argument("--config", help=f"YAML file of {config_cls.__name__} fields (config.yaml of a run repeats it)")
     group = parser.add_argument_group(f"settings ({config_cls.__name__} fields; also YAML keys of --config)")
-    trl_names = {ours: theirs for theirs, ours in TRL_ALIASES.items()}
+    trl_names: dict[str, list[str]] = {}
+    for theirs, ours in TRL_ALIASES.items():
+        trl_names.setdefault(ours, []).append(theirs)
     annotations = field_types(config_cls)
     for spec in sorted(dataclasses.fields(config_cls), key=lambda spec: spec.name != "method"):  # method first
         if annotations[spec.name] is dict:  # params: the method's hyper-parameters, listed in the epilog
             continue
         default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
-        notes = [f"default: {default if default not in ('', None) else 'none'}"]
+        # A field whose help says what its unset value means ("(default: half of max_length)") needs no "none".
+        stated = default is None and "(default:" in spec.metadata.get("help", "")
+        notes = [] if stated else [f"default: {default if default not in ('', None) else 'none'}"]
         if spec.name in trl_names:
-            notes.append(f"TRL: {trl_names[spec.name]}")
+            notes.append(f"TRL: {' / '.join(trl_names[spec.name])}")
         if spec.name == "mixed_precision":
             notes.append("TRL: " + " / ".join(f"--{flag}" for flag in PRECISION_FLAGS))
-        help_text = f"{spec.metadata.get('help', '')} ({'; '.join(notes)})".replace("%", "%%")
+        help_text = (spec.metadata.get("help", "") + (f" ({'; '.join(notes)})" if notes else "")).replace("%", "%%")
         metavar = metavar_of(annotations[spec.name])
         if annotations[spec.name] is bool:
             group.add_argument(f"--{spec.name}", nargs="?", const=True, default=None, metavar=metavar, help=help_text)
+        elif is_list_type(annotations[spec.name]) or spec.name in LIST_IN_TRL:
+            group.add_argument(f"--{spec.name}", nargs="+", default=None, metavar=metavar, help=help_text)
         else:
             group.add_argument(f"--{spec.name}", default=None, metavar=metavar, help=help_text)
 

@@ -2,25 +2,30 @@
 
 Every run writes its resolved configuration as `config.yaml` next to its results, so that the
 file can be passed back with `--config` to repeat the run. The YAML file is read by
-`alignlab.yaml_input.read_yaml`; TRL's names for settings are accepted (`resolve_aliases`).
+`alignlab.yaml_input.read_yaml`. Every setting of `trl dpo` is accepted as alignlab.trl_keys
+classifies it: under its TRL name, converted, ignored where that is harmless, or refused with what
+alignlab does instead (all refused keys in one error; `ignore_unsupported` makes it a warning).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from alignlab import trl_keys
 from alignlab.cache import check_cache_dir
 from alignlab.checks import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, STEPS_OR_NEVER, Range, check_numbers
+from alignlab.data.tokenise import TRUNCATION_MODES
 from alignlab.errors import AlignlabError, unknown_name_message
 from alignlab.objectives.registry import get_method
+from alignlab.trl_settings import (LIST_IN_TRL, OPTIMIZERS, TRL_ALIASES, Findings, check_method, is_list_type,
+                                   method_of_loss_types, report, translate, without_method_key)
 from alignlab.untrusted import is_unicode, shown
-from alignlab.yaml_input import MAX_NAME_CHARS, is_setting_name, read_yaml
+from alignlab.yaml_input import MAX_NAME_CHARS, coerce_value, is_setting_name, read_yaml
 
 MAX_OVERRIDE_CHARS = 10_000  # one --key value on the command line
 
@@ -29,14 +34,22 @@ MAX_OVERRIDE_CHARS = 10_000  # one --key value on the command line
 OPTIM_RANGES = {
     # AdamW moves each weight by about the learning rate per step: above 1 nothing survives one step.
     "learning_rate": Range(0, 1, exclusive_min=True),
-    "epochs": COUNT,
+    "epochs": POSITIVE,  # a fraction trains that share of the last epoch's batches
     "batch_size": COUNT,
     "gradient_accumulation_steps": COUNT,
     "max_grad_norm": POSITIVE,
     "weight_decay": NON_NEGATIVE,
+    "adam_beta1": Range(0, 1, exclusive_max=True),
+    "adam_beta2": Range(0, 1, exclusive_max=True),
+    "adam_epsilon": NON_NEGATIVE,
     "warmup_ratio": Range(0, 1, exclusive_max=True),
+    "warmup_steps": STEPS_OR_NEVER,
     "max_length": COUNT,
     "max_prompt_length": COUNT,
+    "max_completion_length": COUNT,
+    "eval_steps": COUNT,
+    "eval_batch_size": COUNT,
+    "save_total_limit": COUNT,
     "seed": SEED,
     "logging_steps": COUNT,
     "checkpoint_steps": STEPS_OR_NEVER,
@@ -58,6 +71,16 @@ def setting(default, help: str):
 MIXED_PRECISION = ("no", "bf16", "fp16")
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
 GENERATION_BACKENDS = ("hf", "vllm")
+SAVE_STRATEGIES = ("steps", "no")
+EVAL_STRATEGIES = ("no", "steps", "epoch")
+
+
+def default_prompt_length(max_length) -> int | None:
+    """`max_prompt_length` when none is given: half of max_length, so that a long prompt leaves its
+    responses half the room (TRL 1.16 has no prompt limit: a prompt may fill max_length there)."""
+    if isinstance(max_length, int) and not isinstance(max_length, bool) and max_length >= 1:
+        return max(max_length // 2, 1)
+    return None
 
 
 def tracker_installed(tracker: str) -> bool:
@@ -95,15 +118,26 @@ class OptimConfig:
                                                        "(default: reward_rejected, else score_rejected)")
     raw_prompts: bool = setting(False, "use text prompts as they are, without the chat template or plain format")
     learning_rate: float = setting(1e-6, "peak AdamW learning rate")
-    epochs: int = setting(1, "passes over the data")
+    epochs: float = setting(1, "passes over the data; a fraction trains that share of the last epoch's batches "
+                               "(1.5: one epoch, then half of the next)")
     batch_size: int = setting(8, "pairs per device per micro-batch")
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step")
     max_grad_norm: float = setting(1.0, "gradient norm clipping")
     weight_decay: float = setting(0.0, "AdamW weight decay")
+    optim: str = setting("adamw_torch_fused", "adamw_torch_fused (torch's AdamW, one fused kernel where the device "
+                                              "has it) | adamw_torch (torch's AdamW, per tensor)")
+    adam_beta1: float = setting(0.9, "AdamW β1, the decay of the gradient's running mean")
+    adam_beta2: float = setting(0.999, "AdamW β2, the decay of the squared gradient's running mean")
+    adam_epsilon: float = setting(1e-8, "AdamW ε, added to the denominator")
     warmup_ratio: float = setting(0.1, "fraction of the steps spent warming the learning rate up")
+    warmup_steps: int = setting(0, "optimizer steps spent warming the learning rate up; > 0 overrides warmup_ratio")
     lr_scheduler: str = setting("linear", "any transformers.get_scheduler name (linear, cosine, constant, ...)")
     max_length: int = setting(512, "prompt + response tokens")
-    max_prompt_length: int = setting(256, "longer prompts keep their last tokens")
+    max_prompt_length: int | None = setting(None, "longer prompts keep their last tokens (default: half of "
+                                                  "max_length)")
+    max_completion_length: int | None = setting(None, "longer responses keep their first tokens (default: no cap)")
+    truncation_mode: str = setting("keep_start", "keep_start | keep_end: which end of a prompt + response longer "
+                                                 "than max_length is kept, as in TRL")
     seed: int = setting(0, "seed of the shuffle, initialisation and sampling")
     logging_steps: int = setting(1, "log every N optimizer steps")
     dtype: str = setting("float32", "weights' dtype: float32 | bfloat16 | float16 (bfloat16 weights lose small updates: "
@@ -118,8 +152,13 @@ class OptimConfig:
     lora_r: int = setting(16, "LoRA rank")
     lora_alpha: int = setting(32, "LoRA scaling numerator (scale lora_alpha / lora_r)")
     lora_dropout: float = setting(0.05, "dropout on the LoRA input")
-    lora_target_modules: list[str] | None = setting(None, "module names LoRA adapts, comma-separated (default "
-                                                          "all-linear: every linear layer but the output head)")
+    lora_target_modules: list[str] | None = setting(None, "module names LoRA adapts, comma- or space-separated "
+                                                          "(default all-linear: every linear layer but the output "
+                                                          "head)")
+    use_rslora: bool = setting(False, "rank-stabilised LoRA: scale the adapter by lora_alpha / √lora_r")
+    use_dora: bool = setting(False, "DoRA: a learnt magnitude per output beside LoRA's direction (slower steps)")
+    lora_modules_to_save: list[str] | None = setting(None, "modules trained in full beside the adapter and saved "
+                                                           "with it, e.g. lm_head embed_tokens")
     save_merged: bool = setting(False, "with use_peft: also save the adapter merged into the weights (model-merged/)")
     report_to: str = setting("none", "experiment tracker: none | tensorboard (logs in out/tracking/) | wandb | "
                                      "mlflow (their own servers, as WANDB_* / MLFLOW_TRACKING_URI say)")
@@ -127,12 +166,28 @@ class OptimConfig:
     cache_dir: str | None = setting(None, "reference log-prob / reward cache (default ~/.cache/alignlab)")
     trust_remote_code: bool = setting(False, "run code shipped with a hub model (only when you trust it)")
     overwrite: bool = setting(False, "replace an existing run directory that alignlab created")
+    ignore_unsupported: bool = setting(False, "train without the TRL settings alignlab cannot honour (one warning "
+                                              "lists them) instead of refusing the configuration")
     checkpoint_steps: int = setting(0, "save a resumable checkpoint every N optimizer steps (0: never)")
     resume: bool = setting(False, "continue a killed run from its last checkpoint (same configuration)")
     max_steps: int = setting(0, "stop after N optimizer steps, the schedule sized to them (0: every epoch)")
     snapshot_steps: int = setting(0, "save the model every N optimizer steps to snapshots/ (0: never), for "
                                      "learning curves")
+    eval_strategy: str = setting("no", "no | steps | epoch: evaluate the objective on held-out pairs while training")
+    eval_steps: int | None = setting(None, "with eval_strategy steps: every N optimizer steps (default: logging_steps)")
+    eval_data: str | None = setting(None, "held-out pairs for eval_strategy")
+    eval_split: str | None = setting(None, "held-out split of data (TRL's dataset_test_split)")
+    eval_batch_size: int | None = setting(None, "pairs per device per evaluation batch (default: batch_size)")
+    save_strategy: str = setting("steps", "steps | no: save checkpoint-N/ every checkpoint_steps")
+    save_total_limit: int | None = setting(None, "keep only the newest N checkpoints (default: all)")
     ranges: typing.ClassVar[dict[str, Range]] = OPTIM_RANGES  # where each numeric field may lie
+
+    def __post_init__(self):
+        # A whole number of epochs stays an integer (in config.yaml too); a fraction stays a float.
+        if isinstance(self.epochs, float) and self.epochs.is_integer():
+            self.epochs = int(self.epochs)
+        if self.max_prompt_length is None:
+            self.max_prompt_length = default_prompt_length(self.max_length)
 
     def validate(self) -> None:
         for name in ("model", "data", "out"):
@@ -141,12 +196,16 @@ class OptimConfig:
         if self.gguf_file:  # one name for the model from here on, in every cache key and in config.yaml
             self.model, self.gguf_file = str(Path(self.model) / self.gguf_file), None
         check_numbers("config", vars(self), self.ranges)
+        if self.max_prompt_length is None:  # max_length was no count when the config was made
+            self.max_prompt_length = default_prompt_length(self.max_length)
         if self.max_prompt_length >= self.max_length:
             raise AlignlabError(f"config: 'max_prompt_length' ({self.max_prompt_length}) must be smaller "
                                 f"than 'max_length' ({self.max_length}) to leave room for the response")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise AlignlabError(f"config: 'dtype' must be float32, bfloat16 or float16, got {self.dtype!r}")
-        for name, choices in (("mixed_precision", MIXED_PRECISION), ("report_to", TRACKERS)):
+        for name, choices in (("mixed_precision", MIXED_PRECISION), ("report_to", TRACKERS), ("optim", OPTIMIZERS),
+                              ("truncation_mode", TRUNCATION_MODES), ("save_strategy", SAVE_STRATEGIES),
+                              ("eval_strategy", EVAL_STRATEGIES)):
             if getattr(self, name) not in choices:
                 raise AlignlabError(unknown_name_message(f"config: {name}", getattr(self, name), list(choices)))
         if self.run_name is not None and (not is_setting_name(self.run_name) or self.run_name in (".", "..")
@@ -213,11 +272,13 @@ class RewardModelConfig(OptimConfig):
     ranges: typing.ClassVar[dict[str, Range]] = {**OPTIM_RANGES, "eval_fraction": FRACTION}
 
 
-def parse_overrides(tokens: list[str]) -> dict[str, str | bool]:
-    """`--key value` / `--key=value` pairs (dashes in keys read as underscores); a bare `--key`
-    (last, or followed by another `--key`) is an on/off setting turned on: True. A key given twice,
-    or text that is no Unicode or longer than MAX_OVERRIDE_CHARS, is an error."""
-    overrides: dict[str, str] = {}
+def parse_overrides(tokens: list[str]) -> dict[str, str | bool | list[str]]:
+    """`--key value` / `--key=value` pairs (dashes in keys read as underscores). Every token up to
+    the next `--key` is the key's value: one token is a string, several a list (as TRL's list
+    settings take them: `--lora_target_modules q_proj v_proj`; build_config refuses a list for a
+    setting of one value); none, a bare `--key`, is an on/off setting turned on: True. A key given
+    twice, or text that is no Unicode or longer than MAX_OVERRIDE_CHARS, is an error."""
+    overrides: dict[str, str | bool | list[str]] = {}
     i = 0
     while i < len(tokens):
         token = _command_line_text(tokens[i])
@@ -228,16 +289,17 @@ def parse_overrides(tokens: list[str]) -> dict[str, str | bool]:
         if not is_setting_name(name):
             raise AlignlabError(f"override {shown('--' + key)} is not a setting name (one line, up to "
                                 f"{MAX_NAME_CHARS} characters)")
+        i += 1
         if not eq:
-            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
-                value = True  # build_config refuses it for a setting that is not on/off
-            else:
-                value = _command_line_text(tokens[i + 1])
+            values = []
+            while i < len(tokens) and not tokens[i].startswith("--"):
+                values.append(_command_line_text(tokens[i]))
                 i += 1
+            # True: build_config refuses it for a setting that is not on/off
+            value = True if not values else values[0] if len(values) == 1 else values
         if name in overrides:
             raise AlignlabError(f"override --{key} is given twice: give it once")
         overrides[name] = value
-        i += 1
     return overrides
 
 
@@ -256,139 +318,68 @@ def field_types(cls) -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def coerce_value(name: str, value, annotation, where: str):
-    """Convert a YAML or CLI value to the field's declared type. Only Optional fields take None."""
-    args = typing.get_args(annotation)
-    optional = (typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args)
-    if optional:
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            return None
-        annotation = next(a for a in args if a is not type(None))
-    elif value is None:  # `model:` with nothing after it; str() would make it the text "None"
-        raise AlignlabError(f"{where}: '{name}' is blank; give a value or remove the key")
-    try:
-        if annotation is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                return value.lower() in ("true", "1", "yes")
-            raise ValueError
-        if annotation is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if annotation is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if annotation is str:
-            if isinstance(value, (dict, list)):
-                raise ValueError
-            return str(value)
-        if annotation is dict:
-            if not isinstance(value, dict):
-                raise ValueError
-            return dict(value)
-        if typing.get_origin(annotation) is list:
-            items = value.split(",") if isinstance(value, str) else value
-            if not isinstance(items, list):
-                raise ValueError
-            item_type = typing.get_args(annotation)[0]
-            if item_type is str:
-                if not all(isinstance(i, str) for i in items):
-                    raise ValueError
-                return [i.strip() for i in items if i.strip()]
-            return [coerce_value(name, i.strip() if isinstance(i, str) else i, item_type, where) for i in items]
-    except (TypeError, ValueError, OverflowError, AlignlabError):  # OverflowError: float() of a huge int
-        pass
-    else:
-        return value
-    raise AlignlabError(f"{where}: '{name}' must be {_type_name(annotation)}, got {shown(value)}")
-
-
-TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text", dict: "a mapping"}
-
-
-def _type_name(annotation) -> str:
-    if typing.get_origin(annotation) is list:
-        item = typing.get_args(annotation)[0]
-        return "a list of names" if item is str else f"a list of {TYPE_NAMES.get(item, item.__name__)}s".replace("an ", "")
-    return TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
-
-
-# TRL's (and transformers' TrainingArguments') names for our fields: accepted in YAML and on the
-# command line, written to config.yaml under our name.
-TRL_ALIASES = {
-    "model_name_or_path": "model", "model_revision": "revision", "dataset_name": "data",
-    "dataset_train_split": "data_split", "dataset_dir": "data_dir", "output_dir": "out",
-    "per_device_train_batch_size": "batch_size", "num_train_epochs": "epochs",
-    "lr_scheduler_type": "lr_scheduler", "save_steps": "checkpoint_steps", "torch_dtype": "dtype",
-    "padding_free": "packing",
-}
-# TRL's on/off precision flags, each standing for one value of `mixed_precision`.
-PRECISION_FLAGS = {"bf16": "bf16", "fp16": "fp16"}
-
-
-def resolve_aliases(values: dict, fields, where: str) -> dict:
-    """`values` with TRL's names turned into ours (see TRL_ALIASES, PRECISION_FLAGS) for the keys
-    that are not fields of the config themselves; a setting given under both names is an error.
-    `where(key)` names the place a key came from."""
-    resolved, given_as = {}, {}
-    for key, value in values.items():
-        if key in fields:
-            name = key
-        elif key in TRL_ALIASES and TRL_ALIASES[key] in fields:
-            name = TRL_ALIASES[key]
-        elif key in PRECISION_FLAGS and "mixed_precision" in fields:
-            name = "mixed_precision"
-            on = coerce_value(key, value, bool, where(key))
-            value = PRECISION_FLAGS[key] if on else "no"
-        else:
-            name = key
-        if name in resolved:
-            raise AlignlabError(f"{where(key)}: '{given_as[name]}' and '{key}' both set '{name}'; give it once")
-        resolved[name], given_as[name] = value, key
-    return resolved
-
-
 def build_config(cls, yaml_path: str | None, overrides: dict):
-    """Defaults < YAML < overrides. For configs with a method, keys that are not fields go to
-    `params` when the method takes them; anything else is an error suggesting the closest key."""
+    """Defaults < YAML < overrides, under alignlab's names (`translate`: TRL's names and values).
+    For configs with a method, TRL's loss_type picks it and keys that are not fields go to `params`
+    when the method takes them. Every unknown key and every TRL setting alignlab cannot honour is
+    reported at once (`report`), a typo with the one alignlab name it is close to."""
     types_by_field = field_types(cls)
-    merged: dict = {}
-    sources: dict[str, str] = {}
-    if yaml_path:
-        from_file = resolve_aliases(read_yaml(yaml_path), types_by_field, lambda key: f"{yaml_path}: key {key!r}")
-        for key, value in from_file.items():
-            merged[key] = value
-            sources[key] = f"{yaml_path}: key"
-    overrides = resolve_aliases(overrides, types_by_field, lambda key: f"command line: --{key}")
-    for key, value in overrides.items():
-        merged[key] = value
-        sources[key] = "command line: --"
     has_method = "method" in types_by_field
+    findings = Findings()
+    merged: dict = {}
+    sources: dict[str, str] = {}  # where each setting came from, as coerce_value's errors name it
+    labels: dict[str, str] = {}  # ... and as the key was written there
+    places: dict[str, str] = {}  # ... and the file or command line alone
+    readings = [(overrides, lambda key: f"command line: --{key}", "command line", "command line")]
+    if yaml_path:
+        readings.insert(0, (read_yaml(yaml_path), lambda key: f"{yaml_path}: key {key!r}", f"{yaml_path}: key",
+                            str(yaml_path)))
+    command_line = {}
+    for values, where, source, place in readings:
+        settings, given_as = translate(values, types_by_field, where, findings)
+        for name, value in settings.items():
+            merged[name], sources[name], labels[name], places[name] = value, source, where(given_as[name]), place
+        if source == "command line":
+            command_line = {name: given_as[name] for name in settings}
     params = merged.pop("params", None) if has_method else None
     if params is not None and not isinstance(params, dict):
-        raise AlignlabError(f"{sources['params'].rstrip(' -:')}: 'params' must be a mapping")
+        raise AlignlabError(f"{sources['params']}: 'params' must be a mapping")
     params = dict(params or {})
     method_params: dict[str, object] = {}
+    method_name = None
     if has_method:
+        params = {**method_of_loss_types(merged, sources), **params}
         method_name = str(merged.get("method", cls.__dataclass_fields__["method"].default))
+        check_method(method_name, sources.get("method"))
         method_params = {hp.name: type(hp.default) for hp in get_method(method_name).hyperparameters}
-    for key, value in overrides.items():
-        kind = types_by_field.get(key, method_params.get(key))
+    for name, key in command_line.items():
+        kind = types_by_field.get(name, method_params.get(name))
+        value = merged.get(name)
         if value is True and kind is not None and kind is not bool:
             raise AlignlabError(f"command line: --{key} needs a value (only on/off settings are bare "
                                 f"flags): write --{key} VALUE")
-    values = {}
-    for key, value in merged.items():
-        if key in types_by_field:
-            values[key] = coerce_value(key, value, types_by_field[key], sources[key].rstrip(" -:"))
-        elif key in method_params:
-            params[key] = value
+        if (isinstance(value, list) and kind is not None and name not in LIST_IN_TRL
+                and not is_list_type(types_by_field.get(name))):
+            raise AlignlabError(f"command line: --{key} takes one value, got {len(value)}: "
+                                f"{shown(' '.join(value))}")
+    typed = {}
+    for name, value in merged.items():
+        if name in types_by_field:
+            typed[name] = value
+        elif name in method_params:
+            params[name] = value
+        elif has_method and name in trl_keys.METHOD_KEY_DEFAULTS:
+            reason = without_method_key(name, value, method_name)
+            if reason:
+                findings.refused.append(f"{labels[name]}: {reason}")
         else:
-            valid = sorted(set(types_by_field) | set(method_params))
-            raise AlignlabError(unknown_name_message(f"{sources[key].rstrip(' -:')}: unknown key", key, valid))
+            note = (f" (TRL's name for '{TRL_ALIASES[name]}', which {cls.__name__} has not)"
+                    if name in TRL_ALIASES else "")
+            findings.unknown.append((places[name], name, note))
+    ignore = "ignore_unsupported" in typed and coerce_value(
+        "ignore_unsupported", typed["ignore_unsupported"], bool, sources["ignore_unsupported"])
+    report(findings, ignore, sorted(set(types_by_field) | set(method_params)))
+    values = {name: coerce_value(name, value, types_by_field[name], sources[name]) for name, value in typed.items()}
     config = cls(**values)
     if has_method:
         config.params = params

@@ -4,11 +4,13 @@ an InputError naming the file and line (see `_ConfigLoader` for what it refuses 
 from __future__ import annotations
 
 import math
+import types
+import typing
 from pathlib import Path
 
 import yaml
 
-from alignlab.errors import InputError
+from alignlab.errors import AlignlabError, InputError
 from alignlab.untrusted import MAX_DEPTH, MAX_INT_DIGITS, clip, is_unicode, shown
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; a larger file is no config
@@ -134,3 +136,68 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(loaded, dict):
         raise InputError("the config must be a mapping of key: value", file=str(path))
     return loaded
+
+
+def coerce_value(name: str, value, annotation, where: str):
+    """Convert a YAML or CLI value to the field's declared type. Only Optional fields take None."""
+    args = typing.get_args(annotation)
+    optional = (typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args)
+    if optional:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        annotation = next(a for a in args if a is not type(None))
+    elif value is None:  # `model:` with nothing after it; str() would make it the text "None"
+        raise AlignlabError(f"{where}: '{name}' is blank; give a value or remove the key")
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if annotation is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if annotation is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if annotation is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+        if annotation is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+        if typing.get_origin(annotation) is list:
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list):
+                raise ValueError
+            item_type = typing.get_args(annotation)[0]
+            if item_type is str:  # `a,b`, [a, b] and [a,b c] alike
+                if not all(isinstance(i, str) for i in items):
+                    raise ValueError
+                return [part.strip() for i in items for part in i.split(",") if part.strip()]
+            return [coerce_value(name, i.strip() if isinstance(i, str) else i, item_type, where) for i in items]
+    except (TypeError, ValueError, OverflowError, AlignlabError):  # OverflowError: float() of a huge int
+        pass
+    else:
+        return value
+    if annotation is float and name in MOSTLY_WHOLE:
+        raise AlignlabError(f"{where}: '{name}' must be an integer, got {shown(value)} ({MOSTLY_WHOLE[name]})")
+    raise AlignlabError(f"{where}: '{name}' must be {_type_name(annotation)}, got {shown(value)}")
+
+
+# Numbers that are whole but for a fraction that has a meaning: their type error asks for an
+# integer and says what a fraction does.
+MOSTLY_WHOLE = {"epochs": "or a number with a fraction: 1.5 trains one epoch, then half of the next"}
+TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text", dict: "a mapping"}
+
+
+def _type_name(annotation) -> str:
+    if typing.get_origin(annotation) is list:
+        item = typing.get_args(annotation)[0]
+        return "a list of names" if item is str else f"a list of {TYPE_NAMES.get(item, item.__name__)}s".replace("an ", "")
+    return TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))

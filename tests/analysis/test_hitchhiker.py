@@ -241,3 +241,27 @@ def test_expected_score_claim_compares_grid_means_at_budget_one():
     assert "k = 1" in c["detail"]
     grid_mean = lambda tables: sum(reported(g) for g in tables) / len(tables)  # noqa: E731
     assert c["value"] == pytest.approx(grid_mean(t["ln-dpo"]) - grid_mean(t["dpo"]))
+
+
+def test_methods_outside_the_papers_are_each_compared_with_dpo():
+    """Issue 30: a sweep of DPO, IPO and KTO makes claims about IPO and KTO, with the hand values."""
+    from alignlab.analysis import variant_claims
+
+    runs, sft, t = build({"dpo": [0.0, 0.3], "ipo": [1.0, 1.3], "kto": [0.0, 0.3]})
+    claims = {c["claim"]: c for c in decide(hitchhiker_claims(SweepEvidence(runs, sft, 1000))
+                                            + variant_claims(SweepEvidence(runs, sft, 1000)))}
+    ipo = claims["best score: IPO ≥ DPO"]
+    assert ipo["value"] == pytest.approx(reported(t["ipo"][best(t["ipo"])]) - reported(t["dpo"][best(t["dpo"])]))
+    assert ipo["verdict"] == "confirmed"
+    grid_mean = {m: np.mean([reported(g) for g in t[m]]) for m in ("kto", "dpo")}
+    assert claims["expected score: KTO ≥ DPO"]["value"] == pytest.approx(grid_mean["kto"] - grid_mean["dpo"])
+    assert claims["expected score: KTO ≥ DPO"]["verdict"] == "inconclusive"
+    assert "best score: DPO ≥ DPO" not in claims and "expected score: DPO ≥ DPO" not in claims
+
+
+def test_without_dpo_the_other_methods_are_compared_with_the_first():
+    from alignlab.analysis import variant_claims
+
+    runs, sft, _ = build({"orpo": [0.0, 0.3], "kto": [0.0, 0.3]})
+    assert [c["claim"] for c in variant_claims(SweepEvidence(runs, sft, 200))] == [
+        "best score: KTO ≥ ORPO", "expected score: KTO ≥ ORPO"]

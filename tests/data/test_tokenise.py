@@ -109,9 +109,10 @@ def test_cached_token_ids_are_the_tokenizers_and_a_second_call_reads_them(tiny_c
     source.write_text("".join(json.dumps(p) + "\n" for p in make_pairs(6)))
     pairs = load_pairs(str(source)).pairs
     expected, report = tokenise.tokenize_pairs(tokenizer, pairs, 24, 8)
-    assert report.prompts_truncated and report.responses_truncated  # the cache must carry both counts
+    assert report.prompts_truncated and report.responses_truncated  # the cache must carry every count
+    assert report.pairs_truncated
     first, first_report = tokenise.cached_tokenize_pairs(tokenizer, "tok-a", pairs, 24, 8, False, tmp_path)
-    monkeypatch.setattr(tokenise, "tokenize_pairs", lambda *args: pytest.fail("tokenised again"))
+    monkeypatch.setattr(tokenise, "tokenize_pairs", lambda *args, **kwargs: pytest.fail("tokenised again"))
     second, second_report = tokenise.cached_tokenize_pairs(tokenizer, "tok-a", pairs, 24, 8, False, tmp_path)
     assert first == second == expected
     assert vars(first_report) == vars(second_report) == vars(report)

@@ -11,7 +11,7 @@ import pytest
 
 from alignlab.training import offline as offline_module
 from alignlab.training import train
-from alignlab.training.loop import partial_dir
+from alignlab.training.outputs import partial_dir
 from conftest import REPO, config_for, make_pairs, train_until_killed
 
 
@@ -34,13 +34,13 @@ def crash_then_resume(tiny_model, pairs_file, tmp_path, monkeypatch, settings):
     # The 15th micro-batch is inside step 8 (2 micro-batches per step), after the checkpoint at step 6.
     train_until_killed(config_for(tiny_model, pairs_file, out, **settings), monkeypatch, 15)
     assert not out.exists()
-    assert json.loads((partial_dir(out) / "checkpoint" / "loop_state.json").read_text())["step"] == 6
+    assert json.loads((partial_dir(out) / "checkpoint-6" / "loop_state.json").read_text())["step"] == 6
 
     resumed = train(config_for(tiny_model, pairs_file, out, resume=True, **settings))
     assert resumed.optimizer_steps == whole.optimizer_steps == 8
     assert resumed.final_loss == pytest.approx(whole.final_loss, rel=1e-6)
     assert_same_metrics(out, tmp_path / "whole")
-    assert not partial_dir(out).exists() and not (out / "checkpoint").exists()
+    assert not partial_dir(out).exists() and not list(out.glob("checkpoint*.tmp"))
     return out, tmp_path / "whole"
 
 
@@ -88,10 +88,10 @@ def test_sigkilled_training_process_resumes_from_the_command_line(tiny_model, tm
     out = tmp_path / "killed"
     process = subprocess.Popen([*args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=env, cwd=REPO)
-    state = partial_dir(out) / "checkpoint" / "loop_state.json"
+    state = partial_dir(out) / "checkpoint-20" / "loop_state.json"
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
-        if state.exists() and json.loads(state.read_text())["step"] >= 20:
+        if state.exists():
             break
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
@@ -125,9 +125,9 @@ def test_checkpoints_hold_no_pickles_and_resume_never_unpickles(tiny_model, pair
     out = tmp_path / "run"
     # Killed in step 6, after the checkpoint at step 4.
     train_until_killed(config_for(tiny_model, pairs_file, out, **settings), monkeypatch, 6)
-    checkpoint = partial_dir(out) / "checkpoint"
+    checkpoint = partial_dir(out) / "checkpoint-4"
     files = sorted(p.name for p in checkpoint.rglob("*") if p.is_file())
-    assert {"model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json",
+    assert {"config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors", "optimizer.json", "scheduler.json",
             "rng_state_0.safetensors", "rng_state_0.json", "accelerator.json", "loop_state.json"} <= set(files)
     assert all(name.endswith((".safetensors", ".json")) for name in files), files
     for path in checkpoint.rglob("*"):

@@ -158,7 +158,7 @@ def test_grpo_num_iterations_trains_each_sample_twice_and_clips(study, tmp_path,
 @pytest.mark.slow
 def test_grpo_resumes_after_a_crash_to_the_uninterrupted_result(study, tmp_path, monkeypatch):
     """Sampling is seeded per micro-batch, so a resumed run samples, and ends, exactly as an uninterrupted one."""
-    from alignlab.training.loop import partial_dir
+    from alignlab.training.outputs import partial_dir
 
     data = tmp_path / "prompts.jsonl"
     write_pairs_jsonl(study["world"].train_pairs[:12], data)  # 9 prompts: 5 steps of 2
@@ -176,7 +176,7 @@ def test_grpo_resumes_after_a_crash_to_the_uninterrupted_result(study, tmp_path,
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         train(grpo_config(study["sft"], data, out, study["rm"], **settings))
-    assert not out.exists() and (partial_dir(out) / "checkpoint").exists()
+    assert not out.exists() and (partial_dir(out) / "checkpoint-2").exists()
     monkeypatch.setattr(grpo_module, "sample_and_score", real)
     resumed = train(grpo_config(study["sft"], data, out, study["rm"], resume=True, **settings))
     assert resumed.optimizer_steps == whole.optimizer_steps == 5

@@ -11,7 +11,7 @@ The statistics themselves (two-level bootstrap, Holm, expected max) are alignlab
 
 from alignlab.analysis.claims import decide
 from alignlab.analysis.hitchhiker import (expected_max_curve, hitchhiker_claims, sensitivity, top_k_pooled,
-                                          varying_params)
+                                          variant_claims, varying_params)
 from alignlab.analysis.replicates import Configuration, SweepEvidence, group_configurations
 from alignlab.analysis.runs import (LABELS, RunRecord, best_run, best_runs, metric_value, percentile_run,
                                     top_k_runs)
@@ -20,7 +20,8 @@ from alignlab.analysis.var import (VAR_PAPER_GAIN_PCT, VAR_PAPER_SPEEDUP, conver
                                    var_gain_claims, z_estimator_variance)
 
 __all__ = [
-    "decide", "expected_max_curve", "hitchhiker_claims", "sensitivity", "top_k_pooled", "varying_params",
+    "decide", "expected_max_curve", "hitchhiker_claims", "sensitivity", "top_k_pooled", "variant_claims",
+    "varying_params",
     "Configuration", "SweepEvidence", "group_configurations",
     "LABELS", "RunRecord", "best_run", "best_runs", "metric_value", "percentile_run", "top_k_runs",
     "WILSON_Z", "wilson_interval",

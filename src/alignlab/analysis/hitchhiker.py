@@ -16,6 +16,8 @@ Claims (each oriented so that a positive value supports it)
                                 share pooled over the other methods' configurations
     X shorter than DPO          length of DPO's best − X's best (and likewise length-normalised KL)
     DPO drops more than X       (best − top-25%) of DPO − (best − top-25%) of X, on gold
+    X ≥ DPO (other methods)     best and expected score of each method outside the papers' (TRL's DPO
+                                variants, ORPO, KTO) against DPO's (`variant_claims`)
 """
 
 from __future__ import annotations
@@ -198,4 +200,25 @@ def hitchhiker_claims(ev: SweepEvidence) -> list[dict]:
                                       f"configuration"))
     for other in ("ln-dpo", "simpo"):
         claims.append(_drop_claim(ev, other))
+    return claims
+
+
+# The methods of the two source papers, which the claims above and the VAR claims cover.
+PAPER_METHODS = ("sft", "dpo", "ln-dpo", "simpo", "var")
+
+
+def variant_claims(ev: SweepEvidence) -> list[dict]:
+    """Each other method of the sweep (TRL's DPO variants, ORPO, KTO, ...) against DPO — or, without
+    DPO runs, against the first of them: best score and expected score, as the Hitchhiker claims
+    compare the papers' methods. Tuned DPO variants often tie (Tang et al. 2024, GPO); these claims
+    say whether this sweep can tell them apart."""
+    others = [m for m in ev.by_method if m not in PAPER_METHODS]
+    baseline = "dpo" if ev.by_method.get("dpo") else (others[0] if others else None)
+    claims = []
+    for method in (m for m in others if m != baseline):
+        claims.append(_best_claim(ev, method, baseline, "gold_score",
+                                  f"best score: {method_label(method)} ≥ {method_label(baseline)}",
+                                  f"reported mean gold of the best {method_label(method)} − the best "
+                                  f"{method_label(baseline)} configuration"))
+        claims.append(_expected_claim(ev, method, baseline))
     return claims

@@ -25,7 +25,10 @@ import math
 from dataclasses import dataclass, field
 
 
-LABELS = {"sft": "SFT", "dpo": "DPO", "ln-dpo": "LN-DPO", "simpo": "SimPO", "var": "VAR"}
+LABELS = {"sft": "SFT", "dpo": "DPO", "ln-dpo": "LN-DPO", "simpo": "SimPO", "var": "VAR", "ipo": "IPO",
+          "orpo": "ORPO", "kto": "KTO", "bco-pair": "BCO-pair", "sppo-hard": "SPPO-hard", "nca-pair": "NCA-pair",
+          "apo-zero": "APO-zero", "apo-down": "APO-down", "exo-pair": "EXO-pair", "aot": "AOT",
+          "aot-unpaired": "AOT-unpaired", "discopop": "DiscoPOP", "robust": "robust DPO", "hinge": "hinge"}
 
 
 @dataclass

@@ -243,7 +243,8 @@ def _pku_pair(record: dict, where: Where, filter: str | None, preference: str) -
 # ---------------------------------------------------------------- generic pairs
 
 PAIRS_FIX = ("Each record needs 'chosen' and 'rejected' (texts, or TRL-style message lists) and 'prompt' "
-             "(text or messages), unless chosen and rejected both start with it")
+             "(text or messages), unless chosen and rejected both start with it; prompt/completion/label "
+             "records are unpaired, which only method kto trains on")
 MAX_COLUMNS_LISTED, COLUMN_NAME_CHARS = 12, 40  # an error lists a record's columns in one short line
 
 

@@ -194,7 +194,7 @@ def _json_records(lines, display: str, stem: str) -> Iterator[tuple[Where, objec
 _CSV_TYPED_COLUMNS = {
     "id": str, "reward_chosen": float, "reward_rejected": float, "score_chosen": float, "score_rejected": float,
     "better_response_id": int, "safer_response_id": int,
-    "is_response_0_safe": bool, "is_response_1_safe": bool,
+    "is_response_0_safe": bool, "is_response_1_safe": bool, "label": bool,  # label: unpaired (KTO) records
 }
 
 

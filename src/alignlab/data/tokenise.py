@@ -12,9 +12,14 @@ its own special tokens, e.g. a BOS, as TRL encodes text prompts), the response a
 and then EOS; neither the chat template nor the plain format is used. A prompt of several messages
 has no such text and is an error.
 
-Truncation rule: a prompt longer than `max_prompt_length` keeps its last tokens (the most recent
-turns); then a response that does not fit in `max_length` keeps its first tokens. Both are counted
-and reported, never silent.
+Truncation rule (TRL 1.16's, see `truncate_pair`): a prompt longer than `max_prompt_length`, when
+set, keeps its last tokens (the most recent turns), and a response longer than
+`max_completion_length`, when set, its first (TRL 0.x's caps; 1.16 has neither). Then each sequence,
+prompt + response, fits `max_length` as `truncation_mode` says: `keep_start` (TRL's default) keeps
+its start, so the response loses its end and the prompt is never cut, and `keep_end` keeps its end,
+so the prompt loses its start first and the response only when it alone does not fit. One prompt
+serves both responses (it is forwarded once), so under `keep_end` it is cut to fit the longer one.
+Every cut is counted and reported, never silent.
 
 Batches: `collate_sequences` right-pads prompt + response rows, `collate_pairs` lays a pair out as a
 chosen row and a rejected row; layouts.py holds the layouts that forward each prompt once or pack
@@ -42,15 +47,58 @@ class TokenizedPair:
     rejected_ids: list[int]
 
 
+TRUNCATION_MODES = ("keep_start", "keep_end")
+
+
+@dataclass(frozen=True)
+class LengthLimits:
+    """The settings that cut a pair's token ids (see `truncate_pair`); None: no such limit."""
+
+    max_length: int | None
+    max_prompt_length: int | None = None
+    max_completion_length: int | None = None
+    truncation_mode: str = "keep_start"
+
+    def __post_init__(self):
+        if self.truncation_mode not in TRUNCATION_MODES:
+            raise AlignlabError(f"truncation_mode must be keep_start or keep_end, got {shown(self.truncation_mode)}")
+        if self.max_length is not None and self.max_length < 2:  # a prompt token and a response token
+            raise AlignlabError(f"max_length {self.max_length} leaves no room for a prompt and a response: "
+                                "use 2 or more")
+        for name in ("max_prompt_length", "max_completion_length"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise AlignlabError(f"{name} must be 1 or more, or unset, got {getattr(self, name)}")
+
+    def key(self) -> str:
+        """The limits as the token cache's key spells them."""
+        return (f"max_length={self.max_length} max_prompt_length={self.max_prompt_length} "
+                f"max_completion_length={self.max_completion_length} truncation_mode={self.truncation_mode}")
+
+
 @dataclass
 class TruncationReport:
     prompts_truncated: int = 0
     responses_truncated: int = 0
     examples: int = 0
+    pairs_truncated: int = 0  # pairs with any token cut
+    prompts_filling: int = 0  # keep_start: prompts of max_length tokens or more, the pairs TRL drops
 
     def summary(self) -> str:
-        return (f"{self.examples} pairs tokenised; {self.prompts_truncated} prompts cut to their last "
-                f"tokens, {self.responses_truncated} responses cut to fit max_length")
+        text = (f"{self.examples} pairs tokenised, {self.pairs_truncated} of them truncated: "
+                f"{self.prompts_truncated} prompts cut to their last tokens, {self.responses_truncated} "
+                "responses cut (to max_completion_length or to fit max_length)")
+        if self.prompts_filling:
+            text += (f"; {self.prompts_filling} prompts alone filled max_length (TRL drops those pairs; here they "
+                     "keep their last max_length - 1 prompt tokens and one token of each response)")
+        return text
+
+    def add(self, cuts: tuple[bool, int, bool]) -> None:
+        prompt_cut, responses_cut, filling = cuts
+        self.examples += 1
+        self.prompts_truncated += prompt_cut
+        self.responses_truncated += responses_cut
+        self.pairs_truncated += bool(prompt_cut or responses_cut)
+        self.prompts_filling += filling
 
 
 @dataclass
@@ -114,53 +162,103 @@ def raw_prompt_text(prompt: list[dict]) -> str:
                         "(or the plain format)")
 
 
-def tokenize_pairs(tokenizer, pairs, max_length: int, max_prompt_length: int, raw_prompts: bool = False
-                   ) -> tuple[list[TokenizedPair], TruncationReport]:
-    """Token ids for each pair's prompt, chosen and rejected response (see the module docstring)."""
+def _last(ids: list[int], n: int) -> list[int]:
+    return ids[max(len(ids) - n, 0):]
+
+
+def truncate_pair(prompt: list[int], chosen: list[int], rejected: list[int], limits: LengthLimits
+                  ) -> tuple[TokenizedPair, tuple[bool, int, bool]]:
+    """A pair's ids cut to `limits`, and what was cut: (prompt cut, responses cut, prompt filled max_length).
+
+    First the caps TRL 0.x had: the prompt keeps its last `max_prompt_length` tokens, each response its
+    first `max_completion_length`. Then TRL 1.16's `DataCollatorForPreference`, which cuts each
+    sequence (prompt + chosen, prompt + rejected) to `max_length` by itself:
+
+    - `keep_start` keeps a sequence's first `max_length` tokens: a response loses its end, the prompt
+      nothing, because TRL first drops each pair whose prompt alone has `max_length` tokens or more.
+      Such a pair is kept here (its index must keep matching its rewards and prompt group) with its
+      prompt's last `max_length - 1` tokens and the first token of each response, and counted
+      (`prompts_filling`). Every other pair's ids are TRL's.
+    - `keep_end` keeps a sequence's last `max_length` tokens: the prompt loses its start first. One
+      prompt serves both responses here, cut to leave room for the longer one, so the longer sequence
+      is TRL's and the shorter one a suffix of TRL's (the same response, fewer prompt tokens). A
+      response of `max_length` tokens or more leaves TRL no prompt; TRL scores its last
+      `max_length - 1` tokens (a row's first token predicts nothing), which it keeps here too, after
+      the prompt's last token: every response token TRL learns from is learnt from here.
+    """
+    sizes = len(prompt), len(chosen), len(rejected)
+    if limits.max_prompt_length is not None:
+        prompt = _last(prompt, limits.max_prompt_length)
+    if limits.max_completion_length is not None:
+        chosen, rejected = chosen[:limits.max_completion_length], rejected[:limits.max_completion_length]
+    filling = False
+    if limits.max_length is not None:
+        if limits.truncation_mode == "keep_start":
+            filling = len(prompt) >= limits.max_length
+            prompt = _last(prompt, limits.max_length - 1) if filling else prompt
+            room = limits.max_length - len(prompt)
+            chosen, rejected = chosen[:room], rejected[:room]
+        else:
+            prompt = _last(prompt, max(limits.max_length - max(len(chosen), len(rejected)), 1))
+            room = limits.max_length - len(prompt)
+            chosen, rejected = _last(chosen, room), _last(rejected, room)
+    cut = (len(prompt) < sizes[0], (len(chosen) < sizes[1]) + (len(rejected) < sizes[2]), filling)
+    return TokenizedPair(prompt, chosen, rejected), cut
+
+
+def length_settings(config) -> dict:
+    """A training config's length settings, as `tokenize_pairs` and `cached_tokenize_pairs` take them."""
+    return {"max_length": config.max_length, "max_prompt_length": config.max_prompt_length,
+            "max_completion_length": config.max_completion_length, "truncation_mode": config.truncation_mode}
+
+
+def tokenize_pairs(tokenizer, pairs, max_length: int | None, max_prompt_length: int | None = None,
+                   raw_prompts: bool = False, *, max_completion_length: int | None = None,
+                   truncation_mode: str = "keep_start") -> tuple[list[TokenizedPair], TruncationReport]:
+    """Token ids for each pair's prompt, chosen and rejected response, one `TokenizedPair` per pair
+    in order, none dropped (see the module docstring and `truncate_pair`)."""
+    limits = LengthLimits(max_length, max_prompt_length, max_completion_length, truncation_mode)
     renderer = PromptRenderer(tokenizer, raw_prompts)
     report = TruncationReport()
     encoded = []
     for pair in pairs:
         prompt_ids, prompt_text = renderer.prompt_ids(pair.prompt)
-        if len(prompt_ids) > max_prompt_length:
-            prompt_ids = prompt_ids[-max_prompt_length:]
-            report.prompts_truncated += 1
-        room = max_length - len(prompt_ids)
-        responses = []
-        for response in (pair.chosen, pair.rejected):
-            ids = renderer.response_ids(pair.prompt, response, prompt_text)
-            if len(ids) > room:
-                ids = ids[:room]
-                report.responses_truncated += 1
-            responses.append(ids)
-        encoded.append(TokenizedPair(prompt_ids, *responses))
-        report.examples += 1
+        chosen_ids, rejected_ids = (renderer.response_ids(pair.prompt, response, prompt_text)
+                                    for response in (pair.chosen, pair.rejected))
+        example, cuts = truncate_pair(prompt_ids, chosen_ids, rejected_ids, limits)
+        encoded.append(example)
+        report.add(cuts)
     return encoded, report
 
 
-def cached_tokenize_pairs(tokenizer, tokenizer_fingerprint: str, pairs, max_length: int, max_prompt_length: int,
-                          raw_prompts: bool, cache_dir) -> tuple[list[TokenizedPair], TruncationReport]:
+def cached_tokenize_pairs(tokenizer, tokenizer_fingerprint: str, pairs, max_length: int | None,
+                          max_prompt_length: int | None, raw_prompts: bool, cache_dir, *,
+                          max_completion_length: int | None = None, truncation_mode: str = "keep_start"
+                          ) -> tuple[list[TokenizedPair], TruncationReport]:
     """`tokenize_pairs`, its token ids cached with the reference log-probs (alignlab.cache): a sweep
     or a rerun over the same data tokenises it once. The key covers the tokenizer (its model's
     fingerprint), the texts and every setting that changes the ids."""
     from alignlab.cache import cache_key, cached_tensors
 
+    limits = LengthLimits(max_length, max_prompt_length, max_completion_length, truncation_mode)
     texts = json.dumps([[p.prompt, p.chosen, p.rejected] for p in pairs], ensure_ascii=False)
     key = cache_key("tokens", tokenizer_fingerprint, hashlib.sha256(texts.encode()).hexdigest(),
-                    f"max_length={max_length} max_prompt_length={max_prompt_length} raw_prompts={raw_prompts}")
+                    f"{limits.key()} raw_prompts={raw_prompts}")
 
     def compute():
-        examples, report = tokenize_pairs(tokenizer, pairs, max_length, max_prompt_length, raw_prompts)
+        examples, report = tokenize_pairs(tokenizer, pairs, max_length, max_prompt_length, raw_prompts,
+                                          max_completion_length=max_completion_length, truncation_mode=truncation_mode)
         parts = [ids for ex in examples for ids in (ex.prompt_ids, ex.chosen_ids, ex.rejected_ids)]
         return {"ids": torch.tensor([i for ids in parts for i in ids], dtype=torch.int64),
                 "lengths": torch.tensor([len(ids) for ids in parts], dtype=torch.int64).view(-1, 3),
-                "truncated": torch.tensor([report.prompts_truncated, report.responses_truncated])}
+                "truncated": torch.tensor([report.prompts_truncated, report.responses_truncated,
+                                           report.pairs_truncated, report.prompts_filling])}
 
     cached = cached_tensors(cache_dir, "tokens", key, compute)[0]
     flat = cached["ids"].split(cached["lengths"].view(-1).tolist())
     examples = [TokenizedPair(*(part.tolist() for part in flat[3 * i:3 * i + 3])) for i in range(len(pairs))]
-    prompts_truncated, responses_truncated = cached["truncated"].tolist()
-    return examples, TruncationReport(prompts_truncated, responses_truncated, len(examples))
+    prompts, responses, truncated_pairs, filling = cached["truncated"].tolist()
+    return examples, TruncationReport(prompts, responses, len(examples), truncated_pairs, filling)
 
 
 def fingerprint_tokens(examples: list[TokenizedPair]) -> str:

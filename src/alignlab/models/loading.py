@@ -43,6 +43,17 @@ def _check_local_weights(path: str) -> None:
                                 "or incomplete: download or save the model again") from None
 
 
+def run_model_dir(path: str) -> str:
+    """A training run's directory stands for its model. Runs keep the model at their root (TRL's
+    layout), so `path` is used as it is; a run directory of an earlier alignlab (train_summary.json,
+    the model only in model/) resolves to its model/."""
+    directory = Path(path)
+    if (directory.is_dir() and not (directory / "config.json").is_file() and not (directory / ADAPTER_CONFIG).is_file()
+            and (directory / "train_summary.json").is_file() and (directory / "model").is_dir()):
+        return str(directory / "model")
+    return path
+
+
 def _at_revision(revision: str | None) -> dict:
     """from_pretrained's keyword for a hub revision; none when not given (its own default, main)."""
     return {} if revision is None else {"revision": revision}
@@ -53,7 +64,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | N
     is the hub revision (branch, tag or commit) of a hub model."""
     from transformers import AutoTokenizer
 
-    path = local_model_dir(path)
+    path = local_model_dir(run_model_dir(path))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **_at_revision(revision))
     except (OSError, ValueError) as err:
@@ -71,7 +82,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | N
 
 def _load_pretrained(auto_cls, path: str, dtype: str, trust_remote_code: bool, revision: str | None, **kwargs):
     """The model and transformers' loading info (missing, unexpected and mismatched tensors)."""
-    path = local_model_dir(path)
+    path = local_model_dir(run_model_dir(path))
     _check_local_weights(path)
     try:
         # Mismatched shapes are reported in the loading info (and refused by `_check_tensors`),
@@ -147,6 +158,7 @@ def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = 
     way, with the adapter merged in."""
     from transformers import AutoModelForCausalLM
 
+    path = run_model_dir(path)
     if is_adapter_dir(path):
         return _load_with_adapter(path, dtype, trust_remote_code)
     model, info = _load_pretrained(AutoModelForCausalLM, path, dtype, trust_remote_code, revision)

@@ -6,7 +6,8 @@ function. Every loss returns one value per example (unreduced); the registry
 (`alignlab.objectives.registry`) says how a method's batch loss is reduced and which
 hyper-parameters it takes.
 
-Adding a method: write its loss here, add a `Method` entry to `registry.METHODS`, add a test.
+Adding a method: write its loss here (or, for TRL's DPO variants, ORPO and KTO, in
+`preference_losses`), add a `Method` entry to `registry.METHODS`, add a test.
 
 GRPO is the one online method: its loss takes per-token quantities of responses the policy samples
 while training (`GroupBatch`, built by `alignlab.training.grpo`), not pairs from the data.
@@ -49,6 +50,10 @@ def simpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, chosen_lengths: Ten
     """SimPO (reference-free): −log σ(β ℓθ(y_w)/|y_w| − β ℓθ(y_l)/|y_l| − γ)."""
     logits = beta * (chosen_logps / chosen_lengths - rejected_logps / rejected_lengths) - gamma
     return -F.logsigmoid(logits)
+
+
+# -- TRL's other DPO loss types (`trl.DPOTrainer` loss_type; registry.TRL_LOSS_TYPES maps the names).
+# ρ_w = ℓθ(y_w) − ℓref(y_w) and ρ_l = ℓθ(y_l) − ℓref(y_l) are the log-ratios, h = ρ_w − ρ_l DPO's margin.
 
 
 def sampled_log_z(rewards: Tensor, lam: float) -> Tensor:

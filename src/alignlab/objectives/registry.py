@@ -1,8 +1,9 @@
 """The registry of training methods: method name -> how the trainer feeds it (`PairBatch` offline,
 `GroupBatch` online) and which hyper-parameters it accepts. The losses themselves are the pure
-functions of `alignlab.objectives.losses`.
+functions of `alignlab.objectives.losses` (the papers' methods) and
+`alignlab.objectives.preference_losses` (TRL's DPO variants, ORPO, KTO).
 
-Adding a method: write its loss in `losses`, add a `Method` entry to `METHODS`, add a test. A
+Adding a method: write its loss in one of those, add a `Method` entry to `METHODS`, add a test. A
 method's optional `diagnostics` are logged in metrics.jsonl beside the loss (VAR: weight_entropy).
 """
 
@@ -14,10 +15,14 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from alignlab.checks import COUNT, NON_NEGATIVE, POSITIVE, Range, check_number
+from alignlab.checks import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_number
 from alignlab.errors import AlignlabError, unknown_name_message
 from alignlab.objectives.losses import (dpo_loss, grpo_loss, ln_dpo_loss, sft_loss, simpo_loss, var_loss, var_weights,
                                         weight_entropy)
+from alignlab.objectives.preference_losses import (aot_loss, aot_unpaired_loss, apo_down_loss, apo_zero_loss,
+                                                   bco_pair_loss, discopop_loss, exo_pair_loss, hinge_loss, ipo_loss,
+                                                   kto_loss, kto_reference_point, nca_pair_loss, orpo_log_odds_ratio,
+                                                   orpo_loss, robust_dpo_loss, sppo_hard_loss)
 
 
 @dataclass
@@ -39,6 +44,9 @@ class PairBatch:
     reward_rejected: Tensor | None = None
     prompt_groups: Tensor | None = None  # equal for pairs that share a prompt
     log_z: Tensor | None = None  # VAR z_estimator=sampled: log Ẑ of each pair's prompt
+    # Unpaired methods (KTO): True where the example's completion (the chosen slot) is desirable; the
+    # rejected slot then holds a mismatched completion (another prompt's), used only to estimate the KL
+    labels: Tensor | None = None
 
 
 @dataclass
@@ -108,6 +116,10 @@ class Method:
     online: bool = False  # samples its own responses while training (grpo.py); the data gives prompts
     # (batch, **hyper-parameters) -> {name: scalar tensor}: what the trainer logs beside the loss
     diagnostics: Callable[..., dict[str, Tensor]] | None = None
+    check: Callable[[dict], None] | None = None  # checks the resolved hyper-parameters together (mix)
+    # Trains on labelled completions (KTO): pairs are unpaired, each pseudo-pair's rejected slot holds
+    # a mismatched completion for the KL estimate, and PairBatch.labels says which are desirable
+    unpaired: bool = False
 
     def resolve(self, given: dict) -> dict:
         """Defaults overridden by `given`; unknown names are errors suggesting the closest valid one."""
@@ -116,7 +128,10 @@ class Method:
             if name not in valid:
                 raise AlignlabError(unknown_name_message(f"{self.name}: unknown hyper-parameter", name,
                                                          list(valid)))
-        return {name: hp.coerce(self.name, given.get(name, hp.default)) for name, hp in valid.items()}
+        resolved = {name: hp.coerce(self.name, given.get(name, hp.default)) for name, hp in valid.items()}
+        if self.check is not None:
+            self.check(resolved)
+        return resolved
 
 
 def _var_terms(b: PairBatch, z_estimator: str) -> dict:
@@ -162,6 +177,72 @@ def _grpo_batch_loss(b: GroupBatch, beta: float, clip_eps: float, **sampling) ->
     return grpo_loss(b.logps, b.old_logps, b.ref_logps, b.advantages, b.mask, clip_eps, beta).mean()
 
 
+def _with_reference(loss: Callable[..., Tensor], lengths: bool = False) -> Callable[..., Tensor]:
+    """The batch loss (mean over the batch) of a loss of (ℓθ(y_w), ℓθ(y_l), ℓref(y_w), ℓref(y_l)[, |y_w|, |y_l|])."""
+    def batch_loss(b: PairBatch, **hyperparameters) -> Tensor:
+        extra = (b.chosen_lengths, b.rejected_lengths) if lengths else ()
+        return loss(b.chosen_logps, b.rejected_logps, b.ref_chosen_logps, b.ref_rejected_logps, *extra,
+                    **hyperparameters).mean()
+    return batch_loss
+
+
+def _beta(help: str = "KL strength β (0.01–0.5 is typical)") -> HyperParameter:
+    return HyperParameter("beta", 0.1, help, allowed=POSITIVE)
+
+
+_FLIP_RATE = Range(0, 0.5, exclusive_max=True)  # a label smoothing ε that still favours the chosen response
+
+
+def _mixable(method: Method) -> bool:
+    """What `mix` combines: offline methods of preference pairs without rewards (so not mix itself)."""
+    return not (method.online or method.uses_rewards or method.unpaired or method.name == "mix")
+
+
+def _mix_parts(losses: str, loss_weights: str) -> list[tuple[Method, float]]:
+    names = [name.strip() for name in losses.split(",")]
+    mixable = [name for name, method in METHODS.items() if _mixable(method)]
+    for name in names:
+        if name in METHODS and name not in mixable:
+            raise AlignlabError(f"mix: losses names '{name}', which mix cannot combine (only offline pair methods "
+                                f"without rewards). Valid: {', '.join(mixable)}")
+        if name not in mixable:
+            raise AlignlabError(unknown_name_message("mix: losses names unknown method", name, mixable))
+    try:
+        weights = [float(w) for w in loss_weights.split(",")] if loss_weights.strip() else [1.0] * len(names)
+    except ValueError:
+        raise AlignlabError(f"mix: loss_weights must be comma-separated numbers, one per loss, "
+                            f"got {loss_weights!r}") from None
+    if len(weights) != len(names):
+        raise AlignlabError(f"mix: loss_weights has {len(weights)} weights for the {len(names)} losses "
+                            f"{losses!r}; give one per loss (or none: 1 each)")
+    for i, weight in enumerate(weights):
+        check_number("mix", f"loss_weights[{i}] (of {names[i]})", weight, NON_NEGATIVE)
+    if not any(weights):
+        raise AlignlabError("mix: every loss weight is 0; give at least one loss a positive weight")
+    return [(METHODS[name], weight) for name, weight in zip(names, weights)]
+
+
+def _component_params(method: Method, shared: dict) -> dict:
+    """The mix's shared hyper-parameters that `method` takes, checked by it; its others keep its defaults."""
+    names = {hp.name for hp in method.hyperparameters}
+    try:
+        return method.resolve({name: value for name, value in shared.items() if name in names})
+    except AlignlabError as err:
+        raise AlignlabError(f"mix: its loss {err}") from None
+
+
+def _check_mix(params: dict) -> None:
+    shared = {name: value for name, value in params.items() if name not in ("losses", "loss_weights")}
+    for method, _ in _mix_parts(params["losses"], params["loss_weights"]):
+        _component_params(method, shared)
+
+
+def _mix_batch_loss(b: PairBatch, losses: str, loss_weights: str, **shared) -> Tensor:
+    """Σ_k w_k · (batch loss of method k), each method given the shared hyper-parameters it takes."""
+    return sum(weight * method.batch_loss(b, **_component_params(method, shared))
+               for method, weight in _mix_parts(losses, loss_weights))
+
+
 METHODS: dict[str, Method] = {
     "sft": Method(
         "sft", lambda b: sft_loss(b.chosen_logps, b.chosen_lengths).mean(),
@@ -185,6 +266,58 @@ METHODS: dict[str, Method] = {
         "reference-free, length-normalised margin loss",
         (HyperParameter("beta", 2.0, "β on per-token log-probs (2–10 is typical)", allowed=POSITIVE),
          HyperParameter("gamma", 1.0, "target margin γ (γ/β of 0.3–0.8 is typical)"))),
+    "ipo": Method(
+        "ipo", _with_reference(ipo_loss, lengths=True), "IPO: squared gap to a target per-token margin (as TRL)",
+        (_beta("τ: the per-token margin is pulled to 1/(2β) (0.01–1 is typical)"),), uses_reference=True),
+    "hinge": Method(
+        "hinge", _with_reference(hinge_loss), "SLiC/RSO hinge on DPO's margin",
+        (_beta("β: the hinge stops pushing once the margin h reaches 1/β"),), uses_reference=True),
+    "robust": Method(
+        "robust", _with_reference(robust_dpo_loss), "robust DPO (rDPO): unbiased under flipped labels",
+        (_beta(), HyperParameter("label_smoothing", 0.1, "ε, the assumed rate of flipped preference labels (0.1 "
+                                 "is the rDPO paper's typical value; 0 is DPO)", allowed=_FLIP_RATE)),
+        uses_reference=True),
+    "bco-pair": Method(
+        "bco-pair", _with_reference(bco_pair_loss), "BCO on pairs: chosen classified up, rejected down",
+        (_beta(),), uses_reference=True),
+    "sppo-hard": Method(
+        "sppo-hard", _with_reference(sppo_hard_loss), "SPPO, hard win probabilities: log-ratios regressed to ±1/(2β)",
+        (_beta("β = 1/η: the chosen log-ratio is pulled to 1/(2β), the rejected to −1/(2β)"),), uses_reference=True),
+    "nca-pair": Method(
+        "nca-pair", _with_reference(nca_pair_loss), "noise-contrastive alignment (NCA) on pairs",
+        (_beta(),), uses_reference=True),
+    "apo-zero": Method(
+        "apo-zero", _with_reference(apo_zero_loss), "anchored preference optimisation: chosen up, rejected down",
+        (_beta(),), uses_reference=True),
+    "apo-down": Method(
+        "apo-down", _with_reference(apo_down_loss), "anchored preference optimisation: both down, rejected more",
+        (_beta(),), uses_reference=True),
+    "exo-pair": Method(
+        "exo-pair", _with_reference(exo_pair_loss), "EXO on pairs: KL to smoothed preference labels",
+        (_beta(), HyperParameter("label_smoothing", 1e-3, "ε, the target probability of the rejected response "
+                                 "(the EXO paper's 1e-3)", allowed=FRACTION)), uses_reference=True),
+    "aot": Method(
+        "aot", _with_reference(aot_loss), "AOT: the batch's sorted policy margins dominate the reference's",
+        (_beta(), HyperParameter("label_smoothing", 0.0, "ε, conservative label smoothing (0: none)",
+                                 allowed=_FLIP_RATE)), uses_reference=True),
+    "aot-unpaired": Method(
+        "aot-unpaired", _with_reference(aot_unpaired_loss), "AOT: sorted chosen log-ratios dominate sorted rejected",
+        (_beta(), HyperParameter("label_smoothing", 0.0, "ε, conservative label smoothing (0: none)",
+                                 allowed=_FLIP_RATE)), uses_reference=True),
+    "discopop": Method(
+        "discopop", _with_reference(discopop_loss), "DiscoPOP: logistic and exponential losses blended by the margin",
+        (_beta(), HyperParameter("discopop_tau", 0.05, "τ of the blend weight σ(βh/τ) (the paper's 0.05)",
+                                 allowed=POSITIVE)), uses_reference=True),
+    "mix": Method(
+        "mix", _mix_batch_loss, "weighted sum of offline pair losses (TRL's loss_type lists; RPO = dpo + α·sft)",
+        (HyperParameter("losses", "dpo,sft", "comma-separated offline pair methods, e.g. dpo,sft"),
+         HyperParameter("loss_weights", "", "comma-separated weights ≥ 0, one per loss (empty: 1 each)"),
+         _beta("β, shared by every loss that takes one (as in TRL)"),
+         HyperParameter("label_smoothing", 0.0, "ε, shared by every loss that takes one; each checks its range",
+                        allowed=Range(0, 1, exclusive_max=True)),
+         HyperParameter("discopop_tau", 0.05, "τ of discopop", allowed=POSITIVE),
+         HyperParameter("gamma", 1.0, "target margin γ of simpo")),
+        uses_reference=True, check=_check_mix),
     "var": Method(
         "var", _var_batch_loss, "reward-weighted SFT (variational alignment)",
         (HyperParameter("lam", 1.0, "temperature λ of the reward in exp(r/λ)", allowed=POSITIVE),
@@ -209,6 +342,27 @@ METHODS: dict[str, Method] = {
          HyperParameter("num_iterations", 1, "μ, optimizer passes over each sampled batch (the clip "
                         "acts only when > 1)", allowed=COUNT)),
         uses_rejected=False, uses_reference=True, uses_rewards=True, online=True),
+    "orpo": Method(
+        "orpo", lambda b, beta: orpo_loss(b.chosen_logps, b.rejected_logps, b.chosen_lengths, b.rejected_lengths,
+                                          beta).mean(),
+        "reference-free: chosen NLL + λ · odds-ratio loss",
+        (HyperParameter("beta", 0.1, "λ, weight of the odds-ratio loss beside the chosen NLL (TRL's beta; "
+                        "0.1–1 is typical, 0 is SFT)", allowed=NON_NEGATIVE),),
+        diagnostics=lambda b, beta: {
+            "nll": -b.chosen_logps.sum() / b.chosen_lengths.sum(),
+            "log_odds_ratio": orpo_log_odds_ratio(b.chosen_logps, b.rejected_logps, b.chosen_lengths,
+                                                  b.rejected_lengths).mean()}),
+    "kto": Method(
+        "kto", lambda b, beta, desirable_weight, undesirable_weight: kto_loss(
+            b.chosen_logps, b.ref_chosen_logps, b.rejected_logps, b.ref_rejected_logps, b.labels, beta,
+            desirable_weight, undesirable_weight).mean(),
+        "unpaired completions labelled desirable or not (prospect theory)",
+        (HyperParameter("beta", 0.1, "β on the log-ratio to the reference (0.01–0.5 is typical)", allowed=POSITIVE),
+         HyperParameter("desirable_weight", 1.0, "λ_D, weight of desirable examples (with unequal counts, "
+                        "λ_D·n_D / (λ_U·n_U) in [1, 4/3] is recommended)", allowed=NON_NEGATIVE),
+         HyperParameter("undesirable_weight", 1.0, "λ_U, weight of undesirable examples", allowed=NON_NEGATIVE)),
+        uses_reference=True, unpaired=True,
+        diagnostics=lambda b, **params: {"kl": kto_reference_point(b.rejected_logps, b.ref_rejected_logps)}),
 }
 
 
@@ -216,3 +370,41 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise AlignlabError(unknown_name_message("unknown method", name, list(METHODS)))
     return METHODS[name]
+
+
+# TRL's `DPOConfig.loss_type` names (trl 1.16) -> alignlab methods. Each matches TRL's per-sequence loss,
+# except `sft`: TRL averages the NLL over all chosen tokens of the batch, alignlab per sequence then over
+# the batch (the RPO paper's normalisation); the two agree when the chosen responses are equally long.
+TRL_LOSS_TYPES: dict[str, str] = {
+    "sigmoid": "dpo", "sigmoid_norm": "ln-dpo", "sft": "sft", "ipo": "ipo", "hinge": "hinge", "robust": "robust",
+    "bco_pair": "bco-pair", "sppo_hard": "sppo-hard", "nca_pair": "nca-pair", "apo_zero": "apo-zero",
+    "apo_down": "apo-down", "exo_pair": "exo-pair", "aot": "aot", "aot_unpaired": "aot-unpaired",
+    "discopop": "discopop",
+}
+
+
+def method_for_loss_types(loss_types: list[str], loss_weights: list[float] | None = None) -> tuple[str, dict]:
+    """TRL's `loss_type` list (and `loss_weights`, default 1 each) as an alignlab method and its params.
+
+    One loss type of weight 1 is its method, with no params; several (or one of another weight) are
+    `mix` with `losses` and `loss_weights`, TRL's Σ_k w_k · loss_k. RPO: (["sigmoid", "sft"], [1, α]).
+    """
+    if isinstance(loss_types, str):
+        loss_types = [loss_types]
+    if not loss_types:
+        raise AlignlabError(f"loss_type: give at least one TRL loss type. Valid: {', '.join(TRL_LOSS_TYPES)}")
+    for loss_type in loss_types:
+        if loss_type not in TRL_LOSS_TYPES:
+            raise AlignlabError(unknown_name_message("unknown TRL loss_type", loss_type, list(TRL_LOSS_TYPES)))
+    names = [TRL_LOSS_TYPES[loss_type] for loss_type in loss_types]
+    weights = [1.0] * len(names) if loss_weights is None else list(loss_weights)
+    if len(weights) != len(names):
+        raise AlignlabError(f"loss_weights: {len(weights)} weights for the {len(names)} loss types "
+                            f"{', '.join(loss_types)}; give one per loss type")
+    for i, weight in enumerate(weights):
+        check_number("loss_weights", f"weight {i} (of {loss_types[i]})", weight, NON_NEGATIVE)
+    if len(names) == 1 and weights[0] == 1:
+        return names[0], {}
+    params = {"losses": ",".join(names), "loss_weights": ",".join(repr(float(w)) for w in weights)}
+    _mix_parts(params["losses"], params["loss_weights"])  # fails now; the shared values are checked with them
+    return "mix", params

@@ -67,7 +67,7 @@ from alignlab.report.blocks import Plot, Sweep
 from alignlab.report.curves import curves_section
 from alignlab.report.examples import examples_section
 from alignlab.report.figures import PLOT_STYLE
-from alignlab.analysis import decide, hitchhiker_claims, var_gain_claims
+from alignlab.analysis import decide, hitchhiker_claims, var_gain_claims, variant_claims
 from alignlab.report.evidence import claims_section, expected_section, indist_section
 from alignlab.report.hitchhiker import (best_section, head_to_head_section, runs_section, scatter_section,
                                         sensitivity_section, top_k_section)
@@ -155,7 +155,7 @@ def write_report(out_dir: str | Path, runs: list[RunRecord], sft: RunRecord | No
     check_no_link(out_dir / "figures", out_dir, what="the report's figures/ folder")
     sweep = Sweep.of(runs, sft, families)
     # Every verdict of the report is decided together: Holm's correction spans all of them.
-    sweep.claims = decide(hitchhiker_claims(sweep.evidence)
+    sweep.claims = decide(hitchhiker_claims(sweep.evidence) + variant_claims(sweep.evidence)
                           + (var_gain_claims(sweep.evidence, families) if "var" in sweep.by_method else []))
     with matplotlib.rc_context(PLOT_STYLE):
         claims, claims_summary = claims_section(sweep)

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignlab.checks import COUNT, SEED, check_number, check_numbers
-from alignlab.config import RewardModelConfig, TrainConfig, coerce_value, field_types, resolve_aliases
+from alignlab.config import RewardModelConfig, TrainConfig, field_types
+from alignlab.trl_settings import resolve_aliases
+from alignlab.yaml_input import coerce_value
 from alignlab.data.options import DATA_OPTIONS, data_options
 from alignlab.errors import AlignlabError, unknown_name_message
 from alignlab.objectives.registry import get_method

@@ -182,15 +182,15 @@ def warm_reference_cache(train_config: TrainConfig) -> None:
     """Compute the reference log-probs once, before parallel workers would each compute them."""
     from alignlab.models.loading import load_causal_lm, load_tokenizer
     from alignlab.cache import default_cache_dir
-    from alignlab.data.tokenise import tokenize_pairs
+    from alignlab.data.tokenise import length_settings, tokenize_pairs
     from alignlab.training.inputs import choose_layout, reference_logps
     from alignlab.training.loop import load_training_pairs
     from alignlab.training.reference import reference_and_revision
 
     tokenizer = load_tokenizer(train_config.model, train_config.trust_remote_code, train_config.revision)
     pairs = load_training_pairs(train_config).pairs
-    examples, _ = tokenize_pairs(tokenizer, pairs, train_config.max_length, train_config.max_prompt_length,
-                                 train_config.raw_prompts)
+    examples, _ = tokenize_pairs(tokenizer, pairs, raw_prompts=train_config.raw_prompts,
+                                 **length_settings(train_config))
     reference, revision = reference_and_revision(train_config)
     model = load_causal_lm(reference, train_config.dtype, train_config.trust_remote_code, revision)
     cache_dir = Path(train_config.cache_dir) if train_config.cache_dir else default_cache_dir()

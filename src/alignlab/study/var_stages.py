@@ -70,7 +70,7 @@ def run_race(race_dir: Path, base: dict, shared: Shared, snapshots: int, grpo_st
     from alignlab.evaluation.evaluate import evaluate_model
     from alignlab.models.score import cached_reward_scorer
     from alignlab.training import train
-    from alignlab.training.loop import SNAPSHOTS
+    from alignlab.training.outputs import SNAPSHOTS
 
     n_pairs = sum(1 for line in Path(shared.inputs.train_data).read_text().splitlines() if line.strip())
     offline_steps = math.ceil(n_pairs / base["batch_size"]) * base.get("epochs", 1)
@@ -119,7 +119,7 @@ def z_variance(base: dict, proxy_rm: str) -> dict:
     from alignlab.analysis import z_estimator_variance
     from alignlab.models.loading import load_causal_lm, load_tokenizer
     from alignlab.cache import default_cache_dir
-    from alignlab.data.tokenise import tokenize_pairs
+    from alignlab.data.tokenise import length_settings, tokenize_pairs
     from alignlab.training.inputs import choose_layout, pair_rewards, reference_logps
     from alignlab.training.loop import load_training_pairs
 
@@ -127,7 +127,7 @@ def z_variance(base: dict, proxy_rm: str) -> dict:
     lam = get_method("var").resolve({})["lam"]
     tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.revision)
     pairs = load_training_pairs(config).pairs
-    examples, _ = tokenize_pairs(tokenizer, pairs, config.max_length, config.max_prompt_length, config.raw_prompts)
+    examples, _ = tokenize_pairs(tokenizer, pairs, raw_prompts=config.raw_prompts, **length_settings(config))
     model = load_causal_lm(config.model, config.dtype, config.trust_remote_code, config.revision)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     layout = choose_layout(model, examples, tokenizer.pad_token_id, "cpu", config.packing, config.max_length)
@@ -219,15 +219,15 @@ def measure_training(config: TrainConfig) -> dict:
     import torch
 
     from alignlab.models.loading import load_tokenizer
-    from alignlab.data.tokenise import tokenize_pairs
+    from alignlab.data.tokenise import length_settings, tokenize_pairs
     from alignlab.training import train
     from alignlab.training.loop import load_training_pairs
 
     with ResidentSetSampler() as resident:
         result = train(config)
     examples, _ = tokenize_pairs(load_tokenizer(config.model, config.trust_remote_code, config.revision),
-                                 load_training_pairs(config).pairs, config.max_length, config.max_prompt_length,
-                                 config.raw_prompts)
+                                 load_training_pairs(config).pairs, raw_prompts=config.raw_prompts,
+                                 **length_settings(config))
     # The tokens of the rows each method trains on, prompts counted once per response.
     if get_method(config.method).uses_rejected:
         tokens = sum(2 * len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in examples)

@@ -1,24 +1,29 @@
 """Training checkpoints without pickles: tensors as safetensors, everything else as JSON.
 
-A checkpoint directory (`<run>/checkpoint/`) holds
+Every `checkpoint_steps` optimizer steps the loop writes `<run>/checkpoint-N/` (N: the step), as
+TRL's Trainer names them; `save_total_limit` keeps the newest few. One holds
 
-    model.safetensors                the unwrapped model's weights (model_1, ... for further prepared models)
+    the model, loadable          save_pretrained output (config.json + model.safetensors, or a LoRA
+                                 run's adapter_config.json + adapter_model.safetensors) and the
+                                 tokenizer: `from_pretrained(<run>/checkpoint-N)` loads it
     optimizer.safetensors + .json    the optimizer's state tensors (AdamW: exp_avg, exp_avg_sq, step), and
-                                     its param groups and hyper-parameters with an index of those tensors
-    scheduler.json                   each registered or prepared scheduler's state_dict (plain numbers)
+                                 its param groups and hyper-parameters with an index of those tensors
+    scheduler.json               each registered or prepared scheduler's state_dict (plain numbers)
     rng_state_<rank>.safetensors + .json  per process: the torch CPU generator (and each CUDA device's)
-                                     as uint8 tensors; Python `random` and NumPy states as JSON
-    accelerator.json                 accelerate's micro-batch counter (and its grad scaler, if any)
-    loop_state.json                  where the training loop is (`loop.LoopState`)
+                                 as uint8 tensors; Python `random` and NumPy states as JSON
+    accelerator.json             accelerate's micro-batch counter (and its grad scaler, if any)
+    loop_state.json              where the training loop is (`loop.LoopState`)
 
-Loading reads these with `safetensors` and `json` only, never `torch.load` or `pickle`, so a
-checkpoint directory cannot run code. It saves what `accelerator.prepare` and
-`accelerator.register_for_checkpointing` know about, as `accelerator.save_state` would.
+Resuming restores the model from the loadable files (a model whose save_pretrained renames its
+tensors also gets `resume_model.safetensors`, its exact state). Loading reads these with
+`safetensors` and `json` only, never `torch.load` or `pickle`, so a checkpoint directory cannot run
+code. It saves what `accelerator.prepare` and `accelerator.register_for_checkpointing` know about,
+as `accelerator.save_state` would.
 
-Saving writes `checkpoint.tmp/`, then renames the previous checkpoint to `checkpoint.old/` and the
-new one into place, then drops `.old`: a kill at any point leaves one whole checkpoint (`.old`
-covers a kill between the two renames). With several processes the main process writes the
-shared state, every process its own RNG state, and all of them load.
+Saving writes `checkpoint-N.tmp/`, then renames it into place (a checkpoint of that name already
+there goes to `.old` first and is dropped after): a kill at any point leaves whole checkpoints
+only. With several processes the main process writes the shared state, every process its own RNG
+state, and all of them load.
 
 JSON cannot say everything a state_dict holds, so values are tagged: {"__tensor__": name} (a
 tensor in the companion .safetensors file), {"__tuple__": [...]} and {"__items__": [[key, value],
@@ -31,6 +36,7 @@ import contextlib
 import json
 import os
 import random
+import re
 from pathlib import Path
 
 import torch
@@ -41,6 +47,10 @@ from alignlab.safe_delete import remove
 
 FORMAT = "alignlab-checkpoint/1"
 LOOP_STATE = "loop_state.json"
+PREFIX = "checkpoint-"
+LEGACY = "checkpoint"  # an earlier alignlab's one hidden checkpoint, replaced at each save
+EXACT_MODEL = "resume_model.safetensors"
+_NAME = re.compile(r"checkpoint(?:-(\d+))?(\.old)?")
 _TAGS = ("__tensor__", "__tuple__", "__items__")
 
 
@@ -155,9 +165,9 @@ def _indexed(name: str, i: int) -> str:
     return name if i == 0 else f"{name}_{i}"
 
 
-def save(accelerator, directory: Path, loop_state: dict) -> None:
-    """Write a checkpoint at `directory`, replacing the previous one whole (see the module docstring)."""
-    from safetensors.torch import save_model
+def save(accelerator, directory: Path, loop_state: dict, tokenizer=None) -> None:
+    """Write a checkpoint at `directory` (with `tokenizer`, when given), replacing one already there
+    whole (see the module docstring)."""
 
     directory = Path(directory)
     staging = directory.with_name(f"{directory.name}.tmp")
@@ -177,8 +187,9 @@ def save(accelerator, directory: Path, loop_state: dict) -> None:
         atomic.write_json(staging / f"rng_state_{rank}.json", {"format": FORMAT, **plain})
         if is_main:
             for i, model in enumerate(models):
-                save_model(accelerator.unwrap_model(model), str(staging / f"{_indexed('model', i)}.safetensors"),
-                           metadata={"format": FORMAT})
+                _save_model(accelerator, model, staging, i)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
             for i, optimizer in enumerate(optimizers):
                 write_state(staging, _indexed("optimizer", i), optimizer.state_dict())
             for i, scheduler in enumerate(schedulers):
@@ -204,6 +215,87 @@ def save(accelerator, directory: Path, loop_state: dict) -> None:
         os.replace(staging, directory)
         remove(previous, previous.parent)
     accelerator.wait_for_everyone()
+
+
+def _save_model(accelerator, model, directory: Path, i: int) -> None:
+    """The first model as save_pretrained writes it (loadable; its exact state too when save_pretrained
+    renames tensors, see `_round_trips`); any further one as its exact state only."""
+    from safetensors.torch import save_model
+
+    unwrapped = accelerator.unwrap_model(model)
+    if i == 0 and hasattr(unwrapped, "save_pretrained"):
+        unwrapped.save_pretrained(directory, state_dict=accelerator.get_state_dict(model), is_main_process=True,
+                                  safe_serialization=True)
+        if _is_peft(unwrapped) or _round_trips(unwrapped, directory):
+            return
+    save_model(unwrapped, str(directory / (EXACT_MODEL if i == 0 else f"{_indexed('model', i)}.safetensors")),
+               metadata={"format": FORMAT})
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "base_model")
+
+
+def _pretrained_weights(directory: Path) -> list[Path]:
+    """The weight files save_pretrained wrote: model.safetensors, or the shards its index lists."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        shards = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
+        return [directory / name for name in sorted(set(shards))]
+    return [directory / "model.safetensors"]
+
+
+def _round_trips(model, directory: Path) -> bool:
+    """Whether the saved weights name exactly the model's tensors (tied copies aside), so that
+    `_restore_pretrained` restores the model from them."""
+    from safetensors import safe_open
+
+    saved = set()
+    for path in _pretrained_weights(directory):
+        with safe_open(str(path), framework="pt") as weights:
+            saved.update(weights.keys())
+    state = model.state_dict()
+    if not saved <= state.keys():
+        return False
+    present = {state[k].data_ptr() for k in saved}
+    return all(state[k].data_ptr() in present for k in state.keys() - saved)
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / f"{PREFIX}{step}"
+
+
+def saved(run_dir: Path) -> list[tuple[int, Path]]:
+    """The run's complete checkpoints, oldest first, as (step, directory): `checkpoint-N` (or its
+    `.old`, after a kill between save's two renames) and an earlier alignlab's `checkpoint`."""
+    found: dict[int, Path] = {}
+    for path in Path(run_dir).glob("checkpoint*"):
+        name = _NAME.fullmatch(path.name)
+        if name is None or not (path / LOOP_STATE).is_file():
+            continue
+        try:
+            step = int(name[1]) if name[1] else int(json.loads((path / LOOP_STATE).read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if step not in found or not name[2]:
+            found[step] = path
+    return sorted(found.items())
+
+
+def latest(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of the run, which `--resume` continues from."""
+    found = saved(run_dir)
+    return found[-1][1] if found else None
+
+
+def prune(run_dir: Path, keep: int | None) -> None:
+    """Keep the newest `keep` checkpoints (all when None) and drop half-written ones (`.tmp`)."""
+    run_dir = Path(run_dir)
+    for path in run_dir.glob(f"{PREFIX}*.tmp"):
+        remove(path, run_dir)
+    for _, path in saved(run_dir)[:-keep] if keep else []:
+        remove(path, run_dir)
+        remove(path.with_name(f"{path.name}.old"), run_dir)
 
 
 def complete(directory: Path) -> Path | None:
@@ -241,8 +333,15 @@ def _restore(accelerator, directory: Path) -> None:
         raise AlignlabError(f"{directory}: the checkpoint was written by {recorded['processes']} processes, "
                             f"this run has {accelerator.num_processes}; resume with the same number")
     for i, model in enumerate(models):
-        load_model(accelerator.unwrap_model(model), str(directory / f"{_indexed('model', i)}.safetensors"),
-                   strict=True)
+        unwrapped = accelerator.unwrap_model(model)
+        if i == 0 and (directory / EXACT_MODEL).is_file():
+            load_model(unwrapped, str(directory / EXACT_MODEL), strict=True)
+        elif i == 0 and (directory / "adapter_config.json").is_file():
+            _restore_adapter(unwrapped, directory)
+        elif i == 0 and (directory / "config.json").is_file():
+            _restore_pretrained(unwrapped, directory)
+        else:  # a further model, or an earlier alignlab's checkpoint: the exact state
+            load_model(unwrapped, str(directory / f"{_indexed('model', i)}.safetensors"), strict=True)
     for i, optimizer in enumerate(optimizers):
         optimizer.load_state_dict(read_state(directory, _indexed("optimizer", i)))
     for i, scheduler in enumerate(schedulers):
@@ -255,19 +354,48 @@ def _restore(accelerator, directory: Path) -> None:
     set_rng_state(plain, load_file(str(directory / f"rng_state_{rank}.safetensors")))
 
 
-def disk_refused(run_dir: Path, full: OSError, keep: str, half_written: tuple[str, ...]) -> atomic.WriteError:
+def _restore_pretrained(model, directory: Path) -> None:
+    """The model's tensors from save_pretrained's files; a tensor they lack must be tied to one they hold."""
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for path in _pretrained_weights(directory):
+        tensors.update(load_file(str(path)))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    state = model.state_dict()
+    present = {state[k].data_ptr() for k in tensors if k in state}
+    untied = [k for k in missing if state[k].data_ptr() not in present]
+    if unexpected or untied:
+        raise ValueError(f"its weights do not match the model ({len(unexpected)} unknown tensors, "
+                         f"{len(untied)} missing, e.g. {(unexpected or untied)[0]})")
+
+
+def _restore_adapter(model, directory: Path) -> None:
+    """A LoRA model's trained tensors from its adapter files (the frozen base is the model's own)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    loaded = set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
+    absent = [k for k in loaded.missing_keys if "lora_" in k or "modules_to_save" in k]
+    if loaded.unexpected_keys or absent:
+        raise ValueError(f"the adapter does not fit the model (e.g. {(loaded.unexpected_keys or absent)[0]})")
+
+
+def disk_refused(run_dir: Path, full: OSError, half_written: tuple[str, ...]) -> atomic.WriteError:
     """The error for a disk that refused a write during training (full, over quota, read-only), after
-    freeing what the run cannot use: the whole run directory when no checkpoint at `run_dir/keep` was
-    complete (nothing to resume from), else its `half_written` final outputs, keeping the last complete
-    checkpoint for --resume. `run_dir` is the run's own partial directory (alignlab's marker is in it)."""
+    freeing what the run cannot use: the whole run directory when no checkpoint was complete (nothing
+    to resume from), else its `half_written` final outputs and half-written checkpoints, keeping the
+    complete checkpoints for --resume. `run_dir` is the run's own partial directory (alignlab's
+    marker is in it)."""
     reason = full.strerror or str(full)
-    kept = complete(run_dir / keep)
+    kept = latest(run_dir)
     if kept is None:
         remove(run_dir, run_dir.parent)
         advice = f"nothing was kept (no checkpoint was complete; {run_dir} is removed); free disk space and run again"
     else:
         for name in half_written:
             remove(run_dir / name, run_dir)
+        prune(run_dir, None)
         step = json.loads((kept / LOOP_STATE).read_text(encoding="utf-8")).get("step")
         advice = (f"the last complete checkpoint (step {step}) is kept in {kept}: free disk space and rerun with "
                   f"--resume, or delete {run_dir} to start over")

@@ -57,9 +57,8 @@ from alignlab.training.loop import (
     fit,
     load_training_pairs,
     make_accelerator,
-    run_directory,
-    save_run,
 )
+from alignlab.training.outputs import run_directory, save_run
 from alignlab.training.policy import as_reference, prepare_policy
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,9 @@ import torch
 from alignlab.cache import cache_key, cached_tensors, model_fingerprint
 from alignlab.config import OptimConfig, TrainConfig
 from alignlab.data.layouts import PairLayout
+from alignlab.data.options import data_options
 from alignlab.data.tokenise import fingerprint_tokens
+from alignlab.data.unpaired import UnpairedLoad, load_unpaired
 from alignlab.errors import AlignlabError
 from alignlab.models.backends import make_backend
 from alignlab.models.generate import STOP_RULE, GenerationConfig
@@ -210,8 +212,19 @@ def prompt_groups(pairs) -> torch.Tensor:
     return torch.tensor([ids.setdefault(json.dumps(p.prompt, sort_keys=True), len(ids)) for p in pairs])
 
 
-def pair_batch(model, batch: dict, method: Method, reference, rewards, groups, log_z=None) -> PairBatch:
-    """Per-sequence quantities of a collated batch: policy log-probs from one forward pass."""
+def load_labelled_examples(config: TrainConfig) -> UnpairedLoad:
+    """An unpaired method's (KTO's) data: unpaired records, or the pairs unpaired, as pseudo-pairs
+    whose rejected slot holds a mismatched completion for the KL estimate (alignlab.data.unpaired)."""
+    loaded = load_unpaired(config.data, config.data_format, filter=config.data_filter,
+                           preference=config.data_preference, split=config.data_split, **data_options(vars(config)))
+    if not loaded.pairs:
+        raise AlignlabError(f"{loaded.source}: no usable examples ({loaded.summary()})")
+    return loaded
+
+
+def pair_batch(model, batch: dict, method: Method, reference, rewards, groups, log_z=None, labels=None) -> PairBatch:
+    """Per-sequence quantities of a collated batch: policy log-probs from one forward pass; `labels`
+    (an unpaired method's, one per example) go to PairBatch.labels."""
     logps = batch_logps(model, batch)
     index = batch["index"].cpu()
     n = len(index)
@@ -229,12 +242,17 @@ def pair_batch(model, batch: dict, method: Method, reference, rewards, groups, l
         reward_chosen=take(rewards, "chosen") if rewards else None,
         reward_rejected=take(rewards, "rejected") if rewards else None,
         prompt_groups=groups[index].to(device),
-        log_z=log_z[groups[index]].to(device) if log_z is not None else None)
+        log_z=log_z[groups[index]].to(device) if log_z is not None else None,
+        labels=labels[index].to(device) if labels is not None else None)
 
 
 def logratio_margin(b: PairBatch) -> torch.Tensor:
     """Chosen-minus-rejected margin shown while training: of log-ratios to the reference when the
-    method has one, else of per-token log-probs; NaN when rejected responses are not forwarded."""
+    method has one, else of per-token log-probs; NaN when rejected responses are not forwarded. With
+    labels (KTO, whose rejected slot is no preference), the mean log-ratio of the completions signed by
+    their labels: + for desirable, − for undesirable."""
+    if b.labels is not None:
+        return torch.where(b.labels.bool(), 1.0, -1.0).mul(b.chosen_logps - b.ref_chosen_logps).mean()
     if b.rejected_logps is None:
         return torch.full((), float("nan"), device=b.chosen_logps.device)
     if b.ref_chosen_logps is not None:

@@ -3,12 +3,13 @@ directory it writes.
 
 Multi-device runs go through `accelerate launch`: each process takes its share of every global batch.
 
-A run directory holds: config.yaml (resolved), metrics.jsonl (one line per logged optimizer step),
-train_summary.json, model/ (save_pretrained, safetensors, with the tokenizer; a LoRA run's adapter,
-and with save_merged model-merged/ the merged weights) and, with `report_to tensorboard`,
-tracking/RUN_NAME/ (the same numbers as tensorboard event files). It is written to a
-hidden temp directory and renamed into place when training finishes, so a failed or killed run
-never leaves a half-written result.
+A run directory (outputs.py) holds, as TRL's output_dir does, the final model (save_pretrained,
+safetensors; a LoRA run's adapter) with its tokenizer at its root, also in model/, and
+checkpoint-N/ folders (checkpoint.py); config.yaml (resolved), metrics.jsonl (one line per logged
+optimizer step, and one per evaluation: its keys prefixed `eval_`), train_summary.json, with
+save_merged model-merged/ and, with `report_to tensorboard`, tracking/RUN_NAME/ (the same numbers
+as tensorboard event files). It is written to a hidden temp directory and renamed into place when
+training finishes, so a failed or killed run never leaves a half-written result.
 """
 
 from __future__ import annotations
@@ -27,16 +28,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from alignlab import atomic
-from alignlab.config import OptimConfig, dump_yaml
+from alignlab.config import OptimConfig
 from alignlab.data.options import data_options
 from alignlab.data.pairs import load_pairs
 from alignlab.errors import AlignlabError
-from alignlab.output_dirs import claim_output_dir, mark, marked_kind
-from alignlab.safe_delete import remove
+from alignlab.output_dirs import claim_output_dir
 from alignlab.training import checkpoint
 from alignlab.training.batching import IndexDataset, epoch_generator, in_batches, shuffled
+from alignlab.training.outputs import partial_dir, save_snapshot
 from alignlab.training.tracking import TRACKING, tracking
+from alignlab.training.trl_metrics import check_eval_settings, eval_due, postfix
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def make_accelerator(config: OptimConfig):
                               project_dir=str(partial_dir(Path(config.out)) / TRACKING) if tracked else None)
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED,
                                                DistributedType.MEGATRON_LM)
-    if sharded and (config.checkpoint_steps or config.resume):
+    if sharded and (saves_checkpoints(config) or config.resume):
         # Our checkpoints hold whole tensors; a sharded optimizer's state would need accelerate's
         # Accelerator.save_state/load_state, which write pickles (torch.save) that loading would run.
         raise AlignlabError(f"config: checkpoint_steps/resume work on one device and under DDP, not under "
@@ -81,6 +82,10 @@ def make_accelerator(config: OptimConfig):
                             "checkpoint_steps 0 and resume false (snapshot_steps still saves the model)")
     set_seed(config.seed)
     return accelerator
+
+
+def saves_checkpoints(config: OptimConfig) -> bool:
+    return config.save_strategy != "no" and config.checkpoint_steps > 0
 
 
 def _has_accelerator() -> bool:
@@ -132,10 +137,12 @@ def claim_run_dir(config: OptimConfig):
 
 
 
-def load_training_pairs(config: OptimConfig, source: str | None = None):
-    """The pairs of `source` (default: config.data), read with the config's dataset options."""
+def load_training_pairs(config: OptimConfig, source: str | None = None, split: str | None = None):
+    """The pairs of `source` (default: config.data) and `split` (default: data_split), read with the
+    config's dataset options."""
     loaded = load_pairs(source or config.data, config.data_format, filter=config.data_filter,
-                        preference=config.data_preference, split=config.data_split, **data_options(vars(config)))
+                        preference=config.data_preference, split=split or config.data_split,
+                        **data_options(vars(config)))
     if not loaded.pairs:
         raise AlignlabError(f"{loaded.source}: no usable pairs ({loaded.summary()})")
     return loaded
@@ -168,24 +175,27 @@ class LoopState:
     metrics_bytes: int = 0  # length of metrics.jsonl at this state
 
 
-CHECKPOINT = "checkpoint"
-
-
 def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_loss, run_dir: Path,
-        desc: str, batches=None, responses_per_example: int = 1) -> tuple[object, FitResult]:
+        desc: str, batches=None, responses_per_example: int = 1, evaluate=None,
+        tokenizer=None) -> tuple[object, FitResult]:
     """The training loop every trainer shares.
 
     `collate(indices)` builds a batch whose "index" tensor lists its examples; `step_loss(model,
     batch)` returns (scalar loss, scalar margin), or (loss, margin, extras) where extras is a dict of
-    further scalar tensors, averaged over each logging window and logged like the loss. AdamW with a
-    transformers schedule (stepped once per optimizer step, so it ignores the process count),
-    gradient accumulation and clipping through accelerate, a seeded shuffle per epoch cut into
-    micro-batches of batch_size (or `batches(epoch)`, the epoch's micro-batches as lists of
-    indices), a progress bar, one metrics.jsonl line per logged
-    step (with `responses_seen` = examples trained × `responses_per_example`, and elapsed seconds),
-    each line's numbers also sent to the `report_to` tracker at its step (`tracking`),
-    and every `checkpoint_steps` a checkpoint in `run_dir` that `resume` continues from exactly
-    (checkpoint.py: safetensors and JSON only, replaced whole).
+    further scalar tensors (TRL's rewards/... and logps/..., a method's diagnostics), averaged over
+    each logging window and logged like the loss. AdamW (`make_optimizer`) with a transformers
+    schedule (stepped once per optimizer step, so it ignores the process count), gradient
+    accumulation and clipping through accelerate, a seeded shuffle per epoch cut into micro-batches
+    of batch_size (or `batches(epoch)`, the epoch's micro-batches as lists of indices), fractional
+    `epochs` training that share of the last epoch's steps (TRL's count), a progress bar, one
+    metrics.jsonl line per logged step (with `responses_seen` = examples trained ×
+    `responses_per_example`, and elapsed seconds), each line's numbers also sent to the `report_to`
+    tracker at its step (`tracking`). With `eval_strategy` steps or epoch, `evaluate(model)`
+    (trl_metrics.HeldOut) runs before the first step, every `eval_steps` steps or at each epoch's
+    end, its numbers logged as a line of their own under TRL's `eval_` names, the clock paused.
+    Every `checkpoint_steps` (`save_strategy` steps) a loadable checkpoint-N/ in `run_dir` with
+    `tokenizer` (default: the model's, as the trainers load it) that `resume` continues from exactly,
+    the oldest beyond `save_total_limit` removed (checkpoint.py: safetensors and JSON only).
     Every `snapshot_steps` (and at the last step) the model goes to snapshots/step-NNNNNN/ with
     snapshot.json (step, train_seconds, pairs_seen, responses_seen), the clock paused while it
     saves: the points of a learning curve against wall-clock and samples. `max_steps` ends
@@ -194,29 +204,22 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     """
     from transformers import get_scheduler
 
+    check_eval_settings(config, supported=evaluate is not None)
     is_main = accelerator.is_main_process
-    # The fused kernel updates every tensor in one call: 4× faster steps than the per-tensor loop on CPU.
-    fused = accelerator.device.type in ("cpu", "cuda") or None
-    # Only what trains: a LoRA run's frozen base holds no optimizer state.
-    trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  fused=fused)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(model, make_optimizer(config, accelerator, model))
+
     def epoch_batches(epoch: int) -> list[list[int]]:
         if batches:
             return batches(epoch)
         return in_batches(shuffled(n_examples, epoch_generator(config, epoch)), config.batch_size)
 
-    # Each process takes every num_processes-th micro-batch (the last round topped up from the start).
-    total_steps = sum(math.ceil(math.ceil(len(epoch_batches(epoch)) / accelerator.num_processes)
-                                / config.gradient_accumulation_steps) for epoch in range(config.epochs))
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps)
-    scheduler = get_scheduler(config.lr_scheduler, optimizer,
-                              num_warmup_steps=int(config.warmup_ratio * total_steps),
+    total_steps = planned_steps(config, epoch_batches, accelerator.num_processes)
+    warmup = config.warmup_steps if config.warmup_steps > 0 else int(config.warmup_ratio * total_steps)
+    scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=warmup,
                               num_training_steps=total_steps)
     accelerator.register_for_checkpointing(scheduler)
-    resumed = checkpoint.load(accelerator, run_dir / CHECKPOINT) if config.resume else None  # `.old` survives a kill
+    saved = checkpoint.latest(run_dir) if config.resume else None  # `.old` survives a kill
+    resumed = checkpoint.load(accelerator, saved) if saved else None
     state = LoopState(**resumed) if resumed else LoopState()
     metrics_file = None
     if is_main:
@@ -228,12 +231,29 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     progress = tqdm(total=total_steps, initial=state.step, desc=desc, unit="step",
                     **({} if is_main else {"disable": True}))
     last = {"loss": float("nan"), "margin": float("nan")}
-    seconds = 0.0
-    start = time.perf_counter()
+    clock = {"seconds": 0.0, "start": time.perf_counter(), "eval_loss": None}
+
+    def write(record: dict, tracked: dict) -> None:
+        if metrics_file:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+        accelerator.log(tracked, step=record["step"])
+
+    def held_out(epoch: int) -> None:  # the clock paused, as for snapshots
+        paused = time.perf_counter()
+        measured = {f"eval_{name}": value for name, value in evaluate(model).items()}
+        measured["eval_runtime"] = round(time.perf_counter() - paused, 3)
+        write({"step": state.step, "epoch": epoch, **measured}, measured)
+        clock["eval_loss"] = measured["eval_loss"]
+        progress.set_postfix(postfix(last, clock["eval_loss"]))
+        clock["start"] += time.perf_counter() - paused
+
     model.train()
     # Closed however the loop ends, so that an error is printed below the progress bar, not after it.
     with progress, (metrics_file or contextlib.nullcontext()), tracking(config, accelerator, state.step):
-        for epoch in range(state.epoch, config.epochs):
+        if evaluate and state.step == 0 and config.eval_strategy != "no":
+            held_out(0)
+        for epoch in range(state.epoch, math.ceil(config.epochs)):
             # Its own generator: a DataLoader draws a seed from the global one each time it is iterated,
             # and a resumed run iterates where the uninterrupted one did not, which would shift every
             # later dropout mask.
@@ -271,40 +291,74 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
                                           *(torch.as_tensor(v) for v in state.window_extras.values())]).float()
                     reduced = accelerator.reduce(window.to(accelerator.device) / state.window_batches, "mean")
                     last = dict(zip(names, reduced.tolist()))
-                    progress.set_postfix(loss=f"{last['loss']:.4f}", margin=f"{last['margin']:.3f}")
+                    progress.set_postfix(postfix(last, clock["eval_loss"]))
                     record = {"step": state.step, "epoch": epoch, **last,
                               "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                               "pairs_seen": state.pairs_trained,
                               "responses_seen": state.pairs_trained * responses_per_example,
-                              "elapsed_s": round(seconds + time.perf_counter() - start, 3)}
-                    if metrics_file:
-                        metrics_file.write(json.dumps(record) + "\n")
-                        metrics_file.flush()
-                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
+                              "elapsed_s": round(clock["seconds"] + time.perf_counter() - clock["start"], 3)}
+                    write(record, {k: v for k, v in record.items() if k != "step"})
                     state.window_loss, state.window_margin, state.window_batches = 0.0, 0.0, 0
                     state.window_extras = {}
-                if config.checkpoint_steps and state.step % config.checkpoint_steps == 0 and state.step < total_steps:
+                if evaluate and eval_due(config, state.step):
+                    held_out(epoch)
+                if saves_checkpoints(config) and state.step % config.checkpoint_steps == 0 and state.step < total_steps:
                     state.window_loss, state.window_margin = float(state.window_loss), float(state.window_margin)
                     state.window_extras = {name: float(v) for name, v in state.window_extras.items()}
                     state.metrics_bytes = metrics_file.tell() if metrics_file else 0
-                    checkpoint.save(accelerator, run_dir / CHECKPOINT, dataclasses.asdict(state))
+                    if tokenizer is None:  # as the trainers load it for model/
+                        from alignlab.models.loading import load_tokenizer
+
+                        tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.revision)
+                    checkpoint.save(accelerator, checkpoint.step_dir(run_dir, state.step), dataclasses.asdict(state),
+                                    tokenizer)
+                    if is_main:
+                        checkpoint.prune(run_dir, config.save_total_limit)
                 if config.snapshot_steps and (state.step % config.snapshot_steps == 0 or state.step == total_steps):
                     paused = time.perf_counter()
                     save_snapshot(run_dir, accelerator, model, {
-                        "step": state.step, "train_seconds": round(seconds + paused - start, 3),
+                        "step": state.step, "train_seconds": round(clock["seconds"] + paused - clock["start"], 3),
                         "pairs_seen": state.pairs_trained,
                         "responses_seen": state.pairs_trained * responses_per_example})
                     accelerator.wait_for_everyone()
-                    start += time.perf_counter() - paused
+                    clock["start"] += time.perf_counter() - paused
                 if state.step == total_steps:
                     break
+            if evaluate and config.eval_strategy == "epoch":
+                held_out(epoch)
             if state.step == total_steps:
                 break
             state.epoch, state.batches_in_epoch = epoch + 1, 0
-    seconds += time.perf_counter() - start
+    seconds = clock["seconds"] + time.perf_counter() - clock["start"]
     accelerator.wait_for_everyone()
     return model, FitResult(state.step, state.pairs_trained, last["loss"], last["margin"], seconds)
 
+
+
+def make_optimizer(config: OptimConfig, accelerator, model):
+    """AdamW over what trains (a LoRA run's frozen base holds no optimizer state), with the config's
+    betas, epsilon and weight decay. `adamw_torch_fused` (the default) takes the fused kernel where
+    torch has one (CPU and CUDA: it updates every tensor in one call, 4× faster steps than the
+    per-tensor loop on CPU; the same update, to rounding), `adamw_torch` torch's per-tensor loop, as
+    TRL's optim names them."""
+    fused = config.optim == "adamw_torch_fused" and accelerator.device.type in ("cpu", "cuda")
+    trained = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trained, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                             eps=config.adam_epsilon, weight_decay=config.weight_decay, fused=fused)
+
+
+def planned_steps(config: OptimConfig, epoch_batches, processes: int) -> int:
+    """Optimizer steps of the run: each process takes every processes-th micro-batch (the last round
+    topped up from the start); a fractional `epochs` trains that share of its last epoch's steps,
+    rounded up, as TRL counts them; `max_steps` caps them."""
+    def steps_in(epoch: int) -> int:
+        return math.ceil(math.ceil(len(epoch_batches(epoch)) / processes) / config.gradient_accumulation_steps)
+
+    whole = math.floor(config.epochs)
+    total = sum(steps_in(epoch) for epoch in range(whole))
+    if config.epochs > whole:
+        total += math.ceil((config.epochs - whole) * steps_in(whole))
+    return min(total, config.max_steps) if config.max_steps else total
 
 
 def check_finite(accelerator, step: int, window_loss, grad_norm, config: OptimConfig, run_dir: Path) -> None:
@@ -320,98 +374,8 @@ def check_finite(accelerator, step: int, window_loss, grad_norm, config: OptimCo
     if math.isfinite(loss) and math.isfinite(norm):
         return
     what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}"
-    saved = run_dir / CHECKPOINT
-    kept = (f"the last good checkpoint is kept in {saved}, for --resume" if saved.exists()
+    saved = checkpoint.latest(run_dir)
+    kept = (f"the last good checkpoint is kept in {saved}, for --resume" if saved
             else "no checkpoint had been saved (checkpoint_steps)")
     raise AlignlabError(f"step {step}: {what} (learning_rate {config.learning_rate:g} may be too high); training "
                         f"stopped and nothing from this run was saved; {kept}")
-
-
-SNAPSHOTS = "snapshots"
-
-
-def save_snapshot(run_dir: Path, accelerator, model, point: dict) -> None:
-    """The model as it is now (a LoRA run's adapter), with where training stands, written whole or
-    not at all. Every process must call it (see `save_run`); the main process writes."""
-    state_dict = accelerator.get_state_dict(model)
-    if not accelerator.is_main_process:
-        return
-    (run_dir / SNAPSHOTS).mkdir(exist_ok=True)
-    with atomic.staged_dir(run_dir / SNAPSHOTS / f"step-{point['step']:06d}") as staged:
-        write_model(accelerator, model, state_dict, staged)
-        atomic.write_json(staged / "snapshot.json", point)
-
-
-def write_model(accelerator, model, state_dict: dict, directory: Path) -> None:
-    """save_pretrained of the unwrapped model with the gathered weights, as safetensors: the full
-    model, or a LoRA model's adapter (adapter_config.json + adapter_model.safetensors)."""
-    accelerator.unwrap_model(model).save_pretrained(directory, state_dict=state_dict, is_main_process=True,
-                                                    safe_serialization=True)
-
-
-MERGED = "model-merged"
-
-
-def save_run(run_dir: Path, accelerator, model, tokenizer, config: OptimConfig, summary: dict) -> None:
-    """model/ (with its tokenizer; a LoRA run's adapter, and with save_merged the merged weights in
-    model-merged/), config.yaml and train_summary.json. Every process must call it: under FSDP or
-    DeepSpeed ZeRO-3 the weights are sharded over the processes and get_state_dict gathers them, a
-    collective that hangs unless all reach it. Only the main process writes."""
-    state_dict = accelerator.get_state_dict(model)
-    if not accelerator.is_main_process:
-        return
-    write_model(accelerator, model, state_dict, run_dir / "model")
-    tokenizer.save_pretrained(run_dir / "model")
-    if config.use_peft and config.save_merged:
-        from alignlab.models.loading import load_causal_lm
-
-        # Merged as `load_causal_lm` merges an adapter directory: what evaluation would use.
-        merged = load_causal_lm(str(run_dir / "model"), config.dtype, config.trust_remote_code)
-        merged.save_pretrained(run_dir / MERGED, safe_serialization=True)
-        tokenizer.save_pretrained(run_dir / MERGED)
-    atomic.write_text(run_dir / "config.yaml", dump_yaml(config))
-    atomic.write_json(run_dir / "train_summary.json", summary)
-    remove(run_dir / CHECKPOINT, run_dir)  # the finished model supersedes it
-
-
-def partial_dir(out: Path) -> Path:
-    return out.parent / f".{out.name}.partial"
-
-
-@contextlib.contextmanager
-def run_directory(out: Path, accelerator, config: OptimConfig):
-    """Training writes into a hidden `.NAME.partial` beside `out`, renamed to `out` when it ends.
-
-    A killed run leaves only the partial directory (with its last checkpoint), which `resume`
-    continues from; it must have been started with the same configuration.
-    """
-    partial = partial_dir(out)
-    resolved = dump_yaml(dataclasses.replace(config, resume=False))
-    if accelerator.is_main_process:
-        if config.resume and (partial / "config.yaml").exists():
-            if (partial / "config.yaml").read_text() != resolved:
-                raise AlignlabError(f"{partial}: cannot resume: that run was started with a different "
-                                    "configuration (compare its config.yaml); rerun without --resume to start over")
-        elif partial.exists():
-            if marked_kind(partial) is None:
-                raise AlignlabError(f"{partial}: exists but was not created by alignlab; move it away, then "
-                                    "run again")
-            remove(partial, partial.parent)
-        partial.mkdir(parents=True, exist_ok=True)
-        mark(partial, "training run")
-        atomic.write_text(partial / "config.yaml", resolved)
-    accelerator.wait_for_everyone()
-    try:
-        yield partial
-    except Exception as err:
-        full = atomic.disk_error(err)
-        if full is None or not accelerator.is_main_process:
-            raise
-        raise checkpoint.disk_refused(partial, full, keep=CHECKPOINT,
-                                      half_written=("model", MERGED, f"{CHECKPOINT}.tmp")) from None
-    if accelerator.is_main_process:
-        atomic.apply_umask(partial)
-        if out.exists() or out.is_symlink():
-            remove(out, out.parent)  # claim_run_dir allowed it: empty, or alignlab's own with --overwrite
-        os.replace(partial, out)
-

@@ -92,10 +92,14 @@ def lora_targets(model, requested: list[str] | None) -> list[str] | str:
 
 
 def lora_config(config: OptimConfig, model):
-    """The LoRA adapter `config` asks for, its targets checked against `model` (`lora_targets`)."""
+    """The LoRA adapter `config` asks for, its targets checked against `model` (`lora_targets`):
+    rank-stabilised scaling (`use_rslora`), DoRA (`use_dora`) and modules trained in full beside it
+    (`lora_modules_to_save`) as TRL's ModelConfig passes them to PEFT."""
     peft = require_peft()
     return peft.LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                           target_modules=lora_targets(model, config.lora_target_modules), task_type="CAUSAL_LM")
+                           target_modules=lora_targets(model, config.lora_target_modules), task_type="CAUSAL_LM",
+                           use_rslora=config.use_rslora, use_dora=config.use_dora,
+                           modules_to_save=config.lora_modules_to_save)
 
 
 def prepare_policy(model, config: OptimConfig):

@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.config import RewardModelConfig
-from alignlab.data.tokenise import collate_pairs, tokenize_pairs
+from alignlab.data.tokenise import collate_pairs, length_settings, tokenize_pairs
 from alignlab.errors import AlignlabError
 from alignlab.models.loading import load_sequence_classifier, load_tokenizer
 from alignlab.training.inputs import check_pairs_differ
 from alignlab.training.loop import (FitResult, check_enough_for_a_step, claim_run_dir, fit, load_training_pairs,
-                                    make_accelerator, run_directory, save_run)
+                                    make_accelerator)
+from alignlab.training.outputs import run_directory, save_run
 from alignlab.training.policy import prepare_policy
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,10 @@ def _fit_reward_model(config: RewardModelConfig) -> RewardModelResult:
                             "pairs to train on (once the held-out pairs are set aside)")
     is_main = accelerator.is_main_process
     tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.revision)
-    examples, truncation = tokenize_pairs(tokenizer, train_pairs, config.max_length, config.max_prompt_length,
-                                          config.raw_prompts)
+    examples, truncation = tokenize_pairs(tokenizer, train_pairs, raw_prompts=config.raw_prompts,
+                                          **length_settings(config))
     check_pairs_differ(config, examples)
-    heldout, _ = tokenize_pairs(tokenizer, heldout_pairs, config.max_length, config.max_prompt_length,
-                                config.raw_prompts)
+    heldout, _ = tokenize_pairs(tokenizer, heldout_pairs, raw_prompts=config.raw_prompts, **length_settings(config))
     if is_main:
         log.info("%s; %d pairs train the reward model, %d are held out", loaded.summary(),
                  len(train_pairs), len(heldout_pairs))

@@ -1,6 +1,7 @@
 """Experiment tracking (`report_to`) through accelerate's trackers: what the tracker is told about
 a run (`tracker_config`) and how long its run stays open (`tracking`). The shared loop (loop.py)
-logs every logged optimizer step to it."""
+logs every logged optimizer step to it (TRL's rewards/... and logps/... among its numbers) and every
+evaluation (its eval_... numbers) at its step."""
 
 from __future__ import annotations
 
