@@ -114,3 +114,16 @@ def test_replacing_a_directory_through_a_link_removes_the_link_not_its_target(tm
         (staged / "weights.bin").write_bytes(b"new")
     assert not target.is_symlink() and (target / "weights.bin").exists()
     assert sorted(os.listdir(outside)) == ["beach.png"]
+
+
+def test_resuming_a_sweep_whose_figures_link_elsewhere_is_refused_before_any_run(tmp_path, outside):
+    """The sweep's report runs last: a linked figures/ is refused when the sweep resumes, not hours later."""
+    from alignlab.study.config import StudyConfig
+    from alignlab.study.sweep import open_sweep_dir
+
+    config = StudyConfig(out=str(tmp_path / "sweep"), grid_preset="small")
+    assert open_sweep_dir(config) is False
+    (tmp_path / "sweep" / "figures").symlink_to(outside)
+    with pytest.raises(AlignlabError, match="figures: is a symbolic link"):
+        open_sweep_dir(config)
+    assert sorted(os.listdir(outside)) == ["beach.png"]

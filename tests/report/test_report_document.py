@@ -236,9 +236,11 @@ def test_every_figure_is_embedded_and_captioned(report):
 def test_same_runs_give_byte_identical_files_and_no_stale_figures(report, tmp_path):
     out, _ = report
     again = tmp_path / "again"
-    # A figure of an earlier report (the single-run study's bar chart) that this report does not show.
+    # A figure of an earlier report (the single-run study's bar chart) that this report does not show,
+    # listed as alignlab's in the figures' manifest, as that report left it.
     (again / "figures").mkdir(parents=True)
     (again / "figures" / "mean_score.png").write_bytes(b"old")
+    (again / "figures" / ".alignlab-written.json").write_text('["mean_score.png"]')
     write_report(again, sweep_runs(), sft_record(), CONTEXT, "hand-made sweep")
     written = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert written == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())

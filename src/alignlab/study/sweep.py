@@ -47,7 +47,7 @@ from alignlab.errors import AlignlabError
 from alignlab.models.score import cached_reward_scorer
 from alignlab.objectives.registry import get_method
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
-from alignlab.safe_delete import remove
+from alignlab.safe_delete import check_no_link, remove
 from alignlab.study.config import (REPORTED_TRAINING, WORLD_GENERATION, WORLD_REWARD_TRAINING, WORLD_TRAINING,
                                    Shared, StudyConfig, StudyInputs, check_selection_is_held_out,
                                    load_evaluation_pairs, real_inputs, world_inputs)
@@ -85,7 +85,8 @@ def open_sweep_dir(config: StudyConfig) -> bool:
             raise AlignlabError(f"{previous}: this directory holds a sweep with a different configuration; "
                                 "rerun with the same settings to resume it, or choose another --out "
                                 "(or --overwrite true to start over)")
-        else:
+        else:  # the report at the end writes figures/: refuse a link there now, not after the runs
+            check_no_link(out / "figures", out, what="the report's figures/ folder")
             return True
     out.mkdir(parents=True, exist_ok=True)
     mark(out, "sweep")
