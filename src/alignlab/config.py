@@ -21,7 +21,7 @@ from alignlab.cache import check_cache_dir
 from alignlab.checks import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, STEPS_OR_NEVER, Range, check_numbers
 from alignlab.data.tokenise import TRUNCATION_MODES
 from alignlab.errors import AlignlabError, unknown_name_message
-from alignlab.objectives.registry import get_method
+from alignlab.objectives.registry import METHODS, get_method
 from alignlab.trl_settings import (LIST_IN_TRL, OPTIMIZERS, TRL_ALIASES, Findings, check_method, is_list_type,
                                    method_of_loss_types, report, translate, without_method_key)
 from alignlab.untrusted import is_unicode, shown
@@ -232,7 +232,7 @@ class OptimConfig:
 class TrainConfig(OptimConfig):
     """One offline training run (`alignlab train`)."""
 
-    method: str = setting("dpo", "sft | dpo | ln-dpo | simpo | var | grpo")
+    method: str = setting("dpo", " | ".join(METHODS) + " (or TRL's loss_type names)")
     params: dict = setting({}, "the method's hyper-parameters (also given as --name value; see below)")
     reference_model: str | None = setting(None, "frozen reference (default: model, the SFT model)")
     reward_model: str | None = setting(None, "sequence classifier giving VAR's rewards and GRPO's proxy reward "

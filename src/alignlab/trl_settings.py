@@ -9,7 +9,6 @@ a typo of (`close_name`), never to one that is merely alike.
 from __future__ import annotations
 
 import logging
-import types
 import typing
 from dataclasses import dataclass, field
 
@@ -127,11 +126,6 @@ def is_list_type(annotation) -> bool:
     return typing.get_origin(annotation) is list or any(typing.get_origin(a) is list for a in args)
 
 
-def _takes_none(annotation) -> bool:
-    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
-    return union and type(None) in typing.get_args(annotation)
-
-
 def _same_value(a, b) -> bool:
     scalars = (str, bool, int, float)
     return a == b or (isinstance(a, scalars) and isinstance(b, scalars) and str(a).lower() == str(b).lower())
@@ -185,9 +179,8 @@ def translate(values: dict, fields, where, findings: Findings | None = None) -> 
     for key, value in _precision(values, fields, where, put).items():
         name, value = _negated(key, value, fields, where)
         entry = trl_keys.TRL_KEYS.get(name)
-        if entry is not None and value is None and name != "max_length" and not (
-                name in fields and _takes_none(fields[name])):
-            continue  # TRL's null: its default (eval_steps, activation_checkpointing, ...)
+        if entry is not None and value is None and name not in fields:
+            continue  # TRL's null: its default (activation_checkpointing, ...); alignlab's own fields decide themselves
         if entry is not None and name not in fields and findings is not None:
             if entry.kind == trl_keys.IGNORED:
                 findings.ignored.append(name)
@@ -308,6 +301,9 @@ def without_method_key(name: str, value, method: str) -> str | None:
     return f"method {method} has no {name}" + (f" (methods with one: {', '.join(having)})" if having else "")
 
 
+MAX_LISTING_CHARS = 600  # of valid names in an unknown-key error: past this, a pointer to --help
+
+
 def report(findings: Findings, ignore_unsupported: bool, valid: list[str]) -> None:
     """Every unknown key and every TRL setting alignlab cannot honour, in one error: the first line
     a summary, then one line each. With `ignore_unsupported` the refused settings are one warning."""
@@ -323,8 +319,10 @@ def report(findings: Findings, ignore_unsupported: bool, valid: list[str]) -> No
     if not unknown and not refused:
         return
     listing = f"Valid: {', '.join(valid)}"
-    if len(unknown) == 1 and not refused:
-        raise AlignlabError(f"{unknown[0]} {listing}")
+    if len(listing) > MAX_LISTING_CHARS:  # a config class's every field: the help lists them better
+        listing = "Valid: the settings --help lists, and the method's hyper-parameters"
+    if unknown and not refused:  # one line, as every other error of a config
+        raise AlignlabError(f"{'; '.join(unknown)}. {listing}")
     parts = [f"{len(unknown)} unknown key{'s' * (len(unknown) != 1)}"] if unknown else []
     if refused:
         parts.append(f"{len(refused)} TRL setting{'s' * (len(refused) != 1)} that alignlab cannot honour "

@@ -121,3 +121,19 @@ def test_cached_token_ids_are_the_tokenizers_and_a_second_call_reads_them(tiny_c
         with pytest.raises(pytest.fail.Exception, match="tokenised again"):
             tokenise.cached_tokenize_pairs(tokenizer, arguments["fingerprint"], arguments["pairs"],
                                            arguments["max_length"], 8, False, tmp_path)
+
+
+def test_chat_templated_prompts_are_noted_once_for_trl_users(tiny_chat_model, caplog):
+    """TRL encodes a plain-text prompt as it is; alignlab templates it: said once, with the way out."""
+    import logging
+
+    from alignlab.data.pairs import PreferencePair
+    from alignlab.data.tokenise import note_chat_template, tokenize_pairs
+    from alignlab.models.loading import load_tokenizer
+
+    note_chat_template.cache_clear()
+    caplog.set_level(logging.INFO, logger="alignlab.data.tokenise")
+    pair = PreferencePair(id="p", prompt=[{"role": "user", "content": "Hi?"}], chosen="Hello.", rejected="No.")
+    for _ in range(2):
+        tokenize_pairs(load_tokenizer(str(tiny_chat_model)), [pair], 64)
+    assert caplog.text.count("--raw_prompts uses text prompts verbatim") == 1

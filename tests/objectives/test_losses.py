@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from random_pairs import random_pairs
 
 from alignlab.errors import AlignlabError
 from alignlab.objectives.losses import (
@@ -450,14 +451,7 @@ def test_var_weights_all_extreme_group_is_uniform():
 # ==================================================================================================
 
 def _random_pairs(n=6, seed=1234, dtype=F64):
-    g = torch.Generator().manual_seed(seed)
-    lw = torch.randint(1, 20, (n,), generator=g)
-    ll = torch.randint(1, 20, (n,), generator=g)
-    w = -(torch.rand(n, generator=g, dtype=dtype) * 2 + 0.1) * lw
-    l = -(torch.rand(n, generator=g, dtype=dtype) * 2 + 0.1) * ll
-    rw = w + torch.randn(n, generator=g, dtype=dtype) * 3
-    rl = l + torch.randn(n, generator=g, dtype=dtype) * 3
-    return w, l, rw, rl, lw, ll
+    return random_pairs(n, seed, dtype)
 
 
 class _StubFusedLM:

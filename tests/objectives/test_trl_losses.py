@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from random_pairs import random_pairs
 
 from alignlab.errors import AlignlabError
 from alignlab.objectives.losses import dpo_loss, sft_loss
@@ -117,15 +118,7 @@ NEW_METHODS = [*PER_PAIR, *BATCH_LEVEL]
 
 
 def _random_pairs(n=7, seed=30, dtype=F64):
-    """Summed log-probs of n pairs, their reference values and lengths (1–19 tokens)."""
-    g = torch.Generator().manual_seed(seed)
-    lw = torch.randint(1, 20, (n,), generator=g)
-    ll = torch.randint(1, 20, (n,), generator=g)
-    w = -(torch.rand(n, generator=g, dtype=dtype) * 2 + 0.1) * lw
-    l = -(torch.rand(n, generator=g, dtype=dtype) * 2 + 0.1) * ll
-    rw = w + torch.randn(n, generator=g, dtype=dtype) * 3
-    rl = l + torch.randn(n, generator=g, dtype=dtype) * 3
-    return w, l, rw, rl, lw, ll
+    return random_pairs(n, seed, dtype)
 
 
 def _ours(name, w, l, rw, rl, lw, ll, **hp):

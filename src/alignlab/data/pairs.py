@@ -269,10 +269,10 @@ def _reward_column(record: dict, mapped: str | None, side: str) -> str:
     return f"reward_{side}" if f"reward_{side}" in record or f"score_{side}" not in record else f"score_{side}"
 
 
-def _messages(value, name: str, where: Where) -> list[dict[str, str]]:
+def messages(value, name: str, where: Where, fix: str = PAIRS_FIX) -> list[dict[str, str]]:
     """Validate a list of {role, content} messages; keep only role and content."""
     if not isinstance(value, list):
-        raise where.error(f"expected a list of messages, got {a_type(value)}", field=name, fix=PAIRS_FIX)
+        raise where.error(f"expected a list of messages, got {a_type(value)}", field=name, fix=fix)
     turns = []
     for i, message in enumerate(value):
         if not isinstance(message, dict):
@@ -291,7 +291,7 @@ def _prompt_turns(record: dict, name: str, where: Where) -> list[dict[str, str]]
     value = _require(record, name, where, PAIRS_FIX)
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
-    turns = _messages(value, name, where)
+    turns = messages(value, name, where)
     if not turns or turns[-1]["role"] != "user":
         raise where.error("the prompt must end with a user message", field=name)
     return turns
@@ -309,8 +309,8 @@ def _final_reply(tail: list[dict[str, str]], name: str, where: Where) -> str:
 
 def _conversation_pair(record: dict, names: Columns, where: Where) -> tuple[list[dict[str, str]], str, str]:
     """TRL conversational style: chosen/rejected are message lists, the prompt explicit or shared."""
-    chosen = _messages(record[names.chosen], names.chosen, where)
-    rejected = _messages(_require(record, names.rejected, where, PAIRS_FIX), names.rejected, where)
+    chosen = messages(record[names.chosen], names.chosen, where)
+    rejected = messages(_require(record, names.rejected, where, PAIRS_FIX), names.rejected, where)
     prompt = record.get(names.prompt)
     # A text prompt beside whole conversations is ignored, as TRL's maybe_extract_prompt does
     # (HuggingFaceH4/ultrafeedback_binarized has one); beside lone replies it is the prompt.
@@ -363,7 +363,7 @@ def _text_pair(record: dict, names: Columns, columns: Columns, where: Where
     return [{"role": "user", "content": prompt}], chosen, rejected
 
 
-def _record_id(record: dict, where: Where) -> str:
+def record_id(record: dict, where: Where) -> str:
     value = record.get("id")
     if value is None:
         return where.default_id
@@ -405,5 +405,5 @@ def _generic_pair(record: dict, where: Where, columns: Columns) -> PreferencePai
             raise where.error("empty response", field=name, fix="Fill in the response or remove the record")
     if chosen == rejected:
         return "identical responses"
-    return PreferencePair(_record_id(record, where), prompt, chosen, rejected,
+    return PreferencePair(record_id(record, where), prompt, chosen, rejected,
                           _reward(record, names.reward_chosen, where), _reward(record, names.reward_rejected, where))

@@ -28,14 +28,18 @@ several pairs into a row.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 
 import torch
 
 from alignlab.errors import AlignlabError
 from alignlab.untrusted import shown
+
+log = logging.getLogger(__name__)
 
 PLAIN_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 
@@ -212,6 +216,13 @@ def length_settings(config) -> dict:
             "max_completion_length": config.max_completion_length, "truncation_mode": config.truncation_mode}
 
 
+@functools.cache
+def note_chat_template() -> None:
+    """Once per process: TRL encodes a plain-text prompt as it is, alignlab through the chat template."""
+    log.info("prompts are rendered with the model's chat template, text prompts too (TRL encodes a text "
+             "prompt as it is); --raw_prompts uses text prompts verbatim")
+
+
 def tokenize_pairs(tokenizer, pairs, max_length: int | None, max_prompt_length: int | None = None,
                    raw_prompts: bool = False, *, max_completion_length: int | None = None,
                    truncation_mode: str = "keep_start") -> tuple[list[TokenizedPair], TruncationReport]:
@@ -219,6 +230,8 @@ def tokenize_pairs(tokenizer, pairs, max_length: int | None, max_prompt_length: 
     in order, none dropped (see the module docstring and `truncate_pair`)."""
     limits = LengthLimits(max_length, max_prompt_length, max_completion_length, truncation_mode)
     renderer = PromptRenderer(tokenizer, raw_prompts)
+    if renderer.uses_chat_template:
+        note_chat_template()
     report = TruncationReport()
     encoded = []
     for pair in pairs:

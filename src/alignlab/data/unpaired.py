@@ -32,7 +32,7 @@ import random
 from dataclasses import dataclass, field
 
 from alignlab.data.options import Columns
-from alignlab.data.pairs import ROLES, LoadResult, PreferencePair, load_pairs
+from alignlab.data.pairs import LoadResult, PreferencePair, load_pairs, messages, record_id
 from alignlab.data.readers import Where, a_type, read_records
 from alignlab.errors import InputError
 from alignlab.untrusted import shown
@@ -172,7 +172,7 @@ def unpaired_example(record, where: Where, columns: Columns | None = None) -> Un
     if not isinstance(label, bool):
         raise where.error(f"expected true or false, got {shown(label)}", field="label",
                           fix="Labels are booleans (true: the completion is desirable), not strings or numbers")
-    return UnpairedExample(_record_id(record, where), prompt, completion, label)
+    return UnpairedExample(record_id(record, where), prompt, completion, label)
 
 
 def _present(record: dict, name: str, where: Where):
@@ -188,24 +188,6 @@ def _turns(value, name: str, where: Where) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
         raise where.error(f"expected text or a non-empty list of messages, got {a_type(value)}", field=name,
                           fix=UNPAIRED_FIX)
-    turns = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise where.error(f"message {i} is {a_type(message)}, expected an object", field=name,
-                              fix='A message looks like {"role": "user", "content": "..."}')
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise where.error(f"message {i} has role {shown(role)}", field=name, fix=f"Roles are {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            raise where.error(f"message {i} content is {a_type(content)}, expected a string", field=name)
-        turns.append({"role": role, "content": content})
-    return turns
+    return messages(value, name, where, UNPAIRED_FIX)
 
 
-def _record_id(record: dict, where: Where) -> str:
-    value = record.get("id")
-    if value is None:
-        return where.default_id
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-        raise where.error(f"expected a non-empty string or an integer, got {shown(value)}", field="id")
-    return str(value)
