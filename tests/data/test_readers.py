@@ -540,8 +540,8 @@ def test_overrides_refuse_text_that_is_no_unicode_or_too_long():
 
 
 def test_mistyped_override_values_are_quoted_short():
-    message = error_of(lambda: build_config(TrainConfig, None, {"epochs": "7" * 5000}))
-    assert "'epochs' must be an integer" in message and "7" * 300 not in message
+    message = error_of(lambda: build_config(TrainConfig, None, {"batch_size": "7" * 5000}))
+    assert "'batch_size' must be an integer" in message and "7" * 300 not in message
 
 
 def test_an_unknown_method_name_is_quoted_short():
