@@ -298,21 +298,9 @@ def prune(run_dir: Path, keep: int | None) -> None:
         remove(path.with_name(f"{path.name}.old"), run_dir)
 
 
-def complete(directory: Path) -> Path | None:
-    """The whole checkpoint at `directory` or, after a kill between the two renames, its `.old`."""
-    directory = Path(directory)
-    for candidate in (directory, directory.with_name(f"{directory.name}.old")):
-        if (candidate / LOOP_STATE).is_file():
-            return candidate
-    return None
-
-
-def load(accelerator, directory: Path) -> dict | None:
-    """Restore the newest whole checkpoint at `directory` (or its `.old`) into the accelerator's
-    models, optimizers, schedulers and this process's RNGs; return its loop state, or None."""
-    candidate = complete(directory)
-    if candidate is None:
-        return None
+def load(accelerator, candidate: Path) -> dict:
+    """Restore the whole checkpoint `candidate` (one that `latest` found) into the accelerator's
+    models, optimizers, schedulers and this process's RNGs; return its loop state."""
     try:
         _restore(accelerator, candidate)
         return json.loads((candidate / LOOP_STATE).read_text(encoding="utf-8"))

@@ -23,9 +23,6 @@ import torch
 from alignlab.errors import AlignlabError
 from alignlab.objectives.registry import Method, PairBatch
 
-EVAL_STRATEGIES = ("no", "steps", "epoch")
-
-
 def reward_scale(method: Method, params: dict) -> float | None:
     """β of the implicit reward β·log π/πref; None for a method without a reference or rejected responses."""
     if not (method.uses_reference and method.uses_rejected):
@@ -37,16 +34,16 @@ def preference_metrics(b: PairBatch, beta: float | None) -> dict[str, torch.Tens
     """TRL's names for a batch's rewards and log-probs (see the module docstring), as device scalars."""
     chosen_logps = b.chosen_logps.detach().float()
     metrics = {"logps/chosen": chosen_logps.mean()}
-    if getattr(b, "labels", None) is not None:
+    if b.labels is not None or b.rejected_logps is None:
         return metrics
-    if beta is not None and b.ref_chosen_logps is not None and b.rejected_logps is not None:
+    rejected_logps = b.rejected_logps.detach().float()
+    if beta is not None and b.ref_chosen_logps is not None:
         chosen = beta * (chosen_logps - b.ref_chosen_logps.float())
-        rejected = beta * (b.rejected_logps.detach().float() - b.ref_rejected_logps.float())
+        rejected = beta * (rejected_logps - b.ref_rejected_logps.float())
         metrics = {"rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(),
                    "rewards/accuracies": (chosen > rejected).float().mean(),
                    "rewards/margins": (chosen - rejected).mean(), **metrics}
-    if b.rejected_logps is not None:
-        metrics["logps/rejected"] = b.rejected_logps.detach().float().mean()
+    metrics["logps/rejected"] = rejected_logps.mean()
     return metrics
 
 
@@ -63,9 +60,7 @@ def check_eval_settings(config, supported: bool = True) -> None:
     """Before any work: `eval_strategy` other than no needs held-out pairs (`eval_data`, or
     `eval_split` of a dataset that has splits, other than the training split) and a trainer that
     evaluates (the offline methods)."""
-    strategy = config.eval_strategy
-    if strategy not in EVAL_STRATEGIES:
-        raise AlignlabError(f"config: eval_strategy must be one of {', '.join(EVAL_STRATEGIES)}, got {strategy!r}")
+    strategy = config.eval_strategy  # one of config.EVAL_STRATEGIES: the config's validate checked it
     if strategy == "no":
         return
     if not supported:
