@@ -35,7 +35,7 @@ def add_config_arguments(parser, config_cls) -> None:
         trl_names.setdefault(ours, []).append(theirs)
     annotations = field_types(config_cls)
     for spec in sorted(dataclasses.fields(config_cls), key=lambda spec: spec.name != "method"):  # method first
-        if annotations[spec.name] is dict:  # params: the method's hyper-parameters, listed in the epilog
+        if spec.name == "params":  # the method's hyper-parameters, listed in the epilog
             continue
         default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
         # A field whose help says what its unset value means ("(default: half of max_length)") needs no "none".

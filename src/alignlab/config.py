@@ -21,7 +21,7 @@ from alignlab.cache import check_cache_dir
 from alignlab.checks import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, STEPS_OR_NEVER, Range, check_numbers
 from alignlab.data.tokenise import TRUNCATION_MODES
 from alignlab.errors import AlignlabError, unknown_name_message
-from alignlab.objectives.registry import METHODS, get_method
+from alignlab.objectives.registry import METHODS, ResolvedParams, get_method
 from alignlab.trl_settings import (LIST_IN_TRL, OPTIMIZERS, TRL_ALIASES, Findings, check_method, is_list_type,
                                    method_of_loss_types, report, translate, without_method_key)
 from alignlab.untrusted import is_unicode, shown
@@ -233,7 +233,10 @@ class TrainConfig(OptimConfig):
     """One offline training run (`alignlab train`)."""
 
     method: str = setting("dpo", " | ".join(METHODS) + " (or TRL's loss_type names)")
-    params: dict = setting({}, "the method's hyper-parameters (also given as --name value; see below)")
+    # As given (a mapping of names to values, text from YAML or the command line) until validate
+    # resolves them, once (`Method.resolve`); from then on the typed, checked ResolvedParams.
+    params: dict | ResolvedParams = setting({}, "the method's hyper-parameters (also given as --name value; "
+                                                "see below)")
     reference_model: str | None = setting(None, "frozen reference (default: model, the SFT model)")
     reward_model: str | None = setting(None, "sequence classifier giving VAR's rewards and GRPO's proxy reward "
                                              "(else the data's reward columns)")
@@ -259,7 +262,24 @@ class TrainConfig(OptimConfig):
         if self.generation_backend not in GENERATION_BACKENDS:
             raise AlignlabError(unknown_name_message("config: generation_backend", self.generation_backend,
                                                      list(GENERATION_BACKENDS)))
-        self.params = get_method(self.method).resolve(self.params)
+        if not (isinstance(self.params, ResolvedParams) and self.params.method == self.method):
+            self.params = get_method(self.method).resolve(self.params)
+
+    @classmethod
+    def for_run(cls, settings: dict, method: str, params, *, model: str, data: str, out,
+                reward_model: str | None = None) -> TrainConfig:
+        """A run's configuration, as every study and benchmark run is built, checked (`validate`):
+        `settings` are TrainConfig fields (a study's training settings with the run's own learning
+        rate, epochs and seed), `params` the method's hyper-parameters (a ResolvedParams of `method`
+        is taken as it is, anything else resolved here), `reward_model` the proxy reward model,
+        given to the methods that use rewards only."""
+        config = cls(**settings, method=method, params=params, model=model, data=data, out=str(out),
+                     reward_model=reward_model if get_method(method).uses_rewards else None)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "params": dict(self.params)}
 
 
 @dataclass

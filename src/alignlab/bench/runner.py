@@ -79,11 +79,11 @@ def _peak_memory_mb(device: str) -> float:
 def _train_config(setup: dict, method: str, out: Path, cache_dir: Path, device: str):
     from alignlab.config import TrainConfig
 
-    return TrainConfig(method=method, model=setup["model"], data=setup["data"], out=str(out),
-                       batch_size=setup["batch_size"], learning_rate=LEARNING_RATE, warmup_ratio=0.0,
-                       max_length=setup["max_length"], max_prompt_length=setup["max_length"] // 2,
-                       cache_dir=str(cache_dir),
-                       logging_steps=10**9, params={"beta": BETA} if method == "dpo" else {})
+    settings = {"batch_size": setup["batch_size"], "learning_rate": LEARNING_RATE, "warmup_ratio": 0.0,
+                "max_length": setup["max_length"], "max_prompt_length": setup["max_length"] // 2,
+                "cache_dir": str(cache_dir), "logging_steps": 10**9}
+    return TrainConfig.for_run(settings, method, {"beta": BETA} if method == "dpo" else {}, model=setup["model"],
+                               data=setup["data"], out=out)
 
 
 def token_counts(setup: dict) -> dict:

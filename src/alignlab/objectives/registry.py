@@ -9,6 +9,8 @@ method's optional `diagnostics` are logged in metrics.jsonl beside the loss (VAR
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -17,6 +19,7 @@ from torch import Tensor
 
 from alignlab.checks import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_number
 from alignlab.errors import AlignlabError, unknown_name_message
+from alignlab.objectives.hyperparameters import HyperParameter, ResolvedParams
 from alignlab.objectives.losses import (dpo_loss, grpo_loss, ln_dpo_loss, sft_loss, simpo_loss, var_loss, var_weights,
                                         weight_entropy)
 from alignlab.objectives.preference_losses import (aot_loss, aot_unpaired_loss, apo_down_loss, apo_zero_loss,
@@ -63,48 +66,6 @@ class GroupBatch:
 
 
 @dataclass(frozen=True)
-class HyperParameter:
-    name: str
-    default: float | str | bool
-    help: str
-    choices: tuple[str, ...] | None = None
-    allowed: Range | None = None  # where a number may lie (every number must at least be finite)
-
-    def coerce(self, method: str, value):
-        """Check and convert a user value; raise an error naming the parameter and the fix."""
-        kind = type(self.default)
-        try:
-            if kind is bool:
-                if isinstance(value, str):
-                    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                        raise ValueError(value)
-                    value = value.lower() in ("true", "1", "yes")
-                value = bool(value)
-            elif kind is int:
-                number = float(value)  # accepts 8, 8.0 and "8"; rejects 8.5, nan and inf below
-                if isinstance(value, bool) or not number.is_integer():
-                    raise ValueError(value)
-                value = int(number)
-            elif kind is float:
-                if isinstance(value, bool):
-                    raise ValueError(value)
-                value = float(value)
-            else:
-                value = str(value)
-        except (TypeError, ValueError):
-            wanted = "an integer" if kind is int else f"a {kind.__name__}"
-            raise AlignlabError(f"{method}: hyper-parameter '{self.name}' must be {wanted}, "
-                                f"got {value!r}; {self.help}") from None
-        if self.choices is not None and value not in self.choices:
-            raise AlignlabError(f"{method}: hyper-parameter '{self.name}' must be one of "
-                                f"{', '.join(self.choices)}; got {value!r}")
-        if kind in (int, float):
-            check_number(method, f"hyper-parameter '{self.name}'", value,
-                         self.allowed or Range(integer=kind is int), self.help)
-        return value
-
-
-@dataclass(frozen=True)
 class Method:
     name: str
     batch_loss: Callable[..., Tensor]  # (PairBatch or GroupBatch, **hyper-parameters) -> scalar loss
@@ -121,8 +82,9 @@ class Method:
     # a mismatched completion for the KL estimate, and PairBatch.labels says which are desirable
     unpaired: bool = False
 
-    def resolve(self, given: dict) -> dict:
-        """Defaults overridden by `given`; unknown names are errors suggesting the closest valid one."""
+    def resolve(self, given: Mapping) -> ResolvedParams:
+        """Defaults overridden by `given`, converted and checked: the one place a method's
+        hyper-parameters are resolved. Unknown names are errors suggesting the closest valid one."""
         valid = {hp.name: hp for hp in self.hyperparameters}
         for name in given:
             if name not in valid:
@@ -131,7 +93,7 @@ class Method:
         resolved = {name: hp.coerce(self.name, given.get(name, hp.default)) for name, hp in valid.items()}
         if self.check is not None:
             self.check(resolved)
-        return resolved
+        return ResolvedParams(self.name, resolved)
 
 
 def _var_terms(b: PairBatch, z_estimator: str) -> dict:
@@ -198,7 +160,8 @@ def _mixable(method: Method) -> bool:
     return not (method.online or method.uses_rewards or method.unpaired or method.name == "mix")
 
 
-def _mix_parts(losses: str, loss_weights: str) -> list[tuple[Method, float]]:
+@functools.lru_cache(maxsize=32)  # the loss asks at every batch: its text is parsed once
+def _mix_parts(losses: str, loss_weights: str) -> tuple[tuple[Method, float], ...]:
     names = [name.strip() for name in losses.split(",")]
     mixable = [name for name, method in METHODS.items() if _mixable(method)]
     for name in names:
@@ -219,22 +182,22 @@ def _mix_parts(losses: str, loss_weights: str) -> list[tuple[Method, float]]:
         check_number("mix", f"loss_weights[{i}] (of {names[i]})", weight, NON_NEGATIVE)
     if not any(weights):
         raise AlignlabError("mix: every loss weight is 0; give at least one loss a positive weight")
-    return [(METHODS[name], weight) for name, weight in zip(names, weights)]
+    return tuple((METHODS[name], weight) for name, weight in zip(names, weights))
 
 
-def _component_params(method: Method, shared: dict) -> dict:
-    """The mix's shared hyper-parameters that `method` takes, checked by it; its others keep its defaults."""
-    names = {hp.name for hp in method.hyperparameters}
-    try:
-        return method.resolve({name: value for name, value in shared.items() if name in names})
-    except AlignlabError as err:
-        raise AlignlabError(f"mix: its loss {err}") from None
+def _component_params(method: Method, shared: Mapping) -> dict:
+    """The mix's shared hyper-parameters that `method` takes (its others at its defaults). The mix's
+    `check` has had each loss check them (`_check_mix`), so the loss takes them as they are."""
+    return {hp.name: shared.get(hp.name, hp.default) for hp in method.hyperparameters}
 
 
 def _check_mix(params: dict) -> None:
     shared = {name: value for name, value in params.items() if name not in ("losses", "loss_weights")}
     for method, _ in _mix_parts(params["losses"], params["loss_weights"]):
-        _component_params(method, shared)
+        try:
+            method.resolve(_component_params(method, shared))
+        except AlignlabError as err:
+            raise AlignlabError(f"mix: its loss {err}") from None
 
 
 def _mix_batch_loss(b: PairBatch, losses: str, loss_weights: str, **shared) -> Tensor:

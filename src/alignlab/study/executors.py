@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -31,12 +32,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunTask:
-    """Everything a worker needs to train and evaluate one run; plain data, so it pickles."""
+    """Everything a worker needs to train and evaluate one run; it pickles (to worker processes and Ray)."""
 
     run_id: str
     name: str
     sweep_dir: str
-    train_config: dict  # TrainConfig fields
+    train_config: TrainConfig  # built once, by TrainConfig.for_run: its hyper-parameters resolved
     generation: dict  # GenerationConfig fields
     sft_model: str
     scorer: dict  # {"world": preset, "seed": n} or {"gold_rm": path, "raw_prompts": bool}
@@ -84,9 +85,9 @@ def execute_run(task: RunTask) -> dict:
     run_dir = sweep_dir / "runs" / task.name
     if not (run_dir / "train_summary.json").exists():
         # resume=True continues from the checkpoint a killed attempt left in `.NAME.partial`.
-        train(TrainConfig(**{**task.train_config, "out": str(run_dir), "resume": True, "overwrite": True}))
+        train(dataclasses.replace(task.train_config, out=str(run_dir), resume=True, overwrite=True))
     scorer, generation = _scorer(json.dumps(task.scorer, sort_keys=True)), GenerationConfig(**task.generation)
-    raw_prompts = task.train_config["raw_prompts"]  # the run's prompts are encoded as it trained
+    raw_prompts = task.train_config.raw_prompts  # the run's prompts are encoded as it trained
     for extra in EXTRA_EVALUATIONS:  # each before metrics.json: a run with it has them all
         pairs = sweep_dir / "data" / f"{extra}.jsonl"
         if pairs.exists() and not (run_dir / extra / "metrics.json").exists():
@@ -98,7 +99,7 @@ def execute_run(task: RunTask) -> dict:
                        sft_samples=_sft_samples(str(sweep_dir / "runs" / "sft" / "samples.parquet")),
                        generation=generation, out_dir=run_dir,
                        proxy_scorer=cached_reward_scorer(task.proxy_rm, raw_prompts) if task.proxy_rm else None,
-                       sft_revision=task.train_config["revision"], raw_prompts=raw_prompts)
+                       sft_revision=task.train_config.revision, raw_prompts=raw_prompts)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {"metrics": metrics, "seconds": time.perf_counter() - started}
 

@@ -95,7 +95,7 @@ def open_sweep_dir(config: StudyConfig) -> bool:
 
 
 def _run_id(train_config: TrainConfig, generation, inputs_fingerprint: str) -> str:
-    payload = json.dumps({"train": {k: v for k, v in dataclasses.asdict(train_config).items() if k != "out"},
+    payload = json.dumps({"train": {k: v for k, v in train_config.to_dict().items() if k != "out"},
                           "generation": dataclasses.asdict(generation), "inputs": inputs_fingerprint},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -211,9 +211,9 @@ def run_sweep(config: StudyConfig) -> Path:
             **WORLD_TRAINING.get(preset, {}), **config.training}
     specs = expand_grid(config, base)
     for spec in specs:
-        TrainConfig(method=spec.method, model=config.model or "the study world's SFT model",
-                    data=config.train_data or "the study world's pairs", out=str(out / "runs" / spec.name),
-                    params=spec.params, **{**base, **spec.training}).validate()
+        TrainConfig.for_run({**base, **spec.training}, spec.method, spec.params,
+                            model=config.model or "the study world's SFT model",
+                            data=config.train_data or "the study world's pairs", out=out / "runs" / spec.name)
     inputs = [config.model, config.train_data, config.test_data, config.gold_rm, config.proxy_rm, config.cache_dir,
               config.selection_data]
     with claim_output_dir(out, overwrite=config.overwrite, inputs=inputs, writes=()):
@@ -257,21 +257,18 @@ def _run_open_sweep(config: StudyConfig, specs: list[RunSpec], base: dict, resum
     scorer = ({"gold_rm": config.gold_rm, "raw_prompts": shared.training.get("raw_prompts", False)}
               if not config.uses_world else {"world": config.preset, "seed": config.seed})
     for spec in specs:
-        train_config = TrainConfig(method=spec.method, model=shared.inputs.sft_model, data=shared.inputs.train_data,
-                                   out=str(out / "runs" / spec.name), params=spec.params,
-                                   reward_model=shared.proxy_rm if get_method(spec.method).uses_rewards else None,
-                                   **{**shared.training, **spec.training})
-        train_config.validate()
+        train_config = TrainConfig.for_run({**shared.training, **spec.training}, spec.method, spec.params,
+                                           model=shared.inputs.sft_model, data=shared.inputs.train_data,
+                                           out=out / "runs" / spec.name, reward_model=shared.proxy_rm)
         run_id = _run_id(train_config, shared.generation, fingerprint)
         store.register(run_id, spec.name, spec.method, spec.all_params, f"runs/{spec.name}")
-        tasks.append(RunTask(run_id, spec.name, str(out), dataclasses.asdict(train_config),
-                             dataclasses.asdict(shared.generation), shared.inputs.sft_model, scorer,
-                             shared.proxy_rm))
+        tasks.append(RunTask(run_id, spec.name, str(out), train_config, dataclasses.asdict(shared.generation),
+                             shared.inputs.sft_model, scorer, shared.proxy_rm))
     finished = {run.run_id for run in store.runs("finished") if (out / run.run_dir / "metrics.json").exists()}
     todo = [task for task in tasks if task.run_id not in finished]
-    needing_reference = [t for t in todo if get_method(t.train_config["method"]).uses_reference]
+    needing_reference = [t for t in todo if get_method(t.train_config.method).uses_reference]
     if needing_reference and config.workers > 1:
-        warm_reference_cache(TrainConfig(**needing_reference[0].train_config))
+        warm_reference_cache(needing_reference[0].train_config)
     log.info("%d runs: %d finished, %d to run", len(tasks), len(tasks) - len(todo), len(todo))
     execute_all(todo, store, config, len(tasks) - len(todo), len(tasks))
     counts = store.counts()

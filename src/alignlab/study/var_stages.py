@@ -18,10 +18,10 @@ when its result is already there (a killed study resumes):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -38,7 +38,8 @@ RACE_METHODS = ("var", "dpo", "grpo")
 # GRPO samples G responses per prompt at every step, so a step costs far more than an offline one:
 # the race gives it a step budget (StudyConfig.race_grpo_steps, over as many epochs as that takes)
 # rather than an epoch over every prompt.
-RACE_GRPO = {"epochs": 1000, "batch_size": 8, "params": {"group_size": 4}}
+RACE_GRPO = {"epochs": 1000, "batch_size": 8}
+RACE_GRPO_PARAMS = {"group_size": 4}
 Z_BATCH_SIZES = (2, 4, 8, 16, 32, 64)
 COMPUTE_METHODS = ("sft", "dpo", "simpo", "var")
 
@@ -47,25 +48,25 @@ def run_var_stages(out: Path, shared: Shared, config: StudyConfig) -> None:
     """The race, the Z-estimator spread and the compute profile, each skipped when already done."""
     var_dir = out / "var"
     var_dir.mkdir(exist_ok=True)
-    base = {**shared.training, "model": shared.inputs.sft_model, "data": shared.inputs.train_data}
     if not (var_dir / "race.json").exists():
-        atomic.write_json(var_dir / "race.json", run_race(var_dir / "race", base, shared, config.race_snapshots,
-                                                                 config.race_grpo_steps))
+        atomic.write_json(var_dir / "race.json", run_race(var_dir / "race", shared, config.race_snapshots,
+                                                          config.race_grpo_steps))
     if not (var_dir / "z_variance.json").exists():
-        atomic.write_json(var_dir / "z_variance.json", z_variance(base, shared.proxy_rm))
+        atomic.write_json(var_dir / "z_variance.json", z_variance(shared))
     if not (var_dir / "compute.json").exists():
-        atomic.write_json(var_dir / "compute.json", compute_profile(base, shared.proxy_rm))
+        atomic.write_json(var_dir / "compute.json", compute_profile(shared))
 
 
-def _train_config(base: dict, method: str, out: Path, proxy_rm: str | None, **settings) -> TrainConfig:
-    params = settings.pop("params", {})
-    return TrainConfig(**{**base, **settings}, method=method, out=str(out), params=params,
-                       reward_model=proxy_rm if get_method(method).uses_rewards else None)
+def _train_config(shared: Shared, method: str, out: Path, params: dict | None = None, **settings) -> TrainConfig:
+    """A stage's run of `method` on the sweep's SFT model and training pairs: the sweep's training
+    settings, `settings` over them."""
+    return TrainConfig.for_run({**shared.training, **settings}, method, params or {}, model=shared.inputs.sft_model,
+                               data=shared.inputs.train_data, out=out, reward_model=shared.proxy_rm)
 
 
 # ---------------------------------------------------------------- race
 
-def run_race(race_dir: Path, base: dict, shared: Shared, snapshots: int, grpo_steps: int) -> dict:
+def run_race(race_dir: Path, shared: Shared, snapshots: int, grpo_steps: int) -> dict:
     """Train the race's three runs with snapshots and evaluate every snapshot; the curves as JSON."""
     from alignlab.evaluation.evaluate import evaluate_model
     from alignlab.models.score import cached_reward_scorer
@@ -73,16 +74,16 @@ def run_race(race_dir: Path, base: dict, shared: Shared, snapshots: int, grpo_st
     from alignlab.training.outputs import SNAPSHOTS
 
     n_pairs = sum(1 for line in Path(shared.inputs.train_data).read_text().splitlines() if line.strip())
-    offline_steps = math.ceil(n_pairs / base["batch_size"]) * base.get("epochs", 1)
-    proxy = cached_reward_scorer(shared.proxy_rm, base.get("raw_prompts", False))
+    offline_steps = math.ceil(n_pairs / shared.training["batch_size"]) * shared.training.get("epochs", 1)
+    proxy = cached_reward_scorer(shared.proxy_rm, shared.training.get("raw_prompts", False))
     curves = {}
     for method in RACE_METHODS:
         run = race_dir / method
         settings = {**RACE_GRPO, "max_steps": grpo_steps} if method == "grpo" else {}
         steps = settings.get("max_steps", offline_steps)
-        config = _train_config(base, method, run, shared.proxy_rm, cache_dir=str(race_dir / "cache" / method),
-                               snapshot_steps=max(1, steps // snapshots), resume=True, overwrite=True,
-                               **settings)
+        config = _train_config(shared, method, run, RACE_GRPO_PARAMS if method == "grpo" else None,
+                               cache_dir=str(race_dir / "cache" / method), snapshot_steps=max(1, steps // snapshots),
+                               resume=True, overwrite=True, **settings)
         if not (run / "train_summary.json").exists():
             log.info("race: training %s with a snapshot every %d steps", method, config.snapshot_steps)
             train(config)
@@ -111,7 +112,7 @@ def _samples(path: Path) -> dict:
 
 # ---------------------------------------------------------------- Z estimator
 
-def z_variance(base: dict, proxy_rm: str) -> dict:
+def z_variance(shared: Shared) -> dict:
     """VAR's normaliser and weights over random micro-batches of the training responses (every
     chosen and rejected response is a sample), at VAR's default λ, summed and length-normalised."""
     import torch
@@ -123,8 +124,8 @@ def z_variance(base: dict, proxy_rm: str) -> dict:
     from alignlab.training.inputs import choose_layout, pair_rewards, reference_logps
     from alignlab.training.loop import load_training_pairs
 
-    config = _train_config(base, "var", Path("unused"), proxy_rm)
-    lam = get_method("var").resolve({})["lam"]
+    config = _train_config(shared, "var", Path("unused"))
+    lam = config.params["lam"]  # VAR's default
     tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.revision)
     pairs = load_training_pairs(config).pairs
     examples, _ = tokenize_pairs(tokenizer, pairs, raw_prompts=config.raw_prompts, **length_settings(config))
@@ -144,19 +145,20 @@ def z_variance(base: dict, proxy_rm: str) -> dict:
 
 # ---------------------------------------------------------------- compute profile
 
-def compute_profile(base: dict, proxy_rm: str | None) -> dict:
+def compute_profile(shared: Shared) -> dict:
     """One epoch of each method on the same pairs, each in a fresh process (its own peak memory),
     one after another; the reference log-probs come from the cache, so the epoch is training only."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in COMPUTE_METHODS:
-            config = _train_config(base, method, Path(tmp) / method, proxy_rm if method == "var" else None)
-            payload = json.dumps(dataclasses.asdict(config))
-            done = subprocess.run([sys.executable, "-m", "alignlab.study.var_stages", payload], capture_output=True,
-                                  check=False, text=True, env=_quiet_env())
+            config = _train_config(shared, method, Path(tmp) / method)
+            # The built config itself, pickled: the process trains it as it is, its hyper-parameters resolved.
+            done = subprocess.run([sys.executable, "-m", "alignlab.study.var_stages"], input=pickle.dumps(config),
+                                  capture_output=True, check=False, env=_quiet_env())
             if done.returncode != 0:
-                raise RuntimeError(f"compute profile: training {method} failed:\n{done.stderr[-3000:]}")
-            rows.append({"method": method, **json.loads(done.stdout.strip().splitlines()[-1])})
+                raise RuntimeError(f"compute profile: training {method} failed:\n"
+                                   f"{done.stderr.decode(errors='replace')[-3000:]}")
+            rows.append({"method": method, **json.loads(done.stdout.decode().strip().splitlines()[-1])})
     return {"rows": rows, "device": _device_name()}
 
 
@@ -246,4 +248,4 @@ def measure_training(config: TrainConfig) -> dict:
 
 if __name__ == "__main__":
     logging.disable(logging.WARNING)
-    print(json.dumps(measure_training(TrainConfig(**json.loads(sys.argv[1])))))
+    print(json.dumps(measure_training(pickle.load(sys.stdin.buffer))))

@@ -250,7 +250,7 @@ def train_grpo(config: TrainConfig) -> TrainResult:
                             batches=lambda epoch: in_batches(order(epoch), config.batch_size),
                             responses_per_example=group_size)
         save_run(run_dir, accelerator, model, tokenizer, config, {
-            "method": config.method, "params": params, **fitted.summary(accelerator, loaded, report),
+            "method": config.method, "params": dict(params), **fitted.summary(accelerator, loaded, report),
             "responses_trained": fitted.pairs_trained * group_size, "final_reward": fitted.final_margin,
             "setup_seconds": round(setup_seconds, 3), "reference_cache_hit": None})
     accelerator.wait_for_everyone()

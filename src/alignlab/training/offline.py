@@ -169,7 +169,7 @@ def train_offline(config: TrainConfig) -> TrainResult:
                             responses_per_example=2 if method.uses_rejected and not method.unpaired else 1,
                             batches=batches, evaluate=evaluate or None, tokenizer=tokenizer)
         save_run(run_dir, accelerator, model, tokenizer, config, {
-            "method": config.method, "params": config.params, **fitted.summary(accelerator, loaded, truncation),
+            "method": config.method, "params": dict(config.params), **fitted.summary(accelerator, loaded, truncation),
             "setup_seconds": round(setup_seconds, 3), "reference_cache_hit": tables.reference_hit})
     accelerator.wait_for_everyone()
     return TrainResult(**vars(fitted), out=out, reference_cache_hit=tables.reference_hit)
