@@ -22,7 +22,8 @@ def grid(scores, prefix="r"):
 
 def replicate(method, config, seed, prompt_id, gold_score, **columns):
     """One seed of configuration `config` of `method`: run "<method>-c<config>-s<seed>", params
-    {"beta": config, "seed": seed}, its score the mean of gold_score over every prompt."""
+    {"beta": config, "seed": seed}, its score the mean of gold_score over every prompt. Grouped, the
+    configuration is named by its parameters: "<method>-beta<config>" beside another beta."""
     gold = np.asarray(gold_score, dtype=np.float64)
     return run(f"{method}-c{config}-s{seed}", float(gold.mean()), method, {"beta": config, "seed": seed},
                prompt_id=list(prompt_id), gold_score=gold, **columns)

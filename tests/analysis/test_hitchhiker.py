@@ -88,7 +88,7 @@ def test_a_clear_advantage_of_ln_dpo_is_confirmed_with_the_hand_computed_value()
     assert c["verdict"] == "confirmed" and c["p_adjusted"] < 0.05
     assert c["ci"][0] < c["value"] < c["ci"][1]
     assert (c["runs"], c["seeds"], c["prompts"]) == (12, [0, 1, 2], len(SPLIT.reporting))
-    assert "ln-dpo-c1" in c["detail"] and "dpo-c1" in c["detail"]
+    assert "ln-dpo-beta1" in c["detail"] and "dpo-beta1" in c["detail"]
     # Budget k = 1: the mean over each grid of its configurations' reported means.
     e = claims["expected score: LN-DPO ≥ DPO"]
     grid_mean = {m: np.mean([reported(g) for g in t[m]]) for m in ("ln-dpo", "dpo")}
@@ -179,7 +179,7 @@ def test_drop_from_best_to_top_25_percent_by_hand():
     assert c["value"] == pytest.approx((reported(d[3]) - reported(d[2])) - (reported(ln[3]) - reported(ln[2])))
     assert c["value"] == pytest.approx(0.3, abs=0.05)
     assert c["verdict"] == "confirmed"
-    assert "dpo-c3 → dpo-c2" in c["detail"] and "ln-dpo-c3 → ln-dpo-c2" in c["detail"]
+    assert "dpo-beta3 → dpo-beta2" in c["detail"] and "ln-dpo-beta3 → ln-dpo-beta2" in c["detail"]
 
 
 # ------------------------------------------------------------------ expected best-of-k and pooled top-k%

@@ -29,25 +29,34 @@ def test_group_configurations_groups_runs_that_differ_only_by_seed():
             run("dpo-b0.1-lr5e-4-s1", method="dpo", params={"beta": 0.1, "learning_rate": 5e-4, "seed": 1}),
             # Same hyper-parameters, another method: another configuration.
             run("simpo-b0.1-lr5e-4-s1", method="simpo", params={"beta": 0.1, "learning_rate": 5e-4, "seed": 1}),
-            # No seed recorded: the name is kept whole.
+            # No seed recorded: a configuration of one run.
             run("simpo-gamma1", method="simpo", params={"gamma": 1})]
     by_method = group_configurations(runs)
     assert list(by_method) == ["dpo", "simpo"]
+    # Named by the parameters that differ between the method's configurations, and the learning rate.
     dpo = {c.name: c for c in by_method["dpo"]}
-    assert sorted(dpo) == ["dpo-b0.1-lr5e-4", "dpo-b0.2-lr5e-4"]
-    first = dpo["dpo-b0.1-lr5e-4"]
+    assert sorted(dpo) == ["dpo-beta0.1-lr0.0005", "dpo-beta0.2-lr0.0005"]
+    first = dpo["dpo-beta0.1-lr0.0005"]
     assert first.seeds == [1, 2, 10]                       # numeric order, not "1", "10", "2"
     assert [r.name for r in first.runs] == ["dpo-b0.1-lr5e-4-s1", "dpo-b0.1-lr5e-4-s2", "dpo-b0.1-lr5e-4-s10"]
     assert first.params == {"beta": 0.1, "learning_rate": 5e-4} and first.method == "dpo"
-    assert dpo["dpo-b0.2-lr5e-4"].seeds == [0]
-    assert sorted(c.name for c in by_method["simpo"]) == ["simpo-b0.1-lr5e-4", "simpo-gamma1"]
+    assert dpo["dpo-beta0.2-lr0.0005"].seeds == [0]
+    assert sorted(c.name for c in by_method["simpo"]) == ["simpo-beta0.1-lr0.0005", "simpo-gamma1"]
     assert next(c for c in by_method["simpo"] if c.name == "simpo-gamma1").seeds == [None]
 
 
-def test_only_a_trailing_seed_is_stripped_from_the_name():
-    runs = [run("x-s1-lr2-s1", params={"lr": 2, "seed": 1}), run("x-s1-lr2-s3", params={"lr": 2, "seed": 3})]
-    (config,) = group_configurations(runs)["dpo"]
-    assert config.name == "x-s1-lr2" and config.seeds == [1, 3]
+def test_runs_are_grouped_by_their_parameters_whatever_their_names():
+    # Names that do not end in "-s<seed>", and one that ends in another configuration's seed.
+    common = {"learning_rate": 1e-3, "epochs": 1}
+    runs = [run("first", params={"beta": 0.1, **common, "seed": 7}),
+            run("third", params={"beta": 0.3, **common, "seed": 7}),
+            run("dpo-beta0.1-lr0.001-s8", params={"beta": 0.3, **common, "seed": 8}),
+            run("second", params={"beta": 0.1, **common, "seed": 8})]
+    configs = {c.name: c for c in group_configurations(runs)["dpo"]}
+    assert sorted(configs) == ["dpo-beta0.1-lr0.001", "dpo-beta0.3-lr0.001"]  # epochs equal: not named
+    assert [r.name for r in configs["dpo-beta0.1-lr0.001"].runs] == ["first", "second"]
+    assert [r.name for r in configs["dpo-beta0.3-lr0.001"].runs] == ["third", "dpo-beta0.1-lr0.001-s8"]
+    assert configs["dpo-beta0.3-lr0.001"].seeds == [7, 8]
 
 
 # ------------------------------------------------------------------ scores, reported values, noise floor
@@ -83,14 +92,14 @@ def test_scores_on_the_selection_half_and_reported_values_on_the_reporting_half(
     ev = SweepEvidence(*hand_sweep(reverse_one), n_resamples=200)
     assert ev.reporting == REPORTING
     c0, c1 = sorted(ev.by_method["dpo"], key=lambda c: c.name)
-    assert (c0.name, c1.name) == ("dpo-c0", "dpo-c1")
+    assert (c0.name, c1.name) == ("dpo-beta0", "dpo-beta1")
     assert c0.seeds == [0, 1, 2] and c1.seeds == [0, 1]
     assert c0.score == pytest.approx(5 / 3) and c1.score == pytest.approx(2.0)
     assert ev.reported_value(c0) == pytest.approx(7 / 3) and ev.reported_value(c1) == pytest.approx(7 / 3)
     assert ev.reported(c0).shape == (3, 3)
     assert ev.reported(c0)[0].tolist() == [2, 5, 6]
     assert ev.mean(c0).value == pytest.approx(7 / 3)
-    assert ev.mean(c0).configs == {"dpo-c0": 3} and ev.mean(c0).n_prompts == 3
+    assert ev.mean(c0).configs == {"dpo-beta0": 3} and ev.mean(c0).n_prompts == 3
     assert ev.reported_value_of_baseline() == pytest.approx(2.0)             # SFT 1, 2, 3 on p1 p4 p5
     assert ev.baseline_mean().value == pytest.approx(2.0)
     assert ev.noise_floor("dpo") == pytest.approx(np.sqrt(3.5))
@@ -252,7 +261,7 @@ def test_a_separate_selection_set_picks_and_every_test_prompt_reports():
     assert ev.split.selection == tuple(own) and ev.split.reporting == tuple(IDS)
     assert "separate selection set" in ev.split.describe()["rule"]
     best = max(ev.by_method["dpo"], key=lambda c: c.score)
-    assert best.name == "dpo-c0" and ev.reported_value(best) == 0.0  # picked on its own prompts, judged on all
+    assert best.name == "dpo-beta0" and ev.reported_value(best) == 0.0  # picked on its own prompts, judged on all
     # One run without the selection evaluation: back to the halves of the test prompts.
     runs[0].selection = {}
     assert SweepEvidence(runs, None, n_resamples=50).split.reporting == REPORTING

@@ -140,7 +140,7 @@ def test_gains_per_family_and_their_average_by_hand():
         assert c["verdict"] == "confirmed" and c["p_adjusted"] < 0.05
         assert c["ci"][0] > VAR_PAPER_GAIN_PCT
         assert c["runs"] == 12 and c["seeds"] == [0, 1, 2]
-        assert "var-c1" in c["detail"] and "dpo-c1" in c["detail"]
+        assert "var-beta1" in c["detail"] and "dpo-beta1" in c["detail"]
     json.dumps(claims)
 
 

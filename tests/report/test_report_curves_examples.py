@@ -106,7 +106,8 @@ def test_the_curves_are_the_means_over_the_best_configurations_seeds(sweep):
 def test_the_curves_figure_is_listed_written_and_shown(sweep):
     out, summary = sweep
     [entry] = [f for f in summary["figures"] if f["file"] == "figures/training_curves.png"]
-    assert entry["caption"].endswith(": DPO dpo-b0.1 (2 seeds); VAR var-l1 (2 seeds).")
+    # Configurations are named by their parameters: DPO by its beta (the only one its two differ in), VAR alone.
+    assert entry["caption"].endswith(": DPO dpo-beta0.1 (2 seeds); VAR var (2 seeds).")
     png = (out / "figures" / "training_curves.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     assert base64.b64encode(png).decode() in (out / "report.html").read_text()

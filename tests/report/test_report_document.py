@@ -74,8 +74,8 @@ def sft_record(with_kl=True):
 CONTEXT = {"world": "hand-made", "runs": "30 finished, 0 failed", "failed runs": []}
 SWEEP_FIGURES = {  # figure -> what its caption must say
     "expected_max.png": "Expected best-of-k",
-    "win_matrix_best.png": "SimPO = simpo-beta2.0-gamma0.5",
-    "win_matrix_top25.png": "SimPO = simpo-beta2.0-gamma1.0",
+    "win_matrix_best.png": "SimPO = simpo-beta2-gamma0.5-lr0.0005",
+    "win_matrix_top25.png": "SimPO = simpo-beta2-gamma1-lr0.0005",
     "top_k_length.png": "pooled over seeds and reporting prompts",
     "top_k_kl.png": "pooled over seeds and reporting prompts",
     "top_k_ln_kl.png": "pooled over seeds and reporting prompts",
@@ -168,10 +168,11 @@ def test_report_opens_with_the_claims_and_their_verdicts(report):
 def test_best_table_names_the_best_configurations_and_the_change_vs_dpo(report):
     out, summary = report
     best = section((out / "report.md").read_text(), "best")
-    # (model, configuration, reported mean gold, % change vs DPO's best) worked out by hand.
-    expected = [("SFT (baseline)", "–", BASE_REPORTED - 0.3), ("DPO", "dpo-beta0.1", BASE_REPORTED),
-                ("LN-DPO", "ln-dpo-beta1.0", BASE_REPORTED + 0.25),
-                ("SimPO", "simpo-beta2.0-gamma0.5", BASE_REPORTED + 1.25)]
+    # (model, configuration, reported mean gold, % change vs DPO's best) worked out by hand; a configuration is
+    # named by the parameters its method's configurations differ in, and the learning rate (not by its run names).
+    expected = [("SFT (baseline)", "–", BASE_REPORTED - 0.3), ("DPO", "dpo-beta0.1-lr0.0005", BASE_REPORTED),
+                ("LN-DPO", "ln-dpo-beta1-lr0.0005", BASE_REPORTED + 0.25),
+                ("SimPO", "simpo-beta2-gamma0.5-lr0.0005", BASE_REPORTED + 1.25)]
     for model, name, score in expected:
         row = table_row(best, model)
         assert row[1] == name and row[2].startswith(f"{score:.3f} [")
@@ -194,11 +195,11 @@ def test_expected_best_of_k_and_win_matrices(report):
     assert summary["grid"]["dpo"]["worse_than_sft"]["count"] == 1
     best = summary["win_matrices"]["best"]
     assert best["names"] == ["SFT (baseline)", "DPO", "LN-DPO", "SimPO"]
-    assert best["models"]["SimPO"] == "simpo-beta2.0-gamma0.5"
+    assert best["models"]["SimPO"] == "simpo-beta2-gamma0.5-lr0.0005"
     assert best["rate"][3][:3] == [1.0, 1.0, 1.0]  # SimPO's best beats every model on every prompt
     # DPO's best (offsets −0.01, 0, 0.01) against SFT (−0.3): strict wins everywhere; against itself no ties.
     assert best["rate"][1][0] == 1.0 and best["tie"][1][0] == 0.0
-    assert summary["win_matrices"]["top25"]["models"]["SimPO"] == "simpo-beta2.0-gamma1.0"
+    assert summary["win_matrices"]["top25"]["models"]["SimPO"] == "simpo-beta2-gamma1-lr0.0005"
 
 
 def test_top_k_pools_samples_and_sensitivity(report):

@@ -1,9 +1,11 @@
 """The grid of a sweep: preset expansion, grid entries over presets, seeds, and bad grids."""
 
+import json
 import math
 
 import pytest
 
+from alignlab.analysis import RunRecord, group_configurations
 from alignlab.errors import AlignlabError
 from alignlab.study.config import StudyConfig
 from alignlab.study.grid import GRID_PRESETS, expand_grid
@@ -54,3 +56,16 @@ def test_presets_name_only_registered_methods_and_parameters():
             combinations = math.prod(len(values) for values in preset["grid"].get(method, {}).values())
             expected = combinations * len(preset["learning_rate_scales"])
             assert sum(r.method == method for r in runs) == expected, (name, method)
+
+
+@pytest.mark.parametrize("config", [StudyConfig(out="x", grid_preset="hitchhiker"),
+                                    StudyConfig(out="x", grid_preset="var", grid={"all": {"epochs": [1, 2]}})])
+def test_configurations_are_named_as_the_sweep_names_their_runs_less_the_seed(config):
+    # The report groups the records of the store (name, method, parameters) by their parameters and
+    # names each configuration from them; a sweep's run is "<configuration>-s<seed>".
+    runs = expand_grid(config, BASE)
+    records = [RunRecord(run.name, run.method, json.loads(json.dumps(run.all_params))) for run in runs]
+    named = {run.name: config.name for configs in group_configurations(records).values()
+             for config in configs for run in config.runs}
+    assert named == {run.name: run.name.removesuffix(f"-s{run.training['seed']}") for run in runs}
+    assert len(set(named.values())) == len(runs) // 3  # three seeds of each configuration

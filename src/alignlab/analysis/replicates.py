@@ -2,8 +2,10 @@
 halves, and the resampling every claim of one report shares (`SweepEvidence`).
 
 Definitions
-    configuration    one grid point (method and hyper-parameters): the runs that differ only in
-                     their training seed. Its name is the run name without the trailing "-s<seed>".
+    configuration    one grid point (method and hyper-parameters): the runs whose recorded parameters
+                     are equal but for the training seed. Its name says what sets it apart: the
+                     method and the parameters in which the method's configurations differ, with
+                     the learning rate always (a sweep's run names, less their seed).
     score            a configuration's mean gold reward over its seeds on the SELECTION half (or on
                      the user's own selection prompts, when every run was evaluated on them): the
                      score that ranks configurations, so every pick (best, top-25%, top-k%) is made
@@ -19,12 +21,11 @@ configurations as they do to runs: both have a name and a score.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from alignlab.analysis.runs import RunRecord, param_sort_key
+from alignlab.analysis.runs import RunRecord, param_sort_key, parameter_name
 from alignlab.evidence import N_RESAMPLES, Resampled, Resampler, split_prompts
 from alignlab.evidence.split import separate_selection
 from alignlab.evidence.bootstrap import combine
@@ -85,24 +86,33 @@ def _has_samples(run: RunRecord) -> bool:
     return run.samples.get("prompt_id") is not None and run.samples.get("gold_score") is not None
 
 
-def configuration_name(run: RunRecord) -> str:
-    seed = run.params.get("seed")
-    return re.sub(rf"-s{re.escape(str(seed))}$", "", run.name) if seed is not None else run.name
+def configuration_name(config: Configuration, alongside: list[Configuration]) -> str:
+    """`config`'s name among its method's configurations `alongside`: the parameters in which they
+    differ (and the learning rate), in the order its runs record them."""
+    absent = object()
+    differing = {name for other in alongside for name in other.params
+                 if len({repr(c.params.get(name, absent)) for c in alongside}) > 1}
+    return parameter_name(config.method, {name: value for name, value in config.params.items()
+                                          if name in differing or name == "learning_rate"})
 
 
 def group_configurations(runs) -> dict[str, list[Configuration]]:
-    """Runs grouped into configurations (same method and hyper-parameters but the seed), per method."""
+    """Runs grouped into configurations by their parameters (same method and hyper-parameters but
+    the seed), per method; the names come from the parameters too (`configuration_name`)."""
     groups: dict = {}
     for run in runs:
         params = {k: v for k, v in run.params.items() if k != "seed"}
         key = (run.method, tuple(sorted((k, repr(v)) for k, v in params.items())))
         if key not in groups:
-            groups[key] = Configuration(configuration_name(run), run.method, params)
+            groups[key] = Configuration("", run.method, params)
         groups[key].runs.append(run)
     by_method: dict[str, list[Configuration]] = {}
     for config in groups.values():
         config.runs.sort(key=lambda r: (param_sort_key(r.params.get("seed")), r.name))
         by_method.setdefault(config.method, []).append(config)
+    for configs in by_method.values():
+        for config in configs:
+            config.name = configuration_name(config, configs)
     return by_method
 
 

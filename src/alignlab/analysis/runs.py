@@ -108,6 +108,19 @@ def top_k_runs(runs, k_pct: float) -> list[RunRecord]:
 
 # ------------------------------------------------------------------ shared by the analyses
 
+SHORT_NAMES = {"learning_rate": "lr", "epochs": "ep", "seed": "s"}
+
+
+def parameter_name(method: str, values: dict) -> str:
+    """"<method>-<name><value>-…" of the values given, in their order (learning_rate written lr,
+    epochs ep, seed s; numbers as %g): how a sweep names its runs (alignlab.study.grid) and the
+    report a configuration (alignlab.analysis.replicates)."""
+    def text(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return "-".join([method, *(f"{SHORT_NAMES.get(name, name)}{text(value)}" for name, value in values.items())])
+
+
 def param_sort_key(value):
     # Numbers sort numerically; anything else (strings, None) after them by its text.
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)

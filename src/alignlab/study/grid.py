@@ -7,6 +7,7 @@ import collections
 import itertools
 from dataclasses import dataclass
 
+from alignlab.analysis.runs import parameter_name
 from alignlab.errors import AlignlabError, unknown_name_message
 from alignlab.objectives.registry import get_method
 from alignlab.study.config import StudyConfig
@@ -34,7 +35,6 @@ GRID_PRESETS = {
                            "dpo": {"beta": [0.1, 0.5]}}},
 }
 TRAINING_GRID_KEYS = ("learning_rate", "epochs")  # grid keys that are training settings, not method parameters
-SHORT_NAMES = {"learning_rate": "lr", "epochs": "ep", "seed": "s"}
 
 
 @dataclass
@@ -49,10 +49,6 @@ class RunSpec:
     @property
     def all_params(self) -> dict:
         return {**self.params, **self.training}
-
-
-def _value_name(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def expand_grid(config: StudyConfig, base_training: dict) -> list[RunSpec]:
@@ -100,8 +96,7 @@ def expand_grid(config: StudyConfig, base_training: dict) -> list[RunSpec]:
             except AlignlabError as err:
                 raise AlignlabError(f"config: grid (or method_params) of {err}") from None
             varying = [k for k in keys if len(grid[k]) > 1 or k in ("learning_rate", "seed")]
-            name = "-".join([method_name, *(f"{SHORT_NAMES.get(k, k)}{_value_name({**params, **training}[k])}"
-                                            for k in varying)])
+            name = parameter_name(method_name, {k: {**params, **training}[k] for k in varying})
             runs.append(RunSpec(name, method_name, params, training))
     duplicates = [n for n, count in collections.Counter(r.name for r in runs).items() if count > 1]
     if duplicates:
