@@ -115,7 +115,9 @@ def test_seeds_flag_reaches_the_study_config(argv, tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(sweep, "run_sweep", lambda config: seen.append(config) or config.out)
     assert main([*argv, "--out", str(tmp_path / "out")]) == 0
-    assert seen[0].seeds == 2
+    assert seen[0].seeds == 2 and seen[0].first_training_seed == seen[0].seed == 0
+    assert main([*argv, "--seed", "3", "--training_seed", "7", "--out", str(tmp_path / "other")]) == 0
+    assert (seen[1].seed, seen[1].training_seed, seen[1].first_training_seed) == (3, 7, 7)
 
 
 def test_train_help_lists_every_setting_with_its_type_default_and_trl_name(capsys):

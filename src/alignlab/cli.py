@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--world", dest="preset", help="study-world size: tiny | default | large (default: default)")
     run.add_argument("--grid", dest="grid_preset", help="named grid: small (default) | hitchhiker | var | var-small")
     run.add_argument("--preset", dest="deprecated_preset", help=argparse.SUPPRESS)
-    run.add_argument("--seed", help="seed of the world, training and generation")
+    run.add_argument("--seed", help="seed of the world and generation (and the first training seed unless "
+                                    "--training_seed)")
+    run.add_argument("--training_seed", help="first replicate's training seed: training_seed … training_seed + "
+                                             "seeds − 1 (default: --seed)")
     run.add_argument("--methods", help="comma-separated methods (default: dpo,ln-dpo,simpo,var)")
     run.add_argument("--config", help="YAML file of StudyConfig fields (real models and data go here)")
     run.add_argument("--out", help="study directory (default: alignlab-run-<preset>-<time>)")
@@ -90,8 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--world", dest="preset", help="study-world size: tiny | default | large (default: default)")
     sweep.add_argument("--workers", help="runs in parallel (default 1)")
     sweep.add_argument("--executor", help="local (processes, default) | ray")
-    sweep.add_argument("--seed", help="seed of the world and generation, and the first training seed")
-    sweep.add_argument("--seeds", help="replicate training seeds per configuration: seed … seed + N − 1 (default 3)")
+    sweep.add_argument("--seed", help="seed of the world and generation (and the first training seed unless "
+                                      "--training_seed)")
+    sweep.add_argument("--training_seed", help="first replicate's training seed (default: --seed)")
+    sweep.add_argument("--seeds", help="replicate training seeds per configuration: training_seed … training_seed + "
+                                       "N − 1 (default 3)")
     sweep.add_argument("--study", help="robustness (default) | var (adds the VAR section's stages and analyses)")
     report = commands.add_parser("report", help="(re)write the robustness report of a sweep or run directory")
     report.add_argument("dir", help="the --out of alignlab sweep or alignlab run")
@@ -253,8 +259,8 @@ def run_study_command(args, overrides: list[str]) -> int:
     from alignlab.study.sweep import run_sweep
 
     _deprecated_preset(args, "preset", "--world tiny|default|large")
-    config = _config_from_args(StudyConfig, args, ("preset", "grid_preset", "seed", "seeds", "methods", "out", "workers",
-                                                   "study"), overrides)
+    config = _config_from_args(StudyConfig, args, ("preset", "grid_preset", "seed", "training_seed", "seeds", "methods",
+                                                   "out", "workers", "study"), overrides)
     if config.study == "var" and config.grid_preset == "small":
         config.grid_preset = "var-small"
     if not config.out:
@@ -281,7 +287,7 @@ def run_sweep_command(args, overrides: list[str]) -> int:
     _deprecated_preset(args, "grid_preset", "--grid hitchhiker|var|var-small|small")
     if args.config is None and args.grid_preset is None:
         raise AlignlabError("alignlab sweep needs a CONFIG.yaml with a grid or --grid (hitchhiker | var | var-small | small)")
-    names = ("grid_preset", "preset", "seed", "seeds", "out", "workers", "executor", "study")
+    names = ("grid_preset", "preset", "seed", "training_seed", "seeds", "out", "workers", "executor", "study")
     config = _config_from_args(StudyConfig, args, names, overrides)
     if args.grid_preset is None and "grid_preset" not in read_yaml(args.config):
         config.grid_preset = None  # a config file's own grid replaces the default one

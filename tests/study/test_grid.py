@@ -69,3 +69,26 @@ def test_configurations_are_named_as_the_sweep_names_their_runs_less_the_seed(co
              for config in configs for run in config.runs}
     assert named == {run.name: run.name.removesuffix(f"-s{run.training['seed']}") for run in runs}
     assert len(set(named.values())) == len(runs) // 3  # three seeds of each configuration
+
+
+def test_training_seeds_start_at_training_seed_and_the_world_keeps_its_seed():
+    grid = {"dpo": {"beta": [0.1]}}
+    # Without training_seed the replicates start at the world's seed, as before the two were separate.
+    same = expand_grid(StudyConfig(out="x", grid_preset=None, methods=["dpo"], grid=grid, seed=5, seeds=3), BASE)
+    assert [r.training["seed"] for r in same] == [5, 6, 7]
+    config = StudyConfig(out="x", grid_preset=None, methods=["dpo"], grid=grid, seed=5, training_seed=10, seeds=2)
+    config.validate()
+    runs = expand_grid(config, BASE)
+    assert [r.training["seed"] for r in runs] == [10, 11] and config.seed == 5
+    assert [r.name for r in runs] == ["dpo-lr0.001-s10", "dpo-lr0.001-s11"]
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"training_seed": -1}, "'training_seed' must be in [0, 4294967295], got -1"),
+    ({"training_seed": 2**32 - 2, "seeds": 3}, "'training_seed' + 'seeds' − 1 (the last training seed)"),
+    ({"seed": 2**32 - 2, "seeds": 3}, "'seed' (the first training seed) + 'seeds' − 1"),
+])
+def test_training_seeds_out_of_range_are_refused_naming_the_setting(settings, expected):
+    with pytest.raises(AlignlabError) as err:
+        StudyConfig(out="x", **settings).validate()
+    assert expected in str(err.value)

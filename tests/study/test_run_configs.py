@@ -14,11 +14,13 @@ import alignlab.evaluation.evaluate
 import alignlab.training
 from alignlab.bench import runner as bench_runner
 from alignlab.config import TrainConfig, build_config, dump_yaml
+from alignlab.errors import AlignlabError
 from alignlab.models.generate import GenerationConfig
 from alignlab.objectives import hyperparameters
 from alignlab.objectives.registry import PairBatch, get_method
 from alignlab.study import executors, sweep, var_stages
 from alignlab.study.config import Shared, StudyConfig, StudyInputs
+from alignlab.study.store import RunStore
 
 STUDY_YAML = """
 methods: [dpo, simpo]
@@ -51,7 +53,7 @@ def real_study(tmp_path):
     return path, inputs
 
 
-def run_study_without_training(monkeypatch, tmp_path, study_yaml, inputs) -> list[TrainConfig]:
+def run_study_without_training(monkeypatch, out, study_yaml, inputs, **overrides) -> list[TrainConfig]:
     """`alignlab sweep STUDY.yaml` through the real sweep, executor and run (run_sweep →
     execute_run → train), with training, evaluation and the report replaced by stand-ins; the
     stand-in trainer checks its config as train() does and computes the method's loss on a batch.
@@ -83,7 +85,7 @@ def run_study_without_training(monkeypatch, tmp_path, study_yaml, inputs) -> lis
     real_execute_run = executors.execute_run
     # As a worker process gets it: the task pickled.
     monkeypatch.setattr(executors, "execute_run", lambda task: real_execute_run(pickle.loads(pickle.dumps(task))))
-    sweep.run_sweep(build_config(StudyConfig, str(study_yaml), {"out": str(tmp_path / "sweep")}))
+    sweep.run_sweep(build_config(StudyConfig, str(study_yaml), {"out": str(out), **overrides}))
     return trained
 
 
@@ -96,7 +98,7 @@ def test_a_study_yaml_converts_each_hyperparameter_once_on_its_way_to_the_loss(m
 
     real_coerce = hyperparameters.coerce_value
     monkeypatch.setattr(hyperparameters, "coerce_value", counting)
-    trained = run_study_without_training(monkeypatch, tmp_path, *real_study)
+    trained = run_study_without_training(monkeypatch, tmp_path / "sweep", *real_study)
     # 2 seeds × (dpo: 2 betas × 1 hyper-parameter + simpo: 2 gammas × 2 hyper-parameters) = 12 conversions,
     # one per hyper-parameter of each run; the strings of the YAML reach the loss as numbers.
     assert len(trained) == 2 * (2 + 2) and len(calls) == 2 * (2 * 1 + 2 * 2)
@@ -112,7 +114,7 @@ def test_a_study_yaml_converts_each_hyperparameter_once_on_its_way_to_the_loss(m
 
 def test_every_way_of_building_a_run_gives_the_same_config(monkeypatch, tmp_path, real_study):
     study_yaml, inputs = real_study
-    trained = run_study_without_training(monkeypatch, tmp_path, study_yaml, inputs)
+    trained = run_study_without_training(monkeypatch, tmp_path / "sweep", study_yaml, inputs)
     from_sweep = next(c for c in trained if c.method == "dpo" and c.params["beta"] == 0.5 and c.seed == 1)
     run_dir = tmp_path / "sweep" / "runs" / "dpo-beta0.5-lr0.0001-s1"
     # The same run as `alignlab train` builds it from its command line's text.
@@ -164,3 +166,21 @@ def test_a_config_keeps_its_resolved_hyperparameters_through_copies_and_processe
     switched = dataclasses.replace(config, method="dpo", params={"beta": "0.3"})
     switched.validate()
     assert switched.params == {"beta": 0.3}
+
+
+def test_a_study_rerun_on_other_training_seeds_trains_them_and_reuses_no_run_of_the_first(monkeypatch, tmp_path,
+                                                                                           real_study):
+    first, other = tmp_path / "sweep", tmp_path / "other"
+    assert {c.seed for c in run_study_without_training(monkeypatch, first, *real_study)} == {0, 1}
+    # In the same directory: refused, as any other configuration is; the finished runs are not taken for new ones.
+    with pytest.raises(AlignlabError, match="holds a sweep with a different configuration"):
+        run_study_without_training(monkeypatch, first, *real_study, training_seed="10")
+    # Elsewhere: the same world (seed 0), new training seeds, runs of their own.
+    trained = run_study_without_training(monkeypatch, other, *real_study, training_seed="10")
+    assert {c.seed for c in trained} == {10, 11}
+    assert yaml.safe_load((other / "sweep.yaml").read_text())["seed"] == 0
+    with RunStore(first / "runs.sqlite", readonly=True) as a, RunStore(other / "runs.sqlite", readonly=True) as b:
+        first_runs, other_runs = a.runs(), b.runs()
+    assert len(first_runs) == len(other_runs) == 8
+    assert not {r.run_id for r in first_runs} & {r.run_id for r in other_runs}
+    assert all(r.name.endswith(("-s10", "-s11")) for r in other_runs)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 STUDIES = ("robustness", "var")
 TEST_DATA_OPTIONS = ("data_split", *DATA_OPTIONS)
 
-STUDY_RANGES = {"seed": SEED, "seeds": COUNT, "race_snapshots": COUNT, "race_grpo_steps": COUNT,
+STUDY_RANGES = {"seed": SEED, "training_seed": SEED, "seeds": COUNT, "race_snapshots": COUNT, "race_grpo_steps": COUNT,
                 "workers": COUNT, "test_limit": COUNT}  # test_limit unset (None): every test pair
 
 
@@ -37,7 +37,10 @@ STUDY_RANGES = {"seed": SEED, "seeds": COUNT, "race_snapshots": COUNT, "race_grp
 class StudyConfig:
     out: str = ""
     preset: str = "default"  # study-world preset: tiny | default | large
-    seed: int = 0
+    seed: int = 0  # the world's (its pairs, models and gold reward), the proxy reward model's and generation's
+    # The first replicate's training seed (None: `seed`, as before the two were separate): a study
+    # re-run with another one trains new seeds in the same world.
+    training_seed: int | None = None
     methods: list[str] | None = None  # default: the grid preset's methods
     method_params: dict = field(default_factory=dict)  # method -> fixed hyper-parameters, e.g. {dpo: {beta: 0.1}}
     grid_preset: str | None = "small"  # named grid (see grid.GRID_PRESETS); None: only `grid`
@@ -45,7 +48,7 @@ class StudyConfig:
     race_snapshots: int = 5  # VAR study: evaluation points per race curve, the last at the end of training
     race_grpo_steps: int = 40  # VAR study: GRPO's optimizer steps in the race (8 prompts × G 4 responses each)
     grid: dict = field(default_factory=dict)  # method (or "all") -> {hyper-parameter: [values]}
-    seeds: int = 3  # replicate training seeds of every configuration: seed, seed + 1, …, seed + seeds − 1
+    seeds: int = 3  # replicate training seeds of every configuration: training_seed, … + 1, …, … + seeds − 1
     workers: int = 1  # runs in parallel (local processes or Ray tasks)
     executor: str = "local"  # local | ray
     ray_address: str | None = None  # an existing Ray cluster; default: start a local one
@@ -78,6 +81,10 @@ class StudyConfig:
     def uses_world(self) -> bool:
         return self.model is None
 
+    @property
+    def first_training_seed(self) -> int:
+        return self.seed if self.training_seed is None else self.training_seed
+
     def validate(self) -> None:
         """Checks that need no files; the grid itself is checked when it is expanded (grid.expand_grid)."""
         if not self.out:
@@ -99,7 +106,9 @@ class StudyConfig:
                                                              list(TEST_DATA_OPTIONS)))
                 options[key] = coerce_value(key, value, str | None, f"config: {name}")
         if self.seeds is not None:  # a valid count by now (check_numbers)
-            check_number("config", "'seed' + 'seeds' − 1 (the last training seed)", self.seed + self.seeds - 1, SEED)
+            first = "'training_seed'" if self.training_seed is not None else "'seed' (the first training seed)"
+            check_number("config", f"{first} + 'seeds' − 1 (the last training seed)",
+                         self.first_training_seed + self.seeds - 1, SEED)
         if self.executor not in ("local", "ray"):
             raise AlignlabError(unknown_name_message("config: executor", self.executor, ["local", "ray"]))
         real = {"model": self.model, "train_data": self.train_data, "test_data": self.test_data,

@@ -71,7 +71,7 @@ def expand_grid(config: StudyConfig, base_training: dict) -> list[RunSpec]:
     base_lr = base_training["learning_rate"]
     shared_grid = {"learning_rate": [base_lr * s for s in preset.get("learning_rate_scales", [1.0])],
                    "epochs": [base_training["epochs"]], **config.grid.get("all", {})}
-    seeds = [config.seed + i for i in range(config.seeds)]
+    seeds = [config.first_training_seed + i for i in range(config.seeds)]
     runs = []
     for method_name in methods:
         method = get_method(method_name)
