@@ -27,7 +27,7 @@ class HyperParameter:
         every setting) and checked (choices, range); an error names the parameter and the fix."""
         kind = type(self.default)
         try:
-            value = coerce_value(self.name, value, kind, f"{method}: hyper-parameter")
+            value = coerce_value(self.name, value, kind, method)
         except AlignlabError as err:
             raise AlignlabError(f"{err}; {self.help}") from None
         if self.choices is not None and value not in self.choices:
