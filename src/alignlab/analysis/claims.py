@@ -1,7 +1,7 @@
 """Claim records and the report-wide decision on them.
 
-A claim's statistic is oriented so that a value above its null region supports it (the region is the
-point 0 for most claims; [0, 7.16%] for the VAR paper's gain). Each tested claim carries the estimate
+A claim's statistic is oriented so that a value above its null region supports it (the point 0 for
+every claim the report makes: the VAR paper's +7.16% is a contrast). Each tested claim carries the estimate
 of alignlab.evidence.bootstrap (value, 95% CI, p-value) and what stands behind it: the training seeds
 per configuration, the runs of the compared methods and the reporting prompts. `decide` then applies
 Holm's correction across every claim of one report that can get a verdict and sets the verdicts

@@ -54,7 +54,7 @@ def claims_section(sweep: Sweep) -> tuple[Section, dict]:
         "its seeds. CIs and p-values come from one two-level bootstrap (seeds within each configuration, then "
         "prompts, shared by every model so comparisons stay paired), read with Student's t at the "
         "Welch–Satterthwaite degrees of freedom: three seeds leave few. Each statistic is oriented so that a "
-        "value above the null region (0, or [0, 7.16%] for the VAR gain) supports the claim. The p-values are "
+        "value above the null region (0 for every claim here) supports the claim. The p-values are "
         f"adjusted with Holm's step-down method across every decidable claim of this report ({correction_text(sweep.claims)}). "
         "Verdicts: *confirmed* (adjusted p < 5%, value above the null region), *reversed* (adjusted p < 5%, "
         "below it), *inconclusive* (otherwise, or fewer than 2 seeds per configuration: training noise "
