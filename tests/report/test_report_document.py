@@ -120,7 +120,11 @@ def test_report_files_and_summary(report):
         assert (out / name).stat().st_size > 0, name
     assert sorted(p.name for p in (out / "figures").glob("*.png")) == sorted(SWEEP_FIGURES)
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
-    assert summary["context"] == CONTEXT
+    # summary.json is for programs: snake_case keys, metrics under their metrics.json names, models by method.
+    assert summary["context"] == {"world": "hand-made", "runs": "30 finished, 0 failed", "failed_runs": []}
+    assert list(summary["sft"]["reported"]) == ["mean_score", "win_vs_chosen", "tie_vs_chosen", "win_vs_sft",
+                                                "tie_vs_sft", "kl", "ln_kl", "length"]
+    assert set(summary["sft"]["reported"]) <= set(summarize(sft_record().samples))
     assert [r["run"] for r in summary["runs"]][:2] == ["sft", "dpo-beta0.1-s2"]  # SFT, then best first
     assert summary["correction"] == "holm"
     assert summary["selection"]["selection_prompts"] == summary["selection"]["reporting_prompts"] == 4
@@ -194,12 +198,13 @@ def test_expected_best_of_k_and_win_matrices(report):
     assert simpo[3]["mean"] == pytest.approx(BASE_REPORTED + 1.25)
     assert summary["grid"]["dpo"]["worse_than_sft"]["count"] == 1
     best = summary["win_matrices"]["best"]
-    assert best["names"] == ["SFT (baseline)", "DPO", "LN-DPO", "SimPO"]
-    assert best["models"]["SimPO"] == "simpo-beta2.0-gamma0.5"
+    assert best["names"] == ["sft", "dpo", "ln-dpo", "simpo"]
+    assert best["models"] == {"sft": None, "dpo": "dpo-beta0.1", "ln-dpo": "ln-dpo-beta1.0",
+                              "simpo": "simpo-beta2.0-gamma0.5"}
     assert best["rate"][3][:3] == [1.0, 1.0, 1.0]  # SimPO's best beats every model on every prompt
     # DPO's best (offsets −0.01, 0, 0.01) against SFT (−0.3): strict wins everywhere; against itself no ties.
     assert best["rate"][1][0] == 1.0 and best["tie"][1][0] == 0.0
-    assert summary["win_matrices"]["top25"]["models"]["SimPO"] == "simpo-beta2.0-gamma1.0"
+    assert summary["win_matrices"]["top25"]["models"]["simpo"] == "simpo-beta2.0-gamma1.0"
 
 
 def test_top_k_pools_samples_and_sensitivity(report):
@@ -286,7 +291,7 @@ def test_degenerate_sweeps_still_give_a_report(case, tmp_path):
     if case == "no DPO, no KL":
         assert "vs best DPO" not in markdown and "no DPO runs in the sweep" in markdown
         assert summary["best"]["simpo"]["mean_score_change_vs_dpo_pct"] is None
-        assert summary["best"]["simpo"]["reported"]["KL to SFT"] is None
+        assert summary["best"]["simpo"]["reported"]["kl"] is None
         assert "No run has a length-normalised KL measurement." in markdown
         assert {f["file"] for f in summary["figures"]}.isdisjoint({"figures/kl_vs_score.png",
                                                                     "figures/top_k_ln_kl.png"})

@@ -16,8 +16,8 @@ from alignlab.analysis.replicates import has_column
 from alignlab.analysis.runs import method_label
 from alignlab.analysis.var import family_names
 from alignlab.evidence import estimate
-from alignlab.report.blocks import (BASELINE, FORMATS, METRICS, REPORTED, TITLES, TOP_K, Cell, Plot, Section, Sweep,
-                                    Table, behind, format_or_dash, param_text, params_text, pct_change)
+from alignlab.report.blocks import (BASELINE, BASELINE_KEY, FORMATS, METRICS, REPORTED, TITLES, TOP_K, Cell, Plot,
+                                    Section, Sweep, Table, behind, format_or_dash, param_text, params_text, pct_change)
 from alignlab.report.evidence import selection_text
 from alignlab.report.figures import grouped_boxes_figure, heatmap_figure, scatter_figure, sensitivity_figure
 
@@ -49,14 +49,20 @@ def best_section(sweep: Sweep) -> tuple[Section, dict]:
         section.blocks.append("No finished runs.")
         return section, {"sft": None, "best": {}}
     families = family_names(ev, sweep.families)
-    columns = [(c, t, f, None) for c, t, f in REPORTED] + [
-        ("gold_score", f"mean gold: {f}", "{:.3f}", ev.family_mask(sweep.families, f)) for f in families]
+    # (column, where summary.json holds it, title, format, prompts): per-family means under one key
+    columns = [(c, (k, None), t, f, None) for c, k, t, f in REPORTED] + [
+        ("gold_score", ("mean_score_by_family", f), f"mean gold: {f}", "{:.3f}", ev.family_mask(sweep.families, f))
+        for f in families]
     dpo_value = ev.reported_value(best["dpo"]) if "dpo" in best else None
     rows, summary = [], {"sft": None, "best": {}}
     for name, config in models:
         cells, entry = [name, Cell("–" if config is None else config.name, css="name")], {}
-        for column, title, fmt, mask in columns:
-            cell, entry[title] = _reported_cell(ev, config, column, fmt, mask)
+        for column, (key, family), _, fmt, mask in columns:
+            cell, value = _reported_cell(ev, config, column, fmt, mask)
+            if family is None:
+                entry[key] = value
+            else:
+                entry.setdefault(key, {})[family] = value
             cells.append(cell)
         value = ev.reported_value_of_baseline() if config is None else ev.reported_value(config)
         change = None if dpo_value is None or config is best.get("dpo") else pct_change(value, dpo_value)
@@ -78,7 +84,7 @@ def best_section(sweep: Sweep) -> tuple[Section, dict]:
         "two-level bootstrap 95% CI; win rates count strict wins, ties shown apart"
         + (f"; the % change of mean gold relative to DPO's best configuration ({best['dpo'].name})."
            if "dpo" in best else "; the sweep has no DPO run."),
-        Table(["model", "configuration", *(t for _, t, _, _ in columns),
+        Table(["model", "configuration", *(t for _, _, t, _, _ in columns),
                *(["Δ mean gold vs best DPO"] if dpo_value is not None else []), "hyper-parameters"], rows)]
     return section, summary
 
@@ -88,6 +94,7 @@ def _win_block(sweep: Sweep, which: str, pick, chosen: str) -> tuple[list, dict 
     ev = sweep.evidence
     models = {BASELINE: None} if ev.sft is not None else {}
     models.update({method_label(m): pick(configs) for m, configs in ev.by_method.items()})
+    keys = ([BASELINE_KEY] if ev.sft is not None else []) + list(ev.by_method)  # summary.json's names
     if len(models) < 2:
         return [f"The {chosen} matrix needs at least two models; this sweep has {len(models)}."], None
     matrix = ev.win_matrix(models)
@@ -107,7 +114,8 @@ def _win_block(sweep: Sweep, which: str, pick, chosen: str) -> tuple[list, dict 
     blocks = [Plot(f"win_matrix_{which}.png", heatmap_figure(matrix, f"{chosen} of each method"),
                    f"win matrix of the {chosen}s", caption),
               Table([f"{chosen}: row beats column", *names], rows)]
-    return blocks, {"models": {name: (None if c is None else c.name) for name, c in models.items()}, **matrix}
+    return blocks, {**matrix, "names": keys,
+                    "models": {key: (None if c is None else c.name) for key, c in zip(keys, models.values())}}
 
 
 def head_to_head_section(sweep: Sweep) -> tuple[Section, dict]:

@@ -23,8 +23,8 @@ from alignlab.analysis import (VAR_PAPER_GAIN_PCT, VAR_PAPER_SPEEDUP, RunRecord,
 from alignlab.analysis.runs import method_label
 from alignlab.analysis.var import VAR_BEATS_DPO, VAR_PAPER_GAIN, VAR_PAPER_RATIO
 from alignlab.evidence import estimate
-from alignlab.report.blocks import (BASELINE, BASELINE_COLOR, Cell, Plot, Section, Sweep, Table, format_or_dash,
-                                    params_text)
+from alignlab.report.blocks import (BASELINE, BASELINE_COLOR, BASELINE_KEY, Cell, Plot, Section, Sweep, Table,
+                                    format_or_dash, params_text)
 from alignlab.report.figures import legend_beside, new_figure, png_bytes
 
 RACE_COLORS = {"var": "#9467bd", "dpo": "#1f77b4", "grpo": "#d62728"}
@@ -56,6 +56,7 @@ def comparison_section(sweep: Sweep) -> tuple[Section, dict]:
         return section, {"decided": [], "claims": [], "descriptive": None}
     best = {m: best_run(ev.by_method[m]) for m in ("dpo", "var")}
     models = ([(BASELINE, None)] if ev.sft is not None else []) + [(method_label(m), best[m]) for m in best]
+    keys = ([BASELINE_KEY] if ev.sft is not None else []) + list(best)  # summary.json's names
     by_model = {name: reward_by_family(ev, config, sweep.families) for name, config in models}
     groups = list(next(iter(by_model.values())))
     rows = []
@@ -93,8 +94,8 @@ def comparison_section(sweep: Sweep) -> tuple[Section, dict]:
              "against DPO on per-prompt gold, and VAR's gain over DPO as a share of DPO's gain over SFT."),
             Table(["description", "value", "95% CI"], _descriptive_rows(described))]
     summary = {"decided": [c["claim"] for c in claims], "claims": claims, "descriptive": described,
-               "models": {name: {"configuration": None if c is None else c.name, "rewards": by_model[name]}
-                          for name, c in models}}
+               "models": {key: {"configuration": None if c is None else c.name, "rewards": by_model[name]}
+                          for key, (name, c) in zip(keys, models)}}
     return section, summary
 
 
