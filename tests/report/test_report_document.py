@@ -73,6 +73,7 @@ def sft_record(with_kl=True):
 
 CONTEXT = {"world": "hand-made", "runs": "30 finished, 0 failed", "failed runs": []}
 SWEEP_FIGURES = {  # figure -> what its caption must say
+    "claims.png": "Each tested claim's estimate and 95% CI",
     "expected_max.png": "Expected best-of-k",
     "win_matrix_best.png": "SimPO = simpo-beta2.0-gamma0.5",
     "win_matrix_top25.png": "SimPO = simpo-beta2.0-gamma1.0",
@@ -156,10 +157,14 @@ def test_report_opens_with_the_claims_and_their_verdicts(report):
     }
     for claim, (value, verdict) in expected.items():
         row = table_row(markdown, claim)
-        assert (row[2], row[6]) == (value, verdict), claim
+        assert (row[1], row[5]) == (value, verdict), claim
     assert len(summary["claims"]) == 11
     # The noise floor of each compared method stands beside the claim (seed offsets ±0.01: sd 0.01).
-    assert table_row(markdown, "best score: SimPO ≥ LN-DPO")[8] == "LN-DPO 0.01; SimPO 0.01"
+    assert table_row(markdown, "best score: SimPO ≥ LN-DPO")[7].endswith("Noise floor: LN-DPO 0.01; SimPO 0.01")
+    # What a reader looks at first: the forest plot, then the claims table, then how the claims are made.
+    claims = section(markdown, "claims")
+    assert claims.index("figures/claims.png") < claims.index("| claim |") < claims.index("Runs are picked")
+    assert "Not plotted (no estimate): DPO drops more than LN-DPO" in claims
     for claim in summary["claims"]:
         assert {"claim", "verdict", "value", "ci", "p_value", "p_adjusted", "seeds", "runs", "prompts"} <= set(claim)
         if claim["verdict"] in ("confirmed", "reversed"):
@@ -283,6 +288,9 @@ def test_degenerate_sweeps_still_give_a_report(case, tmp_path):
     if case == "one run per method":
         assert "DPO: no hyper-parameter varies across its 1 DPO run (seeds 0)." in markdown
         assert summary["win_matrices"]["top25"]["models"]["mine"] == "mine-only"
+        # One configuration each: the top-25% pick is the best, and its matrix is not drawn twice.
+        assert "the top-25% matrix would repeat the one above" in markdown
+        assert "figures/win_matrix_top25.png" not in {f["file"] for f in summary["figures"]}
         assert summary["sensitivity"] == {}
         # One seed per configuration: estimates, but no verdict.
         tested = [c for c in summary["claims"] if c["value"] is not None]

@@ -7,6 +7,7 @@ the statistics come from alignlab.analysis.
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import numpy as np
 
@@ -126,9 +127,16 @@ def head_to_head_section(sweep: Sweep) -> tuple[Section, dict]:
         "top-25% configuration of a method is the one at the 75th percentile of its grid on the selection "
         "half: what a grid search gets without luck.")
     summary = {}
-    for which, pick, chosen in (("best", best_run, "best configuration"),
-                                ("top25", lambda configs: percentile_run(configs, 75), "top-25% configuration")):
+    top25 = partial(percentile_run, q=75)
+    # With few configurations (2 per method: the 75th percentile of 2 is the better one) every top-25%
+    # pick is the best pick, and its matrix would repeat the one above: summary.json keeps its numbers.
+    repeats = all(top25(configs) is best_run(configs) for configs in sweep.evidence.by_method.values())
+    for which, pick, chosen in (("best", best_run, "best configuration"), ("top25", top25, "top-25% configuration")):
         blocks, summary[which] = _win_block(sweep, which, pick, chosen)
+        if which == "top25" and repeats and summary["best"] is not None:
+            sizes = "/".join(sorted({str(len(c)) for c in sweep.evidence.by_method.values()}))
+            blocks = [f"Each method's top-25% configuration is its best one here ({sizes} configurations per "
+                      "method), so the top-25% matrix would repeat the one above and is not drawn."]
         section.blocks += blocks
     return section, summary
 
@@ -173,8 +181,8 @@ def scatter_section(sweep: Sweep) -> Section:
     left_out = len(sweep.runs) - len(points)
     sft_text = ("the star is the SFT model" if sweep.sft is not None and metric_value(sweep.sft, "ln_kl") is not None
                 else "the dashed line is the SFT model's score" if sweep.sft is not None else "no SFT baseline")
-    caption = (f"Mean length-normalised KL to SFT against mean gold score, one point per run, coloured by "
-               f"method; {sft_text}. {behind(points)}"
+    caption = (f"Mean length-normalised KL to SFT against mean gold score, one point per run (each run's "
+               f"metrics.json: all test prompts, both halves), coloured by method; {sft_text}. {behind(points)}"
                + (f"; {left_out} run(s) without a KL measurement left out." if left_out else "."))
     section.blocks.append(Plot("kl_vs_score.png", scatter_figure(sweep, points),
                                "length-normalised KL vs mean score per run", caption))
@@ -183,8 +191,9 @@ def scatter_section(sweep: Sweep) -> Section:
 
 def sensitivity_section(sweep: Sweep) -> tuple[Section, dict]:
     section = Section("sensitivity", "6. Sensitivity to hyper-parameters")
-    section.blocks.append("Each metric against each hyper-parameter that varies within a method's grid: the line "
-                          "is the mean over the runs sharing a value, the band their min–max, dots single runs.")
+    section.blocks.append("Each metric (each run's metrics.json: all test prompts, both halves) against each "
+                          "hyper-parameter that varies within a method's grid: the line is the mean over the runs "
+                          "sharing a value, the band their min–max, dots single runs.")
     summary = {}
     for method, runs in sweep.by_method.items():
         params = varying_params(runs)
@@ -210,6 +219,7 @@ def runs_section(sweep: Sweep) -> tuple[Section, list[dict]]:
              *[format_or_dash(metric_value(r, key), fmt) for key, _, fmt in METRICS]] for r in everything]
     section = Section("runs", "All runs", [
         f"Every finished run ({behind(sweep.runs) if sweep.runs else 'none'})"
-        + (" and the SFT baseline" if sweep.sft is not None else "") + ", by method, best first.",
+        + (" and the SFT baseline" if sweep.sft is not None else "")
+        + ", by method, best first; each metric from the run's metrics.json, over all test prompts (both halves).",
         Table(["run", "method", *params, *TITLES.values()], rows)])
     return section, [run_summary(r) for r in everything]
