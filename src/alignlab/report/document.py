@@ -1,9 +1,10 @@
 """The robustness report of a sweep: `summary.json`, `report.md`, `report.html` and `figures/*.png`.
 
 Sections, in this order (SPEC §6 items 1–6; alignlab.report.hitchhiker):
-    claims        every claim of the report (Hitchhiker's; VAR's gain when VAR ran), each with its value,
-                  CI, p-value, Holm-adjusted p-value, verdict and the seeds/runs/prompts behind it; the
-                  noise floor per method (alignlab.report.evidence)
+    claims        a forest plot of the tested claims, then every claim of the report (Hitchhiker's; VAR vs
+                  DPO when VAR ran), each with its value, CI, p-value, Holm-adjusted p-value, verdict and
+                  the seeds/runs/prompts behind it; how the claims are made; the noise floor per method
+                  (alignlab.report.evidence)
     1 best        best configuration per method (picked on the selection half), every metric on the
                   reporting half with its 95% CI, per prompt family, % change vs DPO's best
     2 expected    expected best-of-k curves per method at equal search budget, configurations worse than SFT
