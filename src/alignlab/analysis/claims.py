@@ -26,7 +26,7 @@ def untested(claim: str, statistic: str, why: str, runs: int = 0) -> dict:
 def tested(claim: str, statistic: str, quantity: Resampled, detail: str, runs: int, seeds: list,
            null: tuple[float, float] = (0.0, 0.0)) -> dict:
     """A claim with its estimate; the verdict waits for `decide`. A statistic without a finite value
-    (a relative gain over a mean of exactly 0) is not tested: it has nothing to decide."""
+    (e.g. a mean over prompts no resample drew) is not tested: it has nothing to decide."""
     return tested_estimate(claim, statistic, estimate(quantity, null), detail, runs, seeds, quantity.n_prompts,
                            quantity.configs, null)
 

@@ -74,7 +74,7 @@ def var_gain_claims(ev: SweepEvidence, families: dict | None = None) -> list[dic
     A percentage of D means something only where D is known to be above 0 (the world's gold has an
     arbitrary zero, so D near 0 says nothing about VAR and its percentage explodes): the second claim
     is "not tested", with the reason, unless D is significantly above 0 and its Fieller interval is
-    bounded. Both are points-null claims: confirmed above 0, reversed below (for the second, the gain
+    bounded. Both are point-null claims: confirmed above 0, reversed below (for the second, the gain
     is significantly below the paper's 7.16%). The per-family gains are descriptive only
     (`var_vs_dpo_descriptives`): `families` is accepted so that every caller passes the same
     arguments to both, and the decided claims do not split on it.
@@ -109,16 +109,16 @@ def gain_pct(interval: FiellerInterval) -> dict:
 
 
 def var_vs_dpo_descriptives(ev: SweepEvidence, families: dict | None) -> dict | None:
-    """Scale-free descriptions of VAR's best configuration against DPO's (None without both methods);
-    no verdicts, no correction:
+    """Descriptions of VAR's best configuration against DPO's (None without both methods): no
+    verdicts, no correction. The percentages depend on where the gold reward's zero lies; the
+    head-to-head record and the share of DPO's gain do not (nor on its scale):
 
         gain_by_family      100·(V/D − 1) over all reporting prompts and per prompt family, each with its
                             Fieller 95% interval where bounded (the paper's per-family percentages)
         head_to_head        VAR's strict win, tie and loss shares against DPO on per-prompt gold, over
                             seed pairs (alignlab.analysis.replicates win_matrix), with 95% CIs of the wins
         share_of_dpo_gain   (V − D)/(D − SFT): VAR's gain over DPO as a share of DPO's gain over SFT,
-                            with its Fieller interval (free of the gold reward's zero and scale);
-                            None without the SFT baseline
+                            with its Fieller interval; None without the SFT baseline
     """
     if not ev.by_method.get("var") or not ev.by_method.get("dpo"):
         return None
