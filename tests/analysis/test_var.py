@@ -9,7 +9,7 @@ from run_records import replicate, run
 
 from alignlab.analysis import SweepEvidence, decide
 from alignlab.analysis.var import (VAR_PAPER_GAIN_PCT, convergence_race, family_names, reward_by_family,
-                                   var_gain_claims, z_estimator_variance)
+                                   var_gain_claims, var_vs_dpo_descriptives, z_estimator_variance)
 from alignlab.evidence import split_prompts
 
 # ------------------------------------------------------------------ reward by prompt family
@@ -115,68 +115,146 @@ def gain_sweep(var_factor, dpo_level=(2.0, 1.0), noise=0.005, seeds=3, rng_seed=
     return SweepEvidence(runs, sft, n_resamples=1000), tables
 
 
-def hand_gain(tables, mask):
-    v, d = tables["var", 1][:, REP & mask].mean(), tables["dpo", 1][:, REP & mask].mean()
-    return 100 * (v - d) / abs(d)
+def hand_means(tables, mask=None):
+    rows = REP if mask is None else REP & mask
+    return tables["var", 1][:, rows].mean(), tables["dpo", 1][:, rows].mean()
 
 
-def test_gains_per_family_and_their_average_by_hand():
+def test_the_two_decided_claims_by_hand():
     ev, t = gain_sweep(1.5)
     claims = decide(var_gain_claims(ev, FAMILY_OF))
-    assert [c["claim"] for c in claims] == [
-        "VAR's gold reward ≥ +7.16% over DPO's on harmful prompts",
-        "VAR's gold reward ≥ +7.16% over DPO's on helpful prompts",
-        "VAR's gold reward ≥ +7.16% over DPO's, averaged over the harmful and helpful families"]
-    harmful, helpful = hand_gain(t, ~HELPFUL), hand_gain(t, HELPFUL)
-    assert claims[0]["value"] == pytest.approx(harmful)
-    assert claims[1]["value"] == pytest.approx(helpful)
-    assert claims[2]["value"] == pytest.approx((harmful + helpful) / 2)
-    assert claims[2]["value"] == pytest.approx(50.0, abs=1.0)
-    # Each family's claim rests on its reporting prompts, the average on both families' together.
-    assert claims[0]["prompts"] == (REP & ~HELPFUL).sum() and claims[1]["prompts"] == (REP & HELPFUL).sum()
-    assert claims[2]["prompts"] == REP.sum() == len(SPLIT.reporting)
-    for c in claims:
-        assert c["null"] == [0.0, VAR_PAPER_GAIN_PCT]
+    assert [c["claim"] for c in claims] == ["VAR's gold reward ≥ DPO's", "VAR's gold reward ≥ +7.16% over DPO's"]
+    v, d = hand_means(t)
+    difference, contrast = claims
+    assert difference["value"] == pytest.approx(v - d)
+    assert contrast["value"] == pytest.approx(v - 1.0716 * d)
+    # DPO 2 / 1 on alternate prompts, VAR 1.5× that: the gain is 50% on every family and over all prompts.
+    assert contrast["fieller"]["gain_pct"] == pytest.approx(100 * (v / d - 1)) == pytest.approx(50.0, abs=1.0)
+    low, high = contrast["fieller"]["ci"]
+    assert VAR_PAPER_GAIN_PCT < low < 50.0 < high and contrast["fieller"]["kind"] == "bounded"
+    for c in claims:   # all reporting prompts, not the families apart
+        assert c["null"] == [0.0, 0.0] and c["prompts"] == REP.sum() == len(SPLIT.reporting)
         assert c["verdict"] == "confirmed" and c["p_adjusted"] < 0.05
-        assert c["ci"][0] > VAR_PAPER_GAIN_PCT
         assert c["runs"] == 12 and c["seeds"] == [0, 1, 2]
         assert "var-beta1" in c["detail"] and "dpo-beta1" in c["detail"]
     json.dumps(claims)
 
 
-@pytest.mark.parametrize("factor, expected", [(1.03, "inconclusive"), (0.5, "reversed"), (1.5, "confirmed")])
-def test_verdicts_against_the_null_region(factor, expected):
+@pytest.mark.parametrize("factor, beats, paper_gain", [(1.03, "confirmed", "reversed"), (0.5, "reversed", "reversed"),
+                                                      (1.5, "confirmed", "confirmed")])
+def test_verdicts_of_the_difference_and_of_the_contrast(factor, beats, paper_gain):
+    # Noise 0.005 on levels of 1–2: every true difference here is many se from 0. A gain of 3% lies
+    # below the paper's 7.16%: "≥ +7.16%" is reversed while "≥ DPO" is confirmed.
     ev, t = gain_sweep(factor)
-    (claim,) = decide(var_gain_claims(ev, None))
-    assert claim["claim"] == "VAR's gold reward ≥ +7.16% over DPO's, over all prompts"
-    assert claim["value"] == pytest.approx(hand_gain(t, np.ones(N, bool)))
-    assert claim["value"] == pytest.approx(100 * (factor - 1), abs=1.0)
-    assert claim["verdict"] == expected
-    if expected == "inconclusive":      # 3% lies inside [0, 7.16]: nothing to test against
-        assert claim["p_value"] == 1.0
+    difference, contrast = decide(var_gain_claims(ev, None))
+    v, d = hand_means(t)
+    assert contrast["value"] == pytest.approx(v - 1.0716 * d)
+    assert contrast["fieller"]["gain_pct"] == pytest.approx(100 * (factor - 1), abs=1.0)
+    assert (difference["verdict"], contrast["verdict"]) == (beats, paper_gain)
 
 
-def test_gain_is_relative_to_the_magnitude_of_a_negative_dpo_mean():
-    # DPO −2 / −1 per family, VAR half of it (−1 / −0.5): a gain of +50%, not −50%.
+def test_a_negative_dpo_mean_leaves_the_percentage_untested_with_the_reason():
+    # DPO −2 / −1 per family, VAR half of it: VAR is better, but a percentage of a negative mean says
+    # nothing (the gold reward's zero is arbitrary).
     ev, t = gain_sweep(0.5, dpo_level=(-2.0, -1.0))
-    (claim,) = decide(var_gain_claims(ev, None))
-    assert claim["value"] == pytest.approx(hand_gain(t, np.ones(N, bool)))
-    assert claim["value"] == pytest.approx(50.0, abs=1.0) and claim["verdict"] == "confirmed"
+    difference, contrast = decide(var_gain_claims(ev, None))
+    v, d = hand_means(t)
+    assert difference["value"] == pytest.approx(v - d) and difference["verdict"] == "confirmed"
+    assert contrast["verdict"] == "not tested" and contrast["p_adjusted"] is None
+    assert "not significantly above 0" in contrast["detail"] and "arbitrary" in contrast["detail"]
 
 
 def test_gain_claims_without_var_runs_are_not_tested():
     ev, _ = gain_sweep(1.5)
     runs = [r for c in ev.by_method["dpo"] for r in c.runs]
     claims = decide(var_gain_claims(SweepEvidence(runs, ev.sft, n_resamples=100), FAMILY_OF))
-    assert len(claims) == 3
+    assert len(claims) == 2
     assert all(c["verdict"] == "not tested" and c["value"] is None and "VAR" in c["detail"] for c in claims)
 
 
 def test_one_seed_gains_are_inconclusive():
+    # With one seed the seed level is unmeasured: DPO's mean has a prompt-level interval only, far
+    # above 0, so the contrast is estimated but cannot be decided.
     ev, t = gain_sweep(1.5, seeds=1)
-    (claim,) = decide(var_gain_claims(ev, None))
-    assert claim["value"] == pytest.approx(hand_gain(t, np.ones(N, bool)))
-    assert claim["verdict"] == "inconclusive" and claim["p_adjusted"] is None and "seeds" in claim["detail"]
+    difference, contrast = decide(var_gain_claims(ev, None))
+    v, d = hand_means(t)
+    assert contrast["value"] == pytest.approx(v - 1.0716 * d)
+    for c in (difference, contrast):
+        assert c["verdict"] == "inconclusive" and c["p_adjusted"] is None and "seeds" in c["detail"]
+
+
+def test_descriptives_per_family_head_to_head_and_share_of_dpo_gain():
+    ev, t = gain_sweep(1.5)
+    described = var_vs_dpo_descriptives(ev, FAMILY_OF)
+    assert described["configurations"] == {"var": "var-c1", "dpo": "dpo-c1"}
+    assert list(described["gain_by_family"]) == ["all", "harmful", "helpful"]
+    for family, mask in (("all", None), ("harmful", ~HELPFUL), ("helpful", HELPFUL)):
+        v, d = hand_means(t, mask)
+        gain = described["gain_by_family"][family]
+        assert gain["gain_pct"] == pytest.approx(100 * (v / d - 1))
+        assert gain["ci"][0] < gain["gain_pct"] < gain["ci"][1]
+    # VAR's response beats DPO's on every prompt and seed pair (levels 3 / 1.5 against 2 / 1, noise 0.005).
+    h2h = described["head_to_head"]
+    assert (h2h["win"], h2h["tie"], h2h["loss"]) == (1.0, 0.0, 0.0) and h2h["prompts"] == REP.sum()
+    # SFT scores the DPO level exactly (gain_sweep): DPO's gain over SFT is its noise alone, so
+    # the share is unbounded; with SFT at half DPO's level it is (1.5 − 1)/(1 − 0.5) = 1.
+    assert described["share_of_dpo_gain"]["ci"] is None
+    sft = run("sft", method="sft", prompt_id=GAIN_IDS, gold_score=0.5 * np.where(HELPFUL, 2.0, 1.0))
+    runs = [r for configs in ev.by_method.values() for c in configs for r in c.runs]
+    share = var_vs_dpo_descriptives(SweepEvidence(runs, sft, n_resamples=300), None)["share_of_dpo_gain"]
+    v, d = hand_means(t)
+    s = 0.5 * np.where(HELPFUL, 2.0, 1.0)[REP].mean()
+    assert share["value"] == pytest.approx((v - d) / (d - s)) == pytest.approx(1.0, abs=0.02)
+    assert share["kind"] == "bounded" and share["ci"][0] < share["value"] < share["ci"][1]
+    json.dumps(described)
+    runs = [r for c in ev.by_method["dpo"] for r in c.runs]
+    assert var_vs_dpo_descriptives(SweepEvidence(runs, ev.sft, n_resamples=100), None) is None
+
+
+def paired_sweep(rng, var_mean, dpo_mean, seed_sd, n_prompts=60, seeds=3):
+    """One configuration each of VAR and DPO, seeds × prompts gold = mean + prompt effect (shared,
+    sd 0.5) + seed effect (sd seed_sd[method]) + response noise (sd 0.5)."""
+    ids = [f"q{i}" for i in range(n_prompts)]
+    prompt = rng.normal(0, 0.5, n_prompts)
+    runs = []
+    for method, mean in (("var", var_mean), ("dpo", dpo_mean)):
+        gold = mean + prompt + rng.normal(0, seed_sd[method], (seeds, 1)) + rng.normal(0, 0.5, (seeds, n_prompts))
+        runs += [replicate(method, 0, s, ids, gold[s]) for s in range(seeds)]
+    return runs, run("sft", method="sft", prompt_id=ids, gold_score=prompt)
+
+
+@pytest.mark.parametrize("seed_sd", [{"var": 0.2, "dpo": 0.2}, {"var": 0.02, "dpo": 0.23}])
+def test_contrast_rejects_a_true_gain_of_exactly_7_16_percent_at_most_2_5_percent(seed_sd):
+    # True means DPO 1, VAR 1.0716: the contrast's true value is 0, and "confirmed" (one-sided
+    # rejection) must come at most 2.5% of the time. 600 sweeps: the Monte-Carlo se at 2.5% is 0.64%,
+    # so the bound is 2.5% + 2 se = 3.8%. The second noise pattern is the issue's (VAR's seeds 10×
+    # quieter than DPO's), where the contrast's df are those of DPO's seeds alone.
+    rng = np.random.default_rng(11)
+    sweeps, rejected = 600, 0
+    for i in range(sweeps):
+        ev = SweepEvidence(*paired_sweep(rng, 1.0716, 1.0, seed_sd), n_resamples=200, seed=i)
+        contrast = var_gain_claims(ev)[1]
+        rejected += contrast["verdict"] != "not tested" and contrast["p_value"] < 0.05 and contrast["value"] > 0
+    assert rejected / sweeps <= 0.025 + 2 * math.sqrt(0.025 * 0.975 / sweeps), rejected / sweeps
+
+
+def test_no_gain_over_a_dpo_mean_near_zero_is_not_tested():
+    # True means 0 for both: DPO's mean is significantly above 0 in at most 2.5% of sweeps; the claim
+    # is "not tested" otherwise and never confirmed. 200 sweeps: 2.5% + 2 se = 4.7%.
+    rng = np.random.default_rng(12)
+    sweeps, verdicts = 200, []
+    for i in range(sweeps):
+        ev = SweepEvidence(*paired_sweep(rng, 0.0, 0.0, {"var": 0.2, "dpo": 0.2}), n_resamples=200, seed=i)
+        verdicts.append(decide(var_gain_claims(ev))[1]["verdict"])
+    assert verdicts.count("not tested") / sweeps >= 1 - 0.047 and "confirmed" not in verdicts
+
+
+def test_a_dpo_mean_of_exactly_zero_is_not_tested_and_leaves_the_correction_alone():
+    ev, _ = gain_sweep(1.5, dpo_level=(0.0, 0.0), noise=0.0)
+    difference, contrast = decide(var_gain_claims(ev, None))
+    assert contrast["verdict"] == "not tested" and contrast["value"] is None and contrast["p_adjusted"] is None
+    assert "not significantly above 0" in contrast["detail"] and "unbounded" in contrast["detail"]
+    json.dumps(contrast, allow_nan=False)
 
 
 # ------------------------------------------------------------------ the convergence race (> 5× faster)
@@ -347,12 +425,3 @@ def test_z_estimator_survives_summed_log_probs():
         assert s["log_z_mean"] == pytest.approx(b["log_z_mean"] - 1000)
         for key in ("log_z_sd", "weight_sd", "ess_fraction", "max_weight"):
             assert s[key] == pytest.approx(b[key], abs=1e-9)
-
-
-def test_gain_over_a_dpo_mean_of_exactly_zero_is_not_tested_and_leaves_the_correction_alone():
-    # No noise, DPO's best at 0 on every prompt: a percentage of 0 is undefined.
-    ev, _ = gain_sweep(1.5, dpo_level=(0.0, 0.0), noise=0.0)
-    (claim,) = decide(var_gain_claims(ev, None))
-    assert claim["verdict"] == "not tested" and claim["value"] is None and claim["p_adjusted"] is None
-    assert "undefined" in claim["detail"]
-    json.dumps(claim, allow_nan=False)

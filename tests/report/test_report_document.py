@@ -73,6 +73,7 @@ def sft_record(with_kl=True):
 
 CONTEXT = {"world": "hand-made", "runs": "30 finished, 0 failed", "failed runs": []}
 SWEEP_FIGURES = {  # figure -> what its caption must say
+    "claims.png": "Each tested claim's estimate and 95% CI",
     "expected_max.png": "Expected best-of-k",
     "win_matrix_best.png": "SimPO = simpo-beta2-gamma0.5-lr0.0005",
     "win_matrix_top25.png": "SimPO = simpo-beta2-gamma1-lr0.0005",
@@ -120,7 +121,11 @@ def test_report_files_and_summary(report):
         assert (out / name).stat().st_size > 0, name
     assert sorted(p.name for p in (out / "figures").glob("*.png")) == sorted(SWEEP_FIGURES)
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
-    assert summary["context"] == CONTEXT
+    # summary.json is for programs: snake_case keys, metrics under their metrics.json names, models by method.
+    assert summary["context"] == {"world": "hand-made", "runs": "30 finished, 0 failed", "failed_runs": []}
+    assert list(summary["sft"]["reported"]) == ["mean_score", "win_vs_chosen", "tie_vs_chosen", "win_vs_sft",
+                                                "tie_vs_sft", "kl", "ln_kl", "length"]
+    assert set(summary["sft"]["reported"]) <= set(summarize(sft_record().samples))
     assert [r["run"] for r in summary["runs"]][:2] == ["sft", "dpo-beta0.1-s2"]  # SFT, then best first
     assert summary["correction"] == "holm"
     assert summary["selection"]["selection_prompts"] == summary["selection"]["reporting_prompts"] == 4
@@ -140,8 +145,9 @@ def test_report_opens_with_the_claims_and_their_verdicts(report):
         # Expected best-of-1 = the grid mean: SimPO 0.875, LN-DPO 0, DPO −0.25.
         "expected score: SimPO ≥ LN-DPO": ("+0.875", "confirmed"),
         "expected score: LN-DPO ≥ DPO": ("+0.25", "confirmed"),
-        # DPO: one configuration of three (−0.5) below SFT (−0.3); no other method has one.
-        "DPO is most often worse than SFT": ("+0.3333", "confirmed"),
+        # DPO: one configuration of three (−0.5) below SFT (−0.3); none of LN-DPO's 3 and SimPO's 4.
+        # Fisher: the one configuration shown worse is DPO's with probability 3/10; two-sided 0.6.
+        "DPO is most often worse than SFT": ("+0.3333", "inconclusive"),
         # Lengths 60 vs 40 (+ the seed, the same in both).
         "SimPO responses shorter than DPO's": ("+20", "confirmed"),
         "LN-DPO closer to SFT in length-normalised KL than DPO": ("+0.2", "confirmed"),
@@ -151,10 +157,14 @@ def test_report_opens_with_the_claims_and_their_verdicts(report):
     }
     for claim, (value, verdict) in expected.items():
         row = table_row(markdown, claim)
-        assert (row[2], row[6]) == (value, verdict), claim
+        assert (row[1], row[5]) == (value, verdict), claim
     assert len(summary["claims"]) == 11
     # The noise floor of each compared method stands beside the claim (seed offsets ±0.01: sd 0.01).
-    assert table_row(markdown, "best score: SimPO ≥ LN-DPO")[8] == "LN-DPO 0.01; SimPO 0.01"
+    assert table_row(markdown, "best score: SimPO ≥ LN-DPO")[7].endswith("Noise floor: LN-DPO 0.01; SimPO 0.01")
+    # What a reader looks at first: the forest plot, then the claims table, then how the claims are made.
+    claims = section(markdown, "claims")
+    assert claims.index("figures/claims.png") < claims.index("| claim |") < claims.index("Runs are picked")
+    assert "Not plotted (no estimate): DPO drops more than LN-DPO" in claims
     for claim in summary["claims"]:
         assert {"claim", "verdict", "value", "ci", "p_value", "p_adjusted", "seeds", "runs", "prompts"} <= set(claim)
         if claim["verdict"] in ("confirmed", "reversed"):
@@ -194,12 +204,13 @@ def test_expected_best_of_k_and_win_matrices(report):
     assert simpo[3]["mean"] == pytest.approx(BASE_REPORTED + 1.25)
     assert summary["grid"]["dpo"]["worse_than_sft"]["count"] == 1
     best = summary["win_matrices"]["best"]
-    assert best["names"] == ["SFT (baseline)", "DPO", "LN-DPO", "SimPO"]
-    assert best["models"]["SimPO"] == "simpo-beta2-gamma0.5-lr0.0005"
+    assert best["names"] == ["sft", "dpo", "ln-dpo", "simpo"]
+    assert best["models"] == {"sft": None, "dpo": "dpo-beta0.1-lr0.0005", "ln-dpo": "ln-dpo-beta1-lr0.0005",
+                              "simpo": "simpo-beta2-gamma0.5-lr0.0005"}
     assert best["rate"][3][:3] == [1.0, 1.0, 1.0]  # SimPO's best beats every model on every prompt
     # DPO's best (offsets −0.01, 0, 0.01) against SFT (−0.3): strict wins everywhere; against itself no ties.
     assert best["rate"][1][0] == 1.0 and best["tie"][1][0] == 0.0
-    assert summary["win_matrices"]["top25"]["models"]["SimPO"] == "simpo-beta2-gamma1-lr0.0005"
+    assert summary["win_matrices"]["top25"]["models"]["simpo"] == "simpo-beta2-gamma1-lr0.0005"
 
 
 def test_top_k_pools_samples_and_sensitivity(report):
@@ -279,6 +290,9 @@ def test_degenerate_sweeps_still_give_a_report(case, tmp_path):
         assert "DPO: no hyper-parameter varies across its 1 DPO run (seeds 0)." in markdown
         # A method's only configuration is named by the method alone: no parameter sets it apart.
         assert summary["win_matrices"]["top25"]["models"]["mine"] == "mine"
+        # One configuration each: the top-25% pick is the best, and its matrix is not drawn twice.
+        assert "the top-25% matrix would repeat the one above" in markdown
+        assert "figures/win_matrix_top25.png" not in {f["file"] for f in summary["figures"]}
         assert summary["sensitivity"] == {}
         # One seed per configuration: estimates, but no verdict.
         tested = [c for c in summary["claims"] if c["value"] is not None]
@@ -287,7 +301,7 @@ def test_degenerate_sweeps_still_give_a_report(case, tmp_path):
     if case == "no DPO, no KL":
         assert "vs best DPO" not in markdown and "no DPO runs in the sweep" in markdown
         assert summary["best"]["simpo"]["mean_score_change_vs_dpo_pct"] is None
-        assert summary["best"]["simpo"]["reported"]["KL to SFT"] is None
+        assert summary["best"]["simpo"]["reported"]["kl"] is None
         assert "No run has a length-normalised KL measurement." in markdown
         assert {f["file"] for f in summary["figures"]}.isdisjoint({"figures/kl_vs_score.png",
                                                                     "figures/top_k_ln_kl.png"})

@@ -17,7 +17,7 @@ from alignlab.analysis.runs import (LABELS, RunRecord, best_run, best_runs, metr
                                     top_k_runs)
 from alignlab.analysis.stats import WILSON_Z, wilson_interval
 from alignlab.analysis.var import (VAR_PAPER_GAIN_PCT, VAR_PAPER_SPEEDUP, convergence_race, reward_by_family,
-                                   var_gain_claims, z_estimator_variance)
+                                   var_gain_claims, var_vs_dpo_descriptives, z_estimator_variance)
 
 __all__ = [
     "decide", "expected_max_curve", "hitchhiker_claims", "sensitivity", "top_k_pooled", "variant_claims",
@@ -26,5 +26,5 @@ __all__ = [
     "LABELS", "RunRecord", "best_run", "best_runs", "metric_value", "percentile_run", "top_k_runs",
     "WILSON_Z", "wilson_interval",
     "VAR_PAPER_GAIN_PCT", "VAR_PAPER_SPEEDUP", "convergence_race", "reward_by_family", "var_gain_claims",
-    "z_estimator_variance",
+    "var_vs_dpo_descriptives", "z_estimator_variance",
 ]

@@ -1,7 +1,7 @@
 """Claim records and the report-wide decision on them.
 
-A claim's statistic is oriented so that a value above its null region supports it (the region is the
-point 0 for most claims; [0, 7.16%] for the VAR paper's gain). Each tested claim carries the estimate
+A claim's statistic is oriented so that a value above its null region supports it (the point 0 for
+every claim the report makes: the VAR paper's +7.16% is a contrast). Each tested claim carries the estimate
 of alignlab.evidence.bootstrap (value, 95% CI, p-value) and what stands behind it: the training seeds
 per configuration, the runs of the compared methods and the reporting prompts. `decide` then applies
 Holm's correction across every claim of one report that can get a verdict and sets the verdicts
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from alignlab.evidence import CORRECTION, Resampled, estimate, holm, verdict
+from alignlab.evidence import CORRECTION, Estimate, Resampled, estimate, holm, verdict
 
 
 def untested(claim: str, statistic: str, why: str, runs: int = 0) -> dict:
@@ -26,16 +26,23 @@ def untested(claim: str, statistic: str, why: str, runs: int = 0) -> dict:
 def tested(claim: str, statistic: str, quantity: Resampled, detail: str, runs: int, seeds: list,
            null: tuple[float, float] = (0.0, 0.0)) -> dict:
     """A claim with its estimate; the verdict waits for `decide`. A statistic without a finite value
-    (a relative gain over a mean of exactly 0) is not tested: it has nothing to decide."""
-    e = estimate(quantity, null)
+    (e.g. a mean over prompts no resample drew) is not tested: it has nothing to decide."""
+    return tested_estimate(claim, statistic, estimate(quantity, null), detail, runs, seeds, quantity.n_prompts,
+                           quantity.configs, null)
+
+
+def tested_estimate(claim: str, statistic: str, e: Estimate, detail: str, runs: int, seeds: list, prompts: int,
+                    configs: dict, null: tuple[float, float] = (0.0, 0.0)) -> dict:
+    """A claim with an estimate made otherwise than by `tested`'s bootstrap (e.g. an exact test);
+    configs maps each configuration behind it to its number of seeds."""
     if not (math.isfinite(e.value) and math.isfinite(e.p_value)):
         return untested(claim, statistic, f"{detail}; the statistic is undefined here ({e.value})", runs)
-    decidable = (quantity.fewest_seeds or 0) >= 2
+    decidable = min(configs.values(), default=0) >= 2
     if not decidable:
         detail += "; fewer than 2 seeds per configuration: training noise unmeasured, so no verdict"
     return {"claim": claim, "statistic": statistic, "verdict": None if decidable else "inconclusive",
-            **e.to_dict(), "p_adjusted": None, "seeds": seeds, "runs": runs, "prompts": quantity.n_prompts,
-            "null": list(null), "detail": detail, "configurations": sorted(quantity.configs)}
+            **e.to_dict(), "p_adjusted": None, "seeds": seeds, "runs": runs, "prompts": prompts,
+            "null": list(null), "detail": detail, "configurations": sorted(configs)}
 
 
 def decide(claims: list[dict]) -> list[dict]:

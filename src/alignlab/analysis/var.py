@@ -17,9 +17,15 @@ from alignlab.analysis.runs import best_run
 from alignlab.analysis.stats import logsumexp
 from alignlab.evidence import N_RESAMPLES, estimate
 from alignlab.evidence.bootstrap import combine, resample_counts
+from alignlab.evidence.ratio import FiellerInterval, ratio_interval
 
 VAR_PAPER_GAIN_PCT = 7.16  # VAR paper: average reward 7.16% above DPO's
 VAR_PAPER_SPEEDUP = 5.0    # VAR paper: converges more than 5× faster than GRPO
+VAR_PAPER_RATIO = 1 + VAR_PAPER_GAIN_PCT / 100
+# The two decided VAR claims (alignlab.analysis.claims); everything else var_vs_dpo_descriptives
+# returns is descriptive.
+VAR_BEATS_DPO = "VAR's gold reward ≥ DPO's"
+VAR_PAPER_GAIN = f"VAR's gold reward ≥ {VAR_PAPER_GAIN_PCT:+.2f}% over DPO's"
 
 
 def reward_by_family(ev: SweepEvidence, config, families: dict[str, str] | None) -> dict:
@@ -55,33 +61,85 @@ def family_names(ev: SweepEvidence, families: dict | None) -> list[str]:
     return sorted({named[p] for p in ev.reporting if p in named})
 
 
-def var_gain_claims(ev: SweepEvidence, families: dict | None) -> list[dict]:
-    """The VAR paper's "average reward +7.16% over DPO", as the paper states it: the relative gain
-        gain_f = 100 · (mean_VAR,f − mean_DPO,f) / |mean_DPO,f|
-    of VAR's best configuration over DPO's best (both picked on the selection half) per prompt family
-    (helpful, harmful), and their average; one claim each, against the null region [0, 7.16%]:
-    confirmed when the gain is significantly above 7.16%, reversed when significantly below 0,
-    inconclusive otherwise (alignlab.analysis.claims). Without families, one claim over all prompts.
+def var_gain_claims(ev: SweepEvidence, families: dict | None = None) -> list[dict]:
+    """The VAR paper's "average reward +7.16% over DPO", as two decided claims on the reported mean
+    gold V of VAR's best configuration and D of DPO's best (both picked on the selection half), over
+    all reporting prompts, paired on them:
+
+        VAR's gold reward ≥ DPO's              V − D > 0
+        VAR's gold reward ≥ +7.16% over DPO's  V − 1.0716·D > 0, the linear form of V/D > 1.0716
+                                               (alignlab.evidence.ratio); its Fieller interval for the
+                                               gain 100·(V/D − 1) rides along under "fieller"
+
+    A percentage of D means something only where D is known to be above 0 (the world's gold has an
+    arbitrary zero, so D near 0 says nothing about VAR and its percentage explodes): the second claim
+    is "not tested", with the reason, unless D is significantly above 0 and its Fieller interval is
+    bounded. Both are point-null claims: confirmed above 0, reversed below (for the second, the gain
+    is significantly below the paper's 7.16%). The per-family gains are descriptive only
+    (`var_vs_dpo_descriptives`): `families` is accepted so that every caller passes the same
+    arguments to both, and the decided claims do not split on it.
     """
-    names = family_names(ev, families)
-    titles = [f"VAR's gold reward ≥ {VAR_PAPER_GAIN_PCT:+.2f}% over DPO's on {f} prompts" for f in names]
-    average = f"VAR's gold reward ≥ {VAR_PAPER_GAIN_PCT:+.2f}% over DPO's, " + (
-        f"averaged over the {' and '.join(names)} families" if names else "over all prompts")
-    statistic = ("100·(mean VAR − mean DPO)/|mean DPO| of the best configurations' reported mean gold"
-                 + (", per family; the average of the families' gains" if names else ""))
+    difference = "reported mean gold of VAR's best configuration − DPO's best (V − D), paired on the prompts"
+    contrast = (f"V − {VAR_PAPER_RATIO:.4f}·D of the best configurations' reported mean gold (the linear form of "
+                f"V/D ≥ {VAR_PAPER_RATIO:.4f}), only where D is significantly above 0")
     runs, seeds = behind(ev, ("var", "dpo"))
     missing = absent_methods(ev, ("var", "dpo"))
     if missing:
-        return [untested(t, statistic, missing, runs) for t in [*titles, average]]
+        return [untested(VAR_BEATS_DPO, difference, missing, runs), untested(VAR_PAPER_GAIN, contrast, missing, runs)]
     best_var, best_dpo = best_run(ev.by_method["var"]), best_run(ev.by_method["dpo"])
+    v, d = ev.mean(best_var), ev.mean(best_dpo)
     detail = f"best configurations {best_var.name} vs {best_dpo.name}"
-    masks = [ev.family_mask(families, f) for f in names] or [None]
-    gains = [combine(lambda v, d: 100 * (v - d) / np.abs(d), ev.mean(best_var, mask=m), ev.mean(best_dpo, mask=m))
-             for m in masks]
-    null = (0.0, VAR_PAPER_GAIN_PCT)
-    claims = [tested(t, statistic, g, detail, runs, seeds, null) for t, g in zip(titles, gains)] if names else []
-    overall = combine(lambda *g: sum(g) / len(g), *gains) if names else gains[0]
-    return claims + [tested(average, statistic, overall, detail, runs, seeds, null)]
+    claims = [tested(VAR_BEATS_DPO, difference, ev.difference(v, d), detail, runs, seeds)]
+    dpo = estimate(d)
+    interval = ratio_interval(v, d, VAR_PAPER_RATIO)
+    if not (dpo.ci[0] > 0 and interval.bounded):
+        why = (f"{detail}; DPO's mean gold {dpo.value:.3g} (95% CI [{dpo.ci[0]:.3g}, {dpo.ci[1]:.3g}]) is not "
+               f"significantly above 0, so a percentage of it is not bounded by the data (Fieller's interval "
+               f"for V/D is {interval.kind}); the gold reward's zero is arbitrary")
+        return claims + [untested(VAR_PAPER_GAIN, contrast, why, runs)]
+    claim = tested(VAR_PAPER_GAIN, contrast, combine(lambda x, y: x - VAR_PAPER_RATIO * y, v, d), detail, runs,
+                   seeds)
+    return claims + [{**claim, "fieller": gain_pct(interval)}]
+
+
+def gain_pct(interval: FiellerInterval) -> dict:
+    """A ratio's Fieller interval as a gain in %: 100·(ratio − 1); the interval None unless bounded."""
+    return {"gain_pct": 100 * (interval.ratio - 1), "kind": interval.kind,
+            "ci": [100 * (interval.low - 1), 100 * (interval.high - 1)] if interval.bounded else None}
+
+
+def var_vs_dpo_descriptives(ev: SweepEvidence, families: dict | None) -> dict | None:
+    """Descriptions of VAR's best configuration against DPO's (None without both methods): no
+    verdicts, no correction. The percentages depend on where the gold reward's zero lies; the
+    head-to-head record and the share of DPO's gain do not (nor on its scale):
+
+        gain_by_family      100·(V/D − 1) over all reporting prompts and per prompt family, each with its
+                            Fieller 95% interval where bounded (the paper's per-family percentages)
+        head_to_head        VAR's strict win, tie and loss shares against DPO on per-prompt gold, over
+                            seed pairs (alignlab.analysis.replicates win_matrix), with 95% CIs of the wins
+        share_of_dpo_gain   (V − D)/(D − SFT): VAR's gain over DPO as a share of DPO's gain over SFT,
+                            with its Fieller interval; None without the SFT baseline
+    """
+    if not ev.by_method.get("var") or not ev.by_method.get("dpo"):
+        return None
+    best_var, best_dpo = best_run(ev.by_method["var"]), best_run(ev.by_method["dpo"])
+    groups = {"all": None, **{f: ev.family_mask(families, f) for f in family_names(ev, families)}}
+    gains = {}
+    for family, mask in groups.items():
+        gains[family] = gain_pct(ratio_interval(ev.mean(best_var, mask=mask), ev.mean(best_dpo, mask=mask),
+                                                VAR_PAPER_RATIO))
+    matrix = ev.win_matrix({"VAR": best_var, "DPO": best_dpo})
+    head_to_head = {"win": matrix["rate"][0][1], "tie": matrix["tie"][0][1], "loss": matrix["rate"][1][0],
+                    "win_ci": [matrix["ci_low"][0][1], matrix["ci_high"][0][1]],
+                    "loss_ci": [matrix["ci_low"][1][0], matrix["ci_high"][1][0]], "prompts": matrix["prompts"]}
+    share = None
+    if ev.sft is not None:
+        v, d, sft = ev.mean(best_var), ev.mean(best_dpo), ev.baseline_mean()
+        interval = ratio_interval(ev.difference(v, d), ev.difference(d, sft), 0.0)
+        share = {"value": interval.ratio, "kind": interval.kind, "ci": [interval.low, interval.high]
+                 if interval.bounded else None}
+    return {"configurations": {"var": best_var.name, "dpo": best_dpo.name}, "gain_by_family": gains,
+            "head_to_head": head_to_head, "share_of_dpo_gain": share}
 
 
 def _gold_by_prompt(point: dict) -> dict:

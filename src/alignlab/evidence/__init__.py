@@ -5,6 +5,8 @@
                value, standard error, degrees of freedom, 95% CI and p-value from one resampling
     testing    Holm's step-down correction and the verdicts confirmed / reversed / inconclusive / not tested
     budget     expected best-of-k over a grid (Dodge et al. 2019, "Show Your Work")
+    ratio      ratios of estimates: Fieller's interval, from the contrast the claim tests
+    shares     shares of configurations: Wilson intervals, Fisher's exact comparison, Newcombe's interval
 
 Pure numpy (and scipy's Student t): no runs, methods, files or plots; alignlab.analysis builds the
 claims from these pieces.

@@ -25,17 +25,19 @@ TITLES = {key: title for key, title, _ in METRICS}
 FORMATS = {key: fmt for key, _, fmt in METRICS}
 TOP_K = (1, 5, 10, 25, 50, 100)
 # What the report computes per configuration on the reporting half (per-sample columns; the win and tie
-# shares are derived from the gold scores: alignlab.analysis.replicates.OUTCOMES).
-REPORTED = [  # column, title, format
-    ("gold_score", "mean gold score", "{:.3f}"),
-    ("win_vs_chosen", "win vs chosen", "{:.1%}"),
-    ("tie_vs_chosen", "tie vs chosen", "{:.1%}"),
-    ("win_vs_sft", "win vs SFT", "{:.1%}"),
-    ("tie_vs_sft", "tie vs SFT", "{:.1%}"),
-    ("kl", "KL to SFT", "{:.2f}"),
-    ("ln_kl", "length-norm. KL", "{:.3f}"),
-    ("length", "length (tokens)", "{:.1f}"),
+# shares are derived from the gold scores: alignlab.analysis.replicates.OUTCOMES), under the name each
+# run's metrics.json gives it (summary.json's key) and its title (the rendered report's only).
+REPORTED = [  # column, metrics.json name, title, format
+    ("gold_score", "mean_score", "mean gold score", "{:.3f}"),
+    ("win_vs_chosen", "win_vs_chosen", "win vs chosen", "{:.1%}"),
+    ("tie_vs_chosen", "tie_vs_chosen", "tie vs chosen", "{:.1%}"),
+    ("win_vs_sft", "win_vs_sft", "win vs SFT", "{:.1%}"),
+    ("tie_vs_sft", "tie_vs_sft", "tie vs SFT", "{:.1%}"),
+    ("kl", "kl", "KL to SFT", "{:.2f}"),
+    ("ln_kl", "ln_kl", "length-norm. KL", "{:.3f}"),
+    ("length", "length", "length (tokens)", "{:.1f}"),
 ]
+BASELINE_KEY = "sft"  # the SFT baseline's key in summary.json, where models are keyed by method
 BASELINE = "SFT (baseline)"  # the SFT model every method starts from; "SFT" is the sft-objective grid
 
 # One colour per method in every figure; methods outside LABELS take the spare colours in turn.

@@ -1,9 +1,10 @@
 """The robustness report of a sweep: `summary.json`, `report.md`, `report.html` and `figures/*.png`.
 
 Sections, in this order (SPEC §6 items 1–6; alignlab.report.hitchhiker):
-    claims        every claim of the report (Hitchhiker's; VAR's gain when VAR ran), each with its value,
-                  CI, p-value, Holm-adjusted p-value, verdict and the seeds/runs/prompts behind it; the
-                  noise floor per method (alignlab.report.evidence)
+    claims        a forest plot of the tested claims, then every claim of the report (Hitchhiker's; VAR vs
+                  DPO when VAR ran), each with its value, CI, p-value, Holm-adjusted p-value, verdict and
+                  the seeds/runs/prompts behind it; how the claims are made; the noise floor per method
+                  (alignlab.report.evidence)
     1 best        best configuration per method (picked on the selection half), every metric on the
                   reporting half with its 95% CI, per prompt family, % change vs DPO's best
     2 expected    expected best-of-k curves per method at equal search budget, configurations worse than SFT
@@ -26,7 +27,10 @@ self-contained HTML (alignlab.report.render) — so the two cannot drift apart. 
 function of the runs: methods and runs are put in a canonical order, jitter is seeded and the PNGs
 carry no version metadata (alignlab.report.figures), so the same runs give byte-identical files.
 
-summary.json is strict JSON (what `json.dumps(allow_nan=False)` writes): a NaN or ±Infinity anywhere
+summary.json is for programs: metric keys are each run's metrics.json names (mean_score, win_vs_chosen,
+kl, ln_kl, length, ...), models are keyed by method ("sft" for the SFT baseline), context keys are
+snake_case; display labels appear only in report.md and report.html. It is strict JSON (what
+`json.dumps(allow_nan=False)` writes): a NaN or ±Infinity anywhere
 (a metric of a run whose gold scores hold NaN, a statistic computed from one) is written as null,
 and the top-level `"nulls"` maps the JSON Pointer (RFC 6901) of each such null to its reason, e.g.
 `{"/runs/2/metrics/mean_score/value": "not finite (nan)"}`; it is `{}` when every number is finite.
@@ -56,6 +60,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -142,6 +147,11 @@ def finite_summary(summary: dict) -> dict:
     return {**clean(summary, ""), "nulls": nulls}
 
 
+def snake_case(label: str) -> str:
+    """A context label ("training seeds") as summary.json's key ("training_seeds")."""
+    return re.sub(r"[^0-9a-z]+", "_", label.lower()).strip("_")
+
+
 def write_report(out_dir: str | Path, runs: list[RunRecord], sft: RunRecord | None, context: dict,
                  title: str, var: dict | None = None, families: dict | None = None) -> dict:
     """Write summary.json, report.md, report.html and figures/*.png for a sweep; return the summary.
@@ -177,7 +187,7 @@ def write_report(out_dir: str | Path, runs: list[RunRecord], sft: RunRecord | No
 
     plots = [b for s in sections for b in s.blocks if isinstance(b, Plot)]
     numbers = {plot.file: i for i, plot in enumerate(plots, 1)}
-    summary = {"title": title, "context": context, **claims_summary, **best_summary,
+    summary = {"title": title, "context": {snake_case(key): value for key, value in context.items()}, **claims_summary, **best_summary,
                "expected_max": expected_summary["expected_max"], "grid": expected_summary["grid"],
                "win_matrices": matrices_summary, "top_k": top_k_summary, "in_distribution_vs_ood": shift_summary,
                "sensitivity": sensitivity_summary, "training_curves": curves_summary, "examples": examples_summary,

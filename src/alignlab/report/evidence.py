@@ -9,8 +9,8 @@ from alignlab.analysis import best_run, expected_max_curve, wilson_interval
 from alignlab.analysis.claims import correction_text
 from alignlab.analysis.runs import method_label
 from alignlab.evidence import CORRECTION, estimate
-from alignlab.report.blocks import BASELINE, Cell, Plot, Section, Sweep, Table
-from alignlab.report.figures import legend_beside, new_figure, png_bytes
+from alignlab.report.blocks import BASELINE, BASELINE_KEY, Cell, Plot, Section, Sweep, Table
+from alignlab.report.figures import forest_figure, legend_beside, new_figure, png_bytes
 
 
 def _number(value, fmt: str = "{:+.4g}") -> str:
@@ -40,12 +40,12 @@ def claims_section(sweep: Sweep) -> tuple[Section, dict]:
         used = {method_of[name] for name in c["configurations"]}
         compared = [m for m in ev.by_method if m in used]
         floor_text = "; ".join(f"{method_label(m)} {_number(floors[m], '{:.3g}')}" for m in compared) or "–"
-        rows.append([Cell(c["claim"], css="text"), Cell(c["statistic"], css="note"), _number(c["value"]),
+        rows.append([Cell(c["claim"], css="text"), _number(c["value"]),
                      "–" if c["ci"] is None else f"[{c['ci'][0]:+.4g}, {c['ci'][1]:+.4g}]",
                      _p_text(c["p_value"]), _p_text(c["p_adjusted"]),
                      Cell(c["verdict"], css="verdict " + c["verdict"].replace(" ", "-")),
                      Cell(f"{c['runs']} runs", f"seeds {seeds}; {c['prompts'] or '–'} prompts"),
-                     Cell(floor_text, css="note"), Cell(c["detail"], css="note")])
+                     Cell(f"{c['statistic']}. {c['detail']}. Noise floor: {floor_text}", css="note")])
     floor_rows = [[method_label(m), str(len(ev.by_method[m])),
                    "/".join(sorted({str(len(c.runs)) for c in ev.by_method[m]})),
                    _number(f, "{:.4f}") if f is not None else "– (one seed)"] for m, f in floors.items()]
@@ -54,15 +54,25 @@ def claims_section(sweep: Sweep) -> tuple[Section, dict]:
         "its seeds. CIs and p-values come from one two-level bootstrap (seeds within each configuration, then "
         "prompts, shared by every model so comparisons stay paired), read with Student's t at the "
         "Welch–Satterthwaite degrees of freedom: three seeds leave few. Each statistic is oriented so that a "
-        "value above the null region (0, or [0, 7.16%] for the VAR gain) supports the claim. The p-values are "
+        "value above the null region (0 for every claim here) supports the claim. The p-values are "
         f"adjusted with Holm's step-down method across every decidable claim of this report ({correction_text(sweep.claims)}). "
         "Verdicts: *confirmed* (adjusted p < 5%, value above the null region), *reversed* (adjusted p < 5%, "
         "below it), *inconclusive* (otherwise, or fewer than 2 seeds per configuration: training noise "
         "unmeasured), *not tested* (runs or columns missing).")
+    plotted = [c for c in sweep.claims if c["value"] is not None and c["ci"] is not None]
+    unplotted = [c["claim"] for c in sweep.claims if c not in plotted]
+    forest = []
+    if plotted:
+        forest = [Plot("claims.png", forest_figure(plotted), "forest plot of the claims",
+                       "Each tested claim's estimate and 95% CI (its statistic's own units, so each row has its "
+                       "own axis), the null region shaded grey (a line where it is the point 0); colour by "
+                       "verdict: green confirmed, red reversed, grey inconclusive."
+                       + (f" Not plotted (no estimate): {'; '.join(unplotted)}." if unplotted else ""))]
     section = Section("claims", "Claims, with the evidence behind them", [
+        *forest,
+        Table(["claim", "value", "95% CI", "p", "p (Holm)", "verdict", "behind it",
+               "statistic, detail and noise floor (seed sd of mean gold)"], rows),
         intro,
-        Table(["claim", "statistic", "value", "95% CI", "p", "p (Holm)", "verdict", "behind it",
-               "noise floor (seed sd of mean gold)", "detail"], rows),
         ("The noise floor: how much one model's mean gold score moves between training seeds of the same "
          "configuration (reporting half, pooled over each method's configurations). A difference smaller than "
          "it is not one a single run could show."),
@@ -134,20 +144,20 @@ def indist_section(sweep: Sweep) -> tuple[Section, dict]:
     """Each method's best configuration on held-out training-style prompts and on the test prompts."""
     section = Section("ood", "In distribution vs out of distribution")
     ev = sweep.evidence
-    models = ([(BASELINE, None)] if ev.sft is not None else []) + [
-        (method_label(m), best_run(configs)) for m, configs in ev.by_method.items()]
+    models = ([(BASELINE_KEY, BASELINE, None)] if ev.sft is not None else []) + [
+        (m, method_label(m), best_run(configs)) for m, configs in ev.by_method.items()]
     rows, summary = [], {}
-    for name, config in models:
+    for key, name, config in models:
         gap = ev.in_distribution_gap(config)
         if gap is None:
             continue
         e = estimate(gap)
         ood = ev.reported_value_of_baseline() if config is None else ev.reported_value(config)
         runs = [ev.sft] if config is None else config.runs
-        summary[name] = {"in_distribution": ood + e.value, "ood": ood, "gap": e.value, "gap_ci": list(e.ci),
-                         "gap_p_value": e.p_value, "prompts": len(runs[0].indist["gold_score"])}
+        summary[key] = {"in_distribution": ood + e.value, "ood": ood, "gap": e.value, "gap_ci": list(e.ci),
+                        "gap_p_value": e.p_value, "prompts": len(runs[0].indist["gold_score"])}
         rows.append([name, f"{ood + e.value:.3f}", f"{ood:.3f}",
-                     Cell(f"{e.value:+.3f}", f"[{e.ci[0]:+.3f}, {e.ci[1]:+.3f}]"), str(summary[name]["prompts"])])
+                     Cell(f"{e.value:+.3f}", f"[{e.ci[0]:+.3f}, {e.ci[1]:+.3f}]"), str(summary[key]["prompts"])])
     if not rows:
         section.blocks.append("No in-distribution evaluation in this sweep (real data without held-out "
                               "training-style prompts, or a sweep from an earlier version).")

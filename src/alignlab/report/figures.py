@@ -7,6 +7,7 @@ files. Figures draw names from configs and data as plain text (no `$...$` mathte
 from __future__ import annotations
 
 import io
+import textwrap
 
 import numpy as np
 from matplotlib.colors import to_rgba
@@ -163,3 +164,50 @@ def sensitivity_figure(runs: list[RunRecord], params: list[str], metrics: list[s
             ax.set_ylabel(TITLES[metric])
     return png_bytes(fig)
 
+
+
+# The verdict colours of report.html's claims table (alignlab.report.render), in the figures.
+VERDICT_COLORS = {"confirmed": "#19692c", "reversed": "#a3241b", "inconclusive": "#4f5963"}
+FAMILY_TITLES = {"primary": "Primary claims", "secondary": "Secondary claims"}
+
+
+def forest_rows(claims: list[dict]) -> list[tuple[str, object]]:
+    """The forest plot's rows: ("claim", claim) in order, or, where claims carry a "family", a
+    ("title", "Primary claims") row and the primary claims first, then the secondary ones likewise."""
+    families = [f for f in FAMILY_TITLES if any(c.get("family") == f for c in claims)]
+    if not families:
+        return [("claim", c) for c in claims]
+    return [row for f in families
+            for row in [("title", FAMILY_TITLES[f])] + [("claim", c) for c in claims if c.get("family") == f]]
+
+
+def forest_figure(claims: list[dict]) -> bytes:
+    """One row per tested claim: its estimate and 95% CI, the null region shaded (a point null as a
+    line), the marker coloured by verdict. Claims carry their own units (gold, tokens, shares), so each
+    row has its own x axis. With a claim "family" field, primary claims come first, in a block apart."""
+    rows = forest_rows(claims)
+    fig = new_figure(8.4, 0.2 + 0.46 * len(rows))
+    axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
+    for ax, (kind, item) in zip(axes, rows):
+        if kind == "title":
+            ax.axis("off")
+            ax.text(0.0, 0.2, item, transform=ax.transAxes, fontweight="bold")
+            continue
+        value, (low, high), (null_low, null_high) = item["value"], item["ci"], item["null"]
+        color = VERDICT_COLORS.get(item["verdict"], VERDICT_COLORS["inconclusive"])
+        if null_high > null_low:
+            ax.axvspan(null_low, null_high, color="#d5d9de", alpha=0.6, lw=0)
+        else:
+            ax.axvline(null_low, color="#8a949e", lw=1.2)
+        ax.errorbar([value], [0], xerr=[[value - low], [high - value]], fmt="o", color=color, ms=5, capsize=3)
+        edges = [low, high, null_low, null_high]
+        margin = 0.08 * (max(edges) - min(edges)) or 1.0
+        ax.set_xlim(min(edges) - margin, max(edges) + margin)
+        ax.set_ylim(-1, 1)
+        ax.set_yticks([0], [textwrap.shorten(item["claim"], 70, placeholder="…")])
+        ax.tick_params(axis="x", labelsize=7, pad=1)
+        ax.tick_params(axis="y", length=0)
+        ax.grid(axis="y", visible=False)
+    handles = [Patch(color=c, label=v) for v, c in VERDICT_COLORS.items()]
+    axes[0].legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=3, fontsize=7)
+    return png_bytes(fig)

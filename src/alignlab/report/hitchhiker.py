@@ -7,6 +7,7 @@ the statistics come from alignlab.analysis.
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import numpy as np
 
@@ -16,8 +17,8 @@ from alignlab.analysis.replicates import has_column
 from alignlab.analysis.runs import method_label
 from alignlab.analysis.var import family_names
 from alignlab.evidence import estimate
-from alignlab.report.blocks import (BASELINE, FORMATS, METRICS, REPORTED, TITLES, TOP_K, Cell, Plot, Section, Sweep,
-                                    Table, behind, format_or_dash, param_text, params_text, pct_change)
+from alignlab.report.blocks import (BASELINE, BASELINE_KEY, FORMATS, METRICS, REPORTED, TITLES, TOP_K, Cell, Plot,
+                                    Section, Sweep, Table, behind, format_or_dash, param_text, params_text, pct_change)
 from alignlab.report.evidence import selection_text
 from alignlab.report.figures import grouped_boxes_figure, heatmap_figure, scatter_figure, sensitivity_figure
 
@@ -49,14 +50,20 @@ def best_section(sweep: Sweep) -> tuple[Section, dict]:
         section.blocks.append("No finished runs.")
         return section, {"sft": None, "best": {}}
     families = family_names(ev, sweep.families)
-    columns = [(c, t, f, None) for c, t, f in REPORTED] + [
-        ("gold_score", f"mean gold: {f}", "{:.3f}", ev.family_mask(sweep.families, f)) for f in families]
+    # (column, where summary.json holds it, title, format, prompts): per-family means under one key
+    columns = [(c, (k, None), t, f, None) for c, k, t, f in REPORTED] + [
+        ("gold_score", ("mean_score_by_family", f), f"mean gold: {f}", "{:.3f}", ev.family_mask(sweep.families, f))
+        for f in families]
     dpo_value = ev.reported_value(best["dpo"]) if "dpo" in best else None
     rows, summary = [], {"sft": None, "best": {}}
     for name, config in models:
         cells, entry = [name, Cell("–" if config is None else config.name, css="name")], {}
-        for column, title, fmt, mask in columns:
-            cell, entry[title] = _reported_cell(ev, config, column, fmt, mask)
+        for column, (key, family), _, fmt, mask in columns:
+            cell, value = _reported_cell(ev, config, column, fmt, mask)
+            if family is None:
+                entry[key] = value
+            else:
+                entry.setdefault(key, {})[family] = value
             cells.append(cell)
         value = ev.reported_value_of_baseline() if config is None else ev.reported_value(config)
         change = None if dpo_value is None or config is best.get("dpo") else pct_change(value, dpo_value)
@@ -78,7 +85,7 @@ def best_section(sweep: Sweep) -> tuple[Section, dict]:
         "two-level bootstrap 95% CI; win rates count strict wins, ties shown apart"
         + (f"; the % change of mean gold relative to DPO's best configuration ({best['dpo'].name})."
            if "dpo" in best else "; the sweep has no DPO run."),
-        Table(["model", "configuration", *(t for _, t, _, _ in columns),
+        Table(["model", "configuration", *(t for _, _, t, _, _ in columns),
                *(["Δ mean gold vs best DPO"] if dpo_value is not None else []), "hyper-parameters"], rows)]
     return section, summary
 
@@ -88,6 +95,7 @@ def _win_block(sweep: Sweep, which: str, pick, chosen: str) -> tuple[list, dict 
     ev = sweep.evidence
     models = {BASELINE: None} if ev.sft is not None else {}
     models.update({method_label(m): pick(configs) for m, configs in ev.by_method.items()})
+    keys = ([BASELINE_KEY] if ev.sft is not None else []) + list(ev.by_method)  # summary.json's names
     if len(models) < 2:
         return [f"The {chosen} matrix needs at least two models; this sweep has {len(models)}."], None
     matrix = ev.win_matrix(models)
@@ -107,7 +115,8 @@ def _win_block(sweep: Sweep, which: str, pick, chosen: str) -> tuple[list, dict 
     blocks = [Plot(f"win_matrix_{which}.png", heatmap_figure(matrix, f"{chosen} of each method"),
                    f"win matrix of the {chosen}s", caption),
               Table([f"{chosen}: row beats column", *names], rows)]
-    return blocks, {"models": {name: (None if c is None else c.name) for name, c in models.items()}, **matrix}
+    return blocks, {**matrix, "names": keys,
+                    "models": {key: (None if c is None else c.name) for key, c in zip(keys, models.values())}}
 
 
 def head_to_head_section(sweep: Sweep) -> tuple[Section, dict]:
@@ -118,9 +127,16 @@ def head_to_head_section(sweep: Sweep) -> tuple[Section, dict]:
         "top-25% configuration of a method is the one at the 75th percentile of its grid on the selection "
         "half: what a grid search gets without luck.")
     summary = {}
-    for which, pick, chosen in (("best", best_run, "best configuration"),
-                                ("top25", lambda configs: percentile_run(configs, 75), "top-25% configuration")):
+    top25 = partial(percentile_run, q=75)
+    # With few configurations (2 per method: the 75th percentile of 2 is the better one) every top-25%
+    # pick is the best pick, and its matrix would repeat the one above: summary.json keeps its numbers.
+    repeats = all(top25(configs) is best_run(configs) for configs in sweep.evidence.by_method.values())
+    for which, pick, chosen in (("best", best_run, "best configuration"), ("top25", top25, "top-25% configuration")):
         blocks, summary[which] = _win_block(sweep, which, pick, chosen)
+        if which == "top25" and repeats and summary["best"] is not None:
+            sizes = "/".join(sorted({str(len(c)) for c in sweep.evidence.by_method.values()}))
+            blocks = [f"Each method's top-25% configuration is its best one here ({sizes} configurations per "
+                      "method), so the top-25% matrix would repeat the one above and is not drawn."]
         section.blocks += blocks
     return section, summary
 
@@ -165,8 +181,8 @@ def scatter_section(sweep: Sweep) -> Section:
     left_out = len(sweep.runs) - len(points)
     sft_text = ("the star is the SFT model" if sweep.sft is not None and metric_value(sweep.sft, "ln_kl") is not None
                 else "the dashed line is the SFT model's score" if sweep.sft is not None else "no SFT baseline")
-    caption = (f"Mean length-normalised KL to SFT against mean gold score, one point per run, coloured by "
-               f"method; {sft_text}. {behind(points)}"
+    caption = (f"Mean length-normalised KL to SFT against mean gold score, one point per run (each run's "
+               f"metrics.json: all test prompts, both halves), coloured by method; {sft_text}. {behind(points)}"
                + (f"; {left_out} run(s) without a KL measurement left out." if left_out else "."))
     section.blocks.append(Plot("kl_vs_score.png", scatter_figure(sweep, points),
                                "length-normalised KL vs mean score per run", caption))
@@ -175,8 +191,9 @@ def scatter_section(sweep: Sweep) -> Section:
 
 def sensitivity_section(sweep: Sweep) -> tuple[Section, dict]:
     section = Section("sensitivity", "6. Sensitivity to hyper-parameters")
-    section.blocks.append("Each metric against each hyper-parameter that varies within a method's grid: the line "
-                          "is the mean over the runs sharing a value, the band their min–max, dots single runs.")
+    section.blocks.append("Each metric (each run's metrics.json: all test prompts, both halves) against each "
+                          "hyper-parameter that varies within a method's grid: the line is the mean over the runs "
+                          "sharing a value, the band their min–max, dots single runs.")
     summary = {}
     for method, runs in sweep.by_method.items():
         params = varying_params(runs)
@@ -202,6 +219,7 @@ def runs_section(sweep: Sweep) -> tuple[Section, list[dict]]:
              *[format_or_dash(metric_value(r, key), fmt) for key, _, fmt in METRICS]] for r in everything]
     section = Section("runs", "All runs", [
         f"Every finished run ({behind(sweep.runs) if sweep.runs else 'none'})"
-        + (" and the SFT baseline" if sweep.sft is not None else "") + ", by method, best first.",
+        + (" and the SFT baseline" if sweep.sft is not None else "")
+        + ", by method, best first; each metric from the run's metrics.json, over all test prompts (both halves).",
         Table(["run", "method", *params, *TITLES.values()], rows)])
     return section, [run_summary(r) for r in everything]

@@ -208,4 +208,4 @@ def write_sweep_report(out: str | Path) -> dict:
         var = {"race": optional_json(out / "var" / "race.json"), "z": optional_json(out / "var" / "z_variance.json"),
                "compute": optional_json(out / "var" / "compute.json")}
     families = optional_json(out / "data" / "test_families.json")
-    return write_report(out, runs, sft, context, title="alignlab sweep report", var=var, families=families)
+    return write_report(out, runs, sft, context, title="alignlab study report", var=var, families=families)
