@@ -186,7 +186,7 @@ def test_one_seed_gains_are_inconclusive():
 def test_descriptives_per_family_head_to_head_and_share_of_dpo_gain():
     ev, t = gain_sweep(1.5)
     described = var_vs_dpo_descriptives(ev, FAMILY_OF)
-    assert described["configurations"] == {"var": "var-c1", "dpo": "dpo-c1"}
+    assert described["configurations"] == {"var": "var-beta1", "dpo": "dpo-beta1"}
     assert list(described["gain_by_family"]) == ["all", "harmful", "helpful"]
     for family, mask in (("all", None), ("harmful", ~HELPFUL), ("helpful", HELPFUL)):
         v, d = hand_means(t, mask)
