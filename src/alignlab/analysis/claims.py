@@ -31,6 +31,8 @@ def tested(claim: str, statistic: str, quantity: Resampled, detail: str, runs: i
     if not (math.isfinite(e.value) and math.isfinite(e.p_value)):
         return untested(claim, statistic, f"{detail}; the statistic is undefined here ({e.value})", runs)
     decidable = (quantity.fewest_seeds or 0) >= 2
+    if e.without_spread:
+        detail += "; no resample of seeds or prompts moved the statistic: no variance measured, so p = 1"
     if not decidable:
         detail += "; fewer than 2 seeds per configuration: training noise unmeasured, so no verdict"
     return {"claim": claim, "statistic": statistic, "verdict": None if decidable else "inconclusive",
