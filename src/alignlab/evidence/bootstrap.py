@@ -33,8 +33,8 @@ Estimate (`estimate`)
                   se⁴ / (Σ_c v_c² / (S_c − 1) + v_p² / (P − 1)),
               v_s split between the configurations in proportion to their seed-effect variances; when
               one configuration's seeds dominate, df → its S − 1. A quantity that moves with no mean
-              smoothly (a share of indicators) has no seed effects: its v_s counts with the fewest
-              S_c − 1, Welch–Satterthwaite's lower bound
+              smoothly (a share of indicators) has seed effects 0 everywhere: its v_s counts with the
+              fewest S_c − 1, Welch–Satterthwaite's lower bound
     CI        value ± t(0.975, df) · se; for a bounded quantity (scale "logit": rates and shares in
               [0, 1]; "log": KL and lengths, ≥ 0) the same t·se on the transformed scale, its se by the
               delta method (se·|g′(value)|), back-transformed, so the interval stays inside the range;
