@@ -162,15 +162,37 @@ def test_win_matrix_by_hand():
                 assert 0 <= m["ci_low"][i][j] <= rate[i, j] <= m["ci_high"][i][j] <= 1
 
 
-def test_win_matrix_ci_is_a_point_when_one_model_always_wins():
+def test_win_share_resamples_each_models_seeds_and_the_prompts_by_hand():
+    # A vs B (table above). A's seeds win 3/6 each: no seed-level variance. B's seeds lose 2/6 (b0) and
+    # 4/6 (b1) of theirs: s² = (1/3)²/2 = 1/18, over 2 seeds 1/36. Per reporting prompt the win share over
+    # the 4 seed pairs is 3/4 (p1), 2/4 (p4), 1/4 (p5): a mean of 3 prompts varies as their population
+    # variance 1/24 over 3 = 1/72.
+    ev = win_sweep()
+    a, b = ev.by_method["dpo"][0], ev.by_method["simpo"][0]
+    ev = SweepEvidence([*a.runs, *b.runs], ev.sft, n_resamples=20000, seed=1)
+    a, b = ev.by_method["dpo"][0], ev.by_method["simpo"][0]
+    share = ev.win_share(a, b)
+    assert share.value == pytest.approx(6 / 12)
+    assert share.seed_variances == {a.name: (pytest.approx(0.0), 1), b.name: (pytest.approx(1 / 36), 1)}
+    assert np.var(share.seeds) == pytest.approx(1 / 36, rel=0.05)
+    assert np.var(share.prompts) == pytest.approx(1 / 72, rel=0.05)
+    # The tie share is a share like the wins: 3 of 12.
+    assert ev.win_share(a, b, np.equal).value == pytest.approx(3 / 12)
+
+
+def test_win_matrix_ci_of_a_model_that_always_wins_is_the_exact_binomial_bound():
     ev = win_sweep()
     better = replicate("var", 0, 0, IDS, [10] * 6)
     better2 = replicate("var", 0, 1, IDS, [11] * 6)
     ev = SweepEvidence([*(r for c in ev.by_method.values() for cfg in c for r in cfg.runs), better, better2],
                        ev.sft, n_resamples=300)
     m = ev.win_matrix({"VAR": ev.by_method["var"][0], "SFT": None})
-    assert m["rate"][0][1] == 1.0 and m["ci_low"][0][1] == 1.0 and m["ci_high"][0][1] == 1.0
+    # A share of exactly 1 on 3 reporting prompts: the one-sided Clopper–Pearson bound for 3 of 3 trials,
+    # 0.025^(1/3) = 0.292, not the point 1 that "no resample moved" would suggest; and 0 of 3 mirrors it.
+    assert m["rate"][0][1] == 1.0 and m["ci_high"][0][1] == 1.0
+    assert m["ci_low"][0][1] == pytest.approx(0.025 ** (1 / 3))
     assert m["rate"][1][0] == 0.0 and m["tie"][0][1] == 0.0
+    assert (m["ci_low"][1][0], m["ci_high"][1][0]) == (0.0, pytest.approx(1 - 0.025 ** (1 / 3)))
 
 
 def test_outcome_columns_against_the_chosen_response():

@@ -1,9 +1,21 @@
 """Sweeps simulated from a known truth, for testing the claim code's error rates (numpy only).
 
-Each trained model's per-prompt gold score is
-    prompt effect (shared by every model) + method shift + seed effect + per-sample noise,
-like a real sweep's: prompts differ in difficulty for every model, a lucky seed is a better model on
-every prompt, and each response is noisy. Length and length-normalised KL follow the same layout.
+Each trained model (method m, configuration c, seed s) has the per-prompt gold score
+    level + prompt effect (shared by every model) + shift_m + jitter_{m,c} + seed effect_{m,c,s} + sample noise,
+like a real sweep's: prompts differ in difficulty for every model, a configuration has a true mean of its
+own, a lucky seed is a better model on every prompt, and each response is noisy. On top of the plain
+normal layout, the noise real sweeps show can be switched on:
+    seed_sd           per method (a dict): training noise differs between methods, as the study's own
+                      noise floors do (NOISE_FLOORS: DPO 0.23, LN-DPO 0.40, SimPO 0.07, VAR 0.02: 20×)
+    jitter_sd         each configuration's true mean shifted by N(0, jitter_sd), centred within each
+                      method's grid, so that every method's grid mean (its expected score) is the same
+                      while the configurations of a grid truly differ
+    prompt_df         prompt effects from Student's t with this many df (heavy tails), scaled to PROMPT_SD
+    gold_step         gold scores rounded to this grid (discrete gold: ties within and across models)
+    seed_correlation  ρ: seed s of every model shares a component z_s (data order and initialisation
+                      drawn from the same seed): seed effect = sd_m · (√ρ · z_s + √(1 − ρ) · e_{m,c,s})
+Length and length-normalised KL follow the same layout, their seed effects scaled with the method's
+gold seed sd (a noisier method is noisier in every column) but drawn apart from the gold's.
 """
 
 from __future__ import annotations
@@ -14,28 +26,48 @@ from alignlab.analysis import RunRecord
 
 PROMPT_SD, SEED_SD, SAMPLE_SD = 0.4, 0.1, 0.3
 LEVEL = 1.0  # the mean gold score: away from 0, as a relative gain (VAR's claim) needs
+# The seed sd of a model's mean gold score per method in the study (issue 29): 20× apart.
+NOISE_FLOORS = {"dpo": 0.23, "ln-dpo": 0.40, "simpo": 0.07, "var": 0.02}
+LENGTH_PER_GOLD, LN_KL_PER_GOLD = 10.0, 0.2  # seed sd of length and ln-KL per unit of gold seed sd
 
 
-def noise_floor(n_prompts: int) -> float:
+def noise_floor(n_prompts: int, seed_sd: float = SEED_SD) -> float:
     """The seed-to-seed sd of one model's mean gold score over n_prompts prompts."""
-    return float(np.sqrt(SEED_SD ** 2 + SAMPLE_SD ** 2 / n_prompts))
+    return float(np.sqrt(seed_sd ** 2 + SAMPLE_SD ** 2 / n_prompts))
 
 
 def simulate_sweep(rng, grid: dict[str, int], seeds: int = 3, n_prompts: int = 200,
-                   shift: dict[str, float] | None = None, seed_sd: float = SEED_SD, sample_sd: float = SAMPLE_SD):
+                   shift: dict[str, float] | None = None, seed_sd: float | dict = SEED_SD,
+                   sample_sd: float = SAMPLE_SD, jitter_sd: float = 0.0, prompt_df: float | None = None,
+                   gold_step: float | None = None, seed_correlation: float = 0.0):
     """(runs, sft): `grid` maps a method to its number of configurations; `shift` adds to a method's
-    every gold score (its true advantage)."""
+    every gold score (its true advantage); seed_sd is one sd or one per method (see the module docstring
+    for the rest)."""
     ids = [f"p{i}" for i in range(n_prompts)]
-    prompt_gold = LEVEL + rng.normal(0, PROMPT_SD, n_prompts)
+    if prompt_df is None:
+        prompt_effect = rng.normal(0, PROMPT_SD, n_prompts)
+    else:  # Student t scaled to sd PROMPT_SD (its variance is df/(df − 2))
+        prompt_effect = PROMPT_SD * rng.standard_t(prompt_df, n_prompts) / np.sqrt(prompt_df / (prompt_df - 2))
+    prompt_gold = LEVEL + prompt_effect
     prompt_length = rng.normal(30, 5, n_prompts)
+    shared_seed = rng.normal(0, 1, seeds)  # z_s, one per seed index
+    rho = seed_correlation
 
-    def model(gold_shift: float, seed_effect: bool = True) -> dict:
-        seed_gold = rng.normal(0, seed_sd) if seed_effect else 0.0
-        seed_length = rng.normal(0, 1) if seed_effect else 0.0
-        length = np.maximum(1.0, prompt_length + seed_length + rng.normal(0, 4, n_prompts))
-        return {"prompt_id": np.array(ids),
-                "gold_score": prompt_gold + gold_shift + seed_gold + rng.normal(0, sample_sd, n_prompts),
-                "length": length, "ln_kl": np.abs(rng.normal(0.2, 0.05, n_prompts))}
+    def discrete(gold):
+        return gold if gold_step is None else gold_step * np.round(gold / gold_step)
+
+    def model(gold_shift: float, sd: float | None, seed: int | None) -> dict:
+        if seed is None:  # the SFT baseline: a fixed model
+            seed_effect = 0.0
+        else:
+            seed_effect = np.sqrt(rho) * shared_seed[seed] + np.sqrt(1 - rho) * rng.normal(0, 1)
+        # A seed's length and KL luck is its own: a pick on gold (item 2 of issue 29) does not carry it.
+        seed_length, seed_kl = (0.0, 0.0) if seed is None else rng.normal(0, 1, 2)
+        length = np.maximum(1.0, prompt_length + LENGTH_PER_GOLD * (sd or 0) * seed_length
+                            + rng.normal(0, 4, n_prompts))
+        ln_kl = np.abs(rng.normal(0.2 + LN_KL_PER_GOLD * (sd or 0) * seed_kl, 0.05, n_prompts))
+        gold = prompt_gold + gold_shift + (sd or 0) * seed_effect + rng.normal(0, sample_sd, n_prompts)
+        return {"prompt_id": np.array(ids), "gold_score": discrete(gold), "length": length, "ln_kl": ln_kl}
 
     def record(name, method, params, samples):
         metrics = {"mean_score": {"value": float(samples["gold_score"].mean()), "ci_low": 0.0, "ci_high": 0.0}}
@@ -43,11 +75,14 @@ def simulate_sweep(rng, grid: dict[str, int], seeds: int = 3, n_prompts: int = 2
 
     runs = []
     for method, n_configs in grid.items():
+        sd = seed_sd[method] if isinstance(seed_sd, dict) else seed_sd
+        jitter = rng.normal(0, jitter_sd, n_configs)
+        jitter -= jitter.mean()
         for c in range(n_configs):
             for s in range(seeds):
                 runs.append(record(f"{method}-c{c}-s{s}", method, {"beta": float(c), "seed": s},
-                                   model((shift or {}).get(method, 0.0))))
-    return runs, record("sft", "sft", {}, model(0.0, seed_effect=False))
+                                   model((shift or {}).get(method, 0.0) + jitter[c], sd, s)))
+    return runs, record("sft", "sft", {}, model(0.0, None, None))
 
 
 def families(n_prompts: int = 200) -> dict[str, str]:

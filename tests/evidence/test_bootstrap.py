@@ -61,7 +61,8 @@ def test_seeds_only_variance_of_a_pure_seed_effect_is_unbiased(S):
     assert np.var(q.seeds) == pytest.approx(expected, rel=0.10)
     assert np.var(q.prompts) == pytest.approx(0, abs=1e-20)           # no prompt varies anything
     assert q.interaction_variance == pytest.approx(0, abs=1e-20)      # additive: no seed × prompt residual
-    assert q.configs == {"config": S} and q.seed_df == S - 1
+    assert q.configs == {"config": S}
+    assert q.seed_variances == {"config": (pytest.approx(expected), S - 1)}   # the seeds' own s²/S
     e = estimate(q)
     # Welch–Satterthwaite with only the seed level: df = the seed df, and se its variance's root.
     assert e.df == pytest.approx(S - 1)
@@ -119,14 +120,19 @@ def test_difference_under_the_null_has_5_percent_false_positives_and_95_percent_
 
 # ------------------------------------------------------------------ (d) the estimate
 
-def hand_built(value, seeds, prompts, n_prompts=50, configs=None, interaction=None):
-    """A quantity with hand-set resamples, on n_prompts prompts, of two 3-seed configurations (taken
-    from a real mean, so that only the fields set here differ from what the module builds)."""
+EQUAL_SEEDS = {"a": np.array([0.0, 1.0, 2.0]), "b": np.array([5.0, 6.0, 7.0])}  # two 3-seed configurations, s² = 1
+
+
+def hand_built(value, seeds, prompts, n_prompts=50, seed_effects=None, interaction=None):
+    """A quantity with hand-set resamples, on n_prompts prompts, of 3-seed configurations with the given
+    seed effects (taken from a real mean, so that only the fields set here differ from what the module
+    builds)."""
     seeds, prompts = np.asarray(seeds, float), np.asarray(prompts, float)
     q = Resampler(n_prompts, 2).mean(np.zeros((3, n_prompts)), "a")
     (leaf,) = q.gradient
     return dataclasses.replace(q, value=value, full=seeds + prompts - value, seeds=seeds, prompts=prompts,
-                               configs=configs or {"a": 3, "b": 3}, interaction={leaf: interaction or 0.0})
+                               seed_effects=EQUAL_SEEDS if seed_effects is None else seed_effects,
+                               interaction={leaf: interaction or 0.0})
 
 
 SEEDS = [0.8, 1.2, 1.0, 0.7, 1.3, 1.0]      # variance (ddof=1) 0.052
@@ -137,7 +143,8 @@ def test_estimate_by_hand():
     e = estimate(hand_built(1.0, SEEDS, PROMPTS))
     v_s, v_p = 0.052, 0.005
     assert e.se == pytest.approx(np.sqrt(v_s + v_p))
-    # Welch–Satterthwaite: (v_s + v_p)² / (v_s²/4 + v_p²/49), seed df = (3 − 1) + (3 − 1) = 4.
+    # Welch–Satterthwaite: (v_s + v_p)² / (v_s²/4 + v_p²/49): two configurations with equal seed variances
+    # share v_s half and half, (v_s/2)²/2 + (v_s/2)²/2 = v_s²/4, as a pooled seed df (3 − 1) + (3 − 1) = 4.
     df = (v_s + v_p) ** 2 / (v_s ** 2 / 4 + v_p ** 2 / 49)
     assert e.df == pytest.approx(df)
     half = stats.t.ppf(0.975, df) * np.sqrt(v_s + v_p)
@@ -159,11 +166,13 @@ def test_p_value_against_a_null_region_counts_from_its_edge():
     assert below.p_value < 1.0
 
 
-def test_p_value_without_any_spread_is_the_smallest_the_resamples_can_show():
+def test_no_significance_without_any_spread():
+    # Every resample gives the value: no variance was measured, which is no evidence against the null.
     q = hand_built(1.0, [1.0] * 399, [1.0] * 399)
-    assert estimate(q).se == 0
-    assert estimate(q).p_value == pytest.approx(2 / 400)
+    assert estimate(q).se == 0 and estimate(q).without_spread
+    assert estimate(q).p_value == 1.0
     assert estimate(hand_built(0.0, [0.0] * 399, [0.0] * 399)).p_value == 1.0
+    assert not estimate(hand_built(1.0, SEEDS, PROMPTS)).without_spread
 
 
 def test_interaction_is_not_counted_twice():
@@ -191,7 +200,9 @@ def test_difference_gradient_is_plus_and_minus_one():
     assert d.value == pytest.approx(qa.value - qb.value)
     assert sorted(d.gradient.values()) == pytest.approx([-1.0, 1.0])
     assert d.interaction_variance == pytest.approx(qa.interaction_variance + qb.interaction_variance)
-    assert d.configs == {"a": 3, "b": 4} and d.seed_df == 2 + 3 and d.fewest_seeds == 3
+    assert d.configs == {"a": 3, "b": 4} and d.fewest_seeds == 3
+    assert np.allclose(d.seed_effects["a"], qa.seed_effects["a"])
+    assert np.allclose(d.seed_effects["b"], -qb.seed_effects["b"])
     for scheme in ("full", "seeds", "prompts"):
         assert np.allclose(getattr(d, scheme), getattr(qa, scheme) - getattr(qb, scheme))
 
@@ -228,3 +239,119 @@ def test_chain_rule_through_nested_combines():
     assert nested.gradient[leaf_a] == pytest.approx(0, abs=1e-4)
     assert nested.gradient[leaf_b] == pytest.approx(1, rel=1e-4)
     assert nested.interaction_variance == pytest.approx(qb.interaction_variance, rel=1e-3)
+
+
+# ------------------------------------------------------------------ (f) Welch–Satterthwaite per configuration
+
+def test_df_splits_the_seed_variance_by_each_configurations_own_share():
+    # Seed effects [0, 1, 2] (s² = 1, v = 1/3) and [0, 3, 6] (s² = 9, v = 3): shares 0.1 and 0.9 of v_s,
+    # so the seed term is (0.1·v_s)²/2 + (0.9·v_s)²/2, not v_s²/4 as pooling 2 + 2 df would give.
+    unequal = {"a": np.array([0.0, 1.0, 2.0]), "b": np.array([0.0, 3.0, 6.0])}
+    e = estimate(hand_built(1.0, SEEDS, PROMPTS, seed_effects=unequal))
+    v_s, v_p = 0.052, 0.005
+    assert e.se == pytest.approx(np.sqrt(v_s + v_p))
+    assert e.df == pytest.approx((v_s + v_p) ** 2 / ((0.1 * v_s) ** 2 / 2 + (0.9 * v_s) ** 2 / 2 + v_p ** 2 / 49))
+    # One configuration carrying all of it: its own S − 1 = 2 df at the seed level.
+    alone = estimate(hand_built(1.0, SEEDS, PROMPTS, seed_effects={"a": np.zeros(3), "b": np.array([0.0, 3.0, 6.0])}))
+    assert alone.df == pytest.approx((v_s + v_p) ** 2 / (v_s ** 2 / 2 + v_p ** 2 / 49))
+
+
+def test_a_configuration_with_weight_zero_adds_no_degrees_of_freedom():
+    # An expected best-of-2 style weighting (0 on a, 1 on b): a is named among the configurations but
+    # carries nothing, so the estimate is b's own, df included.
+    qa, qb = two_configs()
+    weighted = combine(lambda a, b: 0.0 * a + 1.0 * b, qa, qb)
+    assert weighted.configs == {"a": 3, "b": 4}
+    assert weighted.seed_variances["a"] == (0.0, 2)
+    assert estimate(weighted).df == pytest.approx(estimate(qb).df)
+    assert estimate(weighted).se == pytest.approx(estimate(qb).se)
+
+
+def test_seed_effects_of_a_ratio_are_the_delta_methods():
+    qa, qb = two_configs()
+    a, b = qa.value, qb.value
+    ratio = combine(lambda x, y: x / y, qa, qb)
+    assert np.allclose(ratio.seed_effects["a"], qa.seed_effects["a"] / b, rtol=1e-4)
+    assert np.allclose(ratio.seed_effects["b"], -a / b ** 2 * qb.seed_effects["b"], rtol=1e-4)
+
+
+def test_a_quantity_that_moves_with_no_mean_smoothly_takes_the_fewest_seed_df():
+    # An indicator (is a above b?) has gradient 0 everywhere: Welch–Satterthwaite's lower bound, the
+    # smallest S − 1 of the configurations (a: 3 seeds → 2), stands for its seed level.
+    rng = np.random.default_rng(5)
+    r = Resampler(30, 400, seed=1)
+    qa = r.mean(rng.normal(0, 1, (3, 30)), "a")
+    qb = r.mean(qa.value + rng.normal(0, 1, (5, 30)) * 0.01, "b")
+    above = combine(lambda x, y: (x > y) * 1.0, qa, qb)
+    v_s, v_p = np.var(above.seeds, ddof=1), np.var(above.prompts, ddof=1)
+    assert v_s > 0 and all(v == 0 for v, _ in above.seed_variances.values())
+    e = estimate(above)
+    variance = max(v_s + v_p - above.interaction_variance, v_s, v_p)
+    assert e.df == pytest.approx(max(1.0, variance ** 2 / (v_s ** 2 / 2 + v_p ** 2 / 29)))
+
+
+def test_false_positives_stay_at_5_percent_when_one_configurations_seeds_dominate():
+    # Seed sd 0.40 against 0.02 (20×), 3 seeds each: the difference's seed level has about 2 df, not the
+    # 4 a pooled Σ(S − 1) gives. Under the null, P(|t_2| > t_4's 97.5% point, 2.78) ≈ 11%: with the pooled
+    # df this test measured 9.1%. Tolerance: 2 Monte-Carlo se of a 5% rate over 1,000
+    # simulations (0.7 points each). (Far in the tail Welch–Satterthwaite's estimated df still errs:
+    # p < 0.5% in 0.9% of 3,000 simulations, as the noisy configuration's few seeds sometimes lie close
+    # together, which shrinks its estimated share and raises the df.)
+    rng = np.random.default_rng(29)
+    S, P, n_sim = 3, 100, 1000
+    rejected = 0
+    for i in range(n_sim):
+        prompt = rng.normal(0, 0.4, P)
+        noisy = prompt + rng.normal(0, 0.40, (S, 1)) + rng.normal(0, 0.3, (S, P))
+        quiet = prompt + rng.normal(0, 0.02, (S, 1)) + rng.normal(0, 0.3, (S, P))
+        r = Resampler(P, 200, seed=i)
+        rejected += estimate(combine(lambda a, b: a - b, r.mean(noisy, "noisy"), r.mean(quiet, "quiet"))).p_value < 0.05
+    assert rejected / n_sim <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / n_sim)
+
+
+# ------------------------------------------------------------------ (g) intervals of bounded quantities
+
+def test_a_rate_near_0_gets_its_interval_on_the_logit_scale():
+    # A tie share of 2% whose plain interval reaches below 0 (issue 29: "tie 2.0% [−0.6%, 4.6%]").
+    q = hand_built(0.02, np.array(SEEDS) / 20, np.array(PROMPTS) / 20)
+    plain, bounded = estimate(q), estimate(q, scale="logit")
+    assert plain.ci[0] < 0
+    t = stats.t.ppf(0.975, plain.df)
+    half = t * plain.se / (0.02 * 0.98)            # the logit's derivative at 0.02: 1/(0.02·0.98)
+    centre = np.log(0.02 / 0.98)
+    expit = lambda z: 1 / (1 + np.exp(-z))        # noqa: E731
+    assert bounded.ci == pytest.approx((expit(centre - half), expit(centre + half)))
+    assert 0 < bounded.ci[0] < 0.02 < bounded.ci[1] < 1
+    # The p-value and the rest stay on the rate's own scale.
+    assert (bounded.p_value, bounded.se, bounded.df) == (plain.p_value, plain.se, plain.df)
+
+
+def test_a_rate_of_exactly_0_or_1_gets_the_exact_one_sided_binomial_bound():
+    # 0 of 50 prompts: Clopper–Pearson's upper 97.5% bound, 1 − 0.025^(1/50) = 0.0711.
+    zero = estimate(hand_built(0.0, [0.0] * 10, [0.0] * 10, n_prompts=50), scale="logit")
+    assert zero.ci == (0.0, pytest.approx(0.07117, abs=1e-4))
+    one = estimate(hand_built(1.0, [1.0] * 10, [1.0] * 10, n_prompts=50), scale="logit")
+    assert one.ci == (pytest.approx(1 - 0.07117, abs=1e-4), 1.0)
+
+
+def test_kl_and_lengths_get_their_interval_on_the_log_scale():
+    # KL 14.3 with a plain interval [−18.7, 47.4] (issue 29): half-width 33.05 = t·se; on the log scale
+    # the same t·se/14.3 around log 14.3, i.e. 14.3 ÷ and × exp(33.05/14.3).
+    q = hand_built(14.3, SEEDS, PROMPTS)
+    plain = estimate(q)
+    scale = 33.05 / (plain.ci[1] - plain.value)
+    wide = hand_built(14.3, 14.3 + (np.array(SEEDS) - 14.3 / 14.3) * scale, 14.3 + (np.array(PROMPTS) - 1) * scale)
+    e, e_log = estimate(wide), estimate(wide, scale="log")
+    assert e.ci[0] < 0
+    factor = np.exp((e.ci[1] - e.value) / 14.3)
+    assert e_log.ci == pytest.approx((14.3 / factor, 14.3 * factor))
+    assert estimate(hand_built(0.0, [0.0] * 10, [0.0] * 10), scale="log").ci == (0.0, 0.0)
+
+
+def test_a_value_outside_the_scale_is_an_error():
+    with pytest.raises(ValueError, match="logit"):
+        estimate(hand_built(1.5, SEEDS, PROMPTS), scale="logit")
+    with pytest.raises(ValueError, match="log-scale"):
+        estimate(hand_built(-0.5, SEEDS, PROMPTS), scale="log")
+    with pytest.raises(ValueError, match="scale must be"):
+        estimate(hand_built(0.5, SEEDS, PROMPTS), scale="probit")

@@ -38,6 +38,8 @@ def tested_estimate(claim: str, statistic: str, e: Estimate, detail: str, runs: 
     if not (math.isfinite(e.value) and math.isfinite(e.p_value)):
         return untested(claim, statistic, f"{detail}; the statistic is undefined here ({e.value})", runs)
     decidable = min(configs.values(), default=0) >= 2
+    if e.without_spread:
+        detail += "; no resample of seeds or prompts moved the statistic: no variance measured, so p = 1"
     if not decidable:
         detail += "; fewer than 2 seeds per configuration: training noise unmeasured, so no verdict"
     return {"claim": claim, "statistic": statistic, "verdict": None if decidable else "inconclusive",

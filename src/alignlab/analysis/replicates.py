@@ -12,9 +12,13 @@ Definitions
                      on prompts that never judge it (alignlab.evidence.split).
     reported mean    the same mean on the REPORTING half, with the two-level bootstrap
                      (alignlab.evidence.bootstrap): what every number and verdict is computed from.
+    win share        head to head, the share of (seed of a, seed of b, reporting prompt) comparisons a wins
+                     (`win_share`, `win_matrix`), with the claims' estimate on the logit scale.
     noise floor      per method, the seed-to-seed standard deviation of a model's mean gold score on
                      the reporting half, pooled over its configurations: √(mean of the per-configuration
                      sample variances); None with one seed per configuration.
+Every interval of a reported mean comes from `reported_estimate`: the claims' estimate, on the scale
+that keeps it inside the column's range (SCALES: shares on the logit scale, KL and lengths on the log).
 Rankings and picks (best_run, percentile_run, top_k_runs of alignlab.analysis.runs) apply to
 configurations as they do to runs: both have a name and a score.
 """
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from alignlab.analysis.runs import RunRecord, param_sort_key, parameter_name
-from alignlab.evidence import N_RESAMPLES, Resampled, Resampler, split_prompts
+from alignlab.evidence import N_RESAMPLES, Estimate, Resampled, Resampler, estimate, split_prompts
 from alignlab.evidence.split import separate_selection
 from alignlab.evidence.bootstrap import combine
 
@@ -55,6 +59,13 @@ class Configuration:
 # Hitchhiker paper counts them, and ties apart (the study world's discrete gold reward ties often).
 OUTCOMES = {"win_vs_chosen": ("chosen_score", np.greater), "tie_vs_chosen": ("chosen_score", np.equal),
             "win_vs_sft": ("sft_score", np.greater), "tie_vs_sft": ("sft_score", np.equal)}
+
+
+# The range of each per-sample column's mean, as the scale its interval is computed on
+# (alignlab.evidence.bootstrap.estimate): shares in [0, 1] on the logit scale, KL and lengths (≥ 0) on
+# the log scale; a column not named here (gold, proxy) can take any value.
+SCALES = {"win_vs_chosen": "logit", "tie_vs_chosen": "logit", "win_vs_sft": "logit", "tie_vs_sft": "logit",
+          "kl": "log", "ln_kl": "log", "length": "log"}
 
 
 def has_column(run: RunRecord, column: str) -> bool:
@@ -164,6 +175,12 @@ class SweepEvidence:
         """The SFT baseline's reported mean: a fixed model, resampled over prompts only."""
         return self.resampler.mean(self.sft_matrix(column), None, mask, column)
 
+    def reported_estimate(self, config: Configuration | None, column: str = "gold_score", mask=None) -> Estimate:
+        """The reported mean of a configuration's (None: the baseline's) column with its 95% CI, inside
+        the column's range (SCALES)."""
+        q = self.baseline_mean(column, mask) if config is None else self.mean(config, column, mask)
+        return estimate(q, scale=SCALES.get(column, "identity"))
+
     def reported_value(self, config: Configuration, column: str = "gold_score") -> float:
         return float(self.reported(config, column).mean())
 
@@ -202,37 +219,45 @@ class SweepEvidence:
         models maps a display name to a Configuration or to None (the SFT baseline). Cell (i, j): over
         the reporting prompts, the share of (seed of i, seed of j) pairs in which i's response has the
         strictly higher gold score (the paper's strict wins; ties are shown apart, so win(i, j) +
-        tie(i, j) + win(j, i) = 1). The 95% CI is the percentile interval of the two-level bootstrap.
+        tie(i, j) + win(j, i) = 1). Its 95% CI is the claims' estimate (two-level bootstrap, Student t at
+        the Welch–Satterthwaite df) on the logit scale (`win_share`).
         """
         names = list(models)
-        scores = {name: (self.sft_matrix("gold_score") if c is None else self.reported(c))
-                  for name, c in models.items()}
-        weights = {name: (np.ones((1, 1)) if c is None or len(c.runs) == 1
-                          else self.resampler.seed_weights(c.name, len(c.runs))) for name, c in models.items()}
         n = len(names)
         cells = {key: [[None] * n for _ in range(n)] for key in ("rate", "tie", "ci_low", "ci_high")}
         for i, a in enumerate(names):
             for j, b in enumerate(names):
                 if i == j:
                     continue
-                x, y = scores[a], scores[b]
-                wins = (x[:, None, :] > y[None, :, :]).astype(np.float64)   # [S_a, S_b, P]
-                ties = (x[:, None, :] == y[None, :, :]).astype(np.float64)
-                per_prompt = _pair_weighted(wins, weights[a], weights[b])       # [R or 1, P]
-                resampled = (per_prompt * self.resampler.prompt_weights).sum(axis=1)
-                cells["rate"][i][j] = float(wins.mean())
-                cells["tie"][i][j] = float(ties.mean())
-                cells["ci_low"][i][j] = float(np.percentile(resampled, 2.5))
-                cells["ci_high"][i][j] = float(np.percentile(resampled, 97.5))
+                share = self.win_share(models[a], models[b])
+                cells["rate"][i][j] = share.value
+                cells["tie"][i][j] = float(self.outcomes(models[a], models[b], np.equal).mean())
+                cells["ci_low"][i][j], cells["ci_high"][i][j] = estimate(share, scale="logit").ci
         return {"names": names, **cells, "prompts": len(self.reporting)}
+
+    def win_share(self, a: Configuration | None, b: Configuration | None, outcome=np.greater) -> Resampled:
+        """The share of (seed of a, seed of b, reporting prompt) triples in which a's gold score is
+        `outcome` (greater: a strict win) than b's; None is the SFT baseline.
+
+        With w[s, t, p] the outcome of a's seed s against b's seed t on prompt p, the share is the mean
+        of w, and its two-level resampling is that of
+            mean_a(w averaged over t) + mean_b(w averaged over s) − mean(w averaged over s and t):
+        the first varies with a's seeds (drawn as a's other means are) and the prompts, the second with
+        b's seeds and the prompts, the third, fixed in seeds, takes the prompts' part out once. Each
+        seed level is the share's first-order (Hoeffding) part; the a × b seed term, of order 1/(S_a·S_b),
+        is left out."""
+        w = self.outcomes(a, b, outcome)
+        pair = f"{outcome.__name__}: {'baseline' if a is None else a.name} vs {'baseline' if b is None else b.name}"
+        of_a = self.resampler.mean(w.mean(axis=1), None if a is None else a.name, column=f"{pair}, row seeds")
+        of_b = self.resampler.mean(w.mean(axis=0), None if b is None else b.name, column=f"{pair}, column seeds")
+        shared = self.resampler.mean(w.mean(axis=(0, 1)), None, column=pair)
+        return combine(lambda p, q, r: p + q - r, of_a, of_b, shared)
+
+    def outcomes(self, a: Configuration | None, b: Configuration | None, outcome=np.greater) -> np.ndarray:
+        """[S_a, S_b, P]: whether a's seed s has a gold score `outcome` than b's seed t on prompt p."""
+        x, y = (self.sft_matrix("gold_score") if c is None else self.reported(c) for c in (a, b))
+        return outcome(x[:, None, :], y[None, :, :]).astype(np.float64)
 
     def sft_matrix(self, column: str) -> np.ndarray:
         return _by_prompt(self.sft, column, self.reporting)[None, :]
 
-
-def _pair_weighted(values: np.ndarray, wa: np.ndarray, wb: np.ndarray) -> np.ndarray:
-    """[R, P]: values [S_a, S_b, P] averaged over seed pairs under each resample's seed weights
-    (wa [R or 1, S_a], wb [R or 1, S_b]; a one-row weight is the same in every resample)."""
-    rows = max(len(wa), len(wb))
-    return np.einsum("rs,rt,stp->rp", np.broadcast_to(wa, (rows, wa.shape[1])),
-                     np.broadcast_to(wb, (rows, wb.shape[1])), values)

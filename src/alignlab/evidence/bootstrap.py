@@ -19,17 +19,36 @@ mean as σ²_w/S. The interaction is estimated from the double-centred residuals
 matrix (σ²_w = Σ e² / ((S − 1)(P − 1))) and its σ²_w/(S·P) is counted once, carried through every
 derived quantity by its gradient (`combine`).
 
+Seed effects. Each quantity also carries, per configuration it depends on, its seed-level part: per
+seed, the gradient-weighted sum of the seed's means over the configuration's leaves (the means that
+`Resampler.mean` returned, chained through `combine`). For a mean it is the seed's mean itself; for a
+linear statistic it is exact, for a smooth one (a ratio) the delta method's. Its s²/S is configuration
+c's share v_c of the seed-level variance; a configuration the quantity does not move with (weight 0 in
+an expected best-of-k, a difference in which it cancels) has v_c = 0.
+
 Estimate (`estimate`)
     se        √(v_s + v_p − v_w): v_s and v_p the seeds-only and prompts-only resample variances, v_w the
               interaction both count (never below the larger of v_s and v_p)
-    df        Welch–Satterthwaite: se⁴ / (v_s²/df_s + v_p²/(P − 1)), df_s = Σ (S − 1) over the
-              configurations the quantity uses
-    CI        value ± t(0.975, df) · se
-    p-value   two-sided against a null region [low, high] (a point 0 for most claims):
-              2 · P(T_df > distance from the region / se); 1 inside the region
+    df        Welch–Satterthwaite over the configurations that carry the statistic:
+                  se⁴ / (Σ_c v_c² / (S_c − 1) + v_p² / (P − 1)),
+              v_s split between the configurations in proportion to their seed-effect variances; when
+              one configuration's seeds dominate, df → its S − 1. A quantity that moves with no mean
+              smoothly (a share of indicators) has seed effects 0 everywhere: its v_s counts with the
+              fewest S_c − 1, Welch–Satterthwaite's lower bound
+    CI        value ± t(0.975, df) · se; for a bounded quantity (scale "logit": rates and shares in
+              [0, 1]; "log": KL and lengths, ≥ 0) the same t·se on the transformed scale, its se by the
+              delta method (se·|g′(value)|), back-transformed, so the interval stays inside the range;
+              a rate of exactly 0 (or 1) gets the exact one-sided binomial bound [0, 1 − 0.025^(1/P)]
+              (each prompt one trial), a log-scale 0 the point 0
+    p-value   two-sided against a null region [low, high] (a point 0 for most claims), on the quantity's
+              own scale: 2 · P(T_df > distance from the region / se); 1 inside the region, and 1 when
+              se = 0: no variation was measured, so there is no evidence either way
+              (`Estimate.without_spread`)
 With three seeds the seed level has few degrees of freedom, and a normal or percentile interval
 would be far too narrow (a percentile bootstrap of 3 values covers about 74%, not 95%); Student's t
-with these df keeps the error rates, as the simulation tests check (tests/evidence).
+with these df keeps the error rates, as the simulation tests check (tests/evidence), also when the
+methods' seed noise differs 20× (pooling Σ(S − 1) over every configuration a quantity touches would
+count df the dominant configuration does not have).
 """
 
 from __future__ import annotations
@@ -47,17 +66,31 @@ SCHEMES = ("full", "seeds", "prompts")
 
 @dataclass(frozen=True)
 class Resampled:
-    """A quantity's value and its resamples under each scheme; `configs` maps each trained
-    configuration it depends on to its number of seeds (fixed baselines are not listed)."""
+    """A quantity's value and its resamples under each scheme. `seed_effects` maps each trained
+    configuration it depends on (fixed baselines are not listed) to its seed-level part: per seed of
+    that configuration, Σ over the configuration's leaf means of ∂ quantity / ∂ leaf · the seed's mean
+    (zeros where the quantity does not move with the configuration)."""
 
     value: float
     full: np.ndarray
     seeds: np.ndarray
     prompts: np.ndarray
     prompt_masks: dict  # resampler (its id) -> bool [P]: the prompts of each prompt set the quantity uses
-    configs: dict = field(default_factory=dict)
-    gradient: dict = field(default_factory=dict)     # leaf mean -> ∂ quantity / ∂ leaf mean
-    interaction: dict = field(default_factory=dict)  # leaf mean -> its σ²_w/(S·P), counted by both levels
+    seed_effects: dict = field(default_factory=dict)  # configuration key -> float [S]
+    gradient: dict = field(default_factory=dict)      # leaf mean -> ∂ quantity / ∂ leaf mean
+    interaction: dict = field(default_factory=dict)   # leaf mean -> its σ²_w/(S·P), counted by both levels
+
+    @property
+    def configs(self) -> dict:
+        """Each configuration the quantity depends on -> its number of seeds."""
+        return {key: len(effects) for key, effects in self.seed_effects.items()}
+
+    @property
+    def seed_variances(self) -> dict:
+        """Configuration -> (its share of the seed-level variance, its seed df S − 1): the variance of
+        the mean over its seeds of its seed effects, s²/S (configurations of one seed have none)."""
+        return {key: (float(np.var(e, ddof=1)) / len(e), len(e) - 1)
+                for key, e in self.seed_effects.items() if len(e) > 1}
 
     @property
     def interaction_variance(self) -> float:
@@ -66,10 +99,6 @@ class Resampled:
     @property
     def n_prompts(self) -> int:
         return int(sum(mask.sum() for mask in self.prompt_masks.values()))
-
-    @property
-    def seed_df(self) -> int:
-        return sum(n - 1 for n in self.configs.values())
 
     @property
     def fewest_seeds(self) -> int | None:
@@ -82,10 +111,9 @@ def combine(fn: Callable, *quantities: Resampled) -> Resampled:
         parts = {scheme: np.asarray(fn(*(getattr(q, scheme) for q in quantities)), dtype=np.float64)
                  for scheme in SCHEMES}
         value = float(fn(*(q.value for q in quantities)))
-    configs, interaction, gradient, masks = {}, {}, {}, {}
+    seed_effects, interaction, gradient, masks = {}, {}, {}, {}
     values = [q.value for q in quantities]
     for i, q in enumerate(quantities):
-        configs.update(q.configs)
         interaction.update(q.interaction)
         for prompt_set, mask in q.prompt_masks.items():
             masks[prompt_set] = mask | masks[prompt_set] if prompt_set in masks else mask
@@ -95,8 +123,10 @@ def combine(fn: Callable, *quantities: Resampled) -> Resampled:
         slope = (moved - value) / step if np.isfinite(moved) and np.isfinite(value) else 0.0
         for leaf, inner in q.gradient.items():
             gradient[leaf] = gradient.get(leaf, 0.0) + slope * inner
+        for key, effects in q.seed_effects.items():
+            seed_effects[key] = seed_effects.get(key, 0.0) + slope * effects
     return Resampled(value, parts["full"], parts["seeds"], parts["prompts"],
-                     masks, configs, gradient, interaction)
+                     masks, seed_effects, gradient, interaction)
 
 
 def resample_counts(n: int, n_resamples: int, seed) -> np.ndarray:
@@ -138,6 +168,7 @@ class Resampler:
         mask = np.ones(n_prompts, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         interaction = 0.0
         kept = int(mask.sum())
+        seed_means = x[:, mask].mean(axis=1)
         if n_seeds > 1 and kept > 1:
             inside = x[:, mask]
             residual = (inside - inside.mean(axis=0) - inside.mean(axis=1, keepdims=True) + inside.mean())
@@ -159,7 +190,7 @@ class Resampler:
                          (per_seed_drawn * seed_full).sum(axis=1),
                          np.broadcast_to((per_seed_fixed * seed_full).sum(axis=1), (self.n_resamples,)),
                          (per_seed_drawn * seed_fixed).sum(axis=1),
-                         {id(self): mask}, {key: n_seeds} if key is not None else {}, {leaf: 1.0},
+                         {id(self): mask}, {key: seed_means} if key is not None else {}, {leaf: 1.0},
                          {leaf: interaction})
 
 
@@ -171,8 +202,16 @@ class Estimate:
     ci: tuple[float, float]
     p_value: float
 
+    @property
+    def without_spread(self) -> bool:
+        """Every resample gave the value: no variance was measured, so nothing can be significant."""
+        return self.se == 0
+
     def to_dict(self) -> dict:
         return {"value": self.value, "ci": list(self.ci), "p_value": self.p_value, "se": self.se, "df": self.df}
+
+
+SCALES = ("identity", "logit", "log")  # where a quantity lives: anywhere, in [0, 1], in [0, ∞)
 
 
 def _variance(x: np.ndarray) -> float:
@@ -180,21 +219,57 @@ def _variance(x: np.ndarray) -> float:
     return float(finite.var(ddof=1)) if finite.size > 1 else 0.0
 
 
-def estimate(q: Resampled, null: tuple[float, float] = (0.0, 0.0), level: float = 0.95) -> Estimate:
-    """Value, SE, df, CI and two-sided p-value against the null region (see the module docstring)."""
+def _seed_term(q: Resampled, v_seeds: float) -> float:
+    """Σ_c v_c² / (S_c − 1): the seed level's part of the Welch–Satterthwaite denominator, v_s split
+    between the configurations in proportion to their seed variances (see the module docstring)."""
+    parts = q.seed_variances
+    total = sum(v for v, _ in parts.values())
+    if v_seeds == 0 or not parts:
+        return 0.0
+    if total == 0:  # the quantity does not move smoothly with any mean: Welch–Satterthwaite's lower bound
+        return v_seeds ** 2 / min(df for _, df in parts.values())
+    return sum((v_seeds * v / total) ** 2 / df for v, df in parts.values() if v > 0)
+
+
+def _interval(value: float, se: float, t: float, scale: str, n_prompts: int, level: float) -> tuple[float, float]:
+    """value ± t·se on the quantity's scale, back-transformed (delta method: the transformed value's se
+    is se·|g′(value)|); a rate on its bound gets the exact one-sided binomial bound over n_prompts."""
+    if scale == "identity":
+        return value - t * se, value + t * se
+    if scale == "logit":
+        if not 0 <= value <= 1:
+            raise ValueError(f"a rate must lie in [0, 1] for a logit-scale interval, got {value}")
+        if value in (0.0, 1.0):
+            bound = ((1 - level) / 2) ** (1 / max(n_prompts, 1))
+            return (0.0, 1 - bound) if value == 0 else (bound, 1.0)
+        centre, half = np.log(value / (1 - value)), t * se / (value * (1 - value))
+        return float(1 / (1 + np.exp(half - centre))), float(1 / (1 + np.exp(-half - centre)))
+    if scale == "log":
+        if value < 0:
+            raise ValueError(f"a non-negative quantity is needed for a log-scale interval, got {value}")
+        if value == 0:
+            return 0.0, 0.0
+        factor = float(np.exp(t * se / value))
+        return value / factor, value * factor
+    raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+
+
+def estimate(q: Resampled, null: tuple[float, float] = (0.0, 0.0), level: float = 0.95,
+             scale: str = "identity") -> Estimate:
+    """Value, SE, df, CI and two-sided p-value against the null region (see the module docstring).
+    scale "logit" (rates, shares) or "log" (KL, lengths) puts the CI inside the quantity's range; the
+    p-value stays on the quantity's own scale."""
     v_seeds, v_prompts = _variance(q.seeds), _variance(q.prompts)
     variance = max(v_seeds + v_prompts - q.interaction_variance, v_seeds, v_prompts)
     se = float(np.sqrt(variance))
-    terms = v_prompts ** 2 / max(q.n_prompts - 1, 1) + (v_seeds ** 2 / q.seed_df if q.seed_df else 0.0)
+    terms = v_prompts ** 2 / max(q.n_prompts - 1, 1) + _seed_term(q, v_seeds)
     df = float(variance ** 2 / terms) if terms > 0 else float(max(q.n_prompts - 1, 1))
     df = max(df, 1.0)
     low, high = null
     distance = q.value - high if q.value > high else low - q.value if q.value < low else 0.0
     if not np.isfinite(q.value):
         return Estimate(q.value, se, df, (float("nan"), float("nan")), float("nan"))
-    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
-    if se > 0:
-        p = 1.0 if distance == 0 else min(1.0, 2 * float(stats.t.sf(distance / se, df)))
-    else:  # every resample agrees: as strong as this many resamples can show
-        p = 1.0 if distance == 0 else min(1.0, 2 / (q.full.size + 1))
-    return Estimate(q.value, se, df, (q.value - half, q.value + half), p)
+    t = float(stats.t.ppf(0.5 + level / 2, df))
+    # se 0: no variation measured (every resample agrees), so no evidence against the null either.
+    p = 1.0 if distance == 0 or se == 0 else min(1.0, 2 * float(stats.t.sf(distance / se, df)))
+    return Estimate(q.value, se, df, _interval(q.value, se, t, scale, q.n_prompts, level), p)

@@ -16,7 +16,6 @@ from alignlab.analysis import (RunRecord, best_run, metric_value, percentile_run
 from alignlab.analysis.replicates import has_column
 from alignlab.analysis.runs import method_label
 from alignlab.analysis.var import family_names
-from alignlab.evidence import estimate
 from alignlab.report.blocks import (BASELINE, BASELINE_KEY, FORMATS, METRICS, REPORTED, TITLES, TOP_K, Cell, Plot,
                                     Section, Sweep, Table, behind, format_or_dash, param_text, params_text, pct_change)
 from alignlab.report.evidence import selection_text
@@ -36,7 +35,7 @@ def _reported_cell(ev, config, column: str, fmt: str, mask=None) -> tuple[Cell, 
     runs = [ev.sft] if config is None else config.runs
     if not all(has_column(r, column) for r in runs):
         return Cell("–"), None
-    e = estimate(ev.baseline_mean(column, mask) if config is None else ev.mean(config, column, mask))
+    e = ev.reported_estimate(config, column, mask)
     return Cell(fmt.format(e.value), f"[{fmt.format(e.ci[0])}, {fmt.format(e.ci[1])}]"), {
         "value": e.value, "ci": list(e.ci)}
 
@@ -82,7 +81,8 @@ def best_section(sweep: Sweep) -> tuple[Section, dict]:
     section.blocks += [
         f"{selection_text(sweep)} The best configuration of each method's grid (highest mean gold score over its "
         "seeds on the selection half), every metric on the reporting half as the mean over its seeds with a "
-        "two-level bootstrap 95% CI; win rates count strict wins, ties shown apart"
+        "two-level bootstrap 95% CI (shares on the logit scale, KL and length on the log scale, so that each "
+        "interval stays in its range); win rates count strict wins, ties shown apart"
         + (f"; the % change of mean gold relative to DPO's best configuration ({best['dpo'].name})."
            if "dpo" in best else "; the sweep has no DPO run."),
         Table(["model", "configuration", *(t for _, _, t, _, _ in columns),
