@@ -70,11 +70,6 @@ def test_family_wise_false_verdicts_with_heavy_tailed_prompts_and_tied_gold():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "measured 12.7% ± 1.1 (1,000 sweeps): VAR's gain claims 2.6–3.0% each (issue 29 item 3 rewrites them), "
-    "and 7.1% without them and 'most often worse': with 2 seeds the dominant configuration's seed variance "
-    "has 1 df, and when its seeds lie close by chance the estimated df rises where the statistic is large "
-    "(Welch–Satterthwaite fails in the tail at 1 df); needs ≥ 3 seeds per verdict or a pooled seed variance"))
 def test_family_wise_false_verdicts_with_two_seeds():
     # (c) One seed df per configuration.
     rate, per_claim = false_verdict_rate(DEFAULT_GRID, SWEEPS, seed=12, seeds=2, **REAL_NOISE)
@@ -82,10 +77,6 @@ def test_family_wise_false_verdicts_with_two_seeds():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "measured 9.1% ± 0.9 (1,000 sweeps): 'DPO is most often worse than SFT' 3.8% and VAR's gain claims "
-    "0.8–1.3% each (issue 29 items 3 and 4 rewrite them), 'best score: SimPO ≥ LN-DPO' 1.9% (seeds that "
-    "picked a configuration also report it: item 2's cross-fitting); 4.4% without the VAR and 'worse' claims"))
 def test_family_wise_false_verdicts_with_unequal_grids():
     # (d) DPO and VAR with 1 configuration, LN-DPO and SimPO with 6: the larger grid gives its best
     # configuration more chances to be lucky in its seeds.
