@@ -23,6 +23,8 @@ when the true effect is the observed one. It scales the components as the bootst
 and asks for |δ| / √var ≥ z(1 − α/2m) + z(0.80), δ the estimate's distance from the null region:
 a normal approximation, optimistic with few seeds (Student's t with few degrees of freedom needs
 more), and the observed effect is itself noisy (a winner's curse when it was picked for being large).
+Beside it, the detectable effect: (z(1 − α/2m) + z(0.80)) · √(v_seeds + v_prompts), the effect the data
+as they are would detect with 80% power.
 """
 
 from __future__ import annotations
@@ -127,11 +129,14 @@ def to_settle(claim: dict, level: float) -> dict:
     effect = distance_from_null(claim["value"], claim["null"])
     seeds, prompts = variance["seeds_per_configuration"], claim["prompts"]
     needed = seeds_for_power(effect, variance["seeds"], variance["prompts"], seeds, prompts, level)
+    # The effect the data as they are would detect with that power: what "no difference" here can exclude.
+    detectable = ((stats.norm.ppf(1 - level / 2) + stats.norm.ppf(POWER))
+                  * math.sqrt(variance["seeds"] + variance["prompts"]))
     assumes = (f"{POWER:.0%} power at the observed effect {effect:+.4g} (distance from the null region), "
                f"two-sided level {level:.3g} (5% over the family's decidable claims), normal approximation; "
                f"seed variance scales as {seeds}/S and prompt variance as {prompts}/P from the "
                f"bootstrap's components; optimistic with few seeds and for an effect picked as the largest")
-    return {**needed, "effect": effect, "level": level, "assumes": assumes}
+    return {**needed, "effect": effect, "detectable_effect": detectable, "level": level, "assumes": assumes}
 
 
 def to_settle_text(claim: dict) -> str:
@@ -139,14 +144,15 @@ def to_settle_text(claim: dict) -> str:
     settle = claim.get("to_settle")
     if not settle:
         return ""
+    now = f"the data as they are detect an effect of about {settle['detectable_effect']:.3g} with {POWER:.0%} power"
     if settle["effect"] == 0:
-        return "to settle: no effect observed (the estimate lies in the null region), so no amount of data is sized"
+        return f"to settle: no effect observed (the estimate lies in the null region); {now}"
     seeds, prompts, both = settle["seeds_per_configuration"], settle["prompts"], settle["both"]
     options = ([f"about {seeds} seeds per configuration"] if seeds else []) + (
         [f"about {prompts} reporting prompts"] if prompts else [])
     text = " or ".join(options) or (f"about {both['seeds_per_configuration']} seeds per configuration and "
                                     f"{both['prompts']} reporting prompts together")
-    return f"to settle ({POWER:.0%} power at the observed effect {settle['effect']:.3g}): {text}"
+    return f"to settle ({POWER:.0%} power at the observed effect {settle['effect']:.3g}): {text}; {now}"
 
 
 def correction_text(claims: list[dict]) -> str:

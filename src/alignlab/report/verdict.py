@@ -83,7 +83,9 @@ class ScoresTable:
 
 
 def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    """None, NaN (pandas' missing value) or blank text (an empty CSV cell)."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str)
+                                                                                and not value.strip())
 
 
 def _number(where: Where, column: str, value, positive: bool = False) -> float:
