@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import alignlab
 from alignlab.cli import main
 from alignlab.errors import AlignlabError, InputError
+from alignlab.analysis import RunRecord
 from alignlab.report.verdict import ScoresTable, models_of, verdict
 
 PROMPTS = [f"p{i}" for i in range(10)]
@@ -64,6 +65,47 @@ def test_a_large_advantage_is_confirmed_and_identical_methods_are_inconclusive()
     assert alignlab.verdict is verdict
 
 
+def test_a_table_of_a_sweeps_runs_gets_the_claims_its_report_gets():
+    """Runs as a study records them (noisy, five methods, families), written as a table in another order
+    of runs (the prompts in the study's order: the bootstrap draws prompts by position): the table's
+    claims are the report's claim code on the runs themselves (alignlab.analysis.claims_of)."""
+    rng = np.random.default_rng(5)
+    ids = [f"q{i}" for i in range(40)]
+    difficulty = rng.normal(0, 1, 40)
+    families = {p: "harmful" if i % 3 == 0 else "helpful" for i, p in enumerate(ids)}
+
+    def samples(shift, seed_sd=0.1):
+        return {"prompt_id": np.array(ids), "gold_score": difficulty + shift + rng.normal(0, seed_sd)
+                + rng.normal(0, 0.3, 40), "length": rng.integers(10, 90, 40).astype(float)}
+
+    runs = [RunRecord(f"{m}-c{c}-s{s}", m, {"configuration": f"c{c}", "seed": s}, {}, samples(shift))
+            for m, shift in (("dpo", 0.0), ("ln-dpo", 0.5), ("simpo", 0.1), ("var", 0.2), ("kto", 0.0))
+            for c in range(2) for s in range(3)]
+    sft = RunRecord("sft", "sft", {}, {}, samples(-0.2, seed_sd=0.0))
+    for run in runs:
+        run.samples["sft_score"] = sft.samples["gold_score"]
+        run.metrics = {"mean_score": {"value": float(run.samples["gold_score"].mean())}}
+    frame = pd.concat([pd.DataFrame({"method": r.method, "configuration": r.params.get("configuration", "base"),
+                                     "seed": r.params.get("seed", 0), "family": [families[p] for p in ids],
+                                     "prompt_id": ids, "score": r.samples["gold_score"],
+                                     "length": r.samples["length"]}) for r in [*runs[::-1], sft]])
+    from alignlab.analysis import SweepEvidence, claims_of
+    from alignlab.report.blocks import Sweep
+
+    expected = claims_of(SweepEvidence(Sweep.of(runs, sft).runs, sft, N_RESAMPLES), families)
+    got = verdict(frame, n_resamples=N_RESAMPLES)
+    assert len(got) == len(expected) == 11 + 3 + 2  # Hitchhiker's, VAR's gain (2 families and overall), KTO's two
+    for mine, theirs in zip(got, expected, strict=True):
+        for key in ("claim", "family", "verdict", "configurations", "seeds", "prompts", "detail"):
+            assert mine[key] == theirs[key], key
+        for key in ("value", "p_value", "p_adjusted"):
+            assert mine[key] == pytest.approx(theirs[key]), (mine["claim"], key)
+    assert [c["claim"] for c in got if c["family"] == "primary"] == [
+        "expected score: SimPO ≥ LN-DPO", "expected score: LN-DPO ≥ DPO",
+        "VAR's gold reward ≥ +7.16% over DPO's, averaged over the harmful and helpful families",
+        "expected score: KTO ≥ DPO"]
+
+
 def test_the_reference_and_the_primary_family_can_be_chosen():
     claims = by_title(verdict(table(), reference="same", primary=["best score: my-dpo-v2 ≥ same"],
                               n_resamples=N_RESAMPLES))
@@ -90,18 +132,18 @@ def test_the_papers_methods_get_the_papers_claims_whatever_their_case():
 def test_models_scored_on_fewer_prompts_are_compared_on_the_shared_ones():
     frame = table()
     frame = frame[~((frame["method"] == "same") & (frame["seed"] == 2) & (frame["prompt_id"] == "p3"))]
-    runs, sft, _, notes = models_of(ScoresTable.of_frame(frame))
+    runs, sft, _, notes = models_of(ScoresTable(frame, "table"))
     assert notes == ["1 prompt(s) not scored for every model were left out (e.g. 'p3'); the claims use the 9 "
                      "prompts every model has"]
     assert all(list(r.samples["prompt_id"]) == [p for p in PROMPTS if p != "p3"] for r in [*runs, sft])
-    assert models_of(ScoresTable.of_frame(table(sft=False)))[3] == [
+    assert models_of(ScoresTable(table(sft=False), "table"))[3] == [
         "no sft rows: the claims against the SFT baseline are not tested"]
 
 
 def test_configurations_are_names_or_json_hyper_parameters():
     frame = table(("dpo",), sft=False)
     frame["configuration"] = np.where(frame["configuration"] == '{"beta": 0.1}', '{"lr": 1e-6, "beta": 0.1}', "wide")
-    runs, sft, _, _ = models_of(ScoresTable.of_frame(frame))
+    runs, sft, _, _ = models_of(ScoresTable(frame, "table"))
     assert sft is None
     assert sorted({r.name: r.params for r in runs}.items())[:2] == [
         ("dpo-beta=0.1,lr=1e-06-s0", {"beta": 0.1, "lr": 1e-6, "seed": 0}),
@@ -133,7 +175,7 @@ def test_files_give_the_models_the_table_gives(suffix, tmp_path):
     frame = table()
     frame["family"] = np.where(frame["prompt_id"].isin(PROMPTS[:4]), "harmful", "helpful")
     write(frame, tmp_path / f"scores{suffix}")
-    same_models(models_of(ScoresTable.read(str(tmp_path / f"scores{suffix}"))), models_of(ScoresTable.of_frame(frame)))
+    same_models(models_of(ScoresTable.read(str(tmp_path / f"scores{suffix}"))), models_of(ScoresTable(frame, "table")))
 
 
 BAD = {  # what is done to the CSV's rows (0-based; line = row + 2) -> the error's words
@@ -211,7 +253,7 @@ def test_any_table_reads_from_a_file_as_from_the_dataframe_and_a_blank_cell_is_n
     path = tmp_path / f"scores{suffix}"
     write(frame, path)
     try:
-        expected = models_of(ScoresTable.of_frame(frame))
+        expected = models_of(ScoresTable(frame, "table"))
     except InputError as error:  # too few shared prompts, no method but sft: the file says the same
         with pytest.raises(InputError) as from_file:
             models_of(ScoresTable.read(str(path)))

@@ -57,20 +57,20 @@ _METHOD_NAMES = {**{key: key for key in LABELS}, **{label.lower(): key for key, 
 
 
 class ScoresTable:
-    """The rows of a scores table as columns, with where each row came from (for error messages)."""
+    """A scores table as a pandas DataFrame (one row per response), with where each row came from."""
 
-    def __init__(self, rows: list[dict], wheres: list[Where], source: str):
-        self.rows, self.wheres, self.source = rows, wheres, source
+    def __init__(self, frame, source: str, wheres: list[Where] | None = None):
+        self.frame, self.source, self.wheres = frame.reset_index(drop=True), source, wheres
 
-    @classmethod
-    def of_frame(cls, table) -> "ScoresTable":
-        """A pandas DataFrame's rows, named "row N" (0-based, as table.iloc[N])."""
-        rows = table.to_dict("records")
-        return cls(rows, [Where("table", "row", i, "table") for i in range(len(rows))], "table")
+    def at(self, position: int) -> Where:
+        """Where the row at `position` (0-based) came from: a file's line or row, or the DataFrame's row."""
+        return self.wheres[position] if self.wheres is not None else Where("table", "row", position, "table")
 
     @classmethod
     def read(cls, path: str) -> "ScoresTable":
         """A .parquet, .csv or .jsonl (optionally .gz) file, read as alignlab reads every untrusted file."""
+        import pandas as pd
+
         if not Path(path).expanduser().is_file():
             raise InputError("no such file", file=path, fix="Give a .parquet, .csv or .jsonl file of scores")
         rows, wheres = [], []
@@ -79,17 +79,20 @@ class ScoresTable:
                 raise where.error(f"a row is {a_type(record)}, not an object", fix=FORMAT_FIX)
             rows.append(record)
             wheres.append(where)
-        return cls(rows, wheres, path)
+        return cls(pd.DataFrame.from_records(rows), path, wheres)
 
 
-def _missing(value) -> bool:
-    """None, NaN (pandas' missing value) or blank text (an empty CSV cell)."""
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str)
-                                                                                and not value.strip())
+def _blank(cells) -> np.ndarray:
+    """Where a column has no value: None, NaN (pandas' missing value) or blank text (an empty CSV cell)."""
+    blank = cells.isna().to_numpy()
+    if cells.dtype.kind not in "biuf":  # text (object, or pandas' str dtype) may be blank
+        blank = blank | cells.map(lambda v: isinstance(v, str) and not v.strip()).to_numpy(bool)
+    return blank
 
 
 def _number(where: Where, column: str, value, positive: bool = False) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    value = value.item() if isinstance(value, np.generic) else value  # as the file wrote it: 0.5, not np.float64(0.5)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise where.error(f"{shown(value)} is not a number", field=column, fix="Give a finite number")
     number = float(value)
     if not math.isfinite(number) or (positive and number <= 0):
@@ -98,14 +101,16 @@ def _number(where: Where, column: str, value, positive: bool = False) -> float:
     return number
 
 
-def _method(value) -> str:
+def _method(where: Where, value) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise where.error(f"{shown(value)} is not a method name", field="method", fix=FORMAT_FIX)
     name = value.strip()
     return _METHOD_NAMES.get(name.lower(), name)
 
 
 def _seed(where: Where, value):
     """An integer seed (also 3.0 or "3"), else its text."""
-    if isinstance(value, (bool, np.bool_)):
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (dict, list)):
         raise where.error(f"{shown(value)} is not a seed", field="seed", fix="Give an integer or a name")
     if isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer()):
         return int(value)
@@ -113,8 +118,9 @@ def _seed(where: Where, value):
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _configuration(where: Where, value) -> tuple[str, dict]:
-    """(name, hyper-parameters) of a configuration cell: a JSON object's keys and values, or {"configuration": name}."""
+def _configuration(where: Where, value) -> tuple[str, dict, str]:
+    """(name, hyper-parameters, them as JSON) of a configuration cell: a JSON object's keys and values, or
+    {"configuration": name}."""
     if isinstance(value, str) and value.strip().startswith("{"):
         try:
             value = parse_json(value)
@@ -129,98 +135,139 @@ def _configuration(where: Where, value) -> tuple[str, dict]:
                 raise where.error(f"hyper-parameter {shown(key)} is {shown(item)}", field="configuration",
                                   fix="Give each hyper-parameter as text, a number or true/false")
         params = dict(sorted(value.items()))
-        return ",".join(f"{k}={v}" for k, v in params.items()) or "default", params
+        return ",".join(f"{k}={v}" for k, v in params.items()) or "default", params, json.dumps(params)
     if not isinstance(value, (str, int, float)) or isinstance(value, bool) or not str(value).strip():
         raise where.error(f"{shown(value)} is not a configuration", field="configuration",
                           fix='Give a name or a JSON object of hyper-parameters, e.g. {"beta": 0.1}')
-    return str(value).strip(), {"configuration": str(value).strip()}
+    params = {"configuration": str(value).strip()}
+    return params["configuration"], params, json.dumps(params)
+
+
+def _hashable(value):
+    """A cell as a dictionary key: JSON objects and lists (from JSONL) by their text."""
+    return ("json", json.dumps(value, sort_keys=True, default=str)) if isinstance(value, (dict, list)) else value
+
+
+def _each_distinct(table: ScoresTable, column: str, convert) -> list:
+    """convert(where, value) applied once per distinct value of `column` (at its first row, so an error
+    names the first row holding it), spread back over the rows."""
+    keys = table.frame[column].map(_hashable)
+    first = ~keys.duplicated().to_numpy()
+    converted = {key: convert(table.at(i), table.frame[column].iat[i]) for i, key in zip(np.flatnonzero(first),
+                                                                                       keys[first])}
+    return [converted[key] for key in keys]
+
+
+def _numbers(table: ScoresTable, column: str, positive: bool = False) -> np.ndarray:
+    """A numeric column as floats; the first value that is not a finite (positive) number is an InputError."""
+    cells = table.frame[column]
+    numeric = cells.dtype.kind in "fi"
+    values = cells.to_numpy(np.float64, copy=True) if numeric else np.full(len(cells), np.nan)
+    bad = ~np.isfinite(values) | (positive & (values <= 0))
+    for i in np.flatnonzero(bad):  # every row when the column mixes types: each is converted (or refused) alone
+        values[i] = _number(table.at(i), column, cells.iat[i], positive)
+    return values
+
+
+def _first_row(mask) -> int | None:
+    hits = np.flatnonzero(np.asarray(mask, dtype=bool))
+    return int(hits[0]) if hits.size else None
 
 
 def models_of(table: ScoresTable) -> tuple[list[RunRecord], RunRecord | None, dict | None, list[str]]:
     """(runs, SFT baseline or None, prompt families or None, notes for the reader) of a scores table;
     an InputError at the first row that does not fit (the module docstring)."""
-    if not table.rows:
+    import pandas as pd
+
+    frame = table.frame
+    if frame.empty:
         raise InputError("no rows", file=table.source, fix=FORMAT_FIX)
-    present = set().union(*(row.keys() for row in table.rows))
-    absent = [c for c in REQUIRED if c not in present]
+    absent = [c for c in REQUIRED if c not in frame.columns]
     if absent:
-        raise InputError(f"no column {absent[0]!r} (the columns are: {', '.join(map(shown, sorted(present)))})",
+        raise InputError(f"no column {absent[0]!r} (the columns are: {', '.join(map(shown, map(str, frame.columns)))})",
                          file=table.source, fix=FORMAT_FIX)
-    optional = [c for c in OPTIONAL if c in present]
-    models: dict = {}   # (method, configuration key, seed) -> {"name", "params", "samples": {prompt: values}}
-    family_of: dict = {}
-    for row, where in zip(table.rows, table.wheres):
-        for column in (*REQUIRED, *optional):
-            if _missing(row.get(column)):
-                raise where.error("missing value", field=column,
-                                  fix="Give it in every row" + (" (or drop the column)" if column in OPTIONAL else ""))
-        if not isinstance(row["method"], str) or not row["method"].strip():
-            raise where.error(f"{shown(row['method'])} is not a method name", field="method", fix=FORMAT_FIX)
-        method, seed = _method(row["method"]), _seed(where, row["seed"])
-        name, params = _configuration(where, row["configuration"])
-        prompt = str(row["prompt_id"])
-        values = {"gold_score": _number(where, "score", row["score"])}
-        if "length" in optional:
-            values["length"] = _number(where, "length", row["length"], positive=True)
-        if "kl" in optional:
-            values["kl"] = _number(where, "kl", row["kl"])
-        if "family" in optional:
-            family = str(row["family"])
-            if family_of.setdefault(prompt, (family, where))[0] != family:
-                first, at = family_of[prompt]
-                raise where.error(f"prompt {shown(prompt)} has family {shown(family)} here and {shown(first)} at "
-                                  f"{at}", field="family", fix="Give each prompt one family")
-        key = (method, json.dumps(params, sort_keys=True, default=str), seed)
-        model = models.setdefault(key, {"name": f"{method}-{name}-s{seed}", "method": method, "seed": seed,
-                                        "params": params, "samples": {}})
-        if prompt in model["samples"]:
-            raise where.error(f"a second row for method {shown(method)}, configuration {shown(name)}, seed "
-                              f"{shown(seed)}, prompt {shown(prompt)} (first at {model['samples'][prompt][1]})",
-                              fix="Give each response once")
-        model["samples"][prompt] = (values, where)
-    baselines = [m for m in models.values() if m["method"] == BASELINE]
+    optional = [c for c in OPTIONAL if c in frame.columns]
+    for column in (*REQUIRED, *optional):
+        row = _first_row(_blank(frame[column]))
+        if row is not None:
+            raise table.at(row).error("missing value", field=column,
+                                      fix="Give it in every row" + (" (or drop the column)" if column in OPTIONAL else ""))
+    method = _each_distinct(table, "method", _method)
+    configuration = _each_distinct(table, "configuration", _configuration)  # [(name, params, params as JSON)]
+    seed = _each_distinct(table, "seed", _seed)
+    prompt = frame["prompt_id"].astype(str).to_numpy(object)
+    values = {"gold_score": _numbers(table, "score")}
+    if "length" in optional:
+        values["length"] = _numbers(table, "length", positive=True)
+    if "kl" in optional:
+        values["kl"] = _numbers(table, "kl")
+    keys = pd.DataFrame({"method": method, "params": [c[2] for c in configuration],
+                         "seed": [_hashable(s) for s in seed], "prompt": prompt})
+    repeated = _first_row(keys.duplicated())
+    if repeated is not None:
+        first = _first_row((keys == keys.iloc[repeated]).all(axis=1))
+        raise table.at(repeated).error(
+            f"a second row for method {shown(method[repeated])}, configuration {shown(configuration[repeated][0])}, "
+            f"seed {shown(seed[repeated])}, prompt {shown(prompt[repeated])} (first at {table.at(first)})",
+            fix="Give each response once")
+    family_of = None
+    if "family" in optional:
+        family = frame["family"].map(str)
+        first_family = family.groupby(prompt).transform("first")
+        clash = _first_row(family != first_family)
+        if clash is not None:
+            first = _first_row(prompt == prompt[clash])
+            raise table.at(clash).error(f"prompt {shown(prompt[clash])} has family {shown(family.iat[clash])} here and "
+                                        f"{shown(first_family.iat[clash])} at {table.at(first)}", field="family",
+                                        fix="Give each prompt one family")
+        family_of = dict(zip(prompt, family))
+    models = {}  # (method, params, seed) -> row positions, in order of first appearance
+    for position, key in enumerate(zip(method, keys["params"], keys["seed"])):
+        models.setdefault(key, []).append(position)
+    baselines = [key for key in models if key[0] == BASELINE]
     if len(baselines) > 1:
-        raise InputError(f"the sft rows hold {len(baselines)} models ({', '.join(m['name'] for m in baselines)}); "
-                         "the baseline is one model", file=table.source,
-                         fix="Keep the rows of one sft configuration and seed")
-    every = [set(m["samples"]) for m in models.values()]
-    common = set.intersection(*every)
-    left_out = set.union(*every) - common
+        names = ", ".join(_name(method, configuration, seed, models[key][0]) for key in baselines)
+        raise InputError(f"the sft rows hold {len(baselines)} models ({names}); the baseline is one model",
+                         file=table.source, fix="Keep the rows of one sft configuration and seed")
+    if all(key[0] == BASELINE for key in models):
+        raise InputError("no rows of a method other than sft", file=table.source,
+                         fix="Add the scores of the models to judge")
+    every = [set(prompt[rows]) for rows in models.values()]
+    common, scored = set.intersection(*every), set.union(*every)
     if len(common) < 2:
         raise InputError(f"{len(common)} prompt(s) scored for every model; the bootstrap over prompts needs at "
                          "least 2", file=table.source, fix="Score every model on the same test prompts")
-    prompts = sorted(common)
+    prompts = [p for p in dict.fromkeys(prompt) if p in common]  # in the table's order
     notes = []
-    if left_out:
-        notes.append(f"{len(left_out)} prompt(s) not scored for every model were left out (e.g. "
-                     f"{', '.join(map(shown, sorted(left_out)[:3]))}); the claims use the {len(prompts)} prompts "
-                     "every model has")
+    if scored - common:
+        notes.append(f"{len(scored - common)} prompt(s) not scored for every model were left out (e.g. "
+                     f"{', '.join(map(shown, [p for p in dict.fromkeys(prompt) if p not in common][:3]))}); the claims use the {len(prompts)} "
+                     "prompts every model has")
     if not baselines:
         notes.append("no sft rows: the claims against the SFT baseline are not tested")
-    records = {}
-    for key, model in models.items():
-        samples = {"prompt_id": np.array(prompts)}
-        for column in model["samples"][prompts[0]][0]:
-            samples[column] = np.array([model["samples"][p][0][column] for p in prompts])
+    runs, sft = [], None
+    for key, rows in models.items():
+        position = dict(zip(prompt[rows], rows))
+        order = np.array([position[p] for p in prompts])
+        samples = {"prompt_id": np.array(prompts), **{column: v[order] for column, v in values.items()}}
         if "kl" in samples and "length" in samples:
             samples["ln_kl"] = samples["kl"] / samples["length"]
-        if model["method"] == BASELINE:  # the baseline as a study names it
-            records[key] = RunRecord(BASELINE, BASELINE, {}, {}, samples)
+        if key[0] == BASELINE:  # the baseline as a study names it
+            sft = RunRecord(BASELINE, BASELINE, {}, {}, samples)
         else:
-            records[key] = RunRecord(model["name"], model["method"], {**model["params"], "seed": model["seed"]}, {},
-                                     samples)
-    sft = next((r for r in records.values() if r.method == BASELINE), None)
-    runs = [r for r in records.values() if r.method != BASELINE]
-    if not runs:
-        raise InputError("no rows of a method other than sft", file=table.source,
-                         fix="Add the scores of the models to judge")
+            runs.append(RunRecord(_name(method, configuration, seed, rows[0]), key[0],
+                                  {**configuration[rows[0]][1], "seed": seed[rows[0]]}, {}, samples))
     for run in [*runs, *([sft] if sft else [])]:
         if sft is not None and run is not sft:
             run.samples["sft_score"] = sft.samples["gold_score"]
         run.metrics = {"mean_score": {"value": float(run.samples["gold_score"].mean()), "ci_low": None,
                                       "ci_high": None}}
-    families = {p: family_of[p][0] for p in prompts} if family_of else None
+    families = {p: family_of[p] for p in prompts} if family_of else None
     return runs, sft, families, notes
+
+
+def _name(method: list, configuration: list, seed: list, row: int) -> str:
+    return f"{method[row]}-{configuration[row][0]}-s{seed[row]}"
 
 
 def _choices(runs, reference: str | None) -> dict:
@@ -228,7 +275,7 @@ def _choices(runs, reference: str | None) -> dict:
     else DPO, else the alphabetically first method outside the papers (the module docstring)."""
     methods = sorted({r.method for r in runs})
     if reference is not None:
-        reference = _method(reference)
+        reference = _METHOD_NAMES.get(reference.strip().lower(), reference.strip())
         if reference not in methods:
             raise InputError(f"no rows of the reference method {shown(reference)}; the methods are: "
                              f"{', '.join(methods)}", fix="Give --reference one of them")
@@ -247,7 +294,7 @@ def verdict(table, primary=None, reference: str | None = None, n_resamples: int 
     bootstrap's (a report uses 2000 and 0). Returns the list of claim dicts: claim, family, verdict,
     value, ci, p_value, p_adjusted, to_settle, ... An error in the table is an InputError naming the row.
     """
-    runs, sft, families, _ = models_of(ScoresTable.of_frame(table))
+    runs, sft, families, _ = models_of(ScoresTable(table, "table"))
     ordered = Sweep.of(runs, sft, families).runs  # the report's order of methods: the claims come in it too
     try:
         claims = claims_of(SweepEvidence(ordered, sft, n_resamples, seed), families, primary,
