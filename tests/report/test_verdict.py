@@ -101,9 +101,8 @@ def test_a_table_of_a_sweeps_runs_gets_the_claims_its_report_gets():
         for key in ("value", "p_value", "p_adjusted"):
             assert mine[key] == pytest.approx(theirs[key]), (mine["claim"], key)
     assert [c["claim"] for c in got if c["family"] == "primary"] == [
-        "expected score: SimPO ≥ LN-DPO", "expected score: LN-DPO ≥ DPO",
-        "VAR's gold reward ≥ +7.16% over DPO's, averaged over the harmful and helpful families",
-        "expected score: KTO ≥ DPO"]
+        "expected score: SimPO ≥ LN-DPO", "expected score: LN-DPO ≥ DPO", "expected score: KTO ≥ DPO",
+        "VAR's gold reward ≥ +7.16% over DPO's, averaged over the harmful and helpful families"]
 
 
 def test_the_reference_and_the_primary_family_can_be_chosen():
