@@ -317,14 +317,19 @@ def run_report(args) -> int:
 
 
 def run_verdict(args) -> int:
-    from alignlab.output_dirs import claim_output_dir, mark
-    from alignlab.report.verdict import OUTPUTS, claims_table, write_verdict
+    from alignlab.output_dirs import claim_output_dir, mark, marked_kind
+    from alignlab.report.verdict import OUTPUTS, claims_table, read_scores, write_verdict
 
     scores = Path(args.scores)
-    out = args.out or str(scores.with_name(scores.name.split(".")[0] + "-verdict"))
+    out = args.out or str(scores.with_name(Path(scores.name.removesuffix(".gz")).stem + "-verdict"))
+    models = read_scores(args.scores)  # a bad table is refused before anything is written
     with claim_output_dir(out, overwrite=args.overwrite, inputs=[args.scores], writes=OUTPUTS) as directory:
-        summary = write_verdict(args.scores, directory, args.primary, args.reference)
+        if marked_kind(directory) not in (None, "verdict"):  # a sweep's report is not a verdict's to replace
+            raise AlignlabError(f"{out}: holds an alignlab {marked_kind(directory)}, not a verdict; choose another "
+                                "--out")
+        directory.mkdir(parents=True, exist_ok=True)
         mark(directory, "verdict")
+        summary = write_verdict(args.scores, models, directory, args.primary, args.reference)
     for note in summary["context"]["notes"]:
         print(f"alignlab: note: {note}", file=sys.stderr)
     print(claims_table(summary["claims"]))

@@ -244,8 +244,9 @@ def distinct_rows(rows):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(cells, min_size=1, max_size=40).map(distinct_rows).filter(bool), suffix=st.sampled_from([".csv", ".jsonl"]),
-       blank=st.integers(0, 39), column=st.sampled_from(["method", "seed", "prompt_id", "score"]))
+@given(rows=st.lists(cells, min_size=1, max_size=40).map(distinct_rows).filter(bool),
+       suffix=st.sampled_from([".csv", ".jsonl"]), blank=st.integers(0, 39),
+       column=st.sampled_from(["method", "seed", "prompt_id", "score"]))
 def test_any_table_reads_from_a_file_as_from_the_dataframe_and_a_blank_cell_is_named(rows, suffix, blank, column,
                                                                                       tmp_path):
     frame = pd.DataFrame(rows)
@@ -297,6 +298,10 @@ def test_the_command_writes_the_report_beside_the_scores_and_never_over_them_sil
     assert "was not created by alignlab" in capsys.readouterr().err
     assert main(["verdict", str(tmp_path / "nothing.csv")]) == 2
     assert "nothing.csv: no such file" in capsys.readouterr().err
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / ".alignlab").write_text('{"created_by": "alignlab", "kind": "sweep"}')
+    assert main(["verdict", str(tmp_path / "scores.csv"), "--out", str(tmp_path / "sweep"), "--overwrite"]) == 2
+    assert "holds an alignlab sweep, not a verdict" in capsys.readouterr().err
 
 
 def test_an_unknown_primary_title_is_one_line_error_of_the_command(tmp_path, capsys):

@@ -30,14 +30,15 @@ as they are would detect with 80% power.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
-from scipy import stats
 
 from alignlab.evidence import ALPHA, CORRECTION, Resampled, estimate, holm, verdict
 
 FAMILIES = ("primary", "secondary")
 POWER = 0.80
+_z = NormalDist().inv_cdf  # the standard normal quantile
 
 
 def untested(claim: str, statistic: str, why: str, runs: int = 0) -> dict:
@@ -111,7 +112,7 @@ def seeds_for_power(effect: float, v_seeds: float, v_prompts: float, seeds: int,
     All None when there is no effect to detect."""
     if effect == 0:
         return {"seeds_per_configuration": None, "prompts": None, "both": None}
-    target = (abs(effect) / (stats.norm.ppf(1 - level / 2) + stats.norm.ppf(power))) ** 2  # the largest variance
+    target = (abs(effect) / (_z(1 - level / 2) + _z(power))) ** 2  # the largest variance
 
     def needed(component: float, now: int, other: float) -> int | None:
         if other >= target:
@@ -119,7 +120,8 @@ def seeds_for_power(effect: float, v_seeds: float, v_prompts: float, seeds: int,
         return max(now, math.ceil(component * now / (target - other)))
 
     factor = max(1.0, (v_seeds + v_prompts) / target)
-    return {"seeds_per_configuration": needed(v_seeds, seeds, v_prompts), "prompts": needed(v_prompts, prompts, v_seeds),
+    return {"seeds_per_configuration": needed(v_seeds, seeds, v_prompts),
+            "prompts": needed(v_prompts, prompts, v_seeds),
             "both": {"seeds_per_configuration": math.ceil(seeds * factor), "prompts": math.ceil(prompts * factor)}}
 
 
@@ -130,7 +132,7 @@ def to_settle(claim: dict, level: float) -> dict:
     seeds, prompts = variance["seeds_per_configuration"], claim["prompts"]
     needed = seeds_for_power(effect, variance["seeds"], variance["prompts"], seeds, prompts, level)
     # The effect the data as they are would detect with that power: what "no difference" here can exclude.
-    detectable = ((stats.norm.ppf(1 - level / 2) + stats.norm.ppf(POWER))
+    detectable = ((_z(1 - level / 2) + _z(POWER))
                   * math.sqrt(variance["seeds"] + variance["prompts"]))
     assumes = (f"{POWER:.0%} power at the observed effect {effect:+.4g} (distance from the null region), "
                f"two-sided level {level:.3g} (5% over the family's decidable claims), normal approximation; "

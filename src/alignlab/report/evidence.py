@@ -75,7 +75,8 @@ def claims_section(sweep: Sweep) -> tuple[Section, dict]:
         Table(["method", "configurations", "seeds each", "noise floor (seed sd of mean gold)"], floor_rows)])
     selection = None if ev.split is None else {**ev.split.describe(), "picked_on": "selection",
                                                 "reported_on": "reporting"}
-    summary = {"claims": sweep.claims, "primary": primary, "correction": CORRECTION, "noise_floor": floors, "selection": selection}
+    summary = {"claims": sweep.claims, "primary": primary, "correction": CORRECTION, "noise_floor": floors,
+               "selection": selection}
     return section, summary
 
 

@@ -16,9 +16,11 @@ Each (method, configuration, seed) is one trained model: a RunRecord whose per-s
 prompt_id, gold_score (the score), length, kl and ln_kl (kl / length); the sft rows are the baseline,
 one model (one configuration and seed). Its claims and report are then exactly a study's
 (alignlab.analysis.claims_of, alignlab.report.document.write_report): the Hitchhiker claims when the
-table holds two or more of DPO, LN-DPO and SimPO, VAR's gain with VAR and DPO, and each other method against a reference
-method in best and in expected score ("best score: my-dpo-v2 ≥ DPO"); the reference is the one given,
-else DPO, else the first other method in alphabetical order. Claims against SFT need sft rows.
+table holds two or more of DPO, LN-DPO and SimPO, VAR's gain with VAR and DPO, and each other method
+against a reference method in best and in expected score ("best score: my-dpo-v2 ≥ DPO"); the
+reference is the one given, else DPO, else the first other method in alphabetical order. Claims
+against SFT need sft rows. Prompts keep the table's order (the bootstrap draws prompts by position),
+so a study's runs written as a table in its test data's order get the study's very claims.
 
 Validation (one-line errors naming the file, the line or row, and the column): a missing column, a
 missing or non-finite value, a configuration that is neither a name nor a JSON object of text, numbers
@@ -35,8 +37,9 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from alignlab.analysis import LABELS, RunRecord, SweepEvidence, claims_of
+from alignlab.analysis import LABELS, RunRecord, claims_of
 from alignlab.analysis.claims import to_settle_text
 from alignlab.data.readers import Where, a_type, read_records
 from alignlab.errors import AlignlabError, InputError
@@ -69,8 +72,6 @@ class ScoresTable:
     @classmethod
     def read(cls, path: str) -> "ScoresTable":
         """A .parquet, .csv or .jsonl (optionally .gz) file, read as alignlab reads every untrusted file."""
-        import pandas as pd
-
         if not Path(path).expanduser().is_file():
             raise InputError("no such file", file=path, fix="Give a .parquet, .csv or .jsonl file of scores")
         rows, wheres = [], []
@@ -84,10 +85,12 @@ class ScoresTable:
 
 def _blank(cells) -> np.ndarray:
     """Where a column has no value: None, NaN (pandas' missing value) or blank text (an empty CSV cell)."""
-    blank = cells.isna().to_numpy()
-    if cells.dtype.kind not in "biuf":  # text (object, or pandas' str dtype) may be blank
-        blank = blank | cells.map(lambda v: isinstance(v, str) and not v.strip()).to_numpy(bool)
-    return blank
+    blank = cells.isna().to_numpy(bool)
+    if cells.dtype.kind in "biuf":
+        return blank
+    if isinstance(cells.dtype, pd.StringDtype):  # pandas' text dtype: strings or missing, checked at once
+        return blank | cells.str.strip().eq("").fillna(False).to_numpy(bool)
+    return blank | cells.map(lambda v: isinstance(v, str) and not v.strip()).to_numpy(bool)
 
 
 def _number(where: Where, column: str, value, positive: bool = False) -> float:
@@ -126,7 +129,8 @@ def _configuration(where: Where, value) -> tuple[str, dict, str]:
             value = parse_json(value)
         except JSONProblem as problem:
             raise where.error(f"not a JSON object ({problem.problem})", field="configuration",
-                              fix='Write hyper-parameters as a JSON object, e.g. {"beta": 0.1}, or give a name') from None
+                              fix='Write hyper-parameters as a JSON object, e.g. {"beta": 0.1}, or give a name'
+                              ) from None
     if isinstance(value, dict):
         for key, item in value.items():
             if key == "seed":
@@ -143,19 +147,17 @@ def _configuration(where: Where, value) -> tuple[str, dict, str]:
     return params["configuration"], params, json.dumps(params)
 
 
-def _hashable(value):
-    """A cell as a dictionary key: JSON objects and lists (from JSONL) by their text."""
-    return ("json", json.dumps(value, sort_keys=True, default=str)) if isinstance(value, (dict, list)) else value
-
-
-def _each_distinct(table: ScoresTable, column: str, convert) -> list:
-    """convert(where, value) applied once per distinct value of `column` (at its first row, so an error
-    names the first row holding it), spread back over the rows."""
-    keys = table.frame[column].map(_hashable)
-    first = ~keys.duplicated().to_numpy()
-    converted = {key: convert(table.at(i), table.frame[column].iat[i]) for i, key in zip(np.flatnonzero(first),
-                                                                                       keys[first])}
-    return [converted[key] for key in keys]
+def _distinct(table: ScoresTable, column: str, convert) -> tuple[np.ndarray, list]:
+    """(codes, converted): convert(where, value) applied once per distinct value of `column` (at its first
+    row, so an error names the first row holding it), and each row's index into that list. JSON objects
+    and lists (from JSONL) are told apart by their text."""
+    cells = table.frame[column]
+    if cells.dtype == object:
+        cells = cells.map(lambda v: ("json", json.dumps(v, sort_keys=True, default=str))
+                          if isinstance(v, (dict, list)) else v)
+    codes, _ = pd.factorize(cells)
+    first = np.unique(codes, return_index=True)[1]
+    return codes, [convert(table.at(i), table.frame[column].iat[i]) for i in first]
 
 
 def _numbers(table: ScoresTable, column: str, positive: bool = False) -> np.ndarray:
@@ -177,8 +179,6 @@ def _first_row(mask) -> int | None:
 def models_of(table: ScoresTable) -> tuple[list[RunRecord], RunRecord | None, dict | None, list[str]]:
     """(runs, SFT baseline or None, prompt families or None, notes for the reader) of a scores table;
     an InputError at the first row that does not fit (the module docstring)."""
-    import pandas as pd
-
     frame = table.frame
     if frame.empty:
         raise InputError("no rows", file=table.source, fix=FORMAT_FIX)
@@ -190,46 +190,54 @@ def models_of(table: ScoresTable) -> tuple[list[RunRecord], RunRecord | None, di
     for column in (*REQUIRED, *optional):
         row = _first_row(_blank(frame[column]))
         if row is not None:
-            raise table.at(row).error("missing value", field=column,
-                                      fix="Give it in every row" + (" (or drop the column)" if column in OPTIONAL else ""))
-    method = _each_distinct(table, "method", _method)
-    configuration = _each_distinct(table, "configuration", _configuration)  # [(name, params, params as JSON)]
-    seed = _each_distinct(table, "seed", _seed)
+            optional_fix = " (or drop the column)" if column in OPTIONAL else ""
+            raise table.at(row).error("missing value", field=column, fix=f"Give it in every row{optional_fix}")
+    method_codes, methods = _distinct(table, "method", _method)
+    config_codes, configurations = _distinct(table, "configuration", _configuration)  # (name, params, JSON)
+    seed_codes, seeds = _distinct(table, "seed", _seed)
     prompt = frame["prompt_id"].astype(str).to_numpy(object)
     values = {"gold_score": _numbers(table, "score")}
     if "length" in optional:
         values["length"] = _numbers(table, "length", positive=True)
     if "kl" in optional:
         values["kl"] = _numbers(table, "kl")
-    keys = pd.DataFrame({"method": method, "params": [c[2] for c in configuration],
-                         "seed": [_hashable(s) for s in seed], "prompt": prompt})
+    # A model is (method, hyper-parameters, seed): configurations written alike ({"a": 1, "b": 2} and
+    # {"b": 2, "a": 1}, or 3 and "3" as seeds) are one.
+    method_of = pd.factorize(np.array(methods, dtype=object))[0][method_codes]
+    params_of = pd.factorize(np.array([c[2] for c in configurations], dtype=object))[0][config_codes]
+    seed_of = pd.factorize(np.array([repr(s) for s in seeds], dtype=object))[0][seed_codes]
+    keys = pd.DataFrame({"method": method_of, "params": params_of, "seed": seed_of,
+                         "prompt": pd.factorize(prompt)[0]})
+
+    def described(row: int) -> tuple[str, str, object]:
+        return methods[method_codes[row]], configurations[config_codes[row]], seeds[seed_codes[row]]
+
     repeated = _first_row(keys.duplicated())
     if repeated is not None:
         first = _first_row((keys == keys.iloc[repeated]).all(axis=1))
+        method, configuration, seed = described(repeated)
         raise table.at(repeated).error(
-            f"a second row for method {shown(method[repeated])}, configuration {shown(configuration[repeated][0])}, "
-            f"seed {shown(seed[repeated])}, prompt {shown(prompt[repeated])} (first at {table.at(first)})",
-            fix="Give each response once")
+            f"a second row for method {shown(method)}, configuration {shown(configuration[0])}, seed {shown(seed)}, "
+            f"prompt {shown(prompt[repeated])} (first at {table.at(first)})", fix="Give each response once")
     family_of = None
     if "family" in optional:
-        family = frame["family"].map(str)
-        first_family = family.groupby(prompt).transform("first")
+        family = frame["family"].astype(str).to_numpy(object)
+        first_family = pd.Series(family).groupby(prompt).transform("first").to_numpy(object)
         clash = _first_row(family != first_family)
         if clash is not None:
             first = _first_row(prompt == prompt[clash])
-            raise table.at(clash).error(f"prompt {shown(prompt[clash])} has family {shown(family.iat[clash])} here and "
-                                        f"{shown(first_family.iat[clash])} at {table.at(first)}", field="family",
+            raise table.at(clash).error(f"prompt {shown(prompt[clash])} has family {shown(family[clash])} here and "
+                                        f"{shown(first_family[clash])} at {table.at(first)}", field="family",
                                         fix="Give each prompt one family")
         family_of = dict(zip(prompt, family))
-    models = {}  # (method, params, seed) -> row positions, in order of first appearance
-    for position, key in enumerate(zip(method, keys["params"], keys["seed"])):
-        models.setdefault(key, []).append(position)
-    baselines = [key for key in models if key[0] == BASELINE]
+    # (method, params, seed) -> row positions, in order of first appearance
+    models = keys.groupby(["method", "params", "seed"], sort=False).indices
+    baselines = [rows for rows in models.values() if described(rows[0])[0] == BASELINE]
     if len(baselines) > 1:
-        names = ", ".join(_name(method, configuration, seed, models[key][0]) for key in baselines)
+        names = ", ".join(_name(*described(rows[0])) for rows in baselines)
         raise InputError(f"the sft rows hold {len(baselines)} models ({names}); the baseline is one model",
                          file=table.source, fix="Keep the rows of one sft configuration and seed")
-    if all(key[0] == BASELINE for key in models):
+    if len(baselines) == len(models):
         raise InputError("no rows of a method other than sft", file=table.source,
                          fix="Add the scores of the models to judge")
     every = [set(prompt[rows]) for rows in models.values()]
@@ -237,26 +245,28 @@ def models_of(table: ScoresTable) -> tuple[list[RunRecord], RunRecord | None, di
     if len(common) < 2:
         raise InputError(f"{len(common)} prompt(s) scored for every model; the bootstrap over prompts needs at "
                          "least 2", file=table.source, fix="Score every model on the same test prompts")
-    prompts = [p for p in dict.fromkeys(prompt) if p in common]  # in the table's order
+    # In the table's order: the bootstrap draws prompts by position, as a study's in its test data's order.
+    prompts = [p for p in dict.fromkeys(prompt) if p in common]
     notes = []
     if scored - common:
-        notes.append(f"{len(scored - common)} prompt(s) not scored for every model were left out (e.g. "
-                     f"{', '.join(map(shown, [p for p in dict.fromkeys(prompt) if p not in common][:3]))}); the claims use the {len(prompts)} "
-                     "prompts every model has")
+        examples = ", ".join(map(shown, [p for p in dict.fromkeys(prompt) if p not in common][:3]))
+        notes.append(f"{len(scored - common)} prompt(s) not scored for every model were left out (e.g. {examples}); "
+                     f"the claims use the {len(prompts)} prompts every model has")
     if not baselines:
         notes.append("no sft rows: the claims against the SFT baseline are not tested")
     runs, sft = [], None
-    for key, rows in models.items():
+    for rows in models.values():
         position = dict(zip(prompt[rows], rows))
         order = np.array([position[p] for p in prompts])
         samples = {"prompt_id": np.array(prompts), **{column: v[order] for column, v in values.items()}}
         if "kl" in samples and "length" in samples:
             samples["ln_kl"] = samples["kl"] / samples["length"]
-        if key[0] == BASELINE:  # the baseline as a study names it
+        method, configuration, seed = described(rows[0])
+        if method == BASELINE:  # the baseline as a study names it
             sft = RunRecord(BASELINE, BASELINE, {}, {}, samples)
         else:
-            runs.append(RunRecord(_name(method, configuration, seed, rows[0]), key[0],
-                                  {**configuration[rows[0]][1], "seed": seed[rows[0]]}, {}, samples))
+            runs.append(RunRecord(_name(method, configuration, seed), method, {**configuration[1], "seed": seed}, {},
+                                  samples))
     for run in [*runs, *([sft] if sft else [])]:
         if sft is not None and run is not sft:
             run.samples["sft_score"] = sft.samples["gold_score"]
@@ -266,8 +276,8 @@ def models_of(table: ScoresTable) -> tuple[list[RunRecord], RunRecord | None, di
     return runs, sft, families, notes
 
 
-def _name(method: list, configuration: list, seed: list, row: int) -> str:
-    return f"{method[row]}-{configuration[row][0]}-s{seed[row]}"
+def _name(method: str, configuration: tuple, seed) -> str:
+    return f"{method}-{configuration[0]}-s{seed}"
 
 
 def _choices(runs, reference: str | None) -> dict:
@@ -295,10 +305,9 @@ def verdict(table, primary=None, reference: str | None = None, n_resamples: int 
     value, ci, p_value, p_adjusted, to_settle, ... An error in the table is an InputError naming the row.
     """
     runs, sft, families, _ = models_of(ScoresTable(table, "table"))
-    ordered = Sweep.of(runs, sft, families).runs  # the report's order of methods: the claims come in it too
+    evidence = Sweep.of(runs, sft, families, n_resamples, seed).evidence  # the report's order of methods
     try:
-        claims = claims_of(SweepEvidence(ordered, sft, n_resamples, seed), families, primary,
-                           **_choices(runs, reference))
+        claims = claims_of(evidence, families, primary, **_choices(runs, reference))
     except ValueError as err:  # a primary title that no claim has
         raise InputError(str(err), field="primary") from None
     return finite_summary({"claims": claims})["claims"]
@@ -323,12 +332,19 @@ def run_metrics(samples: dict) -> dict:
     return metrics
 
 
-def write_verdict(scores: str, out: Path, primary=None, reference: str | None = None) -> dict:
-    """Read the scores file, write summary.json, report.md, report.html and figures/ into `out` (each
-    file atomically) and return the summary: the claims section and every section the data supports."""
-    runs, sft, families, notes = models_of(ScoresTable.read(scores))
+def read_scores(path: str) -> tuple[list[RunRecord], RunRecord | None, dict | None, list[str]]:
+    """models_of a scores file, with each model's metrics (as alignlab.evaluation names them) for the report."""
+    runs, sft, families, notes = models_of(ScoresTable.read(path))
     for run in [*runs, *([sft] if sft else [])]:
         run.metrics = run_metrics(run.samples)
+    return runs, sft, families, notes
+
+
+def write_verdict(scores: str, models: tuple, out: Path, primary=None, reference: str | None = None) -> dict:
+    """Write summary.json, report.md, report.html and figures/ of the models read from `scores`
+    (read_scores) into `out` (each file atomically) and return the summary: the claims section and
+    every section the data supports."""
+    runs, sft, families, notes = models
     context = {"scores": scores, "models": f"{len(runs)} trained models of {len({r.method for r in runs})} "
                                           f"method(s); SFT baseline: {'yes' if sft else 'none'}",
                "prompts": len(runs[0].samples["prompt_id"]), "notes": notes}
