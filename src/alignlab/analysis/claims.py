@@ -1,4 +1,4 @@
-"""Claim records, the report-wide decision on them, and what would settle an open one.
+"""Claim records, their families, the decision on them, and what would settle an open one.
 
 A claim's statistic is oriented so that a value above its null region supports it (the region is the
 point 0 for most claims; [0, 7.16%] for the VAR paper's gain). Each tested claim carries the estimate

@@ -4,7 +4,7 @@ expected best-of-k curves, pooled top-k% distributions and sensitivity.
 Everything here is a pure function of plain Python / numpy data: no plotting, no file IO, no torch.
 Picks are made on the selection half and every number is computed on the reporting half
 (alignlab.analysis.replicates); each claim's estimate comes from the report's two-level bootstrap and
-its verdict from alignlab.analysis.claims.decide (Holm across the report).
+its verdict from alignlab.analysis.claims.decide (Holm within its family: primary or secondary).
 
 Claims (each oriented so that a positive value supports it)
     best score: A ≥ B           reported mean gold of A's best configuration − B's best
