@@ -163,7 +163,7 @@ def _distinct(table: ScoresTable, column: str, convert) -> tuple[np.ndarray, lis
 def _numbers(table: ScoresTable, column: str, positive: bool = False) -> np.ndarray:
     """A numeric column as floats; the first value that is not a finite (positive) number is an InputError."""
     cells = table.frame[column]
-    numeric = cells.dtype.kind in "fi"
+    numeric = cells.dtype.kind in "fiu"
     values = cells.to_numpy(np.float64, copy=True) if numeric else np.full(len(cells), np.nan)
     bad = ~np.isfinite(values) | (positive & (values <= 0))
     for i in np.flatnonzero(bad):  # every row when the column mixes types: each is converted (or refused) alone
