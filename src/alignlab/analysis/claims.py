@@ -21,6 +21,7 @@ together — at which a test at the family's Bonferroni level
 when the true effect is the observed one. It scales the components as the bootstrap measures them,
     var(S, P) = v_seeds · S₀/S + v_prompts · P₀/P      (S₀ seeds and P₀ prompts now),
 and asks for |δ| / √var ≥ z(1 − α/2m) + z(0.80), δ the estimate's distance from the null region:
+the seed × prompt interaction, which both components hold, is counted twice (a little conservative),
 a normal approximation, optimistic with few seeds (Student's t with few degrees of freedom needs
 more), and the observed effect is itself noisy (a winner's curse when it was picked for being large).
 Beside it, the detectable effect: (z(1 − α/2m) + z(0.80)) · √(v_seeds + v_prompts), the effect the data
