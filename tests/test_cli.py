@@ -102,7 +102,7 @@ def test_every_flag_is_spelled_with_underscores_and_the_dashed_spelling_is_accep
     plain = ["eval", "--model", "m", "--data", "d", "--gold_rm", "g", "--max_new_tokens", "3", "--top_p", "0.5",
              "--trust_remote_code", "--judge_url", "http://x"]
     assert vars(parser.parse_args(dashed)) == vars(parser.parse_args(plain))
-    for command in ("data", "train", "train-rm", "run", "sweep", "report", "eval", "bench"):
+    for command in ("data", "train", "train-rm", "run", "sweep", "report", "verdict", "eval", "bench"):
         subparser = parser._subparsers._group_actions[0].choices[command]
         flags = [s for action in subparser._actions for s in action.option_strings if s.startswith("--")]
         assert all("-" not in flag[2:] for flag in flags), (command, flags)

@@ -101,6 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--study", help="robustness (default) | var (adds the VAR section's stages and analyses)")
     report = commands.add_parser("report", help="(re)write the robustness report of a sweep or run directory")
     report.add_argument("dir", help="the --out of alignlab sweep or alignlab run")
+    verdict = commands.add_parser(
+        "verdict", help="the claims and report of a study from your own per-response scores (.parquet/.csv/.jsonl)",
+        epilog="SCORES has one row per generated response: method, configuration (a name or a JSON object of "
+               "hyper-parameters), seed, prompt_id, score, and optionally length, kl, family; rows of method sft "
+               "are the baseline. See README, 'alignlab verdict'.")
+    verdict.add_argument("scores", help="the table of scores")
+    verdict.add_argument("--out", default=None,
+                         help="directory for summary.json, report.md, report.html (default: SCORES' name with "
+                              "-verdict, beside it)")
+    verdict.add_argument("--overwrite", action="store_true", help="replace the report an earlier verdict wrote there")
+    verdict.add_argument("--primary", action="append", default=None, metavar="CLAIM",
+                         help="a claim of the primary family, by its title (e.g. \"expected score: my-dpo ≥ DPO\"); "
+                              "repeat for each (default: the papers' headline claims, else each method's expected "
+                              "score against the reference, at most 4)")
+    verdict.add_argument("--reference", default=None, metavar="METHOD",
+                         help="the method the others are compared with (default: dpo, else the first other method "
+                              "in alphabetical order)")
 
     add_eval_arguments(commands.add_parser(
         "eval", help="evaluate a model: generate, score with a gold reward model, metrics with CIs",
@@ -305,6 +322,27 @@ def run_report(args) -> int:
     return 0
 
 
+def run_verdict(args) -> int:
+    from alignlab.output_dirs import claim_output_dir, mark, marked_kind
+    from alignlab.report.verdict import OUTPUTS, claims_table, read_scores, write_verdict
+
+    scores = Path(args.scores)
+    out = args.out or str(scores.with_name(Path(scores.name.removesuffix(".gz")).stem + "-verdict"))
+    models = read_scores(args.scores)  # a bad table is refused before anything is written
+    with claim_output_dir(out, overwrite=args.overwrite, inputs=[args.scores], writes=OUTPUTS) as directory:
+        if marked_kind(directory) not in (None, "verdict"):  # a sweep's report is not a verdict's to replace
+            raise AlignlabError(f"{out}: holds an alignlab {marked_kind(directory)}, not a verdict; choose another "
+                                "--out")
+        directory.mkdir(parents=True, exist_ok=True)
+        mark(directory, "verdict")
+        summary = write_verdict(args.scores, models, directory, args.primary, args.reference)
+    for note in summary["context"]["notes"]:
+        print(f"alignlab: note: {note}", file=sys.stderr)
+    print(claims_table(summary["claims"]))
+    print(f"{out}/report.html")
+    return 0
+
+
 def underscored(token: str) -> str:
     """Flags are spelled with underscores, as the config fields they set (`--batch_size`); the
     dashed spelling (`--batch-size`) is accepted for every flag of every command."""
@@ -348,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_bench(args)
         if args.command == "report":
             return run_report(args)
+        if args.command == "verdict":
+            return run_verdict(args)
         return COMMANDS_WITH_OVERRIDES[args.command](args, extra)
     except AlignlabError as err:
         if args.debug:

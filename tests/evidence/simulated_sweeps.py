@@ -88,3 +88,23 @@ def simulate_sweep(rng, grid: dict[str, int], seeds: int = 3, n_prompts: int = 2
 def families(n_prompts: int = 200) -> dict[str, str]:
     """Prompt families as the study world has them: about 60% helpful, 40% harmful."""
     return {f"p{i}": "harmful" if i % 5 < 2 else "helpful" for i in range(n_prompts)}
+
+
+def as_table(runs, sft, family_of: dict[str, str] | None = None):
+    """The sweep as `alignlab verdict` reads it: one row per response (method, configuration, seed,
+    prompt_id, score, length, kl, and family when given), the configuration named as in the run names."""
+    import pandas as pd
+
+    models = [*runs, sft]
+    sizes = [len(m.samples["prompt_id"]) for m in models]
+    columns = {"method": np.repeat([m.method for m in models], sizes),
+               "configuration": np.repeat([m.name[len(m.method) + 1:].rsplit("-s", 1)[0] or "base" for m in models],
+                                          sizes),
+               "seed": np.repeat([m.params.get("seed", 0) for m in models], sizes),
+               "prompt_id": np.concatenate([m.samples["prompt_id"] for m in models]),
+               "score": np.concatenate([m.samples["gold_score"] for m in models]),
+               "length": np.concatenate([m.samples["length"] for m in models]),
+               "kl": np.concatenate([m.samples["ln_kl"] * m.samples["length"] for m in models])}
+    if family_of is not None:
+        columns["family"] = [family_of[p] for p in columns["prompt_id"]]
+    return pd.DataFrame(columns)

@@ -1,12 +1,13 @@
 """The claim code's error rates, by simulation through the real code path (numpy only).
 
-A sweep is simulated from a known truth (simulated_sweeps), turned into SweepEvidence, and every
-claim a report makes (the Hitchhiker claims, the other methods' claims, and VAR's gain when VAR runs)
-is decided together with Holm's correction, exactly as alignlab.report.document does.
+A sweep is simulated from a known truth (simulated_sweeps), written as the table `alignlab verdict`
+reads (one row per response), and judged by `alignlab.verdict`: every claim a report makes (the
+Hitchhiker claims, the other methods' claims, and VAR's when VAR runs), decided with Holm's correction
+within the primary family and within the secondary one, exactly as alignlab.report.document does.
     null   every method's grid has the same mean: any confirmed or reversed verdict counts as a false
-           one (also where the configurations a claim picks differ a little, by their jitter), and the
-           family-wise rate of reports with at least one must stay at or below 5% (+ 2 Monte-Carlo se:
-           over 1,000 sweeps a 5% rate has se 0.69 points) in each of issue 29's scenarios:
+           one (also where the configurations a claim picks differ a little, by their jitter), and in
+           each family the rate of reports with at least one must stay at or below 5% (+ 2 Monte-Carlo
+           se: over 1,000 sweeps a 5% rate has se 0.69 points) in each of issue 29's scenarios:
              (a) seed sd per method as the study's noise floors (20× apart), configurations jittered
              (b) (a) with t₃ prompt effects and discrete gold with ties
              (c) (a) with 2 seeds          (d) (a) with unequal grids (1 vs 6 configurations)
@@ -18,9 +19,10 @@ is decided together with Holm's correction, exactly as alignlab.report.document 
 import numpy as np
 import pytest
 
-from alignlab.analysis import SweepEvidence, decide, hitchhiker_claims, var_gain_claims, variant_claims
+from alignlab import verdict
+from alignlab.analysis import SweepEvidence
 from alignlab.analysis.runs import method_label
-from simulated_sweeps import NOISE_FLOORS, families, noise_floor, simulate_sweep
+from simulated_sweeps import NOISE_FLOORS, as_table, families, noise_floor, simulate_sweep
 
 N_RESAMPLES = 300  # per simulated report; the p-values' Monte-Carlo error is far below the tolerances
 SWEEPS = 1000      # 2 Monte-Carlo se of a 5% rate: 1.4 points
@@ -32,21 +34,22 @@ REAL_NOISE = {"seed_sd": NOISE_FLOORS, "jitter_sd": 0.02}
 
 
 def report_claims(runs, sft, seed: int, n_prompts: int = 200) -> list[dict]:
-    ev = SweepEvidence(runs, sft, n_resamples=N_RESAMPLES, seed=seed)
-    var = var_gain_claims(ev, families(n_prompts)) if ev.by_method.get("var") else []
-    return decide(hitchhiker_claims(ev) + variant_claims(ev) + var)
+    return verdict(as_table(runs, sft, families(n_prompts)), n_resamples=N_RESAMPLES, seed=seed)
 
 
 def false_verdict_rate(grid: dict, sweeps: int, seed: int, **noise) -> tuple[float, dict]:
+    """The larger of the two families' rates of reports with a false verdict, and the false verdicts
+    per claim."""
     rng = np.random.default_rng(seed)
-    with_false, per_claim = 0, {}
+    with_false, per_claim = {"primary": 0, "secondary": 0}, {}
     for i in range(sweeps):
         claims = report_claims(*simulate_sweep(rng, grid, **noise), seed=i, n_prompts=noise.get("n_prompts", 200))
-        wrong = [c["claim"] for c in claims if c["verdict"] in ("confirmed", "reversed")]
-        with_false += bool(wrong)
+        wrong = [c for c in claims if c["verdict"] in ("confirmed", "reversed")]
+        for family in with_false:
+            with_false[family] += any(c["family"] == family for c in wrong)
         for claim in wrong:
-            per_claim[claim] = per_claim.get(claim, 0) + 1
-    return with_false / sweeps, per_claim
+            per_claim[claim["claim"]] = per_claim.get(claim["claim"], 0) + 1
+    return max(with_false.values()) / sweeps, per_claim
 
 
 @pytest.mark.slow

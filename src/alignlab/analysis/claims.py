@@ -1,40 +1,74 @@
-"""Claim records and the report-wide decision on them.
+"""Claim records, their families, the decision on them, and what would settle an open one.
 
 A claim's statistic is oriented so that a value above its null region supports it (the point 0 for
-every claim the report makes: the VAR paper's +7.16% is a contrast). Each tested claim carries the estimate
-of alignlab.evidence.bootstrap (value, 95% CI, p-value) and what stands behind it: the training seeds
-per configuration, the runs of the compared methods and the reporting prompts. `decide` then applies
-Holm's correction across every claim of one report that can get a verdict and sets the verdicts
-(alignlab.evidence.testing). A claim on configurations with fewer than 2 seeds keeps its estimate but
-cannot be decided: training noise is unmeasured, so it is inconclusive and outside the correction.
+every claim the report makes: the VAR paper's +7.16% is a contrast). Each tested claim carries the
+estimate of alignlab.evidence.bootstrap (value, 95% CI, p-value), what stands behind it (the training
+seeds per configuration, the runs of the compared methods and the reporting prompts) and, for a
+bootstrap estimate, the two variance components: v_seeds, the variance of the seeds-only resamples
+(training noise), and v_prompts, that of the prompts-only resamples (which prompts the test set holds).
+
+Families. Every claim belongs to one family: "primary" (a few claims declared before the data: the
+papers' headline claims, or those the user names) or "secondary" (the rest). `decide` applies Holm's
+correction within each family separately and sets the verdicts (alignlab.evidence.testing), so each
+family's family-wise error rate is 5%; a reader who looks at the primary family alone pays for its
+few claims only. A claim on configurations with fewer than 2 seeds keeps its estimate but cannot be
+decided: training noise is unmeasured, so it is inconclusive and outside the correction.
+
+What would settle an inconclusive claim (`seeds_for_power`): the seeds per configuration (prompts
+held) and, apart, the reporting prompts (seeds held) — or, where neither alone can, both scaled
+together — at which a test at the family's Bonferroni level
+α/m (m the family's decidable claims: the level Holm applies to the first of them) has 80% power
+when the true effect is the observed one. It scales the components as the bootstrap measures them,
+    var(S, P) = v_seeds · S₀/S + v_prompts · P₀/P      (S₀ seeds and P₀ prompts now),
+and asks for |δ| / √var ≥ z(1 − α/2m) + z(0.80), δ the estimate's distance from the null region:
+the seed × prompt interaction, which both components hold, is counted twice (a little conservative),
+a normal approximation, optimistic with few seeds (Student's t with few degrees of freedom needs
+more), and the observed effect is itself noisy (a winner's curse when it was picked for being large).
+Beside it, the detectable effect: (z(1 − α/2m) + z(0.80)) · √(v_seeds + v_prompts), the effect the data
+as they are would detect with 80% power.
 """
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
-from alignlab.evidence import CORRECTION, Estimate, Resampled, estimate, holm, verdict
+import numpy as np
+
+from alignlab.evidence import ALPHA, CORRECTION, Estimate, Resampled, estimate, holm, verdict
+
+FAMILIES = ("primary", "secondary")
+POWER = 0.80
+_z = NormalDist().inv_cdf  # the standard normal quantile
 
 
 def untested(claim: str, statistic: str, why: str, runs: int = 0) -> dict:
     """A claim the sweep cannot test (no runs of a method, a column absent): verdict "not tested"."""
-    return {"claim": claim, "statistic": statistic, "verdict": "not tested", "value": None, "ci": None,
-            "p_value": None, "p_adjusted": None, "seeds": None, "runs": runs, "prompts": None, "null": None,
-            "detail": why, "configurations": []}
+    return {"claim": claim, "statistic": statistic, "family": "secondary", "verdict": "not tested", "value": None,
+            "ci": None, "p_value": None, "p_adjusted": None, "seeds": None, "runs": runs, "prompts": None,
+            "null": None, "detail": why, "configurations": [], "variance": None, "to_settle": None}
+
+
+def _resample_variance(x: np.ndarray) -> float:
+    finite = x[np.isfinite(x)]
+    return float(finite.var(ddof=1)) if finite.size > 1 else 0.0
 
 
 def tested(claim: str, statistic: str, quantity: Resampled, detail: str, runs: int, seeds: list,
            null: tuple[float, float] = (0.0, 0.0)) -> dict:
     """A claim with its estimate; the verdict waits for `decide`. A statistic without a finite value
     (e.g. a mean over prompts no resample drew) is not tested: it has nothing to decide."""
+    variance = {"seeds": _resample_variance(quantity.seeds), "prompts": _resample_variance(quantity.prompts),
+                "seeds_per_configuration": quantity.fewest_seeds}
     return tested_estimate(claim, statistic, estimate(quantity, null), detail, runs, seeds, quantity.n_prompts,
-                           quantity.configs, null)
+                           quantity.configs, null, variance)
 
 
 def tested_estimate(claim: str, statistic: str, e: Estimate, detail: str, runs: int, seeds: list, prompts: int,
-                    configs: dict, null: tuple[float, float] = (0.0, 0.0)) -> dict:
+                    configs: dict, null: tuple[float, float] = (0.0, 0.0), variance: dict | None = None) -> dict:
     """A claim with an estimate made otherwise than by `tested`'s bootstrap (e.g. an exact test);
-    configs maps each configuration behind it to its number of seeds."""
+    configs maps each configuration behind it to its number of seeds; variance: the bootstrap's seed and
+    prompt components (None for an exact test: nothing then says what would settle it)."""
     if not (math.isfinite(e.value) and math.isfinite(e.p_value)):
         return untested(claim, statistic, f"{detail}; the statistic is undefined here ({e.value})", runs)
     decidable = min(configs.values(), default=0) >= 2
@@ -42,20 +76,102 @@ def tested_estimate(claim: str, statistic: str, e: Estimate, detail: str, runs: 
         detail += "; no resample of seeds or prompts moved the statistic: no variance measured, so p = 1"
     if not decidable:
         detail += "; fewer than 2 seeds per configuration: training noise unmeasured, so no verdict"
-    return {"claim": claim, "statistic": statistic, "verdict": None if decidable else "inconclusive",
-            **e.to_dict(), "p_adjusted": None, "seeds": seeds, "runs": runs, "prompts": prompts,
-            "null": list(null), "detail": detail, "configurations": sorted(configs)}
+    return {"claim": claim, "statistic": statistic, "family": "secondary",
+            "verdict": None if decidable else "inconclusive", **e.to_dict(), "p_adjusted": None, "seeds": seeds,
+            "runs": runs, "prompts": prompts, "null": list(null), "detail": detail,
+            "configurations": sorted(configs), "variance": variance, "to_settle": None}
 
 
-def decide(claims: list[dict]) -> list[dict]:
-    """Holm-adjust the p-values of the decidable claims together and set every verdict (in place)."""
-    open_claims = [c for c in claims if c["verdict"] is None]
-    for claim, adjusted in zip(open_claims, holm([c["p_value"] for c in open_claims])):
-        claim["p_adjusted"] = adjusted
-        claim["verdict"] = verdict(claim["value"], adjusted, tuple(claim["null"]))
+def declare_primary(claims: list[dict], primary) -> list[dict]:
+    """Put the claims titled in `primary` into the primary family, the rest into the secondary (in
+    place). A title that no claim has is a ValueError listing the titles there are."""
+    titles = [c["claim"] for c in claims]
+    unknown = [p for p in primary if p not in titles]
+    if unknown:
+        raise ValueError(f"no claim {unknown[0]!r} in this report; its claims are: {'; '.join(titles) or 'none'}")
+    for claim in claims:
+        claim["family"] = "primary" if claim["claim"] in primary else "secondary"
     return claims
 
 
+def decide(claims: list[dict]) -> list[dict]:
+    """Holm-adjust the p-values of the decidable claims within each family, set every verdict, and say
+    what would settle each inconclusive one (in place)."""
+    for family in FAMILIES:
+        open_claims = [c for c in claims if c["verdict"] is None and c["family"] == family]
+        for claim, adjusted in zip(open_claims, holm([c["p_value"] for c in open_claims])):
+            claim["p_adjusted"] = adjusted
+            claim["verdict"] = verdict(claim["value"], adjusted, tuple(claim["null"]))
+        for claim in open_claims:
+            if claim["verdict"] == "inconclusive":
+                claim["to_settle"] = to_settle(claim, ALPHA / len(open_claims))
+    return claims
+
+
+def distance_from_null(value: float, null) -> float:
+    low, high = null
+    return value - high if value > high else low - value if value < low else 0.0
+
+
+def seeds_for_power(effect: float, v_seeds: float, v_prompts: float, seeds: int, prompts: int, level: float,
+                    power: float = POWER) -> dict:
+    """How much more data gives a two-sided test at `level` `power` against a true effect `effect`, for an
+    estimate whose variance is v_seeds · seeds/S + v_prompts · prompts/P (the module docstring):
+        seeds_per_configuration   the fewest seeds S, prompts held (None: prompt noise alone is too large)
+        prompts                   the fewest prompts P, seeds held (None: seed noise alone is too large)
+        both                      {seeds_per_configuration, prompts}: both scaled by one factor
+    All None when there is no effect to detect."""
+    if effect == 0:
+        return {"seeds_per_configuration": None, "prompts": None, "both": None}
+    target = (abs(effect) / (_z(1 - level / 2) + _z(power))) ** 2  # the largest variance
+
+    def needed(component: float, now: int, other: float) -> int | None:
+        if other >= target:
+            return None
+        return max(now, math.ceil(component * now / (target - other)))
+
+    factor = max(1.0, (v_seeds + v_prompts) / target)
+    return {"seeds_per_configuration": needed(v_seeds, seeds, v_prompts),
+            "prompts": needed(v_prompts, prompts, v_seeds),
+            "both": {"seeds_per_configuration": math.ceil(seeds * factor), "prompts": math.ceil(prompts * factor)}}
+
+
+def to_settle(claim: dict, level: float) -> dict | None:
+    """What would settle an inconclusive claim at the family's Bonferroni `level` (the module docstring);
+    None for a claim without bootstrap variance components (an exact test of a share)."""
+    variance = claim["variance"]
+    if variance is None:
+        return None
+    effect = distance_from_null(claim["value"], claim["null"])
+    seeds, prompts = variance["seeds_per_configuration"], claim["prompts"]
+    needed = seeds_for_power(effect, variance["seeds"], variance["prompts"], seeds, prompts, level)
+    # The effect the data as they are would detect with that power: what "no difference" here can exclude.
+    detectable = ((_z(1 - level / 2) + _z(POWER))
+                  * math.sqrt(variance["seeds"] + variance["prompts"]))
+    assumes = (f"{POWER:.0%} power at the observed effect {effect:+.4g} (distance from the null region), "
+               f"two-sided level {level:.3g} (5% over the family's decidable claims), normal approximation; "
+               f"seed variance scales as {seeds}/S and prompt variance as {prompts}/P from the "
+               f"bootstrap's components; optimistic with few seeds and for an effect picked as the largest")
+    return {**needed, "effect": effect, "detectable_effect": detectable, "level": level, "assumes": assumes}
+
+
+def to_settle_text(claim: dict) -> str:
+    """One line on what would settle an inconclusive claim; "" when nothing is computed."""
+    settle = claim.get("to_settle")
+    if not settle:
+        return ""
+    now = f"the data as they are detect an effect of about {settle['detectable_effect']:.3g} with {POWER:.0%} power"
+    if settle["effect"] == 0:
+        return f"to settle: no effect observed (the estimate lies in the null region); {now}"
+    seeds, prompts, both = settle["seeds_per_configuration"], settle["prompts"], settle["both"]
+    options = ([f"about {seeds} seeds per configuration"] if seeds else []) + (
+        [f"about {prompts} reporting prompts"] if prompts else [])
+    text = " or ".join(options) or (f"about {both['seeds_per_configuration']} seeds per configuration and "
+                                    f"{both['prompts']} reporting prompts together")
+    return f"to settle ({POWER:.0%} power at the observed effect {settle['effect']:.3g}): {text}; {now}"
+
+
 def correction_text(claims: list[dict]) -> str:
-    decided = sum(c["p_adjusted"] is not None for c in claims)
-    return f"{CORRECTION} over the {decided} decidable claim(s) of this report, family-wise 5%"
+    counts = {f: sum(c["p_adjusted"] is not None and c["family"] == f for c in claims) for f in FAMILIES}
+    return (f"{CORRECTION} within the primary family ({counts['primary']} decidable claim(s)) and, separately, "
+            f"within the secondary family ({counts['secondary']}); family-wise 5% in each")

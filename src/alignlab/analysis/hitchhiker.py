@@ -4,7 +4,7 @@ expected best-of-k curves, pooled top-k% distributions and sensitivity.
 Everything here is a pure function of plain Python / numpy data: no plotting, no file IO, no torch.
 Picks are made on the selection half and every number is computed on the reporting half
 (alignlab.analysis.replicates); each claim's estimate comes from the report's two-level bootstrap and
-its verdict from alignlab.analysis.claims.decide (Holm across the report).
+its verdict from alignlab.analysis.claims.decide (Holm within its family: primary or secondary).
 
 Claims (each oriented so that a positive value supports it)
     best score: A ≥ B           reported mean gold of A's best configuration − B's best
@@ -235,13 +235,13 @@ def hitchhiker_claims(ev: SweepEvidence) -> list[dict]:
 PAPER_METHODS = ("sft", "dpo", "ln-dpo", "simpo", "var")
 
 
-def variant_claims(ev: SweepEvidence) -> list[dict]:
-    """Each other method of the sweep (TRL's DPO variants, ORPO, KTO, ...) against DPO — or, without
-    DPO runs, against the first of them: best score and expected score, as the Hitchhiker claims
-    compare the papers' methods. Tuned DPO variants often tie (Tang et al. 2024, GPO); these claims
-    say whether this sweep can tell them apart."""
+def variant_claims(ev: SweepEvidence, reference: str | None = None) -> list[dict]:
+    """Each other method of the sweep (TRL's DPO variants, ORPO, KTO, a scores table's own methods, ...)
+    against `reference` — by default DPO or, without DPO runs, the first of them: best score and expected
+    score, as the Hitchhiker claims compare the papers' methods. Tuned DPO variants often tie (Tang et
+    al. 2024, GPO); these claims say whether this sweep can tell them apart."""
     others = [m for m in ev.by_method if m not in PAPER_METHODS]
-    baseline = "dpo" if ev.by_method.get("dpo") else (others[0] if others else None)
+    baseline = reference or ("dpo" if ev.by_method.get("dpo") else (others[0] if others else None))
     claims = []
     for method in (m for m in others if m != baseline):
         claims.append(_best_claim(ev, method, baseline, "gold_score",

@@ -10,6 +10,7 @@
     render      report.md and report.html from the same sections, with the escaping of untrusted text
     document    what the report needs of a run (check_params, check_metrics) and write_report; its
                 docstring says what the report does with a damaged sweep directory
+    verdict     `alignlab verdict`: a table of anyone's per-response scores → the same claims and report
 """
 
 from alignlab.report.document import check_metrics, check_params, write_report

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from alignlab.analysis import LABELS, RunRecord, SweepEvidence
 from alignlab.analysis.runs import method_label
+from alignlab.evidence import N_RESAMPLES
 
 METRICS = [  # key, title, format
     ("mean_score", "mean gold score", "{:.3f}"),
@@ -100,7 +101,8 @@ class Sweep:
     claims: list = field(default_factory=list)  # every claim of the report, decided together
 
     @classmethod
-    def of(cls, runs: list[RunRecord], sft: RunRecord | None, families: dict | None = None) -> "Sweep":
+    def of(cls, runs: list[RunRecord], sft: RunRecord | None, families: dict | None = None,
+           n_resamples: int = N_RESAMPLES, seed: int = 0) -> "Sweep":
         # Best first as analysis ranks runs, (score, name) descending, then grouped by method (stable
         # sort): the report does not depend on the order the sweep finished its runs in.
         ordered = sorted(sorted(runs, key=lambda r: (r.score, r.name), reverse=True),
@@ -110,7 +112,7 @@ class Sweep:
             by_method.setdefault(run.method, []).append(run)
         spare = [m for m in by_method if m not in METHOD_COLORS]
         colors = {m: METHOD_COLORS.get(m) or SPARE_COLORS[spare.index(m) % len(SPARE_COLORS)] for m in by_method}
-        return cls(ordered, by_method, sft, colors, SweepEvidence(ordered, sft), families)
+        return cls(ordered, by_method, sft, colors, SweepEvidence(ordered, sft, n_resamples, seed), families)
 
 
 def behind(runs: list[RunRecord]) -> str:

@@ -72,7 +72,7 @@ from alignlab.report.blocks import Plot, Sweep
 from alignlab.report.curves import curves_section
 from alignlab.report.examples import examples_section
 from alignlab.report.figures import PLOT_STYLE
-from alignlab.analysis import decide, hitchhiker_claims, var_gain_claims, variant_claims
+from alignlab.analysis import claims_of
 from alignlab.report.evidence import claims_section, expected_section, indist_section
 from alignlab.report.hitchhiker import (best_section, head_to_head_section, runs_section, scatter_section,
                                         sensitivity_section, top_k_section)
@@ -153,20 +153,20 @@ def snake_case(label: str) -> str:
 
 
 def write_report(out_dir: str | Path, runs: list[RunRecord], sft: RunRecord | None, context: dict,
-                 title: str, var: dict | None = None, families: dict | None = None) -> dict:
+                 title: str, var: dict | None = None, families: dict | None = None, *, primary=None,
+                 reference: str | None = None, papers: bool = True) -> dict:
     """Write summary.json, report.md, report.html and figures/*.png for a sweep; return the summary.
 
     runs: every finished run of the sweep; sft: the SFT baseline's evaluation (or None); context:
     ordered facts printed at the top (and copied into the summary); var: for a VAR study, the
     inputs of its section (alignlab.report.var.var_sections: race, z, compute); families: test prompt
-    id -> family, for the per-family numbers and the VAR claims. Each file is written atomically.
+    id -> family, for the per-family numbers and the VAR claims; primary, reference, papers: which
+    claims are made and which are primary (alignlab.analysis.claims_of). Each file is written atomically.
     """
     out_dir = Path(out_dir)
     check_no_link(out_dir / "figures", out_dir, what="the report's figures/ folder")
     sweep = Sweep.of(runs, sft, families)
-    # Every verdict of the report is decided together: Holm's correction spans all of them.
-    sweep.claims = decide(hitchhiker_claims(sweep.evidence) + variant_claims(sweep.evidence)
-                          + (var_gain_claims(sweep.evidence, families) if "var" in sweep.by_method else []))
+    sweep.claims = claims_of(sweep.evidence, families, primary, reference, papers)
     with matplotlib.rc_context(PLOT_STYLE):
         claims, claims_summary = claims_section(sweep)
         best, best_summary = best_section(sweep)

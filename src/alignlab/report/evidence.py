@@ -1,12 +1,12 @@
-"""The report's evidence sections: the claims (decided together, Holm across the report), expected
-best-of-k curves at equal search budget, and in-distribution vs OOD. Each is a Section of blocks and
+"""The report's evidence sections: the claims (Holm within the primary and, apart, the secondary family),
+expected best-of-k curves at equal search budget, and in-distribution vs OOD. Each is a Section of blocks and
 its part of summary.json; the statistics come from alignlab.analysis and alignlab.evidence.
 """
 
 from __future__ import annotations
 
 from alignlab.analysis import best_run, expected_max_curve, wilson_interval
-from alignlab.analysis.claims import correction_text
+from alignlab.analysis.claims import correction_text, to_settle_text
 from alignlab.analysis.runs import method_label
 from alignlab.evidence import CORRECTION, estimate
 from alignlab.report.blocks import BASELINE, BASELINE_KEY, Cell, Plot, Section, Sweep, Table
@@ -34,6 +34,8 @@ def claims_section(sweep: Sweep) -> tuple[Section, dict]:
     ev = sweep.evidence
     floors = {m: ev.noise_floor(m) for m in ev.by_method}
     method_of = {config.name: m for m, configs in ev.by_method.items() for config in configs}
+    primary = [c["claim"] for c in sweep.claims if c["family"] == "primary"]
+    primary_text = "; ".join(primary) or "none"
     rows = []
     for c in sweep.claims:
         seeds = "–" if not c["seeds"] else ",".join(map(str, c["seeds"]))
@@ -42,10 +44,11 @@ def claims_section(sweep: Sweep) -> tuple[Section, dict]:
         floor_text = "; ".join(f"{method_label(m)} {_number(floors[m], '{:.3g}')}" for m in compared) or "–"
         rows.append([Cell(c["claim"], css="text"), _number(c["value"]),
                      "–" if c["ci"] is None else f"[{c['ci'][0]:+.4g}, {c['ci'][1]:+.4g}]",
-                     _p_text(c["p_value"]), _p_text(c["p_adjusted"]),
+                     _p_text(c["p_value"]), Cell(_p_text(c["p_adjusted"]), f"({c['family']})"),
                      Cell(c["verdict"], css="verdict " + c["verdict"].replace(" ", "-")),
                      Cell(f"{c['runs']} runs", f"seeds {seeds}; {c['prompts'] or '–'} prompts"),
-                     Cell(f"{c['statistic']}. {c['detail']}. Noise floor: {floor_text}", css="note")])
+                     Cell("; ".join(filter(None, [f"{c['statistic']}. {c['detail']}", to_settle_text(c)]))
+                          + f". Noise floor: {floor_text}", css="note")])
     floor_rows = [[method_label(m), str(len(ev.by_method[m])),
                    "/".join(sorted({str(len(c.runs)) for c in ev.by_method[m]})),
                    _number(f, "{:.4f}") if f is not None else "– (one seed)"] for m, f in floors.items()]
@@ -54,11 +57,14 @@ def claims_section(sweep: Sweep) -> tuple[Section, dict]:
         "its seeds. CIs and p-values come from one two-level bootstrap (seeds within each configuration, then "
         "prompts, shared by every model so comparisons stay paired), read with Student's t at the "
         "Welch–Satterthwaite degrees of freedom: three seeds leave few. Each statistic is oriented so that a "
-        "value above the null region (0 for every claim here) supports the claim. The p-values are "
-        f"adjusted with Holm's step-down method across every decidable claim of this report ({correction_text(sweep.claims)}). "
+        "value above the null region (0 for every claim here) supports the claim. A few claims were "
+        f"declared primary before the data ({primary_text}); the rest are secondary. The p-values are adjusted "
+        f"with Holm's step-down method within each family ({correction_text(sweep.claims)}). "
         "Verdicts: *confirmed* (adjusted p < 5%, value above the null region), *reversed* (adjusted p < 5%, "
         "below it), *inconclusive* (otherwise, or fewer than 2 seeds per configuration: training noise "
-        "unmeasured), *not tested* (runs or columns missing).")
+        "unmeasured), *not tested* (runs or columns missing). An inconclusive claim says what would settle it: "
+        "about how many seeds per configuration (or reporting prompts) give 80% power at the observed effect "
+        "(normal approximation, from the estimate's seed and prompt variance).")
     plotted = [c for c in sweep.claims if c["value"] is not None and c["ci"] is not None]
     unplotted = [c["claim"] for c in sweep.claims if c not in plotted]
     forest = []
@@ -66,12 +72,12 @@ def claims_section(sweep: Sweep) -> tuple[Section, dict]:
         forest = [Plot("claims.png", forest_figure(plotted), "forest plot of the claims",
                        "Each tested claim's estimate and 95% CI (its statistic's own units, so each row has its "
                        "own axis), the null region shaded grey (a line where it is the point 0); colour by "
-                       "verdict: green confirmed, red reversed, grey inconclusive."
+                       "verdict: green confirmed, red reversed, grey inconclusive; primary claims in the top block."
                        + (f" Not plotted (no estimate): {'; '.join(unplotted)}." if unplotted else ""))]
     section = Section("claims", "Claims, with the evidence behind them", [
         *forest,
-        Table(["claim", "value", "95% CI", "p", "p (Holm)", "verdict", "behind it",
-               "statistic, detail and noise floor (seed sd of mean gold)"], rows),
+        Table(["claim", "value", "95% CI", "p", "p (Holm, within family)", "verdict", "behind it",
+               "statistic, detail, what would settle it, noise floor (seed sd of mean gold)"], rows),
         intro,
         ("The noise floor: how much one model's mean gold score moves between training seeds of the same "
          "configuration (reporting half, pooled over each method's configurations). A difference smaller than "
@@ -79,7 +85,8 @@ def claims_section(sweep: Sweep) -> tuple[Section, dict]:
         Table(["method", "configurations", "seeds each", "noise floor (seed sd of mean gold)"], floor_rows)])
     selection = None if ev.split is None else {**ev.split.describe(), "picked_on": "selection",
                                                 "reported_on": "reporting"}
-    summary = {"claims": sweep.claims, "correction": CORRECTION, "noise_floor": floors, "selection": selection}
+    summary = {"claims": sweep.claims, "primary": primary, "correction": CORRECTION, "noise_floor": floors,
+               "selection": selection}
     return section, summary
 
 
