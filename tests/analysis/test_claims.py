@@ -61,6 +61,12 @@ def test_the_text_says_what_would_settle_a_claim():
     assert "detect an effect of about 0.626 with 80% power" in to_settle_text(open_claim)
     (null_claim,) = decide([claim("b", 1.0, value=0.0)])
     assert "no effect observed" in to_settle_text(null_claim)
+    # A tiny effect: 0.01 needs (0.01 / 2.801585)² = 1.27e-5 of variance, neither component alone gets
+    # there and both together need 0.05 / 1.27e-5 ≈ 3,900 times the data: no count is given.
+    (tiny,) = decide([claim("c", 0.9, value=0.01, v_seeds=0.04, v_prompts=0.01)])
+    assert tiny["to_settle"]["both"]["seeds_per_configuration"] > 10_000
+    assert "more than 10× the seeds and prompts there are" in to_settle_text(tiny)
+    assert "seeds per configuration" not in to_settle_text(tiny)
 
 
 def test_the_seeds_it_asks_for_give_80_percent_power_in_simulation():

@@ -39,6 +39,7 @@ from alignlab.evidence import ALPHA, CORRECTION, Estimate, Resampled, estimate, 
 
 FAMILIES = ("primary", "secondary")
 POWER = 0.80
+TOO_MUCH_MORE = 10  # beyond this many times the data, what would settle a claim is not worth a number
 _z = NormalDist().inv_cdf  # the standard normal quantile
 
 
@@ -166,8 +167,13 @@ def to_settle_text(claim: dict) -> str:
     seeds, prompts, both = settle["seeds_per_configuration"], settle["prompts"], settle["both"]
     options = ([f"about {seeds} seeds per configuration"] if seeds else []) + (
         [f"about {prompts} reporting prompts"] if prompts else [])
-    text = " or ".join(options) or (f"about {both['seeds_per_configuration']} seeds per configuration and "
-                                    f"{both['prompts']} reporting prompts together")
+    scale = both["seeds_per_configuration"] / max(claim["variance"]["seeds_per_configuration"] or 1, 1)
+    if not options and scale > TOO_MUCH_MORE:  # a count in the thousands reads as advice; it is not
+        text = (f"more than {TOO_MUCH_MORE}× the seeds and prompts there are: the observed effect is far "
+                "below what a study of this kind detects")
+    else:
+        text = " or ".join(options) or (f"about {both['seeds_per_configuration']} seeds per configuration and "
+                                        f"{both['prompts']} reporting prompts together")
     return f"to settle ({POWER:.0%} power at the observed effect {settle['effect']:.3g}): {text}; {now}"
 
 
