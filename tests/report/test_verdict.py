@@ -100,6 +100,8 @@ def test_a_table_of_a_sweeps_runs_gets_the_claims_its_report_gets():
             assert mine[key] == theirs[key], key
         for key in ("value", "p_value", "p_adjusted"):
             assert mine[key] == pytest.approx(theirs[key]), (mine["claim"], key)
+    named = {name for c in got for name in c["configurations"]}
+    assert {"dpo-c0", "dpo-c1", "kto-c1"} <= named  # a named configuration reads "<method>-<name>"
     assert [c["claim"] for c in got if c["family"] == "primary"] == [
         "expected score: SimPO ≥ LN-DPO", "expected score: LN-DPO ≥ DPO", "expected score: KTO ≥ DPO",
         "VAR's gold reward ≥ DPO's"]

@@ -108,12 +108,13 @@ def top_k_runs(runs, k_pct: float) -> list[RunRecord]:
 
 # ------------------------------------------------------------------ shared by the analyses
 
-SHORT_NAMES = {"learning_rate": "lr", "epochs": "ep", "seed": "s"}
+# A configuration given by name (a scores table's plain `configuration`) reads as "<method>-<name>".
+SHORT_NAMES = {"learning_rate": "lr", "epochs": "ep", "seed": "s", "configuration": ""}
 
 
 def parameter_name(method: str, values: dict) -> str:
     """"<method>-<name><value>-…" of the values given, in their order (learning_rate written lr,
-    epochs ep, seed s; numbers as %g): how a sweep names its runs (alignlab.study.grid) and the
+    epochs ep, seed s, a named configuration by its name alone; numbers as %g): how a sweep names its runs (alignlab.study.grid) and the
     report a configuration (alignlab.analysis.replicates)."""
     def text(value) -> str:
         return f"{value:g}" if isinstance(value, float) else str(value)
