@@ -36,7 +36,10 @@ independent of its pick, so the pick's seed variance, estimated on them alone, i
 bootstrap computes for any configuration. The ranking seeds are the larger half because a pick
 reported on 2 of 3 seeds has 1 degree of freedom for its training noise, where the report's t test
 is far too liberal (family-wise 11.7% false verdicts at the default grid's shape, 600 simulated
-sweeps); with 1 reporting seed its claims are honestly inconclusive.
+sweeps); with 1 reporting seed its claims are honestly inconclusive. With 4 or 5 seeds a pick is
+reported on 2, and that test is too liberal again (3.3–3.7% one-sided where Welch's t on the same
+picks keeps 2.5–2.7%: tests/evidence/test_selection_luck.py) until its degrees of freedom count each
+configuration's own (issue 29, item 1).
 """
 
 from __future__ import annotations
