@@ -1,6 +1,7 @@
 """The Hitchhiker analyses (alignlab.analysis.hitchhiker) on hand-built sweeps: claim values worked out
 from the tables below on the reporting half, verdicts after the report-wide decision, expected best-of-k
-and pooled top-k% values."""
+and pooled top-k% values. A configuration is ranked on its ranking seeds (the 1st, 3rd, …) and, once
+picked, reported on its other seeds (the 2nd, 4th, …); what picks nothing reports every seed."""
 
 import numpy as np
 import pytest
@@ -65,12 +66,19 @@ def build(offsets: dict, seeds=3, noise=0.05, lengths=None, sft_level=0.5, rng_s
 
 
 def best(tables):
-    """The configuration with the highest selection-half mean (worked out here, not by the module)."""
-    return max(range(len(tables)), key=lambda c: tables[c][:, SEL].mean())
+    """The configuration with the highest selection-half mean over its ranking seeds, rows 0, 2, …
+    (worked out here, not by the module)."""
+    return max(range(len(tables)), key=lambda c: tables[c][0::2, SEL].mean())
 
 
 def reported(matrix):
+    """Every seed's reporting-half mean: what nothing picked."""
     return matrix[:, REP].mean()
+
+
+def reported_pick(matrix):
+    """A picked configuration's reporting-half mean over its reporting seeds, rows 1, 3, …"""
+    return matrix[1::2, REP].mean()
 
 
 def claims_of(runs, sft, n_resamples=1000):
@@ -78,17 +86,20 @@ def claims_of(runs, sft, n_resamples=1000):
 
 
 def test_a_clear_advantage_of_ln_dpo_is_confirmed_with_the_hand_computed_value():
-    runs, sft, t = build({"dpo": [0.0, 0.3], "ln-dpo": [1.0, 1.3]}, lengths={"ln-dpo": 90.0})
+    # Four seeds: a pick is ranked on seeds 0 and 2 and reported on seeds 1 and 3.
+    runs, sft, t = build({"dpo": [0.0, 0.3], "ln-dpo": [1.0, 1.3]}, seeds=4, lengths={"ln-dpo": 90.0})
     claims = claims_of(runs, sft)
     b_ln, b_dpo = best(t["ln-dpo"]), best(t["dpo"])
     assert (b_ln, b_dpo) == (1, 1)
     c = claims["best score: LN-DPO ≥ DPO"]
-    assert c["value"] == pytest.approx(reported(t["ln-dpo"][1]) - reported(t["dpo"][1]))
+    assert c["value"] == pytest.approx(reported_pick(t["ln-dpo"][1]) - reported_pick(t["dpo"][1]))
     assert c["value"] == pytest.approx(1.0, abs=0.1)
     assert c["verdict"] == "confirmed" and c["p_adjusted"] < 0.05
     assert c["ci"][0] < c["value"] < c["ci"][1]
-    assert (c["runs"], c["seeds"], c["prompts"]) == (12, [0, 1, 2], len(SPLIT.reporting))
-    assert "ln-dpo-beta1" in c["detail"] and "dpo-beta1" in c["detail"]
+    assert (c["runs"], c["seeds"], c["prompts"]) == (16, [0, 1, 2, 3], len(SPLIT.reporting))
+    assert ("ln-dpo-beta1 (reported on seeds 1, 3)" in c["detail"]
+            and "dpo-beta1 (reported on seeds 1, 3)" in c["detail"])
+    assert c["configurations"] == ["dpo-beta1", "ln-dpo-beta1"]
     # Budget k = 1: the mean over each grid of its configurations' reported means.
     e = claims["expected score: LN-DPO ≥ DPO"]
     grid_mean = {m: np.mean([reported(g) for g in t[m]]) for m in ("ln-dpo", "dpo")}
@@ -98,7 +109,8 @@ def test_a_clear_advantage_of_ln_dpo_is_confirmed_with_the_hand_computed_value()
     assert claims["DPO is most often worse than SFT"]["value"] == pytest.approx(1.0)
     # Lengths: DPO's best − LN-DPO's best, about 100 − 90.
     short = claims["LN-DPO responses shorter than DPO's"]
-    assert short["value"] == pytest.approx(reported(t["length"]["dpo"][1]) - reported(t["length"]["ln-dpo"][1]))
+    assert short["value"] == pytest.approx(reported_pick(t["length"]["dpo"][1])
+                                           - reported_pick(t["length"]["ln-dpo"][1]))
     assert short["verdict"] == "confirmed"
     # No ln_kl column: not tested; two configurations per method: best and top-25% coincide, not tested.
     kl = claims["LN-DPO closer to SFT in length-normalised KL than DPO"]
@@ -108,20 +120,32 @@ def test_a_clear_advantage_of_ln_dpo_is_confirmed_with_the_hand_computed_value()
 
 
 def test_the_advantage_the_other_way_is_reversed():
-    runs, sft, t = build({"dpo": [1.0, 1.3], "ln-dpo": [0.0, 0.3]})
+    runs, sft, t = build({"dpo": [1.0, 1.3], "ln-dpo": [0.0, 0.3]}, seeds=4)
     claims = claims_of(runs, sft)
     for name in ("best score: LN-DPO ≥ DPO", "expected score: LN-DPO ≥ DPO"):
         assert claims[name]["verdict"] == "reversed", name
         assert claims[name]["value"] == pytest.approx(-1.0, abs=0.1)
     assert claims["best score: LN-DPO ≥ DPO"]["value"] == pytest.approx(
-        reported(t["ln-dpo"][best(t["ln-dpo"])]) - reported(t["dpo"][best(t["dpo"])]))
+        reported_pick(t["ln-dpo"][best(t["ln-dpo"])]) - reported_pick(t["dpo"][best(t["dpo"])]))
 
 
 def test_no_difference_is_inconclusive():
-    runs, sft, _ = build({"dpo": [0.0, 0.3], "ln-dpo": [0.0, 0.3]}, seeds=3)
+    runs, sft, _ = build({"dpo": [0.0, 0.3], "ln-dpo": [0.0, 0.3]}, seeds=4)
     claims = claims_of(runs, sft)
     assert claims["best score: LN-DPO ≥ DPO"]["verdict"] == "inconclusive"
     assert claims["best score: LN-DPO ≥ DPO"]["p_adjusted"] >= 0.05
+
+
+def test_with_three_seeds_a_pick_is_reported_on_one_and_not_decided():
+    # Seeds 0 and 2 rank, seed 1 reports a pick: its training noise is unmeasured, so the best-score
+    # claim is inconclusive however clear; the expected score (k = 1) ranks nothing and uses all three.
+    runs, sft, t = build({"dpo": [0.0, 0.3], "ln-dpo": [1.0, 1.3]}, seeds=3)
+    claims = claims_of(runs, sft)
+    c = claims["best score: LN-DPO ≥ DPO"]
+    assert c["verdict"] == "inconclusive" and c["p_adjusted"] is None
+    assert c["value"] == pytest.approx(t["ln-dpo"][1][1, REP].mean() - t["dpo"][1][1, REP].mean())
+    assert "ln-dpo-beta1 (reported on seeds 1)" in c["detail"]
+    assert claims["expected score: LN-DPO ≥ DPO"]["verdict"] == "confirmed"
 
 
 WORSE = "DPO is most often worse than SFT"
@@ -238,28 +262,37 @@ def test_every_claim_record_has_the_reported_keys():
 
 def test_drop_from_best_to_top_25_percent_by_hand():
     # Four configurations each; the 75th-percentile configuration is index 2 of 4 (the second best).
-    # DPO drops 0.6 − 0.2 = 0.4, LN-DPO 1.3 − 1.2 = 0.1: DPO drops more, by about 0.3.
-    runs, sft, t = build({"dpo": [0.0, 0.1, 0.2, 0.6], "ln-dpo": [1.0, 1.1, 1.2, 1.3]}, noise=0.02)
-    claims = claims_of(runs, sft)
-    c = claims["DPO drops more than LN-DPO from best to top-25% configuration"]
+    # DPO drops 0.6 − 0.2 = 0.4, LN-DPO 1.3 − 1.2 = 0.1: DPO drops more, by about 0.3. Six seeds: each
+    # pick is reported on seeds 1, 3 and 5.
+    levels = {"dpo": [0.0, 0.1, 0.2, 0.6], "ln-dpo": [1.0, 1.1, 1.2, 1.3]}
+    claim = "DPO drops more than LN-DPO from best to top-25% configuration"
+    runs, sft, t = build(levels, seeds=6, noise=0.02)
+    c = claims_of(runs, sft)[claim]
     d, ln = t["dpo"], t["ln-dpo"]
-    assert c["value"] == pytest.approx((reported(d[3]) - reported(d[2])) - (reported(ln[3]) - reported(ln[2])))
+    assert c["value"] == pytest.approx((reported_pick(d[3]) - reported_pick(d[2]))
+                                       - (reported_pick(ln[3]) - reported_pick(ln[2])))
     assert c["value"] == pytest.approx(0.3, abs=0.05)
     assert c["verdict"] == "confirmed"
     assert "dpo-beta3 → dpo-beta2" in c["detail"] and "ln-dpo-beta3 → ln-dpo-beta2" in c["detail"]
+    # Four seeds: each pick is reported on 2, whose seed variance is one squared difference, so the
+    # statistic gets 1 degree of freedom (alignlab.evidence.bootstrap) and the same drop is not decided.
+    runs, sft, _ = build(levels, seeds=4, noise=0.02)
+    c = claims_of(runs, sft)[claim]
+    assert c["df"] == 1.0 and c["verdict"] == "inconclusive"
 
 
 # ------------------------------------------------------------------ expected best-of-k and pooled top-k%
 
-# Three DPO configurations whose selection-half and reporting-half levels disagree:
+# Three DPO configurations whose selection-half and reporting-half levels disagree, two seeds each:
+# seed 0 (the ranking seed) 0.02 above the level, seed 1 (the reporting seed) 0.02 below.
 #             selection  reporting
 #   c0           0.1        0.2
 #   c1           0.5        0.0      ← best on the selection half
 #   c2           0.3        0.9      ← best on the reporting half
-# Ranked on the selection half: c0 < c2 < c1. Expected best-of-k on the reporting half:
-#   k = 1: the grid mean (0.2 + 0.0 + 0.9)/3 = 11/30
-#   k = 2: pairs {c0,c2} → c2, {c0,c1} → c1, {c2,c1} → c1: (0.9 + 0 + 0)/3 = 0.3
-#   k = 3: c1's 0.0 (not 0.9: the pick is made on the selection half)
+# Ranked on the selection half and seed 0: c0 < c2 < c1. Expected best-of-k on the reporting half:
+#   k = 1: nothing ranked, every seed: the grid mean (0.2 + 0.0 + 0.9)/3 = 11/30
+#   k = 2: pairs {c0,c2} → c2, {c0,c1} → c1, {c2,c1} → c1, on seed 1: (0.88 − 0.02 − 0.02)/3 = 0.28
+#   k = 3: c1's −0.02 on seed 1 (not 0.9: the pick is made on the selection half; not 0.0: on seed 1)
 SEL_LEVEL, REP_LEVEL = [0.1, 0.5, 0.3], [0.2, 0.0, 0.9]
 
 
@@ -277,25 +310,24 @@ def test_expected_max_curve_picks_on_the_selection_half():
     ev = disagreeing_sweep()
     curve = expected_max_curve(ev, ev.by_method["dpo"])
     assert [p["k"] for p in curve] == [1, 2, 3]
-    assert [p["mean"] for p in curve] == pytest.approx([11 / 30, 0.3, 0.0])
+    assert [p["mean"] for p in curve] == pytest.approx([11 / 30, 0.28, -0.02])
     for p in curve:
         assert p["ci"][0] <= p["mean"] <= p["ci"][1]
 
 
-def test_top_k_pooled_pools_every_seed_and_reporting_prompt_of_the_top_configurations():
+def test_top_k_pooled_pools_the_reporting_seed_and_prompts_of_the_top_configurations():
     ev = disagreeing_sweep(with_length=True)
     configs = ev.by_method["dpo"]
     n_rep = len(SPLIT.reporting)
     pooled = top_k_pooled(ev, configs, (34, 50, 100), "gold_score")
-    # top 34% and 50% of 3: ceil(1.02) = ceil(1.5) = 2 configurations, c1 and c2 (selection half).
+    # top 34% and 50% of 3: ceil(1.02) = ceil(1.5) = 2 configurations, c1 and c2 (selection half), each
+    # on its reporting seed 1 (0.02 below its level), not on seed 0 that ranked it.
     for k in (34, 50):
-        assert len(pooled[k]) == 2 * 2 * n_rep
-        expected = [0.02] * n_rep + [-0.02] * n_rep + [0.92] * n_rep + [0.88] * n_rep
-        assert sorted(pooled[k]) == pytest.approx(sorted(expected))
-    assert len(pooled[100]) == 3 * 2 * n_rep
-    assert np.mean(pooled[100]) == pytest.approx(11 / 30)
-    lengths = top_k_pooled(ev, configs, (33,), "length")[33]  # top 1: c1, lengths 10 and 11
-    assert sorted(set(lengths)) == [10.0, 11.0] and len(lengths) == 2 * n_rep
+        assert sorted(pooled[k]) == pytest.approx(sorted([-0.02] * n_rep + [0.88] * n_rep))
+    assert len(pooled[100]) == 3 * n_rep
+    assert np.mean(pooled[100]) == pytest.approx(11 / 30 - 0.02)
+    lengths = top_k_pooled(ev, configs, (33,), "length")[33]  # top 1: c1, seed 1's length 11
+    assert set(lengths) == {11.0} and len(lengths) == n_rep
     assert top_k_pooled(ev, configs, (100,), "ln_kl") == {100: []}
 
 
@@ -314,11 +346,12 @@ def test_methods_outside_the_papers_are_each_compared_with_dpo():
     """Issue 30: a sweep of DPO, IPO and KTO makes claims about IPO and KTO, with the hand values."""
     from alignlab.analysis import variant_claims
 
-    runs, sft, t = build({"dpo": [0.0, 0.3], "ipo": [1.0, 1.3], "kto": [0.0, 0.3]})
+    runs, sft, t = build({"dpo": [0.0, 0.3], "ipo": [1.0, 1.3], "kto": [0.0, 0.3]}, seeds=4)
     claims = {c["claim"]: c for c in decide(hitchhiker_claims(SweepEvidence(runs, sft, 1000))
                                             + variant_claims(SweepEvidence(runs, sft, 1000)))}
     ipo = claims["best score: IPO ≥ DPO"]
-    assert ipo["value"] == pytest.approx(reported(t["ipo"][best(t["ipo"])]) - reported(t["dpo"][best(t["dpo"])]))
+    assert ipo["value"] == pytest.approx(reported_pick(t["ipo"][best(t["ipo"])])
+                                         - reported_pick(t["dpo"][best(t["dpo"])]))
     assert ipo["verdict"] == "confirmed"
     grid_mean = {m: np.mean([reported(g) for g in t[m]]) for m in ("kto", "dpo")}
     assert claims["expected score: KTO ≥ DPO"]["value"] == pytest.approx(grid_mean["kto"] - grid_mean["dpo"])

@@ -6,7 +6,7 @@ import pytest
 from run_records import replicate, run
 
 from alignlab.analysis import Configuration, SweepEvidence, group_configurations
-from alignlab.analysis.replicates import OUTCOMES
+from alignlab.analysis.replicates import OUTCOMES, ranking_seeds, reporting_seeds
 from alignlab.evidence import split_prompts
 
 # Six prompts. The rule (sha256 order, tests/evidence/test_split.py) puts p0, p2, p3 in the selection
@@ -65,13 +65,16 @@ def test_runs_are_grouped_by_their_parameters_whatever_their_names():
 #   s0 [1, 2, 3, 4, 5, 6]  selection (p0 p2 p3) 1 3 4 → 8/3   reporting (p1 p4 p5) 2 5 6 → 13/3
 #   s1 [2, 2, 2, 2, 2, 2]                       2            → 2                     → 2
 #   s2 [0, 1, 0, 1, 0, 1]                       0 0 1 → 1/3                  1 0 1 → 2/3
-#   score (8/3 + 2 + 1/3)/3 = 5/3; reported (13/3 + 2 + 2/3)/3 = 7/3;
-#   sample variance of 13/3, 2, 2/3: (2² + (1/3)² + (5/3)²)/2 = 31/9.
+#   score on the ranking seeds s0, s2: (8/3 + 1/3)/2 = 3/2; reported over every seed (13/3 + 2 + 2/3)/3
+#   = 7/3, and as a pick on its reporting seed s1: 2; sample variance of 13/3, 2, 2/3:
+#   (2² + (1/3)² + (5/3)²)/2 = 31/9.
 # DPO c1, two seeds:
 #   s0 [3, 1, 3, 3, 1, 1]  selection 3 → 3; reporting 1 → 1
 #   s1 [1, 3, 1, 1, 3, 5]  selection 1 → 1; reporting 3 3 5 → 11/3
-#   score 2; reported (1 + 11/3)/2 = 7/3; sample variance (8/3)²/2 = 32/9.
-# noise floor of DPO: √((31/9 + 32/9)/2) = √3.5. SimPO has one seed: no noise floor.
+#   score on s0: 3 (the best: s0's luck on the selection half ranks it, and does not report it);
+#   reported (1 + 11/3)/2 = 7/3, as a pick on s1: 11/3; sample variance (8/3)²/2 = 32/9.
+# noise floor of DPO: √((31/9 + 32/9)/2) = √3.5. SimPO has one seed (and one configuration): no noise
+# floor, and a pick of it reports that seed.
 DPO_C0 = [[1, 2, 3, 4, 5, 6], [2, 2, 2, 2, 2, 2], [0, 1, 0, 1, 0, 1]]
 DPO_C1 = [[3, 1, 3, 3, 1, 1], [1, 3, 1, 1, 3, 5]]
 
@@ -94,7 +97,7 @@ def test_scores_on_the_selection_half_and_reported_values_on_the_reporting_half(
     c0, c1 = sorted(ev.by_method["dpo"], key=lambda c: c.name)
     assert (c0.name, c1.name) == ("dpo-beta0", "dpo-beta1")
     assert c0.seeds == [0, 1, 2] and c1.seeds == [0, 1]
-    assert c0.score == pytest.approx(5 / 3) and c1.score == pytest.approx(2.0)
+    assert c0.score == pytest.approx(3 / 2) and c1.score == pytest.approx(3.0)
     assert ev.reported_value(c0) == pytest.approx(7 / 3) and ev.reported_value(c1) == pytest.approx(7 / 3)
     assert ev.reported(c0).shape == (3, 3)
     assert ev.reported(c0)[0].tolist() == [2, 5, 6]
@@ -105,6 +108,44 @@ def test_scores_on_the_selection_half_and_reported_values_on_the_reporting_half(
     assert ev.noise_floor("dpo") == pytest.approx(np.sqrt(3.5))
     assert ev.noise_floor("simpo") is None
     assert ev.noise_floor("ln-dpo") is None                                 # no runs at all
+
+
+def test_a_pick_reports_on_the_seeds_that_did_not_rank_it():
+    ev = SweepEvidence(*hand_sweep(), n_resamples=200)
+    c0, c1 = sorted(ev.by_method["dpo"], key=lambda c: c.name)
+    best = max(ev.by_method["dpo"], key=lambda c: c.score)
+    assert best is c1
+    picked = ev.picked(c1)
+    assert picked is ev.picked(c1) and picked.name == "dpo-beta1" and picked.seeds == [1]
+    assert ev.reported(picked).tolist() == [[3, 3, 5]]
+    assert ev.mean(picked).value == pytest.approx(11 / 3) and ev.mean(picked).configs == {"dpo-beta1": 1}
+    assert ev.reported_value(ev.picked(c0)) == pytest.approx(2.0) and ev.picked(c0).seeds == [1]
+    # The whole configuration is unchanged beside its pick (both share a name).
+    assert ev.mean(c1).value == pytest.approx(7 / 3) and ev.mean(c1).configs == {"dpo-beta1": 2}
+    simpo = ev.by_method["simpo"][0]
+    assert ev.picked(simpo) is simpo                    # one configuration: nothing was picked
+
+
+@pytest.mark.parametrize("n, ranking, reporting", [(1, [0], [0]), (2, [0], [1]), (3, [0, 2], [1]),
+                                                    (4, [0, 2], [1, 3]), (5, [0, 2, 4], [1, 3]),
+                                                    (6, [0, 2, 4], [1, 3, 5])])
+def test_seeds_alternate_between_ranking_and_reporting(n, ranking, reporting):
+    assert ranking_seeds(n) == ranking and reporting_seeds(n) == reporting
+
+
+def test_a_lucky_seed_that_wins_the_pick_does_not_report():
+    # Two configurations, four seeds, the same level everywhere but one seed effect: c1's seed 0
+    # (a ranking seed) is 1.0 better on every prompt, c0's seed 1 (a reporting seed) 0.5 better.
+    # c1 wins the pick on the selection half (its ranking seeds 0, 2: (1 + 0)/2 = 0.5 against 0), and
+    # is reported on seeds 1 and 3: 0, not the 0.25 of all four seeds' reporting-half mean.
+    runs = [replicate("dpo", c, s, IDS, np.full(6, (1.0 if (c, s) == (1, 0) else 0.0)
+                                             + (0.5 if (c, s) == (0, 1) else 0.0))) for c in range(2) for s in range(4)]
+    ev = SweepEvidence(runs, None, n_resamples=50)
+    c0, c1 = sorted(ev.by_method["dpo"], key=lambda c: c.name)
+    assert (c0.score, c1.score) == (0.0, 0.5)
+    assert ev.reported_value(c1) == pytest.approx(0.25)
+    assert ev.reported_value(ev.picked(c1)) == 0.0 and ev.picked(c1).seeds == [1, 3]
+    assert ev.reported_value(ev.picked(c0)) == pytest.approx(0.25)  # c0's seed 1 reports
 
 
 def test_split_comes_from_the_first_run_without_sft():
@@ -284,6 +325,8 @@ def test_a_separate_selection_set_picks_and_every_test_prompt_reports():
     assert "separate selection set" in ev.split.describe()["rule"]
     best = max(ev.by_method["dpo"], key=lambda c: c.score)
     assert best.name == "dpo-beta0" and ev.reported_value(best) == 0.0  # picked on its own prompts, judged on all
+    # The seeds are split as on the halves: seed 0 ranked it on the selection set, seed 1 reports.
+    assert ev.picked(best).seeds == [1] and ev.reported(ev.picked(best)).shape == (1, 6)
     # One run without the selection evaluation: back to the halves of the test prompts.
     runs[0].selection = {}
     assert SweepEvidence(runs, None, n_resamples=50).split.reporting == REPORTING

@@ -99,10 +99,11 @@ FAMILY_OF = {p: ("helpful" if i % 2 == 0 else "harmful") for i, p in enumerate(G
 HELPFUL = np.array([FAMILY_OF[p] == "helpful" for p in GAIN_IDS])
 
 
-def gain_sweep(var_factor, dpo_level=(2.0, 1.0), noise=0.005, seeds=3, rng_seed=0):
+def gain_sweep(var_factor, dpo_level=(2.0, 1.0), noise=0.005, seeds=6, rng_seed=0):
     """DPO's best configuration scores dpo_level (helpful, harmful) per prompt, VAR's best var_factor ×
     that; each method's other configuration is 0.5 lower. Returns (ev, tables) with the best
-    configurations' [seeds, N] gold matrices."""
+    configurations' [seeds, N] gold matrices. Six seeds: each best is ranked on seeds 0, 2, 4 and
+    reported on 1, 3, 5 (alignlab.analysis.replicates)."""
     rng = np.random.default_rng(rng_seed)
     level = np.where(HELPFUL, dpo_level[0], dpo_level[1])
     runs, tables = [], {}
@@ -116,8 +117,13 @@ def gain_sweep(var_factor, dpo_level=(2.0, 1.0), noise=0.005, seeds=3, rng_seed=
 
 
 def hand_means(tables, mask=None):
+    """The best configurations' reported means: over their reporting seeds (rows 1, 3, …; a lone seed
+    reports itself) and the reporting prompts (within `mask`)."""
     rows = REP if mask is None else REP & mask
-    return tables["var", 1][:, rows].mean(), tables["dpo", 1][:, rows].mean()
+
+    def picked(matrix):
+        return matrix[1::2] if len(matrix) > 1 else matrix
+    return picked(tables["var", 1])[:, rows].mean(), picked(tables["dpo", 1])[:, rows].mean()
 
 
 def test_the_two_decided_claims_by_hand():
@@ -135,8 +141,9 @@ def test_the_two_decided_claims_by_hand():
     for c in claims:   # all reporting prompts, not the families apart
         assert c["null"] == [0.0, 0.0] and c["prompts"] == REP.sum() == len(SPLIT.reporting)
         assert c["verdict"] == "confirmed" and c["p_adjusted"] < 0.05
-        assert c["runs"] == 12 and c["seeds"] == [0, 1, 2]
-        assert "var-beta1" in c["detail"] and "dpo-beta1" in c["detail"]
+        assert c["runs"] == 24 and c["seeds"] == [0, 1, 2, 3, 4, 5]
+        assert "var-beta1 (reported on seeds 1, 3, 5)" in c["detail"]
+        assert "dpo-beta1 (reported on seeds 1, 3, 5)" in c["detail"]
     json.dumps(claims)
 
 

@@ -4,7 +4,8 @@ The table: 10 prompts whose scores are BASE + a per-configuration offset + a per
 seed × prompt interaction (the same in every method, so it cancels in every difference). DPO's two
 configurations sit at 0 and 0.2, my-dpo-v2's at 1.0 and 1.2 (seed offsets −0.02, 0.01, 0.03 against
 DPO's −0.01, 0, 0.01), and "same" repeats DPO's rows exactly: my-dpo-v2 is 1 + 0.02/3 above DPO in
-expected and in best score, "same" exactly 0.
+expected score (every seed) and 1 + 0.01 in best score (each best ranked on seeds 0 and 2 and reported
+on seed 1 alone: alignlab.analysis.replicates), "same" exactly 0.
 """
 
 import json
@@ -52,12 +53,18 @@ def test_a_large_advantage_is_confirmed_and_identical_methods_are_inconclusive()
     assert list(by_title(claims)) == ["best score: my-dpo-v2 ≥ DPO", "expected score: my-dpo-v2 ≥ DPO",
                                       "best score: same ≥ DPO", "expected score: same ≥ DPO"]
     c = by_title(claims)
-    # Configuration offsets 1.1 vs 0.1 on average (best: 1.2 vs 0.2), seed offsets 0.02/3 vs 0.
-    for title in ("best score: my-dpo-v2 ≥ DPO", "expected score: my-dpo-v2 ≥ DPO"):
-        assert c[title]["value"] == pytest.approx(1 + 0.02 / 3) and c[title]["verdict"] == "confirmed"
+    # Configuration offsets 1.1 vs 0.1 on average, seed offsets 0.02/3 vs 0 over the three seeds.
+    expected = c["expected score: my-dpo-v2 ≥ DPO"]
+    assert expected["value"] == pytest.approx(1 + 0.02 / 3) and expected["verdict"] == "confirmed"
+    # The best, 1.2 vs 0.2, on its reporting seed 1 (offsets 0.01 vs 0): one seed measures no training
+    # noise, so even this gap is not decided, and nothing says what would settle it.
+    best = c["best score: my-dpo-v2 ≥ DPO"]
+    assert best["value"] == pytest.approx(1 + 0.01) and best["verdict"] == "inconclusive"
     for title in ("best score: same ≥ DPO", "expected score: same ≥ DPO"):
         assert c[title]["value"] == pytest.approx(0.0, abs=1e-12) and c[title]["verdict"] == "inconclusive"
-        assert c[title]["to_settle"]["effect"] == 0
+    assert c["expected score: same ≥ DPO"]["to_settle"]["effect"] == 0
+    assert all(c[t]["to_settle"] is None and "fewer than 2 seeds" in c[t]["detail"]
+               for t in ("best score: my-dpo-v2 ≥ DPO", "best score: same ≥ DPO"))
     # Only DPO of the papers' methods: no Hitchhiker claims; the expected-score claims are primary.
     assert [t for t in c if c[t]["family"] == "primary"] == ["expected score: my-dpo-v2 ≥ DPO",
                                                               "expected score: same ≥ DPO"]

@@ -2,12 +2,15 @@
 expected best-of-k curves, pooled top-k% distributions and sensitivity.
 
 Everything here is a pure function of plain Python / numpy data: no plotting, no file IO, no torch.
-Picks are made on the selection half and every number is computed on the reporting half
-(alignlab.analysis.replicates); each claim's estimate comes from the report's two-level bootstrap and
-its verdict from alignlab.analysis.claims.decide (Holm within its family: primary or secondary).
+Picks are made on the selection half with each configuration's ranking seeds, and every number is
+computed on the reporting half, a pick's over its reporting seeds only (alignlab.analysis.replicates:
+the data that ranks a configuration never reports it); each claim's estimate comes from the report's
+two-level bootstrap and its verdict from alignlab.analysis.claims.decide (Holm within its family:
+primary or secondary).
 
 Claims (each oriented so that a positive value supports it)
-    best score: A ≥ B           reported mean gold of A's best configuration − B's best
+    best score: A ≥ B           reported mean gold of A's best configuration − B's best (each on its
+                                reporting seeds; a method of one configuration on all of them)
     expected score: A ≥ B       expected best-of-k of A − of B at the equal budget k = 1: a configuration
                                 drawn at random, i.e. the grid mean (Hitchhiker's "expected performance").
                                 It pools every configuration's seeds, so it is the most powerful of the
@@ -37,26 +40,30 @@ from alignlab.evidence.shares import compare_shares
 
 def expected_max_curve(ev: SweepEvidence, configs: list[Configuration]) -> list[dict]:
     """Expected best-of-k reported mean gold for k = 1 … n, each {k, mean, ci} (alignlab.evidence.budget)."""
-    ranked = sorted(configs, key=lambda c: (c.score, c.name))  # ascending: rank 1 is the worst
-    means = [ev.mean(c) for c in ranked]
     curve = []
-    for k in range(1, len(ranked) + 1):
-        e = estimate(_expected_max(means, k))
+    for k in range(1, len(configs) + 1):
+        e = estimate(_expected_max(ev, configs, k))
         curve.append({"k": k, "mean": e.value, "ci": list(e.ci)})
     return curve
 
 
-def _expected_max(ranked_means, k: int):
-    weights = expected_max_weights(len(ranked_means), k)
-    return combine(lambda *m: sum(w * x for w, x in zip(weights, m)), *ranked_means)
+def _expected_max(ev: SweepEvidence, configs: list[Configuration], k: int):
+    """Σ_i P(rank i is a k-search's pick) · reported mean of rank i. A search of k ≥ 2 picks on the
+    ranking seeds, so each configuration reports on its other seeds; k = 1 ranks nothing (the grid
+    mean), so every seed reports."""
+    ranked = sorted(configs, key=lambda c: (c.score, c.name))  # ascending: rank 1 is the worst
+    means = [ev.mean(c if k == 1 else ev.picked(c)) for c in ranked]
+    weights = expected_max_weights(len(ranked), k)
+    return combine(lambda *m: sum(w * x for w, x in zip(weights, m)), *means)
 
 
 def top_k_pooled(ev: SweepEvidence, configs: list[Configuration], ks, column: str) -> dict[int, list[float]]:
     """Per k, the per-sample values of `column` pooled over the top-k% configurations (picked on the
-    selection half), every seed, on the reporting half; empty where the column was not measured."""
+    selection half and their ranking seeds), their reporting seeds, on the reporting half; empty where
+    the column was not measured."""
     out = {}
     for k in ks:
-        picked = [c for c in top_k_runs(configs, k) if c.has(column)]
+        picked = [ev.picked(c) for c in top_k_runs(configs, k) if c.has(column)]
         out[k] = [float(v) for c in picked for v in ev.reported(c, column).ravel()]
     return out
 
@@ -112,17 +119,22 @@ def _lacking(configs, column: str) -> str | None:
     return f"column {column!r} absent in {', '.join(names)}" if names else None
 
 
+def reported_on(config: Configuration) -> str:
+    """A configuration's name and the seeds its reported mean is over (a pick's: its reporting seeds)."""
+    return f"{config.name} (reported on seeds {', '.join(map(str, config.seeds))})"
+
+
 def _best_claim(ev, a, b, column, claim, statistic) -> dict:
     """'a − b > 0' on the reported mean of `column` between the two methods' best configurations."""
     runs, seeds = behind(ev, (a, b))
     missing = absent_methods(ev, (a, b))
     if missing:
         return untested(claim, statistic, missing, runs)
-    best_a, best_b = best_run(ev.by_method[a]), best_run(ev.by_method[b])
+    best_a, best_b = ev.picked(best_run(ev.by_method[a])), ev.picked(best_run(ev.by_method[b]))
     lacking = _lacking((best_a, best_b), column)
     if lacking:
         return untested(claim, statistic, lacking, runs)
-    detail = f"best configurations {best_a.name} vs {best_b.name}; {_grid(ev, (a, b))}"
+    detail = f"best configurations {reported_on(best_a)} vs {reported_on(best_b)}; {_grid(ev, (a, b))}"
     return tested(claim, statistic, ev.difference(ev.mean(best_a, column), ev.mean(best_b, column)), detail,
                   runs, seeds)
 
@@ -136,8 +148,7 @@ def _expected_claim(ev, a, b) -> dict:
     if missing:
         return untested(claim, statistic, missing, runs)
     k = 1
-    curves = [_expected_max([ev.mean(c) for c in sorted(ev.by_method[m], key=lambda c: (c.score, c.name))], k)
-              for m in (a, b)]
+    curves = [_expected_max(ev, ev.by_method[m], k) for m in (a, b)]
     return tested(claim, statistic, ev.difference(*curves), f"budget k = {k}; {_grid(ev, (a, b))}", runs, seeds)
 
 
@@ -194,13 +205,13 @@ def _worse_than_sft_claim(ev) -> dict:
 def _drop_claim(ev, other) -> dict:
     claim = f"DPO drops more than {method_label(other)} from best to top-25% configuration"
     statistic = (f"drop(DPO) − drop({method_label(other)}), drop = reported mean gold of the best configuration "
-                 f"− of the 75th-percentile one (both picked on the selection half)")
+                 f"− of the 75th-percentile one (both picked on the selection half and ranking seeds, "
+                 f"reported on their other seeds)")
     runs, seeds = behind(ev, ("dpo", other))
     missing = absent_methods(ev, ("dpo", other))
     if missing:
         return untested(claim, statistic, missing, runs)
-    picked = [best_run(ev.by_method["dpo"]), percentile_run(ev.by_method["dpo"]),
-              best_run(ev.by_method[other]), percentile_run(ev.by_method[other])]
+    picked = [ev.picked(pick(ev.by_method[m])) for m in ("dpo", other) for pick in (best_run, percentile_run)]
     detail = (f"DPO {picked[0].name} → {picked[1].name}, {method_label(other)} {picked[2].name} → "
               f"{picked[3].name}; {_grid(ev, ('dpo', other))}")
     if picked[0] is picked[1] and picked[2] is picked[3]:

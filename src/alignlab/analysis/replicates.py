@@ -1,17 +1,29 @@
 """A sweep as configurations with replicate seeds, its prompts split into selection and reporting
-halves, and the resampling every claim of one report shares (`SweepEvidence`).
+halves, its seeds into ranking and reporting seeds, and the resampling every claim of one report
+shares (`SweepEvidence`).
 
 Definitions
     configuration    one grid point (method and hyper-parameters): the runs whose recorded parameters
                      are equal but for the training seed. Its name says what sets it apart: the
                      method and the parameters in which the method's configurations differ, with
                      the learning rate always (a sweep's run names, less their seed).
-    score            a configuration's mean gold reward over its seeds on the SELECTION half (or on
-                     the user's own selection prompts, when every run was evaluated on them): the
-                     score that ranks configurations, so every pick (best, top-25%, top-k%) is made
-                     on prompts that never judge it (alignlab.evidence.split).
-    reported mean    the same mean on the REPORTING half, with the two-level bootstrap
+    ranking seeds    a configuration's seeds in seed order at the 1st, 3rd, … place (⌈S/2⌉ of them);
+                     the other ⌊S/2⌋ (2nd, 4th, …) are its reporting seeds. One seed does both. A pick
+                     reported on one seed (S = 2 or 3) cannot measure its training noise, so its claims
+                     stay inconclusive: deciding on picks takes 4 seeds or more (with 4 or 5, the 2
+                     reporting seeds give a claim on a pick 1 degree of freedom).
+    score            a configuration's mean gold reward over its RANKING seeds on the SELECTION half (or
+                     on the user's own selection prompts, when every run was evaluated on them): the
+                     score that ranks configurations, so every pick (best, top-25%, top-k%, a
+                     best-of-k search) is made on data that never judges it — other prompts
+                     (alignlab.evidence.split) and other seeds. Prompts alone are not enough: a
+                     lucky seed is a better model on every prompt, so a configuration picked for its
+                     lucky seeds on one half stays lucky on the other, and the larger grid wins.
+    reported mean    the mean over seeds on the REPORTING half, with the two-level bootstrap
                      (alignlab.evidence.bootstrap): what every number and verdict is computed from.
+                     Over every seed where nothing was ranked (a grid mean, shares of the whole grid,
+                     a method with one configuration); over its reporting seeds for a configuration a
+                     ranking picked (`picked`): a ranked configuration is reported as `picked(config)`.
     win share        head to head, the share of (seed of a, seed of b, reporting prompt) comparisons a wins
                      (`win_share`, `win_matrix`), with the claims' estimate on the logit scale.
     noise floor      per method, the seed-to-seed standard deviation of a model's mean gold score on
@@ -21,6 +33,22 @@ Every interval of a reported mean comes from `reported_estimate`: the claims' es
 that keeps it inside the column's range (SCALES: shares on the logit scale, KL and lengths on the log).
 Rankings and picks (best_run, percentile_run, top_k_runs of alignlab.analysis.runs) apply to
 configurations as they do to runs: both have a name and a score.
+
+Why a hold-out, not cross-fitting (pick on one seed fold, report on the other, then swap the roles and
+average): the swapped fold reports on the very seeds that picked in the first, so the two terms are
+correlated through the picks, and a test that holds the picks fixed is too liberal — 3.2–4.0%
+one-sided rejections at a nominal 2.5% in a seed-level simulation (6 configurations against 1, 3–6
+seeds, 10⁵ draws), however the seed variance is estimated. A hold-out's reporting seeds are
+independent of its pick, so the pick's seed variance, estimated on them alone, is what the
+bootstrap computes for any configuration. The ranking seeds are the larger half because a pick
+reported on 2 of 3 seeds has 1 degree of freedom for its training noise, where the report's t test
+is far too liberal (family-wise 11.7% false verdicts at the default grid's shape, 600 simulated
+sweeps); with 1 reporting seed its claims are honestly inconclusive. With 4 or 5 seeds a pick is
+reported on 2, where Welch–Satterthwaite's df were too liberal again (3.3–3.7% one-sided where Welch's
+t on the same picks keeps 2.5–2.7%); a statistic a 2-seed configuration moves now gets df 1
+(alignlab.evidence.bootstrap), which holds the level with room to spare (0.0% one-sided, 1,000
+sweeps: tests/evidence/test_selection_luck.py) and decides only large effects. From 6 seeds on a
+pick is reported on 3 or more, at Welch–Satterthwaite's df.
 """
 
 from __future__ import annotations
@@ -41,7 +69,7 @@ class Configuration:
     method: str
     params: dict                                     # hyper-parameters without the seed
     runs: list[RunRecord] = field(default_factory=list)  # one per seed, in seed order
-    score: float = float("nan")                      # selection-half mean gold (set by SweepEvidence)
+    score: float = float("nan")                      # ranking seeds' selection-half mean gold (set by SweepEvidence)
 
     @property
     def seeds(self) -> list:
@@ -97,6 +125,22 @@ def _has_samples(run: RunRecord) -> bool:
     return run.samples.get("prompt_id") is not None and run.samples.get("gold_score") is not None
 
 
+SEED_RULE = ("each configuration's seeds in seed order: the 1st, 3rd, … rank it (with the selection prompts); "
+             "a picked configuration reports on the 2nd, 4th, …; a method with one configuration, or a "
+             "configuration with one seed, reports every seed")
+
+
+def ranking_seeds(n_seeds: int) -> list[int]:
+    """Positions, in seed order, of the seeds that rank a configuration of n_seeds (the 1st, 3rd, …)."""
+    return list(range(0, n_seeds, 2))
+
+
+def reporting_seeds(n_seeds: int) -> list[int]:
+    """Positions, in seed order, of the seeds that report a picked configuration (the 2nd, 4th, …; its
+    only seed when it has one)."""
+    return list(range(1, n_seeds, 2)) or list(range(n_seeds))
+
+
 def configuration_name(config: Configuration, alongside: list[Configuration]) -> str:
     """`config`'s name among its method's configurations `alongside`: the parameters in which they
     differ (and the learning rate), in the order its runs record them."""
@@ -128,7 +172,8 @@ def group_configurations(runs) -> dict[str, list[Configuration]]:
 
 
 class SweepEvidence:
-    """The configurations of a sweep, scored on the selection half, and the reporting half's resampler."""
+    """The configurations of a sweep, scored on their ranking seeds and the selection half, and the
+    reporting half's resampler."""
 
     def __init__(self, runs, sft: RunRecord | None, n_resamples: int = N_RESAMPLES, seed: int = 0):
         usable = [r for r in runs if _has_samples(r)]
@@ -140,6 +185,7 @@ class SweepEvidence:
         self.split, self.resampler = None, None
         self.n_resamples, self.seed = n_resamples, seed
         self._reported: dict = {}
+        self._picked: dict = {}
         self._indist_resampler: Resampler | None = None
         if len(prompts) < 2:  # nothing to split: every claim is untested, every section says why
             return
@@ -149,15 +195,30 @@ class SweepEvidence:
         self.by_method = group_configurations(usable)
         for configs in self.by_method.values():
             for config in configs:
-                ranked_on = [_on(r, "selection") if separate else r for r in config.runs]
+                ranking = [config.runs[i] for i in ranking_seeds(len(config.runs))]
+                ranked_on = [_on(r, "selection") if separate else r for r in ranking]
                 config.score = float(np.mean([_by_prompt(r, "gold_score", self.split.selection) for r in ranked_on]))
         self.resampler = Resampler(len(self.split.reporting), n_resamples, seed)
 
+    def picked(self, config: Configuration) -> Configuration:
+        """The configuration as a pick of its method's grid reports it: on its reporting seeds, which
+        its score never saw (the same object for every pick of it). A method with one configuration
+        picks nothing, and a configuration with one seed has no other: both keep every seed.
+        A pick and its whole configuration share a name: no statistic combines the two."""
+        if len(self.by_method.get(config.method, [])) < 2 or len(config.runs) < 2:
+            return config
+        if config.name not in self._picked:
+            runs = [config.runs[i] for i in reporting_seeds(len(config.runs))]
+            self._picked[config.name] = Configuration(config.name, config.method, config.params, runs,
+                                                      config.score)
+        return self._picked[config.name]
+
     def reported(self, config: Configuration, column: str = "gold_score") -> np.ndarray:
         """[seeds, reporting prompts] of a configuration's column (computed once per report)."""
-        if (config.name, column) not in self._reported:
-            self._reported[config.name, column] = config.matrix(column, self.reporting)
-        return self._reported[config.name, column]
+        key = (config.name, tuple(r.name for r in config.runs), column)
+        if key not in self._reported:
+            self._reported[key] = config.matrix(column, self.reporting)
+        return self._reported[key]
 
     @property
     def reporting(self) -> tuple[str, ...]:

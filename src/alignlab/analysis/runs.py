@@ -16,7 +16,7 @@ Definitions
     top-k% runs      the best ceil(k/100 · n) runs (at least one), best first.
 
 The selections apply to anything with a `name` and a `score`: runs, and the configurations of
-alignlab.analysis.replicates (whose score is the selection half's).
+alignlab.analysis.replicates (whose score is its ranking seeds' on the selection half).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from alignlab.analysis.claims import tested, untested
-from alignlab.analysis.hitchhiker import absent_methods, behind
+from alignlab.analysis.hitchhiker import absent_methods, behind, reported_on
 from alignlab.analysis.replicates import SweepEvidence
 from alignlab.analysis.runs import best_run
 from alignlab.analysis.stats import logsumexp
@@ -29,8 +29,9 @@ VAR_PAPER_GAIN = f"VAR's gold reward ≥ {VAR_PAPER_GAIN_PCT:+.2f}% over DPO's"
 
 
 def reward_by_family(ev: SweepEvidence, config, families: dict[str, str] | None) -> dict:
-    """Reported mean gold (and proxy, where scored) reward of one configuration (all seeds) or of the
-    SFT baseline (config None), over the reporting half and per prompt family.
+    """Reported mean gold (and proxy, where scored) reward of one configuration (over the seeds it
+    holds: a pick's reporting seeds) or of the SFT baseline (config None), over the reporting half and
+    per prompt family.
 
     families maps prompt_id → family ("helpful", "harmful", …); prompts it does not name count only
     towards "all". Returns {family: {"n", "gold": {"mean", "ci_low", "ci_high"}, "proxy": … or None}},
@@ -63,8 +64,9 @@ def family_names(ev: SweepEvidence, families: dict | None) -> list[str]:
 
 def var_gain_claims(ev: SweepEvidence, families: dict | None = None) -> list[dict]:
     """The VAR paper's "average reward +7.16% over DPO", as two decided claims on the reported mean
-    gold V of VAR's best configuration and D of DPO's best (both picked on the selection half), over
-    all reporting prompts, paired on them:
+    gold V of VAR's best configuration and D of DPO's best (both picked on the selection half and their
+    ranking seeds, each reported on its reporting seeds: alignlab.analysis.replicates), over all
+    reporting prompts, paired on them:
 
         VAR's gold reward ≥ DPO's              V − D > 0
         VAR's gold reward ≥ +7.16% over DPO's  V − 1.0716·D > 0, the linear form of V/D > 1.0716
@@ -86,9 +88,9 @@ def var_gain_claims(ev: SweepEvidence, families: dict | None = None) -> list[dic
     missing = absent_methods(ev, ("var", "dpo"))
     if missing:
         return [untested(VAR_BEATS_DPO, difference, missing, runs), untested(VAR_PAPER_GAIN, contrast, missing, runs)]
-    best_var, best_dpo = best_run(ev.by_method["var"]), best_run(ev.by_method["dpo"])
+    best_var, best_dpo = (ev.picked(best_run(ev.by_method[m])) for m in ("var", "dpo"))
     v, d = ev.mean(best_var), ev.mean(best_dpo)
-    detail = f"best configurations {best_var.name} vs {best_dpo.name}"
+    detail = f"best configurations {reported_on(best_var)} vs {reported_on(best_dpo)}"
     claims = [tested(VAR_BEATS_DPO, difference, ev.difference(v, d), detail, runs, seeds)]
     dpo = estimate(d)
     interval = ratio_interval(v, d, VAR_PAPER_RATIO)
@@ -109,8 +111,8 @@ def gain_pct(interval: FiellerInterval) -> dict:
 
 
 def var_vs_dpo_descriptives(ev: SweepEvidence, families: dict | None) -> dict | None:
-    """Descriptions of VAR's best configuration against DPO's (None without both methods): no
-    verdicts, no correction. The percentages depend on where the gold reward's zero lies; the
+    """Descriptions of VAR's best configuration against DPO's, each on its reporting seeds as in
+    `var_gain_claims` (None without both methods): no verdicts, no correction. The percentages depend on where the gold reward's zero lies; the
     head-to-head record and the share of DPO's gain do not (nor on its scale):
 
         gain_by_family      100·(V/D − 1) over all reporting prompts and per prompt family, each with its
@@ -122,7 +124,7 @@ def var_vs_dpo_descriptives(ev: SweepEvidence, families: dict | None) -> dict | 
     """
     if not ev.by_method.get("var") or not ev.by_method.get("dpo"):
         return None
-    best_var, best_dpo = best_run(ev.by_method["var"]), best_run(ev.by_method["dpo"])
+    best_var, best_dpo = (ev.picked(best_run(ev.by_method[m])) for m in ("var", "dpo"))
     groups = {"all": None, **{f: ev.family_mask(families, f) for f in family_names(ev, families)}}
     gains = {}
     for family, mask in groups.items():

@@ -1,6 +1,7 @@
 """The statistics behind every verdict (issue 15; SPEC §6, "Statistics of every claim").
 
     split      the test prompts split once into a selection half (to pick runs) and a reporting half
+               (alignlab.analysis.replicates splits each configuration's seeds alike)
     bootstrap  the two-level bootstrap (seeds, then prompts) of configuration means, and estimates:
                value, standard error, degrees of freedom, 95% CI and p-value from one resampling
     testing    Holm's step-down correction and the verdicts confirmed / reversed / inconclusive / not tested

@@ -1,7 +1,9 @@
 """Selection apart from testing: the test prompts are split once, deterministically, into a
 selection half (every "best", "top-25%" or "top-k%" pick is made on it) and a reporting half (every
 number and verdict of the report is computed on it). Picking and judging on the same prompts favours
-the method with the larger grid: its best run is the luckiest draw among more.
+the method with the larger grid: its best run is the luckiest draw among more. The same holds for
+training seeds, which this module does not see: alignlab.analysis.replicates also ranks each
+configuration on some of its seeds and reports a pick on the others.
 
 The split depends on the prompt ids alone (sha256 of each id's text), not on their order, the runs or
 the methods, so every report of a sweep, and every sweep on the same test set, splits alike.

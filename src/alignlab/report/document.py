@@ -5,8 +5,9 @@ Sections, in this order (SPEC §6 items 1–6; alignlab.report.hitchhiker):
                   DPO when VAR ran), each with its value, CI, p-value, Holm-adjusted p-value, verdict and
                   the seeds/runs/prompts behind it; how the claims are made; the noise floor per method
                   (alignlab.report.evidence)
-    1 best        best configuration per method (picked on the selection half), every metric on the
-                  reporting half with its 95% CI, per prompt family, % change vs DPO's best
+    1 best        best configuration per method (picked on the selection half and its ranking seeds),
+                  every metric on the reporting half and its reporting seeds with its 95% CI, per
+                  prompt family, % change vs DPO's best
     2 expected    expected best-of-k curves per method at equal search budget, configurations worse than SFT
     3 head-to-head strict-win gold matrices (tie shares apart) of each method's best and top-25% configuration
     4 top-k       per-sample length, summed KL and length-normalised KL pooled over each method's top-k%

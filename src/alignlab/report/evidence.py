@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from alignlab.analysis import best_run, expected_max_curve, wilson_interval
 from alignlab.analysis.claims import correction_text, to_settle_text
+from alignlab.analysis.replicates import SEED_RULE
 from alignlab.analysis.runs import method_label
 from alignlab.evidence import CORRECTION, estimate
 from alignlab.report.blocks import BASELINE, BASELINE_KEY, Cell, Plot, Section, Sweep, Table
@@ -25,9 +26,14 @@ def selection_text(sweep: Sweep) -> str:
     split = sweep.evidence.split
     if split is None:
         return "No run has per-sample results, so nothing can be picked or judged."
-    return (f"Runs are picked (best, top-25%, top-k%) on a selection half of the test prompts "
-            f"({len(split.selection)} prompts) and every number and verdict is computed on the other, reporting "
-            f"half ({len(split.reporting)} prompts); the split is fixed by the prompt ids alone.")
+    return (f"Configurations are picked (best, top-25%, top-k%, best-of-k) on a selection half of the test "
+            f"prompts ({len(split.selection)} prompts) and on their ranking seeds (the 1st, 3rd, … of each "
+            f"configuration), and every number and verdict is computed on the other, reporting half "
+            f"({len(split.reporting)} prompts); a picked configuration's numbers only on its other seeds (the 2nd, "
+            f"4th, …), so neither a lucky prompt nor a lucky seed that won the pick counts in its score. A "
+            f"method with one configuration picks nothing and reports every seed; a pick reported on one seed "
+            f"(2 or 3 seeds per configuration) leaves its claims inconclusive. The split is fixed by the prompt "
+            f"ids alone, the seeds by their order.")
 
 
 def claims_section(sweep: Sweep) -> tuple[Section, dict]:
@@ -84,7 +90,7 @@ def claims_section(sweep: Sweep) -> tuple[Section, dict]:
          "it is not one a single run could show."),
         Table(["method", "configurations", "seeds each", "noise floor (seed sd of mean gold)"], floor_rows)])
     selection = None if ev.split is None else {**ev.split.describe(), "picked_on": "selection",
-                                                "reported_on": "reporting"}
+                                                "reported_on": "reporting", "seeds": SEED_RULE}
     summary = {"claims": sweep.claims, "primary": primary, "correction": CORRECTION, "noise_floor": floors,
                "selection": selection}
     return section, summary
@@ -115,9 +121,10 @@ def expected_section(sweep: Sweep) -> tuple[Section, dict]:
                      f"{min(values):.3f} – {max(values):.3f}",
                      "–" if worse is None else Cell(f"{worse['count']}/{worse['n']}",
                                                     f"[{worse['ci_low']:.0%}, {worse['ci_high']:.0%}]")])
-    caption = ("Expected best-of-k: the reported mean gold score (reporting half) of the configuration a search "
-               "of k configurations drawn at random from the grid would pick on the selection half, computed "
-               "exactly over all k-subsets (Dodge et al. 2019); bands are 95% CIs of the two-level bootstrap."
+    caption = ("Expected best-of-k: the reported mean gold score (reporting half; for k ≥ 2 on each "
+               "configuration's reporting seeds) of the configuration a search of k configurations drawn at random "
+               "from the grid would pick on the selection half and ranking seeds, computed exactly over all "
+               "k-subsets (Dodge et al. 2019); bands are 95% CIs of the two-level bootstrap."
                + (f" The dashed line is the SFT model ({sft_mean:.3f})." if sft_mean is not None else ""))
     section.blocks += [
         ("Which method does better for a fixed hyper-parameter search budget? k = 1 is a configuration "
@@ -152,7 +159,7 @@ def indist_section(sweep: Sweep) -> tuple[Section, dict]:
     section = Section("ood", "In distribution vs out of distribution")
     ev = sweep.evidence
     models = ([(BASELINE_KEY, BASELINE, None)] if ev.sft is not None else []) + [
-        (m, method_label(m), best_run(configs)) for m, configs in ev.by_method.items()]
+        (m, method_label(m), ev.picked(best_run(configs))) for m, configs in ev.by_method.items()]
     rows, summary = [], {}
     for key, name, config in models:
         gap = ev.in_distribution_gap(config)
@@ -172,7 +179,7 @@ def indist_section(sweep: Sweep) -> tuple[Section, dict]:
     section.blocks += [
         ("Training and test prompts differ in style (the study's OOD setting). Each model's mean gold score on "
          "held-out prompts in the training style, next to the test prompts' reporting half, and the gap: "
-         "how much of the gain survives the shift. Means over the configuration's seeds; the gap's 95% CI "
+         "how much of the gain survives the shift. Means over the configuration's reporting seeds; the gap's 95% CI "
          "resamples both prompt sets on their own and the seeds alike in both (descriptive: not a claim, "
          "so outside the Holm correction)."),
         Table(["model", "in-distribution mean gold", "OOD mean gold", "gap (in − out) [95% CI]",

@@ -43,7 +43,7 @@ def _reported_cell(ev, config, column: str, fmt: str, mask=None) -> tuple[Cell, 
 def best_section(sweep: Sweep) -> tuple[Section, dict]:
     ev = sweep.evidence
     section = Section("best", "1. Best configuration per method")
-    best = {m: best_run(configs) for m, configs in ev.by_method.items()}
+    best = {m: ev.picked(best_run(configs)) for m, configs in ev.by_method.items()}
     models = ([(BASELINE, None)] if ev.sft is not None else []) + [(method_label(m), c) for m, c in best.items()]
     if not models:
         section.blocks.append("No finished runs.")
@@ -80,9 +80,9 @@ def best_section(sweep: Sweep) -> tuple[Section, dict]:
             summary["best"][config.method] = record
     section.blocks += [
         f"{selection_text(sweep)} The best configuration of each method's grid (highest mean gold score over its "
-        "seeds on the selection half), every metric on the reporting half as the mean over its seeds with a "
-        "two-level bootstrap 95% CI (shares on the logit scale, KL and length on the log scale, so that each "
-        "interval stays in its range); win rates count strict wins, ties shown apart"
+        "ranking seeds on the selection half), every metric on the reporting half as the mean over its reporting "
+        "seeds with a two-level bootstrap 95% CI (shares on the logit scale, KL and length on the log scale, so "
+        "that each interval stays in its range); win rates count strict wins, ties shown apart"
         + (f"; the % change of mean gold relative to DPO's best configuration ({best['dpo'].name})."
            if "dpo" in best else "; the sweep has no DPO run."),
         Table(["model", "configuration", *(t for _, _, t, _, _ in columns),
@@ -94,7 +94,7 @@ def _win_block(sweep: Sweep, which: str, pick, chosen: str) -> tuple[list, dict 
     """Blocks and summary of one win matrix between the SFT baseline and each method's picked configuration."""
     ev = sweep.evidence
     models = {BASELINE: None} if ev.sft is not None else {}
-    models.update({method_label(m): pick(configs) for m, configs in ev.by_method.items()})
+    models.update({method_label(m): ev.picked(pick(configs)) for m, configs in ev.by_method.items()})
     keys = ([BASELINE_KEY] if ev.sft is not None else []) + list(ev.by_method)  # summary.json's names
     if len(models) < 2:
         return [f"The {chosen} matrix needs at least two models; this sweep has {len(models)}."], None
@@ -125,7 +125,8 @@ def head_to_head_section(sweep: Sweep) -> tuple[Section, dict]:
         "Each cell is the share of reporting prompts (and seed pairs) on which the row model's response has the "
         "strictly higher gold score, as the Hitchhiker paper counts wins; the tie share is beside it. The "
         "top-25% configuration of a method is the one at the 75th percentile of its grid on the selection "
-        "half: what a grid search gets without luck.")
+        "half: what a grid search gets without luck. Each picked configuration plays with its reporting seeds "
+        "(the ones that did not pick it).")
     summary = {}
     top25 = partial(percentile_run, q=75)
     # With few configurations (2 per method: the 75th percentile of 2 is the better one) every top-25%
@@ -145,10 +146,11 @@ def top_k_section(sweep: Sweep) -> tuple[Section, dict]:
     ev = sweep.evidence
     section = Section("top-k", "4. Top-k% configurations: length, KL and length-normalised KL")
     section.blocks.append(
-        f"For each method, its top-k% configurations by mean gold score on the selection half (k = "
+        f"For each method, its top-k% configurations by mean gold score on the selection half and their "
+        f"ranking seeds (k = "
         f"{', '.join(map(str, TOP_K))}; the top k% of n are the best ⌈k·n/100⌉, at least one) and the "
         f"per-sample distribution of response length, summed KL to SFT and length-normalised KL, pooled over "
-        f"those configurations' seeds and the reporting prompts (tails visible). Table cells: median, with "
+        f"those configurations' reporting seeds and the reporting prompts (tails visible). Table cells: median, with "
         f"the number of samples.")
     summary = {}
     for metric in TOP_K_METRICS:
@@ -164,7 +166,7 @@ def top_k_section(sweep: Sweep) -> tuple[Section, dict]:
                                          f"({len(v)} samples)") for v in (d[k] for k in TOP_K)]]
                 for m, d in dist.items()]
         caption = (f"{title[0].upper() + title[1:]} of the responses of each method's top-k% configurations "
-                   f"(picked on the selection half), pooled over seeds and reporting prompts: boxes span the "
+                   f"(picked on the selection half), pooled over reporting seeds and prompts: boxes span the "
                    f"quartiles around the median, whiskers 1.5 IQR, dots are samples.")
         section.blocks += [Plot(f"top_k_{metric}.png", grouped_boxes_figure(dist, sweep.colors, title),
                                 f"{title} of the top-k% configurations", caption),

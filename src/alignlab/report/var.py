@@ -54,7 +54,7 @@ def comparison_section(sweep: Sweep) -> tuple[Section, dict]:
     if not ev.by_method.get("var") or not ev.by_method.get("dpo"):
         section.blocks.append("Not tested: the sweep needs finished VAR and DPO runs.")
         return section, {"decided": [], "claims": [], "descriptive": None}
-    best = {m: best_run(ev.by_method[m]) for m in ("dpo", "var")}
+    best = {m: ev.picked(best_run(ev.by_method[m])) for m in ("dpo", "var")}
     models = ([(BASELINE, None)] if ev.sft is not None else []) + [(method_label(m), best[m]) for m in best]
     keys = ([BASELINE_KEY] if ev.sft is not None else []) + list(best)  # summary.json's names
     by_model = {name: reward_by_family(ev, config, sweep.families) for name, config in models}
@@ -69,10 +69,11 @@ def comparison_section(sweep: Sweep) -> tuple[Section, dict]:
     claims = [c for c in sweep.claims if c["claim"] in (VAR_BEATS_DPO, VAR_PAPER_GAIN)]
     described = var_vs_dpo_descriptives(ev, sweep.families)
     section.blocks += [
-        ("Each method's best configuration (picked on the selection half) against the SFT model it started from: "
-         "mean gold reward (what judges) and mean proxy reward (what VAR's weights and GRPO's advantages saw) on "
-         "the reporting half, over all prompts and per family, each the mean over the configuration's seeds with "
-         "a two-level bootstrap 95% CI."),
+        ("Each method's best configuration (picked on the selection half and its ranking seeds) against the SFT "
+         "model it started from: mean gold reward (what judges) and mean proxy reward (what VAR's weights and "
+         "GRPO's advantages saw) on the reporting half, over all prompts and per family, each the mean over the "
+         "configuration's reporting seeds (all its seeds where the method has one configuration) with a "
+         "two-level bootstrap 95% CI."),
         Table(["model", "configuration", "prompts", "n", "mean gold reward", "mean proxy reward"], rows),
         Plot("var_vs_dpo.png", family_figure(by_model, groups),
              "Mean gold and proxy reward by prompt family",
@@ -263,7 +264,9 @@ def z_section(sweep: Sweep, z: dict | None) -> tuple[Section, dict]:
     for config in ev.by_method.get("var", []):
         key = (config.params.get("z_estimator", "batch"), bool(config.params.get("length_normalize", False)))
         groups.setdefault(key, []).append(config)
-    variants = {key: best_run(configs) for key, configs in groups.items()}  # each variant's best λ
+    # Each variant's best λ, reported on its reporting seeds; a variant of one λ picks nothing: every seed.
+    variants = {key: ev.picked(best_run(configs)) if len(configs) > 1 else configs[0]
+                for key, configs in groups.items()}
 
     def reported(config, column):
         if not config.has(column):
@@ -282,8 +285,9 @@ def z_section(sweep: Sweep, z: dict | None) -> tuple[Section, dict]:
         section.blocks += [
             ("Final reward of each Z estimator (batch: the micro-batch, the paper's; prompt: the responses to one "
              "prompt; sampled: K responses per prompt sampled from the reference), with summed and length-normalised "
-             "ℓref: the best configuration of each variant over the grid's λ values (picked on the selection half), "
-             "mean gold reward on the reporting half over its seeds with a two-level bootstrap 95% CI."),
+             "ℓref: the best configuration of each variant over the grid's λ values (picked on the selection half "
+             "and its ranking seeds), mean gold reward on the reporting half over its reporting seeds (every seed "
+             "where the variant has one λ) with a two-level bootstrap 95% CI."),
             Table(["Z estimator", "ℓref", "best configuration", "mean gold reward", "mean proxy reward",
                    "length-norm. KL"], rows)]
         summary["estimators"] = estimators
