@@ -33,9 +33,8 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
-import numpy as np
-
 from alignlab.evidence import ALPHA, CORRECTION, Estimate, Resampled, estimate, holm, verdict
+from alignlab.evidence.bootstrap import distance_from_null, resample_variance
 
 FAMILIES = ("primary", "secondary")
 POWER = 0.80
@@ -50,16 +49,11 @@ def untested(claim: str, statistic: str, why: str, runs: int = 0) -> dict:
             "null": None, "detail": why, "configurations": [], "variance": None, "to_settle": None}
 
 
-def _resample_variance(x: np.ndarray) -> float:
-    finite = x[np.isfinite(x)]
-    return float(finite.var(ddof=1)) if finite.size > 1 else 0.0
-
-
 def tested(claim: str, statistic: str, quantity: Resampled, detail: str, runs: int, seeds: list,
            null: tuple[float, float] = (0.0, 0.0)) -> dict:
     """A claim with its estimate; the verdict waits for `decide`. A statistic without a finite value
     (e.g. a mean over prompts no resample drew) is not tested: it has nothing to decide."""
-    variance = {"seeds": _resample_variance(quantity.seeds), "prompts": _resample_variance(quantity.prompts),
+    variance = {"seeds": resample_variance(quantity.seeds), "prompts": resample_variance(quantity.prompts),
                 "seeds_per_configuration": quantity.fewest_seeds}
     return tested_estimate(claim, statistic, estimate(quantity, null), detail, runs, seeds, quantity.n_prompts,
                            quantity.configs, null, variance)
@@ -107,11 +101,6 @@ def decide(claims: list[dict]) -> list[dict]:
             if claim["verdict"] == "inconclusive":
                 claim["to_settle"] = to_settle(claim, ALPHA / len(open_claims))
     return claims
-
-
-def distance_from_null(value: float, null) -> float:
-    low, high = null
-    return value - high if value > high else low - value if value < low else 0.0
 
 
 def seeds_for_power(effect: float, v_seeds: float, v_prompts: float, seeds: int, prompts: int, level: float,

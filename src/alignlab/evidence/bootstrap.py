@@ -226,7 +226,8 @@ class Estimate:
 SCALES = ("identity", "logit", "log")  # where a quantity lives: anywhere, in [0, 1], in [0, ∞)
 
 
-def _variance(x: np.ndarray) -> float:
+def resample_variance(x: np.ndarray) -> float:
+    """The variance (ddof 1) of a quantity's resamples, leaving out those without a value (NaN)."""
     finite = x[np.isfinite(x)]
     return float(finite.var(ddof=1)) if finite.size > 1 else 0.0
 
@@ -266,19 +267,24 @@ def _interval(value: float, se: float, t: float, scale: str, n_prompts: int, lev
     raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
 
 
+def distance_from_null(value: float, null: tuple[float, float]) -> float:
+    """How far value lies outside the null region [low, high] (0 inside it)."""
+    low, high = null
+    return value - high if value > high else low - value if value < low else 0.0
+
+
 def estimate(q: Resampled, null: tuple[float, float] = (0.0, 0.0), level: float = 0.95,
              scale: str = "identity") -> Estimate:
     """Value, SE, df, CI and two-sided p-value against the null region (see the module docstring).
     scale "logit" (rates, shares) or "log" (KL, lengths) puts the CI inside the quantity's range; the
     p-value stays on the quantity's own scale."""
-    v_seeds, v_prompts = _variance(q.seeds), _variance(q.prompts)
+    v_seeds, v_prompts = resample_variance(q.seeds), resample_variance(q.prompts)
     variance = max(v_seeds + v_prompts - q.interaction_variance, v_seeds, v_prompts)
     se = float(np.sqrt(variance))
     terms = v_prompts ** 2 / max(q.n_prompts - 1, 1) + _seed_term(q, v_seeds)
     df = float(variance ** 2 / terms) if terms > 0 else float(max(q.n_prompts - 1, 1))
     df = 1.0 if q.carried_by_two_seeds else max(df, 1.0)
-    low, high = null
-    distance = q.value - high if q.value > high else low - q.value if q.value < low else 0.0
+    distance = distance_from_null(q.value, null)
     if not np.isfinite(q.value):
         return Estimate(q.value, se, df, (float("nan"), float("nan")), float("nan"))
     t = float(stats.t.ppf(0.5 + level / 2, df))

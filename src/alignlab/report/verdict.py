@@ -41,6 +41,7 @@ import pandas as pd
 
 from alignlab.analysis import LABELS, RunRecord, claims_of
 from alignlab.analysis.claims import to_settle_text
+from alignlab.analysis.hitchhiker import HITCHHIKER_METHODS
 from alignlab.data.readers import Where, a_type, read_records
 from alignlab.errors import AlignlabError, InputError
 from alignlab.evaluation.metrics import bootstrap_ci, strict_wins, ties
@@ -52,7 +53,6 @@ from alignlab.untrusted import JSONProblem, parse_json, shown
 REQUIRED = ("method", "configuration", "seed", "prompt_id", "score")
 OPTIONAL = ("length", "kl", "family")
 BASELINE = "sft"
-HITCHHIKER_METHODS = ("dpo", "ln-dpo", "simpo")
 OUTPUTS = ("summary.json", "report.md", "report.html", "figures")
 FORMAT_FIX = ("Give one row per generated response with columns method, configuration, seed, prompt_id and "
               "score (optional: length, kl, family); see README, 'alignlab verdict'")
