@@ -48,18 +48,19 @@ def _with_ci(per_sample, seed: int) -> dict:
 
 
 def summarize(samples: dict, seed: int = 0) -> dict:
-    """Every metric as {"value", "ci_low", "ci_high"}; None where its inputs are absent."""
+    """Every metric as {"value", "ci_low", "ci_high"}; None where its inputs are absent (an evaluation
+    always has gold_score, chosen_score and length; a scores table of `alignlab verdict` may have only
+    gold_score)."""
     gold = np.asarray(samples["gold_score"], dtype=np.float64)
-    metrics = {"mean_score": _with_ci(gold, seed), **_outcomes(gold, samples["chosen_score"], "chosen", seed),
-               **dict.fromkeys(("win_vs_sft", "tie_vs_sft", "loss_vs_sft", "kl", "ln_kl")),
-               "length": _with_ci(np.asarray(samples["length"], dtype=np.float64), seed)}
-    if samples.get("proxy_score") is not None:
-        metrics["mean_proxy_score"] = _with_ci(np.asarray(samples["proxy_score"], dtype=np.float64), seed)
-    if samples.get("sft_score") is not None:
-        metrics.update(_outcomes(gold, samples["sft_score"], "sft", seed))
-    if samples.get("kl") is not None:
-        metrics["kl"] = _with_ci(np.asarray(samples["kl"], dtype=np.float64), seed)
-        metrics["ln_kl"] = _with_ci(np.asarray(samples["ln_kl"], dtype=np.float64), seed)
+    metrics = {"mean_score": _with_ci(gold, seed),
+               **dict.fromkeys(f"{outcome}_vs_{name}" for name in ("chosen", "sft") for outcome in ("win", "tie", "loss")),
+               **dict.fromkeys(("kl", "ln_kl", "length"))}
+    for name in ("chosen", "sft"):
+        if samples.get(f"{name}_score") is not None:
+            metrics.update(_outcomes(gold, samples[f"{name}_score"], name, seed))
+    for column, metric in (("kl", "kl"), ("ln_kl", "ln_kl"), ("length", "length"), ("proxy_score", "mean_proxy_score")):
+        if samples.get(column) is not None:
+            metrics[metric] = _with_ci(np.asarray(samples[column], dtype=np.float64), seed)
     return metrics
 
 

@@ -44,7 +44,7 @@ from alignlab.analysis.claims import to_settle_text
 from alignlab.analysis.hitchhiker import HITCHHIKER_METHODS
 from alignlab.data.readers import Where, a_type, read_records
 from alignlab.errors import AlignlabError, InputError
-from alignlab.evaluation.metrics import bootstrap_ci, strict_wins, ties
+from alignlab.evaluation.metrics import summarize
 from alignlab.evidence import N_RESAMPLES
 from alignlab.report.blocks import Sweep
 from alignlab.report.document import finite_summary, write_report
@@ -313,30 +313,11 @@ def verdict(table, primary=None, reference: str | None = None, n_resamples: int 
     return finite_summary({"claims": claims})["claims"]
 
 
-def _with_ci(values: np.ndarray) -> dict:
-    low, high = bootstrap_ci(values)
-    return {"value": float(values.mean()), "ci_low": low, "ci_high": high}
-
-
-def run_metrics(samples: dict) -> dict:
-    """A model's metrics as alignlab.evaluation.metrics names them, from the columns the table gave."""
-    gold = samples["gold_score"]
-    metrics = {"mean_score": _with_ci(gold)}
-    for column in ("length", "kl", "ln_kl"):
-        if column in samples:
-            metrics[column] = _with_ci(samples[column])
-    if "sft_score" in samples:
-        metrics.update(win_vs_sft=_with_ci(strict_wins(gold, samples["sft_score"])),
-                       tie_vs_sft=_with_ci(ties(gold, samples["sft_score"])),
-                       loss_vs_sft=_with_ci(strict_wins(samples["sft_score"], gold)))
-    return metrics
-
-
 def read_scores(path: str) -> tuple[list[RunRecord], RunRecord | None, dict | None, list[str]]:
     """models_of a scores file, with each model's metrics (as alignlab.evaluation names them) for the report."""
     runs, sft, families, notes = models_of(ScoresTable.read(path))
     for run in [*runs, *([sft] if sft else [])]:
-        run.metrics = run_metrics(run.samples)
+        run.metrics = summarize(run.samples)
     return runs, sft, families, notes
 
 
