@@ -179,12 +179,14 @@ def test_a_dpo_step_gives_the_same_loss_and_gradients_with_and_without_chunks(ti
                                                                                             dtype=torch.long)),
                                  **params)
         loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        chunked = logps_module.chunkable_head(model) is model.get_output_embeddings()
+        return chunked, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     monkeypatch.setattr(logps_module, "CHUNK_LOGITS_BYTES", 4 * 384 * 5)
-    loss, grads = step()
+    chunked, loss, grads = step()
     with_full_logits(monkeypatch)
-    expected_loss, expected_grads = step()
+    full, expected_loss, expected_grads = step()
+    assert chunked and not full  # a LoRA policy's output layer is the base's plain nn.Linear: chunked too
     assert abs(loss.item() - math.log(2)) > 1e-3
     assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-6)
     assert grads.keys() == expected_grads.keys() and grads
@@ -253,3 +255,23 @@ def test_softcapping_and_an_adapted_output_layer_fall_back(tiny_model, pairs_fil
         assert logps_module.chunkable_head(plain) is plain.lm_head
     messages = " | ".join(r.getMessage() for r in caplog.records)
     assert "final_logit_softcapping" in messages and "ModulesToSaveWrapper" in messages
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_training_takes_the_chunked_path_in_the_dtype_its_autocast_gives(tiny_model, pairs_file, tmp_path,
+                                                                         monkeypatch, precision):
+    from alignlab.training import train
+
+    dtypes = []
+    real_apply = logps_module.LinearLogSoftmax.apply
+
+    def spy(hidden, weight, bias, targets, temperature, compute_dtype, chunk):
+        dtypes.append((torch.is_grad_enabled(), compute_dtype))
+        return real_apply(hidden, weight, bias, targets, temperature, compute_dtype, chunk)
+
+    monkeypatch.setattr(logps_module.LinearLogSoftmax, "apply", spy)
+    train(config_for(tiny_model, pairs_file, tmp_path, mixed_precision=precision, max_steps=1))
+    expected = torch.bfloat16 if precision == "bf16" else torch.float32
+    # the policy's step (with gradients) and the reference pass (without) under the run's autocast; the
+    # layout check before training (choose_layout) runs without it
+    assert {dtype for grad, dtype in dtypes if grad} == {expected} and (False, expected) in dtypes
