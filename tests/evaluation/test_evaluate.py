@@ -11,6 +11,7 @@ import torch
 from alignlab.data.pairs import PreferencePair
 from alignlab.evaluation.evaluate import evaluate_model
 from alignlab.evaluation.kl import kl_generation, kl_to_sft
+from alignlab.models import logps as logps_module
 from alignlab.models.generate import GenerationConfig, generate_responses
 from alignlab.evaluation.metrics import bootstrap_ci, summarize
 from alignlab.models.loading import load_causal_lm, load_tokenizer
@@ -114,8 +115,12 @@ def unbatched_kl(policy, sft, tokenizer, prompt, response_ids) -> float:
     return total
 
 
-def test_kl_to_sft_equals_an_unbatched_computation(tiny_model, tmp_path):
-    # In float64 the padded batches and the single sequences agree to rounding far below the tolerance.
+@pytest.mark.parametrize("chunk_bytes", [None, 1], ids=["default-chunks", "one-position-chunks"])
+def test_kl_to_sft_equals_an_unbatched_computation(tiny_model, tmp_path, monkeypatch, chunk_bytes):
+    # In float64 the padded batches and the single sequences agree to rounding far below the tolerance,
+    # whatever the chunks the logits are computed in.
+    if chunk_bytes:
+        monkeypatch.setattr(logps_module, "CHUNK_LOGITS_BYTES", chunk_bytes)
     policy = load_causal_lm(str(perturbed_copy(tiny_model, tmp_path / "policy"))).double().eval()
     sft, tokenizer = load_causal_lm(str(tiny_model)).double().eval(), load_tokenizer(str(tiny_model))
     responses = [[40, 41, 42], [7, tokenizer.eos_token_id], [50, 51, 52, 53, 54, 55]]  # padded in batches of 2

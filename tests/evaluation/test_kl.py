@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from alignlab.evaluation.kl import KL_SEED_OFFSET, kl_generation, summed_token_kl
+from alignlab.evaluation.kl import KL_SEED_OFFSET, kl_generation, row_totals, token_kl
 from alignlab.models.generate import GenerationConfig
 
 P = [[[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.9, 0.05, 0.05]],
@@ -14,6 +14,13 @@ P = [[[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.9, 0.05, 0.05]],
 Q = [[[0.2, 0.3, 0.5], [0.25, 0.25, 0.5], [0.01, 0.01, 0.98]],
      [[0.6, 0.2, 0.2], [0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]]
 MASK = [[1, 1, 0], [0, 1, 1]]  # row 0 padded on the right, row 1 on the left
+
+
+def summed_token_kl(policy_logits, sft_logits, mask):
+    """Per row, the KL summed over the masked positions, as kl_to_sft sums it."""
+    keep = mask.bool()
+    rows, _ = keep.nonzero(as_tuple=True)
+    return row_totals(token_kl(policy_logits[keep], sft_logits[keep]), rows, len(mask))
 
 
 def test_summed_token_kl_equals_a_double_loop_over_hand_made_distributions():

@@ -256,3 +256,20 @@ def test_grpo_with_vllm_loads_the_policy_into_the_engine_before_each_sampling(ti
     # The 8 responses have 3, 2, 1, 3, 2, 1, 3, 2 tokens (EOS kept): what GRPO trained on.
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics[0]["response_length"] == pytest.approx(17 / 8)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_response_token_logps_are_the_log_softmax_of_every_position_at_temperature(tiny_model, monkeypatch,
+                                                                                   temperature):
+    from alignlab.data.tokenise import collate_sequences
+    from alignlab.models import logps as logps_module
+
+    model = load_causal_lm(str(tiny_model)).eval()
+    batch = collate_sequences([[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14, 15]], 0)
+    monkeypatch.setattr(logps_module, "CHUNK_LOGITS_BYTES", 4 * model.config.vocab_size * 3)  # chunks of 3 positions
+    with torch.no_grad():
+        got = grpo_module.response_token_logps(model, batch, temperature)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    expected = torch.log_softmax(logits / temperature, -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    assert got.shape == expected.shape == (2, batch["input_ids"].shape[1] - 1)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from alignlab.data.tokenise import PromptRenderer, collate_sequences
 from alignlab.models.generate import GenerationConfig
+from alignlab.models.logps import final_states
 
 # The temperature-1 draws get a random stream of their own, apart from the evaluation samples'
 # (seeded from `seed` itself) for any seed a study is likely to use.
@@ -31,17 +32,18 @@ def kl_generation(generation: GenerationConfig) -> GenerationConfig:
                                seed=generation.seed + KL_SEED_OFFSET)
 
 
-def summed_token_kl(policy_logits: Tensor, sft_logits: Tensor, mask: Tensor) -> Tensor:
-    """Per row, Σ over the positions where `mask` is set of Σ_v p(v)·(log p(v) − log q(v)), with p and
-    q the softmax of `policy_logits` and `sft_logits` (rows × positions × vocabulary); float64 on the
-    logits' device. A sum below 0 by rounding only is 0; one further below is returned as it is
-    (it would show a bug, not rounding)."""
-    keep = mask.bool()  # only the masked positions go to float64: the full logits may be large
-    log_p = torch.log_softmax(policy_logits[keep].double(), -1)
-    log_q = torch.log_softmax(sft_logits[keep].double(), -1)
-    per_token = (log_p.exp() * (log_p - log_q)).sum(-1)
-    rows = torch.arange(len(mask), device=keep.device)[:, None].expand_as(keep)[keep]
-    totals = torch.zeros(len(mask), dtype=torch.float64, device=per_token.device).index_add_(0, rows, per_token)
+def token_kl(policy_logits: Tensor, sft_logits: Tensor) -> Tensor:
+    """Per position, Σ_v p(v)·(log p(v) − log q(v)), with p and q the softmax of `policy_logits` and
+    `sft_logits` (positions × vocabulary), in float64."""
+    log_p = torch.log_softmax(policy_logits.double(), -1)
+    log_q = torch.log_softmax(sft_logits.double(), -1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def row_totals(per_token: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+    """Per row, the sum of the per-position KLs `per_token` whose row is `rows`. A sum below 0 by
+    rounding only is 0; one further below is returned as it is (it would show a bug, not rounding)."""
+    totals = torch.zeros(n_rows, dtype=torch.float64, device=per_token.device).index_add_(0, rows, per_token)
     rounding = (totals < 0) & (totals > -NEGATIVE_ROUNDING)
     return totals.masked_fill(rounding, 0.0)
 
@@ -62,8 +64,13 @@ def kl_to_sft(policy, sft, tokenizer, prompts: list[list[dict]], response_ids: l
                                   tokenizer.pad_token_id)
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         # Rows are right-padded, so positions count from each row's first token as in training;
-        # the logits at position i predict token i + 1, hence the shift by one.
-        logits = [model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-                  for model in (policy, sft)]
-        totals += summed_token_kl(*logits, batch["loss_mask"][:, 1:].to(device)).cpu().tolist()
+        # the state at position i predicts token i + 1, hence the shift by one.
+        rows, positions = batch["loss_mask"][:, 1:].to(device).nonzero(as_tuple=True)
+        policy_states, sft_states = (final_states(model, rows, positions, input_ids=input_ids,
+                                                  attention_mask=attention_mask, use_cache=False)
+                                     for model in (policy, sft))
+        # Chunk by chunk, so that neither model's [tokens, vocabulary] logits exist at once (alignlab.models.logps)
+        per_token = torch.cat([token_kl(policy_states.chunk_logits(start, stop), sft_states.chunk_logits(start, stop))
+                               for start, stop in policy_states.chunks()])
+        totals += row_totals(per_token, rows, len(input_ids)).cpu().tolist()
     return totals

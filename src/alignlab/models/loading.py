@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from torch import Tensor
 from alignlab.cache import check_adapter_chain
 from alignlab.errors import AlignlabError
 from alignlab.models.gguf import local_model_dir
+from alignlab.models.logps import final_states
 
 log = logging.getLogger(__name__)
 
@@ -255,53 +255,22 @@ def load_sequence_classifier(path: str, dtype: str = "float32", trust_remote_cod
     return model
 
 
-def token_logps(logits: Tensor, labels: Tensor) -> Tensor:
-    """log p(label) per position, without materialising a full log-softmax copy of the logits."""
-    logits = logits.float()
-    picked = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
-
-
 def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> Tensor:
-    """Σ_t log π(y_t | x, y_<t) over the positions where `loss_mask` is 1 (the response tokens)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    per_token = token_logps(logits[:, :-1], input_ids[:, 1:])
-    return (per_token * loss_mask[:, 1:]).sum(-1)
-
-
-@contextmanager
-def output_layer_at(model, rows: Tensor, positions: Tensor):
-    """While active, the model's output layer maps only the hidden states at [rows, positions] (two
-    1-D index tensors), so its logits come back with shape (1, len(positions), vocab) — or, for a
-    model with no output layer to hook, whole (the caller gathers them; the yielded flag says which).
-
-    The prompts' and the padding's logits are never used, and the output layer is a large share of a
-    small model's FLOPs (an 8,192-token vocabulary at hidden 512: a quarter of a 23M Llama's), forward
-    and backward. What a model does after its output layer (soft-capping, a logit scale) is per logit,
-    so it applies to the gathered logits alike; choose_layout checks the result against the padded
-    layout's full logits before training uses it."""
-    head = model.get_output_embeddings()
-    if head is None:
-        yield False
-        return
-
-    def keep_positions(module, args):
-        hidden, *rest = args
-        return (hidden[rows, positions][None], *rest)
-
-    handle = head.register_forward_pre_hook(keep_positions)
-    try:
-        yield True
-    finally:
-        handle.remove()
+    """Σ_t log π(y_t | x, y_<t) over the positions where `loss_mask` is 1 (the response tokens), from
+    the hidden states that predict them (alignlab.models.logps)."""
+    rows, positions = loss_mask[:, 1:].nonzero(as_tuple=True)  # position t predicts token t + 1
+    states = final_states(model, rows, positions, input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    per_token = states.token_logps(input_ids[rows, positions + 1]) * loss_mask[rows, positions + 1]
+    return torch.zeros(len(input_ids), dtype=per_token.dtype, device=per_token.device).index_add(0, rows, per_token)
 
 
 def gathered_logps(model, batch: dict) -> Tensor:
     """Σ_t log π(y_t | x, y_<t) of every response of a gathered layout's batch (alignlab.data.layouts):
     chosen 1..B, then rejected 1..B. A mask goes in as transformers' own masks do: boolean for sdpa,
     additive in the model's dtype for eager attention (which adds it to the scores); the
-    position-packed layout has none (the position ids mark where each sequence starts). Logits are
-    computed only where a response token is predicted (output_layer_at)."""
+    position-packed layout has none (the position ids mark where each sequence starts). Log-probs are
+    computed only where a response token is predicted (alignlab.models.logps; where the model's own
+    logits are needed, its output layer maps only those positions: output_layer_at)."""
     core = getattr(model, "module", model)  # under DDP/DeepSpeed, the wrapped model holds the config
     mask = batch.get("attention_mask")
     if mask is not None and core.config._attn_implementation != "sdpa":
@@ -310,14 +279,9 @@ def gathered_logps(model, batch: dict) -> Tensor:
     real = batch["response_mask"].bool()
     response, _ = real.nonzero(as_tuple=True)  # the response of each real token, in the order [real] takes
     rows, positions = batch["response_rows"][response], batch["response_positions"][real]
-    with output_layer_at(core, rows, positions) as gathered:
-        logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
-                       use_cache=False).logits
-    picked = logits[0] if gathered else logits[rows, positions]
-    if gathered and logits.shape[:2] != (1, len(positions)):
-        raise RuntimeError(f"{type(core).__name__}'s output layer did not keep the gathered positions: "
-                           f"logits of shape {tuple(logits.shape)} for {len(positions)} response tokens")
-    per_token = token_logps(picked, batch["response_tokens"][real])
+    states = final_states(model, rows, positions, gather_in_head=True, input_ids=batch["input_ids"],
+                          attention_mask=mask, position_ids=batch["position_ids"], use_cache=False)
+    per_token = states.token_logps(batch["response_tokens"][real])
     return torch.zeros(len(real), dtype=per_token.dtype, device=per_token.device).index_add(0, response, per_token)
 
 

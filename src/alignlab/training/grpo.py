@@ -45,7 +45,8 @@ from alignlab.config import TrainConfig
 from alignlab.errors import AlignlabError
 from alignlab.models.backends import make_backend
 from alignlab.models.generate import Generation, GenerationBackend, GenerationConfig
-from alignlab.models.loading import load_causal_lm, load_tokenizer, token_logps
+from alignlab.models.loading import load_causal_lm, load_tokenizer
+from alignlab.models.logps import final_states
 from alignlab.objectives.losses import grpo_advantages, k3_kl
 from alignlab.objectives.registry import GroupBatch, get_method
 from alignlab.data.tokenise import PromptRenderer, collate_sequences
@@ -116,9 +117,13 @@ def sample_and_score(backend: GenerationBackend, scorer, prompts: list[list[dict
 
 def response_token_logps(model, batch: dict, temperature: float) -> torch.Tensor:
     """log π(y_t | x, y_<t) of every next token under softmax(logits / T): (rows, length − 1).
-    Only positions where batch["loss_mask"][:, 1:] is 1 are response tokens."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    return token_logps(logits[:, :-1] / temperature, batch["input_ids"][:, 1:])
+    Only positions where batch["loss_mask"][:, 1:] is 1 are response tokens. From the final hidden
+    states, without the full logits (alignlab.models.logps)."""
+    input_ids = batch["input_ids"]
+    rows, positions = torch.ones_like(input_ids[:, 1:], dtype=torch.bool).nonzero(as_tuple=True)
+    states = final_states(model, rows, positions, input_ids=input_ids, attention_mask=batch["attention_mask"],
+                          use_cache=False)
+    return states.token_logps(input_ids[rows, positions + 1], temperature).view(len(input_ids), -1)
 
 
 @dataclass

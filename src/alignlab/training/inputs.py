@@ -177,7 +177,7 @@ def choose_layout(model, examples, pad_id: int, device, packing: bool, max_lengt
     when `packing`, the position-packed layout, whose sequence boundaries it reads from the position
     ids. The choice is checked on a few pairs in eval mode, against the padded layout: a model that
     ignores the mask or the position ids, or whose output layer cannot be restricted to the response
-    positions (alignlab.models.loading.output_layer_at), falls back to the padded layout, with a warning."""
+    positions (alignlab.models.logps.output_layer_at), falls back to the padded layout, with a warning."""
     candidate = candidate_layout(getattr(model.config, "_attn_implementation", None), packing, max_length)
     if candidate.name == "padded":
         return candidate
