@@ -45,7 +45,7 @@ _z = NormalDist().inv_cdf  # the standard normal quantile
 def untested(claim: str, statistic: str, why: str, runs: int = 0) -> dict:
     """A claim the sweep cannot test (no runs of a method, a column absent): verdict "not tested"."""
     return {"claim": claim, "statistic": statistic, "family": "secondary", "verdict": "not tested", "value": None,
-            "ci": None, "p_value": None, "p_adjusted": None, "seeds": None, "runs": runs, "prompts": None,
+            "ci": None, "p_value": None, "p_adjusted": None, "level": None, "seeds": None, "runs": runs, "prompts": None,
             "null": None, "detail": why, "configurations": [], "variance": None, "to_settle": None}
 
 
@@ -72,7 +72,7 @@ def tested_estimate(claim: str, statistic: str, e: Estimate, detail: str, runs: 
     if not decidable:
         detail += "; fewer than 2 seeds per configuration: training noise unmeasured, so no verdict"
     return {"claim": claim, "statistic": statistic, "family": "secondary",
-            "verdict": None if decidable else "inconclusive", **e.to_dict(), "p_adjusted": None, "seeds": seeds,
+            "verdict": None if decidable else "inconclusive", **e.to_dict(), "p_adjusted": None, "level": None, "seeds": seeds,
             "runs": runs, "prompts": prompts, "null": list(null), "detail": detail,
             "configurations": sorted(configs), "variance": variance, "to_settle": None}
 
@@ -89,17 +89,20 @@ def declare_primary(claims: list[dict], primary) -> list[dict]:
     return claims
 
 
-def decide(claims: list[dict]) -> list[dict]:
+def decide(claims: list[dict], primary_level: float = ALPHA) -> list[dict]:
     """Holm-adjust the p-values of the decidable claims within each family, set every verdict, and say
-    what would settle each inconclusive one (in place)."""
+    what would settle each inconclusive one (in place). The primary family is decided at
+    `primary_level` (below 5% at the looks of a sequential design: alignlab.analysis.sequential)."""
     for family in FAMILIES:
+        level = primary_level if family == "primary" else ALPHA
         open_claims = [c for c in claims if c["verdict"] is None and c["family"] == family]
         for claim, adjusted in zip(open_claims, holm([c["p_value"] for c in open_claims])):
             claim["p_adjusted"] = adjusted
-            claim["verdict"] = verdict(claim["value"], adjusted, tuple(claim["null"]))
+            claim["verdict"] = verdict(claim["value"], adjusted, tuple(claim["null"]), level)
+            claim["level"] = level
         for claim in open_claims:
             if claim["verdict"] == "inconclusive":
-                claim["to_settle"] = to_settle(claim, ALPHA / len(open_claims))
+                claim["to_settle"] = to_settle(claim, level / len(open_claims))
     return claims
 
 
@@ -139,7 +142,7 @@ def to_settle(claim: dict, level: float) -> dict | None:
     detectable = ((_z(1 - level / 2) + _z(POWER))
                   * math.sqrt(variance["seeds"] + variance["prompts"]))
     assumes = (f"{POWER:.0%} power at the observed effect {effect:+.4g} (distance from the null region), "
-               f"two-sided level {level:.3g} (5% over the family's decidable claims), normal approximation; "
+               f"two-sided level {level:.3g} (the family's level over its decidable claims), normal approximation; "
                f"seed variance scales as {seeds}/S and prompt variance as {prompts}/P from the "
                f"bootstrap's components; optimistic with few seeds and for an effect picked as the largest")
     return {**needed, "effect": effect, "detectable_effect": detectable, "level": level, "assumes": assumes}
