@@ -71,7 +71,7 @@ def claims_section(sweep: Sweep) -> tuple[Section, dict]:
         "below it), *inconclusive* (otherwise, or fewer than 2 seeds per configuration: training noise "
         "unmeasured), *not tested* (runs or columns missing). An inconclusive claim says what would settle it: "
         "about how many seeds per configuration (or reporting prompts) give 80% power at the observed effect "
-        "(normal approximation, from the estimate's seed and prompt variance).") + sequential_text(sweep.looks)
+        "(from the estimate's seed and prompt variance, Student's t at the df those seeds would give).") + sequential_text(sweep.looks)
     plotted = [c for c in sweep.claims if c["value"] is not None and c["ci"] is not None]
     unplotted = [c["claim"] for c in sweep.claims if c not in plotted]
     forest = []
