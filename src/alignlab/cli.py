@@ -11,7 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from alignlab.cli_settings import add_config_arguments, add_dataset_arguments, add_eval_arguments
+from alignlab.cli_settings import (add_config_arguments, add_dataset_arguments, add_eval_arguments,
+                                   add_sequential_arguments)
 from alignlab.errors import AlignlabError
 
 TRAIN_EPILOG = """\
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="study directory (default: alignlab-run-<preset>-<time>)")
     run.add_argument("--seeds", help="replicate training seeds per configuration (default 3)")
     run.add_argument("--workers", help="runs in parallel (default 1)")
+    add_sequential_arguments(run, "6", "9")
     run.add_argument("--study", help="robustness (default: the Hitchhiker analyses) | var (adds the VAR section: "
                                      "GRPO race, Z estimators, compute profile; grid var-small)")
     sweep = commands.add_parser(
@@ -98,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--training_seed", help="first replicate's training seed (default: --seed)")
     sweep.add_argument("--seeds", help="replicate training seeds per configuration: training_seed … training_seed + "
                                        "N − 1 (default 3)")
+    add_sequential_arguments(sweep, "--seeds: a fixed design", "none")
     sweep.add_argument("--study", help="robustness (default) | var (adds the VAR section's stages and analyses)")
     report = commands.add_parser("report", help="(re)write the robustness report of a sweep or run directory")
     report.add_argument("dir", help="the --out of alignlab sweep or alignlab run")
@@ -273,13 +276,18 @@ def run_study_command(args, overrides: list[str]) -> int:
     import time
 
     from alignlab.study.config import StudyConfig
+    from alignlab.study.grid import RUN_DESIGN
     from alignlab.study.sweep import run_sweep
 
     _deprecated_preset(args, "preset", "--world tiny|default|large")
     config = _config_from_args(StudyConfig, args, ("preset", "grid_preset", "seed", "training_seed", "seeds", "methods",
-                                                   "out", "workers", "study"), overrides)
+                                                   "out", "workers", "study", "max_seeds", "budget_minutes"),
+                              overrides)
     if config.study == "var" and config.grid_preset == "small":
         config.grid_preset = "var-small"
+    if config.study == "robustness":  # seeds where the noise is, unless the study says otherwise
+        config.max_seeds = config.max_seeds or max(RUN_DESIGN["max_seeds"], config.seeds)
+        config.budget_minutes = config.budget_minutes or RUN_DESIGN["budget_minutes"]
     if not config.out:
         config.out = f"alignlab-run-{config.preset if config.uses_world else 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(run_sweep(config))
@@ -304,7 +312,8 @@ def run_sweep_command(args, overrides: list[str]) -> int:
     _deprecated_preset(args, "grid_preset", "--grid hitchhiker|var|var-small|small")
     if args.config is None and args.grid_preset is None:
         raise AlignlabError("alignlab sweep needs a CONFIG.yaml with a grid or --grid (hitchhiker | var | var-small | small)")
-    names = ("grid_preset", "preset", "seed", "training_seed", "seeds", "out", "workers", "executor", "study")
+    names = ("grid_preset", "preset", "seed", "training_seed", "seeds", "out", "workers", "executor", "study",
+             "max_seeds", "budget_minutes")
     config = _config_from_args(StudyConfig, args, names, overrides)
     if args.grid_preset is None and "grid_preset" not in read_yaml(args.config):
         config.grid_preset = None  # a config file's own grid replaces the default one

@@ -121,3 +121,11 @@ def add_eval_arguments(parser) -> None:
     judge.add_argument("--judge_workers", help=f"requests in flight at once (default: {EvalConfig.judge_workers})")
     on_off(judge, "judge_follow_redirects", "follow a redirect to another host, port or scheme, without the API key "
                                             "(default: such a redirect fails the request)")
+
+
+def add_sequential_arguments(parser, max_seeds: str, budget_minutes: str) -> None:
+    """A study's sequential design (alignlab.analysis.sequential), with the command's defaults as text."""
+    parser.add_argument("--max_seeds", help="seeds where the noise is: up to this many per configuration whose noise "
+                                            f"keeps a primary claim open (default {max_seeds})")
+    parser.add_argument("--budget_minutes", help="no sequential look starts whose runs would end past this many "
+                                                 f"minutes (default {budget_minutes})")

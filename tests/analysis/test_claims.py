@@ -86,3 +86,21 @@ def test_the_seeds_it_asks_for_give_80_percent_power_in_simulation():
     difference = effect + (interaction + seed_means) @ np.array([1.0, -1.0])
     power = np.mean(np.abs(difference) / sd > 1.959964)
     assert 0.8 - 3 * 0.0063 <= power <= 0.87, (needed, power)
+
+
+def test_with_few_degrees_of_freedom_it_asks_for_the_seeds_a_t_test_needs():
+    # 3 seeds and 2 df now: at S seeds the df are 2·(S − 1)/2 = S − 1. Worked out with scipy: effect
+    # 0.5, v_seeds 0.04 (at 3 seeds), v_prompts 0.01, level 2.5%: S = 4 gives var 0.04, sd 0.2, and needs
+    # t_3(0.9875) + z(0.8) = 4.177 + 0.842 = 5.02 sd's (1.004 > 0.5); S = 8: var 0.025, sd 0.158,
+    # t_7(0.9875) + 0.842 = 2.841 + 0.842 = 3.683 → 0.582 > 0.5; S = 11: var 0.0209, sd 0.1446,
+    # t_10 quantile 2.634 + 0.842 = 3.476 → 0.5027 > 0.5; S = 12: var 0.02, sd 0.1414, t_11 2.593 + 0.842
+    # = 3.435 → 0.4858 ≤ 0.5. The normal version needs (0.5 / (2.241 + 0.842))² = 0.0263 of variance:
+    # 0.12/S ≤ 0.0163 at S = 8.
+    from scipy.stats import norm, t
+
+    def enough(s):
+        return (t.ppf(1 - 0.025 / 2, s - 1) + norm.ppf(0.8)) * math.sqrt(0.04 * 3 / s + 0.01) <= 0.5
+
+    assert [s for s in range(3, 20) if enough(s)][0] == 12
+    assert seeds_for_power(0.5, 0.04, 0.01, 3, 100, 0.025, df=2)["seeds_per_configuration"] == 12
+    assert seeds_for_power(0.5, 0.04, 0.01, 3, 100, 0.025)["seeds_per_configuration"] == 8

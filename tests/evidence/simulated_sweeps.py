@@ -108,3 +108,37 @@ def as_table(runs, sft, family_of: dict[str, str] | None = None):
     if family_of is not None:
         columns["family"] = [family_of[p] for p in columns["prompt_id"]]
     return pd.DataFrame(columns)
+
+
+def sequential_claims(rng, grid: dict[str, int], seeds: int, max_seeds: int, seed: int = 0, n_resamples: int = 300,
+                      n_prompts: int = 200, shift: dict[str, float] | None = None, **noise) -> tuple[list[dict], list]:
+    """(final claims, looks) of a study that starts each configuration with `seeds` seeds and adds seeds
+    by the sequential design (alignlab.analysis.sequential.run_looks) up to `max_seeds`, every look and
+    the final analysis through `alignlab.verdict`'s code path (the interim looks on the same evidence,
+    built from the runs without the table's round trip): the sweep is simulated with max_seeds seeds up
+    front, and a look reveals the next seed of the configurations it asks for."""
+    from alignlab import verdict
+    from alignlab.analysis import SweepEvidence, claims_of
+    from alignlab.analysis.sequential import run_looks
+
+    runs, sft = simulate_sweep(rng, grid, seeds=max_seeds, n_prompts=n_prompts, shift=shift, **noise)
+    family_of = families(n_prompts)
+    def configuration(run) -> str:  # "dpo-c0" of run "dpo-c0-s2", as a scores table's rows name it too
+        return run.name.rsplit("-s", 1)[0]
+
+    shown = {configuration(run): seeds for run in runs}  # seeds revealed per configuration
+
+    def visible():
+        return [r for r in runs if r.params["seed"] < shown[configuration(r)]]
+
+    def evidence():
+        return SweepEvidence(visible(), sft, n_resamples, seed)
+
+    def add_seeds(configurations, looks):
+        for config in configurations:
+            shown[configuration(config.runs[0])] += 1
+
+    looks = run_looks(evidence, add_seeds, max_seeds,
+                      lambda ev, looks: claims_of(ev, family_of, looks=looks, interim=True))
+    final = verdict(as_table(visible(), sft, family_of), n_resamples=n_resamples, seed=seed, looks=looks)
+    return final, looks

@@ -12,8 +12,10 @@ within the primary family and within the secondary one, exactly as alignlab.repo
              (b) (a) with t₃ prompt effects and discrete gold with ties
              (c) (a) with 2 seeds          (d) (a) with unequal grids (1 vs 6 configurations)
              (e) (a) with seeds correlated across methods (ρ = 0.5)     (f) (a) with 60 prompts
+             (g) (a) at `alignlab run`'s design: 4 configurations per method, 3 seeds, and seeds added
+                 where the noise is (alignlab.analysis.sequential), up to 6
     power  one method better by 2 noise floors: the report must confirm its expected score over the
-           other in at least 80% of sweeps
+           other in at least 80% of sweeps; at `alignlab run`'s design, each default primary claim
 """
 
 import numpy as np
@@ -22,12 +24,13 @@ import pytest
 from alignlab import verdict
 from alignlab.analysis import SweepEvidence
 from alignlab.analysis.runs import method_label
-from simulated_sweeps import NOISE_FLOORS, as_table, families, noise_floor, simulate_sweep
+from simulated_sweeps import NOISE_FLOORS, as_table, families, noise_floor, sequential_claims, simulate_sweep
 
 N_RESAMPLES = 300  # per simulated report; the p-values' Monte-Carlo error is far below the tolerances
 SWEEPS = 1000      # 2 Monte-Carlo se of a 5% rate: 1.4 points
 BOUND = 0.05 + 2 * np.sqrt(0.05 * 0.95 / SWEEPS)
 DEFAULT_GRID = {"dpo": 2, "ln-dpo": 2, "simpo": 2, "var": 2}
+STUDY_GRID = {"dpo": 4, "ln-dpo": 4, "simpo": 4, "var": 4}  # `alignlab run`'s grid (study.grid, "small")
 # Jitter sd 0.02: configurations truly differ (a pick can be right or wrong), by less than the seed
 # noise of any method but VAR's, so that a best-of-grid claim's true difference stays near 0.
 REAL_NOISE = {"seed_sd": NOISE_FLOORS, "jitter_sd": 0.02}
@@ -37,13 +40,19 @@ def report_claims(runs, sft, seed: int, n_prompts: int = 200) -> list[dict]:
     return verdict(as_table(runs, sft, families(n_prompts)), n_resamples=N_RESAMPLES, seed=seed)
 
 
-def false_verdict_rate(grid: dict, sweeps: int, seed: int, **noise) -> tuple[float, dict]:
+def false_verdict_rate(grid: dict, sweeps: int, seed: int, max_seeds: int | None = None,
+                       **noise) -> tuple[float, dict]:
     """The larger of the two families' rates of reports with a false verdict, and the false verdicts
-    per claim."""
+    per claim; with max_seeds, of studies that add seeds by the sequential design up to it."""
     rng = np.random.default_rng(seed)
     with_false, per_claim = {"primary": 0, "secondary": 0}, {}
+    first_seeds = noise.pop("seeds", 3) if max_seeds else None
     for i in range(sweeps):
-        claims = report_claims(*simulate_sweep(rng, grid, **noise), seed=i, n_prompts=noise.get("n_prompts", 200))
+        if max_seeds:
+            claims, _ = sequential_claims(rng, grid, first_seeds, max_seeds, seed=i, n_resamples=N_RESAMPLES,
+                                          **noise)
+        else:
+            claims = report_claims(*simulate_sweep(rng, grid, **noise), seed=i, n_prompts=noise.get("n_prompts", 200))
         wrong = [c for c in claims if c["verdict"] in ("confirmed", "reversed")]
         for family in with_false:
             with_false[family] += any(c["family"] == family for c in wrong)
@@ -102,6 +111,17 @@ def test_family_wise_false_verdicts_with_60_prompts():
     assert rate <= BOUND, (rate, per_claim)
 
 
+@pytest.mark.slow
+def test_family_wise_false_verdicts_with_seeds_added_where_the_noise_is():
+    # (g) `alignlab run`'s design: 4 configurations per method, 3 seeds, then the sequential looks add
+    # seeds (up to 6) to the configurations whose noise keeps a primary claim open; every primary claim
+    # is null here, so each study makes all 3 interim looks. 300 studies (each 4 analyses): 2 Monte-Carlo
+    # se of a 5% rate are 2.5 points.
+    sweeps = 300
+    rate, per_claim = false_verdict_rate(STUDY_GRID, sweeps, seed=17, max_seeds=6, **REAL_NOISE)
+    assert rate <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / sweeps), (rate, per_claim)
+
+
 def test_win_matrix_intervals_cover_the_true_share():
     # Two methods from one distribution (seed sd 0.4 and 0.02, continuous gold): by symmetry each wins
     # half of the (seed, seed, prompt) comparisons, so the true share is 1/2. Percentile intervals of the
@@ -137,3 +157,31 @@ def test_power_for_two_noise_floors_with_three_seeds_and_four_configurations_is_
     shift = 2 * noise_floor(100)  # the reporting half holds 100 of the 200 prompts
     rate = power({"dpo": 4, "ln-dpo": 4, "simpo": 4}, shift, sweeps=300, seed=2, claim=EXPECTED)
     assert rate >= 0.8, rate
+
+
+# Each default primary claim (alignlab.analysis.report_claims.DEFAULT_PRIMARY), the method it favours
+# and the method it is compared with.
+PRIMARY_CLAIMS = [("ln-dpo", "dpo", "expected score: LN-DPO ≥ DPO"),
+                  ("simpo", "ln-dpo", "expected score: SimPO ≥ LN-DPO"),
+                  ("var", "dpo", "expected score: VAR ≥ DPO")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("better, other, claim", PRIMARY_CLAIMS)
+def test_power_of_each_primary_claim_at_two_noise_floors_at_the_run_design_is_at_least_80_percent(better, other,
+                                                                                                  claim):
+    # `alignlab run`'s design (4 configurations per method, 3 seeds, up to 6 where the noise is) with
+    # the study's noise floors; the favoured method better by 2 noise floors of the noisier of the two
+    # (one model's seed sd of its mean gold on the 100 reporting prompts). The other two primary claims
+    # are null or reversed, so their looks go on to 6 seeds. Measured (100 studies each): 100%, 100%, and
+    # VAR ≥ DPO at 0.46: see the closing note of issue 29. 100 studies: 2 se of an 80% rate are 8 points,
+    # and the claims are far above it.
+    shift = 2 * max(noise_floor(100, NOISE_FLOORS[m]) for m in (better, other))
+    rng = np.random.default_rng(20)
+    confirmed = 0
+    sweeps = 100
+    for i in range(sweeps):
+        claims, _ = sequential_claims(rng, STUDY_GRID, 3, 6, seed=i, n_resamples=N_RESAMPLES, shift={better: shift},
+                                      **REAL_NOISE)
+        confirmed += next(c for c in claims if c["claim"] == claim)["verdict"] == "confirmed"
+    assert confirmed / sweeps >= 0.8, confirmed / sweeps

@@ -85,7 +85,8 @@ def study(template, tmp_path):
 def no_rendering(monkeypatch):
     """The reader alone: write_report replaced by one returning what it was given (figures are slow)."""
     monkeypatch.setattr(alignlab_report, "write_report",
-                        lambda out, runs, sft, context, title, var=None, families=None: {"runs": runs, "context": context})
+                        lambda out, runs, sft, context, title, var=None, families=None, looks=(): {"runs": runs,
+                                                                                                  "context": context})
 
 
 def files_of(directory) -> dict:
@@ -454,7 +455,8 @@ def test_any_rows_give_a_report_or_an_alignlab_error_and_the_store_is_never_writ
     db.close()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(alignlab_report, "write_report",
-                      lambda out, runs, sft, context, title, var=None, families=None: {"runs": runs, "context": context})
+                      lambda out, runs, sft, context, title, var=None, families=None, looks=(): {"runs": runs,
+                                                                                                  "context": context})
         try:
             summary = report_leaves_store_alone(study)
         except AlignlabError as err:

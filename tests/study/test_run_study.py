@@ -18,7 +18,10 @@ HH_SAMPLE = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory, world_cache):
     out = tmp_path_factory.mktemp("study") / "study"
-    code = main(["run", "--world", "tiny", "--seeds", "2", "--out", str(out), "--cache_dir", str(world_cache)])
+    # A fixed design (--max_seeds 2): the numbers below follow from 2 seeds per configuration; the
+    # sequential looks have their own test (test_sequential_study.py).
+    code = main(["run", "--world", "tiny", "--seeds", "2", "--max_seeds", "2", "--out", str(out), "--cache_dir",
+                 str(world_cache)])
     assert code == 0
     return out, world_cache
 
@@ -28,13 +31,13 @@ def _samples(out, run_dir) -> dict:
 
 
 @pytest.mark.slow
-def test_tiny_study_runs_the_small_grid_and_writes_the_report(tiny_study):
+def test_tiny_study_runs_the_default_grid_and_writes_the_report(tiny_study):
     out, _ = tiny_study
     for name in ("report.md", "report.html", "summary.json", "sweep.yaml", "study.json", "runs.sqlite"):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["best"]) == ["dpo", "ln-dpo", "simpo", "var"]
-    assert len(summary["runs"]) == 1 + 8 * 2  # SFT and two grid points per method, two seeds each
+    assert len(summary["runs"]) == 1 + 16 * 2  # SFT and four grid points per method, two seeds each
     for method, row in summary["best"].items():
         assert row["seeds"] == [1]  # of seeds 0 and 1, seed 0 ranks it and seed 1 reports it
         reported = dict(row["reported"])
@@ -46,11 +49,16 @@ def test_tiny_study_runs_the_small_grid_and_writes_the_report(tiny_study):
     assert summary["correction"] == "holm" and summary["selection"]["reporting_prompts"] == 32
     assert set(summary["noise_floor"]) == {"dpo", "ln-dpo", "simpo", "var"}
     assert all(value is not None and value >= 0 for value in summary["noise_floor"].values())
-    assert [p["k"] for p in summary["expected_max"]["dpo"]] == [1, 2]
+    assert [p["k"] for p in summary["expected_max"]["dpo"]] == [1, 2, 3, 4]
+    assert summary["primary"] == ["expected score: LN-DPO ≥ DPO", "expected score: SimPO ≥ LN-DPO",
+                                  "expected score: VAR ≥ DPO"]
+    assert summary["sequential"]["looks"] == [] and summary["sequential"]["final_level"] == 0.05
     verdicts = {c["verdict"] for c in summary["claims"]}
     assert verdicts <= {"confirmed", "reversed", "inconclusive", "not tested"}
-    # VAR against DPO: the difference and the paper's +7.16% as a contrast, over all prompts.
+    # VAR against DPO: the grid means, and on the best configurations the difference and the paper's
+    # +7.16% as a contrast, over all prompts.
     assert sum(c["claim"].startswith("VAR's gold reward") for c in summary["claims"]) == 2
+    assert "expected score: VAR ≥ DPO" in [c["claim"] for c in summary["claims"]]
     assert summary["sft"]["reported"]["kl"]["value"] == 0.0
     # The training curves and the example generations are of each method's best configuration.
     curves, examples = summary["training_curves"], summary["examples"]

@@ -20,18 +20,21 @@ together — at which a test at the family's Bonferroni level
 α/m (m the family's decidable claims: the level Holm applies to the first of them) has 80% power
 when the true effect is the observed one. It scales the components as the bootstrap measures them,
     var(S, P) = v_seeds · S₀/S + v_prompts · P₀/P      (S₀ seeds and P₀ prompts now),
-and asks for |δ| / √var ≥ z(1 − α/2m) + z(0.80), δ the estimate's distance from the null region:
-the seed × prompt interaction, which both components hold, is counted twice (a little conservative),
-a normal approximation, optimistic with few seeds (Student's t with few degrees of freedom needs
-more), and the observed effect is itself noisy (a winner's curse when it was picked for being large).
-Beside it, the detectable effect: (z(1 − α/2m) + z(0.80)) · √(v_seeds + v_prompts), the effect the data
-as they are would detect with 80% power.
+and asks for |δ| / √var ≥ t_df(S)(1 − α/2m) + z(0.80), δ the estimate's distance from the null region
+and t the Student quantile at the degrees of freedom the claim would have with S seeds, its df now
+scaled by (S − 1)/(S₀ − 1) (with 2–3 seeds the quantile, not the variance, keeps a claim open): the
+seed × prompt interaction, which both components hold, is counted twice (a little conservative), the
+power term is a normal approximation, and the observed effect is itself noisy (a winner's curse when
+it was picked for being large). Beside it, the detectable effect: (t_df(1 − α/2m) + z(0.80)) ·
+√(v_seeds + v_prompts), the effect the data as they are would detect with 80% power.
 """
 
 from __future__ import annotations
 
 import math
 from statistics import NormalDist
+
+from scipy.stats import t as student_t
 
 from alignlab.evidence import ALPHA, CORRECTION, Estimate, Resampled, estimate, holm, verdict
 from alignlab.evidence.bootstrap import distance_from_null, resample_variance
@@ -45,7 +48,7 @@ _z = NormalDist().inv_cdf  # the standard normal quantile
 def untested(claim: str, statistic: str, why: str, runs: int = 0) -> dict:
     """A claim the sweep cannot test (no runs of a method, a column absent): verdict "not tested"."""
     return {"claim": claim, "statistic": statistic, "family": "secondary", "verdict": "not tested", "value": None,
-            "ci": None, "p_value": None, "p_adjusted": None, "seeds": None, "runs": runs, "prompts": None,
+            "ci": None, "p_value": None, "p_adjusted": None, "level": None, "seeds": None, "runs": runs, "prompts": None,
             "null": None, "detail": why, "configurations": [], "variance": None, "to_settle": None}
 
 
@@ -72,7 +75,7 @@ def tested_estimate(claim: str, statistic: str, e: Estimate, detail: str, runs: 
     if not decidable:
         detail += "; fewer than 2 seeds per configuration: training noise unmeasured, so no verdict"
     return {"claim": claim, "statistic": statistic, "family": "secondary",
-            "verdict": None if decidable else "inconclusive", **e.to_dict(), "p_adjusted": None, "seeds": seeds,
+            "verdict": None if decidable else "inconclusive", **e.to_dict(), "p_adjusted": None, "level": None, "seeds": seeds,
             "runs": runs, "prompts": prompts, "null": list(null), "detail": detail,
             "configurations": sorted(configs), "variance": variance, "to_settle": None}
 
@@ -89,40 +92,59 @@ def declare_primary(claims: list[dict], primary) -> list[dict]:
     return claims
 
 
-def decide(claims: list[dict]) -> list[dict]:
+def decide(claims: list[dict], primary_level: float = ALPHA) -> list[dict]:
     """Holm-adjust the p-values of the decidable claims within each family, set every verdict, and say
-    what would settle each inconclusive one (in place)."""
+    what would settle each inconclusive one (in place). The primary family is decided at
+    `primary_level` (below 5% at the looks of a sequential design: alignlab.analysis.sequential)."""
     for family in FAMILIES:
+        level = primary_level if family == "primary" else ALPHA
         open_claims = [c for c in claims if c["verdict"] is None and c["family"] == family]
         for claim, adjusted in zip(open_claims, holm([c["p_value"] for c in open_claims])):
             claim["p_adjusted"] = adjusted
-            claim["verdict"] = verdict(claim["value"], adjusted, tuple(claim["null"]))
+            claim["verdict"] = verdict(claim["value"], adjusted, tuple(claim["null"]), level)
+            claim["level"] = level
         for claim in open_claims:
             if claim["verdict"] == "inconclusive":
-                claim["to_settle"] = to_settle(claim, ALPHA / len(open_claims))
+                claim["to_settle"] = to_settle(claim, level / len(open_claims))
     return claims
 
 
 def seeds_for_power(effect: float, v_seeds: float, v_prompts: float, seeds: int, prompts: int, level: float,
-                    power: float = POWER) -> dict:
+                    power: float = POWER, df: float | None = None) -> dict:
     """How much more data gives a two-sided test at `level` `power` against a true effect `effect`, for an
     estimate whose variance is v_seeds · seeds/S + v_prompts · prompts/P (the module docstring):
         seeds_per_configuration   the fewest seeds S, prompts held (None: prompt noise alone is too large)
         prompts                   the fewest prompts P, seeds held (None: seed noise alone is too large)
         both                      {seeds_per_configuration, prompts}: both scaled by one factor
-    All None when there is no effect to detect."""
+    All None when there is no effect to detect. With `df` (the estimate's degrees of freedom now) the
+    test is Student's t, its df growing with the seeds as df · (S − 1)/(seeds − 1): with 2–3 seeds the t
+    quantile, not the variance, is what keeps a claim open, and a normal test would ask for too few."""
     if effect == 0:
         return {"seeds_per_configuration": None, "prompts": None, "both": None}
-    target = (abs(effect) / (_z(1 - level / 2) + _z(power))) ** 2  # the largest variance
 
-    def needed(component: float, now: int, other: float) -> int | None:
-        if other >= target:
+    def target(seed_factor: float) -> float:
+        """The largest variance that gives the power, at `seed_factor` times the seeds."""
+        critical = _z(1 - level / 2)
+        if df is not None:
+            critical = float(student_t.ppf(1 - level / 2, df * max(seeds * seed_factor - 1, 1) / max(seeds - 1, 1)))
+        return (abs(effect) / (critical + _z(power))) ** 2
+
+    def needed(component: float, now: int, other: float, allowed: float) -> int | None:
+        if other >= allowed:
             return None
-        return max(now, math.ceil(component * now / (target - other)))
+        return max(now, math.ceil(component * now / (allowed - other)))
 
-    factor = max(1.0, (v_seeds + v_prompts) / target)
-    return {"seeds_per_configuration": needed(v_seeds, seeds, v_prompts),
-            "prompts": needed(v_prompts, prompts, v_seeds),
+    normal_factor = max(1.0, (v_seeds + v_prompts) / target(math.inf))
+    prompts_needed = needed(v_prompts, prompts, v_seeds, target(1.0))
+    if df is None:
+        seeds_needed = needed(v_seeds, seeds, v_prompts, target(1.0))
+        factor = normal_factor
+    else:  # the df move with the seeds: the fewest that reach the power, up to TOO_MUCH_MORE² times
+        candidates = range(seeds, seeds * TOO_MUCH_MORE ** 2 + 1)
+        seeds_needed = next((s for s in candidates if v_seeds * seeds / s + v_prompts <= target(s / seeds)), None)
+        factor = next((s / seeds for s in candidates if (v_seeds + v_prompts) * seeds / s <= target(s / seeds)),
+                      normal_factor)
+    return {"seeds_per_configuration": seeds_needed, "prompts": prompts_needed,
             "both": {"seeds_per_configuration": math.ceil(seeds * factor), "prompts": math.ceil(prompts * factor)}}
 
 
@@ -134,14 +156,17 @@ def to_settle(claim: dict, level: float) -> dict | None:
         return None
     effect = distance_from_null(claim["value"], claim["null"])
     seeds, prompts = variance["seeds_per_configuration"], claim["prompts"]
-    needed = seeds_for_power(effect, variance["seeds"], variance["prompts"], seeds, prompts, level)
+    needed = seeds_for_power(effect, variance["seeds"], variance["prompts"], seeds, prompts, level,
+                             df=claim.get("df"))
     # The effect the data as they are would detect with that power: what "no difference" here can exclude.
-    detectable = ((_z(1 - level / 2) + _z(POWER))
-                  * math.sqrt(variance["seeds"] + variance["prompts"]))
+    df = claim.get("df")
+    critical = _z(1 - level / 2) if df is None else float(student_t.ppf(1 - level / 2, df))
+    detectable = (critical + _z(POWER)) * math.sqrt(variance["seeds"] + variance["prompts"])
     assumes = (f"{POWER:.0%} power at the observed effect {effect:+.4g} (distance from the null region), "
-               f"two-sided level {level:.3g} (5% over the family's decidable claims), normal approximation; "
+               f"two-sided level {level:.3g} (the family's level over its decidable claims), Student's t at "
+               f"{'the normal limit' if df is None else f'{df:.3g} df now, growing with the seeds'}; "
                f"seed variance scales as {seeds}/S and prompt variance as {prompts}/P from the "
-               f"bootstrap's components; optimistic with few seeds and for an effect picked as the largest")
+               f"bootstrap's components; optimistic for an effect picked as the largest")
     return {**needed, "effect": effect, "detectable_effect": detectable, "level": level, "assumes": assumes}
 
 

@@ -139,7 +139,8 @@ def _best_claim(ev, a, b, column, claim, statistic) -> dict:
                   runs, seeds)
 
 
-def _expected_claim(ev, a, b) -> dict:
+def expected_claim(ev, a, b) -> dict:
+    """'a − b > 0' on the grid means (expected best-of-1): every configuration's every seed reports."""
     claim = f"expected score: {method_label(a)} ≥ {method_label(b)}"
     statistic = (f"expected best-of-1 mean gold (the grid mean) of {method_label(a)} − of {method_label(b)}, "
                  f"at the equal search budget k = 1")
@@ -229,7 +230,7 @@ def hitchhiker_claims(ev: SweepEvidence) -> list[dict]:
                                   f"reported mean gold of the best {method_label(a)} − the best {method_label(b)} "
                                   f"configuration"))
     for a, b in (("simpo", "ln-dpo"), ("ln-dpo", "dpo")):
-        claims.append(_expected_claim(ev, a, b))
+        claims.append(expected_claim(ev, a, b))
     claims.append(_worse_than_sft_claim(ev))
     for column, what in (("length", "responses shorter than DPO's"),
                          ("ln_kl", "closer to SFT in length-normalised KL than DPO")):
@@ -259,5 +260,5 @@ def variant_claims(ev: SweepEvidence, reference: str | None = None) -> list[dict
                                   f"best score: {method_label(method)} ≥ {method_label(baseline)}",
                                   f"reported mean gold of the best {method_label(method)} − the best "
                                   f"{method_label(baseline)} configuration"))
-        claims.append(_expected_claim(ev, method, baseline))
+        claims.append(expected_claim(ev, method, baseline))
     return claims

@@ -109,11 +109,14 @@ def _column(run: RunRecord, column: str) -> np.ndarray:
 
 
 def _by_prompt(run: RunRecord, column: str, prompts) -> np.ndarray:
-    position = {str(p): i for i, p in enumerate(run.samples["prompt_id"])}
-    missing = [p for p in prompts if p not in position]
-    if missing:
+    ids = np.asarray(run.samples["prompt_id"]).astype(str)
+    wanted = np.asarray(prompts, dtype=str)
+    order = np.argsort(ids, kind="stable")
+    found = order[np.minimum(np.searchsorted(ids, wanted, sorter=order), len(ids) - 1)] if len(ids) else []
+    missing = wanted[ids[found] != wanted] if len(ids) else wanted
+    if len(missing):
         raise ValueError(f"run {run.name} has no {column} for prompt {missing[0]}")
-    return _column(run, column)[[position[p] for p in prompts]]
+    return _column(run, column)[found]
 
 
 def _on(run: RunRecord, evaluation: str) -> RunRecord:

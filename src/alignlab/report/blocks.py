@@ -99,6 +99,7 @@ class Sweep:
     evidence: SweepEvidence  # configurations, the selection/reporting split, the shared resampling
     families: dict | None = None  # test prompt id -> family ("helpful", "harmful"), when known
     claims: list = field(default_factory=list)  # every claim of the report, decided together
+    looks: list = field(default_factory=list)  # a sequential study's interim looks (alignlab.analysis.sequential)
 
     @classmethod
     def of(cls, runs: list[RunRecord], sft: RunRecord | None, families: dict | None = None,

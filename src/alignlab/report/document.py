@@ -155,19 +155,22 @@ def snake_case(label: str) -> str:
 
 def write_report(out_dir: str | Path, runs: list[RunRecord], sft: RunRecord | None, context: dict,
                  title: str, var: dict | None = None, families: dict | None = None, *, primary=None,
-                 reference: str | None = None, papers: bool = True) -> dict:
+                 reference: str | None = None, papers: bool = True, looks: list[dict] = ()) -> dict:
     """Write summary.json, report.md, report.html and figures/*.png for a sweep; return the summary.
 
     runs: every finished run of the sweep; sft: the SFT baseline's evaluation (or None); context:
     ordered facts printed at the top (and copied into the summary); var: for a VAR study, the
     inputs of its section (alignlab.report.var.var_sections: race, z, compute); families: test prompt
     id -> family, for the per-family numbers and the VAR claims; primary, reference, papers: which
-    claims are made and which are primary (alignlab.analysis.claims_of). Each file is written atomically.
+    claims are made and which are primary (alignlab.analysis.claims_of); looks: a sequential study's
+    interim looks (alignlab.analysis.sequential), which spend part of the primary family's 5%. Each file
+    is written atomically.
     """
     out_dir = Path(out_dir)
     check_no_link(out_dir / "figures", out_dir, what="the report's figures/ folder")
     sweep = Sweep.of(runs, sft, families)
-    sweep.claims = claims_of(sweep.evidence, families, primary, reference, papers)
+    sweep.claims = claims_of(sweep.evidence, families, primary, reference, papers, looks=looks)
+    sweep.looks = list(looks)
     with matplotlib.rc_context(PLOT_STYLE):
         claims, claims_summary = claims_section(sweep)
         best, best_summary = best_section(sweep)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from alignlab.analysis import best_run, expected_max_curve, wilson_interval
 from alignlab.analysis.claims import correction_text, to_settle_text
 from alignlab.analysis.replicates import SEED_RULE
+from alignlab.analysis.sequential import INTERIM_LEVEL, primary_level
 from alignlab.analysis.runs import method_label
 from alignlab.evidence import CORRECTION, estimate
 from alignlab.report.blocks import BASELINE, BASELINE_KEY, Cell, Plot, Section, Sweep, Table
@@ -70,7 +71,7 @@ def claims_section(sweep: Sweep) -> tuple[Section, dict]:
         "below it), *inconclusive* (otherwise, or fewer than 2 seeds per configuration: training noise "
         "unmeasured), *not tested* (runs or columns missing). An inconclusive claim says what would settle it: "
         "about how many seeds per configuration (or reporting prompts) give 80% power at the observed effect "
-        "(normal approximation, from the estimate's seed and prompt variance).")
+        "(from the estimate's seed and prompt variance, Student's t at the df those seeds would give).") + sequential_text(sweep.looks)
     plotted = [c for c in sweep.claims if c["value"] is not None and c["ci"] is not None]
     unplotted = [c["claim"] for c in sweep.claims if c not in plotted]
     forest = []
@@ -92,8 +93,26 @@ def claims_section(sweep: Sweep) -> tuple[Section, dict]:
     selection = None if ev.split is None else {**ev.split.describe(), "picked_on": "selection",
                                                 "reported_on": "reporting", "seeds": SEED_RULE}
     summary = {"claims": sweep.claims, "primary": primary, "correction": CORRECTION, "noise_floor": floors,
-               "selection": selection}
+               "selection": selection, "sequential": {
+                   "interim_level": INTERIM_LEVEL, "final_level": primary_level(sweep.looks, interim=False),
+                   "looks": [{k: v for k, v in look.items() if k != "decided"}
+                             | {"decided": [c["claim"] for c in look["decided"]]} for look in sweep.looks]}}
     return section, summary
+
+
+def sequential_text(looks: list[dict]) -> str:
+    """What the report says of the sequential design's looks (none: nothing)."""
+    if not looks:
+        return ""
+    steps = "; ".join(f"look {look['look']} at {look['runs']} runs: "
+                      f"{', '.join(c['claim'] for c in look['decided']) or 'none'} decided, "
+                      f"one more seed for {len(look['added'])} configuration(s)" for look in looks)
+    return (f" Seeds where the noise is: after the first seeds the study looked at its primary claims and gave one "
+            f"more seed to the configurations whose training noise kept one open ({steps}). Each interim look "
+            f"decided at {INTERIM_LEVEL:.1%} (Holm over the primary family) and the final analysis at "
+            f"{primary_level(looks, interim=False):.1%}, what the looks left of 5% (Haybittle–Peto α-spending); a "
+            "claim decided at a look keeps that look's numbers. The secondary claims are tested once, at the end, "
+            "on seeds added for the primary claims' sake.")
 
 
 def expected_section(sweep: Sweep) -> tuple[Section, dict]:

@@ -294,20 +294,22 @@ def _choices(runs, reference: str | None) -> dict:
 
 
 def verdict(table, primary=None, reference: str | None = None, n_resamples: int = N_RESAMPLES,
-            seed: int = 0) -> list[dict]:
+            seed: int = 0, looks: list[dict] = (), interim: bool = False) -> list[dict]:
     """The claims a scores table supports, as `alignlab verdict` writes them to summary.json.
 
     table: a pandas DataFrame with one row per generated response and the columns method,
     configuration, seed, prompt_id, score (optional length, kl, family; the module docstring);
     primary: the titles of the primary claims (None: the default, alignlab.analysis.claims_of);
     reference: the method the other methods are compared with; n_resamples and seed: the two-level
-    bootstrap's (a report uses 2000 and 0). Returns the list of claim dicts: claim, family, verdict,
-    value, ci, p_value, p_adjusted, to_settle, ... An error in the table is an InputError naming the row.
+    bootstrap's (a report uses 2000 and 0); looks, interim: a sequential design's interim looks so far,
+    and whether this is one of them (alignlab.analysis.sequential). Returns the list of claim dicts:
+    claim, family, verdict, value, ci, p_value, p_adjusted, level, to_settle, ... An error in the table
+    is an InputError naming the row.
     """
     runs, sft, families, _ = models_of(ScoresTable(table, "table"))
     evidence = Sweep.of(runs, sft, families, n_resamples, seed).evidence  # the report's order of methods
     try:
-        claims = claims_of(evidence, families, primary, **_choices(runs, reference))
+        claims = claims_of(evidence, families, primary, looks=looks, interim=interim, **_choices(runs, reference))
     except ValueError as err:  # a primary title that no claim has
         raise InputError(str(err), field="primary") from None
     return finite_summary({"claims": claims})["claims"]

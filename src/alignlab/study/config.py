@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignlab.checks import COUNT, SEED, check_number, check_numbers
+from alignlab.checks import COUNT, POSITIVE, SEED, check_number, check_numbers
 from alignlab.config import RewardModelConfig, TrainConfig, field_types
 from alignlab.trl_settings import resolve_aliases
 from alignlab.yaml_input import coerce_value
@@ -30,7 +30,8 @@ STUDIES = ("robustness", "var")
 TEST_DATA_OPTIONS = ("data_split", *DATA_OPTIONS)
 
 STUDY_RANGES = {"seed": SEED, "training_seed": SEED, "seeds": COUNT, "race_snapshots": COUNT, "race_grpo_steps": COUNT,
-                "workers": COUNT, "test_limit": COUNT}  # test_limit unset (None): every test pair
+                "workers": COUNT, "test_limit": COUNT, "max_seeds": COUNT,
+                "budget_minutes": POSITIVE}  # unset (None): every test pair; the grid preset's design
 
 
 @dataclass
@@ -49,6 +50,11 @@ class StudyConfig:
     race_grpo_steps: int = 40  # VAR study: GRPO's optimizer steps in the race (8 prompts × G 4 responses each)
     grid: dict = field(default_factory=dict)  # method (or "all") -> {hyper-parameter: [values]}
     seeds: int = 3  # replicate training seeds of every configuration: training_seed, … + 1, …, … + seeds − 1
+    # Seeds where the noise is (alignlab.analysis.sequential): after the first `seeds`, a configuration
+    # whose noise keeps a primary claim open gets more, up to max_seeds, while the runs fit the budget
+    # (minutes of this invocation). None: `seeds` and no limit (`alignlab run`: grid.RUN_DESIGN).
+    max_seeds: int | None = None
+    budget_minutes: float | None = None
     workers: int = 1  # runs in parallel (local processes or Ray tasks)
     executor: str = "local"  # local | ray
     ray_address: str | None = None  # an existing Ray cluster; default: start a local one
@@ -109,6 +115,9 @@ class StudyConfig:
             first = "'training_seed'" if self.training_seed is not None else "'seed' (the first training seed)"
             check_number("config", f"{first} + 'seeds' − 1 (the last training seed)",
                          self.first_training_seed + self.seeds - 1, SEED)
+            if self.max_seeds is not None and self.max_seeds < self.seeds:
+                raise AlignlabError(f"config: 'max_seeds' ({self.max_seeds}) is below 'seeds' ({self.seeds}); "
+                                    "give at least as many, or leave it out for a fixed number of seeds")
         if self.executor not in ("local", "ray"):
             raise AlignlabError(unknown_name_message("config: executor", self.executor, ["local", "ray"]))
         real = {"model": self.model, "train_data": self.train_data, "test_data": self.test_data,

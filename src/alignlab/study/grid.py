@@ -16,10 +16,12 @@ from alignlab.study.config import StudyConfig
 # `training.learning_rate` you give), because sensible absolute rates differ by orders of magnitude
 # between the study world's tiny models and billion-parameter ones.
 GRID_PRESETS = {
-    # `alignlab run`: two points per method, so the default world finishes in minutes.
+    # `alignlab run`: four points per method on its own parameters (β, SimPO's β × γ, λ), so that
+    # top-25%, the drop claims and best-of-k have more than the best to show; the learning rate stays
+    # the base rate (the hitchhiker grid varies it), so that the default world's study fits 10 minutes.
     "small": {"methods": ["dpo", "ln-dpo", "simpo", "var"], "learning_rate_scales": [1.0],
-              "grid": {"dpo": {"beta": [0.1, 0.5]}, "ln-dpo": {"beta": [1.0, 2.0]},
-                       "simpo": {"beta": [2.0], "gamma": [0.5, 1.0]}, "var": {"lam": [0.5, 1.0]}}},
+              "grid": {"dpo": {"beta": [0.05, 0.1, 0.3, 0.5]}, "ln-dpo": {"beta": [0.5, 1.0, 2.0, 3.0]},
+                       "simpo": {"beta": [2.0, 2.5], "gamma": [0.5, 1.0]}, "var": {"lam": [0.25, 0.5, 1.0, 2.0]}}},
     # The Hitchhiker study: β ranges of the DPO and SimPO papers, each at three learning rates.
     "hitchhiker": {"methods": ["dpo", "ln-dpo", "simpo"], "learning_rate_scales": [0.5, 1.0, 2.0],
                    "grid": {"dpo": {"beta": [0.01, 0.05, 0.1, 0.3, 0.5]},
@@ -51,9 +53,23 @@ class RunSpec:
         return {**self.params, **self.training}
 
 
-def expand_grid(config: StudyConfig, base_training: dict) -> list[RunSpec]:
+# `alignlab run`'s sequential design (alignlab.analysis.sequential) where the study does not give one:
+# 3 seeds per configuration, then up to 6 where the noise keeps a primary claim open, while the runs
+# fit 9 minutes, so that the default world's study ends within 10.
+RUN_DESIGN = {"max_seeds": 6, "budget_minutes": 9.0}
+
+
+def sequential_design(config: StudyConfig) -> tuple[int, float | None]:
+    """The most seeds a configuration may get and the time budget in minutes (None: none) of the
+    sequential design (alignlab.analysis.sequential): the config's, else its `seeds` (a fixed design)
+    and no budget."""
+    return max(config.max_seeds or config.seeds, config.seeds), config.budget_minutes
+
+
+def expand_grid(config: StudyConfig, base_training: dict, seeds: int | None = None) -> list[RunSpec]:
     """The runs of a study: per method, the product of its grid values (preset, then `grid`, whose
-    entries win), learning rates, epochs and seeds. Names carry every value that varies."""
+    entries win), learning rates, epochs and seeds (`seeds` of them; default the config's). Names carry
+    every value that varies."""
     preset = {}
     if config.grid_preset is not None:
         if config.grid_preset not in GRID_PRESETS:
@@ -71,7 +87,7 @@ def expand_grid(config: StudyConfig, base_training: dict) -> list[RunSpec]:
     base_lr = base_training["learning_rate"]
     shared_grid = {"learning_rate": [base_lr * s for s in preset.get("learning_rate_scales", [1.0])],
                    "epochs": [base_training["epochs"]], **config.grid.get("all", {})}
-    seeds = [config.first_training_seed + i for i in range(config.seeds)]
+    seeds = [config.first_training_seed + i for i in range(seeds or config.seeds)]
     runs = []
     for method_name in methods:
         method = get_method(method_name)

@@ -1,11 +1,12 @@
-"""Reading a finished sweep for the report (`alignlab report DIR`): each run's evaluation as an
-analysis.RunRecord (`load_run_record`), and the robustness report of the finished runs
-(`write_sweep_report`)."""
+"""Reading a finished sweep for the report (`alignlab report DIR`) and for its sequential looks: each
+run's evaluation as an analysis.RunRecord (`load_run_record`), the finished runs (`read_sweep`), the
+looks made so far (`read_looks`), and the robustness report of the finished runs (`write_sweep_report`)."""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from alignlab.errors import AlignlabError
@@ -113,14 +114,61 @@ def read_samples(path: Path, redo: str) -> dict:
 
 
 def write_sweep_report(out: str | Path) -> dict:
-    """`alignlab report DIR`: the robustness report of the finished runs in a sweep directory.
+    """`alignlab report DIR`: the robustness report of the finished runs in a sweep directory
+    (`read_sweep`), its primary claims decided as its sequential looks (sequential.json) leave them.
 
     The run store is opened read-only: the report never writes runs.sqlite, whatever it holds.
-    Damage to what every run shares (runs.sqlite, sweep.yaml, study.json, runs/sft/) is an
-    AlignlabError naming the file; a damaged run is skipped and named in the report's "runs" line
+    Damage to what every run shares (runs.sqlite, sweep.yaml, study.json, runs/sft/, sequential.json)
+    is an AlignlabError naming the file; a damaged run is skipped and named in the report's "runs" line
     (alignlab.report's docstring says why)."""
+    from alignlab.report import write_report
+
+    swept = read_sweep(out)
+    return write_report(out, swept.runs, swept.sft, swept.context, title="alignlab study report", var=swept.var,
+                        families=swept.families, looks=read_looks(Path(out)))
+
+
+LOOKS_FILE = "sequential.json"  # the interim looks of the sweep's sequential design, as run_looks made them
+
+
+def read_looks(out: Path) -> list[dict]:
+    """The sweep's interim looks (none without the file); an AlignlabError naming the file when it is
+    not what the sweep wrote."""
+    from alignlab.study.store import parse_json
+    from alignlab.untrusted import clip
+
+    path = out / LOOKS_FILE
+    if not path.exists():
+        return []
+    try:
+        looks = parse_json(path.read_text(encoding="utf-8"))["looks"]
+        for look in looks:
+            if not (isinstance(look["look"], int) and isinstance(look["runs"], int)
+                    and all(isinstance(c, dict) and isinstance(c["claim"], str) for c in look["decided"])
+                    and all(isinstance(n, str) for n in look["added_runs"])):
+                raise ValueError(f"look {clip(str(look))} is not as the sweep wrote it")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise AlignlabError(f"{path}: {clip(str(err))}; rerun the sweep with --overwrite true to start over") from None
+    return looks
+
+
+@dataclass
+class SweptRuns:
+    """What a sweep directory's finished runs give its report."""
+
+    runs: list
+    sft: object
+    context: dict
+    families: dict | None
+    var: dict | None
+
+
+def read_sweep(out: str | Path) -> SweptRuns:
+    """The finished runs of a sweep directory with its SFT baseline, the report's context lines, the
+    test prompts' families and (a VAR study) the VAR section's inputs (write_sweep_report's docstring
+    says what is an error and what is skipped)."""
     from alignlab.yaml_input import read_yaml
-    from alignlab.report import check_metrics, check_params, example_prompt_ids, write_report
+    from alignlab.report import check_metrics, check_params, example_prompt_ids
     from alignlab.study.store import DamagedRow, StoredRun, parse_json
     from alignlab.untrusted import clip, shown
 
@@ -207,5 +255,4 @@ def write_sweep_report(out: str | Path) -> dict:
     if config.get("study") == "var":
         var = {"race": optional_json(out / "var" / "race.json"), "z": optional_json(out / "var" / "z_variance.json"),
                "compute": optional_json(out / "var" / "compute.json")}
-    families = optional_json(out / "data" / "test_families.json")
-    return write_report(out, runs, sft, context, title="alignlab study report", var=var, families=families)
+    return SweptRuns(runs, sft, context, optional_json(out / "data" / "test_families.json"), var)

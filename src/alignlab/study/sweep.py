@@ -19,6 +19,8 @@ Directory layout under `out`:
                                  prompts that pick runs (no KL, no proxy score)
     runs/*/indist/               the evaluation on indist.jsonl (samples.parquet, metrics.json); only
                                  where the study has held-out training-style pairs (the world)
+    sequential.json              the looks of the sequential design (alignlab.analysis.sequential): the
+                                 claims each decided and the seeds it added; absent with a fixed design
     summary.json, report.md, report.html, figures/
 
 Resuming: starting the same sweep again skips finished runs and redoes the rest. Each step of a
@@ -39,6 +41,7 @@ import logging
 import re
 import time
 from pathlib import Path
+from typing import Callable
 
 from alignlab import atomic
 from alignlab.config import RewardModelConfig, TrainConfig, dump_yaml
@@ -52,8 +55,8 @@ from alignlab.study.config import (REPORTED_TRAINING, WORLD_GENERATION, WORLD_RE
                                    Shared, StudyConfig, StudyInputs, check_selection_is_held_out,
                                    load_evaluation_pairs, real_inputs, world_inputs)
 from alignlab.study.executors import RunTask, execute_all
-from alignlab.study.grid import RunSpec, expand_grid
-from alignlab.study.results import write_sweep_report
+from alignlab.study.grid import RunSpec, expand_grid, sequential_design
+from alignlab.study.results import LOOKS_FILE, read_looks, read_sweep, write_sweep_report
 from alignlab.study.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,8 @@ log = logging.getLogger(__name__)
 # `training` settings the proxy reward model takes too: how the data is read, the model's revision
 # (the proxy RM starts from the SFT model) and how prompts are rendered.
 READ_LIKE_THE_POLICIES = ("data_split", *DATA_OPTIONS, "revision", "raw_prompts")
-RESULT_NEUTRAL_FIELDS = ("out", "workers", "executor", "ray_address", "overwrite")  # may differ on restart
+RESULT_NEUTRAL_FIELDS = ("out", "workers", "executor", "ray_address", "overwrite",  # may differ on restart
+                         "budget_minutes")
 
 
 def _resolved_yaml(config: StudyConfig) -> str:
@@ -200,6 +204,56 @@ def warm_reference_cache(train_config: TrainConfig) -> None:
     reference_logps(train_config, examples, tokenizer.pad_token_id, cache_dir, "cpu", model, layout)
 
 
+def add_seeds_where_the_noise_is(config: StudyConfig, out: Path, specs: list[RunSpec], looks: list[dict],
+                                 started: float, train: Callable[[set[str]], None]) -> None:
+    """The sweep's sequential looks (alignlab.analysis.sequential.run_looks) on its finished runs: each
+    look's new seeds (the next seed of each configuration it names, from `specs`) are saved in
+    sequential.json before `train(run names)` trains them, so a resumed sweep trains the same runs. A look
+    is made only while its runs fit what is left of the budget, at the mean wall-clock of this sweep's
+    runs so far over its workers."""
+    from alignlab.analysis import claims_of
+    from alignlab.analysis.sequential import run_looks
+    from alignlab.report.blocks import Sweep
+    from alignlab.report.document import finite_summary
+
+    max_seeds, budget_minutes = sequential_design(config)
+    with RunStore(out / "runs.sqlite", readonly=True) as store:
+        seconds = [run.seconds for run in store.runs("finished") if run.seconds]
+    per_run = sum(seconds) / max(len(seconds), 1)
+    trained: set[str] = {name for look in looks for name in look["added_runs"]}
+
+    families = {}
+
+    def evidence():
+        swept = read_sweep(out)
+        families["of prompts"] = swept.families
+        return Sweep.of(swept.runs, swept.sft, swept.families).evidence
+
+    def claims_at(ev, looks):
+        return claims_of(ev, families["of prompts"], looks=looks, interim=True)
+
+    def affordable(runs: int) -> bool:
+        if budget_minutes is None:
+            return True
+        return time.perf_counter() - started + per_run * runs / config.workers <= 60 * budget_minutes
+
+    def next_seeds(configurations, looks):
+        new = []
+        for configuration in configurations:
+            same = json.dumps(configuration.params, sort_keys=True)
+            new += [next(spec.name for spec in specs if spec.method == configuration.method
+                         and json.dumps({k: v for k, v in spec.all_params.items() if k != "seed"}, sort_keys=True)
+                         == same and spec.name not in trained and spec.training["seed"] not in configuration.seeds)]
+        trained.update(new)
+        looks[-1]["added_runs"] = new
+        atomic.write_text(out / LOOKS_FILE, json.dumps(finite_summary({"looks": looks}), indent=1))
+        log.info("look %d: %s decided; one more seed for %d configurations", looks[-1]["look"],
+                 ", ".join(c["claim"] for c in looks[-1]["decided"]) or "nothing", len(new))
+        train(trained)
+
+    run_looks(evidence, next_seeds, max_seeds, claims_at, affordable, looks)
+
+
 def run_sweep(config: StudyConfig) -> Path:
     """Run (or resume) a study over its grid and write its report; returns the sweep directory."""
     config.validate()
@@ -209,7 +263,7 @@ def run_sweep(config: StudyConfig) -> Path:
     preset = config.preset if config.uses_world else None
     base = {"learning_rate": TrainConfig.learning_rate, "epochs": TrainConfig.epochs,
             **WORLD_TRAINING.get(preset, {}), **config.training}
-    specs = expand_grid(config, base)
+    specs = expand_grid(config, base, seeds=sequential_design(config)[0])  # every seed a look may add
     for spec in specs:
         TrainConfig.for_run({**base, **spec.training}, spec.method, spec.params,
                             model=config.model or "the study world's SFT model",
@@ -253,24 +307,36 @@ def _run_open_sweep(config: StudyConfig, specs: list[RunSpec], base: dict, resum
         raise
     fingerprint = _resolved_yaml(config)  # the inputs follow from the configuration
 
-    tasks, store = [], RunStore(out / "runs.sqlite")
+    store = RunStore(out / "runs.sqlite")
     scorer = ({"gold_rm": config.gold_rm, "raw_prompts": shared.training.get("raw_prompts", False)}
               if not config.uses_world else {"world": config.preset, "seed": config.seed})
-    for spec in specs:
+
+    def task_of(spec: RunSpec) -> RunTask:
         train_config = TrainConfig.for_run({**shared.training, **spec.training}, spec.method, spec.params,
                                            model=shared.inputs.sft_model, data=shared.inputs.train_data,
                                            out=out / "runs" / spec.name, reward_model=shared.proxy_rm)
         run_id = _run_id(train_config, shared.generation, fingerprint)
         store.register(run_id, spec.name, spec.method, spec.all_params, f"runs/{spec.name}")
-        tasks.append(RunTask(run_id, spec.name, str(out), train_config, dataclasses.asdict(shared.generation),
-                             shared.inputs.sft_model, scorer, shared.proxy_rm))
-    finished = {run.run_id for run in store.runs("finished") if (out / run.run_dir / "metrics.json").exists()}
-    todo = [task for task in tasks if task.run_id not in finished]
-    needing_reference = [t for t in todo if get_method(t.train_config.method).uses_reference]
-    if needing_reference and config.workers > 1:
-        warm_reference_cache(needing_reference[0].train_config)
-    log.info("%d runs: %d finished, %d to run", len(tasks), len(tasks) - len(todo), len(todo))
-    execute_all(todo, store, config, len(tasks) - len(todo), len(tasks))
+        return RunTask(run_id, spec.name, str(out), train_config, dataclasses.asdict(shared.generation),
+                       shared.inputs.sft_model, scorer, shared.proxy_rm)
+
+    def run_tasks(tasks: list[RunTask]) -> None:
+        finished = {run.run_id for run in store.runs("finished") if (out / run.run_dir / "metrics.json").exists()}
+        todo = [task for task in tasks if task.run_id not in finished]
+        needing_reference = [t for t in todo if get_method(t.train_config.method).uses_reference]
+        if needing_reference and config.workers > 1:
+            warm_reference_cache(needing_reference[0].train_config)
+        log.info("%d runs: %d finished, %d to run", len(tasks), len(tasks) - len(todo), len(todo))
+        execute_all(todo, store, config, len(tasks) - len(todo), len(tasks))
+
+    # The first `seeds` of every configuration, and the seeds that earlier looks of a resumed sweep added.
+    last_first_seed = config.first_training_seed + config.seeds - 1
+    looks = read_looks(out)
+    added = {name for look in looks for name in look["added_runs"]}
+    run_tasks([task_of(spec) for spec in specs if spec.training["seed"] <= last_first_seed or spec.name in added])
+    if sequential_design(config)[0] > config.seeds:
+        add_seeds_where_the_noise_is(config, out, specs, looks, started,
+                                     lambda names: run_tasks([task_of(spec) for spec in specs if spec.name in names]))
     counts = store.counts()
     store.close()
     if config.study == "var":
