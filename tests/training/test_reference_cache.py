@@ -55,7 +55,7 @@ def record_training(monkeypatch, pairs: int = 16) -> dict:
     return seen
 
 
-def examples_of(model, pairs_file, **lengths):
+def examples_of(model, pairs_file):
     return tokenize_pairs(load_tokenizer(str(model)), load_pairs(str(pairs_file)).pairs, 64, 32)[0]
 
 
@@ -97,7 +97,8 @@ def test_a_longer_run_computes_only_the_pairs_a_shorter_one_did_not(tiny_model, 
     # The same seed draws the same order: the longer run's first micro-batch is the short run's.
     longer = train(config_for(tiny_model, pairs_file, tmp_path / "longer", max_steps=3, cache_dir=str(cache)))
     assert len(computed) == 8 and longer.reference_cache_hit is False
-    assert (summary_of(tmp_path / "longer")["reference_pairs"], summary_of(tmp_path / "longer")["reference_pairs_computed"]) == (12, 8)
+    summary = summary_of(tmp_path / "longer")
+    assert (summary["reference_pairs"], summary["reference_pairs_computed"]) == (12, 8)
     assert len(cached_rows(cache)) == 12
     used_with_cache = dict(trained)
     computed.clear()

@@ -1,7 +1,13 @@
 """One trainer for every offline objective (SFT, DPO, LN-DPO, SimPO, VAR): the pairs' per-batch
 inputs (inputs.py) go to the method's objective through the shared loop (loop.py), which logs TRL's
 reward metrics beside the loss and, with `eval_strategy`, evaluates the objective on held-out pairs
-(trl_metrics.py)."""
+(trl_metrics.py).
+
+Before the first step the reference log-probs are computed for the pairs the run trains on (the
+micro-batches its steps take: with `max_steps` or a fractional `epochs`, not every pair;
+loop.trained_examples) and for every held-out pair, cached per pair (inputs.reference_logps).
+`prepare_offline` sets a run up to that pass; a sweep's warm-up (`fill_reference_cache`) sets itself
+up with it too, so that it stores what the runs will look up."""
 
 from __future__ import annotations
 
@@ -183,11 +189,11 @@ RUN_CHOICES = ("out", "method", "params", "learning_rate", "epochs", "seed", "ma
 
 
 def fill_reference_cache(configs: list[TrainConfig]) -> None:
-    """Compute, once, the reference log-probs that the runs of `configs` will look up: the pairs each
-    trains on and every held-out pair. Runs that differ only in RUN_CHOICES (and are alike paired or
-    unpaired) share one setup and one pass over the union of their pairs; each setup is
-    `prepare_offline`'s, so what is stored is what the run would compute (a run's tracker is left
-    out: it changes no number and would be started in the run's directory)."""
+    """Compute, once, the reference log-probs that the runs of `configs` (methods with a reference)
+    will look up: the pairs each trains on and every held-out pair. Runs that differ only in
+    RUN_CHOICES (and are alike paired or unpaired) share one setup and one pass over the union of
+    their pairs; each setup is `prepare_offline`'s, so what is stored is what the run would compute
+    (a run's tracker is left out: it changes no number and would be started in the run's directory)."""
     groups: dict[str, list[TrainConfig]] = {}
     for config in configs:
         shared = {k: v for k, v in config.to_dict().items() if k not in RUN_CHOICES}
