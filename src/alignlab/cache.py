@@ -273,9 +273,12 @@ class _RowStore:
                             wanted[start:start + ROW_LOOKUP])]
             finally:
                 connection.close()
+        except sqlite3.OperationalError:  # locked past the wait, or not readable here: not damage
+            raise
         except sqlite3.DatabaseError as err:  # not a database, or a damaged one
             log.warning("cache file %s is unreadable (%s); rebuilding it", self.path, err)
-            self.path.unlink(missing_ok=True)
+            for stale in (self.path, self.path.with_name(self.path.name + "-journal")):  # its rollback too
+                stale.unlink(missing_ok=True)
             return {}
         found, damaged = {}, 0
         for key, value, checksum in rows:

@@ -3,8 +3,12 @@ computes only what a shorter one did not (issue 31, item 2); a sweep's warm-up s
 keys, exactly what that run would compute: its device, mixed precision and layout (item 4)."""
 
 import json
+import math
+import os
 import sqlite3
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -19,7 +23,7 @@ from alignlab.training import inputs as inputs_module
 from alignlab.training import offline as offline_module
 from alignlab.training import train
 
-from conftest import config_for, make_pairs
+from conftest import REPO, config_for, make_pairs
 
 
 def tokens(example) -> tuple:
@@ -86,6 +90,28 @@ def test_the_reference_pass_computes_exactly_the_pairs_the_run_trains_on(
     assert result.reference_cache_hit is False
     summary = summary_of(tmp_path / "run")
     assert (summary["reference_pairs"], summary["reference_pairs_computed"]) == (pairs, pairs)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test runs on Linux")
+def test_two_processes_train_on_the_pairs_the_main_one_computed(tiny_model, pairs_file, tmp_path):
+    """2 processes × micro-batches of 2 pairs: a step takes 4 pairs, 2 steps 8. The main process computes
+    them (the other reads them); a pair trained without its reference value (NaN) would stop the run."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", "29521"]
+    run = subprocess.run([*launch, "-m", "alignlab", "train", "--method", "dpo", "--model", str(tiny_model),
+                          "--data", str(pairs_file), "--out", str(tmp_path / "run"), "--batch_size", "2",
+                          "--max_steps", "2", "--max_length", "64", "--max_prompt_length", "32",
+                          "--cache_dir", str(tmp_path / "cache")],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = summary_of(tmp_path / "run")
+    assert (summary["optimizer_steps"], summary["pairs_trained"]) == (2, 8)
+    assert (summary["reference_pairs"], summary["reference_pairs_computed"]) == (8, 8)
+    assert math.isfinite(summary["final_loss"])
+    assert len(cached_rows(tmp_path / "cache")) == 8
 
 
 def test_a_longer_run_computes_only_the_pairs_a_shorter_one_did_not(tiny_model, pairs_file, tmp_path, monkeypatch):
