@@ -10,6 +10,7 @@ import types
 
 import huggingface_hub
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -131,3 +132,33 @@ def test_any_json_as_the_index_gives_the_file_sha256(tmp_path_factory, index_val
     index.write_text(json.dumps(index_value))
     assert file_fingerprint(weights, cache) == expected
     assert json.loads(index.read_text())[key] == expected
+
+
+def _write_rows(cache_dir, first: int) -> None:
+    """Rows first..first+199, each value its own number, stored 10 at a time (for a process of its own)."""
+    from alignlab.cache import cached_rows
+
+    keys = [f"item-{i}" for i in range(first, first + 200)]
+    cached_rows(cache_dir, "numbers", keys, ("value", "double"),
+                lambda positions: {"value": torch.tensor([float(first + p) for p in positions]),
+                                   "double": torch.tensor([2.0 * (first + p) for p in positions])}, chunk=10)
+
+
+def test_rows_written_by_two_processes_at_once_are_all_kept(tmp_path):
+    import multiprocessing
+
+    from alignlab.cache import cached_rows
+
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write_rows, args=(tmp_path, first)) for first in (0, 200)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+        assert writer.exitcode == 0
+    keys = [f"item-{i}" for i in range(400)]
+    values, cached = cached_rows(tmp_path, "numbers", keys, ("value", "double"),
+                                 lambda positions: pytest.fail(f"recomputed {len(positions)} rows"), chunk=10)
+    assert cached == 400
+    assert values["value"].tolist() == [float(i) for i in range(400)]
+    assert values["double"].tolist() == [2.0 * i for i in range(400)]

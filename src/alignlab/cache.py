@@ -10,6 +10,15 @@ A later run with the same key reads the file and never loads the reference model
 
 Each cache file is a safetensors file whose metadata holds the key and a SHA-256 of the tensor
 bytes; a file whose key or checksum does not match is rebuilt with a warning, never used.
+
+Values cached per item (`cached_rows`: the reference log-probs of each pair) live in one SQLite file
+per kind, `KIND.sqlite`, a row per item: its content key, its float32 values and a SHA-256 of both.
+One file per item would be 100,000 small files for 100,000 pairs; chunked files would have to be
+rewritten whole to add an item, and two processes adding items at once would lose one's writes.
+SQLite looks up any subset of items by key, adds rows in transactions (a row is written whole or
+not at all, a killed writer leaves the file as it was) and serialises concurrent writers (a
+sweep's workers) with its own locks. A row whose checksum does not match is recomputed with a
+warning, never used; a file SQLite cannot read is rebuilt with a warning.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 from pathlib import Path
 from typing import Callable
 
@@ -228,3 +238,94 @@ def cached_tensors(cache_dir: Path, kind: str, key: str,
     with atomic_open(path, "wb") as handle:
         handle.write(blob)
     return tensors, False
+
+
+ROW_LOCK_WAIT_S = 600  # how long a writer waits for another process's transaction (a sweep's workers)
+ROW_LOOKUP = 500  # keys per SELECT: under SQLite's smallest limit on bound parameters (999)
+
+
+def _row_checksum(key: str, names: tuple[str, ...], value: bytes) -> str:
+    return hashlib.sha256("\x1f".join((key, *names)).encode() + b"\x1f" + value).hexdigest()
+
+
+class _RowStore:
+    """The SQLite file of one kind of per-item values (see the module docstring)."""
+
+    def __init__(self, path: Path, names: tuple[str, ...]):
+        self.path, self.names = path, names
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=ROW_LOCK_WAIT_S)
+        connection.execute("CREATE TABLE IF NOT EXISTS rows (key TEXT PRIMARY KEY, value BLOB, checksum TEXT)")
+        return connection
+
+    def read(self, keys: list[str]) -> dict[str, torch.Tensor]:
+        """The valid rows among `keys`, as float32 vectors of len(names)."""
+        wanted = list(dict.fromkeys(keys))
+        try:
+            connection = self._connect()
+            try:
+                rows = [row for start in range(0, len(wanted), ROW_LOOKUP)
+                        for row in connection.execute(
+                            "SELECT key, value, checksum FROM rows WHERE key IN "
+                            f"({','.join('?' * len(wanted[start:start + ROW_LOOKUP]))})",
+                            wanted[start:start + ROW_LOOKUP])]
+            finally:
+                connection.close()
+        except sqlite3.OperationalError:  # locked past the wait, or not readable here: not damage
+            raise
+        except sqlite3.DatabaseError as err:  # not a database, or a damaged one
+            log.warning("cache file %s is unreadable (%s); rebuilding it", self.path, err)
+            for stale in (self.path, self.path.with_name(self.path.name + "-journal")):  # its rollback too
+                stale.unlink(missing_ok=True)
+            return {}
+        found, damaged = {}, 0
+        for key, value, checksum in rows:
+            if (not isinstance(value, bytes) or len(value) != 4 * len(self.names)
+                    or checksum != _row_checksum(key, self.names, value)):
+                damaged += 1
+                continue
+            found[key] = torch.frombuffer(bytearray(value), dtype=torch.float32)
+        if damaged:
+            log.warning("cache file %s: %d rows do not match their checksum; recomputing them", self.path, damaged)
+        return found
+
+    def write(self, rows: dict[str, torch.Tensor]) -> None:
+        """Add (or replace) rows in one transaction."""
+        records = []
+        for key, values in rows.items():
+            value = values.to(torch.float32).contiguous().numpy().tobytes()
+            records.append((key, value, _row_checksum(key, self.names, value)))
+        connection = self._connect()
+        try:
+            with connection:
+                connection.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?)", records)
+        finally:
+            connection.close()
+
+
+def cached_rows(cache_dir: Path, kind: str, keys: list[str], names: tuple[str, ...],
+                compute: Callable[[list[int]], dict[str, torch.Tensor]], chunk: int
+                ) -> tuple[dict[str, torch.Tensor], int]:
+    """Float32 values `names` of each item of `keys` (an item's content key, as `cache_key` makes it),
+    from `cache_dir/KIND.sqlite`; the items it lacks are computed by `compute(positions)` (positions
+    in `keys`; a tensor per name, one value per position) `chunk` at a time in the order of `keys`,
+    each chunk stored as soon as it is computed, so a pass killed half-way keeps what it finished.
+
+    Returns (a tensor per name, one value per key, in the order of `keys`; how many of the keys the
+    cache held).
+    """
+    store = _RowStore(Path(cache_dir) / f"{kind}.sqlite", names)
+    found = store.read(keys)
+    missing = [position for position, key in enumerate(keys) if key not in found]
+    cached = len(keys) - len(missing)
+    for start in range(0, len(missing), chunk):
+        positions = missing[start:start + chunk]
+        computed = compute(positions)
+        rows = {keys[p]: torch.stack([computed[name][j].detach().cpu().float() for name in names])
+                for j, p in enumerate(positions)}
+        store.write(rows)
+        found.update(rows)
+    table = torch.stack([found[key] for key in keys]) if keys else torch.empty(0, len(names))
+    return {name: table[:, j].contiguous() for j, name in enumerate(names)}, cached

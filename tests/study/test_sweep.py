@@ -270,3 +270,42 @@ def test_a_selection_set_of_the_users_picks_runs_and_every_test_prompt_reports(t
         assert len(picked["gold_score"]) == len(heldout)
         scores[run_dir.name.rsplit("-s", 1)[0]] = np.mean(picked["gold_score"])
     assert summary["best"]["dpo"]["configuration"] == max(scores, key=scores.get)
+
+
+def _reference_rows(cache) -> dict:
+    import sqlite3
+
+    with sqlite3.connect(cache / "reference-logps.sqlite") as db:
+        return dict(db.execute("SELECT key, value FROM rows"))
+
+
+@pytest.mark.slow
+def test_parallel_workers_under_mixed_precision_read_the_autocast_values_the_warm_up_stored(tiny_sweep, world_cache,
+                                                                                              tmp_path):
+    """Issue 31, item 4: with workers > 1 the sweep fills the reference cache before the runs start; under
+    mixed_precision it must store the autocast values a run computes (never float32 ones under the
+    autocast key), for every pair the runs train on."""
+    from alignlab.config import TrainConfig, build_config
+    from alignlab.training import train
+
+    config_file = tmp_path / "sweep.yaml"
+    config_file.write_text("methods: [dpo]\nseeds: 1\ngrid:\n  dpo: {beta: [0.1, 0.5]}\n"
+                           "training: {mixed_precision: bf16, max_steps: 3}\n")
+    caches = {}
+    for name in ("sweep", "alone"):  # the built world, without the reference rows of earlier tests
+        caches[name] = shutil.copytree(world_cache, tmp_path / f"cache-{name}",
+                                       ignore=shutil.ignore_patterns("reference-logps.sqlite*"))
+    out = tmp_path / "out"
+    assert main(_sweep_args(config_file, out, caches["sweep"], "--workers", "2")) == 0
+    with RunStore(out / "runs.sqlite") as store:
+        runs = store.runs()
+    assert len(runs) == 2 and all(run.status == "finished" for run in runs)
+    for run in runs:
+        summary = json.loads((out / run.run_dir / "train_summary.json").read_text())
+        assert summary["reference_cache_hit"] is True and summary["reference_pairs_computed"] == 0, run.name
+    # A run on its own from an empty reference cache computes the same values under the same keys, bit
+    # for bit: its pairs are those of the warm-up (one seed, so both runs draw alike), in the same batches.
+    alone = build_config(TrainConfig, str(out / runs[0].run_dir / "config.yaml"),
+                         {"out": str(tmp_path / "alone"), "cache_dir": str(caches["alone"])})
+    train(alone)
+    assert _reference_rows(caches["alone"]) == _reference_rows(caches["sweep"])

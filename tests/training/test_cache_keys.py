@@ -34,7 +34,7 @@ def test_the_reference_keys_carry_the_policys_revision_only(monkeypatch, tmp_pat
     fingerprinted = []
     monkeypatch.setattr(inputs, "model_fingerprint",
                         lambda name, cache_dir, revision=None: fingerprinted.append((name, revision)) or name)
-    monkeypatch.setattr(inputs, "cached_tensors", lambda cache_dir, kind, key, compute: ({}, True))
+    monkeypatch.setattr(inputs, "cached_rows", lambda cache_dir, kind, keys, names, compute, chunk: ({}, 0))
     config = TrainConfig(model="org/policy", revision="v1", data="d", out="o")
     inputs.reference_logps(config, [], 0, tmp_path, "cpu", policy=None, layout=PairLayout("padded"))
     config.reference_model = "org/reference"  # another model: the policy's revision is not its own

@@ -98,10 +98,11 @@ def test_lora_reference_is_the_base_model_with_the_adapter_off(tiny_model, pairs
             if "lora_B" in name:
                 parameter.normal_(std=0.5)
     examples = examples_of(tiny_model, pairs_file)
-    reference, hit = inputs_module.reference_logps(config, examples, load_tokenizer(str(tiny_model)).pad_token_id,
-                                                   tmp_path / "cache", "cpu", policy, layout=PairLayout("padded"))
+    computed = inputs_module.reference_logps(config, examples, load_tokenizer(str(tiny_model)).pad_token_id,
+                                             tmp_path / "cache", "cpu", policy, layout=PairLayout("padded"))
+    reference = computed.logps
     base_chosen, base_rejected = unbatched_logps(load_causal_lm(str(tiny_model)).eval(), examples)
-    assert not hit
+    assert not computed.hit
     assert torch.allclose(reference["chosen"].double(), torch.tensor(base_chosen, dtype=torch.float64), atol=1e-4)
     assert torch.allclose(reference["rejected"].double(), torch.tensor(base_rejected, dtype=torch.float64), atol=1e-4)
     adapted_chosen, _ = unbatched_logps(policy.eval(), examples)
@@ -109,9 +110,9 @@ def test_lora_reference_is_the_base_model_with_the_adapter_off(tiny_model, pairs
     # The key is the base model's: a full fine-tune of the same base reads the same cached log-probs.
     full = config_for(tiny_model, pairs_file, tmp_path / "full")
     full.validate()
-    _, hit = inputs_module.reference_logps(full, examples, load_tokenizer(str(tiny_model)).pad_token_id,
-                                           tmp_path / "cache", "cpu", load_causal_lm(str(tiny_model)), False)
-    assert hit
+    assert inputs_module.reference_logps(full, examples, load_tokenizer(str(tiny_model)).pad_token_id,
+                                         tmp_path / "cache", "cpu", load_causal_lm(str(tiny_model)),
+                                         PairLayout("padded")).hit
 
 
 def test_lora_snapshots_hold_the_adapter(tiny_model, pairs_file, tmp_path):

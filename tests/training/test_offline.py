@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import sqlite3
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +49,21 @@ def record_model_loads(monkeypatch) -> list[str]:
     return loads
 
 
+def cached_reference_rows(cache: Path) -> dict[str, tuple[float, float]]:
+    """The reference cache's rows as stored (reference-logps.sqlite: key, float32 chosen and rejected, checksum)."""
+    with sqlite3.connect(cache / "reference-logps.sqlite") as db:
+        return {key: tuple(struct.unpack("<2f", value)) for key, value in db.execute("SELECT key, value FROM rows")}
+
+
+def assert_rows_are(rows, chosen: list[float], rejected: list[float]) -> None:
+    """The cached (chosen, rejected) rows are those pairs' values, as a set (rows are keyed by content, not order)."""
+    stored = sorted(rows.values())
+    expected = sorted(zip(chosen, rejected))
+    assert len(stored) == len(expected)
+    assert torch.allclose(torch.tensor(stored, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
+                          atol=1e-4)
+
+
 def mean_margin(policy, reference, examples) -> float:
     pc, pr = unbatched_logps(policy, examples)
     rc, rr = unbatched_logps(reference, examples)
@@ -74,14 +91,9 @@ def test_reference_cache_matches_fresh_computation_and_skips_reference_model(
     assert first.reference_cache_hit is False
     assert loads == [str(tiny_model)]  # the policy, which also computes the reference log-probs
 
-    [cache_file] = cache.glob("reference-logps-*.safetensors")
-    from safetensors.torch import load_file
-    cached = load_file(str(cache_file))
     tokenizer = load_tokenizer(str(tiny_model))
     examples, _ = tokenize_pairs(tokenizer, load_pairs(str(pairs_file)).pairs, 64, 32)
-    fresh_chosen, fresh_rejected = unbatched_logps(load_causal_lm(str(tiny_model)).eval(), examples)
-    assert torch.allclose(cached["chosen"].double(), torch.tensor(fresh_chosen, dtype=torch.float64), atol=1e-4)
-    assert torch.allclose(cached["rejected"].double(), torch.tensor(fresh_rejected, dtype=torch.float64), atol=1e-4)
+    assert_rows_are(cached_reference_rows(cache), *unbatched_logps(load_causal_lm(str(tiny_model)).eval(), examples))
 
     loads.clear()
     monkeypatch.setattr(inputs_module, "compute_sequence_logps", lambda *a, **k: pytest.fail("recomputed"))
@@ -91,17 +103,32 @@ def test_reference_cache_matches_fresh_computation_and_skips_reference_model(
     assert second.final_loss == pytest.approx(first.final_loss, rel=1e-6)
 
 
-def test_corrupt_reference_cache_is_rebuilt_not_used(tiny_model, pairs_file, tmp_path, caplog):
+def test_a_damaged_reference_row_is_recomputed_not_used(tiny_model, pairs_file, tmp_path, caplog):
     cache = tmp_path / "cache"
     first = train(config_for(tiny_model, pairs_file, tmp_path / "a", cache_dir=str(cache)))
-    [cache_file] = cache.glob("reference-logps-*.safetensors")
-    blob = bytearray(cache_file.read_bytes())
-    blob[-3] ^= 0xFF  # flip bits inside the tensor data
-    cache_file.write_bytes(bytes(blob))
+    rows = cached_reference_rows(cache)
+    damaged = sorted(rows)[3]
+    with sqlite3.connect(cache / "reference-logps.sqlite") as db:  # bits flipped in one row's values
+        db.execute("UPDATE rows SET value = ? WHERE key = ?", (struct.pack("<2f", rows[damaged][0] + 5.0,
+                                                                            rows[damaged][1]), damaged))
     second = train(config_for(tiny_model, pairs_file, tmp_path / "b", cache_dir=str(cache)))
     assert second.reference_cache_hit is False
-    assert "rebuilding" in caplog.text
+    summary = json.loads((tmp_path / "b" / "train_summary.json").read_text())
+    assert (summary["reference_pairs"], summary["reference_pairs_computed"]) == (16, 1)
+    assert "1 rows do not match their checksum" in caplog.text
+    assert cached_reference_rows(cache)[damaged] == pytest.approx(rows[damaged], abs=1e-5)  # alone in its batch
     assert second.final_loss == pytest.approx(first.final_loss, rel=1e-6)
+
+
+def test_an_unreadable_reference_cache_file_is_rebuilt(tiny_model, pairs_file, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    first = train(config_for(tiny_model, pairs_file, tmp_path / "a", cache_dir=str(cache)))
+    rows = cached_reference_rows(cache)
+    (cache / "reference-logps.sqlite").write_bytes(b"not a database" * 100)
+    second = train(config_for(tiny_model, pairs_file, tmp_path / "b", cache_dir=str(cache)))
+    assert second.reference_cache_hit is False and "is unreadable" in caplog.text
+    assert cached_reference_rows(cache) == rows  # the same batches: bit for bit
+    assert second.final_loss == first.final_loss
 
 
 def test_training_is_deterministic_on_cpu(tiny_model, pairs_file, tmp_path):
@@ -266,9 +293,6 @@ def test_trls_implicit_text_pairs_train_on_their_raw_texts(tiny_model, tmp_path)
     cache = tmp_path / "cache"
     train(config_for(tiny_model, data, tmp_path / "run", raw_prompts=True, cache_dir=str(cache), max_length=128,
                      max_prompt_length=96))
-    [cache_file] = cache.glob("reference-logps-*.safetensors")
-    from safetensors.torch import load_file
-    cached = load_file(str(cache_file))
     tokenizer = load_tokenizer(str(tiny_model))
     examples = []
     for record in records:
@@ -277,6 +301,4 @@ def test_trls_implicit_text_pairs_train_on_their_raw_texts(tiny_model, tmp_path)
             tokenizer(prompt)["input_ids"],
             *(tokenizer(record[side][len(prompt):], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
               for side in ("chosen", "rejected"))))
-    fresh_chosen, fresh_rejected = unbatched_logps(load_causal_lm(str(tiny_model)).eval(), examples)
-    assert torch.allclose(cached["chosen"].double(), torch.tensor(fresh_chosen, dtype=torch.float64), atol=1e-4)
-    assert torch.allclose(cached["rejected"].double(), torch.tensor(fresh_rejected, dtype=torch.float64), atol=1e-4)
+    assert_rows_are(cached_reference_rows(cache), *unbatched_logps(load_causal_lm(str(tiny_model)).eval(), examples))

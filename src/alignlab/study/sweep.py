@@ -183,25 +183,16 @@ def indist_pairs_of(inputs: StudyInputs) -> list:
     return heldout[:len(inputs.test_pairs)]
 
 
-def warm_reference_cache(train_config: TrainConfig) -> None:
-    """Compute the reference log-probs once, before parallel workers would each compute them."""
-    from alignlab.models.loading import load_causal_lm, load_tokenizer
-    from alignlab.cache import default_cache_dir
-    from alignlab.data.tokenise import length_settings, tokenize_pairs
-    from alignlab.training.inputs import choose_layout, reference_logps
-    from alignlab.training.loop import load_training_pairs
-    from alignlab.training.reference import reference_and_revision
+def warm_reference_cache(train_configs: list[TrainConfig]) -> None:
+    """Compute the reference log-probs the runs will look up once, before parallel workers would each
+    compute them, set up as the runs set themselves up (alignlab.training.offline.fill_reference_cache).
+    A run whose setup fails here fails again as a run, where the store records its error."""
+    from alignlab.training.offline import fill_reference_cache
 
-    tokenizer = load_tokenizer(train_config.model, train_config.trust_remote_code, train_config.revision)
-    pairs = load_training_pairs(train_config).pairs
-    examples, _ = tokenize_pairs(tokenizer, pairs, raw_prompts=train_config.raw_prompts,
-                                 **length_settings(train_config))
-    reference, revision = reference_and_revision(train_config)
-    model = load_causal_lm(reference, train_config.dtype, train_config.trust_remote_code, revision)
-    cache_dir = Path(train_config.cache_dir) if train_config.cache_dir else default_cache_dir()
-    layout = choose_layout(model, examples, tokenizer.pad_token_id, "cpu", train_config.packing,
-                           train_config.max_length)
-    reference_logps(train_config, examples, tokenizer.pad_token_id, cache_dir, "cpu", model, layout)
+    try:
+        fill_reference_cache(train_configs)
+    except AlignlabError as err:
+        log.warning("reference cache not filled ahead of the runs (%s); each run computes its own", err)
 
 
 def add_seeds_where_the_noise_is(config: StudyConfig, out: Path, specs: list[RunSpec], looks: list[dict],
@@ -325,7 +316,7 @@ def _run_open_sweep(config: StudyConfig, specs: list[RunSpec], base: dict, resum
         todo = [task for task in tasks if task.run_id not in finished]
         needing_reference = [t for t in todo if get_method(t.train_config.method).uses_reference]
         if needing_reference and config.workers > 1:
-            warm_reference_cache(needing_reference[0].train_config)
+            warm_reference_cache([task.train_config for task in needing_reference])
         log.info("%d runs: %d finished, %d to run", len(tasks), len(tasks) - len(todo), len(todo))
         execute_all(todo, store, config, len(tasks) - len(todo), len(tasks))
 

@@ -132,7 +132,7 @@ def z_variance(shared: Shared) -> dict:
     model = load_causal_lm(config.model, config.dtype, config.trust_remote_code, config.revision)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     layout = choose_layout(model, examples, tokenizer.pad_token_id, "cpu", config.packing, config.max_length)
-    reference, _ = reference_logps(config, examples, tokenizer.pad_token_id, cache_dir, "cpu", model, layout)
+    reference = reference_logps(config, examples, tokenizer.pad_token_id, cache_dir, "cpu", model, layout).logps
     rewards = pair_rewards(config, pairs, cache_dir, "cpu")
     ref_logps = torch.cat([reference["chosen"], reference["rejected"]]).double().numpy()
     lengths = torch.tensor([len(e.chosen_ids) for e in examples] + [len(e.rejected_ids) for e in examples],

@@ -252,7 +252,7 @@ def train_grpo(config: TrainConfig) -> TrainResult:
     setup_seconds = time.perf_counter() - started  # loading the policy, the reference and the reward model
     with run_directory(out, accelerator, config) as run_dir:
         model, fitted = fit(config, accelerator, policy, usable * iterations, collate, step_loss, run_dir, "grpo",
-                            batches=lambda epoch: in_batches(order(epoch), config.batch_size),
+                            started=started, batches=lambda epoch: in_batches(order(epoch), config.batch_size),
                             responses_per_example=group_size)
         save_run(run_dir, accelerator, model, tokenizer, config, {
             "method": config.method, "params": dict(params), **fitted.summary(accelerator, loaded, report),

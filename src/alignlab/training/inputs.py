@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from alignlab.cache import cache_key, cached_tensors, model_fingerprint
+from alignlab.cache import cache_key, cached_rows, cached_tensors, model_fingerprint
 from alignlab.config import OptimConfig, TrainConfig
 from alignlab.data.layouts import PairLayout
 from alignlab.data.options import data_options
@@ -73,23 +74,59 @@ def numerics(config: OptimConfig) -> str:
     return config.dtype if config.mixed_precision == "no" else f"{config.dtype} autocast {config.mixed_precision}"
 
 
+# Pairs per stored chunk of a reference pass: a killed pass keeps the chunks it finished.
+REFERENCE_CHUNK_BATCHES = 32
+
+
+@dataclass
+class ReferencePass:
+    """The reference log-probs a run uses: `logps` "chosen" and "rejected", one per example (NaN for
+    an example the run does not use); `pairs` examples were needed, `cached` of them came from the cache."""
+
+    logps: dict[str, torch.Tensor]
+    pairs: int
+    cached: int
+
+    @property
+    def hit(self) -> bool:
+        """The cache held every pair the run needs: no reference pass ran."""
+        return self.cached == self.pairs
+
+
 def reference_logps(config: TrainConfig, examples, pad_id: int, cache_dir: Path, device, policy,
-                    layout: PairLayout) -> tuple[dict[str, torch.Tensor], bool]:
-    """Cached reference log-probs. When the reference is the policy's own starting point (the
-    default), the untrained policy computes them (a LoRA policy with its adapter off), so the model
-    is loaded once, not twice; the key is that model's fingerprint either way."""
+                    layout: PairLayout, needed: list[int] | None = None) -> ReferencePass:
+    """Reference log-probs of the examples `needed` (default: all), cached per pair. When the
+    reference is the policy's own starting point (the default), the untrained policy computes them
+    (a LoRA policy with its adapter off), so the model is loaded once, not twice.
+
+    A pair's key is the reference model's fingerprint, the numerics and the pair's token ids: a
+    longer run reads what a shorter one computed and computes only the pairs it lacks. The missing
+    pairs are computed in the order of their width in `layout` (as `compute_sequence_logps` orders
+    them), in chunks of whole batches; a pair's value depends on the pairs it shares a batch with
+    only by float rounding (a different summation order in a wider batch)."""
     reference, revision = reference_and_revision(config)
-    key = cache_key("reference-logps", model_fingerprint(reference, cache_dir, revision),
-                    fingerprint_tokens(examples), numerics(config))
+    needed = list(range(len(examples))) if needed is None else sorted(needed)
+    order = sorted(needed, key=lambda i: layout.row_width(examples[i]))
+    context = (model_fingerprint(reference, cache_dir, revision), numerics(config))
+    keys = [cache_key("reference-logps", *context, fingerprint_tokens([examples[i]])) for i in order]
+    models = []  # the reference model, loaded when the first pair is missing
 
-    def compute():
-        log.info("computing reference log-probs with %s", reference)
-        model = policy if reference == config.model else load_causal_lm(
-            reference, config.dtype, config.trust_remote_code, revision)
+    def compute(positions: list[int]) -> dict[str, torch.Tensor]:
+        if not models:
+            log.info("computing reference log-probs with %s", reference)
+            models.append(policy if reference == config.model else load_causal_lm(
+                reference, config.dtype, config.trust_remote_code, revision))
+        model = models[0]
         with as_reference(model):  # a LoRA policy's base: the policy with its adapter off
-            return compute_sequence_logps(model.to(device), examples, pad_id, config.batch_size, device, layout)
+            return compute_sequence_logps(model.to(device), [examples[order[p]] for p in positions], pad_id,
+                                          config.batch_size, device, layout)
 
-    return cached_tensors(cache_dir, "reference-logps", key, compute)
+    values, cached = cached_rows(cache_dir, "reference-logps", keys, ("chosen", "rejected"), compute,
+                                 chunk=REFERENCE_CHUNK_BATCHES * config.batch_size)
+    logps = {name: torch.full((len(examples),), float("nan")) for name in values}
+    for name, column in values.items():
+        logps[name][order] = column
+    return ReferencePass(logps, len(order), cached)
 
 
 def sampled_prompt_log_z(config: TrainConfig, pairs, cache_dir: Path, device, policy) -> torch.Tensor:

@@ -103,6 +103,7 @@ class FitResult:
     final_loss: float
     final_margin: float
     seconds: float
+    time_to_first_step_seconds: float | None  # from the trainer's start; None when this call took no step
 
     @property
     def pairs_per_second(self) -> float:
@@ -113,6 +114,8 @@ class FitResult:
         return {"optimizer_steps": self.optimizer_steps, "pairs_trained": self.pairs_trained,
                 "final_loss": self.final_loss, "final_margin": self.final_margin,
                 "train_seconds": round(self.seconds, 3), "pairs_per_second": self.pairs_per_second,
+                "time_to_first_step_seconds": (None if self.time_to_first_step_seconds is None
+                                               else round(self.time_to_first_step_seconds, 3)),
                 "processes": accelerator.num_processes, "data": loaded.summary(),
                 "truncation": truncation.summary()}
 
@@ -176,7 +179,7 @@ class LoopState:
 
 
 def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_loss, run_dir: Path,
-        desc: str, batches=None, responses_per_example: int = 1, evaluate=None,
+        desc: str, *, started: float, batches=None, responses_per_example: int = 1, evaluate=None,
         tokenizer=None) -> tuple[object, FitResult]:
     """The training loop every trainer shares.
 
@@ -200,7 +203,10 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     snapshot.json (step, train_seconds, pairs_seen, responses_seen), the clock paused while it
     saves: the points of a learning curve against wall-clock and samples. `max_steps` ends
     training early. A loss or gradient norm that is not finite ends it with an error naming the
-    step, before the optimizer applies it (`check_finite`). Returns the prepared model.
+    step, before the optimizer applies it (`check_finite`). `started` is the trainer's
+    `time.perf_counter()` when it began (loading, tokenising, the reference pass): the result's
+    `time_to_first_step_seconds` runs from it to the end of the first optimizer step this call takes
+    (a resumed run's first after resuming). Returns the prepared model.
     """
     from transformers import get_scheduler
 
@@ -231,7 +237,7 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     progress = tqdm(total=total_steps, initial=state.step, desc=desc, unit="step",
                     **({} if is_main else {"disable": True}))
     last = {"loss": float("nan"), "margin": float("nan")}
-    clock = {"seconds": 0.0, "start": time.perf_counter(), "eval_loss": None}
+    clock = {"seconds": 0.0, "start": time.perf_counter(), "eval_loss": None, "first_step": None}
 
     def write(record: dict, tracked: dict) -> None:
         if metrics_file:
@@ -284,6 +290,8 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
                     continue
                 scheduler.step()
                 state.step += 1
+                if clock["first_step"] is None:
+                    clock["first_step"] = time.perf_counter() - started
                 progress.update(1)
                 if state.step % config.logging_steps == 0 or state.step == total_steps:
                     names = ["loss", "margin", *state.window_extras]
@@ -331,7 +339,8 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
             state.epoch, state.batches_in_epoch = epoch + 1, 0
     seconds = clock["seconds"] + time.perf_counter() - clock["start"]
     accelerator.wait_for_everyone()
-    return model, FitResult(state.step, state.pairs_trained, last["loss"], last["margin"], seconds)
+    return model, FitResult(state.step, state.pairs_trained, last["loss"], last["margin"], seconds,
+                            clock["first_step"])
 
 
 
@@ -347,18 +356,42 @@ def make_optimizer(config: OptimConfig, accelerator, model):
                              eps=config.adam_epsilon, weight_decay=config.weight_decay, fused=fused)
 
 
-def planned_steps(config: OptimConfig, epoch_batches, processes: int) -> int:
-    """Optimizer steps of the run: each process takes every processes-th micro-batch (the last round
-    topped up from the start); a fractional `epochs` trains that share of its last epoch's steps,
-    rounded up, as TRL counts them; `max_steps` caps them."""
+def steps_per_epoch(config: OptimConfig, epoch_batches, processes: int) -> list[int]:
+    """Optimizer steps of the run in each epoch it trains in: each process takes every processes-th
+    micro-batch (the last round topped up from the start); a fractional `epochs` trains that share of
+    its last epoch's steps, rounded up, as TRL counts them; `max_steps` caps their sum."""
     def steps_in(epoch: int) -> int:
         return math.ceil(math.ceil(len(epoch_batches(epoch)) / processes) / config.gradient_accumulation_steps)
 
     whole = math.floor(config.epochs)
-    total = sum(steps_in(epoch) for epoch in range(whole))
+    steps = [steps_in(epoch) for epoch in range(whole)]
     if config.epochs > whole:
-        total += math.ceil((config.epochs - whole) * steps_in(whole))
-    return min(total, config.max_steps) if config.max_steps else total
+        steps.append(math.ceil((config.epochs - whole) * steps_in(whole)))
+    if not config.max_steps:
+        return steps
+    capped, left = [], config.max_steps
+    for count in steps:
+        if left == 0:
+            break
+        capped.append(min(count, left))
+        left -= capped[-1]
+    return capped
+
+
+def planned_steps(config: OptimConfig, epoch_batches, processes: int) -> int:
+    """Optimizer steps of the run (`steps_per_epoch`)."""
+    return sum(steps_per_epoch(config, epoch_batches, processes))
+
+
+def trained_examples(config: OptimConfig, epoch_batches, processes: int) -> list[int]:
+    """The examples the run trains on, sorted: in each epoch, the micro-batches of its steps there
+    (`steps_per_epoch`); an optimizer step takes gradient_accumulation_steps micro-batches per process,
+    the processes taking consecutive ones. A run with `max_steps` trains on only the first of them."""
+    trained = set()
+    for epoch, steps in enumerate(steps_per_epoch(config, epoch_batches, processes)):
+        for batch in epoch_batches(epoch)[:steps * config.gradient_accumulation_steps * processes]:
+            trained.update(batch)
+    return sorted(trained)
 
 
 def check_finite(accelerator, step: int, window_loss, grad_norm, config: OptimConfig, run_dir: Path) -> None:

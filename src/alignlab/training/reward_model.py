@@ -11,6 +11,7 @@ r(x, y_w) > r(x, y_l), ties counted half — on `eval_data` or a seeded `eval_fr
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
 
 
 def _fit_reward_model(config: RewardModelConfig) -> RewardModelResult:
+    started = time.perf_counter()
     out = Path(config.out)
     loaded = load_training_pairs(config)
     train_pairs, heldout_pairs = split_heldout(config, loaded.pairs)
@@ -108,7 +110,8 @@ def _fit_reward_model(config: RewardModelConfig) -> RewardModelResult:
         return -F.logsigmoid(chosen - rejected).mean(), (chosen - rejected).mean()
 
     with run_directory(out, accelerator, config) as run_dir:
-        model, fitted = fit(config, accelerator, model, len(examples), collate, step_loss, run_dir, "reward model")
+        model, fitted = fit(config, accelerator, model, len(examples), collate, step_loss, run_dir, "reward model",
+                            started=started)
         accuracy = pairwise_accuracy(accelerator.unwrap_model(model), heldout, tokenizer.pad_token_id,
                                      config.batch_size, accelerator.device)
         save_run(run_dir, accelerator, model, tokenizer, config, {
