@@ -18,15 +18,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from alignlab.bench.runner import Measurement, run_worker, check_equal_work
-from alignlab.bench.setups import SHAPES, prepare_hh, prepare_tiny
+from alignlab.bench.setups import SHAPES, first_pairs, prepare_hh, prepare_tiny
 
 WARM_UP_PAIRS = 64  # enough to load every module and file once; a full-size warm-up doubled `--scaling 8192`
-
-
-def _first_pairs(setup: dict, n: int, workdir: Path) -> dict:
-    path = workdir / f"pairs-{n}.jsonl"
-    path.write_text("".join(Path(setup["data"]).read_text().splitlines(keepends=True)[:n]))
-    return {**setup, "data": str(path)}
 
 
 def run_scaling(counts: list[int], device: str, shape: str = "hh", data: str | None = None,
@@ -47,9 +41,9 @@ def run_scaling(counts: list[int], device: str, shape: str = "hh", data: str | N
         results["distinct_pairs"] = next((i for i, pair_id in enumerate(ids) if pair_id == f"{ids[0]}#1"), len(ids))
         progress(f"bench scaling: shape {shape}, DPO on the first {', '.join(map(str, counts))} pairs, "
                  f"batch {size['batch_size']}, device {device}, one run each after a warm-up")
-        run_worker("alignlab-dpo", _first_pairs(setup, min(WARM_UP_PAIRS, *counts), workdir), device)
+        run_worker("alignlab-dpo", first_pairs(setup, min(WARM_UP_PAIRS, *counts), workdir), device)
         for n in sorted(counts):
-            subset = _first_pairs(setup, n, workdir)
+            subset = first_pairs(setup, n, workdir)
             row = {"pairs": n}
             ours = Measurement(**run_worker("alignlab-dpo", subset, device))
             row["alignlab"] = asdict(ours)
