@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from alignlab.cli_settings import add_config_arguments, add_dataset_arguments, add_eval_arguments
@@ -143,9 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scaling", default=None, metavar="N,N,...",
                        help="instead of the ratios: DPO seconds and tokens/s of both libraries on the first N pairs "
                             "of the shape, for each N (e.g. 512,2048)")
-    bench.add_argument("--use_peft", action="store_true",
-                       help="with --model: only the LoRA rows (alignlab's default adapter, the same one given to "
-                            "TRL as peft_config); without it --model measures full-parameter and LoRA DPO")
+    bench.add_argument("--use_peft", action="store_true", help="with --model: only the LoRA rows (alignlab's default "
+                       "adapter, given to TRL as peft_config); without it --model measures full-parameter and LoRA DPO")
     bench.add_argument("--pairs", type=int, default=None,
                        help="how many pairs (default: tiny 256 with --quick, else 512; hh 48 with --quick, else 128; --model 512, "
                             "with --quick as many as fit 5 minutes)")
@@ -158,8 +158,7 @@ def run_bench(args) -> int:
     from alignlab.output_dirs import check_output_file
 
     if args.data and not args.model and args.shape == "tiny":
-        raise AlignlabError("bench: --data goes with --model or --shape hh (the tiny bench model trains on its own "
-                            "pairs)")
+        raise AlignlabError("bench: --data goes with --model or --shape hh (the tiny bench model trains on its own pairs)")
     if args.model and args.shape != "tiny":
         raise AlignlabError("bench: --model runs the DPO-vs-TRL rows on your model, and --shape hh on the bench's own "
                             "HH-RLHF model; to run your model on HH-RLHF pairs, pass --model with --data FILE")
@@ -171,9 +170,12 @@ def run_bench(args) -> int:
         check_output_file(args.out, overwrite=args.overwrite, inputs=[args.model, args.data])
     if args.scaling is not None:
         return run_scaling_bench(args)
-    results = bench(args.out, args.quick, args.device, progress=lambda line: print(line, flush=True),
-                    model=args.model, data=args.data, pairs=args.pairs, shape=args.shape,
-                    data_format=args.data_format, use_peft=args.use_peft)
+    from alignlab.bench.user_model import run_model_bench
+
+    progress = partial(print, flush=True)
+    results = (run_model_bench(args.out, args.quick, args.device, args.model, progress, args.data, args.pairs,
+                               args.data_format, args.use_peft) if args.model else
+               bench(args.out, args.quick, args.device, progress, args.data, args.pairs, args.shape, args.data_format))
     print(format_table(results))
     if args.out:
         print(f"wrote {args.out}")

@@ -87,11 +87,11 @@ def test_trl_gets_alignlabs_default_adapter_with_trls_rank_alpha_and_dropout(tin
 
 @pytest.mark.slow
 def test_the_lora_rows_train_the_same_adapter_on_both_sides(tiny_model):
-    from alignlab.bench.runner import run_bench
+    from alignlab.bench.user_model import run_model_bench
     from alignlab.models.loading import load_causal_lm
 
-    results = run_bench(None, quick=True, device="cpu", progress=lambda line: None, model=tiny_model, pairs=8,
-                        use_peft=True)
+    results = run_model_bench(None, quick=True, device="cpu", model=tiny_model, progress=lambda line: None, pairs=8,
+                              use_peft=True)
     assert set(results["ratios"]) == {"lora_dpo_vs_trl", "lora_peak_mem_vs_trl"}
     ours, theirs = results["absolute"]["lora_alignlab_dpo"], results["absolute"]["lora_trl_dpo"]
     # r · (inputs + outputs) per adapted linear layer, every one but the output head: TRL's default rank.

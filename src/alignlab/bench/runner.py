@@ -28,9 +28,14 @@ With `--model PATH` (any local model, or a .gguf file) the DPO-vs-TRL rows (dpo_
 dpo_vs_trl_precomputed, peak_mem_vs_trl) run on that model instead, on the bench pairs or on the
 pairs of `--data FILE` (the "pairs" format `alignlab data` writes), the first `--pairs N` of them
 that fit max_length 256 (prompt ≤ 128 tokens) untruncated; the rows that compare objectives or sweeps
-need the bench's own models and are skipped.
-Equal work is checked, not assumed: pairs, tokens, optimizer steps and batch size of both sides are
-printed, and the run fails if they differ.
+need the bench's own models and are skipped. They run in two modes (MODES): full-parameter DPO, and
+LoRA DPO (rows prefixed `lora_`) with alignlab's default adapter, given to TRL as the same
+peft.LoraConfig (`peft_config`); `use_peft` runs the LoRA mode alone. `--quick` on a user's model
+sizes its pairs from timed warm-ups to five minutes (alignlab.bench.sizing).
+Equal work is checked, not assumed: pairs, tokens, optimizer steps, batch size and the parameters
+saved (the model's, or the adapter's) of both sides are printed, and the run fails if they differ.
+TRL 1.16's DPOTrainer turns `padding_free` off whatever it is given (TRL_PADDING_FREE, printed
+under the table): its side always trains on padded batches.
 """
 
 from __future__ import annotations
@@ -47,9 +52,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from alignlab.bench.setups import (SHAPES, USER_MODEL_QUICK_BATCH, first_pairs, prepare_hh, prepare_tiny,
-                                   prepare_user_model)
-from alignlab.bench.sizing import CLOSING_SECONDS, QUICK_BUDGET_SECONDS, Probe, quick_pairs, describe
+from alignlab.bench.setups import SHAPES, prepare_hh, prepare_tiny, token_counts
 from alignlab.bench.sweep import measure_sweep_vs_independent
 
 TARGETS = {"dpo_vs_trl": (">=", 2.0), "dpo_vs_trl_precomputed": (">=", 1.3), "peak_mem_vs_trl": ("<=", 1.0),
@@ -91,22 +94,6 @@ def _train_config(setup: dict, method: str, out: Path, cache_dir: Path, device: 
                 "cache_dir": str(cache_dir), "logging_steps": 10**9, "use_peft": setup.get("use_peft", False)}
     return TrainConfig.for_run(settings, method, {"beta": BETA} if method == "dpo" else {}, model=setup["model"],
                                data=setup["data"], out=out)
-
-
-def token_counts(setup: dict) -> dict:
-    """Token counts of the bench data as alignlab tokenises it: `forwarded` (prompt twice, as TRL
-    counts a pair's two rows: the equal-work check), `pair` (prompt once plus both responses) and
-    `sft` (prompt plus chosen), the last two the useful tokens of the MFU rows."""
-    from alignlab.data.pairs import load_pairs
-    from alignlab.data.tokenise import tokenize_pairs
-    from alignlab.models.loading import load_tokenizer
-
-    examples, _ = tokenize_pairs(load_tokenizer(setup["model"]), load_pairs(setup["data"]).pairs,
-                                 setup["max_length"], setup["max_length"] // 2)
-    prompt, chosen, rejected = (sum(len(getattr(e, f"{part}_ids")) for e in examples)
-                                for part in ("prompt", "chosen", "rejected"))
-    return {"pairs": len(examples), "forwarded": 2 * prompt + chosen + rejected,
-            "pair": prompt + chosen + rejected, "sft": prompt + chosen}
 
 
 def saved_parameters(directory: Path) -> int:
@@ -219,7 +206,7 @@ def run_worker(kind: str, setup: dict, device: str, **extra) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _median_measurement(kind: str, setup: dict, device: str, repeats: int, warm_up: bool = True,
+def median_measurement(kind: str, setup: dict, device: str, repeats: int, warm_up: bool = True,
                         **extra) -> Measurement:
     runs = [Measurement(**run_worker(kind, setup, device, **extra)) for _ in range(repeats + warm_up)][warm_up:]
     middle = sorted(runs, key=lambda m: m.seconds)[len(runs) // 2]
@@ -237,7 +224,7 @@ def check_equal_work(a: Measurement, b: Measurement, names: tuple[str, str]) -> 
                                f"{names[1]} {field_name}={getattr(b, field_name)}")
 
 
-def _trl_available() -> bool:
+def trl_available() -> bool:
     try:
         import trl  # noqa: F401
     except ImportError:
@@ -252,13 +239,10 @@ TRL_PADDING_FREE = ("TRL 1.16's DPOTrainer turns padding_free off whatever it is
 TRL_MISSING = "not installed: pip install 'alignlab[bench]' for the TRL rows"
 
 
-def run_bench(out: str | None, quick: bool, device: str, progress=print, model: str | None = None,
-              data: str | None = None, pairs: int | None = None, shape: str = "tiny",
-              data_format: str | None = None, use_peft: bool = False) -> dict:
-    """Every row of the bench on `shape` (alignlab.bench.setups), or with `model` the DPO-vs-TRL rows
-    on that model (run_model_rows); `data_format` reads `data` (default: hh-rlhf for the hh shape,
-    else pairs)."""
-    started = time.perf_counter()
+def run_bench(out: str | None, quick: bool, device: str, progress=print, data: str | None = None,
+              pairs: int | None = None, shape: str = "tiny", data_format: str | None = None) -> dict:
+    """Every row of the bench on `shape` (alignlab.bench.setups); `data_format` reads `data` (default:
+    hh-rlhf for the hh shape, else pairs). A user's model: alignlab.bench.user_model."""
     size = dict(SHAPES[shape]["quick" if quick else "full"])
     size["pairs"] = pairs or size["pairs"]
     data_format = data_format or ("hh-rlhf" if shape == "hh" and data is None else "pairs")
@@ -267,21 +251,15 @@ def run_bench(out: str | None, quick: bool, device: str, progress=print, model: 
                      "ratios": {}, "absolute": {}}
     ratios, absolute = results["ratios"], results["absolute"]
     with tempfile.TemporaryDirectory() as tmp:
-        if model:
-            setup = run_model_rows(Path(tmp), results, quick, device, progress, model, data, data_format,
-                                   pairs, use_peft, started)
-            counts = token_counts(setup)
-            measure_utilisation(setup, device, counts, results)
-            return _written(out, results)
         setup = prepare_hh(Path(tmp), size, data, data_format) if shape == "hh" else prepare_tiny(Path(tmp), size)
         results["data"] = setup["data"] if shape == "tiny" else (data or "HH-RLHF harmless-base test")
         progress(f"bench: shape {shape}, {size['pairs']} pairs, Llama hidden {size['hidden_size']} × "
                  f"{size['layers']} layers, max_length {size['max_length']}, batch {size['batch_size']}, "
                  f"device {device}, median of {repeats} after a warm-up")
-        if _trl_available():
+        if trl_available():
             measure_dpo_vs_trl(setup, device, repeats, results)
         else:
-            absolute["alignlab_dpo"] = asdict(_median_measurement("alignlab-dpo", setup, device, repeats))
+            absolute["alignlab_dpo"] = asdict(median_measurement("alignlab-dpo", setup, device, repeats))
             results["trl"] = TRL_MISSING
         counts = token_counts(setup)
         measure_objective_rows(setup, device, repeats, counts, results)
@@ -292,10 +270,10 @@ def run_bench(out: str | None, quick: bool, device: str, progress=print, model: 
             sweep = absolute["sweep"] = measure_sweep_vs_independent(setup, Path(tmp), LEARNING_RATE)
             ratios["sweep_vs_independent"] = sweep["sweep_seconds"] / sweep["independent_seconds"]
         measure_utilisation(setup, device, counts, results)
-    return _written(out, results)
+    return written(out, results)
 
 
-def _written(out: str | None, results: dict) -> dict:
+def written(out: str | None, results: dict) -> dict:
     if out:
         from alignlab.atomic import write_json
 
@@ -317,67 +295,14 @@ def measure_dpo_vs_trl(setup: dict, device: str, repeats: int, results: dict, mo
     checked; `warm_up` false when the caller has already run this setup's warm-ups."""
     prefix, ratios, absolute = MODES[mode], results["ratios"], results["absolute"]
     results.setdefault("notes", {})["padding_free"] = TRL_PADDING_FREE
-    ours = _median_measurement("alignlab-dpo", setup, device, repeats, warm_up)
+    ours = median_measurement("alignlab-dpo", setup, device, repeats, warm_up)
     absolute[prefix + "alignlab_dpo"] = asdict(ours)
     for key, precompute in trl_sides:
-        theirs = _median_measurement("trl-dpo", setup, device, repeats, warm_up, precompute=precompute)
+        theirs = median_measurement("trl-dpo", setup, device, repeats, warm_up, precompute=precompute)
         check_equal_work(ours, theirs, (prefix + "alignlab_dpo", prefix + key))
         absolute[prefix + key] = asdict(theirs)
         ratios[prefix + key.replace("trl_dpo", "dpo_vs_trl")] = theirs.seconds / ours.seconds
     ratios[prefix + "peak_mem_vs_trl"] = ours.peak_memory_mb / absolute[prefix + "trl_dpo"]["peak_memory_mb"]
-
-
-def run_model_rows(workdir: Path, results: dict, quick: bool, device: str, progress, model: str,
-                   data: str | None, data_format: str, pairs: int | None, use_peft: bool, started: float) -> dict:
-    """`--model`: the DPO-vs-TRL rows on the user's model, full-parameter and LoRA (only LoRA with
-    `use_peft`). With `quick` and no `pairs` the run sizes itself to QUICK_BUDGET_SECONDS from timed
-    warm-ups (alignlab.bench.sizing) and leaves TRL's precomputed variant out. Returns the setup of
-    the last mode."""
-    modes = ["lora"] if use_peft else list(MODES)
-    size = {"batch_size": USER_MODEL_QUICK_BATCH if quick else results["batch_size"],
-            "pairs": results["pairs"]}
-    setup = prepare_user_model(workdir, size, model, data, data_format)
-    results.update(model=model, data=data or "bench pairs", max_length=setup["max_length"], modes=modes,
-                   batch_size=size["batch_size"], notes={})
-    if not _trl_available():
-        results["trl"] = TRL_MISSING
-        return setup
-    repeats, trl_sides, warmed_up = results["repeats"], TRL_SIDES, False
-    if quick:
-        repeats, trl_sides, warmed_up = 1, TRL_SIDES[:1], True
-        results["notes"]["dpo_vs_trl_precomputed"] = ("not measured with --quick on a user's model: its runs do "
-                                                      "not fit 5 minutes beside the others; run without --quick")
-        if pairs is None:
-            chosen = size_quick_run(workdir, setup, device, modes, progress, started, results["pairs"])
-            setup = first_pairs(setup, chosen, workdir)
-    results.update(pairs=token_counts(setup)["pairs"], repeats=repeats)
-    progress(f"bench: {model}, {results['pairs']} pairs, batch {size['batch_size']}, device {device}, modes "
-             f"{' and '.join(modes)}, " + ("one run each after the warm-ups" if warmed_up else
-                                            f"median of {repeats} after a warm-up") + "; DPO-vs-TRL rows only")
-    for mode in modes:
-        measure_dpo_vs_trl({**setup, "use_peft": mode == "lora"}, device, repeats, results, mode, not warmed_up,
-                           trl_sides)
-    results["skipped"] = "objective and sweep rows: they run on the bench's own models"
-    return setup
-
-
-def size_quick_run(workdir: Path, setup: dict, device: str, modes: list[str], progress, started: float,
-                   available: int) -> int:
-    """The pairs of a quick run on a user's model (alignlab.bench.sizing): each side's warm-up on one
-    step's pairs in the first mode, timed; a later mode (LoRA after full parameters) is predicted from
-    the first mode's, an upper bound (a LoRA step does the same forward passes and less backward and
-    optimizer work)."""
-    batch_size = setup["batch_size"]
-    step_setup = {**first_pairs(setup, batch_size, workdir), "use_peft": modes[0] == "lora"}
-    probes = []
-    for side, kind, extra in (("alignlab", "alignlab-dpo", {}), ("TRL", "trl-dpo", {"precompute": False})):
-        begun = time.perf_counter()
-        timed = run_worker(kind, step_setup, device, **extra)["seconds"]
-        probes.append(Probe(side, time.perf_counter() - begun, timed, batch_size))
-    seconds_left = QUICK_BUDGET_SECONDS - CLOSING_SECONDS - (time.perf_counter() - started)
-    chosen = quick_pairs(probes, seconds_left, batch_size, available, runs_per_probe=len(modes))
-    progress(describe(probes, chosen, seconds_left, batch_size, runs_per_probe=len(modes)))
-    return chosen
 
 
 def measure_objective_rows(setup: dict, device: str, repeats: int, counts: dict, results: dict) -> None:

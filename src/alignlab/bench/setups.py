@@ -126,3 +126,19 @@ def untruncated_pairs(model: str, pairs: list, n: int, max_length: int, source: 
                             f"(prompt at most {max_length // 2}) untruncated; the bench needs {n} "
                             "(pass a smaller --pairs or a file with shorter pairs)")
     return fitting[:n]
+
+
+def token_counts(setup: dict) -> dict:
+    """Token counts of the bench data as alignlab tokenises it: `forwarded` (prompt twice, as TRL
+    counts a pair's two rows: the equal-work check), `pair` (prompt once plus both responses) and
+    `sft` (prompt plus chosen), the last two the useful tokens of the MFU rows."""
+    from alignlab.data.pairs import load_pairs
+    from alignlab.data.tokenise import tokenize_pairs
+    from alignlab.models.loading import load_tokenizer
+
+    examples, _ = tokenize_pairs(load_tokenizer(setup["model"]), load_pairs(setup["data"]).pairs,
+                                 setup["max_length"], setup["max_length"] // 2)
+    prompt, chosen, rejected = (sum(len(getattr(e, f"{part}_ids")) for e in examples)
+                                for part in ("prompt", "chosen", "rejected"))
+    return {"pairs": len(examples), "forwarded": 2 * prompt + chosen + rejected,
+            "pair": prompt + chosen + rejected, "sft": prompt + chosen}
