@@ -30,9 +30,10 @@ HH_VOCAB = 8192
 # directory the bench runs in); --data names any other file.
 HH_DATA = Path("../shared/data/hh-rlhf/harmless-base/test.jsonl.gz")
 USER_MODEL_MAX_LENGTH = 256  # real models' chat templates add a system turn to every prompt
-# `--model --quick`'s batch: its warm-ups (one optimizer step each) size the run, and a step of a 135M
-# model on 8 pairs takes about a minute on 2 CPU cores.
-USER_MODEL_QUICK_BATCH = 4
+# `--model --quick`'s batch: its warm-ups (one optimizer step each) size the run, and a whole run of
+# one step on 4 pairs of a 135M model took 56 s (alignlab) and 67 s (TRL) on 2 busy CPU cores: with
+# four such warm-ups and measured runs, a larger batch leaves no room in 5 minutes.
+USER_MODEL_QUICK_BATCH = 2
 SUBJECTS = ["river", "garden", "engine", "violin", "planet", "bakery", "glacier", "harbor", "library", "falcon"]
 QUALITIES = ["quiet", "bright", "ancient", "rapid", "gentle", "heavy", "curious", "golden", "narrow", "hollow"]
 
