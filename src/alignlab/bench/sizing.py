@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 QUICK_BUDGET_SECONDS = 300  # the whole command, warm-ups and repeats included: "under 5 minutes"
-# Kept back from the budget for what follows the measured runs (the matmul throughput of the MFU
-# line, in its own process, and the token counts) and the command's own start: measured at 15–25 s on
-# 2 CPU cores with SmolLM2-135M.
+# Kept back from the budget for what follows the measured runs (the MFU line: a process that measures
+# the matmul throughput, and the model loaded once more for its parameter count; the token counts)
+# and for the command's own start before the clock here begins.
 CLOSING_SECONDS = 30
 
 

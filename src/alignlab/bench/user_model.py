@@ -24,7 +24,8 @@ def run_model_bench(out: str | None, quick: bool, device: str, model: str, progr
     with tempfile.TemporaryDirectory() as tmp:
         setup = run_model_rows(Path(tmp), results, quick, device, progress, model, data, data_format or "pairs",
                                pairs, use_peft, started)
-        measure_utilisation(setup, device, token_counts(setup), results)
+        if "alignlab_dpo" in results["absolute"]:  # the MFU line counts full-parameter training's FLOPs
+            measure_utilisation(setup, device, token_counts(setup), results)
     return written(out, results)
 
 
