@@ -87,6 +87,7 @@ def test_trl_gets_alignlabs_default_adapter_with_trls_rank_alpha_and_dropout(tin
 
 @pytest.mark.slow
 def test_the_lora_rows_train_the_same_adapter_on_both_sides(tiny_model):
+    from alignlab.bench.setups import USER_MODEL_QUICK_BATCH
     from alignlab.bench.user_model import run_model_bench
     from alignlab.models.loading import load_causal_lm
 
@@ -99,5 +100,6 @@ def test_the_lora_rows_train_the_same_adapter_on_both_sides(tiny_model):
     expected = sum(rank * (module.in_features + module.out_features) for name, module in
                    load_causal_lm(tiny_model).named_modules() if type(module).__name__ == "Linear" and name != "lm_head")
     assert ours["saved_parameters"] == theirs["saved_parameters"] == expected
-    assert (ours["pairs"], ours["optimizer_steps"]) == (8, 2)
+    assert (ours["pairs"], ours["optimizer_steps"], ours["batch_size"]) == (8, 8 // USER_MODEL_QUICK_BATCH,
+                                                                           USER_MODEL_QUICK_BATCH)
     assert "padding_free" in results["notes"] and "dpo_trainer.py" in results["notes"]["padding_free"]
