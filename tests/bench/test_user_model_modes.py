@@ -103,3 +103,56 @@ def test_the_lora_rows_train_the_same_adapter_on_both_sides(tiny_model):
     assert (ours["pairs"], ours["optimizer_steps"], ours["batch_size"]) == (8, 8 // USER_MODEL_QUICK_BATCH,
                                                                            USER_MODEL_QUICK_BATCH)
     assert "padding_free" in results["notes"] and "dpo_trainer.py" in results["notes"]["padding_free"]
+
+
+def scripted_workers(monkeypatch, seconds: dict):
+    """Workers that return at once with scripted seconds per (kind, use_peft) and record each call."""
+    import alignlab.bench.runner as runner
+    import alignlab.bench.user_model as user_model
+    from alignlab.bench.setups import token_counts
+
+    calls = []
+
+    def worker(kind, setup, device, **extra):
+        calls.append((kind, setup.get("use_peft", False), extra.get("precompute")))
+        if kind == "matmul":
+            return {"flops_per_second": 1e9}
+        counts = token_counts(setup)
+        return {"seconds": seconds[kind, setup.get("use_peft", False)], "pairs": counts["pairs"],
+                "tokens": counts["forwarded"], "optimizer_steps": counts["pairs"] // setup["batch_size"],
+                "batch_size": setup["batch_size"], "peak_memory_mb": 100.0, "saved_parameters": 7}
+
+    for module in (runner, user_model):
+        monkeypatch.setattr(module, "run_worker", worker)
+    return calls
+
+
+SCRIPTED = {("alignlab-dpo", False): 10.0, ("trl-dpo", False): 30.0, ("alignlab-dpo", True): 8.0,
+            ("trl-dpo", True): 20.0}
+
+
+def test_with_no_room_past_the_warm_ups_they_are_the_first_modes_rows(tiny_model, monkeypatch):
+    import alignlab.bench.user_model as user_model
+
+    calls = scripted_workers(monkeypatch, SCRIPTED)
+    monkeypatch.setattr(user_model, "QUICK_BUDGET_SECONDS", 0)  # nothing left after the warm-ups
+    lines = []
+    results = user_model.run_model_bench(None, quick=True, device="cpu", model=tiny_model, progress=lines.append)
+    assert [c for c in calls if c[0] != "matmul"] == [("alignlab-dpo", False, None), ("trl-dpo", False, False),
+                                                      ("alignlab-dpo", True, None), ("trl-dpo", True, False)]
+    assert results["ratios"]["dpo_vs_trl"] == pytest.approx(3.0) and results["ratios"]["lora_dpo_vs_trl"] == 2.5
+    assert results["pairs"] == 2 and "warm-ups" in results["notes"]["warm_ups"]
+    assert "1 run(s) per side" in lines[0] and "does NOT fit" in lines[0]
+
+
+def test_with_room_each_mode_runs_again_on_the_chosen_pairs(tiny_model, monkeypatch):
+    import alignlab.bench.user_model as user_model
+
+    calls = scripted_workers(monkeypatch, SCRIPTED)
+    results = user_model.run_model_bench(None, quick=True, device="cpu", model=tiny_model, progress=lambda _: None)
+    runs = [c for c in calls if c[0] != "matmul"]
+    assert runs[:2] == [("alignlab-dpo", False, None), ("trl-dpo", False, False)]  # the timed warm-ups
+    assert runs[2:] == [("alignlab-dpo", False, None), ("trl-dpo", False, False), ("alignlab-dpo", True, None),
+                        ("trl-dpo", True, False)]  # one run per side and mode, no precomputed variant
+    assert results["pairs"] > 2 and "warm_ups" not in results["notes"]
+    assert "dpo_vs_trl_precomputed" in results["notes"] and "lora_dpo_vs_trl_precomputed" not in results["ratios"]

@@ -293,16 +293,22 @@ def measure_dpo_vs_trl(setup: dict, device: str, repeats: int, results: dict, mo
                        warm_up: bool = True, trl_sides=TRL_SIDES) -> None:
     """One mode's DPO-vs-TRL rows: alignlab and each of `trl_sides` on the same pairs, equal work
     checked; `warm_up` false when the caller has already run this setup's warm-ups."""
+    ours = median_measurement("alignlab-dpo", setup, device, repeats, warm_up)
+    theirs = {key: median_measurement("trl-dpo", setup, device, repeats, warm_up, precompute=precompute)
+              for key, precompute in trl_sides}
+    record_dpo_vs_trl(results, mode, ours, theirs)
+
+
+def record_dpo_vs_trl(results: dict, mode: str, ours: Measurement, theirs: dict[str, Measurement]) -> None:
+    """One mode's runs (alignlab's, and TRL's by TRL_SIDES key) and ratios, after the equal-work check."""
     prefix, ratios, absolute = MODES[mode], results["ratios"], results["absolute"]
     results.setdefault("notes", {})["padding_free"] = TRL_PADDING_FREE
-    ours = median_measurement("alignlab-dpo", setup, device, repeats, warm_up)
     absolute[prefix + "alignlab_dpo"] = asdict(ours)
-    for key, precompute in trl_sides:
-        theirs = median_measurement("trl-dpo", setup, device, repeats, warm_up, precompute=precompute)
-        check_equal_work(ours, theirs, (prefix + "alignlab_dpo", prefix + key))
-        absolute[prefix + key] = asdict(theirs)
-        ratios[prefix + key.replace("trl_dpo", "dpo_vs_trl")] = theirs.seconds / ours.seconds
-    ratios[prefix + "peak_mem_vs_trl"] = ours.peak_memory_mb / absolute[prefix + "trl_dpo"]["peak_memory_mb"]
+    for key, measurement in theirs.items():
+        check_equal_work(ours, measurement, (prefix + "alignlab_dpo", prefix + key))
+        absolute[prefix + key] = asdict(measurement)
+        ratios[prefix + key.replace("trl_dpo", "dpo_vs_trl")] = measurement.seconds / ours.seconds
+    ratios[prefix + "peak_mem_vs_trl"] = ours.peak_memory_mb / theirs["trl_dpo"].peak_memory_mb
 
 
 def measure_objective_rows(setup: dict, device: str, repeats: int, counts: dict, results: dict) -> None:

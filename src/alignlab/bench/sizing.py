@@ -11,7 +11,9 @@ everything inside the clock counted as growing with the pairs. That over-estimat
 saving do not grow with n), so the runs end inside the budget rather than past it. The pairs are the
 largest multiple of b (whole optimizer steps) whose predicted runs, one per side, fit the seconds
 left; at least b, at most the pairs prepared. One repeat: at a fixed budget more pairs shrink the
-fixed costs' share of each ratio more than a second repeat would shrink its noise.
+fixed costs' share of each ratio more than a second repeat would shrink its noise. When no more than
+b pairs fit, the warm-ups themselves are the first mode's rows (alignlab.bench.user_model): running
+the same pairs again would only spend the budget.
 """
 
 from __future__ import annotations

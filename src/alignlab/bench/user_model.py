@@ -8,8 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from alignlab.bench.runner import (MODES, TRL_MISSING, TRL_SIDES, measure_dpo_vs_trl, measure_utilisation,
-                                   run_worker, trl_available, written)
+from alignlab.bench.runner import (MODES, TRL_MISSING, TRL_SIDES, Measurement, measure_dpo_vs_trl,
+                                   measure_utilisation, record_dpo_vs_trl, run_worker, trl_available, written)
 from alignlab.bench.setups import SHAPES, USER_MODEL_QUICK_BATCH, first_pairs, prepare_user_model, token_counts
 from alignlab.bench.sizing import CLOSING_SECONDS, QUICK_BUDGET_SECONDS, Probe, describe, quick_pairs
 
@@ -50,15 +50,20 @@ def run_model_rows(workdir: Path, results: dict, quick: bool, device: str, progr
         results["notes"]["dpo_vs_trl_precomputed"] = ("not measured with --quick on a user's model: its runs do "
                                                       "not fit 5 minutes beside the others; run without --quick")
         if pairs is None:  # the timed warm-ups that size the run are the runs' warm-ups
-            chosen = size_quick_run(workdir, setup, device, modes, progress, started, results["pairs"])
+            chosen, warm_ups = size_quick_run(workdir, setup, device, modes, progress, started, results["pairs"])
             setup, warmed_up = first_pairs(setup, chosen, workdir), True
+            if chosen == size["batch_size"]:  # no room for more than the warm-ups' own pairs: they are the rows
+                record_dpo_vs_trl(results, modes[0], warm_ups["alignlab"], {"trl_dpo": warm_ups["TRL"]})
+                results["notes"]["warm_ups"] = (f"the {modes[0]} rows are the timed warm-ups (alignlab's ran first, on "
+                                                "colder caches): a run of the same pairs again would not fit")
     results.update(pairs=token_counts(setup)["pairs"], repeats=repeats)
     progress(f"bench: {model}, {results['pairs']} pairs, batch {size['batch_size']}, device {device}, modes "
              f"{' and '.join(modes)}, " + ("one run each after the warm-ups" if warmed_up else
                                             f"median of {repeats} after a warm-up") + "; DPO-vs-TRL rows only")
     for mode in modes:
-        measure_dpo_vs_trl({**setup, "use_peft": mode == "lora"}, device, repeats, results, mode, not warmed_up,
-                           trl_sides)
+        if MODES[mode] + "dpo_vs_trl" not in results["ratios"]:
+            measure_dpo_vs_trl({**setup, "use_peft": mode == "lora"}, device, repeats, results, mode,
+                               not warmed_up, trl_sides)
     results["skipped"] = "objective and sweep rows: they run on the bench's own models"
     return setup
 
@@ -68,15 +73,16 @@ def size_quick_run(workdir: Path, setup: dict, device: str, modes: list[str], pr
     """The pairs of a quick run on a user's model (alignlab.bench.sizing): each side's warm-up on one
     step's pairs in the first mode, timed; a later mode (LoRA after full parameters) is predicted from
     the first mode's, an upper bound (a LoRA step does the same forward passes and less backward and
-    optimizer work)."""
+    optimizer work). Returns the pairs and the warm-ups' measurements by side."""
     batch_size = setup["batch_size"]
     step_setup = {**first_pairs(setup, batch_size, workdir), "use_peft": modes[0] == "lora"}
-    probes = []
+    probes, warm_ups = [], {}
     for side, kind, extra in (("alignlab", "alignlab-dpo", {}), ("TRL", "trl-dpo", {"precompute": False})):
         begun = time.perf_counter()
-        timed = run_worker(kind, step_setup, device, **extra)["seconds"]
-        probes.append(Probe(side, time.perf_counter() - begun, timed, batch_size))
+        warm_ups[side] = Measurement(**run_worker(kind, step_setup, device, **extra))
+        probes.append(Probe(side, time.perf_counter() - begun, warm_ups[side].seconds, batch_size))
     seconds_left = QUICK_BUDGET_SECONDS - CLOSING_SECONDS - (time.perf_counter() - started)
     chosen = quick_pairs(probes, seconds_left, batch_size, available, runs_per_probe=len(modes))
-    progress(describe(probes, chosen, seconds_left, batch_size, runs_per_probe=len(modes)))
-    return chosen
+    runs = len(modes) - (chosen == batch_size)  # at the warm-ups' own size, they are the first mode's runs
+    progress(describe(probes, chosen, seconds_left, batch_size, runs_per_probe=runs))
+    return chosen, warm_ups
