@@ -69,7 +69,7 @@ def run_model_rows(workdir: Path, results: dict, quick: bool, device: str, progr
 
 
 def size_quick_run(workdir: Path, setup: dict, device: str, modes: list[str], progress, started: float,
-                   available: int) -> int:
+                   available: int) -> tuple[int, dict[str, Measurement]]:
     """The pairs of a quick run on a user's model (alignlab.bench.sizing): each side's warm-up on one
     step's pairs in the first mode, timed; a later mode (LoRA after full parameters) is predicted from
     the first mode's, an upper bound (a LoRA step does the same forward passes and less backward and
