@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from alignlab.cli_settings import (add_config_arguments, add_dataset_arguments, add_eval_arguments,
@@ -130,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="write the results as JSON here (e.g. bench.json)")
     bench.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
     bench.add_argument("--quick", action="store_true",
-                       help="a reduced run of every row (under 3 minutes on CPU; --shape hh under 5)")
+                       help="a reduced run of every row (under 3 minutes on CPU; --shape hh under 5; --model sizes its "
+                            "pairs from timed warm-ups to finish in 5)")
     bench.add_argument("--shape", default="tiny", choices=["tiny", "hh"],
                        help="tiny: short synthetic pairs on a tiny Llama; hh: real HH-RLHF pairs, a BPE tokenizer "
                             "trained on them and a ~23M-parameter Llama at max_length 512")
@@ -144,9 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how --data is read (default: pairs; hh-rlhf for the default HH-RLHF file)")
     bench.add_argument("--scaling", default=None, metavar="N,N,...",
                        help="instead of the ratios: DPO seconds and tokens/s of both libraries on the first N pairs "
-                            "of the shape, for each N (e.g. 512,2048,8192)")
+                            "of the shape, for each N (e.g. 512,2048)")
+    bench.add_argument("--use_peft", action="store_true", help="with --model: only the LoRA rows (alignlab's default "
+                       "adapter, given to TRL as peft_config); without it --model measures full-parameter and LoRA DPO")
     bench.add_argument("--pairs", type=int, default=None,
-                       help="how many pairs (default: tiny 256 with --quick, else 512; hh 48 with --quick, else 128)")
+                       help="how many pairs (default: tiny 256 with --quick, else 512; hh 48 with --quick, else 128; --model 512, "
+                            "with --quick as many as fit 5 minutes)")
     return parser
 
 
@@ -156,20 +161,24 @@ def run_bench(args) -> int:
     from alignlab.output_dirs import check_output_file
 
     if args.data and not args.model and args.shape == "tiny":
-        raise AlignlabError("bench: --data goes with --model or --shape hh (the tiny bench model trains on its own "
-                            "pairs)")
+        raise AlignlabError("bench: --data goes with --model or --shape hh (the tiny bench model trains on its own pairs)")
     if args.model and args.shape != "tiny":
         raise AlignlabError("bench: --model runs the DPO-vs-TRL rows on your model, and --shape hh on the bench's own "
                             "HH-RLHF model; to run your model on HH-RLHF pairs, pass --model with --data FILE")
+    if args.use_peft and not args.model:
+        raise AlignlabError("bench: --use_peft picks the LoRA rows of --model PATH; pass --model, or drop --use_peft")
     if args.pairs is not None:
         check_number("bench", "--pairs", args.pairs, COUNT)
     if args.out:
         check_output_file(args.out, overwrite=args.overwrite, inputs=[args.model, args.data])
     if args.scaling is not None:
         return run_scaling_bench(args)
-    results = bench(args.out, args.quick, args.device, progress=lambda line: print(line, flush=True),
-                    model=args.model, data=args.data, pairs=args.pairs, shape=args.shape,
-                    data_format=args.data_format)
+    from alignlab.bench.user_model import run_model_bench
+
+    progress = partial(print, flush=True)
+    results = (run_model_bench(args.out, args.quick, args.device, args.model, progress, args.data, args.pairs,
+                               args.data_format, args.use_peft) if args.model else
+               bench(args.out, args.quick, args.device, progress, args.data, args.pairs, args.shape, args.data_format))
     print(format_table(results))
     if args.out:
         print(f"wrote {args.out}")
@@ -187,7 +196,7 @@ def run_scaling_bench(args) -> int:
     try:
         counts = [int(part) for part in args.scaling.split(",")]
     except ValueError:
-        raise AlignlabError(f"bench: --scaling takes pair counts separated by commas (e.g. 512,2048,8192), "
+        raise AlignlabError(f"bench: --scaling takes pair counts separated by commas (e.g. 512,2048), "
                             f"not {shown(args.scaling)}") from None
     for count in counts:
         check_number("bench", "--scaling", count, COUNT)

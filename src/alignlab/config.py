@@ -289,6 +289,8 @@ class RewardModelConfig(OptimConfig):
     learning_rate: float = setting(1e-5, "peak AdamW learning rate")
     eval_data: str | None = setting(None, "held-out pairs (default: eval_fraction of data)")
     eval_fraction: float = setting(0.1, "fraction of data held out when eval_data is not given")
+    packing: bool = setting(True, "several pairs to a row, each prompt forwarded once, as DPO packs (the same loss, "
+                                  "little padding); off: a row per response")
     ranges: typing.ClassVar[dict[str, Range]] = {**OPTIM_RANGES, "eval_fraction": FRACTION}
 
 

@@ -87,7 +87,8 @@ TRL_KEYS: dict[str, TrlKey] = {
     "num_train_epochs": _alias("epochs", "a fraction trains that share of the last epoch's batches"),
     "lr_scheduler_type": _alias("lr_scheduler"),
     "save_steps": _alias("checkpoint_steps"),
-    "padding_free": _alias("packing"),
+    "padding_free": _alias("packing", "TRL 1.16's DPOTrainer turns padding_free off whatever it is given "
+                                      "(trl/trainer/dpo_trainer.py, lines 732-739); alignlab packs"),
     "activation_checkpointing": _alias("gradient_checkpointing", "transformers 5's name for it"),
     "evaluation_strategy": _alias("eval_strategy", "older transformers"),
     # ---- honoured through a conversion (alignlab.config: CONVERTERS, and the method keys in build_config)

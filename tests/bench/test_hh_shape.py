@@ -63,9 +63,9 @@ def test_the_hh_table_holds_the_precomputed_row_to_its_own_target():
 
     results = {"shape": "hh", "ratios": {"dpo_vs_trl": 2.4, "dpo_vs_trl_precomputed": 1.4}, "absolute": {}}
     table = format_table(results)
-    assert "dpo_vs_trl_precomputed       1.40  >= 1.5   NO" in table
-    assert "dpo_vs_trl                   2.40  >= 2.0   yes" in table
-    assert "dpo_vs_trl_precomputed       1.40  >= 1.3   yes" in format_table({**results, "shape": "tiny"})
+    assert "dpo_vs_trl_precomputed           1.40  >= 1.5   NO" in table
+    assert "dpo_vs_trl                       2.40  >= 2.0   yes" in table
+    assert "dpo_vs_trl_precomputed           1.40  >= 1.3   yes" in format_table({**results, "shape": "tiny"})
 
 
 def test_the_scaling_table_shows_seconds_per_thousand_pairs_and_the_ratio():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from alignlab.bench.mfu import flop_parameters, matmul_flops_per_second, training_flops, utilisation
-from alignlab.bench.runner import token_counts
+from alignlab.bench.setups import token_counts
 from alignlab.models.loading import load_causal_lm
 from alignlab.models.tiny import build_tiny_llama
 

@@ -28,14 +28,20 @@ With `--model PATH` (any local model, or a .gguf file) the DPO-vs-TRL rows (dpo_
 dpo_vs_trl_precomputed, peak_mem_vs_trl) run on that model instead, on the bench pairs or on the
 pairs of `--data FILE` (the "pairs" format `alignlab data` writes), the first `--pairs N` of them
 that fit max_length 256 (prompt ≤ 128 tokens) untruncated; the rows that compare objectives or sweeps
-need the bench's own models and are skipped.
-Equal work is checked, not assumed: pairs, tokens, optimizer steps and batch size of both sides are
-printed, and the run fails if they differ.
+need the bench's own models and are skipped. They run in two modes (MODES): full-parameter DPO, and
+LoRA DPO (rows prefixed `lora_`) with alignlab's default adapter, given to TRL as the same
+peft.LoraConfig (`peft_config`); `use_peft` runs the LoRA mode alone. `--quick` on a user's model
+sizes its pairs from timed warm-ups to five minutes (alignlab.bench.sizing).
+Equal work is checked, not assumed: pairs, tokens, optimizer steps, batch size and the parameters
+saved (the model's, or the adapter's) of both sides are printed, and the run fails if they differ.
+TRL 1.16's DPOTrainer turns `padding_free` off whatever it is given (TRL_PADDING_FREE, printed
+under the table): its side always trains on padded batches.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import statistics
@@ -46,7 +52,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from alignlab.bench.setups import SHAPES, prepare_hh, prepare_tiny, prepare_user_model
+from alignlab.bench.setups import SHAPES, prepare_hh, prepare_tiny, token_counts
 from alignlab.bench.sweep import measure_sweep_vs_independent
 
 TARGETS = {"dpo_vs_trl": (">=", 2.0), "dpo_vs_trl_precomputed": (">=", 1.3), "peak_mem_vs_trl": ("<=", 1.0),
@@ -54,8 +60,11 @@ TARGETS = {"dpo_vs_trl": (">=", 2.0), "dpo_vs_trl_precomputed": (">=", 1.3), "pe
            "var_vs_sft": (">=", 0.95), "dpo_mfu_vs_sft": (">=", 0.9), "sweep_vs_independent": ("<=", 0.6)}
 OBJECTIVES = ["sft", "dpo", "ln-dpo", "simpo", "var"]
 LEARNING_RATE, BETA = 1e-4, 0.1
-# On realistic shapes the reference pass is a larger share of TRL's run, and precomputing it saves more.
-SHAPE_TARGETS = {"hh": {"dpo_vs_trl_precomputed": (">=", 1.5)}}
+# tiny is overhead-bound and no user trains there: a regression row. On realistic shapes the reference
+# pass is a larger share of TRL's run, and precomputing it saves more.
+SHAPE_TARGETS = {"tiny": {"dpo_vs_trl": (">=", 1.5)}, "hh": {"dpo_vs_trl_precomputed": (">=", 1.5)}}
+# --model: each mode's rows (MODES' prefix) on a real model, where logits decide time and memory.
+MODEL_TARGETS = {"dpo_vs_trl": (">=", 2.5), "dpo_vs_trl_precomputed": (">=", 1.3), "peak_mem_vs_trl": ("<=", 0.6)}
 
 
 @dataclass
@@ -66,6 +75,7 @@ class Measurement:
     optimizer_steps: int
     batch_size: int
     peak_memory_mb: float
+    saved_parameters: int  # in the saved model: all weights, or with LoRA the adapter's (the same adapter)
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -81,25 +91,20 @@ def _train_config(setup: dict, method: str, out: Path, cache_dir: Path, device: 
 
     settings = {"batch_size": setup["batch_size"], "learning_rate": LEARNING_RATE, "warmup_ratio": 0.0,
                 "max_length": setup["max_length"], "max_prompt_length": setup["max_length"] // 2,
-                "cache_dir": str(cache_dir), "logging_steps": 10**9}
+                "cache_dir": str(cache_dir), "logging_steps": 10**9, "use_peft": setup.get("use_peft", False)}
     return TrainConfig.for_run(settings, method, {"beta": BETA} if method == "dpo" else {}, model=setup["model"],
                                data=setup["data"], out=out)
 
 
-def token_counts(setup: dict) -> dict:
-    """Token counts of the bench data as alignlab tokenises it: `forwarded` (prompt twice, as TRL
-    counts a pair's two rows: the equal-work check), `pair` (prompt once plus both responses) and
-    `sft` (prompt plus chosen), the last two the useful tokens of the MFU rows."""
-    from alignlab.data.pairs import load_pairs
-    from alignlab.data.tokenise import tokenize_pairs
-    from alignlab.models.loading import load_tokenizer
+def saved_parameters(directory: Path) -> int:
+    """Elements of every tensor saved in `directory` (a model's weights, or a LoRA adapter's)."""
+    from safetensors import safe_open
 
-    examples, _ = tokenize_pairs(load_tokenizer(setup["model"]), load_pairs(setup["data"]).pairs,
-                                 setup["max_length"], setup["max_length"] // 2)
-    prompt, chosen, rejected = (sum(len(getattr(e, f"{part}_ids")) for e in examples)
-                                for part in ("prompt", "chosen", "rejected"))
-    return {"pairs": len(examples), "forwarded": 2 * prompt + chosen + rejected,
-            "pair": prompt + chosen + rejected, "sft": prompt + chosen}
+    total = 0
+    for path in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            total += sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+    return total
 
 
 def _import_libraries() -> None:
@@ -120,9 +125,10 @@ def worker_alignlab_dpo(setup: dict, device: str) -> Measurement:
         start = time.perf_counter()
         result = train(_train_config(setup, "dpo", Path(tmp) / "run", Path(tmp) / "cache", device))
         seconds = time.perf_counter() - start
+        saved = saved_parameters(Path(tmp) / "run" / "model")
     counts = token_counts(setup)
     return Measurement(seconds, counts["pairs"], counts["forwarded"], result.optimizer_steps, setup["batch_size"],
-                       _peak_memory_mb(device))
+                       _peak_memory_mb(device), saved)
 
 
 def worker_trl_dpo(setup: dict, device: str, precompute: bool) -> Measurement:
@@ -141,17 +147,31 @@ def worker_trl_dpo(setup: dict, device: str, precompute: bool) -> Measurement:
         tokenizer = AutoTokenizer.from_pretrained(setup["model"])
         tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(setup["model"])
+        adapter = trl_peft_config(setup, model, Path(tmp))
         args = DPOConfig(output_dir=tmp, use_cpu=device == "cpu", bf16=False, per_device_train_batch_size=setup["batch_size"],
                          num_train_epochs=1, max_length=setup["max_length"], learning_rate=LEARNING_RATE, beta=BETA,
                          precompute_ref_log_probs=precompute, report_to=[], save_strategy="no",
                          logging_steps=10**9, disable_tqdm=True, seed=0)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=adapter)
         output = trainer.train()
         trainer.save_model(str(Path(tmp) / "model"))
         seconds = time.perf_counter() - start
         tokens = sum(2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"])
                      for r in trainer.train_dataset)
-    return Measurement(seconds, len(dataset), tokens, output.global_step, setup["batch_size"], _peak_memory_mb(device))
+        saved = saved_parameters(Path(tmp) / "model")
+    return Measurement(seconds, len(dataset), tokens, output.global_step, setup["batch_size"], _peak_memory_mb(device),
+                       saved)
+
+
+def trl_peft_config(setup: dict, model, workdir: Path):
+    """With `use_peft`, the LoRA adapter alignlab trains with its default settings (r, alpha, dropout,
+    every linear layer but the output head), as the same peft.LoraConfig object; else None."""
+    if not setup.get("use_peft"):
+        return None
+    from alignlab.training.policy import lora_config
+
+    return lora_config(_train_config(setup, "dpo", workdir / "unused", workdir / "unused-cache", "cpu"), model)
 
 
 def worker_objectives(setup: dict, device: str, repeats: int) -> dict:
@@ -186,25 +206,43 @@ def run_worker(kind: str, setup: dict, device: str, **extra) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _median_measurement(kind: str, setup: dict, device: str, repeats: int, **extra) -> Measurement:
-    runs = [Measurement(**run_worker(kind, setup, device, **extra)) for _ in range(repeats + 1)][1:]
+def median_measurement(kind: str, setup: dict, device: str, repeats: int, warm_up: bool = True,
+                        **extra) -> Measurement:
+    runs = [Measurement(**run_worker(kind, setup, device, **extra)) for _ in range(repeats + warm_up)][warm_up:]
     middle = sorted(runs, key=lambda m: m.seconds)[len(runs) // 2]
     return Measurement(statistics.median(m.seconds for m in runs), middle.pairs, middle.tokens,
-                       middle.optimizer_steps, middle.batch_size, max(m.peak_memory_mb for m in runs))
+                       middle.optimizer_steps, middle.batch_size, max(m.peak_memory_mb for m in runs),
+                       middle.saved_parameters)
 
 
 def check_equal_work(a: Measurement, b: Measurement, names: tuple[str, str]) -> None:
-    for field_name in ("pairs", "tokens", "optimizer_steps", "batch_size"):
+    """Both sides trained the same pairs and tokens in the same steps and batches, and saved as many
+    parameters (the whole model, or with LoRA an adapter of the same shape)."""
+    for field_name in ("pairs", "tokens", "optimizer_steps", "batch_size", "saved_parameters"):
         if getattr(a, field_name) != getattr(b, field_name):
             raise RuntimeError(f"unequal work: {names[0]} {field_name}={getattr(a, field_name)} but "
                                f"{names[1]} {field_name}={getattr(b, field_name)}")
 
 
-def run_bench(out: str | None, quick: bool, device: str, progress=print, model: str | None = None,
-              data: str | None = None, pairs: int | None = None, shape: str = "tiny",
-              data_format: str | None = None) -> dict:
-    """Every row of the bench on `shape` (alignlab.bench.setups), or with `model` the DPO-vs-TRL rows
-    on that model; `data_format` reads `data` (default: hh-rlhf for the hh shape, else pairs)."""
+def trl_available() -> bool:
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# Where alignlab accepts TRL's name `padding_free` (as `packing`), TRL 1.16's DPOTrainer does not honour it.
+TRL_PADDING_FREE = ("TRL 1.16's DPOTrainer turns padding_free off whatever it is given (trl/trainer/dpo_trainer.py, "
+                    "lines 732-739: a warning, then self.padding_free = False), so TRL's rows are padded and forward "
+                    "each prompt once per response; alignlab packs (packing, which also takes the name padding_free)")
+TRL_MISSING = "not installed: pip install 'alignlab[bench]' for the TRL rows"
+
+
+def run_bench(out: str | None, quick: bool, device: str, progress=print, data: str | None = None,
+              pairs: int | None = None, shape: str = "tiny", data_format: str | None = None) -> dict:
+    """Every row of the bench on `shape` (alignlab.bench.setups); `data_format` reads `data` (default:
+    hh-rlhf for the hh shape, else pairs). A user's model: alignlab.bench.user_model."""
     size = dict(SHAPES[shape]["quick" if quick else "full"])
     size["pairs"] = pairs or size["pairs"]
     data_format = data_format or ("hh-rlhf" if shape == "hh" and data is None else "pairs")
@@ -213,51 +251,64 @@ def run_bench(out: str | None, quick: bool, device: str, progress=print, model: 
                      "ratios": {}, "absolute": {}}
     ratios, absolute = results["ratios"], results["absolute"]
     with tempfile.TemporaryDirectory() as tmp:
-        if model:
-            setup = prepare_user_model(Path(tmp), size, model, data, data_format)
-            results.update(model=model, data=data or "bench pairs", max_length=setup["max_length"])
-            progress(f"bench: {model}, {size['pairs']} pairs, batch {size['batch_size']}, device {device}, "
-                     f"median of {repeats} after a warm-up; DPO-vs-TRL rows only")
+        setup = prepare_hh(Path(tmp), size, data, data_format) if shape == "hh" else prepare_tiny(Path(tmp), size)
+        results["data"] = setup["data"] if shape == "tiny" else (data or "HH-RLHF harmless-base test")
+        progress(f"bench: shape {shape}, {size['pairs']} pairs, Llama hidden {size['hidden_size']} × "
+                 f"{size['layers']} layers, max_length {size['max_length']}, batch {size['batch_size']}, "
+                 f"device {device}, median of {repeats} after a warm-up")
+        if trl_available():
+            measure_dpo_vs_trl(setup, device, repeats, results)
         else:
-            setup = prepare_hh(Path(tmp), size, data, data_format) if shape == "hh" else prepare_tiny(Path(tmp), size)
-            results["data"] = setup["data"] if shape == "tiny" else (data or "HH-RLHF harmless-base test")
-            progress(f"bench: shape {shape}, {size['pairs']} pairs, Llama hidden {size['hidden_size']} × "
-                     f"{size['layers']} layers, max_length {size['max_length']}, batch {size['batch_size']}, "
-                     f"device {device}, median of {repeats} after a warm-up")
-        ours = _median_measurement("alignlab-dpo", setup, device, repeats)
-        absolute["alignlab_dpo"] = asdict(ours)
-        try:
-            import trl  # noqa: F401
-            trl_available = True
-        except ImportError:
-            trl_available = False
-        if trl_available:
-            for key, precompute in (("trl_dpo", False), ("trl_dpo_precomputed", True)):
-                theirs = _median_measurement("trl-dpo", setup, device, repeats, precompute=precompute)
-                check_equal_work(ours, theirs, ("alignlab", key))
-                absolute[key] = asdict(theirs)
-            ratios["dpo_vs_trl"] = absolute["trl_dpo"]["seconds"] / ours.seconds
-            ratios["dpo_vs_trl_precomputed"] = absolute["trl_dpo_precomputed"]["seconds"] / ours.seconds
-            ratios["peak_mem_vs_trl"] = ours.peak_memory_mb / absolute["trl_dpo"]["peak_memory_mb"]
-        else:
-            results["trl"] = "not installed: pip install 'alignlab[bench]' for the TRL rows"
+            absolute["alignlab_dpo"] = asdict(median_measurement("alignlab-dpo", setup, device, repeats))
+            results["trl"] = TRL_MISSING
         counts = token_counts(setup)
-        if model:
-            results["skipped"] = "objective and sweep rows: they run on the bench's own models"
+        measure_objective_rows(setup, device, repeats, counts, results)
+        if shape != "tiny":
+            results["skipped"] = "sweep_vs_independent: measured on the tiny shape only"
         else:
-            measure_objective_rows(setup, device, repeats, counts, results)
-            if shape != "tiny":
-                results["skipped"] = "sweep_vs_independent: measured on the tiny shape only"
-            else:
-                progress("bench: a 6-run DPO sweep against 6 independent train + eval runs")
-                sweep = absolute["sweep"] = measure_sweep_vs_independent(setup, Path(tmp), LEARNING_RATE)
-                ratios["sweep_vs_independent"] = sweep["sweep_seconds"] / sweep["independent_seconds"]
+            progress("bench: a 6-run DPO sweep against 6 independent train + eval runs")
+            sweep = absolute["sweep"] = measure_sweep_vs_independent(setup, Path(tmp), LEARNING_RATE)
+            ratios["sweep_vs_independent"] = sweep["sweep_seconds"] / sweep["independent_seconds"]
         measure_utilisation(setup, device, counts, results)
+    return written(out, results)
+
+
+def written(out: str | None, results: dict) -> dict:
     if out:
         from alignlab.atomic import write_json
 
         write_json(out, results)
     return results
+
+
+# A TRL side's row name and its DPOTrainer setting: TRL at its defaults, and with the reference
+# log-probs precomputed.
+TRL_SIDES = (("trl_dpo", False), ("trl_dpo_precomputed", True))
+# With --model: full-parameter DPO, and LoRA with alignlab's default adapter (`use_peft`), whose rows
+# and runs carry the prefix.
+MODES = {"full": "", "lora": "lora_"}
+
+
+def measure_dpo_vs_trl(setup: dict, device: str, repeats: int, results: dict, mode: str = "full",
+                       warm_up: bool = True, trl_sides=TRL_SIDES) -> None:
+    """One mode's DPO-vs-TRL rows: alignlab and each of `trl_sides` on the same pairs, equal work
+    checked; `warm_up` false when the caller has already run this setup's warm-ups."""
+    ours = median_measurement("alignlab-dpo", setup, device, repeats, warm_up)
+    theirs = {key: median_measurement("trl-dpo", setup, device, repeats, warm_up, precompute=precompute)
+              for key, precompute in trl_sides}
+    record_dpo_vs_trl(results, mode, ours, theirs)
+
+
+def record_dpo_vs_trl(results: dict, mode: str, ours: Measurement, theirs: dict[str, Measurement]) -> None:
+    """One mode's runs (alignlab's, and TRL's by TRL_SIDES key) and ratios, after the equal-work check."""
+    prefix, ratios, absolute = MODES[mode], results["ratios"], results["absolute"]
+    results.setdefault("notes", {})["padding_free"] = TRL_PADDING_FREE
+    absolute[prefix + "alignlab_dpo"] = asdict(ours)
+    for key, measurement in theirs.items():
+        check_equal_work(ours, measurement, (prefix + "alignlab_dpo", prefix + key))
+        absolute[prefix + key] = asdict(measurement)
+        ratios[prefix + key.replace("trl_dpo", "dpo_vs_trl")] = measurement.seconds / ours.seconds
+    ratios[prefix + "peak_mem_vs_trl"] = ours.peak_memory_mb / theirs["trl_dpo"].peak_memory_mb
 
 
 def measure_objective_rows(setup: dict, device: str, repeats: int, counts: dict, results: dict) -> None:
@@ -294,33 +345,41 @@ def measure_utilisation(setup: dict, device: str, counts: dict, results: dict) -
     results["mfu"] = mfu
 
 
+def table_targets(results: dict) -> dict:
+    """Each row's target: with --model every mode's MODEL_TARGETS, else TARGETS and the shape's own."""
+    if "model" in results:
+        return {MODES[mode] + key: target for mode in results["modes"] for key, target in MODEL_TARGETS.items()}
+    return {**TARGETS, **SHAPE_TARGETS.get(results.get("shape", "tiny"), {})}
+
+
 def format_table(results: dict) -> str:
-    lines = [f"{'ratio':<24}{'value':>9}  {'target':<8} met", "-" * 48]
-    targets = {**TARGETS, **SHAPE_TARGETS.get(results.get("shape", "tiny"), {})}
-    for key, (op, target) in targets.items():
+    lines = [f"{'ratio':<28}{'value':>9}  {'target':<8} met", "-" * 52]
+    for key, (op, target) in table_targets(results).items():
         value = results["ratios"].get(key)
         if value is None:
-            lines.append(f"{key:<24}{'n/a':>9}  {op} {target:<5}")
+            lines.append(f"{key:<28}{'n/a':>9}  {op} {target:<5}")
             continue
         met = value >= target if op == ">=" else value <= target
-        lines.append(f"{key:<24}{value:>9.2f}  {op} {target:<5} {'yes' if met else 'NO'}")
+        lines.append(f"{key:<28}{value:>9.2f}  {op} {target:<5} {'yes' if met else 'NO'}")
     absolute = results["absolute"]
     lines.append("")
-    lines.append(f"{'run':<22}{'seconds':>9}{'pairs':>7}{'tokens':>9}{'steps':>7}{'batch':>7}{'peak MB':>9}")
-    for key in ("alignlab_dpo", "trl_dpo", "trl_dpo_precomputed"):
+    lines.append(f"{'run':<26}{'seconds':>9}{'pairs':>7}{'tokens':>9}{'steps':>7}{'batch':>7}{'peak MB':>9}"
+                 f"{'saved params':>14}")
+    for key in (prefix + run for prefix in MODES.values() for run in ("alignlab_dpo", "trl_dpo", "trl_dpo_precomputed")):
         if key in absolute:
             m = absolute[key]
-            lines.append(f"{key:<22}{m['seconds']:>9.2f}{m['pairs']:>7}{m['tokens']:>9}{m['optimizer_steps']:>7}"
-                         f"{m['batch_size']:>7}{m['peak_memory_mb']:>9.0f}")
+            lines.append(f"{key:<26}{m['seconds']:>9.2f}{m['pairs']:>7}{m['tokens']:>9}{m['optimizer_steps']:>7}"
+                         f"{m['batch_size']:>7}{m['peak_memory_mb']:>9.0f}{m.get('saved_parameters', 0):>14,}")
     if "sweep" in absolute:
         sweep = absolute["sweep"]
-        lines.append(f"{'sweep (6 DPO runs)':<22}{sweep['sweep_seconds']:>9.2f}{sweep['pairs']:>7}"
+        lines.append(f"{'sweep (6 DPO runs)':<26}{sweep['sweep_seconds']:>9.2f}{sweep['pairs']:>7}"
                      f"{'':>9}{sweep['optimizer_steps']:>7}{results['batch_size']:>7}")
-        lines.append(f"{'independent (6 runs)':<22}{sweep['independent_seconds']:>9.2f}{sweep['pairs']:>7}"
+        lines.append(f"{'independent (6 runs)':<26}{sweep['independent_seconds']:>9.2f}{sweep['pairs']:>7}"
                      f"{'':>9}{sweep['optimizer_steps']:>7}{results['batch_size']:>7}")
-    lines.append("")
-    lines.append("training tokens/s (reference cached): " + ", ".join(
-        f"{k} {v:,.0f}" for k, v in absolute.get("tokens_per_second", {}).items()))
+    if "tokens_per_second" in absolute:
+        lines.append("")
+        lines.append("training tokens/s (reference cached): " + ", ".join(
+            f"{k} {v:,.0f}" for k, v in absolute["tokens_per_second"].items()))
     if "mfu" in results:
         mfu = results["mfu"]
         shares = ", ".join(f"{name} {mfu[key]:.1%}" for key, name in (
@@ -331,6 +390,7 @@ def format_table(results: dict) -> str:
     for note in ("trl", "skipped"):
         if isinstance(results.get(note), str):
             lines.append(f"{note}: {results[note]}")
+    lines += [f"{name}: {text}" for name, text in results.get("notes", {}).items()]
     return "\n".join(lines)
 
 

@@ -30,6 +30,10 @@ HH_VOCAB = 8192
 # directory the bench runs in); --data names any other file.
 HH_DATA = Path("../shared/data/hh-rlhf/harmless-base/test.jsonl.gz")
 USER_MODEL_MAX_LENGTH = 256  # real models' chat templates add a system turn to every prompt
+# `--model --quick`'s batch: its warm-ups (one optimizer step each) size the run, and a whole run of
+# one step on 4 pairs of a 135M model took 56 s (alignlab) and 67 s (TRL) on 2 busy CPU cores: with
+# four such warm-ups and measured runs, a larger batch leaves no room in 5 minutes.
+USER_MODEL_QUICK_BATCH = 2
 SUBJECTS = ["river", "garden", "engine", "violin", "planet", "bakery", "glacier", "harbor", "library", "falcon"]
 QUALITIES = ["quiet", "bright", "ancient", "rapid", "gentle", "heavy", "curious", "golden", "narrow", "hollow"]
 
@@ -51,6 +55,13 @@ def _setup(workdir: Path, rows: list[dict], model: str, size: dict, max_length: 
     path = workdir / "pairs.jsonl"
     path.write_text("".join(json.dumps({**r, "reward_chosen": 1.0, "reward_rejected": -1.0}) + "\n" for r in rows))
     return {"data": str(path), "model": model, "batch_size": size["batch_size"], "max_length": max_length}
+
+
+def first_pairs(setup: dict, n: int, workdir: Path) -> dict:
+    """`setup` on the first `n` of its pairs, written beside them."""
+    path = workdir / f"pairs-{n}.jsonl"
+    path.write_text("".join(Path(setup["data"]).read_text().splitlines(keepends=True)[:n]))
+    return {**setup, "data": str(path)}
 
 
 def prepare_tiny(workdir: Path, size: dict) -> dict:
@@ -116,3 +127,19 @@ def untruncated_pairs(model: str, pairs: list, n: int, max_length: int, source: 
                             f"(prompt at most {max_length // 2}) untruncated; the bench needs {n} "
                             "(pass a smaller --pairs or a file with shorter pairs)")
     return fitting[:n]
+
+
+def token_counts(setup: dict) -> dict:
+    """Token counts of the bench data as alignlab tokenises it: `forwarded` (prompt twice, as TRL
+    counts a pair's two rows: the equal-work check), `pair` (prompt once plus both responses) and
+    `sft` (prompt plus chosen), the last two the useful tokens of the MFU rows."""
+    from alignlab.data.pairs import load_pairs
+    from alignlab.data.tokenise import tokenize_pairs
+    from alignlab.models.loading import load_tokenizer
+
+    examples, _ = tokenize_pairs(load_tokenizer(setup["model"]), load_pairs(setup["data"]).pairs,
+                                 setup["max_length"], setup["max_length"] // 2)
+    prompt, chosen, rejected = (sum(len(getattr(e, f"{part}_ids")) for e in examples)
+                                for part in ("prompt", "chosen", "rejected"))
+    return {"pairs": len(examples), "forwarded": 2 * prompt + chosen + rejected,
+            "pair": prompt + chosen + rejected, "sft": prompt + chosen}

@@ -19,7 +19,9 @@ spent on padding and on repeated prompts:
 Gathered layouts (all but `padded`) read responses back by gather: response j (chosen 1..B, then
 rejected 1..B) has its tokens in `response_tokens[j]`, the row holding it in `response_rows[j]` and
 the positions of that row whose logits predict them in `response_positions[j]` (the first from
-the prompt's last token); `response_mask` marks the real tokens, `lengths` counts them.
+the prompt's last token); `response_mask` marks the real tokens, `lengths` counts them;
+`sequence_ends[j]` is the position of the last token of prompt + response j (the prompt's last for an
+empty response): where a sequence classifier reads its score.
 """
 
 from __future__ import annotations
@@ -59,15 +61,18 @@ def _response_gather(n: int, longest: int) -> dict[str, torch.Tensor]:
     return {"response_tokens": torch.zeros((2 * n, longest), dtype=torch.long),
             "response_rows": torch.zeros(2 * n, dtype=torch.long),
             "response_positions": torch.zeros((2 * n, longest), dtype=torch.long),
-            "response_mask": torch.zeros((2 * n, longest), dtype=torch.float32)}
+            "response_mask": torch.zeros((2 * n, longest), dtype=torch.float32),
+            "sequence_ends": torch.zeros(2 * n, dtype=torch.long)}
 
 
 def _place_response(gather: dict, j: int, row: int, ids: list[int], first_position: int, start: int) -> None:
-    """Response j's tokens sit at `start`.. of `row`; `first_position` predicts its first token."""
+    """Response j's tokens sit at `start`.. of `row`; `first_position` (the prompt's last token)
+    predicts its first token."""
+    gather["response_rows"][j] = row
+    gather["sequence_ends"][j] = start + len(ids) - 1 if ids else first_position
     if not ids:
         return
     gather["response_tokens"][j, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-    gather["response_rows"][j] = row
     positions = [first_position] + list(range(start, start + len(ids) - 1))
     gather["response_positions"][j, :len(ids)] = torch.tensor(positions)
     gather["response_mask"][j, :len(ids)] = 1.0
