@@ -12,8 +12,8 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from alignlab.cli_settings import (add_config_arguments, add_dataset_arguments, add_eval_arguments,
-                                   add_sequential_arguments)
+from alignlab.cli_settings import (add_bench_arguments, add_config_arguments, add_dataset_arguments,
+                                   add_eval_arguments, add_sequential_arguments)
 from alignlab.errors import AlignlabError
 
 TRAIN_EPILOG = """\
@@ -128,30 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Any EvalConfig field can be overridden as --key value; on/off settings also as a bare --key."))
 
     bench = commands.add_parser("bench", help="throughput and memory against TRL and the SFT limit, as ratios")
-    bench.add_argument("--out", default=None, help="write the results as JSON here (e.g. bench.json)")
-    bench.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
-    bench.add_argument("--quick", action="store_true",
-                       help="a reduced run of every row (under 3 minutes on CPU; --shape hh under 5; --model sizes its "
-                            "pairs from timed warm-ups to finish in 5)")
-    bench.add_argument("--shape", default="tiny", choices=["tiny", "hh"],
-                       help="tiny: short synthetic pairs on a tiny Llama; hh: real HH-RLHF pairs, a BPE tokenizer "
-                            "trained on them and a ~23M-parameter Llama at max_length 512")
-    bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    bench.add_argument("--model", default=None,
-                       help="run the DPO-vs-TRL rows on this model (a local directory or .gguf file) instead of the tiny one")
-    bench.add_argument("--data", default=None,
-                       help="with --model: pairs to train on (default: the bench pairs); with --shape hh: the "
-                            "file to take pairs from (default: ../shared/data/hh-rlhf/harmless-base/test.jsonl.gz)")
-    bench.add_argument("--data_format", default=None, choices=["pairs", "hh-rlhf", "pku-saferlhf"],
-                       help="how --data is read (default: pairs; hh-rlhf for the default HH-RLHF file)")
-    bench.add_argument("--scaling", default=None, metavar="N,N,...",
-                       help="instead of the ratios: DPO seconds and tokens/s of both libraries on the first N pairs "
-                            "of the shape, for each N (e.g. 512,2048)")
-    bench.add_argument("--use_peft", action="store_true", help="with --model: only the LoRA rows (alignlab's default "
-                       "adapter, given to TRL as peft_config); without it --model measures full-parameter and LoRA DPO")
-    bench.add_argument("--pairs", type=int, default=None,
-                       help="how many pairs (default: tiny 256 with --quick, else 512; hh 48 with --quick, else 128; --model 512, "
-                            "with --quick as many as fit 5 minutes)")
+    add_bench_arguments(bench)
     return parser
 
 

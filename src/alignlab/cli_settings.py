@@ -129,3 +129,31 @@ def add_sequential_arguments(parser, max_seeds: str, budget_minutes: str) -> Non
                                             f"keeps a primary claim open (default {max_seeds})")
     parser.add_argument("--budget_minutes", help="no sequential look starts whose runs would end past this many "
                                                  f"minutes (default {budget_minutes})")
+
+
+def add_bench_arguments(parser) -> None:
+    """`alignlab bench`'s flags: the shape or the user's model, the rows' sizes, where results go."""
+    parser.add_argument("--out", default=None, help="write the results as JSON here (e.g. bench.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
+    parser.add_argument("--quick", action="store_true",
+                        help="a reduced run of every row (under 3 minutes on CPU; --shape hh under 5; --model sizes its "
+                             "pairs from timed warm-ups to finish in 5)")
+    parser.add_argument("--shape", default="tiny", choices=["tiny", "hh"],
+                        help="tiny: short synthetic pairs on a tiny Llama; hh: real HH-RLHF pairs, a BPE tokenizer "
+                             "trained on them and a ~23M-parameter Llama at max_length 512")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--model", default=None,
+                        help="run the DPO-vs-TRL rows on this model (a local directory or .gguf file) instead of the tiny one")
+    parser.add_argument("--data", default=None,
+                        help="with --model: pairs to train on (default: the bench pairs); with --shape hh: the "
+                             "file to take pairs from (default: ../shared/data/hh-rlhf/harmless-base/test.jsonl.gz)")
+    parser.add_argument("--data_format", default=None, choices=["pairs", "hh-rlhf", "pku-saferlhf"],
+                        help="how --data is read (default: pairs; hh-rlhf for the default HH-RLHF file)")
+    parser.add_argument("--scaling", default=None, metavar="N,N,...",
+                        help="instead of the ratios: DPO seconds and tokens/s of both libraries on the first N pairs "
+                             "of the shape, for each N (e.g. 512,2048)")
+    parser.add_argument("--use_peft", action="store_true", help="with --model: only the LoRA rows (alignlab's default "
+                        "adapter, given to TRL as peft_config); without it --model measures full-parameter and LoRA DPO")
+    parser.add_argument("--pairs", type=int, default=None,
+                        help="how many pairs (default: tiny 256 with --quick, else 512; hh 48 with --quick, else 128; --model 512, "
+                             "with --quick as many as fit 5 minutes)")
