@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML file of StudyConfig fields (real models and data go here)")
     run.add_argument("--out", help="study directory (default: alignlab-run-<preset>-<time>)")
     run.add_argument("--seeds", help="replicate training seeds per configuration (default 3)")
-    run.add_argument("--workers", help="runs in parallel (default 1)")
+    run.add_argument("--workers", help="runs in parallel (default: on the study world one per CPU core, at most 8; "
+                                       "with your own models 1)")
     run.add_argument("--study", help="robustness (default: the Hitchhiker analyses) | var (adds the VAR section: "
                                      "GRPO race, Z estimators, compute profile; grid var-small)")
     sweep = commands.add_parser(
@@ -91,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--grid", dest="grid_preset", help="named grid: hitchhiker | var | var-small | small")
     sweep.add_argument("--preset", dest="deprecated_preset", help=argparse.SUPPRESS)
     sweep.add_argument("--world", dest="preset", help="study-world size: tiny | default | large (default: default)")
-    sweep.add_argument("--workers", help="runs in parallel (default 1)")
+    sweep.add_argument("--workers", help="runs in parallel (default: on the study world one per CPU core, at most "
+                                         "8; with your own models 1)")
     sweep.add_argument("--executor", help="local (processes, default) | ray")
     sweep.add_argument("--seed", help="seed of the world and generation (and the first training seed unless "
                                       "--training_seed)")

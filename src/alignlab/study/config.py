@@ -49,7 +49,9 @@ class StudyConfig:
     race_grpo_steps: int = 40  # VAR study: GRPO's optimizer steps in the race (8 prompts × G 4 responses each)
     grid: dict = field(default_factory=dict)  # method (or "all") -> {hyper-parameter: [values]}
     seeds: int = 3  # replicate training seeds of every configuration: training_seed, … + 1, …, … + seeds − 1
-    workers: int = 1  # runs in parallel (local processes or Ray tasks)
+    # Runs in parallel (local processes or Ray tasks); None: `executors.default_workers` (the study
+    # world's runs one per CPU core, on one thread each).
+    workers: int | None = None
     executor: str = "local"  # local | ray
     ray_address: str | None = None  # an existing Ray cluster; default: start a local one
     training: dict = field(default_factory=dict)  # TrainConfig fields for every method (learning_rate, ...)

@@ -51,7 +51,7 @@ from alignlab.safe_delete import check_no_link, remove
 from alignlab.study.config import (REPORTED_TRAINING, WORLD_GENERATION, WORLD_REWARD_TRAINING, WORLD_TRAINING,
                                    Shared, StudyConfig, StudyInputs, check_selection_is_held_out,
                                    load_evaluation_pairs, real_inputs, world_inputs)
-from alignlab.study.executors import RunTask, execute_all
+from alignlab.study.executors import RunTask, default_workers, execute_all
 from alignlab.study.grid import RunSpec, expand_grid
 from alignlab.study.results import write_sweep_report
 from alignlab.study.store import RunStore
@@ -203,6 +203,7 @@ def warm_reference_cache(train_config: TrainConfig) -> None:
 def run_sweep(config: StudyConfig) -> Path:
     """Run (or resume) a study over its grid and write its report; returns the sweep directory."""
     config.validate()
+    config = dataclasses.replace(config, workers=default_workers(config))
     out = Path(config.out)
     started = time.perf_counter()
     # Everything the configuration alone can get wrong is checked before anything is written.
