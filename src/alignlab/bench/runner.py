@@ -19,6 +19,10 @@ Rows (higher is better, except memory):
   Both sides train the same pairs and evaluate the same prompts with the same gold RM (a tiny
   sequence classifier built here); each starts with an empty cache. The sweep also evaluates the
   SFT model once; the independent evaluations each evaluate it again, as a user would.
+- study_vs_sequential (tiny shape only): runs per minute of `alignlab run` on the default study
+  world (6 runs of DPO, LN-DPO and SimPO at the default `workers`) ÷ runs per minute of the same
+  runs each done as `alignlab train` + `alignlab eval` commands (3 of them, one per method), with
+  study_runs_per_minute, the study's own rate, beside it (alignlab.bench.study).
 - peak_mem_vs_trl: alignlab peak memory ÷ TRL's for the same DPO training (lower is better):
   peak RSS of the worker process on CPU, peak allocated CUDA memory on a GPU.
 - dpo_mfu_vs_sft, and the MFU line: model FLOPs utilisation (alignlab.bench.mfu) of SFT's and DPO's
@@ -51,7 +55,8 @@ from alignlab.bench.sweep import measure_sweep_vs_independent
 
 TARGETS = {"dpo_vs_trl": (">=", 2.0), "dpo_vs_trl_precomputed": (">=", 1.3), "peak_mem_vs_trl": ("<=", 1.0),
            "dpo_vs_sft": (">=", 0.95), "ln_dpo_vs_sft": (">=", 0.95), "simpo_vs_sft": (">=", 0.95),
-           "var_vs_sft": (">=", 0.95), "dpo_mfu_vs_sft": (">=", 0.9), "sweep_vs_independent": ("<=", 0.6)}
+           "var_vs_sft": (">=", 0.95), "dpo_mfu_vs_sft": (">=", 0.9), "sweep_vs_independent": ("<=", 0.6),
+           "study_vs_sequential": (">=", 2.0)}
 OBJECTIVES = ["sft", "dpo", "ln-dpo", "simpo", "var"]
 LEARNING_RATE, BETA = 1e-4, 0.1
 # On realistic shapes the reference pass is a larger share of TRL's run, and precomputing it saves more.
@@ -247,17 +252,30 @@ def run_bench(out: str | None, quick: bool, device: str, progress=print, model: 
         else:
             measure_objective_rows(setup, device, repeats, counts, results)
             if shape != "tiny":
-                results["skipped"] = "sweep_vs_independent: measured on the tiny shape only"
+                results["skipped"] = "sweep_vs_independent, study_vs_sequential: measured on the tiny shape only"
             else:
                 progress("bench: a 6-run DPO sweep against 6 independent train + eval runs")
                 sweep = absolute["sweep"] = measure_sweep_vs_independent(setup, Path(tmp), LEARNING_RATE)
                 ratios["sweep_vs_independent"] = sweep["sweep_seconds"] / sweep["independent_seconds"]
+                measure_study_rows(Path(tmp), results, progress)
         measure_utilisation(setup, device, counts, results)
     if out:
         from alignlab.atomic import write_json
 
         write_json(out, results)
     return results
+
+
+def measure_study_rows(workdir: Path, results: dict, progress=print) -> None:
+    """study_runs_per_minute and study_vs_sequential (alignlab.bench.study): `alignlab run` on the
+    default study world against its runs done one by one as separate commands."""
+    from alignlab.bench.study import measure_study_vs_sequential
+
+    progress("bench: `alignlab run` on the default world against its runs as separate train + eval commands")
+    study = results["absolute"]["study"] = measure_study_vs_sequential(workdir / "study-row")
+    per_minute = 60 * study["study_runs"] / study["study_seconds"]
+    results["absolute"]["study_runs_per_minute"] = per_minute
+    results["ratios"]["study_vs_sequential"] = per_minute / (60 * study["sequential_runs"] / study["sequential_seconds"])
 
 
 def measure_objective_rows(setup: dict, device: str, repeats: int, counts: dict, results: dict) -> None:
@@ -318,6 +336,12 @@ def format_table(results: dict) -> str:
                      f"{'':>9}{sweep['optimizer_steps']:>7}{results['batch_size']:>7}")
         lines.append(f"{'independent (6 runs)':<22}{sweep['independent_seconds']:>9.2f}{sweep['pairs']:>7}"
                      f"{'':>9}{sweep['optimizer_steps']:>7}{results['batch_size']:>7}")
+    if "study" in absolute:
+        study = absolute["study"]
+        lines.append(f"study_runs_per_minute {absolute['study_runs_per_minute']:.2f}: `alignlab run` on the default "
+                     f"world, {study['study_runs']} runs in {study['study_seconds']:.1f} s ({study['workers']} "
+                     f"workers); {study['sequential_runs']} of them as separate train + eval commands in "
+                     f"{study['sequential_seconds']:.1f} s")
     lines.append("")
     lines.append("training tokens/s (reference cached): " + ", ".join(
         f"{k} {v:,.0f}" for k, v in absolute.get("tokens_per_second", {}).items()))
