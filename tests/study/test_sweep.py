@@ -284,10 +284,12 @@ def test_a_selection_set_of_the_users_picks_runs_and_every_test_prompt_reports(t
 @pytest.mark.slow
 def test_a_runs_results_are_those_of_the_same_run_trained_and_evaluated_alone(tiny_sweep, tmp_path):
     """One run of the study against the same run done alone: `alignlab train --config` on the
-    config.yaml the study wrote, in a process of its own (two threads here, the study's worker one),
-    then evaluated on the study's test prompts as a study evaluates a run (the world's gold reward,
-    the tiny world's generation settings, seed 0): the same responses, lengths and scores; KL to
-    float rounding, as between executors (assert_same_results)."""
+    config.yaml the study wrote, in a process of its own on as many threads as the study's worker
+    (with another count the gradients' sums round differently), then evaluated in this process on
+    the study's test prompts as a study evaluates a run (the world's gold reward, the tiny world's
+    generation settings, seed 0): the same responses, lengths and scores; KL to float rounding, as
+    between executors (assert_same_results)."""
+    from alignlab.study.executors import available_cpus
     from alignlab.data.pairs import load_pairs
     from alignlab.evaluation.evaluate import evaluate_model
     from alignlab.models.generate import GenerationConfig
@@ -299,7 +301,8 @@ def test_a_runs_results_are_those_of_the_same_run_trained_and_evaluated_alone(ti
         run = next(r for r in store.runs() if r.method == "dpo")
     run_dir, alone = reference / run.run_dir, tmp_path / "alone"
     done = subprocess.run([sys.executable, "-m", "alignlab", "train", "--config", str(run_dir / "config.yaml"),
-                           "--out", str(alone)], capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+                           "--out", str(alone)], capture_output=True, text=True,
+                          env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(max(1, available_cpus() // 2))})
     assert done.returncode == 0, done.stderr[-2000:]
     sft_model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
     evaluate_model(str(alone / "model"), load_pairs(str(reference / "data" / "test.jsonl"), "pairs").pairs,
