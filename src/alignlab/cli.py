@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML file of StudyConfig fields (real models and data go here)")
     run.add_argument("--out", help="study directory (default: alignlab-run-<preset>-<time>)")
     run.add_argument("--seeds", help="replicate training seeds per configuration (default 3)")
-    run.add_argument("--workers", help="runs in parallel (default 1)")
+    run.add_argument("--workers", help="runs in parallel (default: on the study world one per CPU core, at most 8; "
+                                       "with your own models 1)")
     add_sequential_arguments(run, "6", "9")
     run.add_argument("--study", help="robustness (default: the Hitchhiker analyses) | var (adds the VAR section: "
                                      "GRPO race, Z estimators, compute profile; grid var-small)")
@@ -94,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--grid", dest="grid_preset", help="named grid: hitchhiker | var | var-small | small")
     sweep.add_argument("--preset", dest="deprecated_preset", help=argparse.SUPPRESS)
     sweep.add_argument("--world", dest="preset", help="study-world size: tiny | default | large (default: default)")
-    sweep.add_argument("--workers", help="runs in parallel (default 1)")
+    sweep.add_argument("--workers", help="runs in parallel (default: on the study world one per CPU core, at most "
+                                         "8; with your own models 1)")
     sweep.add_argument("--executor", help="local (processes, default) | ray")
     sweep.add_argument("--seed", help="seed of the world and generation (and the first training seed unless "
                                       "--training_seed)")
@@ -133,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_bench(args) -> int:
-    from alignlab.bench.runner import format_table, run_bench as bench
+    from alignlab.bench.runner import run_bench as bench
+    from alignlab.bench.table import format_table
     from alignlab.checks import COUNT, check_number
     from alignlab.output_dirs import check_output_file
 

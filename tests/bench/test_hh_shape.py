@@ -59,7 +59,7 @@ def test_hh_without_its_file_names_the_missing_path_and_the_fix(tmp_path, monkey
 
 
 def test_the_hh_table_holds_the_precomputed_row_to_its_own_target():
-    from alignlab.bench.runner import format_table
+    from alignlab.bench.table import format_table
 
     results = {"shape": "hh", "ratios": {"dpo_vs_trl": 2.4, "dpo_vs_trl_precomputed": 1.4}, "absolute": {}}
     table = format_table(results)

@@ -3,7 +3,8 @@ its target, and `--quick` sized from timed warm-ups to the 5-minute budget."""
 
 import pytest
 
-from alignlab.bench.runner import Measurement, check_equal_work, format_table
+from alignlab.bench.runner import Measurement, check_equal_work
+from alignlab.bench.table import format_table
 from alignlab.bench.sizing import Probe, describe, quick_pairs
 
 

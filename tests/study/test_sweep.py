@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from alignlab.cli import main
 from alignlab.study.store import RunStore
@@ -30,17 +31,25 @@ grid:
 
 
 def _sweep_args(config_file, out, world_cache, *extra):
-    return ["sweep", str(config_file), "--world", "tiny", "--out", str(out), "--cache_dir", str(world_cache), *extra]
+    """Two local workers (one thread each on 2 cores: the study world's default there), whatever
+    this machine's core count: every sweep of these tests computes alike unless it says otherwise."""
+    return ["sweep", str(config_file), "--world", "tiny", "--out", str(out), "--cache_dir", str(world_cache),
+            "--workers", "2", *extra]
 
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory, world_cache):
+    """The reference sweep, run as a user runs it (a process of its own, so that the workers' output
+    is seen as theirs): its stderr is kept beside `out` in sweep-stderr.txt."""
     root = tmp_path_factory.mktemp("sweep")
     config_file = root / "sweep.yaml"
     config_file.write_text(SWEEP_YAML)
     out = root / "out"
     started = time.perf_counter()
-    assert main(_sweep_args(config_file, out, world_cache)) == 0
+    done = subprocess.run([sys.executable, "-m", "alignlab", *_sweep_args(config_file, out, world_cache)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (root / "sweep-stderr.txt").write_text(done.stderr)
     return out, config_file, time.perf_counter() - started
 
 
@@ -213,13 +222,13 @@ def assert_same_results(out, reference) -> None:
 
 
 @pytest.mark.slow
-def test_parallel_local_workers_give_the_same_results_as_one_process(tiny_sweep, world_cache, tmp_path, capfd):
+def test_one_process_gives_the_same_results_as_parallel_local_workers(tiny_sweep, world_cache, tmp_path):
     reference, config_file, _ = tiny_sweep
     out = tmp_path / "out"
-    assert main(_sweep_args(config_file, out, world_cache, "--workers", "2")) == 0
+    assert main(_sweep_args(config_file, out, world_cache, "--workers", "1")) == 0
     assert_same_results(out, reference)
-    err = capfd.readouterr().err
-    assert "sweep:" in err and "dpo:" not in err  # the sweep's bar, not the workers' training bars
+    err = (reference.parent / "sweep-stderr.txt").read_text()
+    assert "sweep:" in err and "dpo:" not in err  # the workers': the sweep's bar, not the workers' training bars
     assert "TQDM_DISABLE" not in os.environ
 
 
@@ -309,3 +318,59 @@ def test_parallel_workers_under_mixed_precision_read_the_autocast_values_the_war
                          {"out": str(tmp_path / "alone"), "cache_dir": str(caches["alone"])})
     train(alone)
     assert _reference_rows(caches["alone"]) == _reference_rows(caches["sweep"])
+
+
+@pytest.mark.slow
+def test_a_runs_results_are_those_of_the_same_run_trained_and_evaluated_alone(tiny_sweep, tmp_path):
+    """One run of the study against the same run done alone: `alignlab train --config` on the
+    config.yaml the study wrote, in a process of its own on as many threads as the study's worker
+    (with another count the gradients' sums round differently), then evaluated in this process on
+    the study's test prompts as a study evaluates a run (the world's gold reward, the tiny world's
+    generation settings, seed 0): the same responses, lengths and scores; KL to float rounding, as
+    between executors (assert_same_results)."""
+    from alignlab.study.executors import available_cpus
+    from alignlab.data.pairs import load_pairs
+    from alignlab.evaluation.evaluate import evaluate_model
+    from alignlab.models.generate import GenerationConfig
+    from alignlab.study.config import WORLD_GENERATION
+    from alignlab.world import build_world, world_config
+
+    reference, _, _ = tiny_sweep
+    with RunStore(reference / "runs.sqlite") as store:
+        run = next(r for r in store.runs() if r.method == "dpo")
+    run_dir, alone = reference / run.run_dir, tmp_path / "alone"
+    done = subprocess.run([sys.executable, "-m", "alignlab", "train", "--config", str(run_dir / "config.yaml"),
+                           "--out", str(alone)], capture_output=True, text=True,
+                          env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(max(1, available_cpus() // 2))})
+    assert done.returncode == 0, done.stderr[-2000:]
+    sft_model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
+    evaluate_model(str(alone / "model"), load_pairs(str(reference / "data" / "test.jsonl"), "pairs").pairs,
+                   build_world(world_config("tiny", seed=0)).score, sft_model_path=sft_model,
+                   sft_samples=pq.read_table(reference / "runs" / "sft" / "samples.parquet").to_pydict(),
+                   generation=GenerationConfig(**{**WORLD_GENERATION["tiny"], "seed": 0}), out_dir=alone / "eval")
+    ours = pq.read_table(run_dir / "samples.parquet").to_pydict()
+    theirs = pq.read_table(alone / "eval" / "samples.parquet").to_pydict()
+    assert ours.keys() == theirs.keys()
+    for column in ours:
+        if column in ("kl", "ln_kl"):
+            assert ours[column] == pytest.approx(theirs[column], rel=1e-5, abs=1e-9), column
+        else:
+            assert ours[column] == theirs[column], column
+    study_metrics, alone_metrics = (json.loads(p.read_text()) for p in (run_dir / "metrics.json",
+                                                                        alone / "eval" / "metrics.json"))
+    assert {k: v for k, v in study_metrics.items() if k not in ("kl", "ln_kl")} == \
+        {k: v for k, v in alone_metrics.items() if k not in ("kl", "ln_kl")}
+
+
+def test_the_study_worlds_runs_default_to_one_worker_per_core_and_your_models_to_one(monkeypatch):
+    from alignlab.study import executors
+
+    monkeypatch.setattr(executors, "available_cpus", lambda: 2)
+    assert executors.default_workers(StudyConfig(out="o")) == 2
+    assert executors.default_workers(StudyConfig(out="o", workers=1)) == 1
+    assert executors.default_workers(StudyConfig(out="o", executor="ray")) == 1
+    assert executors.default_workers(StudyConfig(out="o", model="m", train_data="d", test_data="t", gold_rm="g")) == 1
+    monkeypatch.setattr(executors, "available_cpus", lambda: 64)
+    assert executors.default_workers(StudyConfig(out="o")) == executors.MAX_DEFAULT_WORKERS == 8
+    monkeypatch.setattr(executors, "available_cpus", lambda: 1)
+    assert executors.default_workers(StudyConfig(out="o")) == 1

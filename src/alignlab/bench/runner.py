@@ -19,6 +19,10 @@ Rows (higher is better, except memory):
   Both sides train the same pairs and evaluate the same prompts with the same gold RM (a tiny
   sequence classifier built here); each starts with an empty cache. The sweep also evaluates the
   SFT model once; the independent evaluations each evaluate it again, as a user would.
+- study_vs_sequential (tiny shape only): runs per minute of `alignlab run` on the default study
+  world (6 runs of DPO, LN-DPO and SimPO at the default `workers`) ÷ runs per minute of the same
+  runs each done as `alignlab train` + `alignlab eval` commands (3 of them, one per method), with
+  study_runs_per_minute, the study's own rate, beside it (alignlab.bench.study).
 - peak_mem_vs_trl: alignlab peak memory ÷ TRL's for the same DPO training (lower is better):
   peak RSS of the worker process on CPU, peak allocated CUDA memory on a GPU.
 - dpo_mfu_vs_sft, and the MFU line: model FLOPs utilisation (alignlab.bench.mfu) of SFT's and DPO's
@@ -54,10 +58,12 @@ from pathlib import Path
 
 from alignlab.bench.setups import SHAPES, prepare_hh, prepare_tiny, token_counts
 from alignlab.bench.sweep import measure_sweep_vs_independent
+from alignlab.bench.study import measure_study_rows
 
 TARGETS = {"dpo_vs_trl": (">=", 2.0), "dpo_vs_trl_precomputed": (">=", 1.3), "peak_mem_vs_trl": ("<=", 1.0),
            "dpo_vs_sft": (">=", 0.95), "ln_dpo_vs_sft": (">=", 0.95), "simpo_vs_sft": (">=", 0.95),
-           "var_vs_sft": (">=", 0.95), "dpo_mfu_vs_sft": (">=", 0.9), "sweep_vs_independent": ("<=", 0.6)}
+           "var_vs_sft": (">=", 0.95), "dpo_mfu_vs_sft": (">=", 0.9), "sweep_vs_independent": ("<=", 0.6),
+           "study_vs_sequential": (">=", 2.0)}
 OBJECTIVES = ["sft", "dpo", "ln-dpo", "simpo", "var"]
 LEARNING_RATE, BETA = 1e-4, 0.1
 # tiny is overhead-bound and no user trains there: a regression row. On realistic shapes the reference
@@ -266,9 +272,14 @@ def run_bench(out: str | None, quick: bool, device: str, progress=print, data: s
         if shape != "tiny":
             results["skipped"] = "sweep_vs_independent: measured on the tiny shape only"
         else:
-            progress("bench: a 6-run DPO sweep against 6 independent train + eval runs")
-            sweep = absolute["sweep"] = measure_sweep_vs_independent(setup, Path(tmp), LEARNING_RATE)
-            ratios["sweep_vs_independent"] = sweep["sweep_seconds"] / sweep["independent_seconds"]
+            measure_objective_rows(setup, device, repeats, counts, results)
+            if shape != "tiny":
+                results["skipped"] = "sweep_vs_independent, study_vs_sequential: measured on the tiny shape only"
+            else:
+                progress("bench: a 6-run DPO sweep against 6 independent train + eval runs")
+                sweep = absolute["sweep"] = measure_sweep_vs_independent(setup, Path(tmp), LEARNING_RATE)
+                ratios["sweep_vs_independent"] = sweep["sweep_seconds"] / sweep["independent_seconds"]
+                measure_study_rows(Path(tmp), results, progress)  # alignlab.bench.study
         measure_utilisation(setup, device, counts, results)
     return written(out, results)
 
@@ -343,55 +354,6 @@ def measure_utilisation(setup: dict, device: str, counts: dict, results: dict) -
                                                 absolute["objective_seconds"][method], peak)
         results["ratios"]["dpo_mfu_vs_sft"] = mfu["dpo_loop"] / mfu["sft_loop"]
     results["mfu"] = mfu
-
-
-def table_targets(results: dict) -> dict:
-    """Each row's target: with --model every mode's MODEL_TARGETS, else TARGETS and the shape's own."""
-    if "model" in results:
-        return {MODES[mode] + key: target for mode in results["modes"] for key, target in MODEL_TARGETS.items()}
-    return {**TARGETS, **SHAPE_TARGETS.get(results.get("shape", "tiny"), {})}
-
-
-def format_table(results: dict) -> str:
-    lines = [f"{'ratio':<28}{'value':>9}  {'target':<8} met", "-" * 52]
-    for key, (op, target) in table_targets(results).items():
-        value = results["ratios"].get(key)
-        if value is None:
-            lines.append(f"{key:<28}{'n/a':>9}  {op} {target:<5}")
-            continue
-        met = value >= target if op == ">=" else value <= target
-        lines.append(f"{key:<28}{value:>9.2f}  {op} {target:<5} {'yes' if met else 'NO'}")
-    absolute = results["absolute"]
-    lines.append("")
-    lines.append(f"{'run':<26}{'seconds':>9}{'pairs':>7}{'tokens':>9}{'steps':>7}{'batch':>7}{'peak MB':>9}"
-                 f"{'saved params':>14}")
-    for key in (prefix + run for prefix in MODES.values() for run in ("alignlab_dpo", "trl_dpo", "trl_dpo_precomputed")):
-        if key in absolute:
-            m = absolute[key]
-            lines.append(f"{key:<26}{m['seconds']:>9.2f}{m['pairs']:>7}{m['tokens']:>9}{m['optimizer_steps']:>7}"
-                         f"{m['batch_size']:>7}{m['peak_memory_mb']:>9.0f}{m.get('saved_parameters', 0):>14,}")
-    if "sweep" in absolute:
-        sweep = absolute["sweep"]
-        lines.append(f"{'sweep (6 DPO runs)':<26}{sweep['sweep_seconds']:>9.2f}{sweep['pairs']:>7}"
-                     f"{'':>9}{sweep['optimizer_steps']:>7}{results['batch_size']:>7}")
-        lines.append(f"{'independent (6 runs)':<26}{sweep['independent_seconds']:>9.2f}{sweep['pairs']:>7}"
-                     f"{'':>9}{sweep['optimizer_steps']:>7}{results['batch_size']:>7}")
-    if "tokens_per_second" in absolute:
-        lines.append("")
-        lines.append("training tokens/s (reference cached): " + ", ".join(
-            f"{k} {v:,.0f}" for k, v in absolute["tokens_per_second"].items()))
-    if "mfu" in results:
-        mfu = results["mfu"]
-        shares = ", ".join(f"{name} {mfu[key]:.1%}" for key, name in (
-            ("sft_loop", "SFT loop"), ("dpo_loop", "DPO loop"), ("alignlab_dpo", "alignlab DPO end to end"),
-            ("trl_dpo", "TRL DPO end to end"), ("trl_dpo_precomputed", "TRL DPO precomputed")) if key in mfu)
-        lines.append(f"model FLOPs utilisation of {mfu['matmul_flops_per_second'] / 1e9:,.1f} GFLOP/s (dense "
-                     f"float32 matmul, N = {mfu['flop_parameters']:,}): {shares}")
-    for note in ("trl", "skipped"):
-        if isinstance(results.get(note), str):
-            lines.append(f"{note}: {results[note]}")
-    lines += [f"{name}: {text}" for name, text in results.get("notes", {}).items()]
-    return "\n".join(lines)
 
 
 def _worker_main(payload: str) -> None:

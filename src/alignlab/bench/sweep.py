@@ -24,7 +24,7 @@ def _gold_classifier(setup: dict, directory: Path) -> str:
     return str(build_tiny_classifier(directory, setup["model"]))
 
 
-def _timed_cli(args: list[str], cache: Path) -> float:
+def timed_cli(args: list[str], cache: Path) -> float:
     env = {**os.environ, "ALIGNLAB_CACHE": str(cache), "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
@@ -56,17 +56,17 @@ def measure_sweep_vs_independent(setup: dict, workdir: Path, learning_rate: floa
     independent_seconds, independent_runs = 0.0, []
     for beta in SWEEP_BETAS:
         run = workdir / "independent" / f"dpo-beta{beta}"
-        independent_seconds += _timed_cli(
+        independent_seconds += timed_cli(
             ["train", "--method", "dpo", "--model", setup["model"], "--data", setup["data"], "--out", str(run),
              "--beta", str(beta), *(f"--{k}={v}" for k, v in training.items())], workdir / "independent-cache")
-        independent_seconds += _timed_cli(
+        independent_seconds += timed_cli(
             ["eval", "--model", str(run / "model"), "--data", str(test), "--gold_rm", gold, "--sft", setup["model"],
              "--out", str(run / "eval"), "--max_new_tokens", str(SWEEP_GENERATION["max_new_tokens"]),
              "--batch_size", str(SWEEP_GENERATION["batch_size"])], workdir / "independent-cache")
         independent_runs.append(run)
     config = workdir / "sweep.yaml"
     config.write_text(json.dumps(sweep_study(setup, str(test), gold, training)))
-    sweep_seconds = _timed_cli(["sweep", str(config), "--out", str(workdir / "sweep")], workdir / "sweep-cache")
+    sweep_seconds = timed_cli(["sweep", str(config), "--out", str(workdir / "sweep")], workdir / "sweep-cache")
     sweep_runs = sorted(d for d in (workdir / "sweep" / "runs").iterdir() if d.name != "sft")
     pairs, steps = _trained(independent_runs)
     if (pairs, steps) != _trained(sweep_runs):

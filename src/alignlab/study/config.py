@@ -55,7 +55,9 @@ class StudyConfig:
     # (minutes of this invocation). None: `seeds` and no limit (`alignlab run`: grid.RUN_DESIGN).
     max_seeds: int | None = None
     budget_minutes: float | None = None
-    workers: int = 1  # runs in parallel (local processes or Ray tasks)
+    # Runs in parallel (local processes or Ray tasks); None: `executors.default_workers` (the study
+    # world's runs one per CPU core, on one thread each).
+    workers: int | None = None
     executor: str = "local"  # local | ray
     ray_address: str | None = None  # an existing Ray cluster; default: start a local one
     training: dict = field(default_factory=dict)  # TrainConfig fields for every method (learning_rate, ...)

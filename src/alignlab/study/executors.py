@@ -157,8 +157,33 @@ class RayExecutor:
 
 
 
+# The study world's runs are small (hidden size 128 in the default world): two threads on one run's
+# matrix products gain less than a second run on the other core, and a thread that waits on a busy
+# core stalls its run. Measured on 2 CPU cores, the default world (see README, "Speed of a study").
+MAX_DEFAULT_WORKERS = 8  # each local worker is a process of its own (~0.5 GB with torch and transformers)
+
+
+def available_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_workers(config: StudyConfig) -> int:
+    """`workers` when given; else the study world's runs go one per CPU core (at most
+    MAX_DEFAULT_WORKERS) in local worker processes of one thread each, and runs of your own models,
+    or on Ray, one at a time (each may need every core and its memory)."""
+    if config.workers is not None:
+        return config.workers
+    if config.uses_world and config.executor == "local":
+        return max(1, min(available_cpus(), MAX_DEFAULT_WORKERS))
+    return 1
+
+
 def make_executor(config: StudyConfig):
-    threads = max(1, (os.cpu_count() or 1) // config.workers)
+    threads = max(1, available_cpus() // config.workers)
     if config.executor == "ray":
         return RayExecutor(config.ray_address, threads)
     if config.workers == 1:

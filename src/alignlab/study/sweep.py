@@ -54,7 +54,7 @@ from alignlab.safe_delete import check_no_link, remove
 from alignlab.study.config import (REPORTED_TRAINING, WORLD_GENERATION, WORLD_REWARD_TRAINING, WORLD_TRAINING,
                                    Shared, StudyConfig, StudyInputs, check_selection_is_held_out,
                                    load_evaluation_pairs, real_inputs, world_inputs)
-from alignlab.study.executors import RunTask, execute_all
+from alignlab.study.executors import RunTask, default_workers, execute_all
 from alignlab.study.grid import RunSpec, expand_grid, sequential_design
 from alignlab.study.results import LOOKS_FILE, read_looks, read_sweep, write_sweep_report
 from alignlab.study.store import RunStore
@@ -248,6 +248,7 @@ def add_seeds_where_the_noise_is(config: StudyConfig, out: Path, specs: list[Run
 def run_sweep(config: StudyConfig) -> Path:
     """Run (or resume) a study over its grid and write its report; returns the sweep directory."""
     config.validate()
+    config = dataclasses.replace(config, workers=default_workers(config))
     out = Path(config.out)
     started = time.perf_counter()
     # Everything the configuration alone can get wrong is checked before anything is written.
