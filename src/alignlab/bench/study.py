@@ -2,7 +2,7 @@
 as separate commands, timed as a user sees them (whole processes, their imports included).
 
 - study side: `alignlab run --world default` with the default study's grid (`small`) for DPO, LN-DPO
-  and SimPO, one seed each: 6 runs, at the default `workers`. Its wall-clock covers everything the
+  and SimPO, one seed each and no sequential looks (`--max_seeds 1`): 12 runs, at the default `workers`. Its wall-clock covers everything the
   command does: the world's data files, the SFT model's two evaluations, the reference pass, every
   run's training and two evaluations (in distribution and on the test prompts), the report. VAR is
   left out: its proxy reward model would have to be trained by the separate side too.
@@ -72,7 +72,7 @@ def measure_study_vs_sequential(workdir: Path) -> dict:
     sft = str(_build_world(study_cache))
     study = workdir / "study"
     study_seconds = timed_cli(["run", "--world", STUDY_WORLD, "--methods", ",".join(STUDY_METHODS), "--seeds", "1",
-                               "--out", str(study)], study_cache)
+                               "--max_seeds", "1", "--out", str(study)], study_cache)
     with RunStore(study / "runs.sqlite") as store:
         runs = store.runs()
     firsts = [next(run.name for run in runs if run.method == method) for method in STUDY_METHODS]
