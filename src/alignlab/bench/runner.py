@@ -270,16 +270,12 @@ def run_bench(out: str | None, quick: bool, device: str, progress=print, data: s
         counts = token_counts(setup)
         measure_objective_rows(setup, device, repeats, counts, results)
         if shape != "tiny":
-            results["skipped"] = "sweep_vs_independent: measured on the tiny shape only"
+            results["skipped"] = "sweep_vs_independent, study_vs_sequential: measured on the tiny shape only"
         else:
-            measure_objective_rows(setup, device, repeats, counts, results)
-            if shape != "tiny":
-                results["skipped"] = "sweep_vs_independent, study_vs_sequential: measured on the tiny shape only"
-            else:
-                progress("bench: a 6-run DPO sweep against 6 independent train + eval runs")
-                sweep = absolute["sweep"] = measure_sweep_vs_independent(setup, Path(tmp), LEARNING_RATE)
-                ratios["sweep_vs_independent"] = sweep["sweep_seconds"] / sweep["independent_seconds"]
-                measure_study_rows(Path(tmp), results, progress)  # alignlab.bench.study
+            progress("bench: a 6-run DPO sweep against 6 independent train + eval runs")
+            sweep = absolute["sweep"] = measure_sweep_vs_independent(setup, Path(tmp), LEARNING_RATE)
+            ratios["sweep_vs_independent"] = sweep["sweep_seconds"] / sweep["independent_seconds"]
+            measure_study_rows(Path(tmp), results, progress)  # alignlab.bench.study
         measure_utilisation(setup, device, counts, results)
     return written(out, results)
 
