@@ -232,9 +232,14 @@ def add_seeds_where_the_noise_is(config: StudyConfig, out: Path, specs: list[Run
         new = []
         for configuration in configurations:
             same = json.dumps(configuration.params, sort_keys=True)
-            new += [next(spec.name for spec in specs if spec.method == configuration.method
+            name = next((spec.name for spec in specs if spec.method == configuration.method
                          and json.dumps({k: v for k, v in spec.all_params.items() if k != "seed"}, sort_keys=True)
-                         == same and spec.name not in trained and spec.training["seed"] not in configuration.seeds)]
+                         == same and spec.name not in trained and spec.training["seed"] not in configuration.seeds),
+                        None)
+            if name is None:  # its stored parameters match no grid point: nothing to add, say so
+                log.warning("look: no further seed of %s in the grid; it keeps its seeds", configuration.name)
+                continue
+            new.append(name)
         trained.update(new)
         looks[-1]["added_runs"] = new
         atomic.write_text(out / LOOKS_FILE, json.dumps(finite_summary({"looks": looks}), indent=1))
