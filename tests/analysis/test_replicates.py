@@ -214,7 +214,8 @@ def test_win_share_resamples_each_models_seeds_and_the_prompts_by_hand():
     a, b = ev.by_method["dpo"][0], ev.by_method["simpo"][0]
     share = ev.win_share(a, b)
     assert share.value == pytest.approx(6 / 12)
-    assert share.seed_variances == {a.name: (pytest.approx(0.0), 1), b.name: (pytest.approx(1 / 36), 1)}
+    # Both models were trained on seeds 0 and 1: drawn jointly, one unit of 2 seed values.
+    assert share.seed_units == [(pytest.approx(1 / 36), 1, True)]
     assert np.var(share.seeds) == pytest.approx(1 / 36, rel=0.05)
     assert np.var(share.prompts) == pytest.approx(1 / 72, rel=0.05)
     # The tie share is a share like the wins: 3 of 12.

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 from run_records import grid, run
 
-from alignlab.analysis.runs import best_run, best_runs, percentile_run, top_k_runs
+from alignlab.analysis.runs import best_run, best_runs, percentile_run, seed_list, top_k_runs
 
 
 # ------------------------------------------------------------------ selecting runs
@@ -68,3 +68,8 @@ def test_selection_rejects_empty_grids_and_bad_percentages():
     for k in (0, 101):
         with pytest.raises(ValueError):
             top_k_runs(grid([1.0]), k)
+
+
+def test_seed_list_names_a_few_seeds_and_counts_the_rest():
+    assert seed_list([2, 0, 1]) == "0, 1, 2"
+    assert seed_list([100003 * r + 7 for r in range(10)], shown=3) == "7, 100010, … (10 in all)"

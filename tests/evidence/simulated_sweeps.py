@@ -14,6 +14,10 @@ normal layout, the noise real sweeps show can be switched on:
     gold_step         gold scores rounded to this grid (discrete gold: ties within and across models)
     seed_correlation  ρ: seed s of every model shares a component z_s (data order and initialisation
                       drawn from the same seed): seed effect = sd_m · (√ρ · z_s + √(1 − ρ) · e_{m,c,s})
+Seed values (a run's `seed`, by which the evidence layer draws configurations that share seeds jointly):
+the same s in every configuration when seeds are correlated (or `shared_seeds`), as a user's sweep of
+seeds 0, 1, 2 has them; otherwise each configuration's own, SEED_STRIDE · (its index + 1) + s, as
+`alignlab run` trains them (alignlab.study.grid.configuration_seed). `replicate(run)` is s either way.
 Length and length-normalised KL follow the same layout, their seed effects scaled with the method's
 gold seed sd (a noisier method is noisier in every column) but drawn apart from the gold's.
 """
@@ -29,6 +33,12 @@ LEVEL = 1.0  # the mean gold score: away from 0, as a relative gain (VAR's claim
 # The seed sd of a model's mean gold score per method in the study (issue 29): 20× apart.
 NOISE_FLOORS = {"dpo": 0.23, "ln-dpo": 0.40, "simpo": 0.07, "var": 0.02}
 LENGTH_PER_GOLD, LN_KL_PER_GOLD = 10.0, 0.2  # seed sd of length and ln-KL per unit of gold seed sd
+SEED_STRIDE = 1000
+
+
+def replicate(run) -> int:
+    """The replicate number s of a simulated run, whatever its seed value."""
+    return run.params["seed"] % SEED_STRIDE
 
 
 def noise_floor(n_prompts: int, seed_sd: float = SEED_SD) -> float:
@@ -39,7 +49,7 @@ def noise_floor(n_prompts: int, seed_sd: float = SEED_SD) -> float:
 def simulate_sweep(rng, grid: dict[str, int], seeds: int = 3, n_prompts: int = 200,
                    shift: dict[str, float] | None = None, seed_sd: float | dict = SEED_SD,
                    sample_sd: float = SAMPLE_SD, jitter_sd: float = 0.0, prompt_df: float | None = None,
-                   gold_step: float | None = None, seed_correlation: float = 0.0):
+                   gold_step: float | None = None, seed_correlation: float = 0.0, shared_seeds: bool | None = None):
     """(runs, sft): `grid` maps a method to its number of configurations; `shift` adds to a method's
     every gold score (its true advantage); seed_sd is one sd or one per method (see the module docstring
     for the rest)."""
@@ -73,14 +83,17 @@ def simulate_sweep(rng, grid: dict[str, int], seeds: int = 3, n_prompts: int = 2
         metrics = {"mean_score": {"value": float(samples["gold_score"].mean()), "ci_low": 0.0, "ci_high": 0.0}}
         return RunRecord(name, method, params, metrics, samples)
 
-    runs = []
+    shared = seed_correlation > 0 if shared_seeds is None else shared_seeds
+    runs, index = [], 0
     for method, n_configs in grid.items():
         sd = seed_sd[method] if isinstance(seed_sd, dict) else seed_sd
         jitter = rng.normal(0, jitter_sd, n_configs)
         jitter -= jitter.mean()
         for c in range(n_configs):
+            index += 1
             for s in range(seeds):
-                runs.append(record(f"{method}-c{c}-s{s}", method, {"beta": float(c), "seed": s},
+                seed_value = s if shared else SEED_STRIDE * index + s
+                runs.append(record(f"{method}-c{c}-s{s}", method, {"beta": float(c), "seed": seed_value},
                                    model((shift or {}).get(method, 0.0) + jitter[c], sd, s)))
     return runs, record("sft", "sft", {}, model(0.0, None, None))
 
@@ -129,7 +142,7 @@ def sequential_claims(rng, grid: dict[str, int], seeds: int, max_seeds: int, see
     shown = {configuration(run): seeds for run in runs}  # seeds revealed per configuration
 
     def visible():
-        return [r for r in runs if r.params["seed"] < shown[configuration(r)]]
+        return [r for r in runs if replicate(r) < shown[configuration(r)]]
 
     def evidence():
         return SweepEvidence(visible(), sft, n_resamples, seed)

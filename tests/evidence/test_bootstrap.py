@@ -62,7 +62,7 @@ def test_seeds_only_variance_of_a_pure_seed_effect_is_unbiased(S):
     assert np.var(q.prompts) == pytest.approx(0, abs=1e-20)           # no prompt varies anything
     assert q.interaction_variance == pytest.approx(0, abs=1e-20)      # additive: no seed × prompt residual
     assert q.configs == {"config": S}
-    assert q.seed_variances == {"config": (pytest.approx(expected), S - 1)}   # the seeds' own s²/S
+    assert q.seed_units == [(pytest.approx(expected), S - 1, True)]   # the seeds' own s²/S
     e = estimate(q)
     # Welch–Satterthwaite with only the seed level: df = the seed df, and se its variance's root.
     assert e.df == pytest.approx(S - 1)
@@ -262,7 +262,7 @@ def test_a_configuration_with_weight_zero_adds_no_degrees_of_freedom():
     qa, qb = two_configs()
     weighted = combine(lambda a, b: 0.0 * a + 1.0 * b, qa, qb)
     assert weighted.configs == {"a": 3, "b": 4}
-    assert weighted.seed_variances["a"] == (0.0, 2)
+    assert (0.0, 2, False) in weighted.seed_units
     assert estimate(weighted).df == pytest.approx(estimate(qb).df)
     assert estimate(weighted).se == pytest.approx(estimate(qb).se)
 
@@ -284,7 +284,7 @@ def test_a_quantity_that_moves_with_no_mean_smoothly_takes_the_fewest_seed_df():
     qb = r.mean(qa.value + rng.normal(0, 1, (5, 30)) * 0.01, "b")
     above = combine(lambda x, y: (x > y) * 1.0, qa, qb)
     v_s, v_p = np.var(above.seeds, ddof=1), np.var(above.prompts, ddof=1)
-    assert v_s > 0 and all(v == 0 for v, _ in above.seed_variances.values())
+    assert v_s > 0 and all(v == 0 for v, _, _ in above.seed_units)
     e = estimate(above)
     variance = max(v_s + v_p - above.interaction_variance, v_s, v_p)
     assert e.df == pytest.approx(max(1.0, variance ** 2 / (v_s ** 2 / 2 + v_p ** 2 / 29)))

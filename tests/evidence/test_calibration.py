@@ -11,7 +11,9 @@ within the primary family and within the secondary one, exactly as alignlab.repo
              (a) seed sd per method as the study's noise floors (20× apart), configurations jittered
              (b) (a) with t₃ prompt effects and discrete gold with ties
              (c) (a) with 2 seeds          (d) (a) with unequal grids (1 vs 6 configurations)
-             (e) (a) with seeds correlated across methods (ρ = 0.5)     (f) (a) with 60 prompts
+             (e) (a) with seeds correlated ρ = 0.5 across methods and configurations, 4 configurations
+                 per method, seed values shared (as a user's sweep of seeds 0, 1, 2 has them)
+             (f) (a) with 60 prompts
              (g) (a) at `alignlab run`'s design: 4 configurations per method, 3 seeds, and seeds added
                  where the noise is (alignlab.analysis.sequential), up to 6
     power  one method better by 2 noise floors: the report must confirm its expected score over the
@@ -99,8 +101,10 @@ def test_family_wise_false_verdicts_with_unequal_grids():
 
 @pytest.mark.slow
 def test_family_wise_false_verdicts_with_seeds_correlated_across_methods():
-    # (e) Seed s of every model shares half its seed variance.
-    rate, per_claim = false_verdict_rate(DEFAULT_GRID, SWEEPS, seed=14, seed_correlation=0.5, **REAL_NOISE)
+    # (e) Seed s of every model shares half its seed variance, also within a method's grid, where a grid
+    # mean averages correlated configurations: resampled apart, 7.2% ± 1.3 false primary verdicts at
+    # 4 configurations; drawn jointly by seed value (alignlab.evidence.bootstrap), within the bound.
+    rate, per_claim = false_verdict_rate(STUDY_GRID, SWEEPS, seed=14, seed_correlation=0.5, **REAL_NOISE)
     assert rate <= BOUND, (rate, per_claim)
 
 

@@ -18,7 +18,9 @@ def test_hitchhiker_grid_has_every_combination_with_rates_scaled_from_the_base()
     by_method = {m: [r for r in runs if r.method == m] for m in ("dpo", "ln-dpo", "simpo")}
     # 3 replicate seeds (the default) of every configuration.
     assert [len(v) for v in by_method.values()] == [5 * 3 * 3, 5 * 3 * 3, 3 * 3 * 3 * 3]
-    assert sorted({r.training["seed"] for r in runs}) == [0, 1, 2]
+    assert sorted({r.replicate for r in runs}) == [0, 1, 2]
+    # Each configuration trains on seeds of its own: no two runs of the sweep share a training seed.
+    assert len({r.training["seed"] for r in runs}) == len(runs)
     assert sorted({r.training["learning_rate"] for r in runs}) == [5e-4, 1e-3, 2e-3]
     assert len({r.name for r in runs}) == len(runs)
     simpo = by_method["simpo"][0]
@@ -67,7 +69,7 @@ def test_configurations_are_named_as_the_sweep_names_their_runs_less_the_seed(co
     records = [RunRecord(run.name, run.method, json.loads(json.dumps(run.all_params))) for run in runs]
     named = {run.name: config.name for configs in group_configurations(records).values()
              for config in configs for run in config.runs}
-    assert named == {run.name: run.name.removesuffix(f"-s{run.training['seed']}") for run in runs}
+    assert named == {run.name: run.name.removesuffix(f"-s{run.replicate}") for run in runs}
     assert len(set(named.values())) == len(runs) // 3  # three seeds of each configuration
 
 
@@ -75,12 +77,30 @@ def test_training_seeds_start_at_training_seed_and_the_world_keeps_its_seed():
     grid = {"dpo": {"beta": [0.1]}}
     # Without training_seed the replicates start at the world's seed, as before the two were separate.
     same = expand_grid(StudyConfig(out="x", grid_preset=None, methods=["dpo"], grid=grid, seed=5, seeds=3), BASE)
-    assert [r.training["seed"] for r in same] == [5, 6, 7]
+    assert [r.replicate for r in same] == [5, 6, 7]
     config = StudyConfig(out="x", grid_preset=None, methods=["dpo"], grid=grid, seed=5, training_seed=10, seeds=2)
     config.validate()
     runs = expand_grid(config, BASE)
-    assert [r.training["seed"] for r in runs] == [10, 11] and config.seed == 5
+    assert [r.replicate for r in runs] == [10, 11] and config.seed == 5
     assert [r.name for r in runs] == ["dpo-lr0.001-s10", "dpo-lr0.001-s11"]
+    # The seed it trains with: the configuration's own, 100,003 apart per replicate, in replicate order.
+    seeds = [r.training["seed"] for r in runs]
+    assert seeds[1] - seeds[0] == 100_003 and seeds[0] // 100_003 == 10
+
+
+def test_configurations_share_no_training_seed_and_keep_them_across_grids():
+    small = expand_grid(StudyConfig(out="x", grid_preset=None, methods=["dpo"], grid={"dpo": {"beta": [0.1, 0.5]}},
+                                    seeds=3), BASE)
+    by_config = {}
+    for r in small:
+        by_config.setdefault(r.name.rsplit("-s", 1)[0], []).append(r.training["seed"])
+    assert len(by_config) == 2 and not set.intersection(*(set(v) for v in by_config.values()))
+    assert all(v == sorted(v) for v in by_config.values())
+    # A configuration's seeds do not depend on the rest of the grid: a grid that adds a β keeps them,
+    # so a resumed or widened sweep reuses its runs.
+    wider = expand_grid(StudyConfig(out="x", grid_preset=None, methods=["dpo"],
+                                    grid={"dpo": {"beta": [0.1, 0.5, 0.3]}}, seeds=3), BASE)
+    assert {r.name: r.training["seed"] for r in small}.items() <= {r.name: r.training["seed"] for r in wider}.items()
 
 
 @pytest.mark.parametrize("settings, expected", [

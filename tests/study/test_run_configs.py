@@ -106,7 +106,9 @@ def test_a_study_yaml_converts_each_hyperparameter_once_on_its_way_to_the_loss(m
         ("dpo", (("beta", 0.1),)), ("dpo", (("beta", 0.5),)),
         ("simpo", (("beta", 2.0), ("gamma", 0.5))), ("simpo", (("beta", 2.0), ("gamma", 1.0)))]
     assert all(type(value) is float for c in trained for value in c.params.values())
-    assert sorted(c.seed for c in trained) == [0, 0, 0, 0, 1, 1, 1, 1]
+    # Replicates 0 and 1 of each configuration, each on a training seed of its own (study.grid).
+    assert sorted(c.seed // 100_003 for c in trained) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert len({c.seed for c in trained}) == 8
     # What the run writes next to its results holds plain values.
     written = yaml.safe_load(dump_yaml(trained[0]))
     assert type(written["params"]) is dict and written["params"] == dict(trained[0].params)
@@ -115,12 +117,13 @@ def test_a_study_yaml_converts_each_hyperparameter_once_on_its_way_to_the_loss(m
 def test_every_way_of_building_a_run_gives_the_same_config(monkeypatch, tmp_path, real_study):
     study_yaml, inputs = real_study
     trained = run_study_without_training(monkeypatch, tmp_path / "sweep", study_yaml, inputs)
-    from_sweep = next(c for c in trained if c.method == "dpo" and c.params["beta"] == 0.5 and c.seed == 1)
+    from_sweep = next(c for c in trained if c.method == "dpo" and c.params["beta"] == 0.5 and c.seed // 100_003 == 1)
     run_dir = tmp_path / "sweep" / "runs" / "dpo-beta0.5-lr0.0001-s1"
+    assert from_sweep.out == str(run_dir)
     # The same run as `alignlab train` builds it from its command line's text.
     command_line = {"method": "dpo", "model": str(inputs["model"]), "data": str(inputs["train_data"]),
                     "out": str(run_dir), "beta": "0.5", "learning_rate": "0.0001", "epochs": "1", "batch_size": "4",
-                    "max_length": "64", "seed": "1", "resume": "true", "overwrite": "true"}
+                    "max_length": "64", "seed": str(from_sweep.seed), "resume": "true", "overwrite": "true"}
     from_cli = build_config(TrainConfig, None, command_line)
     from_cli.validate()
     assert from_sweep == from_cli and dump_yaml(from_sweep) == dump_yaml(from_cli)
@@ -171,13 +174,16 @@ def test_a_config_keeps_its_resolved_hyperparameters_through_copies_and_processe
 def test_a_study_rerun_on_other_training_seeds_trains_them_and_reuses_no_run_of_the_first(monkeypatch, tmp_path,
                                                                                            real_study):
     first, other = tmp_path / "sweep", tmp_path / "other"
-    assert {c.seed for c in run_study_without_training(monkeypatch, first, *real_study)} == {0, 1}
+    def replicates(trained):  # what the run names say after "-s"; each configuration trains on its own seeds
+        return {c.seed // 100_003 for c in trained}
+
+    assert replicates(run_study_without_training(monkeypatch, first, *real_study)) == {0, 1}
     # In the same directory: refused, as any other configuration is; the finished runs are not taken for new ones.
     with pytest.raises(AlignlabError, match="holds a sweep with a different configuration"):
         run_study_without_training(monkeypatch, first, *real_study, training_seed="10")
     # Elsewhere: the same world (seed 0), new training seeds, runs of their own.
     trained = run_study_without_training(monkeypatch, other, *real_study, training_seed="10")
-    assert {c.seed for c in trained} == {10, 11}
+    assert replicates(trained) == {10, 11}
     assert yaml.safe_load((other / "sweep.yaml").read_text())["seed"] == 0
     with RunStore(first / "runs.sqlite", readonly=True) as a, RunStore(other / "runs.sqlite", readonly=True) as b:
         first_runs, other_runs = a.runs(), b.runs()

@@ -201,7 +201,15 @@ class SweepEvidence:
                 ranking = [config.runs[i] for i in ranking_seeds(len(config.runs))]
                 ranked_on = [_on(r, "selection") if separate else r for r in ranking]
                 config.score = float(np.mean([_by_prompt(r, "gold_score", self.split.selection) for r in ranked_on]))
-        self.resampler = Resampler(len(self.split.reporting), n_resamples, seed)
+        self.resampler = Resampler(len(self.split.reporting), n_resamples, seed, self.seed_values)
+
+    @property
+    def seed_values(self) -> dict:
+        """Each configuration's name -> its training seeds: configurations that share seed values are
+        resampled jointly (alignlab.evidence.bootstrap). Runs without a recorded seed, or with a seed
+        repeated within their configuration, say nothing about which seeds are shared: left out."""
+        return {c.name: c.seeds for configs in self.by_method.values() for c in configs
+                if None not in c.seeds and len(set(c.seeds)) == len(c.seeds)}
 
     def picked(self, config: Configuration) -> Configuration:
         """The configuration as a pick of its method's grid reports it: on its reporting seeds, which
@@ -233,7 +241,7 @@ class SweepEvidence:
 
     def mean(self, config: Configuration, column: str = "gold_score", mask=None) -> Resampled:
         """The reported mean of a configuration's column (reporting half, resampled)."""
-        return self.resampler.mean(self.reported(config, column), config.name, mask, column)
+        return self.resampler.mean(self.reported(config, column), config.name, mask, column, config.seeds)
 
     def baseline_mean(self, column: str = "gold_score", mask=None) -> Resampled:
         """The SFT baseline's reported mean: a fixed model, resampled over prompts only."""
@@ -263,9 +271,10 @@ class SweepEvidence:
         if len(prompts) < 2:
             return None
         if self._indist_resampler is None or self._indist_resampler.n_prompts != len(prompts):
-            self._indist_resampler = Resampler(len(prompts), self.n_resamples, self.seed)
+            self._indist_resampler = Resampler(len(prompts), self.n_resamples, self.seed, self.seed_values)
         indist = np.array([_by_prompt(_on(r, "indist"), "gold_score", prompts) for r in runs])
-        inside = self._indist_resampler.mean(indist, None if config is None else config.name, column="indist")
+        inside = self._indist_resampler.mean(indist, None if config is None else config.name, column="indist",
+                                             seeds=None if config is None else config.seeds)
         outside = self.baseline_mean() if config is None else self.mean(config)
         return self.difference(inside, outside)
 
@@ -312,8 +321,10 @@ class SweepEvidence:
         is left out."""
         w = self.outcomes(a, b, outcome)
         pair = f"{outcome.__name__}: {'baseline' if a is None else a.name} vs {'baseline' if b is None else b.name}"
-        of_a = self.resampler.mean(w.mean(axis=1), None if a is None else a.name, column=f"{pair}, row seeds")
-        of_b = self.resampler.mean(w.mean(axis=0), None if b is None else b.name, column=f"{pair}, column seeds")
+        of_a = self.resampler.mean(w.mean(axis=1), None if a is None else a.name, column=f"{pair}, row seeds",
+                                   seeds=None if a is None else a.seeds)
+        of_b = self.resampler.mean(w.mean(axis=0), None if b is None else b.name, column=f"{pair}, column seeds",
+                                   seeds=None if b is None else b.seeds)
         shared = self.resampler.mean(w.mean(axis=(0, 1)), None, column=pair)
         return combine(lambda p, q, r: p + q - r, of_a, of_b, shared)
 

@@ -122,6 +122,15 @@ def parameter_name(method: str, values: dict) -> str:
     return "-".join([method, *(f"{SHORT_NAMES.get(name, name)}{text(value)}" for name, value in values.items())])
 
 
+def seed_list(seeds, shown: int = 6) -> str:
+    """Training seeds as a report lists them: every one up to `shown`, else the first few and how many
+    (a study's configurations each train on seeds of their own, so a claim may rest on dozens)."""
+    seeds = sorted(seeds, key=param_sort_key)
+    if len(seeds) <= shown:
+        return ", ".join(map(str, seeds))
+    return f"{', '.join(map(str, seeds[:shown - 1]))}, … ({len(seeds)} in all)"
+
+
 def param_sort_key(value):
     # Numbers sort numerically; anything else (strings, None) after them by its text.
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -12,6 +12,16 @@ Resampling (one `Resampler` per report, so every claim sees the same draws)
               configuration's key, so its gold and length are resampled alike). The bootstrap of a
               mean of S values has variance (S − 1)/S · s²/S; the seed deviations are scaled by
               √(S/(S − 1)) first, so that the resampled means vary as s²/S, the unbiased estimate.
+              Configurations that share seed values (seed 0 of every β trained on the same data order:
+              the usual sweep, and the study's) are not independent: a lucky seed is lucky in each of
+              them. Their seeds are drawn jointly, one draw over the union of their seed values
+              (`shared_seed_components`), each configuration weighting its own seeds by that draw
+              (renormalised over them; a resample that draws none of them has no value and is left
+              out). Sums over such configurations then vary as they do, correlated or not: resampled
+              apart, a grid mean over 4 configurations whose seeds correlate 0.5 has its seed
+              variance underestimated 2.5×, and 7.2% family-wise false verdicts were measured at
+              nominal 5% (tests/evidence/test_calibration.py). Configurations with seed values of
+              their own keep the draw above.
 Each quantity is resampled three ways: both levels (for bands, e.g. expected best-of-k curves), seeds
 only and prompts only. Seeds and prompts are crossed (every model sees every prompt), so both one-level
 variances count the seed × prompt interaction: a seed-level mean carries it as σ²_w/P, a prompt-level
@@ -29,10 +39,14 @@ an expected best-of-k, a difference in which it cancels) has v_c = 0.
 Estimate (`estimate`)
     se        √(v_s + v_p − v_w): v_s and v_p the seeds-only and prompts-only resample variances, v_w the
               interaction both count (never below the larger of v_s and v_p)
-    df        Welch–Satterthwaite over the configurations that carry the statistic:
-                  se⁴ / (Σ_c v_c² / (S_c − 1) + v_p² / (P − 1)),
-              v_s split between the configurations in proportion to their seed-effect variances; when
-              one configuration's seeds dominate, df → its S − 1. A quantity that moves with no mean
+    df        Welch–Satterthwaite over the independent seed units that carry the statistic:
+                  se⁴ / (Σ_k v_k² / (n_k − 1) + v_p² / (P − 1)),
+              k a configuration with seeds of its own (n_k = S_k) or a group of configurations that share
+              seed values (n_k: the distinct values; its seed effects summed per value before their
+              variance is taken), v_s split between them in proportion to their seed-effect variances;
+              when one unit's seeds dominate, df → its n − 1. Shared seeds thus cost degrees of freedom:
+              3 seeds shared by every configuration give df 2, as they must, for only 3 independent
+              draws of training noise exist. A quantity that moves with no mean
               smoothly (a share of indicators) has seed effects 0 everywhere: its v_s counts with the
               fewest S_c − 1, Welch–Satterthwaite's lower bound. A quantity that a configuration of
               exactly 2 seeds moves gets df 1: that configuration's seed variance is a single squared
@@ -82,6 +96,7 @@ class Resampled:
     prompts: np.ndarray
     prompt_masks: dict  # resampler (its id) -> bool [P]: the prompts of each prompt set the quantity uses
     seed_effects: dict = field(default_factory=dict)  # configuration key -> float [S]
+    shared_seeds: dict = field(default_factory=dict)  # key -> (its group, its seed values) where keys share seeds
     gradient: dict = field(default_factory=dict)      # leaf mean -> ∂ quantity / ∂ leaf mean
     interaction: dict = field(default_factory=dict)   # leaf mean -> its σ²_w/(S·P), counted by both levels
 
@@ -91,18 +106,33 @@ class Resampled:
         return {key: len(effects) for key, effects in self.seed_effects.items()}
 
     @property
-    def seed_variances(self) -> dict:
-        """Configuration -> (its share of the seed-level variance, its seed df S − 1): the variance of
-        the mean over its seeds of its seed effects, s²/S (configurations of one seed have none)."""
-        return {key: (float(np.var(e, ddof=1)) / len(e), len(e) - 1)
-                for key, e in self.seed_effects.items() if len(e) > 1}
+    def seed_units(self) -> list[tuple[float, int, bool]]:
+        """Per independent seed unit (a configuration with seeds of its own, or the configurations that
+        share seed values): (its share of the seed-level variance, its df n − 1, whether it moves the
+        quantity). A unit's share is the variance of its per-seed-value sums of centred seed effects,
+        each over its configuration's S: for one configuration s²/S of its seed effects."""
+        units: dict = {}
+        for key, effects in self.seed_effects.items():
+            group, values = self.shared_seeds.get(key, ((key,), tuple(range(len(effects)))))
+            units.setdefault(group, []).append((values, effects))
+        parts = []
+        for members in units.values():
+            values = sorted({v for vs, _ in members for v in vs}, key=repr)
+            summed = np.zeros(len(values))
+            for vs, effects in members:
+                summed[[values.index(v) for v in vs]] += (effects - effects.mean()) / len(effects)
+            n = len(values)
+            if n > 1:
+                parts.append((float((summed ** 2).sum()) * n / (n - 1), n - 1,
+                              any(bool(np.any(e != 0)) for _, e in members)))
+        return parts
 
     @property
     def carried_by_two_seeds(self) -> bool:
-        """Whether a configuration of exactly 2 seeds moves the quantity: its seed variance is then one
-        squared difference (1 df), and Welch–Satterthwaite's df, which grows just when that difference
-        happens to be small, would overstate the evidence (see the module docstring)."""
-        return any(len(e) == 2 and np.any(e != 0) for e in self.seed_effects.values())
+        """Whether a unit of exactly 2 seeds moves the quantity: its seed variance is then one squared
+        difference (1 df), and Welch–Satterthwaite's df, which grows just when that difference happens
+        to be small, would overstate the evidence (see the module docstring)."""
+        return any(df == 1 and moves for _, df, moves in self.seed_units)
 
     @property
     def interaction_variance(self) -> float:
@@ -123,10 +153,11 @@ def combine(fn: Callable, *quantities: Resampled) -> Resampled:
         parts = {scheme: np.asarray(fn(*(getattr(q, scheme) for q in quantities)), dtype=np.float64)
                  for scheme in SCHEMES}
         value = float(fn(*(q.value for q in quantities)))
-    seed_effects, interaction, gradient, masks = {}, {}, {}, {}
+    seed_effects, interaction, gradient, masks, shared = {}, {}, {}, {}, {}
     values = [q.value for q in quantities]
     for i, q in enumerate(quantities):
         interaction.update(q.interaction)
+        shared.update(q.shared_seeds)
         for prompt_set, mask in q.prompt_masks.items():
             masks[prompt_set] = mask | masks[prompt_set] if prompt_set in masks else mask
         step = 1e-6 * max(1.0, abs(q.value))
@@ -138,7 +169,7 @@ def combine(fn: Callable, *quantities: Resampled) -> Resampled:
         for key, effects in q.seed_effects.items():
             seed_effects[key] = seed_effects.get(key, 0.0) + slope * effects
     return Resampled(value, parts["full"], parts["seeds"], parts["prompts"],
-                     masks, seed_effects, gradient, interaction)
+                     masks, seed_effects, shared, gradient, interaction)
 
 
 def resample_counts(n: int, n_resamples: int, seed) -> np.ndarray:
@@ -150,29 +181,72 @@ def resample_counts(n: int, n_resamples: int, seed) -> np.ndarray:
     return np.bincount(flat, minlength=n_resamples * n).reshape(n_resamples, n).astype(np.float64)
 
 
-class Resampler:
-    """The draws of one report: prompt weights shared by everything, seed weights per configuration."""
+def shared_seed_components(seed_values: dict) -> dict:
+    """key -> (its group: the sorted keys linked to it by shared seed values, the group's seed values
+    in a fixed order), for the configurations (keys of `seed_values`, each mapped to its seed values)
+    that share a seed value with another; a configuration with seed values of its own is left out."""
+    parent = {key: key for key in seed_values}
 
-    def __init__(self, n_prompts: int, n_resamples: int = N_RESAMPLES, seed: int = 0):
+    def root(key):
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    first_with = {}
+    for key, values in seed_values.items():
+        for value in values:
+            parent[root(key)] = root(first_with.setdefault(value, key))
+    groups: dict = {}
+    for key in seed_values:
+        groups.setdefault(root(key), []).append(key)
+    linked = {}
+    for keys in groups.values():
+        if len(keys) > 1:
+            group = tuple(sorted(keys))
+            values = tuple(sorted({v for k in keys for v in seed_values[k]}, key=repr))
+            linked.update({k: (group, values) for k in keys})
+    return linked
+
+
+class Resampler:
+    """The draws of one report: prompt weights shared by everything, seed weights per configuration
+    (jointly for configurations that share seed values: `seed_values` maps each configuration's key
+    to its seed values)."""
+
+    def __init__(self, n_prompts: int, n_resamples: int = N_RESAMPLES, seed: int = 0,
+                 seed_values: dict | None = None):
         if n_prompts < 2:
             raise ValueError(f"a bootstrap over prompts needs at least 2 prompts, got {n_prompts}")
         self.n_prompts, self.n_resamples, self.seed = n_prompts, n_resamples, seed
         self.prompt_weights = resample_counts(n_prompts, n_resamples, [seed, 0]) / n_prompts
+        self.shared_seeds = shared_seed_components(seed_values or {})
         self._seed_weights: dict = {}
 
-    def seed_weights(self, key: str, n_seeds: int) -> np.ndarray:
-        if (key, n_seeds) not in self._seed_weights:
-            stream = [self.seed, 1, zlib.crc32(key.encode("utf-8"))]
-            self._seed_weights[key, n_seeds] = resample_counts(n_seeds, self.n_resamples, stream) / n_seeds
-        return self._seed_weights[key, n_seeds]
+    def seed_weights(self, key: str, n_seeds: int, values=None) -> np.ndarray:
+        """[R, n_seeds] weights of a configuration's seeds (its seed values `values`, in row order)."""
+        group, union = self.shared_seeds.get(key, (None, ()))
+        if group is None or values is None:
+            if (key, n_seeds) not in self._seed_weights:
+                stream = [self.seed, 1, zlib.crc32(key.encode("utf-8"))]
+                self._seed_weights[key, n_seeds] = resample_counts(n_seeds, self.n_resamples, stream) / n_seeds
+            return self._seed_weights[key, n_seeds]
+        if group not in self._seed_weights:
+            stream = [self.seed, 2, zlib.crc32("\n".join(group).encode("utf-8"))]
+            self._seed_weights[group] = resample_counts(len(union), self.n_resamples, stream)
+        drawn = self._seed_weights[group][:, [union.index(v) for v in values]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return drawn / drawn.sum(axis=1, keepdims=True)
 
-    def mean(self, values, key: str | None, mask=None, column: str = "") -> Resampled:
+    def mean(self, values, key: str | None, mask=None, column: str = "", seeds=None) -> Resampled:
         """The mean over seeds (rows) and prompts (columns) of one configuration's matrix.
 
         key names the configuration (None: a fixed baseline, one row, no seed level); mask (bool [P])
         restricts the mean to some prompts (a family), resampled within the shared prompt draw; column
-        names what the values are, so that two columns of one configuration stay apart in `combine`.
-        A resample that draws none of the mask's prompts has no mean (NaN), and `estimate` leaves it out."""
+        names what the values are, so that two columns of one configuration stay apart in `combine`;
+        seeds: the rows' seed values, by which configurations that share them are drawn jointly.
+        A resample that draws none of the mask's prompts (or, for configurations drawn jointly, none of
+        the configuration's seeds) has no mean (NaN), and `estimate` leaves it out."""
         x = np.atleast_2d(np.asarray(values, dtype=np.float64))
         n_seeds, n_prompts = x.shape
         if n_prompts != self.n_prompts:
@@ -194,16 +268,18 @@ class Resampler:
         with np.errstate(divide="ignore", invalid="ignore"):
             per_seed_drawn = (prompt_full @ x.T) / prompt_full.sum(axis=1, keepdims=True)
         per_seed_fixed = (prompt_fixed @ x.T) / prompt_fixed.sum()
-        seed_full = (self.seed_weights(key, n_seeds) if key is not None and n_seeds > 1
+        seed_full = (self.seed_weights(key, n_seeds, seeds) if key is not None and n_seeds > 1
                      else np.full((1, n_seeds), 1.0 / n_seeds))
+        shared = ({key: (self.shared_seeds[key][0], tuple(seeds))}
+                  if key in self.shared_seeds and seeds is not None else {})
         seed_fixed = np.full((1, n_seeds), 1.0 / n_seeds)
         leaf = (id(self), key, column, mask.tobytes())
         return Resampled(float(x[:, mask].mean()),
                          (per_seed_drawn * seed_full).sum(axis=1),
                          np.broadcast_to((per_seed_fixed * seed_full).sum(axis=1), (self.n_resamples,)),
                          (per_seed_drawn * seed_fixed).sum(axis=1),
-                         {id(self): mask}, {key: seed_means} if key is not None else {}, {leaf: 1.0},
-                         {leaf: interaction})
+                         {id(self): mask}, {key: seed_means} if key is not None else {}, shared,
+                         {leaf: 1.0}, {leaf: interaction})
 
 
 @dataclass(frozen=True)
@@ -233,15 +309,15 @@ def resample_variance(x: np.ndarray) -> float:
 
 
 def _seed_term(q: Resampled, v_seeds: float) -> float:
-    """Σ_c v_c² / (S_c − 1): the seed level's part of the Welch–Satterthwaite denominator, v_s split
-    between the configurations in proportion to their seed variances (see the module docstring)."""
-    parts = q.seed_variances
-    total = sum(v for v, _ in parts.values())
+    """Σ_k v_k² / (n_k − 1): the seed level's part of the Welch–Satterthwaite denominator, v_s split
+    between the independent seed units in proportion to their seed variances (see the module docstring)."""
+    parts = q.seed_units
+    total = sum(v for v, _, _ in parts)
     if v_seeds == 0 or not parts:
         return 0.0
     if total == 0:  # the quantity does not move smoothly with any mean: Welch–Satterthwaite's lower bound
-        return v_seeds ** 2 / min(df for _, df in parts.values())
-    return sum((v_seeds * v / total) ** 2 / df for v, df in parts.values() if v > 0)
+        return v_seeds ** 2 / min(df for _, df, _ in parts)
+    return sum((v_seeds * v / total) ** 2 / df for v, df, _ in parts if v > 0)
 
 
 def _interval(value: float, se: float, t: float, scale: str, n_prompts: int, level: float) -> tuple[float, float]:

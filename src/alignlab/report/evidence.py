@@ -9,7 +9,7 @@ from alignlab.analysis import best_run, expected_max_curve, wilson_interval
 from alignlab.analysis.claims import correction_text, to_settle_text
 from alignlab.analysis.replicates import SEED_RULE
 from alignlab.analysis.sequential import INTERIM_LEVEL, primary_level
-from alignlab.analysis.runs import method_label
+from alignlab.analysis.runs import method_label, seed_list
 from alignlab.evidence import CORRECTION, estimate
 from alignlab.report.blocks import BASELINE, BASELINE_KEY, Cell, Plot, Section, Sweep, Table
 from alignlab.report.figures import forest_figure, legend_beside, new_figure, png_bytes
@@ -45,7 +45,7 @@ def claims_section(sweep: Sweep) -> tuple[Section, dict]:
     primary_text = "; ".join(primary) or "none"
     rows = []
     for c in sweep.claims:
-        seeds = "–" if not c["seeds"] else ",".join(map(str, c["seeds"]))
+        seeds = "–" if not c["seeds"] else seed_list(c["seeds"], shown=4)
         used = {method_of[name] for name in c["configurations"]}
         compared = [m for m in ev.by_method if m in used]
         floor_text = "; ".join(f"{method_label(m)} {_number(floors[m], '{:.3g}')}" for m in compared) or "–"

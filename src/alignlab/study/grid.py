@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import collections
 import itertools
+import zlib
 from dataclasses import dataclass
 
 from alignlab.analysis.runs import parameter_name
+from alignlab.checks import SEED_MAX
 from alignlab.errors import AlignlabError, unknown_name_message
 from alignlab.objectives.registry import get_method
 from alignlab.study.config import StudyConfig
@@ -46,7 +48,8 @@ class RunSpec:
     name: str
     method: str
     params: dict  # the method's hyper-parameters, resolved (defaults filled in)
-    training: dict  # learning_rate, epochs, seed
+    training: dict  # learning_rate, epochs, seed (the seed it trains with: `configuration_seed`)
+    replicate: int = 0  # training_seed + i for the i-th replicate: what its name says after "-s"
 
     @property
     def all_params(self) -> dict:
@@ -66,10 +69,24 @@ def sequential_design(config: StudyConfig) -> tuple[int, float | None]:
     return max(config.max_seeds or config.seeds, config.seeds), config.budget_minutes
 
 
+SEED_STRIDE = 100_003  # a prime: replicate r of a configuration trains on r · stride + the configuration's offset
+
+
+def configuration_seed(replicate: int, configuration: str) -> int:
+    """The training seed of a configuration's (its run name less the seed) replicate: one of its own.
+    A seed value is a data order, and a lucky order lifts every configuration trained on it (their
+    scores correlated 0.5–1.0 in the default study), so that configurations sharing seeds count as
+    one source of training noise (alignlab.evidence.bootstrap): with 3 seeds shared by every
+    configuration, 2 degrees of freedom. Seeds of their own keep the configurations independent.
+    Increasing in the replicate, so that a configuration's seeds sort as its replicates."""
+    return (replicate * SEED_STRIDE + zlib.crc32(configuration.encode("utf-8")) % SEED_STRIDE) % (SEED_MAX + 1)
+
+
 def expand_grid(config: StudyConfig, base_training: dict, seeds: int | None = None) -> list[RunSpec]:
     """The runs of a study: per method, the product of its grid values (preset, then `grid`, whose
     entries win), learning rates, epochs and seeds (`seeds` of them; default the config's). Names carry
-    every value that varies."""
+    every value that varies; the replicate's number (training_seed + i) stands for the seed, which is the
+    configuration's own (`configuration_seed`)."""
     preset = {}
     if config.grid_preset is not None:
         if config.grid_preset not in GRID_PRESETS:
@@ -112,8 +129,11 @@ def expand_grid(config: StudyConfig, base_training: dict, seeds: int | None = No
             except AlignlabError as err:
                 raise AlignlabError(f"config: grid (or method_params) of {err}") from None
             varying = [k for k in keys if len(grid[k]) > 1 or k in ("learning_rate", "seed")]
-            name = parameter_name(method_name, {k: {**params, **training}[k] for k in varying})
-            runs.append(RunSpec(name, method_name, params, training))
+            replicate = training["seed"]
+            configuration = parameter_name(method_name, {k: {**params, **training}[k] for k in varying if k != "seed"})
+            training["seed"] = configuration_seed(replicate, configuration)
+            name = parameter_name(method_name, {k: {**params, **training, "seed": replicate}[k] for k in varying})
+            runs.append(RunSpec(name, method_name, params, training, replicate))
     duplicates = [n for n, count in collections.Counter(r.name for r in runs).items() if count > 1]
     if duplicates:
         raise AlignlabError(f"config: the grid repeats runs ({', '.join(duplicates[:3])}); remove repeated values")

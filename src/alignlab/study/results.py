@@ -167,6 +167,7 @@ def read_sweep(out: str | Path) -> SweptRuns:
     """The finished runs of a sweep directory with its SFT baseline, the report's context lines, the
     test prompts' families and (a VAR study) the VAR section's inputs (write_sweep_report's docstring
     says what is an error and what is skipped)."""
+    from alignlab.analysis.runs import seed_list
     from alignlab.yaml_input import read_yaml
     from alignlab.report import check_metrics, check_params, example_prompt_ids
     from alignlab.study.store import DamagedRow, StoredRun, parse_json
@@ -239,14 +240,14 @@ def read_sweep(out: str | Path) -> SweptRuns:
         raise AlignlabError(f"{out}: no finished run to report"
                             + (f"; skipped as damaged: {skipped[0]}" if skipped else "")
                             + "; run the sweep (it resumes where it stopped)")
-    seeds = sorted({r.params["seed"] for r in runs if "seed" in r.params}, key=lambda s: (isinstance(s, str), s))
+    seeds = {r.params["seed"] for r in runs if "seed" in r.params}
     context = {**study,
                "runs": f"{len(runs)} finished of {len(rows)}"
                        + (f"; unfinished or failed: {', '.join(unfinished)}" if unfinished else "")
                        + (f"; skipped as damaged: {'; '.join(skipped)}" if skipped else ""),
                "methods": ", ".join(dict.fromkeys(r.method for r in runs)),
                "grid": config.get("grid_preset") or "custom",
-               "training seeds": ", ".join(str(s) for s in seeds),
+               "training seeds": seed_list(seeds),
                "test prompts": len(sft.samples["prompt_id"])}
     def optional_json(path: Path):
         return read_json(path) if path.exists() else None

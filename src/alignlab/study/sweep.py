@@ -330,7 +330,7 @@ def _run_open_sweep(config: StudyConfig, specs: list[RunSpec], base: dict, resum
     last_first_seed = config.first_training_seed + config.seeds - 1
     looks = read_looks(out)
     added = {name for look in looks for name in look["added_runs"]}
-    run_tasks([task_of(spec) for spec in specs if spec.training["seed"] <= last_first_seed or spec.name in added])
+    run_tasks([task_of(spec) for spec in specs if spec.replicate <= last_first_seed or spec.name in added])
     if sequential_design(config)[0] > config.seeds:
         add_seeds_where_the_noise_is(config, out, specs, looks, started,
                                      lambda names: run_tasks([task_of(spec) for spec in specs if spec.name in names]))
