@@ -299,7 +299,7 @@ def test_parallel_workers_under_mixed_precision_read_the_autocast_values_the_war
 
     config_file = tmp_path / "sweep.yaml"
     config_file.write_text("methods: [dpo]\nseeds: 1\ngrid:\n  dpo: {beta: [0.1, 0.5]}\n"
-                           "training: {mixed_precision: bf16, max_steps: 3}\n")
+                           "training: {mixed_precision: bf16}\n")
     caches = {}
     for name in ("sweep", "alone"):  # the built world, without the reference rows of earlier tests
         caches[name] = shutil.copytree(world_cache, tmp_path / f"cache-{name}",
@@ -313,7 +313,8 @@ def test_parallel_workers_under_mixed_precision_read_the_autocast_values_the_war
         summary = json.loads((out / run.run_dir / "train_summary.json").read_text())
         assert summary["reference_cache_hit"] is True and summary["reference_pairs_computed"] == 0, run.name
     # A run on its own from an empty reference cache computes the same values under the same keys, bit
-    # for bit: its pairs are those of the warm-up (one seed, so both runs draw alike), in the same batches.
+    # for bit: a whole epoch, so its pairs are those of the warm-up (every pair, though each configuration
+    # draws them in an order of its own), in the same batches.
     alone = build_config(TrainConfig, str(out / runs[0].run_dir / "config.yaml"),
                          {"out": str(tmp_path / "alone"), "cache_dir": str(caches["alone"])})
     train(alone)
