@@ -62,8 +62,9 @@ def claims_section(sweep: Sweep) -> tuple[Section, dict]:
     intro = (
         f"{selection_text(sweep)} Each configuration is trained with several seeds; its score is the mean over "
         "its seeds. CIs and p-values come from one two-level bootstrap (seeds within each configuration, then "
-        "prompts, shared by every model so comparisons stay paired), read with Student's t at the "
-        "Welch–Satterthwaite degrees of freedom: three seeds leave few. Each statistic is oriented so that a "
+        "prompts, shared by every model so comparisons stay paired; configurations that share seed values, "
+        "as one data order, have them drawn jointly and count as one source of training noise), read with "
+        "Student's t at the Welch–Satterthwaite degrees of freedom: three seeds leave few. Each statistic is oriented so that a "
         "value above the null region (0 for every claim here) supports the claim. A few claims were "
         f"declared primary before the data ({primary_text}); the rest are secondary. The p-values are adjusted "
         f"with Holm's step-down method within each family ({correction_text(sweep.claims)}). "
