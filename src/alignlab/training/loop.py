@@ -35,6 +35,7 @@ from alignlab.errors import AlignlabError
 from alignlab.output_dirs import claim_output_dir
 from alignlab.training import checkpoint
 from alignlab.training.batching import IndexDataset, epoch_generator, in_batches, shuffled
+from alignlab.training.host_memory import return_freed_memory
 from alignlab.training.outputs import partial_dir, save_snapshot
 from alignlab.training.tracking import TRACKING, tracking
 from alignlab.training.trl_metrics import check_eval_settings, eval_due, postfix
@@ -47,7 +48,7 @@ def make_accelerator(config: OptimConfig):
     weights), the CPU when no accelerator is present, and the tracker `report_to` names (config.validate
     checked its package), logging to the run directory's `tracking/` folder inside the hidden partial
     directory while training (`run_directory`), so the logs are renamed with the run. Refuses
-    checkpoints under FSDP/DeepSpeed."""
+    checkpoints under FSDP/DeepSpeed. Freed tensors go back to the system from here on (host_memory)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedType, set_seed
@@ -81,6 +82,7 @@ def make_accelerator(config: OptimConfig):
                             "Accelerator.save_state/load_state, whose pickles alignlab does not load; set "
                             "checkpoint_steps 0 and resume false (snapshot_steps still saves the model)")
     set_seed(config.seed)
+    return_freed_memory()
     return accelerator
 
 

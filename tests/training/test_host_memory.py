@@ -1,0 +1,88 @@
+"""Freed tensors go back to the system (alignlab.training.host_memory), and the numbers trained stay
+the same. Each case runs in a fresh process: the malloc setting is process-wide and cannot be undone."""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from alignlab.training import loop
+from conftest import config_for
+
+pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                                reason="the mmap threshold is glibc's")
+
+# A 16 MiB tensor freed raises glibc's moving threshold above 4 MiB; then 100 tensors of 4 MiB are
+# allocated and all but the last freed (the last keeps the heap from being trimmed from its top).
+# Printed: how much resident memory grew from before the 100 to after the 99 were freed, in MiB.
+GROWTH_AFTER_FREEING = """
+import sys, torch
+from alignlab.training.host_memory import return_freed_memory
+def resident_mib():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:")) / 1024
+if sys.argv[1] == "fixed":
+    assert return_freed_memory()
+big = torch.ones(4 * 2**20)
+del big
+before = resident_mib()
+held = [torch.ones(2**20) for _ in range(100)]
+del held[:-1]
+print(resident_mib() - before)
+"""
+
+
+def run_python(code: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_freed_tensors_leave_resident_memory_once_the_threshold_is_fixed():
+    moving, fixed = (float(run_python(GROWTH_AFTER_FREEING, mode)) for mode in ("moving", "fixed"))
+    assert moving > 300  # 99 freed tensors of 4 MiB (396 MiB) stay resident in glibc's heap
+    assert fixed < 40  # only the one still held (4 MiB), and the interpreter's own small change
+
+
+def test_every_training_run_sets_it(tiny_model, pairs_file, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(loop, "return_freed_memory", lambda: calls.append(1))
+    loop.make_accelerator(config_for(tiny_model, pairs_file, tmp_path / "run"))
+    assert calls == [1]
+
+
+# Two optimizer steps of DPO (a TrainConfig's fields as JSON) on a Llama of hidden size 512, whose
+# activations (4 pairs of up to 64 tokens: 0.5 MiB and more) are mapped once the threshold is fixed;
+# `default` leaves glibc's moving threshold.
+TRAIN_TWO_STEPS = """
+import json, sys
+from alignlab.config import TrainConfig
+from alignlab.training import loop, train
+if sys.argv[2] == "default":
+    loop.return_freed_memory = lambda: False
+train(TrainConfig(**json.loads(sys.argv[1])))
+print("trained")
+"""
+
+
+def test_training_gives_the_same_weights_either_way(pairs_file, tmp_path):
+    from alignlab.models.tiny import build_tiny_llama
+
+    texts = [json.loads(line)[part] for line in pairs_file.read_text().splitlines()
+             for part in ("prompt", "chosen", "rejected")]
+    model = build_tiny_llama(tmp_path / "model", texts, hidden_size=512, heads=8)
+    weights = {}
+    for keep in ("default", "fixed"):
+        config = config_for(model, pairs_file, tmp_path / keep, max_steps=2, learning_rate=1e-3)
+        run_python(TRAIN_TWO_STEPS, json.dumps(config.to_dict()), keep)
+        weights[keep] = load_file(str(tmp_path / keep / "model.safetensors"))
+    initial = load_file(str(model / "model.safetensors"))
+    assert weights["default"].keys() == weights["fixed"].keys() == initial.keys()
+    changed = [name for name in initial if not weights["fixed"][name].equal(initial[name])]
+    assert changed  # the two steps trained: equal weights below are not the untouched model's
+    for name, weight in weights["default"].items():
+        assert weight.equal(weights["fixed"][name]), name
