@@ -1,5 +1,6 @@
-"""Freed tensors go back to the system (alignlab.training.host_memory), and the numbers trained stay
-the same. Each case runs in a fresh process: the malloc setting is process-wide and cannot be undone."""
+"""A large model's freed tensors go back to the system (alignlab.training.host_memory), and the numbers
+trained stay the same. Each case that sets it runs in a fresh process: the malloc setting is
+process-wide and cannot be undone."""
 
 import json
 import os
@@ -10,7 +11,6 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from alignlab.training import loop
 from conftest import config_for
 
 pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -21,11 +21,11 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 # Printed: how much resident memory grew from before the 100 to after the 99 were freed, in MiB.
 GROWTH_AFTER_FREEING = """
 import sys, torch
-from alignlab.training.host_memory import return_freed_memory
+from alignlab.training.host_memory import fix_mmap_threshold
 def resident_mib():
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:")) / 1024
 if sys.argv[1] == "fixed":
-    assert return_freed_memory()
+    assert fix_mmap_threshold()
 big = torch.ones(4 * 2**20)
 del big
 before = resident_mib()
@@ -48,22 +48,26 @@ def test_freed_tensors_leave_resident_memory_once_the_threshold_is_fixed():
     assert fixed < 40  # only the one still held (4 MiB), and the interpreter's own small change
 
 
-def test_every_training_run_sets_it(tiny_model, pairs_file, tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(loop, "return_freed_memory", lambda: calls.append(1))
-    loop.make_accelerator(config_for(tiny_model, pairs_file, tmp_path / "run"))
-    assert calls == [1]
+def test_training_sets_it_for_large_models_only(tiny_model, pairs_file, tmp_path, monkeypatch):
+    from alignlab.training import host_memory, train
+
+    fixed = []
+    monkeypatch.setattr(host_memory, "fix_mmap_threshold", lambda: fixed.append(1) or True)
+    train(config_for(tiny_model, pairs_file, tmp_path / "run", max_steps=1))
+    assert not fixed  # a tiny Llama is far below LARGE_MODEL_PARAMETERS
+    monkeypatch.setattr(host_memory, "LARGE_MODEL_PARAMETERS", 1)  # the same model, counted large
+    train(config_for(tiny_model, pairs_file, tmp_path / "again", max_steps=1))
+    assert fixed == [1]
 
 
 # Two optimizer steps of DPO (a TrainConfig's fields as JSON) on a Llama of hidden size 512, whose
 # activations (4 pairs of up to 64 tokens: 0.5 MiB and more) are mapped once the threshold is fixed;
-# `default` leaves glibc's moving threshold.
+# `default` leaves glibc's moving threshold (the model counted small), `fixed` fixes it (counted large).
 TRAIN_TWO_STEPS = """
 import json, sys
 from alignlab.config import TrainConfig
-from alignlab.training import loop, train
-if sys.argv[2] == "default":
-    loop.return_freed_memory = lambda: False
+from alignlab.training import host_memory, train
+host_memory.LARGE_MODEL_PARAMETERS = 0 if sys.argv[2] == "fixed" else float("inf")
 train(TrainConfig(**json.loads(sys.argv[1])))
 print("trained")
 """

@@ -48,7 +48,7 @@ def make_accelerator(config: OptimConfig):
     weights), the CPU when no accelerator is present, and the tracker `report_to` names (config.validate
     checked its package), logging to the run directory's `tracking/` folder inside the hidden partial
     directory while training (`run_directory`), so the logs are renamed with the run. Refuses
-    checkpoints under FSDP/DeepSpeed. Freed tensors go back to the system from here on (host_memory)."""
+    checkpoints under FSDP/DeepSpeed."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedType, set_seed
@@ -82,7 +82,6 @@ def make_accelerator(config: OptimConfig):
                             "Accelerator.save_state/load_state, whose pickles alignlab does not load; set "
                             "checkpoint_steps 0 and resume false (snapshot_steps still saves the model)")
     set_seed(config.seed)
-    return_freed_memory()
     return accelerator
 
 
@@ -215,6 +214,7 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     check_eval_settings(config, supported=evaluate is not None)
     is_main = accelerator.is_main_process
     model, optimizer = accelerator.prepare(model, make_optimizer(config, accelerator, model))
+    return_freed_memory(model)  # a large model's freed activations leave resident memory (host_memory)
 
     def epoch_batches(epoch: int) -> list[list[int]]:
         if batches:
