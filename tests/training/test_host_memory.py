@@ -73,6 +73,7 @@ print("trained")
 """
 
 
+@pytest.mark.slow  # two fresh processes that import torch and train: about 17 s on 2 idle cores
 def test_training_gives_the_same_weights_either_way(pairs_file, tmp_path):
     from alignlab.models.tiny import build_tiny_llama
 
