@@ -60,6 +60,20 @@ def test_training_sets_it_for_large_models_only(tiny_model, pairs_file, tmp_path
     assert fixed == [1]
 
 
+def test_a_model_off_the_cpu_keeps_the_moving_threshold(monkeypatch):
+    import torch
+
+    from alignlab.training import host_memory
+
+    fixed = []
+    monkeypatch.setattr(host_memory, "fix_mmap_threshold", lambda: fixed.append(1) or True)
+    monkeypatch.setattr(host_memory, "LARGE_MODEL_PARAMETERS", 1)
+    with torch.device("meta"):  # stands for an accelerator: its activations are not the host's
+        off_cpu = torch.nn.Linear(4, 4)
+    assert host_memory.return_freed_memory(off_cpu) is False and not fixed
+    assert host_memory.return_freed_memory(torch.nn.Linear(4, 4)) is True and fixed == [1]
+
+
 # Two optimizer steps of DPO (a TrainConfig's fields as JSON) on a Llama of hidden size 512, whose
 # activations (4 pairs of up to 64 tokens: 0.5 MiB and more) are mapped once the threshold is fixed;
 # `default` leaves glibc's moving threshold (the model counted small), `fixed` fixes it (counted large).

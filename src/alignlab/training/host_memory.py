@@ -14,8 +14,8 @@ and 12.3 s, medians).
 A mapping per tensor costs its page faults every time, though: on the bench's 23M-parameter hh
 shape (hidden 512, 8 pairs of up to 512 tokens) the training loop took 19.4 s instead of 14.4 s
 (medians of 3, alternated) for 1,250 MB instead of 1,500 MB. So `return_freed_memory` fixes the
-threshold only for a model of at least LARGE_MODEL_PARAMETERS parameters, where the memory is what
-runs out. The numbers trained are the same either way: only where their bytes live changes.
+threshold only for a model of at least LARGE_MODEL_PARAMETERS parameters trained on the CPU, where
+host memory is what runs out (on a GPU the activations are not the host's). The numbers trained are the same either way: only where their bytes live changes.
 Elsewhere than glibc (macOS, musl) it does nothing.
 """
 
@@ -31,9 +31,12 @@ LARGE_MODEL_PARAMETERS = 100_000_000
 
 
 def return_freed_memory(model) -> bool:
-    """Fix glibc's mmap threshold for this process when `model` is large (see the module
-    docstring); whether it is fixed now."""
-    if sum(parameter.numel() for parameter in model.parameters()) < LARGE_MODEL_PARAMETERS:
+    """Fix glibc's mmap threshold for this process when `model` is large and on the CPU (see the
+    module docstring); whether it is fixed now."""
+    parameters = list(model.parameters())
+    if not parameters or parameters[0].device.type != "cpu":
+        return False
+    if sum(parameter.numel() for parameter in parameters) < LARGE_MODEL_PARAMETERS:
         return False
     return fix_mmap_threshold()
 
