@@ -60,3 +60,25 @@ def test_gguf_file_joins_the_model_directory_and_a_file_is_fingerprinted_by_cont
     assert (config.model, config.gguf_file) == (str(tmp_path / "m.gguf"), None)
     (tmp_path / "m.gguf").write_bytes(b"abc")
     assert model_fingerprint(str(tmp_path / "m.gguf"), tmp_path / "cache") == "file:" + hashlib.sha256(b"abc").hexdigest()
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_the_model_saved_holds_the_loaded_weights_themselves_not_a_copy(tied):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, tie_word_embeddings=tied)
+    torch.manual_seed(0)
+    loaded = LlamaForCausalLM(config)
+    model = gguf.weights_in_a_fresh_model(loaded, config)
+    original = dict(loaded.named_parameters(remove_duplicate=False))
+    fresh = dict(model.named_parameters(remove_duplicate=False))
+    assert fresh.keys() == original.keys()
+    for name, parameter in original.items():  # the same storage: the weights are in memory once
+        assert fresh[name].data_ptr() == parameter.data_ptr(), name
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) is tied
+    assert not any(tensor.is_meta for tensor in [*model.parameters(), *model.buffers()])
+    ids = torch.tensor([[1, 5, 7, 3]])
+    with torch.inference_mode():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)

@@ -14,8 +14,8 @@ filling, number for number, one weight of the model its metadata describes; afte
 transformers' own report must show no weight missing, no tensor unplaced and no shape mismatched.
 Only then is anything written to the cache.
 
-transformers refuses to `save_pretrained` a model it loaded from GGUF, so the weights are copied
-into a fresh model of the same config, less its quantisation entry, before saving.
+transformers refuses to `save_pretrained` a model it loaded from GGUF, so the weights go into a fresh
+model of the same config, less its quantisation entry, before saving: the same tensors, not copies.
 """
 
 from __future__ import annotations
@@ -94,13 +94,30 @@ def convert_gguf(source: Path, out: Path, digest: str) -> None:
     # which transformers refuses to save: the weights are plain floats from here on.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = type(loaded)(config)
-    model.load_state_dict(loaded.state_dict())
+    model = weights_in_a_fresh_model(loaded, config)
     model.generation_config = loaded.generation_config
     with atomic_dir(out, tag=conversion_owner()) as staged:
         model.save_pretrained(staged, safe_serialization=True)
         tokenizer.save_pretrained(staged)
         (staged / SOURCE_FILE).write_text(json.dumps({"file": str(source.resolve()), "sha256": digest}) + "\n")
+
+
+def weights_in_a_fresh_model(loaded, config):
+    """A model of `config` holding `loaded`'s weight tensors themselves: built on the meta device and
+    given the tensors (`assign`), so the weights are never in memory twice, nor a random
+    initialisation computed only to be overwritten."""
+    import torch
+
+    with torch.device("meta"):
+        model = type(loaded)(config)
+    weights = loaded.state_dict()
+    model.load_state_dict(weights, assign=True)
+    for name, buffer in loaded.named_buffers():
+        if name not in weights:  # non-persistent (rotary frequencies): still on the meta device
+            module, _, attribute = name.rpartition(".")
+            model.get_submodule(module).register_buffer(attribute, buffer, persistent=False)
+    model.tie_weights()
+    return model
 
 
 def unreadable(source: Path, err: Exception) -> AlignlabError:

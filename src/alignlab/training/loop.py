@@ -35,6 +35,7 @@ from alignlab.errors import AlignlabError
 from alignlab.output_dirs import claim_output_dir
 from alignlab.training import checkpoint
 from alignlab.training.batching import IndexDataset, epoch_generator, in_batches, shuffled
+from alignlab.training.host_memory import return_freed_memory
 from alignlab.training.outputs import partial_dir, save_snapshot
 from alignlab.training.tracking import TRACKING, tracking
 from alignlab.training.trl_metrics import check_eval_settings, eval_due, postfix
@@ -213,6 +214,7 @@ def fit(config: OptimConfig, accelerator, model, n_examples: int, collate, step_
     check_eval_settings(config, supported=evaluate is not None)
     is_main = accelerator.is_main_process
     model, optimizer = accelerator.prepare(model, make_optimizer(config, accelerator, model))
+    return_freed_memory(model)  # a large model's freed activations leave resident memory (host_memory)
 
     def epoch_batches(epoch: int) -> list[list[int]]:
         if batches:
