@@ -96,8 +96,8 @@ def test_configurations_share_no_training_seed_and_keep_them_across_grids():
         by_config.setdefault(r.name.rsplit("-s", 1)[0], []).append(r.training["seed"])
     assert len(by_config) == 2 and not set.intersection(*(set(v) for v in by_config.values()))
     assert all(v == sorted(v) for v in by_config.values())
-    # A configuration's seeds do not depend on the rest of the grid: a grid that adds a β keeps them,
-    # so a resumed or widened sweep reuses its runs.
+    # A configuration's seeds follow from its run names alone: a grid that adds a value to an axis that
+    # already varies keeps the other runs' names, and so their seeds, and a widened sweep reuses them.
     wider = expand_grid(StudyConfig(out="x", grid_preset=None, methods=["dpo"],
                                     grid={"dpo": {"beta": [0.1, 0.5, 0.3]}}, seeds=3), BASE)
     assert {r.name: r.training["seed"] for r in small}.items() <= {r.name: r.training["seed"] for r in wider}.items()

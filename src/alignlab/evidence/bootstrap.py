@@ -117,11 +117,14 @@ class Resampled:
             units.setdefault(group, []).append((values, effects))
         parts = []
         for members in units.values():
-            values = sorted({v for vs, _ in members for v in vs}, key=repr)
-            summed = np.zeros(len(values))
+            column: dict = {}  # seed value -> its place among the unit's distinct values
+            for vs, _ in members:
+                for v in vs:
+                    column.setdefault(v, len(column))
+            summed = np.zeros(len(column))
             for vs, effects in members:
-                summed[[values.index(v) for v in vs]] += (effects - effects.mean()) / len(effects)
-            n = len(values)
+                summed[[column[v] for v in vs]] += (effects - effects.mean()) / len(effects)
+            n = len(column)
             if n > 1:
                 parts.append((float((summed ** 2).sum()) * n / (n - 1), n - 1,
                               any(bool(np.any(e != 0)) for _, e in members)))

@@ -49,7 +49,7 @@ class RunSpec:
     method: str
     params: dict  # the method's hyper-parameters, resolved (defaults filled in)
     training: dict  # learning_rate, epochs, seed (the seed it trains with: `configuration_seed`)
-    replicate: int = 0  # training_seed + i for the i-th replicate: what its name says after "-s"
+    replicate: int  # training_seed + i for the i-th replicate: what its name says after "-s"
 
     @property
     def all_params(self) -> dict:
