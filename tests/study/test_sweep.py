@@ -75,11 +75,14 @@ def test_tiny_sweep_trains_evaluates_and_reports_every_run(tiny_sweep):
 
 
 def check_in_distribution_evaluations(out, run_dirs):
-    """data/indist.jsonl holds the first held-out pairs, as many as there are test prompts (or all
-    held-out pairs when fewer), and the SFT model and every run were evaluated on them."""
+    """data/indist.jsonl holds the first held-out pairs, as many as the test prompts that report (the
+    second half of an odd count is the larger), or all held-out pairs when fewer, and the SFT model
+    and every run were evaluated on them."""
     lines = lambda name: (out / "data" / name).read_text().splitlines()
-    indist, heldout = lines("indist.jsonl"), lines("heldout.jsonl")
-    assert indist == heldout[:min(len(lines("test.jsonl")), len(heldout))]
+    indist, heldout, test = lines("indist.jsonl"), lines("heldout.jsonl"), lines("test.jsonl")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["selection"]["reporting_prompts"] == (len(test) + 1) // 2
+    assert indist == heldout[:min((len(test) + 1) // 2, len(heldout))]
     for run_dir in ["runs/sft", *run_dirs]:
         samples = pq.read_table(out / run_dir / "indist" / "samples.parquet").to_pydict()
         assert samples["prompt_id"] == [json.loads(line)["id"] for line in indist], run_dir
@@ -147,6 +150,30 @@ def test_a_run_killed_between_its_two_evaluations_redoes_only_the_second(tiny_sw
     assert indist.stat().st_mtime_ns == written
     assert (out / run.run_dir / "metrics.json").exists()
     assert (out / "summary.json").read_text() == (reference / "summary.json").read_text()
+
+
+@pytest.mark.slow
+def test_a_resumed_sweep_evaluates_in_distribution_on_the_prompts_its_runs_had(tiny_sweep, world_cache, tmp_path):
+    """A sweep begun when data/indist.jsonl held as many pairs as there are test prompts (before it
+    held the reporting half's count) keeps them: a run evaluated on resuming gets the same prompts."""
+    reference, config_file, _ = tiny_sweep
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    earlier = (out / "data" / "heldout.jsonl").read_text().splitlines()[:len(
+        (out / "data" / "test.jsonl").read_text().splitlines())]
+    (out / "data" / "indist.jsonl").write_text("".join(line + "\n" for line in earlier))
+    shutil.rmtree(out / "runs" / "sft" / "indist")
+    with RunStore(out / "runs.sqlite") as store:
+        runs = store.runs()
+    for run in runs:  # as if killed before their evaluations: both are redone
+        shutil.rmtree(out / run.run_dir / "indist")
+        (out / run.run_dir / "metrics.json").unlink()
+    assert main(_sweep_args(config_file, out, world_cache)) == 0
+    ids = [json.loads(line)["id"] for line in earlier]
+    for run_dir in ["runs/sft", *(run.run_dir for run in runs)]:
+        assert pq.read_table(out / run_dir / "indist" / "samples.parquet").to_pydict()["prompt_id"] == ids
+    assert {m["prompts"] for m in json.loads((out / "summary.json").read_text())[
+        "in_distribution_vs_ood"].values()} == {len(ids)}
 
 
 @pytest.mark.slow
@@ -273,6 +300,8 @@ def test_a_selection_set_of_the_users_picks_runs_and_every_test_prompt_reports(t
     heldout = (reference / "data" / "heldout.jsonl").read_text().splitlines()
     test = (out / "data" / "test.jsonl").read_text().splitlines()
     assert (selection["selection_prompts"], selection["reporting_prompts"]) == (len(heldout), len(test))
+    # Every test prompt reports, so the in-distribution evaluation takes as many held-out pairs.
+    assert (out / "data" / "indist.jsonl").read_text().splitlines() == heldout[:len(test)]
     scores = {}
     for run_dir in (out / "runs").glob("dpo-*"):
         picked = pq.read_table(run_dir / "selection" / "samples.parquet").to_pydict()

@@ -46,6 +46,11 @@ def _digest(prompt_id: str) -> str:
     return hashlib.sha256(prompt_id.encode("utf-8")).hexdigest()
 
 
+def reporting_half_size(n_prompts: int) -> int:
+    """How many of `n_prompts` distinct test prompts report when `split_prompts` halves them."""
+    return n_prompts - n_prompts // 2
+
+
 def split_prompts(prompt_ids) -> PromptSplit:
     """The selection and reporting halves of `prompt_ids` (compared as text; needs ≥ 2 distinct ids)."""
     ids = list(dict.fromkeys(str(p) for p in prompt_ids))

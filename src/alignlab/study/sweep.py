@@ -47,6 +47,7 @@ from alignlab import atomic
 from alignlab.config import RewardModelConfig, TrainConfig, dump_yaml
 from alignlab.data.options import DATA_OPTIONS
 from alignlab.errors import AlignlabError
+from alignlab.evidence.split import reporting_half_size
 from alignlab.models.score import cached_reward_scorer
 from alignlab.objectives.registry import get_method
 from alignlab.output_dirs import claim_output_dir, mark, marked_kind
@@ -106,7 +107,7 @@ def _run_id(train_config: TrainConfig, generation, inputs_fingerprint: str) -> s
 
 
 def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_training: dict) -> Shared:
-    from alignlab.data.pairs import write_pairs_jsonl
+    from alignlab.data.pairs import load_pairs, write_pairs_jsonl
     from alignlab.evaluation.evaluate import evaluate_model
     from alignlab.models.generate import GenerationConfig
     from alignlab.training.reward_model import train_reward_model
@@ -118,9 +119,15 @@ def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_trai
                 "data_format": inputs.train_format, "data_filter": inputs.train_filter}
     generation = GenerationConfig(**{**WORLD_GENERATION.get(preset, {}), **config.generation, "seed": config.seed})
     write_pairs_jsonl(inputs.test_pairs, out / "data" / "test.jsonl")
-    indist_pairs = indist_pairs_of(inputs)
-    if indist_pairs:
-        write_pairs_jsonl(indist_pairs, out / "data" / "indist.jsonl")
+    indist_file = out / "data" / "indist.jsonl"
+    if indist_file.exists():  # a resumed sweep: its runs were evaluated on these prompts
+        indist_pairs = load_pairs(str(indist_file), "pairs").pairs
+    else:
+        reporting = (len(inputs.test_pairs) if config.selection_data
+                     else reporting_half_size(len(inputs.test_pairs)))
+        indist_pairs = indist_pairs_of(inputs, reporting)
+        if indist_pairs:
+            write_pairs_jsonl(indist_pairs, indist_file)
     if inputs.families:
         atomic.write_json(out / "data" / "test_families.json", inputs.families)
     if config.selection_data:
@@ -171,16 +178,16 @@ def prepare_shared(config: StudyConfig, out: Path, methods: list[str], base_trai
     return Shared(inputs, training, generation, proxy_rm, rm_accuracy)
 
 
-def indist_pairs_of(inputs: StudyInputs) -> list:
-    """The in-distribution prompts: the first held-out training-style pairs, as many as there are
-    test prompts (fewer when the held-out set is smaller), so both evaluations weigh alike; none
-    without held-out pairs."""
+def indist_pairs_of(inputs: StudyInputs, reporting_prompts: int) -> list:
+    """The in-distribution prompts: the first held-out training-style pairs, as many as the test
+    prompts that report (fewer when the held-out set is smaller), so the two means the report compares
+    weigh alike; none without held-out pairs."""
     from alignlab.data.pairs import load_pairs
 
     if inputs.heldout_data is None:
         return []
     heldout = load_pairs(inputs.heldout_data, inputs.train_format, filter=inputs.train_filter).pairs
-    return heldout[:len(inputs.test_pairs)]
+    return heldout[:reporting_prompts]
 
 
 def warm_reference_cache(train_configs: list[TrainConfig]) -> None:
