@@ -65,6 +65,16 @@ def test_bootstrap_ci_is_seeded_covers_the_mean_and_shrinks_with_n():
     assert (big_high - big_low) / 2 == pytest.approx(1.96 * large.std() / math.sqrt(len(large)), rel=0.15)
 
 
+def test_bootstrap_ci_of_the_mean_is_that_of_one_resample_at_a_time():
+    """The mean's interval (every resample at once) is, bit for bit, the one a statistic computed
+    resample by resample gives: the same draws, the same sums."""
+    values = np.random.default_rng(2).normal(size=200) ** 3
+    def one_at_a_time(x):
+        return np.mean(x)
+    for seed in range(5):
+        assert bootstrap_ci(values, seed=seed) == bootstrap_ci(values, statistic=one_at_a_time, seed=seed)
+
+
 # ------------------------------------------------------------------ generation
 
 def argmax_continuation(model, tokenizer, prompt, max_new_tokens):

@@ -27,7 +27,8 @@ def bootstrap_ci(values, statistic: Callable = np.mean, n_resamples: int = 1000,
     values = np.asarray(values, dtype=np.float64)
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(values), size=(n_resamples, len(values)))
-    stats = np.array([statistic(values[p]) for p in picks])
+    # The mean of every resample at once: a study computes 22 intervals a run (0.18 s each in a loop).
+    stats = values[picks].mean(axis=1) if statistic is np.mean else np.array([statistic(values[p]) for p in picks])
     tail = (1 - level) / 2 * 100
     return float(np.percentile(stats, tail)), float(np.percentile(stats, 100 - tail))
 
