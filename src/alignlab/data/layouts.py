@@ -57,25 +57,34 @@ def pack_rows(sizes: list[int], row_tokens: int) -> list[list[int]]:
     return rows
 
 
-def _response_gather(n: int, longest: int) -> dict[str, torch.Tensor]:
-    return {"response_tokens": torch.zeros((2 * n, longest), dtype=torch.long),
-            "response_rows": torch.zeros(2 * n, dtype=torch.long),
-            "response_positions": torch.zeros((2 * n, longest), dtype=torch.long),
-            "response_mask": torch.zeros((2 * n, longest), dtype=torch.float32),
-            "sequence_ends": torch.zeros(2 * n, dtype=torch.long)}
+class _ResponseGather:
+    """The gather fields of a batch (module docstring), filled as Python lists and made tensors once:
+    a tensor op per token range costs more than the collation's arithmetic."""
 
+    def __init__(self, n: int, longest: int):
+        self.tokens = [[0] * longest for _ in range(2 * n)]
+        self.positions = [[0] * longest for _ in range(2 * n)]
+        self.mask = [[0.0] * longest for _ in range(2 * n)]
+        self.rows = [0] * (2 * n)
+        self.ends = [0] * (2 * n)
 
-def _place_response(gather: dict, j: int, row: int, ids: list[int], first_position: int, start: int) -> None:
-    """Response j's tokens sit at `start`.. of `row`; `first_position` (the prompt's last token)
-    predicts its first token."""
-    gather["response_rows"][j] = row
-    gather["sequence_ends"][j] = start + len(ids) - 1 if ids else first_position
-    if not ids:
-        return
-    gather["response_tokens"][j, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-    positions = [first_position] + list(range(start, start + len(ids) - 1))
-    gather["response_positions"][j, :len(ids)] = torch.tensor(positions)
-    gather["response_mask"][j, :len(ids)] = 1.0
+    def place(self, j: int, row: int, ids: list[int], first_position: int, start: int) -> None:
+        """Response j's tokens sit at `start`.. of `row`; `first_position` (the prompt's last token)
+        predicts its first token."""
+        self.rows[j] = row
+        self.ends[j] = start + len(ids) - 1 if ids else first_position
+        k = len(ids)
+        self.tokens[j][:k] = ids
+        self.positions[j][:k] = [first_position, *range(start, start + k - 1)][:k]
+        self.mask[j][:k] = [1.0] * k
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        mask = torch.tensor(self.mask, dtype=torch.float32)
+        return {"response_tokens": torch.tensor(self.tokens, dtype=torch.long),
+                "response_rows": torch.tensor(self.rows, dtype=torch.long),
+                "response_positions": torch.tensor(self.positions, dtype=torch.long),
+                "response_mask": mask, "sequence_ends": torch.tensor(self.ends, dtype=torch.long),
+                "lengths": mask.sum(-1)}
 
 
 def collate_shared_prompt(examples: list[TokenizedPair], pad_id: int, row_tokens: int | None = None
@@ -90,31 +99,33 @@ def collate_shared_prompt(examples: list[TokenizedPair], pad_id: int, row_tokens
     rows = pack_rows(sizes, row_tokens) if row_tokens is not None else [[i] for i in range(n)]
     width = max(sum(sizes[i] for i in row) for row in rows)
     longest = max(max(len(e.chosen_ids), len(e.rejected_ids)) for e in examples)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    segment = torch.full((len(rows), width), -1, dtype=torch.long)  # the pair a token belongs to; -1 padding
-    branch = torch.full((len(rows), width), -1, dtype=torch.long)  # 0 prompt, 1 chosen, 2 rejected
-    gather = _response_gather(n, longest)
+    input_ids = [[pad_id] * width for _ in rows]
+    position_ids = [[0] * width for _ in rows]
+    segment = [[-1] * width for _ in rows]  # the pair a token belongs to; -1 padding
+    branch = [[-1] * width for _ in rows]  # 0 prompt, 1 chosen, 2 rejected
+    gather = _ResponseGather(n, longest)
     for row, members in enumerate(rows):
         offset = 0
         for i in members:
             ex = examples[i]
             p, c, r = len(ex.prompt_ids), len(ex.chosen_ids), len(ex.rejected_ids)
-            span = slice(offset, offset + p + c + r)
-            input_ids[row, span] = torch.tensor(ex.prompt_ids + ex.chosen_ids + ex.rejected_ids, dtype=torch.long)
-            position_ids[row, span] = torch.cat([torch.arange(p + c), torch.arange(p, p + r)])
-            segment[row, span] = i
-            branch[row, span] = torch.tensor([0] * p + [1] * c + [2] * r)
-            _place_response(gather, i, row, ex.chosen_ids, offset + p - 1, offset + p)
-            _place_response(gather, n + i, row, ex.rejected_ids, offset + p - 1, offset + p + c)
-            offset += p + c + r
-    query_branch, key_branch = branch[:, :, None], branch[:, None, :]
+            end = offset + p + c + r
+            input_ids[row][offset:end] = [*ex.prompt_ids, *ex.chosen_ids, *ex.rejected_ids]
+            position_ids[row][offset:end] = [*range(p + c), *range(p, p + r)]
+            segment[row][offset:end] = [i] * (end - offset)
+            branch[row][offset:end] = [0] * p + [1] * c + [2] * r
+            gather.place(i, row, ex.chosen_ids, offset + p - 1, offset + p)
+            gather.place(n + i, row, ex.rejected_ids, offset + p - 1, offset + p + c)
+            offset = end
+    segment_ids, branches = torch.tensor(segment, dtype=torch.long), torch.tensor(branch, dtype=torch.long)
+    query_branch, key_branch = branches[:, :, None], branches[:, None, :]
     causal = torch.ones((width, width), dtype=torch.bool).tril()
-    same_pair = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] >= 0)
+    same_pair = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] >= 0)
     allowed = causal & same_pair & ((key_branch == 0) | (key_branch == query_branch))
     allowed |= torch.eye(width, dtype=torch.bool)  # a padding query attends to itself, never to nothing
-    return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": allowed[:, None], **gather,
-            "lengths": gather["response_mask"].sum(-1)}
+    return {"input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "position_ids": torch.tensor(position_ids, dtype=torch.long), "attention_mask": allowed[:, None],
+            **gather.tensors()}
 
 
 def collate_position_packed(examples: list[TokenizedPair]) -> dict[str, torch.Tensor]:
@@ -122,15 +133,15 @@ def collate_position_packed(examples: list[TokenizedPair]) -> dict[str, torch.Te
     sequence's position ids start at 0, which is how transformers finds where one ends."""
     n = len(examples)
     longest = max(max(len(e.chosen_ids), len(e.rejected_ids)) for e in examples)
-    gather = _response_gather(n, longest)
+    gather = _ResponseGather(n, longest)
     ids, positions = [], []
     for j, (ex, response) in enumerate([(e, e.chosen_ids) for e in examples] + [(e, e.rejected_ids) for e in examples]):
         p, offset = len(ex.prompt_ids), len(ids)
         ids += ex.prompt_ids + response
         positions += range(p + len(response))
-        _place_response(gather, j, 0, response, offset + p - 1, offset + p)
+        gather.place(j, 0, response, offset + p - 1, offset + p)
     return {"input_ids": torch.tensor([ids], dtype=torch.long), "position_ids": torch.tensor([positions]),
-            **gather, "lengths": gather["response_mask"].sum(-1)}
+            **gather.tensors()}
 
 
 @dataclass(frozen=True)
