@@ -162,7 +162,7 @@ WORLD_REWARD_TRAINING = {
 }
 REPORTED_TRAINING = ("learning_rate", "epochs", "batch_size", "max_length", "max_prompt_length")
 # Generating from the world's small models costs per step, not per row: 200 prompts took 1.35 s in
-# batches of 64 and 1.8 s in batches of 32 (one thread; 1.3–1.8 s from 50 to 128 a batch).
+# batches of 64 and 1.8 s in batches of 32 (one thread; 1.25–1.8 s from 50 to 128 a batch).
 WORLD_GENERATION = {
     "tiny": dict(max_new_tokens=48, batch_size=32),
     "default": dict(max_new_tokens=64, batch_size=64),

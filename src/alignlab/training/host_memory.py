@@ -15,7 +15,8 @@ A mapping per tensor costs its page faults every time, though: on the bench's 23
 shape (hidden 512, 8 pairs of up to 512 tokens) the training loop took 19.4 s instead of 14.4 s
 (medians of 3, alternated) for 1,250 MB instead of 1,500 MB. So `return_freed_memory` fixes the
 threshold only for a model of at least LARGE_MODEL_PARAMETERS parameters trained on the CPU, where
-host memory is what runs out (on a GPU the activations are not the host's). The numbers trained are the same either way: only where their bytes live changes.
+host memory is what runs out (on a GPU the activations are not the host's). The numbers trained are
+the same either way: only where their bytes live changes.
 Elsewhere than glibc (macOS, musl) it does nothing.
 """
 
