@@ -134,6 +134,7 @@ SCRIPTED = {("alignlab-dpo", False): 10.0, ("trl-dpo", False): 30.0, ("alignlab-
 
 def test_with_no_room_past_the_warm_ups_they_are_the_first_modes_rows(tiny_model, monkeypatch):
     import alignlab.bench.user_model as user_model
+    from alignlab.bench.setups import USER_MODEL_QUICK_BATCH
 
     calls = scripted_workers(monkeypatch, SCRIPTED)
     monkeypatch.setattr(user_model, "QUICK_BUDGET_SECONDS", 0)  # nothing left after the warm-ups
@@ -142,12 +143,13 @@ def test_with_no_room_past_the_warm_ups_they_are_the_first_modes_rows(tiny_model
     assert [c for c in calls if c[0] != "matmul"] == [("alignlab-dpo", False, None), ("trl-dpo", False, False),
                                                       ("alignlab-dpo", True, None), ("trl-dpo", True, False)]
     assert results["ratios"]["dpo_vs_trl"] == pytest.approx(3.0) and results["ratios"]["lora_dpo_vs_trl"] == 2.5
-    assert results["pairs"] == 2 and "warm-ups" in results["notes"]["warm_ups"]
+    assert results["pairs"] == USER_MODEL_QUICK_BATCH and "warm-ups" in results["notes"]["warm_ups"]
     assert "1 run(s) per side" in lines[0] and "does NOT fit" in lines[0]
 
 
 def test_with_room_each_mode_runs_again_on_the_chosen_pairs(tiny_model, monkeypatch):
     import alignlab.bench.user_model as user_model
+    from alignlab.bench.setups import USER_MODEL_QUICK_BATCH
 
     calls = scripted_workers(monkeypatch, SCRIPTED)
     results = user_model.run_model_bench(None, quick=True, device="cpu", model=tiny_model, progress=lambda _: None)
@@ -155,5 +157,5 @@ def test_with_room_each_mode_runs_again_on_the_chosen_pairs(tiny_model, monkeypa
     assert runs[:2] == [("alignlab-dpo", False, None), ("trl-dpo", False, False)]  # the timed warm-ups
     assert runs[2:] == [("alignlab-dpo", False, None), ("trl-dpo", False, False), ("alignlab-dpo", True, None),
                         ("trl-dpo", True, False)]  # one run per side and mode, no precomputed variant
-    assert results["pairs"] > 2 and "warm_ups" not in results["notes"]
+    assert results["pairs"] > USER_MODEL_QUICK_BATCH and "warm_ups" not in results["notes"]
     assert "dpo_vs_trl_precomputed" in results["notes"] and "lora_dpo_vs_trl_precomputed" not in results["ratios"]

@@ -72,8 +72,11 @@ def size_quick_run(workdir: Path, setup: dict, device: str, modes: list[str], pr
                    available: int) -> tuple[int, dict[str, Measurement]]:
     """The pairs of a quick run on a user's model (alignlab.bench.sizing): each side's warm-up on one
     step's pairs in the first mode, timed; a later mode (LoRA after full parameters) is predicted from
-    the first mode's, an upper bound (a LoRA step does the same forward passes and less backward and
-    optimizer work). Returns the pairs and the warm-ups' measurements by side."""
+    the first mode's. That is not a bound: a LoRA step has less backward and optimizer work but draws a
+    dropout mask for every adapted layer, and on 2 CPU cores (SmolLM2-135M, 8 HH pairs) alignlab's
+    LoRA runs took 1.2-1.3 times its full-parameter ones; the over-estimated fixed costs and the
+    CLOSING_SECONDS kept back absorb it (whole quick runs: 178 and 230 s). Returns the pairs and the
+    warm-ups' measurements by side."""
     batch_size = setup["batch_size"]
     step_setup = {**first_pairs(setup, batch_size, workdir), "use_peft": modes[0] == "lora"}
     probes, warm_ups = [], {}

@@ -14,6 +14,7 @@ from alignlab.config import OptimConfig
 from alignlab.errors import AlignlabError
 from alignlab.models.gguf import local_model_dir
 from alignlab.models.loading import with_adapter
+from alignlab.models.lora_dropout import fuse_lora_dropout
 from alignlab.untrusted import shown
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def prepare_policy(model, config: OptimConfig):
     if not config.use_peft:
         return model
     model = with_adapter(model, lora_config(config, model))
+    fuse_lora_dropout(model)  # the same numbers, less kept for the backward pass (alignlab.models.lora_dropout)
     # adapter_config.json names the base `load_causal_lm` loads the adapter onto: a local base by its
     # absolute path, so the adapter loads from any working directory; a GGUF base by its de-quantised
     # copy in the cache, so that transformers and PEFT can load the adapter too.
