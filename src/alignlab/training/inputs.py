@@ -50,9 +50,10 @@ def pair_rewards(config: TrainConfig, pairs, cache_dir: Path, device) -> dict[st
         from alignlab.models.score import RewardScorer
 
         texts = json.dumps([[p.prompt, p.chosen, p.rejected] for p in pairs], ensure_ascii=False)
-        # Everything the scores depend on: the texts as the scorer renders and cuts them, and the numerics.
+        # Everything the scores depend on: the texts as the scorer renders and cuts them, and the numerics
+        # (a run scores under its mixed precision's autocast: alignlab.training.offline.pair_tables).
         key = cache_key("rewards", model_fingerprint(config.reward_model, cache_dir),
-                        hashlib.sha256(texts.encode()).hexdigest(), config.dtype,
+                        hashlib.sha256(texts.encode()).hexdigest(), numerics(config),
                         f"max_length={config.max_length} raw_prompts={config.raw_prompts}")
 
         def compute():
