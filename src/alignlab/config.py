@@ -145,8 +145,8 @@ class OptimConfig:
     mixed_precision: str = setting("no", "no | bf16 | fp16: autocast with float32 master weights (accelerate)")
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, ~30% "
                                                   "more compute")
-    disable_dropout: bool = setting(True, "turn the model's dropout off, so the policy at step 0 equals the "
-                                          "reference (false keeps it; lora_dropout stays as set)")
+    disable_dropout: bool = setting(True, "turn the model's dropout off, LoRA's too as in TRL, so the policy at "
+                                          "step 0 equals the reference (false keeps it, and lora_dropout)")
     use_peft: bool = setting(False, "train a LoRA adapter (PEFT) instead of every weight; the reference is the "
                                     "base model with the adapter off")
     lora_r: int = setting(16, "LoRA rank")

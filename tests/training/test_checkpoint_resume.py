@@ -55,7 +55,7 @@ def test_resume_after_a_crash_reaches_the_uninterrupted_result(tiny_model, pairs
 def test_resume_with_dropout_draws_the_same_masks(tiny_model, pairs_file, tmp_path, monkeypatch):
     """Dropout (here LoRA's) consumes the global RNG, which the checkpoint restores; nothing between the
     restore and the next step may draw from it (a DataLoader iterated anew once did)."""
-    settings = dict(RESUMED, use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.05)
+    settings = dict(RESUMED, use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.05, disable_dropout=False)
     out, whole = crash_then_resume(tiny_model, pairs_file, tmp_path, monkeypatch, settings)
     adapter = "adapter_model.safetensors"
     assert (out / "model" / adapter).read_bytes() == (whole / "model" / adapter).read_bytes()

@@ -132,3 +132,38 @@ def test_dropout_off_makes_the_first_dpo_loss_log_2(dropout_model, pairs_file, t
     # log-probs by ~1e-3; the loss moves off log 2 by ~7e-5, 70× the tolerance above).
     on = first_metrics(tmp_path / "on")[0]
     assert abs(on["loss"] - math.log(2)) > 2e-5 and abs(on["margin"]) > 1e-4
+
+
+def lora_dropout_rates(model) -> dict[str, float]:
+    """Each LoRA layer's input-dropout rate, in PEFT's dropout module or fused into A."""
+    rates = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_dropout"):
+            dropout, projection = module.lora_dropout["default"], module.lora_A["default"]
+            rates[name] = getattr(projection, "p", None) or getattr(dropout, "p", 0.0)
+    return rates
+
+
+@pytest.mark.parametrize("disable", [True, False])
+def test_disable_dropout_turns_lora_dropout_off_as_trl_does(tiny_model, pairs_file, tmp_path, disable):
+    """TRL's trainers zero every dropout module after get_peft_model, LoRA's too: the oracle is TRL's
+    own disable_dropout_in_model applied to PEFT's model, against alignlab's prepared policy."""
+    peft = pytest.importorskip("peft")
+    trl_utils = pytest.importorskip("trl.trainer.utils")
+    from alignlab.training.policy import lora_config
+
+    config = config_for(tiny_model, pairs_file, tmp_path, use_peft=True, lora_r=4, lora_dropout=0.3,
+                        disable_dropout=disable)
+    ours = prepare_policy(load_causal_lm(str(tiny_model)), config).train()
+    base = load_causal_lm(str(tiny_model))
+    theirs = peft.get_peft_model(base, lora_config(config, base))
+    if disable:
+        trl_utils.disable_dropout_in_model(theirs)
+    assert lora_dropout_rates(ours) == lora_dropout_rates(theirs)
+    assert set(lora_dropout_rates(ours).values()) == ({0.0} if disable else {0.3})
+    with torch.no_grad():  # B is zero at step 0: make the adapter matter, so its dropout shows
+        for name, parameter in ours.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_()
+        ids = torch.arange(3, 19).view(2, 8)
+        assert torch.equal(ours(input_ids=ids).logits, ours(input_ids=ids).logits) == disable

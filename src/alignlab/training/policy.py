@@ -104,14 +104,12 @@ def lora_config(config: OptimConfig, model):
 
 
 def prepare_policy(model, config: OptimConfig):
-    """The loaded causal LM made ready to train as `config` says: dropout off (`disable_dropout`),
-    gradient checkpointing, then (`use_peft`) wrapped in a fresh LoRA adapter. Dropout goes before
-    the adapter, so the adapter keeps the lora_dropout asked for; at step 0 the adapter's B is zero,
-    so the policy still equals the reference."""
-    if config.disable_dropout:
-        zeroed = disable_dropout(model)
-        if zeroed:
-            log.info("dropout turned off in %d places (disable_dropout)", zeroed)
+    """The loaded causal LM made ready to train as `config` says: gradient checkpointing, (`use_peft`)
+    a fresh LoRA adapter, then dropout off (`disable_dropout`). Dropout goes off after the adapter is
+    added, as in TRL (its DPO, GRPO, KTO and reward trainers zero every dropout module after
+    get_peft_model), so disable_dropout turns LoRA's dropout off too; with disable_dropout false the
+    adapter keeps lora_dropout, fused into A (alignlab.models.lora_dropout). At step 0 the adapter's B
+    is zero, so the policy equals the reference."""
     if config.gradient_checkpointing:
         # Non-reentrant: gradients reach the checkpointed blocks even when their inputs need none
         # (frozen embeddings under LoRA), and it works under FSDP.
@@ -120,10 +118,21 @@ def prepare_policy(model, config: OptimConfig):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if not config.use_peft:
-        return model
+    if config.use_peft:
+        model = with_lora_adapter(model, config)
+    if config.disable_dropout:
+        zeroed = disable_dropout(model)
+        if zeroed:
+            log.info("dropout turned off in %d places (disable_dropout%s)", zeroed,
+                     ", LoRA's lora_dropout too, as TRL does" if config.use_peft and config.lora_dropout else "")
+    if config.use_peft:
+        fuse_lora_dropout(model)  # the same numbers, less kept for the backward pass
+    return model
+
+
+def with_lora_adapter(model, config: OptimConfig):
+    """`model` wrapped in the fresh LoRA adapter `config` asks for (`lora_config`)."""
     model = with_adapter(model, lora_config(config, model))
-    fuse_lora_dropout(model)  # the same numbers, less kept for the backward pass (alignlab.models.lora_dropout)
     # adapter_config.json names the base `load_causal_lm` loads the adapter onto: a local base by its
     # absolute path, so the adapter loads from any working directory; a GGUF base by its de-quantised
     # copy in the cache, so that transformers and PEFT can load the adapter too.
