@@ -28,6 +28,18 @@ def test_resampler_rejects_too_few_or_mismatched_prompts():
         Resampler(5, 10).mean(np.zeros((2, 4)), "a")
 
 
+def test_a_configuration_sharing_seeds_must_say_which_rows_are_which():
+    """Configurations sharing seed values are drawn jointly; one asked for without its rows' seed values
+    (or with values that are not its rows') would be drawn apart, understating the noise: refused."""
+    resampler = Resampler(4, 10, seed_values={"a": [1, 2], "b": [1, 2], "c": [7, 8]})
+    rows = np.zeros((2, 4))
+    for seeds in (None, [1], [1, 3]):
+        with pytest.raises(ValueError, match="a: its seed values .* shares with b"):
+            resampler.mean(rows, "a", seeds=seeds)
+    assert resampler.mean(rows, "a", seeds=[2, 1]).value == 0.0
+    assert resampler.mean(rows, "c").value == 0.0  # seeds of its own: drawn alone, values not needed
+
+
 # ------------------------------------------------------------------ (a) a fixed baseline, one family
 
 def test_baseline_mean_with_a_mask_is_the_masked_mean_and_varies_as_var_over_n():

@@ -229,7 +229,12 @@ class Resampler:
     def seed_weights(self, key: str, n_seeds: int, values=None) -> np.ndarray:
         """[R, n_seeds] weights of a configuration's seeds (its seed values `values`, in row order)."""
         group, union = self.shared_seeds.get(key, (None, ()))
-        if group is None or values is None:
+        if group is not None and (values is None or len(values) != n_seeds or not set(values) <= set(union)):
+            # drawn apart, a configuration that shares seeds with others would understate the noise
+            others = ", ".join(k for k in group if k != key)
+            raise ValueError(f"{key}: its seed values (given: {values}) must be those of its {n_seeds} rows, out of "
+                             f"{list(union)}, which it shares with {others}: they are drawn jointly")
+        if group is None:
             if (key, n_seeds) not in self._seed_weights:
                 stream = [self.seed, 1, zlib.crc32(key.encode("utf-8"))]
                 self._seed_weights[key, n_seeds] = resample_counts(n_seeds, self.n_resamples, stream) / n_seeds
