@@ -147,6 +147,25 @@ def test_with_no_room_past_the_warm_ups_they_are_the_first_modes_rows(tiny_model
     assert "1 run(s) per side" in lines[0] and "does NOT fit" in lines[0]
 
 
+def test_with_room_for_one_step_each_mode_runs_again_on_the_warm_ups_pairs(tiny_model, monkeypatch):
+    """A run per side and mode on the warm-ups' own pairs fits, a second step does not (10 s per pair
+    over both modes: 80 s a step): each mode runs again, so that no row is a warm-up (alignlab's ran
+    first, on colder caches)."""
+    import alignlab.bench.user_model as user_model
+    from alignlab.bench.setups import USER_MODEL_QUICK_BATCH
+    from alignlab.bench.sizing import CLOSING_SECONDS
+
+    calls = scripted_workers(monkeypatch, SCRIPTED)
+    monkeypatch.setattr(user_model, "QUICK_BUDGET_SECONDS", CLOSING_SECONDS + 60)
+    lines = []
+    results = user_model.run_model_bench(None, quick=True, device="cpu", model=tiny_model, progress=lines.append)
+    runs = [c for c in calls if c[0] != "matmul"]
+    assert runs[2:] == [("alignlab-dpo", False, None), ("trl-dpo", False, False), ("alignlab-dpo", True, None),
+                        ("trl-dpo", True, False)]
+    assert results["pairs"] == USER_MODEL_QUICK_BATCH and "warm_ups" not in results["notes"]
+    assert "2 run(s) per side" in lines[0] and ": fits" in lines[0]
+
+
 def test_with_room_each_mode_runs_again_on_the_chosen_pairs(tiny_model, monkeypatch):
     import alignlab.bench.user_model as user_model
     from alignlab.bench.setups import USER_MODEL_QUICK_BATCH

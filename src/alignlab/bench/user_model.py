@@ -50,9 +50,10 @@ def run_model_rows(workdir: Path, results: dict, quick: bool, device: str, progr
         results["notes"]["dpo_vs_trl_precomputed"] = ("not measured with --quick on a user's model: its runs do "
                                                       "not fit 5 minutes beside the others; run without --quick")
         if pairs is None:  # the timed warm-ups that size the run are the runs' warm-ups
-            chosen, warm_ups = size_quick_run(workdir, setup, device, modes, progress, started, results["pairs"])
+            chosen, warm_ups, rows_fit = size_quick_run(workdir, setup, device, modes, progress, started,
+                                                        results["pairs"])
             setup, warmed_up = first_pairs(setup, chosen, workdir), True
-            if chosen == size["batch_size"]:  # no room for more than the warm-ups' own pairs: they are the rows
+            if not rows_fit:  # no room to run the warm-ups' own pairs again: they are the first mode's rows
                 record_dpo_vs_trl(results, modes[0], warm_ups["alignlab"], {"trl_dpo": warm_ups["TRL"]})
                 results["notes"]["warm_ups"] = (f"the {modes[0]} rows are the timed warm-ups (alignlab's ran first, on "
                                                 "colder caches): a run of the same pairs again would not fit")
@@ -69,14 +70,15 @@ def run_model_rows(workdir: Path, results: dict, quick: bool, device: str, progr
 
 
 def size_quick_run(workdir: Path, setup: dict, device: str, modes: list[str], progress, started: float,
-                   available: int) -> tuple[int, dict[str, Measurement]]:
+                   available: int) -> tuple[int, dict[str, Measurement], bool]:
     """The pairs of a quick run on a user's model (alignlab.bench.sizing): each side's warm-up on one
     step's pairs in the first mode, timed; a later mode (LoRA after full parameters) is predicted from
     the first mode's. That is not a bound: a LoRA step has less backward and optimizer work but draws a
     dropout mask for every adapted layer, and on 2 CPU cores (SmolLM2-135M, 8 HH pairs) alignlab's
     LoRA runs took 1.2-1.3 times its full-parameter ones; the over-estimated fixed costs and the
-    CLOSING_SECONDS kept back absorb it (whole quick runs: 178 and 230 s). Returns the pairs and the
-    warm-ups' measurements by side."""
+    CLOSING_SECONDS kept back absorb it (whole quick runs: 178 and 230 s). Returns the pairs, the
+    warm-ups' measurements by side, and whether a run per side and mode fits after them (else the
+    warm-ups are the first mode's rows)."""
     batch_size = setup["batch_size"]
     step_setup = {**first_pairs(setup, batch_size, workdir), "use_peft": modes[0] == "lora"}
     probes, warm_ups = [], {}
@@ -86,6 +88,6 @@ def size_quick_run(workdir: Path, setup: dict, device: str, modes: list[str], pr
         probes.append(Probe(side, time.perf_counter() - begun, warm_ups[side].seconds, batch_size))
     seconds_left = QUICK_BUDGET_SECONDS - CLOSING_SECONDS - (time.perf_counter() - started)
     chosen = quick_pairs(probes, seconds_left, batch_size, available, runs_per_probe=len(modes))
-    runs = len(modes) - (chosen == batch_size)  # at the warm-ups' own size, they are the first mode's runs
-    progress(describe(probes, chosen, seconds_left, batch_size, runs_per_probe=runs))
-    return chosen, warm_ups
+    rows_fit = len(modes) * sum(probe.predicted_seconds(chosen) for probe in probes) <= seconds_left
+    progress(describe(probes, chosen, seconds_left, batch_size, runs_per_probe=len(modes) - (not rows_fit)))
+    return chosen, warm_ups, rows_fit
