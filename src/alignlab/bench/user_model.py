@@ -73,12 +73,13 @@ def size_quick_run(workdir: Path, setup: dict, device: str, modes: list[str], pr
                    available: int) -> tuple[int, dict[str, Measurement], bool]:
     """The pairs of a quick run on a user's model (alignlab.bench.sizing): each side's warm-up on one
     step's pairs in the first mode, timed; a later mode (LoRA after full parameters) is predicted from
-    the first mode's. That is not a bound: a LoRA step has less backward and optimizer work but draws a
-    dropout mask for every adapted layer, and on 2 CPU cores (SmolLM2-135M, 8 HH pairs) alignlab's
-    LoRA runs took 1.2-1.3 times its full-parameter ones; the over-estimated fixed costs and the
-    CLOSING_SECONDS kept back absorb it (whole quick runs: 178 and 230 s). Returns the pairs, the
-    warm-ups' measurements by side, and whether a run per side and mode fits after them (else the
-    warm-ups are the first mode's rows)."""
+    the first mode's. That is not a bound: a LoRA step has less backward and optimizer work, but its
+    forward adds the adapters' own, and with LoRA's dropout kept (disable_dropout false) a mask per
+    adapted layer. On 2 CPU cores (SmolLM2-135M, 8 HH pairs) alignlab's LoRA run took 16.6 s against
+    16.3 s with full parameters, and 1.2-1.3 times as long with LoRA's dropout kept; the over-estimated
+    fixed costs and the CLOSING_SECONDS kept back absorb it (whole quick runs: 2.5-3.8 min). Returns
+    the pairs, the warm-ups' measurements by side, and whether a run per side and mode fits after them
+    (else the warm-ups are the first mode's rows)."""
     batch_size = setup["batch_size"]
     step_setup = {**first_pairs(setup, batch_size, workdir), "use_peft": modes[0] == "lora"}
     probes, warm_ups = [], {}
