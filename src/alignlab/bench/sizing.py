@@ -41,13 +41,18 @@ class Probe:
         return self.wall + (pairs - self.pairs) * self.timed / self.pairs
 
 
+def predicted_runs_seconds(probes: list[Probe], pairs: int, runs_per_probe: int = 1) -> float:
+    """Seconds predicted for `runs_per_probe` runs (one per mode) of each probe's side on `pairs` pairs."""
+    return runs_per_probe * sum(probe.predicted_seconds(pairs) for probe in probes)
+
+
 def quick_pairs(probes: list[Probe], seconds_left: float, batch_size: int, available: int,
                 runs_per_probe: int = 1) -> int:
     """The most pairs, a multiple of `batch_size` in [batch_size, available], whose predicted runs
     (`runs_per_probe` per probe: one per mode) take at most `seconds_left` together; `batch_size`
     when even that does not fit."""
     per_pair = runs_per_probe * sum(probe.timed / probe.pairs for probe in probes)
-    at_one_step = runs_per_probe * sum(probe.predicted_seconds(batch_size) for probe in probes)
+    at_one_step = predicted_runs_seconds(probes, batch_size, runs_per_probe)
     extra_steps = int((seconds_left - at_one_step) // (per_pair * batch_size)) if seconds_left > at_one_step else 0
     return min(batch_size * (1 + extra_steps), available - available % batch_size)
 
@@ -55,7 +60,7 @@ def quick_pairs(probes: list[Probe], seconds_left: float, batch_size: int, avail
 def describe(probes: list[Probe], pairs: int, seconds_left: float, batch_size: int, runs_per_probe: int = 1) -> str:
     """Why the quick run has `pairs` pairs: each side's warm-up and what the chosen size predicts."""
     sides = ", ".join(f"{p.side} {p.wall:.0f} s" for p in probes)
-    predicted = runs_per_probe * sum(p.predicted_seconds(pairs) for p in probes)
+    predicted = predicted_runs_seconds(probes, pairs, runs_per_probe)
     fits = ("fits" if predicted <= seconds_left else
             "does NOT fit: the warm-ups alone left too little; the run ends past the budget")
     return (f"bench --quick: warm-ups on {batch_size} pairs (1 step) took {sides}; {seconds_left:.0f} s of the "

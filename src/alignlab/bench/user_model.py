@@ -11,7 +11,8 @@ from pathlib import Path
 from alignlab.bench.runner import (MODES, TRL_MISSING, TRL_SIDES, Measurement, measure_dpo_vs_trl,
                                    measure_utilisation, record_dpo_vs_trl, run_worker, trl_available, written)
 from alignlab.bench.setups import SHAPES, USER_MODEL_QUICK_BATCH, first_pairs, prepare_user_model, token_counts
-from alignlab.bench.sizing import CLOSING_SECONDS, QUICK_BUDGET_SECONDS, Probe, describe, quick_pairs
+from alignlab.bench.sizing import (CLOSING_SECONDS, QUICK_BUDGET_SECONDS, Probe, describe, predicted_runs_seconds,
+                                   quick_pairs)
 
 
 def run_model_bench(out: str | None, quick: bool, device: str, model: str, progress=print, data: str | None = None,
@@ -89,6 +90,6 @@ def size_quick_run(workdir: Path, setup: dict, device: str, modes: list[str], pr
         probes.append(Probe(side, time.perf_counter() - begun, warm_ups[side].seconds, batch_size))
     seconds_left = QUICK_BUDGET_SECONDS - CLOSING_SECONDS - (time.perf_counter() - started)
     chosen = quick_pairs(probes, seconds_left, batch_size, available, runs_per_probe=len(modes))
-    rows_fit = len(modes) * sum(probe.predicted_seconds(chosen) for probe in probes) <= seconds_left
+    rows_fit = predicted_runs_seconds(probes, chosen, len(modes)) <= seconds_left
     progress(describe(probes, chosen, seconds_left, batch_size, runs_per_probe=len(modes) - (not rows_fit)))
     return chosen, warm_ups, rows_fit
